@@ -1,0 +1,124 @@
+"""The protocol every implementation under test is driven through.
+
+Arrays cross the protocol as NumPy float64 arrays whose values are exactly representable
+in the layer's dtype (``LayerConfig.dtype``); an adapter converts them to its framework's
+dtype and layout and converts results back to float64 NumPy arrays. The statistic state
+is the reference's immutable value (:class:`normspec.reference.RunningStatistics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from normspec.reference import Gradients, RunningStatistics
+
+Array = NDArray[np.float64]
+DTypeName = Literal["float64", "float32", "float16", "bfloat16"]
+#: ``first``: the feature axis is axis 1 (NC, NCHW, ...); ``last``: the last axis (NHWC, ...).
+FeatureAxisPosition = Literal["first", "last"]
+
+ALL_DTYPES: tuple[DTypeName, ...] = ("float64", "float32", "float16", "bfloat16")
+
+
+class UnsupportedConfig(Exception):
+    """Raised by :meth:`Implementation.build` for a configuration the adapter cannot express."""
+
+
+class WrongOutput(Exception):
+    """Raised by an adapter when the implementation returned something malformed.
+
+    For example an output of the wrong dtype or shape (conv.io.shape_dtype); the engine
+    reports it as a failure of the clause being checked.
+    """
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """What an adapter builds a layer from.
+
+    ``momentum`` is in the implementation's own convention (the profile's ``update_rate``);
+    ``None`` asks for the cumulative average. ``renorm`` is ``None`` for plain batch
+    normalization, else the reference's renorm configuration.
+    """
+
+    num_features: int
+    rank: int
+    feature_axis: int
+    dtype: DTypeName
+    eps: float
+    momentum: float | None
+    affine: bool = True
+    track_running_stats: bool = True
+    renorm: Any = None
+
+    @property
+    def feature_position(self) -> FeatureAxisPosition | None:
+        if self.feature_axis == 1:
+            return "first"
+        return "last" if self.feature_axis == self.rank - 1 else None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an implementation supports; clauses outside it are reported *not applicable*."""
+
+    dtypes: frozenset[DTypeName] = frozenset(ALL_DTYPES)
+    ranks: frozenset[int] = frozenset({2, 3, 4, 5})
+    feature_axes: tuple[FeatureAxisPosition, ...] = ("first",)
+    backward: bool = True
+    batchnorm: bool = True
+    renorm: bool = False
+    cumulative_average: bool = False
+    untracked: bool = False
+    without_affine: bool = True
+    step_counter: bool = False
+    strided_input: bool = True
+    #: free text per capability that is missing, shown in the report's not-applicable reason
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Layer(Protocol):
+    """One built layer: parameters, statistic state, and the three operations."""
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        """Set the affine parameters (only called for layers with ``affine=True``)."""
+
+    def set_state(self, state: RunningStatistics) -> None:
+        """Set the running statistics (only called for layers that track them)."""
+
+    def state(self) -> RunningStatistics | None:
+        """The current running statistics; ``None`` for a layer that keeps none."""
+
+    def train_step(self, x: Array) -> Array:
+        """One training-mode forward; updates the state as the implementation does."""
+
+    def infer(self, x: Array) -> Array:
+        """One inference-mode forward."""
+
+    def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
+        """dx, dgamma, dbeta of the forward in the given mode for the cotangent ``dy``.
+
+        The state after a call is unspecified: the engine sets it before every call.
+        """
+
+
+@runtime_checkable
+class Implementation(Protocol):
+    """A batch-normalization implementation under test."""
+
+    name: str
+
+    def capabilities(self) -> Capabilities:
+        """What this implementation supports."""
+
+    def versions(self) -> Mapping[str, str]:
+        """Versions of the libraries it runs on, for the report."""
+
+    def build(self, config: LayerConfig) -> Layer:
+        """A fresh layer, with the implementation's initial parameters and state."""

@@ -1,0 +1,80 @@
+"""The checks: one Hypothesis property (or state machine) per clause of the specification.
+
+A check is registered with :func:`check`; the runner executes the registered checks in
+dependency order. Importing this package registers every built-in check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from normspec.adapters.protocol import Capabilities, DTypeName
+from normspec.conformance.context import CheckContext
+from normspec.reference.dialects import Dialect
+
+Body = Callable[[CheckContext, Any], None]
+
+
+@dataclass(frozen=True)
+class Check:
+    """How one clause is checked.
+
+    ``needs``: capability flags that must be set for the clause to apply.
+    ``depends_on``: clauses whose failure makes this result meaningless (reported skipped).
+    ``stateful``: the body runs a Hypothesis state machine instead of drawing one case.
+    """
+
+    clause_id: str
+    body: Body
+    needs: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+    stateful: bool = False
+    applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None
+
+    def not_applicable(
+        self, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+    ) -> str | None:
+        """Why the clause does not apply to this implementation, or ``None`` if it does."""
+        for flag in self.needs:
+            if not getattr(capabilities, flag):
+                note = capabilities.notes.get(flag, "")
+                return f"the implementation does not support {flag.replace('_', ' ')}" + (
+                    f" ({note})" if note else ""
+                )
+        return self.applies(capabilities, dialect, dtypes) if self.applies else None
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def check(
+    clause_id: str,
+    *,
+    needs: tuple[str, ...] = (),
+    depends_on: tuple[str, ...] = (),
+    stateful: bool = False,
+    applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None,
+) -> Callable[[Body], Body]:
+    """Register ``body`` as the check of ``clause_id``."""
+
+    def register(body: Body) -> Body:
+        if clause_id in CHECKS:
+            raise ValueError(f"clause {clause_id} already has a check")
+        CHECKS[clause_id] = Check(clause_id, body, needs, depends_on, stateful, applies)
+        return body
+
+    return register
+
+
+def load_builtin_checks() -> dict[str, Check]:
+    """Import the modules that register the built-in checks; return the registry."""
+    from normspec.conformance.checks import (  # noqa: F401
+        batchnorm,
+        conventions,
+        degenerate,
+        running_sequence,
+    )
+
+    return CHECKS

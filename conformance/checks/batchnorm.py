@@ -1,0 +1,311 @@
+"""Checks of the BN chapter: training and inference forward, running statistics, backward."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec import reference
+from normspec.conformance.checks import check
+from normspec.conformance.context import CheckContext, reference_config, reference_params
+from normspec.conformance.strategies import Case
+from normspec.conformance.tolerance import (
+    Precision,
+    backward_bounds,
+    compare,
+    inference_output_bound,
+    running_bounds,
+    train_output_bound,
+)
+
+Array = np.ndarray
+
+
+def _gamma_beta(case: Case) -> tuple[Any, Any]:
+    return (None, None) if case.params is None else case.params
+
+
+def expect_train_output(ctx: CheckContext, case: Case, y: Any, mask: Any = None) -> None:
+    """y against the reference training output under bn.accuracy.forward's bound."""
+    gamma, beta = _gamma_beta(case)
+    cfg = case.config
+    expected, _ = reference.train_forward(case.x, gamma, beta, eps=cfg.eps, feature_axis=cfg.feature_axis)
+    bound = train_output_bound(Precision.of(cfg.dtype), case.x, gamma, beta, cfg.eps, cfg.feature_axis)
+    ctx.expect(compare("training output y", ctx.shape_of("y", y, case.x.shape), expected, bound, cfg.dtype, mask))
+
+
+def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
+    """y against the reference inference output under bn.accuracy.inference's bound."""
+    gamma, beta = _gamma_beta(case)
+    cfg = case.config
+    assert case.state is not None
+    mean, var = case.state.mean, case.state.var
+    expected = reference.inference_forward(
+        case.x, mean, var, gamma, beta, eps=cfg.eps, feature_axis=cfg.feature_axis
+    )
+    bound = inference_output_bound(
+        Precision.of(cfg.dtype), case.x, mean, var, gamma, beta, cfg.eps, cfg.feature_axis
+    )
+    ctx.expect(compare("inference output y", ctx.shape_of("y", y, case.x.shape), expected, bound, cfg.dtype))
+
+
+def expect_running_update(
+    ctx: CheckContext, case: Case, after: reference.RunningStatistics | None, which: tuple[str, ...],
+    mask: Any = None,
+) -> None:
+    """The state after one training step against the reference update (bn.running.*)."""
+    ctx.require(after is not None, "the layer reports no running statistics after a training step")
+    assert after is not None and case.state is not None
+    _, expected = reference.training_step(
+        reference_config(case, ctx.dialect), reference_params(case), case.state, case.x
+    )
+    assert expected is not None
+    features = (case.config.num_features,)
+    alpha = reference.step_rate(case.state, case.rate)
+    bounds = running_bounds(
+        Precision.of(case.config.dtype), case.x, case.config.feature_axis, alpha,
+        ctx.dialect.running_variance == "unbiased", case.state.mean, case.state.var,
+        expected.mean, expected.var,
+    )
+    if "mean" in which:
+        actual = ctx.shape_of("running mean", after.mean, features)
+        ctx.expect(compare("running mean", actual, expected.mean, bounds.mean, case.config.dtype, mask))
+    if "var" in which:
+        actual = ctx.shape_of("running variance", after.var, features)
+        ctx.expect(compare("running variance", actual, expected.var, bounds.var, case.config.dtype, mask))
+
+
+def expect_gradients(
+    ctx: CheckContext, case: Case, grads: reference.Gradients, *, training: bool,
+    which: tuple[str, ...] = ("dx", "dgamma", "dbeta"), mask: Any = None,
+    feature_mask: Any = None,
+) -> None:
+    """dx, dgamma, dbeta against the reference under bn.accuracy.backward's bound."""
+    cfg = case.config
+    gamma, _ = _gamma_beta(case)
+    expected = reference.backward(
+        reference_config(case, ctx.dialect), reference_params(case), case.state, case.x, case.dy,
+        training=training,
+    )
+    stats = {} if training or case.state is None else {"mean": case.state.mean, "var": case.state.var}
+    bounds = backward_bounds(
+        Precision.of(cfg.dtype), case.x, case.dy, gamma, cfg.eps, cfg.feature_axis, expected, **stats
+    )
+    features = (cfg.num_features,)
+    if "dx" in which:
+        dx = ctx.shape_of("dx", grads.dx, case.x.shape)
+        ctx.expect(compare("dx", dx, expected.dx, bounds.dx, cfg.dtype, mask))
+    if "dgamma" in which and cfg.affine:
+        dgamma = ctx.shape_of("dgamma", grads.dgamma, features)
+        ctx.expect(compare("dgamma", dgamma, expected.dgamma, bounds.dgamma, cfg.dtype, feature_mask))
+    if "dbeta" in which and cfg.affine:
+        dbeta = ctx.shape_of("dbeta", grads.dbeta, features)
+        ctx.expect(compare("dbeta", dbeta, expected.dbeta, bounds.dbeta, cfg.dtype, feature_mask))
+
+
+@check("bn.train.output", depends_on=("conv.io.shape_dtype",))
+def train_output(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, affine=None)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+
+
+@check("bn.train.statistics", depends_on=("conv.io.shape_dtype",))
+def train_statistics(ctx: CheckContext, data: Any) -> None:
+    """Observed through the running statistics of a step with alpha = 1: they are mu_B and v."""
+    case = ctx.draw_case(data, rate=1.0)
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
+
+
+@check("bn.train.affine", depends_on=("bn.train.output",))
+def train_affine(ctx: CheckContext, data: Any) -> None:
+    fresh = not ctx.capabilities.without_affine or data.draw(st.booleans(), label="fresh layer")
+    case = ctx.draw_case(data, affine=fresh)
+    if fresh:
+        ctx.notes["parameters"] = "initial (not set)"
+        layer = ctx.build(case, set_parameters=False)
+        identity = (np.ones(case.config.num_features), np.zeros(case.config.num_features))
+        case = ctx.use_case(_with_params(case, identity))
+    else:
+        layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+
+
+def _with_params(case: Case, params: tuple[Array, Array]) -> Case:
+    return replace(case, params=params)
+
+
+@check("bn.running.initial")
+def running_initial(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    layer = ctx.build(case, set_parameters=False, set_state=False)
+    state = ctx.state_of(layer)
+    ctx.require(state is not None, "a new layer that tracks statistics reports no running statistics")
+    assert state is not None
+    features = case.config.num_features
+    ctx.require(
+        np.array_equal(state.mean, np.zeros(features)),
+        f"initial running mean is {state.mean.tolist()}, expected zeros",
+    )
+    ctx.require(
+        np.array_equal(state.var, np.ones(features)),
+        f"initial running variance is {state.var.tolist()}, expected ones",
+    )
+    if ctx.capabilities.step_counter:
+        ctx.require(state.steps == 0, f"initial step counter is {state.steps}, expected 0")
+
+
+@check("bn.running.mean", depends_on=("bn.train.statistics",))
+def running_mean(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    expect_running_update(ctx, case, ctx.state_of(layer), ("mean",))
+
+
+@check("bn.running.var", depends_on=("bn.train.statistics",))
+def running_var(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    expect_running_update(ctx, case, ctx.state_of(layer), ("var",))
+
+
+@check(
+    "bn.running.cumulative",
+    needs=("cumulative_average", "step_counter"),
+    depends_on=("bn.train.statistics",),
+)
+def running_cumulative(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, cumulative=True)
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
+
+
+@check("bn.running.steps", needs=("step_counter",))
+def running_steps(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    assert case.state is not None
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    after_train = ctx.state_of(layer)
+    ctx.require(after_train is not None, "no running statistics after a training step")
+    assert after_train is not None
+    ctx.require(
+        after_train.steps == case.state.steps + 1,
+        f"step counter went from {case.state.steps} to {after_train.steps} in one training step",
+    )
+    ctx.call("infer", layer.infer, case.x)
+    after_infer = ctx.state_of(layer)
+    assert after_infer is not None
+    ctx.require(
+        after_infer.steps == after_train.steps,
+        f"inference changed the step counter from {after_train.steps} to {after_infer.steps}",
+    )
+
+
+@check("bn.running.untracked", needs=("untracked",))
+def running_untracked(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, track=False)
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    state = ctx.state_of(layer)
+    ctx.require(state is None, f"a layer without tracked statistics reports a state after training: {state}")
+
+
+def _same_state(before: reference.RunningStatistics, after: reference.RunningStatistics | None) -> bool:
+    return (
+        after is not None
+        and np.array_equal(before.mean, after.mean, equal_nan=True)
+        and np.array_equal(before.var, after.var, equal_nan=True)
+        and before.steps == after.steps
+    )
+
+
+@check("bn.running.no_inference_update")
+def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    layer = ctx.build(case)
+    before = ctx.state_of(layer)
+    ctx.call("infer", layer.infer, case.x)
+    after = ctx.state_of(layer)
+    assert before is not None
+    ctx.require(
+        _same_state(before, after),
+        f"inference changed the state from {before} to {after}",
+    )
+
+
+@check("bn.infer.output", depends_on=("conv.io.shape_dtype",))
+def infer_output(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, affine=None)
+    layer = ctx.build(case)
+    expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
+
+
+@check("bn.infer.untracked", needs=("untracked",), depends_on=("bn.train.output",))
+def infer_untracked(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, track=False)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("infer", layer.infer, case.x))
+    ctx.require(ctx.state_of(layer) is None, "inference of an untracked layer created a state")
+
+
+@check("bn.backward.train.dx", needs=("backward",), depends_on=("bn.train.output",))
+def backward_train_dx(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, affine=None)
+    layer = ctx.build(case)
+    grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+    expect_gradients(ctx, case, grads, training=True, which=("dx",))
+
+
+@check("bn.backward.train.dparams", needs=("backward",), depends_on=("bn.train.output",))
+def backward_train_dparams(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    layer = ctx.build(case)
+    grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+    expect_gradients(ctx, case, grads, training=True, which=("dgamma", "dbeta"))
+
+
+@check("bn.backward.infer", needs=("backward",), depends_on=("bn.infer.output",))
+def backward_infer(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    layer = ctx.build(case)
+    grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=False)
+    expect_gradients(ctx, case, grads, training=False)
+
+
+@check("bn.accuracy.forward", depends_on=("bn.train.output",))
+def accuracy_forward(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+
+
+@check("bn.accuracy.inference", depends_on=("bn.infer.output",))
+def accuracy_inference(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    layer = ctx.build(case)
+    expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
+
+
+@check("bn.accuracy.backward", needs=("backward",), depends_on=("bn.backward.train.dx",))
+def accuracy_backward(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    layer = ctx.build(case)
+    grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+    expect_gradients(ctx, case, grads, training=True)
+
+
+@check("bn.accuracy.running", depends_on=("bn.running.mean", "bn.running.var"))
+def accuracy_running(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))

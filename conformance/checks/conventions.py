@@ -1,0 +1,100 @@
+"""Checks of the conventions chapter: shapes, untouched inputs, finiteness, layouts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from normspec.conformance.checks import check
+from normspec.conformance.checks.batchnorm import (
+    expect_gradients,
+    expect_running_update,
+    expect_train_output,
+)
+from normspec.conformance.context import CheckContext
+from normspec.conformance.strategies import memory_layouts
+
+
+@check("conv.io.shape_dtype")
+def shape_dtype(ctx: CheckContext, data: Any) -> None:
+    """Shapes here; dtypes are checked by the adapters, which raise WrongOutput."""
+    case = ctx.draw_case(data)
+    layer = ctx.build(case)
+    features = (case.config.num_features,)
+    ctx.shape_of("training output y", ctx.call("train_step", layer.train_step, case.x), case.x.shape)
+    state = ctx.state_of(layer)
+    if state is not None:
+        ctx.shape_of("running mean", state.mean, features)
+        ctx.shape_of("running variance", state.var, features)
+    ctx.shape_of("inference output y", ctx.call("infer", layer.infer, case.x), case.x.shape)
+    if ctx.capabilities.backward:
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        ctx.shape_of("dx", grads.dx, case.x.shape)
+        ctx.shape_of("dgamma", grads.dgamma, features)
+        ctx.shape_of("dbeta", grads.dbeta, features)
+
+
+@check("conv.io.inputs_unmodified")
+def inputs_unmodified(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    originals = {"x": case.x.copy(), "dy": case.dy.copy()}
+    if case.params is not None:
+        originals.update(gamma=case.params[0].copy(), beta=case.params[1].copy())
+    layer = ctx.build(case)
+    ctx.call("train_step", layer.train_step, case.x)
+    ctx.call("infer", layer.infer, case.x)
+    if ctx.capabilities.backward:
+        ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+    passed = {"x": case.x, "dy": case.dy}
+    if case.params is not None:
+        passed.update(gamma=case.params[0], beta=case.params[1])
+    for name, original in originals.items():
+        ctx.require(
+            np.array_equal(original, passed[name], equal_nan=True),
+            f"the implementation modified its input {name}",
+        )
+
+
+@check("conv.io.finite")
+def finite(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, affine=None)
+    layer = ctx.build(case)
+    outputs = {
+        "training output": ctx.call("train_step", layer.train_step, case.x),
+        "inference output": ctx.call("infer", layer.infer, case.x),
+    }
+    if ctx.capabilities.backward:
+        outputs["dx"] = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True).dx
+    state = ctx.state_of(layer)
+    if state is not None:
+        outputs.update({"running mean": state.mean, "running variance": state.var})
+    for name, value in outputs.items():
+        ctx.require(
+            bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64)))),
+            f"{name} has NaN or infinity for a finite input",
+        )
+
+
+@check("conv.layout.feature_axis", depends_on=("bn.train.output",))
+def feature_axis(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, axis_positions=ctx.capabilities.feature_axes)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+    expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
+    if ctx.capabilities.backward:
+        layer = ctx.build(case)
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        expect_gradients(ctx, case, grads, training=True)
+
+
+@check("conv.layout.memory", needs=("strided_input",), depends_on=("bn.train.output",))
+def memory(ctx: CheckContext, data: Any) -> None:
+    layout = data.draw(memory_layouts(max(ctx.capabilities.ranks)), label="layout")
+    case = ctx.draw_case(data, layout=layout, axis_positions=ctx.capabilities.feature_axes)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+    if ctx.capabilities.backward:
+        layer = ctx.build(case)
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        expect_gradients(ctx, case, grads, training=True, which=("dx",))

@@ -1,0 +1,195 @@
+"""Checks of degenerate input and invalid parameters (bn.degenerate.*, bn.params.*)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.conformance.checks import check
+from normspec.conformance.checks.batchnorm import (
+    expect_gradients,
+    expect_running_update,
+    expect_train_output,
+)
+from normspec.conformance.context import CheckContext
+from normspec.conformance.guard import ImplementationError, ImplementationHung
+from normspec.conformance.strategies import Case
+from normspec.reference.state import RunningStatistics
+
+
+def _feature_slice(case: Case, feature: int) -> tuple[Any, ...]:
+    index: list[Any] = [slice(None)] * case.x.ndim
+    index[case.config.feature_axis] = feature
+    return tuple(index)
+
+
+def _finite_state(ctx: CheckContext, state: RunningStatistics | None, when: str) -> None:
+    if state is None:
+        return
+    ctx.require(
+        bool(np.all(np.isfinite(state.mean)) and np.all(np.isfinite(state.var))),
+        f"{when} the running statistics hold NaN or infinity: mean {state.mean.tolist()}, "
+        f"variance {state.var.tolist()}",
+    )
+
+
+def _raised(ctx: CheckContext, operation: str, function: Any, *args: Any) -> tuple[bool, Any]:
+    """(True, None) if the implementation raised (an allowed answer), else (False, result)."""
+    try:
+        return False, ctx.call(operation, function, *args)
+    except ImplementationHung:
+        raise
+    except ImplementationError:
+        return True, None
+
+
+@check("bn.degenerate.single_value", depends_on=("bn.train.output",))
+def single_value(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, min_count=1, max_batch=1, max_spatial=1)
+    layer = ctx.build(case)
+    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    if raised:
+        return
+    expect_train_output(ctx, case, y)
+    _finite_state(ctx, ctx.state_of(layer), "after a training step on one value per feature")
+    if ctx.capabilities.backward:
+        layer = ctx.build(case)
+        raised, grads = _raised(ctx, "vjp", lambda: layer.vjp(case.x, case.dy, training=True))
+        if not raised:
+            expect_gradients(ctx, case, grads, training=True, which=("dx",))
+
+
+@check("bn.degenerate.zero_variance", depends_on=("bn.train.output",))
+def zero_variance(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    feature = data.draw(st.integers(0, case.config.num_features - 1), label="constant feature")
+    x = case.x.copy()
+    where = _feature_slice(case, feature)
+    x[where] = x[where].flat[0]
+    case = ctx.use_case(replace(case, x=x))
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+    if ctx.capabilities.backward:
+        layer = ctx.build(case)
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        expect_gradients(ctx, case, grads, training=True)
+
+
+@check("bn.degenerate.empty_batch")
+def empty_batch(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    shape = list(case.x.shape)
+    shape[0] = 0
+    empty = np.zeros(shape)
+    case = ctx.use_case(replace(case, x=empty, dy=empty.copy()))
+    layer = ctx.build(case)
+    before = ctx.state_of(layer)
+    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    if not raised:
+        ctx.shape_of("training output y", y, tuple(shape))
+    after = ctx.state_of(layer)
+    if before is not None:
+        ctx.require(after is not None, "the running statistics disappeared after an empty batch")
+        assert after is not None
+        same = (
+            np.array_equal(before.mean, after.mean)
+            and np.array_equal(before.var, after.var)
+            and (not ctx.capabilities.step_counter or before.steps == after.steps)
+        )
+        ctx.require(
+            same,
+            f"an empty batch changed the state from mean {before.mean.tolist()}, variance "
+            f"{before.var.tolist()}, steps {before.steps} to mean {after.mean.tolist()}, "
+            f"variance {after.var.tolist()}, steps {after.steps}",
+        )
+
+
+@check("bn.degenerate.nonfinite_isolated", depends_on=("bn.train.output",))
+def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data, num_features=data.draw(st.integers(2, 4), label="features"))
+    feature = data.draw(st.integers(0, case.config.num_features - 1), label="poisoned feature")
+    value = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]), label="value")
+    x = case.x.copy()
+    where = _feature_slice(case, feature)
+    poisoned = x[where]
+    poisoned.flat[data.draw(st.integers(0, poisoned.size - 1), label="position")] = value
+    x[where] = poisoned
+    case = ctx.use_case(replace(case, x=x))
+    clean = np.ones(case.config.num_features, bool)
+    clean[feature] = False
+    shape = [1] * x.ndim
+    shape[case.config.feature_axis] = case.config.num_features
+    mask = clean.reshape(shape)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x), mask)
+    if case.state is not None:
+        expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"), clean)
+    if ctx.capabilities.backward:
+        layer = ctx.build(case)
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        expect_gradients(ctx, case, grads, training=True, mask=mask, feature_mask=clean)
+
+
+@check("bn.params.shape")
+def params_shape(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    extra = data.draw(st.integers(1, 3), label="extra features")
+    shape = list(case.x.shape)
+    shape[case.config.feature_axis] += extra
+    wrong = np.zeros(shape)
+    layer = ctx.build(case)
+    for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
+        raised, _ = _raised(ctx, operation, function, wrong)
+        ctx.require(
+            raised,
+            f"{operation} accepted an input with {shape[case.config.feature_axis]} features "
+            f"for a layer of {case.config.num_features}",
+        )
+
+
+INVALID_EPS = (0.0, -1e-5, -1.0)
+INVALID_RATES = (-0.5, 1.5, -1e-3, 2.0)
+
+
+@check("bn.params.invalid")
+def params_invalid(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    which = data.draw(st.sampled_from(["eps", "momentum"]), label="invalid parameter")
+    if which == "eps":
+        value = data.draw(st.sampled_from(INVALID_EPS), label="eps")
+        config = replace(case.config, eps=value)
+    else:
+        value = data.draw(st.sampled_from(INVALID_RATES), label="momentum")
+        config = replace(case.config, momentum=value)
+    case = ctx.use_case(replace(case, config=config))
+    try:
+        layer = ctx.call("build", ctx.implementation.build, config)
+    except ImplementationHung:
+        raise
+    except ImplementationError:
+        return
+    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    ctx.require(raised, f"{which}={value!r} was accepted without an error")
+
+
+@check("bn.params.no_nan_state")
+def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
+    case = ctx.draw_case(data)
+    eps = data.draw(st.sampled_from([case.config.eps, *INVALID_EPS]), label="eps")
+    momentum = data.draw(
+        st.sampled_from([case.config.momentum, *INVALID_RATES]), label="momentum"
+    )
+    config = replace(case.config, eps=eps, momentum=momentum)
+    case = ctx.use_case(replace(case, config=config))
+    try:
+        layer = ctx.build(case)
+    except ImplementationHung:
+        raise
+    except ImplementationError:
+        return
+    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    if not raised:
+        _finite_state(ctx, ctx.state_of(layer), f"with eps={eps!r} and momentum={momentum!r}")

@@ -1,0 +1,118 @@
+"""What a check body works with: drawing cases, calling the implementation, expectations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from normspec.adapters.protocol import (
+    Array,
+    Capabilities,
+    DTypeName,
+    Implementation,
+    Layer,
+    WrongOutput,
+)
+from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.strategies import Case, cases
+from normspec.conformance.tolerance import Comparison
+from normspec.reference import Affine, BatchNormConfig, RunningStatistics
+from normspec.reference.dialects import Dialect
+
+
+class Violation(Exception):
+    """The implementation broke the clause being checked on the current example."""
+
+    def __init__(self, message: str, comparison: Comparison | None = None) -> None:
+        super().__init__(message)
+        self.comparison = comparison
+
+
+@dataclass
+class CheckContext:
+    """One check's view of the implementation under test, the profile and the dtypes."""
+
+    implementation: Implementation
+    capabilities: Capabilities
+    dialect: Dialect
+    dtypes: tuple[DTypeName, ...]
+    guard: Guard
+    examples: int = 0
+    case: Case | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def draw_case(self, data: Any, **options: Any) -> Case:
+        """Draw a case for this implementation (see :func:`strategies.cases`)."""
+        self.examples += 1
+        self.notes = {}
+        self.case = data.draw(cases(self.capabilities, self.dialect, self.dtypes, **options))
+        return self.case
+
+    def use_case(self, case: Case) -> Case:
+        """Record a case a check derived from a drawn one (for the report)."""
+        self.case = case
+        return case
+
+    def call(self, operation: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call into the implementation; its misbehaviour becomes an ImplementationError."""
+        try:
+            return self.guard.call(operation, function, *args, **kwargs)
+        except WrongOutput as problem:
+            raise Violation(f"{operation}: {problem}") from problem
+
+    def build(self, case: Case, *, set_parameters: bool = True, set_state: bool = True) -> Layer:
+        """Build a layer for the case and give it the case's parameters and state."""
+        layer: Layer = self.call("build", self.implementation.build, case.config)
+        if set_parameters and case.params is not None:
+            self.call("set_parameters", layer.set_parameters, *case.params)
+        if set_state and case.state is not None:
+            self.call("set_state", layer.set_state, case.state)
+        return layer
+
+    def expect(self, comparison: Comparison) -> None:
+        """Raise a Violation unless the comparison is within its bound."""
+        if not comparison.ok:
+            raise Violation(comparison.describe(), comparison)
+
+    def require(self, condition: bool, message: str) -> None:
+        if not condition:
+            raise Violation(message)
+
+    def state_of(self, layer: Layer) -> RunningStatistics | None:
+        state: RunningStatistics | None = self.call("state", layer.state)
+        return state
+
+    def shape_of(self, name: str, value: Any, shape: tuple[int, ...]) -> Array:
+        """``value`` as a float64 array of the given shape, else a Violation."""
+        array = np.asarray(value, dtype=np.float64)
+        if array.shape != tuple(shape):
+            raise Violation(f"{name} has shape {array.shape}, expected {tuple(shape)}")
+        return array
+
+
+def reference_config(case: Case, dialect: Dialect) -> BatchNormConfig:
+    """The reference layer config equivalent to the case under the dialect."""
+    return BatchNormConfig(
+        num_features=case.config.num_features,
+        feature_axis=case.config.feature_axis,
+        eps=case.config.eps,
+        rate=case.rate,
+        running_variance=dialect.running_variance,
+        affine=case.config.affine,
+        track_running_stats=case.config.track_running_stats,
+    )
+
+
+def reference_params(case: Case) -> Affine | None:
+    return None if case.params is None else Affine(*case.params)
+
+
+__all__ = [
+    "CheckContext",
+    "ImplementationError",
+    "Violation",
+    "reference_config",
+    "reference_params",
+]

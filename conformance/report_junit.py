@@ -1,0 +1,44 @@
+"""JUnit XML: one test case per clause, for CI systems that read it."""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+
+from normspec.conformance.report_json import json_safe, write_atomically
+from normspec.conformance.results import Report
+
+
+def junit_xml(report: Report) -> str:
+    counts = report.counts()
+    suite = ET.Element(
+        "testsuite",
+        name=f"normspec {report.target} [{report.profile}]",
+        tests=str(len(report.results)),
+        failures=str(counts["fail"]),
+        errors=str(counts["error"]),
+        skipped=str(counts["not_applicable"] + counts["skipped"]),
+        time=f"{report.seconds:.3f}",
+        timestamp=report.started,
+    )
+    for result in report.results:
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=f"normspec.{report.profile}",
+            name=f"{result.clause_id} ({result.level})",
+            time=f"{result.seconds:.3f}",
+        )
+        detail = json.dumps(json_safe(result.details), indent=2)
+        if result.outcome == "fail":
+            ET.SubElement(case, "failure", message=result.message).text = detail
+        elif result.outcome == "error":
+            ET.SubElement(case, "error", message=result.message).text = detail
+        elif result.outcome in ("not_applicable", "skipped"):
+            ET.SubElement(case, "skipped", message=f"{result.outcome}: {result.message}")
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_junit(report: Report, path: str | os.PathLike[str]) -> None:
+    write_atomically(path, junit_xml(report))

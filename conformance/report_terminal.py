@@ -1,0 +1,56 @@
+"""The readable terminal output: progress per clause, then a summary and each failure."""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+from normspec.conformance.report_json import json_safe
+from normspec.conformance.results import ClauseResult, Report
+
+SYMBOLS = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "not_applicable": "n/a",
+           "skipped": "skipped"}
+
+
+def progress_line(result: ClauseResult) -> str:
+    timing = f"{result.examples:4d} ex {result.seconds:6.2f}s" if result.examples else " " * 16
+    text = f"  {SYMBOLS[result.outcome]:<8} {result.clause_id:<34} {result.level:<6} {timing}"
+    if result.outcome in ("not_applicable", "skipped"):
+        text += f"  {result.message}"
+    return text
+
+
+def print_header(report: Report, stream: TextIO) -> None:
+    versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
+    print(f"normspec {report.normspec_version} (spec {report.spec_version}) checking "
+          f"{report.implementation}", file=stream)
+    print(f"  profile {report.profile}; dtypes {', '.join(report.dtypes) or 'none'}; seed "
+          f"{report.seed}; {report.max_examples} examples per clause; {versions}", file=stream)
+
+
+def print_summary(report: Report, stream: TextIO) -> None:
+    problems = [r for r in report.results if r.outcome in ("fail", "error")]
+    for result in problems:
+        print(f"\n{SYMBOLS[result.outcome]} {result.clause_id} ({result.level}): {result.summary}",
+              file=stream)
+        print(f"  {result.message}", file=stream)
+        example = result.details.get("example")
+        if example:
+            print("  minimal example:", file=stream)
+            for key, value in json_safe(example).items():
+                print(f"    {key}: {json.dumps(value)}", file=stream)
+        for key in ("notes",):
+            if key in result.details:
+                print(f"  {key}: {json.dumps(json_safe(result.details[key]))}", file=stream)
+        if "reproduce" in result.details:
+            print(f"  reproduce: {result.details['reproduce']}", file=stream)
+    counts = report.counts()
+    verdict = "CONFORMANT" if report.conformant else "NOT CONFORMANT"
+    if report.interrupted:
+        verdict += " (interrupted: partial results)"
+    print(
+        f"\n{verdict} under profile {report.profile}: {counts['pass']} passed, "
+        f"{counts['fail']} failed, {counts['error']} errors, {counts['not_applicable']} not "
+        f"applicable, {counts['skipped']} skipped in {report.seconds:.1f} s",
+        file=stream,
+    )

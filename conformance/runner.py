@@ -1,0 +1,257 @@
+"""Running the checks against one implementation: selection, ordering, outcomes."""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+from hypothesis.errors import FlakyFailure, Unsatisfiable
+from hypothesis.stateful import run_state_machine_as_test
+
+import normspec
+from normspec import spec
+from normspec.adapters.protocol import ALL_DTYPES, DTypeName, Implementation
+from normspec.conformance.checks import Check, load_builtin_checks
+from normspec.conformance.context import CheckContext, Violation
+from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.results import ClauseResult, Report
+from normspec.reference.dialects import profile as find_profile
+
+#: Examples per clause under the default settings (the one-minute budget).
+DEFAULT_MAX_EXAMPLES = 40
+#: Steps per run of a state machine.
+STATEFUL_STEPS = 8
+
+
+class OptionsError(ValueError):
+    """An unknown profile, dtype or clause pattern: a usage error."""
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How to check: the profile claimed, dtypes, clause patterns, example budget, seed."""
+
+    profile: str = "paper"
+    dtypes: Sequence[str] | None = None
+    clauses: str | None = None
+    max_examples: int | None = None
+    seed: int = 0
+    timeout: float = 60.0
+    target: str | None = None
+
+
+def select_checks(pattern: str | None) -> list[Check]:
+    """The checks whose clause IDs match any comma-separated glob pattern, in run order."""
+    registry = load_builtin_checks()
+    ids = [c.id for c in spec.clauses() if c.id in registry]
+    if pattern:
+        patterns = [p.strip() for p in pattern.split(",") if p.strip()]
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(i, p) for i in ids)]
+        if unmatched:
+            raise OptionsError(f"clause pattern {unmatched[0]!r} matches no checked clause")
+        ids = [i for i in ids if any(fnmatch.fnmatchcase(i, p) for p in patterns)]
+    return order_by_dependencies([registry[i] for i in ids])
+
+
+def order_by_dependencies(checks: list[Check]) -> list[Check]:
+    """Spec order, except that a clause comes after the clauses it depends on."""
+    by_id = {c.clause_id: c for c in checks}
+    ordered: list[Check] = []
+    placed: set[str] = set()
+
+    def place(item: Check) -> None:
+        if item.clause_id in placed:
+            return
+        placed.add(item.clause_id)
+        for dependency in item.depends_on:
+            if dependency in by_id:
+                place(by_id[dependency])
+        ordered.append(item)
+
+    for item in checks:
+        place(item)
+    return ordered
+
+
+def _dtypes(requested: Sequence[str] | None, supported: frozenset[DTypeName]) -> tuple[DTypeName, ...]:
+    for name in requested or ():
+        if name not in ALL_DTYPES:
+            raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")
+    wanted = requested or ALL_DTYPES
+    return tuple(d for d in ALL_DTYPES if d in wanted and d in supported)
+
+
+def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[str]) -> str:
+    target = options.target or "TARGET"
+    return (
+        f"normspec check {target} --profile {options.profile} --clauses {clause_id} "
+        f"--dtype {','.join(dtypes)} --seed {options.seed}"
+        + (f" --max-examples {options.max_examples}" if options.max_examples else "")
+    )
+
+
+def _hypothesis_settings(max_examples: int) -> settings:
+    return settings(
+        max_examples=max_examples,
+        database=None,
+        deadline=None,
+        derandomize=False,
+        report_multiple_bugs=False,
+        print_blob=False,
+        stateful_step_count=STATEFUL_STEPS,
+        suppress_health_check=list(HealthCheck),
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    )
+
+
+def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: int) -> None:
+    configured = _hypothesis_settings(max_examples)
+    if item.stateful:
+        machine = item.body(ctx, None)
+        run_state_machine_as_test(seed(seed_value)(machine), settings=configured)  # type: ignore[arg-type]
+        return
+
+    @seed(seed_value)
+    @configured
+    @given(st.data())
+    def property_test(data: Any) -> None:
+        item.body(ctx, data)
+
+    property_test()
+
+
+def _failure_details(ctx: CheckContext, problem: BaseException) -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    if ctx.case is not None:
+        details["example"] = ctx.case.summary()
+    if ctx.notes:
+        details["notes"] = dict(ctx.notes)
+    comparison = getattr(problem, "comparison", None)
+    if comparison is not None:
+        details["comparison"] = {
+            "quantity": comparison.quantity,
+            "index": list(comparison.worst_index) if comparison.worst_index else None,
+            "expected": comparison.expected_at_worst,
+            "actual": comparison.actual_at_worst,
+            "bound": comparison.bound_at_worst,
+            "max_abs_error": comparison.max_abs_error,
+            "max_rel_error": comparison.max_rel_error,
+            "max_ulps": comparison.max_ulps,
+        }
+    trace = getattr(problem, "trace", "")
+    if trace:
+        details["traceback"] = trace
+    return details
+
+
+def check_clause(
+    item: Check, ctx: CheckContext, options: CheckOptions, blocked_by: str | None
+) -> ClauseResult:
+    """Check one clause; never raises for anything the implementation does."""
+    clause = spec.clause(item.clause_id)
+    result = ClauseResult(item.clause_id, clause.level, clause.summary, "pass")
+    reason = item.not_applicable(ctx.capabilities, ctx.dialect, ctx.dtypes)
+    if reason is not None:
+        result.outcome, result.message = "not_applicable", reason
+        return result
+    if not ctx.dtypes:
+        result.outcome, result.message = "not_applicable", "no requested dtype is supported"
+        return result
+    if blocked_by is not None:
+        result.outcome = "skipped"
+        result.message = f"depends on {blocked_by}, which did not pass"
+        return result
+    ctx.examples, ctx.case, ctx.notes = 0, None, {}
+    started = time.perf_counter()
+    try:
+        _run_check(item, ctx, options.max_examples or DEFAULT_MAX_EXAMPLES, options.seed)
+    except Violation as problem:
+        result.outcome, result.message = "fail", str(problem)
+        result.details = _failure_details(ctx, problem)
+    except ImplementationError as problem:
+        result.outcome, result.message = "error", str(problem)
+        result.details = _failure_details(ctx, problem)
+    except FlakyFailure as problem:
+        result.outcome = "error"
+        result.message = f"the implementation is not deterministic: {problem}"
+    except Unsatisfiable as problem:
+        result.outcome, result.message = "not_applicable", f"no valid example: {problem}"
+    except Exception as problem:  # noqa: BLE001 - an internal error must not end the run
+        result.outcome = "error"
+        result.message = f"normspec internal error ({type(problem).__name__}: {problem})"
+        result.details = _failure_details(ctx, problem)
+    result.seconds = time.perf_counter() - started
+    result.examples = ctx.examples
+    if result.outcome in ("fail", "error"):
+        result.details["seed"] = options.seed
+        result.details["reproduce"] = reproduce_command(options, item.clause_id, ctx.dtypes)
+    return result
+
+
+def environment() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "executable": sys.executable,
+    }
+
+
+def check_implementation(
+    implementation: Implementation,
+    options: CheckOptions,
+    progress: Callable[[ClauseResult], None] | None = None,
+    on_start: Callable[[Report], None] | None = None,
+) -> Report:
+    """Check every selected clause against ``implementation`` under ``options.profile``."""
+    try:
+        dialect = find_profile(options.profile)
+    except KeyError as problem:
+        raise OptionsError(str(problem.args[0])) from None
+    checks = select_checks(options.clauses)
+    capabilities = implementation.capabilities()
+    dtypes = _dtypes(options.dtypes, capabilities.dtypes)
+    report = Report(
+        implementation=implementation.name,
+        target=options.target or implementation.name,
+        profile=dialect.name,
+        dtypes=dtypes,
+        seed=options.seed,
+        max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,
+        versions=dict(implementation.versions()),
+        environment=environment(),
+        normspec_version=normspec.__version__,
+        spec_version=spec.SPEC_VERSION,
+        started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    guard = Guard(options.timeout)
+    not_passed: set[str] = set()
+    if on_start is not None:
+        on_start(report)
+    started = time.perf_counter()
+    try:
+        for item in checks:
+            ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard)
+            blocked = next((d for d in item.depends_on if d in not_passed), None)
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)
+                result = check_clause(item, ctx, options, blocked)
+            if result.outcome in ("fail", "error", "skipped"):
+                not_passed.add(item.clause_id)
+            report.results.append(result)
+            if progress is not None:
+                progress(result)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    report.seconds = time.perf_counter() - started
+    return report

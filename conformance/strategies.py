@@ -1,0 +1,314 @@
+"""Hypothesis strategies for batch-normalization inputs, reusable in any library's tests.
+
+The building blocks are public: :func:`dtypes`, :func:`shapes`, :func:`feature_values`,
+:func:`memory_layouts`, :func:`running_statistics`, :func:`affine_parameters`, and the
+composite :func:`cases`, which draws a whole checkable situation (config, parameters,
+state, input, cotangent). Every value is exactly representable in the drawn dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
+from normspec.conformance.dtypes import round_to
+from normspec.reference import RunningStatistics
+from normspec.reference.dialects import Dialect
+
+Conditioning = Literal["well", "ill"]
+Layout = Literal["contiguous", "strided", "channels_last", "transposed"]
+
+#: Decimal exponent ranges of a feature's spread per dtype: squares of deviations, their
+#: sums and the running variance stay finite and above the subnormal range.
+SPREAD_EXPONENTS: dict[str, tuple[int, int]] = {
+    "float64": (-30, 30),
+    "float32": (-6, 6),
+    "float16": (-1, 1),
+    "bfloat16": (-6, 6),
+}
+
+#: Largest decimal exponent of (feature mean / spread) for ill-conditioned draws.
+OFFSET_EXPONENTS: dict[str, int] = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+
+#: Above this many values an array is drawn from a seeded generator instead of elementwise.
+ELEMENTWISE_LIMIT = 256
+
+
+def dtypes(allowed: Sequence[DTypeName]) -> st.SearchStrategy[DTypeName]:
+    """One of the allowed dtypes, shrinking towards the first."""
+    return st.sampled_from(list(allowed))
+
+
+@st.composite
+def shapes(
+    draw: st.DrawFn,
+    *,
+    rank: int,
+    feature_axis: int,
+    num_features: int,
+    min_count: int = 2,
+    max_batch: int = 8,
+    max_spatial: int = 5,
+) -> tuple[int, ...]:
+    """An input shape with at least ``min_count`` values per feature (batch x spatial).
+
+    Batch sizes 1 and 2 and spatial sizes 1 are reachable; shrinking goes to the smallest.
+    """
+    for _ in range(100):
+        batch = draw(st.integers(0 if min_count == 0 else 1, max_batch))
+        spatial = [draw(st.integers(1, max_spatial)) for _ in range(rank - 2)]
+        count = batch * int(np.prod(spatial, dtype=np.int64))
+        if count >= min_count or min_count == 0:
+            break
+    else:  # pragma: no cover - the loop always finds one for min_count <= max_batch
+        batch, spatial = max(min_count, 1), [1] * (rank - 2)
+    if count < min_count:
+        batch = min_count
+        spatial = [1] * (rank - 2)
+    shape = [batch, *spatial]
+    shape.insert(feature_axis, num_features)
+    return tuple(shape)
+
+
+@st.composite
+def standard_values(draw: st.DrawFn, shape: tuple[int, ...]) -> Array:
+    """Values in [-1, 1]: elementwise (shrinkable) when small, from a seeded generator when large."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if size <= ELEMENTWISE_LIMIT:
+        elements = st.floats(-1.0, 1.0, allow_subnormal=False)
+        return draw(hnp.arrays(np.float64, shape, elements=elements))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=shape)
+
+
+@st.composite
+def feature_values(
+    draw: st.DrawFn,
+    shape: tuple[int, ...],
+    feature_axis: int,
+    dtype: DTypeName,
+    conditioning: Conditioning = "well",
+) -> Array:
+    """An input whose features have their own spread and mean, rounded to ``dtype``.
+
+    ``well``: the mean is at most 4 spreads from zero (condition number kappa <= ~5).
+    ``ill``: the mean is 10^k spreads from zero, up to the dtype's limit (conventions:
+    accuracy model), the case where a one-pass variance loses its digits. Features whose
+    drawn values are all equal have zero variance.
+    """
+    features = shape[feature_axis]
+    low, high = SPREAD_EXPONENTS[dtype]
+    spread = np.array(
+        [10.0 ** draw(st.integers(low, high)) for _ in range(features)]
+    )
+    if conditioning == "well":
+        ratio = np.array([draw(st.floats(-4.0, 4.0)) for _ in range(features)])
+    else:
+        top = OFFSET_EXPONENTS[dtype]
+        ratio = np.array(
+            [
+                draw(st.sampled_from([-1.0, 1.0])) * 10.0 ** draw(st.integers(1, top))
+                for _ in range(features)
+            ]
+        )
+    z = draw(standard_values(shape))
+    bshape = [1] * len(shape)
+    bshape[feature_axis] = features
+    x = (ratio * spread).reshape(bshape) + spread.reshape(bshape) * z
+    return round_to(x, dtype)
+
+
+def memory_layouts(rank: int) -> st.SearchStrategy[Layout]:
+    """The memory arrangements an input can arrive in (conv.layout.memory)."""
+    options: list[Layout] = ["strided", "transposed"]
+    if rank >= 3:
+        options.append("channels_last")
+    return st.sampled_from(options)
+
+
+def arrange(x: Array, layout: Layout, feature_axis: int) -> Array:
+    """The same values as ``x`` in the given memory layout, as a (possibly strided) view."""
+    if layout == "contiguous":
+        return np.ascontiguousarray(x)
+    if layout == "strided":
+        buffer = np.zeros((*x.shape[:-1], 2 * x.shape[-1]))
+        view = buffer[..., ::2]
+        view[...] = x
+        return view
+    if layout == "transposed":
+        return np.asfortranarray(x)
+    moved = np.ascontiguousarray(np.moveaxis(x, feature_axis, -1))
+    return np.moveaxis(moved, -1, feature_axis)
+
+
+@st.composite
+def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> tuple[Array, Array]:
+    """gamma and beta in [-2, 2] (zero and negative gamma included)."""
+    gamma = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-2.0, 2.0)))
+    beta = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-2.0, 2.0)))
+    return round_to(gamma, dtype), round_to(beta, dtype)
+
+
+@st.composite
+def running_statistics(
+    draw: st.DrawFn,
+    num_features: int,
+    dtype: DTypeName,
+    *,
+    near: Array | None = None,
+    scale: Array | None = None,
+    max_steps: int = 10**6,
+) -> RunningStatistics:
+    """A valid state: any mean, a positive variance, any step counter.
+
+    With ``near``/``scale`` (per-feature centre and spread of the data), the mean lies
+    within a few spreads of the data and the variance within a factor 100 of the spread's
+    square, as the state of a trained layer would.
+    """
+    centre = np.zeros(num_features) if near is None else near
+    spread = np.ones(num_features) if scale is None else scale
+    offset = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-3.0, 3.0)))
+    log_ratio = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-2.0, 2.0)))
+    mean = round_to(centre + offset * spread, dtype)
+    var = np.maximum(round_to(spread**2 * 10.0**log_ratio, dtype), 0.0)
+    steps = draw(st.integers(0, max_steps))
+    return RunningStatistics(mean, var, steps)
+
+
+def canonical_rates() -> st.SearchStrategy[float]:
+    """Update rates alpha in [0, 1], the common ones first."""
+    return st.one_of(st.sampled_from([0.1, 0.0, 1.0, 0.5, 0.01, 0.9]), st.floats(0.0, 1.0))
+
+
+def eps_values(dialect: Dialect) -> st.SearchStrategy[float]:
+    """Positive eps: the dialect's default first, then values that meet realistic variances."""
+    return st.sampled_from([dialect.default_eps, 1e-5, 1e-3, 2.0**-4, 1.0])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One drawn situation: what to build, set and feed."""
+
+    config: LayerConfig
+    rate: float | None  # the canonical alpha (None: cumulative)
+    params: tuple[Array, Array] | None
+    state: RunningStatistics | None
+    x: Array
+    dy: Array
+    layout: Layout
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-friendly description of the case (the minimal example in a report)."""
+        small = self.x.size <= 64
+
+        def values(a: Array | None) -> Any:
+            return None if a is None else a.tolist()
+
+        return {
+            "dtype": self.config.dtype,
+            "shape": list(self.x.shape),
+            "feature_axis": self.config.feature_axis,
+            "layout": self.layout,
+            "eps": self.config.eps,
+            "momentum": self.config.momentum,
+            "alpha": self.rate,
+            "affine": self.config.affine,
+            "track_running_stats": self.config.track_running_stats,
+            "gamma": values(self.params[0]) if self.params else None,
+            "beta": values(self.params[1]) if self.params else None,
+            "running_mean": values(self.state.mean) if self.state else None,
+            "running_var": values(self.state.var) if self.state else None,
+            "steps": self.state.steps if self.state else None,
+            "x": values(self.x) if small else f"{self.x.size} values, omitted",
+            "dy": values(self.dy) if small else f"{self.dy.size} values, omitted",
+        }
+
+
+def feature_axis_for(rank: int, position: str) -> int:
+    return 1 if position == "first" else rank - 1
+
+
+@st.composite
+def cases(
+    draw: st.DrawFn,
+    capabilities: Capabilities,
+    dialect: Dialect,
+    allowed_dtypes: Sequence[DTypeName],
+    *,
+    conditioning: Conditioning = "well",
+    min_count: int = 2,
+    long_reductions: bool = False,
+    max_batch: int | None = None,
+    max_spatial: int | None = None,
+    rate: float | None = None,
+    layout: Layout | None = None,
+    axis_positions: Sequence[str] | None = None,
+    track: bool | None = True,
+    affine: bool | None = True,
+    cumulative: bool = False,
+    num_features: int | None = None,
+) -> Case:
+    """A whole case for a capability set and a dialect.
+
+    ``track``/``affine``: force the setting, or ``None`` to draw it where supported.
+    ``cumulative``: ask for the cumulative-average mode (momentum ``None``).
+    ``axis_positions``: feature-axis positions to draw from (default: the primary one).
+    ``rate``: a fixed canonical update rate instead of a drawn one.
+    """
+    dtype = draw(dtypes(allowed_dtypes))
+    rank = draw(st.sampled_from(sorted(capabilities.ranks)))
+    positions = list(axis_positions or capabilities.feature_axes[:1])
+    position = draw(st.sampled_from(positions))
+    feature_axis = feature_axis_for(rank, position)
+    features = num_features if num_features is not None else draw(st.integers(1, 4))
+    shape = draw(
+        shapes(
+            rank=rank,
+            feature_axis=feature_axis,
+            num_features=features,
+            min_count=min_count,
+            max_batch=max_batch if max_batch is not None else (64 if long_reductions else 8),
+            max_spatial=max_spatial if max_spatial is not None else (12 if long_reductions else 5),
+        )
+    )
+    x = draw(feature_values(shape, feature_axis, dtype, conditioning))
+    is_tracked = (
+        draw(st.booleans()) if track is None and capabilities.untracked else track is not False
+    )
+    is_affine = (
+        draw(st.booleans())
+        if affine is None and capabilities.without_affine
+        else affine is not False
+    )
+    if cumulative:
+        rate = None
+    elif rate is None:
+        rate = draw(canonical_rates())
+    momentum = dialect.momentum_from_rate(rate) if not cumulative else None
+    eps = draw(eps_values(dialect))
+    params = draw(affine_parameters(features, dtype)) if is_affine else None
+    state = None
+    if is_tracked:
+        axes = tuple(a for a in range(len(shape)) if a != feature_axis)
+        centre = np.mean(x, axis=axes) if x.size else np.zeros(features)
+        spread = np.maximum(np.std(x, axis=axes) if x.size else np.ones(features), 1e-3)
+        state = draw(running_statistics(features, dtype, near=centre, scale=spread))
+    dy = round_to(draw(standard_values(shape)), dtype)
+    chosen: Layout = layout or "contiguous"
+    config = LayerConfig(
+        num_features=features,
+        rank=rank,
+        feature_axis=feature_axis,
+        dtype=dtype,
+        eps=eps,
+        momentum=momentum,
+        affine=is_affine,
+        track_running_stats=is_tracked,
+    )
+    return Case(config, rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)

@@ -1,0 +1,336 @@
+"""Tolerances derived from the accuracy clauses (conventions: accuracy model; bn.accuracy.*).
+
+Every bound is the spec's first-order error bound for the implementation's precision plus
+the same bound for the float64 reference, so the reference's own error is never charged to
+the implementation. Nothing here is a fixed atol/rtol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from normspec.conformance.dtypes import FORMATS, float_format, ulp
+from normspec.reference import batch_statistics
+from normspec.reference._arrays import per_feature, reduction_axes
+
+Array = NDArray[np.float64]
+
+#: The safety factor K of the accuracy model.
+SAFETY_FACTOR = 4.0
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Unit roundoffs of an evaluation: output format ``u_o``, working precision ``u_w``."""
+
+    u_o: float
+    u_w: float
+    tiny: float
+
+    @classmethod
+    def of(cls, dtype: str) -> Precision:
+        fmt = float_format(dtype)
+        return cls(fmt.unit_roundoff, fmt.working_unit_roundoff, fmt.smallest_normal)
+
+
+REFERENCE_PRECISION = Precision(2.0**-53, 2.0**-53, FORMATS["float64"].smallest_normal)
+
+
+@dataclass(frozen=True)
+class FeatureTerms:
+    """The exact per-feature quantities the bounds are written in (conventions notation)."""
+
+    n: int
+    s: Array  # 1 / sqrt(var + eps), broadcastable to x
+    xhat: Array  # (x - center) * s
+    kappa: Array  # s * mean|x|, broadcastable to x
+    a: Array  # s * (|x_i| + mean|x|)
+    mean_abs: Array  # (C,)
+
+    @classmethod
+    def of(
+        cls,
+        x: Array,
+        feature_axis: int,
+        eps: float,
+        center: Array | None = None,
+        var: Array | None = None,
+    ) -> FeatureTerms:
+        """Terms for batch statistics, or for given (running) ``center`` and ``var``."""
+        axes = reduction_axes(x.ndim, feature_axis)
+        if center is None or var is None:
+            stats = batch_statistics(x, feature_axis)
+            center, var = stats.mean, stats.var
+        mean_abs = np.mean(np.abs(x), axis=axes)
+        s = per_feature(1.0 / np.sqrt(var + eps), x.ndim, feature_axis)
+        m = per_feature(mean_abs, x.ndim, feature_axis)
+        xhat = (x - per_feature(center, x.ndim, feature_axis)) * s
+        return cls(
+            n=x.size // x.shape[feature_axis],
+            s=s,
+            xhat=xhat,
+            kappa=s * m,
+            a=s * (np.abs(x) + m),
+            mean_abs=mean_abs,
+        )
+
+
+def _both(bound: Any, *args: Any) -> Array:
+    """The implementation's bound plus the reference's own, times the safety factor."""
+    precision, *rest = args
+    result: Array = SAFETY_FACTOR * (bound(precision, *rest) + bound(REFERENCE_PRECISION, *rest))
+    return result
+
+
+def _gamma(gamma: Array | None, x: Array, feature_axis: int) -> Array:
+    if gamma is None:
+        return np.ones([1] * x.ndim)
+    return per_feature(np.abs(gamma), x.ndim, feature_axis)
+
+
+def _beta(beta: Array | None, x: Array, feature_axis: int) -> Array:
+    if beta is None:
+        return np.zeros([1] * x.ndim)
+    return per_feature(np.abs(beta), x.ndim, feature_axis)
+
+
+def train_output_bound(
+    precision: Precision,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    eps: float,
+    feature_axis: int,
+) -> Array:
+    """Elementwise bound of bn.accuracy.forward for the training output."""
+
+    def bound(p: Precision, t: FeatureTerms, g: Array, b: Array) -> Array:
+        ax = np.abs(t.xhat)
+        return (
+            p.u_w * g * ((t.n + 1) * t.kappa + t.a + (t.n + 3) * ax)
+            + g * ax * (p.u_w * (t.n + 1) * t.kappa) ** 2
+            + p.u_o * (g * ax + b)
+            + p.tiny * (1 + g * t.s)
+        )
+
+    terms = FeatureTerms.of(x, feature_axis, eps)
+    return _both(
+        bound, precision, terms, _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
+    )
+
+
+def inference_output_bound(
+    precision: Precision,
+    x: Array,
+    mean: Array,
+    var: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    eps: float,
+    feature_axis: int,
+) -> Array:
+    """Elementwise bound of bn.accuracy.inference."""
+
+    def bound(p: Precision, t: FeatureTerms, g: Array, b: Array) -> Array:
+        ax = np.abs(t.xhat)
+        return p.u_w * g * (t.a + 3 * ax) + p.u_o * (g * ax + b) + p.tiny * (1 + g * t.s)
+
+    terms = FeatureTerms.of(x, feature_axis, eps, mean, var)
+    return _both(
+        bound, precision, terms, _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
+    )
+
+
+@dataclass(frozen=True)
+class GradientBounds:
+    dx: Array
+    dgamma: Array
+    dbeta: Array
+
+
+def backward_bounds(
+    precision: Precision,
+    x: Array,
+    dy: Array,
+    gamma: Array | None,
+    eps: float,
+    feature_axis: int,
+    expected: Any,
+    *,
+    mean: Array | None = None,
+    var: Array | None = None,
+) -> GradientBounds:
+    """Bounds of bn.accuracy.backward; with ``mean``/``var`` given, the inference-mode form."""
+    axes = reduction_axes(x.ndim, feature_axis)
+    terms = FeatureTerms.of(x, feature_axis, eps, mean, var)
+    g = _gamma(gamma, x, feature_axis)
+    training = mean is None
+    reductions = terms.n + 3 if training else 3
+    abs_dy = np.abs(dy)
+    m1 = per_feature(np.mean(abs_dy, axis=axes), x.ndim, feature_axis)
+    weight = 1 + terms.kappa + np.abs(terms.xhat)
+    m2_vector = np.mean(abs_dy * weight, axis=axes)
+    m2 = per_feature(m2_vector, x.ndim, feature_axis)
+    ax = np.abs(terms.xhat)
+
+    def dx_bound(p: Precision) -> Array:
+        spread = m1 + (1 + terms.kappa + terms.a + ax) * m2 if training else terms.a * 0
+        return (
+            p.u_w * reductions * g * terms.s * (abs_dy + spread)
+            + p.u_o * np.abs(expected.dx)
+            + p.tiny * (1 + g * terms.s)
+        )
+
+    def dgamma_bound(p: Precision) -> Array:
+        return (
+            p.u_w * (terms.n + 3) * terms.n * m2_vector + p.u_o * np.abs(expected.dgamma) + p.tiny
+        )
+
+    def dbeta_bound(p: Precision) -> Array:
+        m1_vector = np.mean(abs_dy, axis=axes)
+        return p.u_w * terms.n * terms.n * m1_vector + p.u_o * np.abs(expected.dbeta) + p.tiny
+
+    return GradientBounds(
+        dx=_both(dx_bound, precision),
+        dgamma=_both(dgamma_bound, precision),
+        dbeta=_both(dbeta_bound, precision),
+    )
+
+
+@dataclass(frozen=True)
+class StateBounds:
+    mean: Array
+    var: Array
+
+
+def running_bounds(
+    precision: Precision,
+    x: Array,
+    feature_axis: int,
+    alpha: float,
+    unbiased: bool,
+    before_mean: Array,
+    before_var: Array,
+    after_mean: Array,
+    after_var: Array,
+) -> StateBounds:
+    """Bounds of bn.accuracy.running for one update with canonical rate ``alpha``."""
+    stats = batch_statistics(x, feature_axis)
+    n = stats.count
+    c = n / (n - 1) if unbiased and n > 1 else 1.0
+    mean_abs = np.mean(np.abs(x), axis=reduction_axes(x.ndim, feature_axis))
+
+    def mean_bound(p: Precision) -> Array:
+        return (
+            alpha * p.u_w * (n + 1) * mean_abs
+            + p.u_w * np.abs(stats.mean - before_mean)
+            + p.u_o * (np.abs(before_mean) + np.abs(after_mean))
+            + p.tiny
+        )
+
+    def var_bound(p: Precision) -> Array:
+        return (
+            alpha * c * (p.u_w * (n + 3) * stats.var + (p.u_w * (n + 1) * mean_abs) ** 2)
+            + p.u_w * np.abs(c * stats.var - before_var)
+            + p.u_o * (np.abs(before_var) + np.abs(after_var))
+            + p.tiny
+        )
+
+    return StateBounds(mean=_both(mean_bound, precision), var=_both(var_bound, precision))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How an actual array compares with the expected one under an elementwise bound."""
+
+    quantity: str
+    ok: bool
+    reason: str
+    max_abs_error: float
+    max_rel_error: float
+    max_ulps: float
+    worst_index: tuple[int, ...] | None
+    expected_at_worst: float | None
+    actual_at_worst: float | None
+    bound_at_worst: float | None
+
+    def describe(self) -> str:
+        if self.worst_index is None:
+            return f"{self.quantity}: {self.reason}"
+        return (
+            f"{self.quantity}: {self.reason}; at index {self.worst_index} expected "
+            f"{self.expected_at_worst!r}, got {self.actual_at_worst!r} (bound "
+            f"{self.bound_at_worst:.3g}); max abs error {self.max_abs_error:.3g}, max rel "
+            f"error {self.max_rel_error:.3g}, {self.max_ulps:.3g} ulps"
+        )
+
+
+def compare(
+    quantity: str,
+    actual: Array,
+    expected: Array,
+    bound: Array,
+    dtype: str,
+    mask: Array | None = None,
+) -> Comparison:
+    """Compare elementwise; NaN or infinity where the expected value is finite always fails.
+
+    ``mask`` selects the elements that are compared (all by default).
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return Comparison(
+            quantity,
+            False,
+            f"shape {actual.shape}, expected {expected.shape}",
+            np.inf,
+            np.inf,
+            np.inf,
+            None,
+            None,
+            None,
+            None,
+        )
+    bound = np.broadcast_to(bound, expected.shape)
+    selected = (
+        np.ones(expected.shape, bool) if mask is None else np.broadcast_to(mask, expected.shape)
+    )
+    finite = np.isfinite(expected)
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(actual - expected)
+        error = np.where(finite, error, np.where(actual == expected, 0.0, np.inf))
+        error = np.where(np.isnan(error), np.inf, error)
+    error = np.where(selected, error, 0.0)
+    excess = np.where(selected, error - bound, -np.inf)
+    if excess.size == 0:
+        return Comparison(quantity, True, "empty", 0.0, 0.0, 0.0, None, None, None, None)
+    worst = np.unravel_index(int(np.argmax(excess)), expected.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(selected & finite, error / np.abs(expected), 0.0)
+        ulps = np.where(selected & finite, error / ulp(expected, dtype), 0.0)
+    ok = bool(np.all(excess <= 0))
+    nonfinite = bool(np.any(selected & finite & ~np.isfinite(actual)))
+    reason = (
+        "within bound"
+        if ok
+        else (
+            "non-finite where the reference is finite" if nonfinite else "error exceeds the bound"
+        )
+    )
+    return Comparison(
+        quantity=quantity,
+        ok=ok,
+        reason=reason,
+        max_abs_error=float(np.max(error)),
+        max_rel_error=float(np.nanmax(relative)),
+        max_ulps=float(np.nanmax(ulps)),
+        worst_index=tuple(int(i) for i in worst),
+        expected_at_worst=float(expected[worst]),
+        actual_at_worst=float(actual[worst]),
+        bound_at_worst=float(bound[worst]),
+    )
