@@ -34,10 +34,16 @@ class Guard:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.hung: str | None = None
+        self._value: Any = None
 
     def call(self, operation: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.hung is None:
+            self._run(operation, function, args, kwargs)
         if self.hung is not None:
-            raise ImplementationHung(operation, f"not called: an earlier call hung ({self.hung})")
+            raise ImplementationHung(operation, f"no result within {self.hung}")
+        return self._value  # type: ignore[no-any-return]
+
+    def _run(self, operation: str, function: Callable[..., Any], args: Any, kwargs: Any) -> None:
         outcome: dict[str, Any] = {}
 
         def run() -> None:
@@ -51,13 +57,12 @@ class Guard:
         worker.start()
         worker.join(self.timeout)
         if worker.is_alive():
-            self.hung = f"{operation} after {self.timeout:g} s"
-            raise ImplementationHung(operation, f"no result within {self.timeout:g} s")
+            self.hung = f"{self.timeout:g} s (a call to {operation}; not called since)"
+            return
         if "error" in outcome:
             problem = outcome["error"]
             if isinstance(problem, ImplementationError):
                 raise problem
             reason = f"raised {type(problem).__name__}: {problem}"
             raise ImplementationError(operation, reason, outcome["trace"]) from problem
-        value: T = outcome["value"]
-        return value
+        self._value = outcome["value"]

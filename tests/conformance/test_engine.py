@@ -1,0 +1,140 @@
+"""The engine's own behaviour: outcomes, misbehaving implementations, ordering, options."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.reference import ReferenceImplementation, ReferenceLayer
+from normspec.conformance.runner import CheckOptions, OptionsError, check_implementation
+
+FAST = {"max_examples": 8}
+
+
+class Wrapped(ReferenceImplementation):
+    """The reference with one layer method replaced, to simulate a misbehaving library."""
+
+    def __init__(self, method: str, replacement, caps: Capabilities | None = None) -> None:
+        super().__init__("torch")
+        self.name = f"reference with a bad {method}"
+        self._method, self._replacement, self._caps = method, replacement, caps
+
+    def capabilities(self) -> Capabilities:
+        return self._caps or super().capabilities()
+
+    def build(self, config: LayerConfig) -> ReferenceLayer:
+        layer = super().build(config)
+        original = getattr(layer, self._method)
+        setattr(layer, self._method, lambda *a, **k: self._replacement(original, *a, **k))
+        return layer
+
+
+def run(impl, clauses: str, **options) -> object:
+    return check_implementation(impl, CheckOptions(profile="torch", clauses=clauses, **{**FAST, **options}))
+
+
+@pytest.mark.parametrize("profile", ["paper", "torch", "keras", "flax"])
+def test_reference_is_conformant_under_every_profile(profile: str) -> None:
+    report = check_implementation(
+        ReferenceImplementation(profile), CheckOptions(profile=profile, max_examples=10)
+    )
+    assert report.conformant, [r for r in report.results if r.outcome != "pass"]
+    not_passed = {r.clause_id for r in report.results if r.outcome != "pass"}
+    cumulative = ReferenceImplementation(profile).dialect.cumulative_average
+    assert not_passed == (set() if cumulative else {"bn.running.cumulative"})
+    assert report.outcome("bn.running.cumulative") in ("pass", "not_applicable")
+
+
+def test_an_implementation_that_raises_is_an_error_and_the_run_goes_on() -> None:
+    def boom(original, x):
+        raise RuntimeError("kernel exploded")
+
+    report = run(Wrapped("train_step", boom), "bn.train.output,bn.infer.output")
+    assert report.outcome("bn.train.output") == "error"
+    assert "kernel exploded" in report.results[0].message
+    assert report.outcome("bn.infer.output") == "pass"
+    assert not report.conformant
+
+
+def test_a_hanging_implementation_is_reported_and_not_called_again() -> None:
+    def hang(original, x):
+        time.sleep(5)
+        return original(x)
+
+    started = time.perf_counter()
+    report = run(Wrapped("train_step", hang), "bn.train.output,bn.train.affine", timeout=0.2)
+    assert report.outcome("bn.train.output") == "error"
+    assert "no result within" in report.results[0].message
+    assert time.perf_counter() - started < 5
+
+
+def test_nan_where_the_reference_is_finite_fails() -> None:
+    def nan_first(original, x):
+        y = original(x)
+        y.flat[0] = np.nan
+        return y
+
+    report = run(Wrapped("train_step", nan_first), "bn.train.output")
+    result = report.results[0]
+    assert result.outcome == "fail"
+    assert "non-finite" in result.message
+    assert result.details["example"]["shape"]
+    assert result.details["reproduce"].startswith("normspec check")
+
+
+def test_a_wrong_output_shape_fails_with_the_reason() -> None:
+    report = run(Wrapped("infer", lambda original, x: original(x)[:1]), "bn.infer.output")
+    assert report.outcome("bn.infer.output") == "fail"
+    assert "shape" in report.results[0].message
+
+
+def test_missing_capabilities_are_not_applicable_never_pass() -> None:
+    caps = replace(ReferenceImplementation("torch").capabilities(), backward=False, untracked=False)
+    report = run(Wrapped("infer", lambda o, x: o(x), caps), "bn.backward.*,bn.infer.untracked")
+    assert {r.outcome for r in report.results} == {"not_applicable"}
+    assert report.conformant
+
+
+def test_dependents_of_a_failed_clause_are_skipped() -> None:
+    report = run(Wrapped("train_step", lambda o, x: o(x) * 1.01), "bn.train.output,bn.backward.*")
+    assert report.outcome("bn.train.output") == "fail"
+    assert report.outcome("bn.backward.train.dx") == "skipped"
+    assert report.outcome("bn.backward.infer") == "pass"
+
+
+def test_failures_shrink_to_a_small_example() -> None:
+    report = run(Wrapped("train_step", lambda o, x: o(x) * 1.01), "bn.train.output", max_examples=40)
+    example = report.results[0].details["example"]
+    assert int(np.prod(example["shape"])) <= 4
+
+
+def test_the_same_seed_gives_the_same_report() -> None:
+    bad = Wrapped("train_step", lambda o, x: o(x) * (1 + 1e-3 * (x.size > 6)))
+    first = run(bad, "bn.train.output", seed=3, max_examples=30).results[0]
+    second = run(bad, "bn.train.output", seed=3, max_examples=30).results[0]
+    assert first.outcome == second.outcome == "fail"
+    assert first.details["example"] == second.details["example"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"profile": "nope"}, "unknown profile"),
+        ({"dtypes": ("float8",)}, "unknown dtype"),
+        ({"clauses": "zz.*"}, "matches no checked clause"),
+    ],
+)
+def test_bad_options_raise_options_error(options: dict, message: str) -> None:
+    with pytest.raises(OptionsError, match=message):
+        check_implementation(ReferenceImplementation("torch"), CheckOptions(**options))
+
+
+def test_clauses_are_ordered_by_dependency() -> None:
+    report = check_implementation(ReferenceImplementation("torch"), CheckOptions(profile="torch", max_examples=2))
+    order = [r.clause_id for r in report.results]
+    assert order.index("bn.train.output") < order.index("bn.backward.train.dx")
+    assert order.index("bn.train.statistics") < order.index("bn.running.mean")
