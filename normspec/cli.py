@@ -128,6 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as problem:
         print(f"normspec: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into a pager or head that closed early
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":
