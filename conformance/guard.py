@@ -41,7 +41,7 @@ class Guard:
             self._run(operation, function, args, kwargs)
         if self.hung is not None:
             raise ImplementationHung(operation, f"no result within {self.hung}")
-        return self._value  # type: ignore[no-any-return]
+        return self._value
 
     def _run(self, operation: str, function: Callable[..., Any], args: Any, kwargs: Any) -> None:
         outcome: dict[str, Any] = {}
@@ -49,7 +49,7 @@ class Guard:
         def run() -> None:
             try:
                 outcome["value"] = function(*args, **kwargs)
-            except BaseException as problem:  # noqa: BLE001 - reported, never swallowed
+            except BaseException as problem:
                 outcome["error"] = problem
                 outcome["trace"] = traceback.format_exc(limit=8)
 

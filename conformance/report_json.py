@@ -21,8 +21,11 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "normspec_version": report.normspec_version,
         "spec_version": report.spec_version,
-        "implementation": {"name": report.implementation, "target": report.target,
-                           "versions": report.versions},
+        "implementation": {
+            "name": report.implementation,
+            "target": report.target,
+            "versions": report.versions,
+        },
         "profile": report.profile,
         "dtypes": list(report.dtypes),
         "seed": report.seed,

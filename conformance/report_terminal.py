@@ -8,8 +8,13 @@ from typing import TextIO
 from normspec.conformance.report_json import json_safe
 from normspec.conformance.results import ClauseResult, Report
 
-SYMBOLS = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "not_applicable": "n/a",
-           "skipped": "skipped"}
+SYMBOLS = {
+    "pass": "pass",
+    "fail": "FAIL",
+    "error": "ERROR",
+    "not_applicable": "n/a",
+    "skipped": "skipped",
+}
 
 
 def progress_line(result: ClauseResult) -> str:
@@ -22,17 +27,25 @@ def progress_line(result: ClauseResult) -> str:
 
 def print_header(report: Report, stream: TextIO) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
-    print(f"normspec {report.normspec_version} (spec {report.spec_version}) checking "
-          f"{report.implementation}", file=stream)
-    print(f"  profile {report.profile}; dtypes {', '.join(report.dtypes) or 'none'}; seed "
-          f"{report.seed}; {report.max_examples} examples per clause; {versions}", file=stream)
+    print(
+        f"normspec {report.normspec_version} (spec {report.spec_version}) checking "
+        f"{report.implementation}",
+        file=stream,
+    )
+    print(
+        f"  profile {report.profile}; dtypes {', '.join(report.dtypes) or 'none'}; seed "
+        f"{report.seed}; {report.max_examples} examples per clause; {versions}",
+        file=stream,
+    )
 
 
 def print_summary(report: Report, stream: TextIO) -> None:
     problems = [r for r in report.results if r.outcome in ("fail", "error")]
     for result in problems:
-        print(f"\n{SYMBOLS[result.outcome]} {result.clause_id} ({result.level}): {result.summary}",
-              file=stream)
+        print(
+            f"\n{SYMBOLS[result.outcome]} {result.clause_id} ({result.level}): {result.summary}",
+            file=stream,
+        )
         print(f"  {result.message}", file=stream)
         example = result.details.get("example")
         if example:

@@ -83,7 +83,9 @@ def order_by_dependencies(checks: list[Check]) -> list[Check]:
     return ordered
 
 
-def _dtypes(requested: Sequence[str] | None, supported: frozenset[DTypeName]) -> tuple[DTypeName, ...]:
+def _dtypes(
+    requested: Sequence[str] | None, supported: frozenset[DTypeName]
+) -> tuple[DTypeName, ...]:
     for name in requested or ():
         if name not in ALL_DTYPES:
             raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")
@@ -118,7 +120,7 @@ def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: in
     configured = _hypothesis_settings(max_examples)
     if item.stateful:
         machine = item.body(ctx, None)
-        run_state_machine_as_test(seed(seed_value)(machine), settings=configured)  # type: ignore[arg-type]
+        run_state_machine_as_test(seed(seed_value)(machine), settings=configured)
         return
 
     @seed(seed_value)
@@ -186,7 +188,7 @@ def check_clause(
         result.message = f"the implementation is not deterministic: {problem}"
     except Unsatisfiable as problem:
         result.outcome, result.message = "not_applicable", f"no valid example: {problem}"
-    except Exception as problem:  # noqa: BLE001 - an internal error must not end the run
+    except Exception as problem:
         result.outcome = "error"
         result.message = f"normspec internal error ({type(problem).__name__}: {problem})"
         result.details = _failure_details(ctx, problem)

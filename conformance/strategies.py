@@ -104,9 +104,7 @@ def feature_values(
     """
     features = shape[feature_axis]
     low, high = SPREAD_EXPONENTS[dtype]
-    spread = np.array(
-        [10.0 ** draw(st.integers(low, high)) for _ in range(features)]
-    )
+    spread = np.array([10.0 ** draw(st.integers(low, high)) for _ in range(features)])
     if conditioning == "well":
         ratio = np.array([draw(st.floats(-4.0, 4.0)) for _ in range(features)])
     else:

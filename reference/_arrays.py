@@ -30,7 +30,9 @@ def check_input(x: FloatArray, feature_axis: int) -> int:
     if x.ndim < 2:
         raise ValueError(f"x must have rank 2 or more (batch, features, ...), got shape {x.shape}")
     if not -x.ndim <= feature_axis < x.ndim:
-        raise ValueError(f"feature_axis {feature_axis} is out of range for an input of rank {x.ndim}")
+        raise ValueError(
+            f"feature_axis {feature_axis} is out of range for an input of rank {x.ndim}"
+        )
     return feature_axis % x.ndim
 
 

@@ -21,9 +21,7 @@ def variance_estimate(batch: BatchStatistics, estimator: VarianceEstimator) -> B
     if estimator != "unbiased":
         raise ValueError(f"variance estimator must be 'biased' or 'unbiased', got {estimator!r}")
     if batch.count < 2:
-        raise ValueError(
-            "the unbiased running variance needs at least 2 values per feature, got 1"
-        )
+        raise ValueError("the unbiased running variance needs at least 2 values per feature, got 1")
     factor = batch.count / (batch.count - 1)
     return BatchStatistics(batch.mean, batch.var * factor, batch.count)
 
@@ -51,8 +49,7 @@ def update_running_statistics(
     """
     if batch.mean.shape != state.mean.shape:
         raise ValueError(
-            f"batch statistics have {batch.mean.shape[0]} features, the state "
-            f"{state.num_features}"
+            f"batch statistics have {batch.mean.shape[0]} features, the state {state.num_features}"
         )
     alpha = step_rate(state, rate)
     target = variance_estimate(batch, estimator)

@@ -14,7 +14,9 @@ from normspec.adapters.protocol import Capabilities, DTypeName
 from normspec.conformance.context import CheckContext
 from normspec.reference.dialects import Dialect
 
-Body = Callable[[CheckContext, Any], None]
+#: A check body: draws from ``data`` and raises on a violation (a stateful check returns
+#: its state-machine class instead).
+Body = Callable[[CheckContext, Any], Any]
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,22 @@ def expect_train_output(ctx: CheckContext, case: Case, y: Any, mask: Any = None)
     """y against the reference training output under bn.accuracy.forward's bound."""
     gamma, beta = _gamma_beta(case)
     cfg = case.config
-    expected, _ = reference.train_forward(case.x, gamma, beta, eps=cfg.eps, feature_axis=cfg.feature_axis)
-    bound = train_output_bound(Precision.of(cfg.dtype), case.x, gamma, beta, cfg.eps, cfg.feature_axis)
-    ctx.expect(compare("training output y", ctx.shape_of("y", y, case.x.shape), expected, bound, cfg.dtype, mask))
+    expected, _ = reference.train_forward(
+        case.x, gamma, beta, eps=cfg.eps, feature_axis=cfg.feature_axis
+    )
+    bound = train_output_bound(
+        Precision.of(cfg.dtype), case.x, gamma, beta, cfg.eps, cfg.feature_axis
+    )
+    ctx.expect(
+        compare(
+            "training output y",
+            ctx.shape_of("y", y, case.x.shape),
+            expected,
+            bound,
+            cfg.dtype,
+            mask,
+        )
+    )
 
 
 def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
@@ -49,11 +62,18 @@ def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
     bound = inference_output_bound(
         Precision.of(cfg.dtype), case.x, mean, var, gamma, beta, cfg.eps, cfg.feature_axis
     )
-    ctx.expect(compare("inference output y", ctx.shape_of("y", y, case.x.shape), expected, bound, cfg.dtype))
+    ctx.expect(
+        compare(
+            "inference output y", ctx.shape_of("y", y, case.x.shape), expected, bound, cfg.dtype
+        )
+    )
 
 
 def expect_running_update(
-    ctx: CheckContext, case: Case, after: reference.RunningStatistics | None, which: tuple[str, ...],
+    ctx: CheckContext,
+    case: Case,
+    after: reference.RunningStatistics | None,
+    which: tuple[str, ...],
     mask: Any = None,
 ) -> None:
     """The state after one training step against the reference update (bn.running.*)."""
@@ -66,33 +86,61 @@ def expect_running_update(
     features = (case.config.num_features,)
     alpha = reference.step_rate(case.state, case.rate)
     bounds = running_bounds(
-        Precision.of(case.config.dtype), case.x, case.config.feature_axis, alpha,
-        ctx.dialect.running_variance == "unbiased", case.state.mean, case.state.var,
-        expected.mean, expected.var,
+        Precision.of(case.config.dtype),
+        case.x,
+        case.config.feature_axis,
+        alpha,
+        ctx.dialect.running_variance == "unbiased",
+        case.state.mean,
+        case.state.var,
+        expected.mean,
+        expected.var,
     )
     if "mean" in which:
         actual = ctx.shape_of("running mean", after.mean, features)
-        ctx.expect(compare("running mean", actual, expected.mean, bounds.mean, case.config.dtype, mask))
+        ctx.expect(
+            compare("running mean", actual, expected.mean, bounds.mean, case.config.dtype, mask)
+        )
     if "var" in which:
         actual = ctx.shape_of("running variance", after.var, features)
-        ctx.expect(compare("running variance", actual, expected.var, bounds.var, case.config.dtype, mask))
+        ctx.expect(
+            compare("running variance", actual, expected.var, bounds.var, case.config.dtype, mask)
+        )
 
 
 def expect_gradients(
-    ctx: CheckContext, case: Case, grads: reference.Gradients, *, training: bool,
-    which: tuple[str, ...] = ("dx", "dgamma", "dbeta"), mask: Any = None,
+    ctx: CheckContext,
+    case: Case,
+    grads: reference.Gradients,
+    *,
+    training: bool,
+    which: tuple[str, ...] = ("dx", "dgamma", "dbeta"),
+    mask: Any = None,
     feature_mask: Any = None,
 ) -> None:
     """dx, dgamma, dbeta against the reference under bn.accuracy.backward's bound."""
     cfg = case.config
     gamma, _ = _gamma_beta(case)
     expected = reference.backward(
-        reference_config(case, ctx.dialect), reference_params(case), case.state, case.x, case.dy,
+        reference_config(case, ctx.dialect),
+        reference_params(case),
+        case.state,
+        case.x,
+        case.dy,
         training=training,
     )
-    stats = {} if training or case.state is None else {"mean": case.state.mean, "var": case.state.var}
+    stats = (
+        {} if training or case.state is None else {"mean": case.state.mean, "var": case.state.var}
+    )
     bounds = backward_bounds(
-        Precision.of(cfg.dtype), case.x, case.dy, gamma, cfg.eps, cfg.feature_axis, expected, **stats
+        Precision.of(cfg.dtype),
+        case.x,
+        case.dy,
+        gamma,
+        cfg.eps,
+        cfg.feature_axis,
+        expected,
+        **stats,
     )
     features = (cfg.num_features,)
     if "dx" in which:
@@ -100,7 +148,9 @@ def expect_gradients(
         ctx.expect(compare("dx", dx, expected.dx, bounds.dx, cfg.dtype, mask))
     if "dgamma" in which and cfg.affine:
         dgamma = ctx.shape_of("dgamma", grads.dgamma, features)
-        ctx.expect(compare("dgamma", dgamma, expected.dgamma, bounds.dgamma, cfg.dtype, feature_mask))
+        ctx.expect(
+            compare("dgamma", dgamma, expected.dgamma, bounds.dgamma, cfg.dtype, feature_mask)
+        )
     if "dbeta" in which and cfg.affine:
         dbeta = ctx.shape_of("dbeta", grads.dbeta, features)
         ctx.expect(compare("dbeta", dbeta, expected.dbeta, bounds.dbeta, cfg.dtype, feature_mask))
@@ -145,7 +195,9 @@ def running_initial(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case, set_parameters=False, set_state=False)
     state = ctx.state_of(layer)
-    ctx.require(state is not None, "a new layer that tracks statistics reports no running statistics")
+    ctx.require(
+        state is not None, "a new layer that tracks statistics reports no running statistics"
+    )
     assert state is not None
     features = case.config.num_features
     ctx.require(
@@ -216,10 +268,14 @@ def running_untracked(ctx: CheckContext, data: Any) -> None:
     layer = ctx.build(case)
     ctx.call("train_step", layer.train_step, case.x)
     state = ctx.state_of(layer)
-    ctx.require(state is None, f"a layer without tracked statistics reports a state after training: {state}")
+    ctx.require(
+        state is None, f"a layer without tracked statistics reports a state after training: {state}"
+    )
 
 
-def _same_state(before: reference.RunningStatistics, after: reference.RunningStatistics | None) -> bool:
+def _same_state(
+    before: reference.RunningStatistics, after: reference.RunningStatistics | None
+) -> bool:
     return (
         after is not None
         and np.array_equal(before.mean, after.mean, equal_nan=True)

@@ -22,7 +22,9 @@ def shape_dtype(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case)
     features = (case.config.num_features,)
-    ctx.shape_of("training output y", ctx.call("train_step", layer.train_step, case.x), case.x.shape)
+    ctx.shape_of(
+        "training output y", ctx.call("train_step", layer.train_step, case.x), case.x.shape
+    )
     state = ctx.state_of(layer)
     if state is not None:
         ctx.shape_of("running mean", state.mean, features)

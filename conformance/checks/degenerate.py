@@ -179,9 +179,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
 def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     eps = data.draw(st.sampled_from([case.config.eps, *INVALID_EPS]), label="eps")
-    momentum = data.draw(
-        st.sampled_from([case.config.momentum, *INVALID_RATES]), label="momentum"
-    )
+    momentum = data.draw(st.sampled_from([case.config.momentum, *INVALID_RATES]), label="momentum")
     config = replace(case.config, eps=eps, momentum=momentum)
     case = ctx.use_case(replace(case, config=config))
     try:

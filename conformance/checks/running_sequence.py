@@ -21,9 +21,7 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
     applied to the state it had before the call, so rounding never accumulates into a
     false failure while a wrong rule shows at its first application.
     """
-    first_case = cases(
-        ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=False
-    ) | (
+    first_case = cases(ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=False) | (
         cases(ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=True)
         if ctx.capabilities.cumulative_average and ctx.capabilities.step_counter
         else st.nothing()

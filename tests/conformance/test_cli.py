@@ -51,8 +51,22 @@ def test_usage_errors_are_one_line_and_exit_2(
 def test_check_writes_valid_json_and_junit(tmp_path: Path) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     report_path, junit_path = tmp_path / "r.json", tmp_path / "r.xml"
-    code = main(["check", "reference", "--profile", "torch", "--clauses", "bn.train.*,bn.infer.*",
-                 "--max-examples", "5", "--json", str(report_path), "--junit", str(junit_path)])
+    code = main(
+        [
+            "check",
+            "reference",
+            "--profile",
+            "torch",
+            "--clauses",
+            "bn.train.*,bn.infer.*",
+            "--max-examples",
+            "5",
+            "--json",
+            str(report_path),
+            "--junit",
+            str(junit_path),
+        ]
+    )
     assert code == 0
     report = json.loads(report_path.read_text())
     jsonschema.validate(report, schema())
@@ -75,9 +89,25 @@ def test_a_failing_check_exits_1_with_a_valid_report(tmp_path: Path) -> None:
         "impl = Scaled('torch')\n"
     )
     out = subprocess.run(
-        [sys.executable, "-m", "normspec", "check", "scaled_bn:impl", "--profile", "torch",
-         "--clauses", "bn.train.output", "--max-examples", "20", "--json", "r.json"],
-        cwd=tmp_path, capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "normspec",
+            "check",
+            "scaled_bn:impl",
+            "--profile",
+            "torch",
+            "--clauses",
+            "bn.train.output",
+            "--max-examples",
+            "20",
+            "--json",
+            "r.json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert out.returncode == 1, out.stderr
     assert "FAIL" in out.stdout and "reproduce: normspec check scaled_bn:impl" in out.stdout

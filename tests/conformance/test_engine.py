@@ -34,7 +34,9 @@ class Wrapped(ReferenceImplementation):
 
 
 def run(impl, clauses: str, **options) -> object:
-    return check_implementation(impl, CheckOptions(profile="torch", clauses=clauses, **{**FAST, **options}))
+    return check_implementation(
+        impl, CheckOptions(profile="torch", clauses=clauses, **{**FAST, **options})
+    )
 
 
 @pytest.mark.parametrize("profile", ["paper", "torch", "keras", "flax"])
@@ -107,7 +109,9 @@ def test_dependents_of_a_failed_clause_are_skipped() -> None:
 
 
 def test_failures_shrink_to_a_small_example() -> None:
-    report = run(Wrapped("train_step", lambda o, x: o(x) * 1.01), "bn.train.output", max_examples=40)
+    report = run(
+        Wrapped("train_step", lambda o, x: o(x) * 1.01), "bn.train.output", max_examples=40
+    )
     example = report.results[0].details["example"]
     assert int(np.prod(example["shape"])) <= 4
 
@@ -134,7 +138,9 @@ def test_bad_options_raise_options_error(options: dict, message: str) -> None:
 
 
 def test_clauses_are_ordered_by_dependency() -> None:
-    report = check_implementation(ReferenceImplementation("torch"), CheckOptions(profile="torch", max_examples=2))
+    report = check_implementation(
+        ReferenceImplementation("torch"), CheckOptions(profile="torch", max_examples=2)
+    )
     order = [r.clause_id for r in report.results]
     assert order.index("bn.train.output") < order.index("bn.backward.train.dx")
     assert order.index("bn.train.statistics") < order.index("bn.running.mean")
