@@ -64,14 +64,14 @@ def test_an_implementation_that_raises_is_an_error_and_the_run_goes_on() -> None
 
 def test_a_hanging_implementation_is_reported_and_not_called_again() -> None:
     def hang(original, x):
-        time.sleep(5)
+        time.sleep(60)
         return original(x)
 
     started = time.perf_counter()
     report = run(Wrapped("train_step", hang), "bn.train.output,bn.train.affine", timeout=0.2)
     assert report.outcome("bn.train.output") == "error"
     assert "no result within" in report.results[0].message
-    assert time.perf_counter() - started < 5
+    assert time.perf_counter() - started < 30  # the 60 s call was abandoned, not awaited
 
 
 def test_nan_where_the_reference_is_finite_fails() -> None:
