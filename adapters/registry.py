@@ -39,7 +39,9 @@ def _import_attr(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as problem:
-        raise TargetError(f"cannot import {module_name!r} for target {target!r}: {problem}") from None
+        raise TargetError(
+            f"cannot import {module_name!r} for target {target!r}: {problem}"
+        ) from None
     value: Any = module
     for part in attr_path.split("."):
         try:

@@ -1,0 +1,429 @@
+"""What the PyTorch adapters share: arrays and layouts, dtypes, devices, state, the layer.
+
+Imported only by the PyTorch adapters (``torch_module``, ``torch_functional``), never by
+normspec at start-up. An adapter specialises :class:`TorchLayer` (how one forward is called
+and where the tensors live) and :class:`TorchImplementation` (what it supports); everything
+else -- conversion, checking of outputs (conv.io.shape_dtype), state, gradients -- is here.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+import torch
+
+from normspec.adapters.protocol import (
+    ALL_DTYPES,
+    Array,
+    Capabilities,
+    DTypeName,
+    Layer,
+    LayerConfig,
+    UnsupportedConfig,
+    WrongOutput,
+)
+from normspec.reference import Gradients, RunningStatistics
+from normspec.reference.dialects import PROFILES
+
+#: The environment variable naming the default device (``cpu``, ``cuda``, ``cuda:1``, ...).
+DEVICE_VARIABLE = "NORMSPEC_TORCH_DEVICE"
+
+TORCH_DTYPES: dict[DTypeName, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+#: Where the parameters and running statistics of a float16/bfloat16 layer live:
+#: ``float32`` as under ``torch.autocast`` (automatic mixed precision, the usual way to
+#: train in half precision: BatchNorm keeps float32 parameters and buffers and takes half
+#: activations); ``input``: the whole module in the input's dtype (``module.half()``).
+ParameterPolicy = Literal["float32", "input"]
+
+
+def torch_dtype(name: DTypeName) -> torch.dtype:
+    """The torch dtype of a protocol dtype name."""
+    try:
+        return TORCH_DTYPES[name]
+    except KeyError:
+        raise UnsupportedConfig(f"unknown dtype {name!r}") from None
+
+
+def parameter_dtype(name: DTypeName, policy: ParameterPolicy) -> torch.dtype:
+    """The dtype of parameters and running statistics for inputs of dtype ``name``."""
+    if policy not in ("float32", "input"):
+        raise ValueError(f"parameter policy must be 'float32' or 'input', got {policy!r}")
+    if name in ("float16", "bfloat16") and policy == "float32":
+        return torch.float32
+    return torch_dtype(name)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device``, else ``$NORMSPEC_TORCH_DEVICE``, else the CPU; an unusable CUDA is an error."""
+    chosen = torch.device(device if device is not None else os.environ.get(DEVICE_VARIABLE, "cpu"))
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(chosen)!r} asked for, but torch.cuda is not available")
+    return chosen
+
+
+def device_versions(device: torch.device) -> dict[str, str]:
+    """torch, NumPy and device versions, for the report."""
+    found = {"torch": torch.__version__, "numpy": np.__version__, "device": str(device)}
+    if device.type == "cuda":
+        found["gpu"] = torch.cuda.get_device_name(device)
+        found["cuda"] = str(torch.version.cuda)
+        cudnn_version: Callable[[], int | None] = torch.backends.cudnn.version  # untyped in torch
+        found["cudnn"] = str(cudnn_version())
+    return found
+
+
+# -- arrays ---------------------------------------------------------------------------------
+
+
+def element_strides(array: np.ndarray) -> tuple[int, ...] | None:
+    """The strides of ``array`` in elements, or ``None`` if torch cannot express them.
+
+    Torch has no negative strides, and strides that are not whole elements have no meaning.
+    """
+    size = array.itemsize
+    if any(stride < 0 or stride % size for stride in array.strides):
+        return None
+    return tuple(stride // size for stride in array.strides)
+
+
+def to_torch(array: Array, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A protocol array as a fresh tensor of ``dtype`` on ``device``, with the array's layout.
+
+    The tensor has the strides of the array (in elements): a strided view, a transposed or
+    channels-last arrangement, even a broadcast (zero-stride) view arrives as such. The
+    memory the view spans is converted as one flat buffer and re-viewed with ``as_strided``
+    (converting the view itself would compact it). Negative strides, which torch cannot
+    express, give a dense copy with the array's axis order. The tensor never shares memory
+    with the array. Values must be exactly representable in ``dtype`` (the protocol's promise).
+    """
+    source = np.asarray(array, dtype=np.float64)
+    strides = element_strides(source)
+    if strides is None:
+        source = np.array(source, order="K", copy=True)
+        strides = element_strides(source)
+        assert strides is not None
+    if source.size == 0:
+        return torch.empty_strided(source.shape, strides, dtype=dtype, device=device)
+    extent = 1 + sum(
+        (length - 1) * stride for length, stride in zip(source.shape, strides, strict=True)
+    )
+    flat = np.lib.stride_tricks.as_strided(source, shape=(extent,), strides=(source.itemsize,))
+    buffer = torch.from_numpy(np.array(flat, copy=True)).to(device=device, dtype=dtype)
+    return buffer.as_strided(source.shape, strides)
+
+
+def vector_to_torch(values: Array, like: torch.Tensor) -> torch.Tensor:
+    """A per-feature vector as a tensor of ``like``'s dtype and device."""
+    owned = np.array(values, dtype=np.float64, copy=True)
+    return torch.from_numpy(owned).to(like.device, like.dtype)
+
+
+def from_torch(value: object, *, shape: Sequence[int], dtype: torch.dtype, what: str) -> Array:
+    """A result tensor as a float64 NumPy array, after checking it (conv.io.shape_dtype).
+
+    Raises :class:`WrongOutput` if ``value`` is not a tensor of exactly ``dtype`` and
+    ``shape``: an implementation returns its input's dtype and shape, never a promoted or
+    broadcast one.
+    """
+    if not isinstance(value, torch.Tensor):
+        raise WrongOutput(f"{what} is a {type(value).__name__}, not a torch.Tensor")
+    if value.dtype != dtype:
+        raise WrongOutput(f"{what} has dtype {value.dtype}, expected {dtype}")
+    if tuple(value.shape) != tuple(shape):
+        raise WrongOutput(f"{what} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    result: Array = np.array(value.detach().to("cpu", torch.float64).numpy(), copy=True)
+    return result
+
+
+# -- parameters and state -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchNormTensors:
+    """Where one layer's parameters and running statistics live (``None``: it has none)."""
+
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    running_mean: torch.Tensor | None
+    running_var: torch.Tensor | None
+    num_batches_tracked: torch.Tensor | None
+
+
+def _checked_vector(tensor: torch.Tensor | None, num_features: int, what: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise WrongOutput(f"the layer has no {what} tensor")
+    if tuple(tensor.shape) != (num_features,) or not tensor.is_floating_point():
+        raise WrongOutput(
+            f"{what} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}, expected a "
+            f"floating-point vector of shape ({num_features},)"
+        )
+    return tensor
+
+
+def write_vector(tensor: torch.Tensor | None, values: Array, num_features: int, what: str) -> None:
+    """Overwrite a parameter or running statistic in place, keeping its dtype and device."""
+    target = _checked_vector(tensor, num_features, what)
+    with torch.no_grad():
+        target.copy_(vector_to_torch(values, target))
+
+
+def read_vector(tensor: torch.Tensor | None, num_features: int, what: str) -> Array:
+    """A parameter or running statistic as a float64 vector."""
+    target = _checked_vector(tensor, num_features, what)
+    return from_torch(target, shape=(num_features,), dtype=target.dtype, what=what)
+
+
+def read_state(tensors: BatchNormTensors, num_features: int, steps: int) -> RunningStatistics:
+    """The running statistics; ``steps`` is used where the layer keeps no step counter."""
+    mean = read_vector(tensors.running_mean, num_features, "running_mean")
+    var = read_vector(tensors.running_var, num_features, "running_var")
+    if tensors.num_batches_tracked is not None:
+        steps = int(tensors.num_batches_tracked.item())
+    try:
+        return RunningStatistics(mean, var, steps)
+    except ValueError as problem:
+        raise WrongOutput(f"the running statistics are malformed: {problem}") from None
+
+
+def write_state(tensors: BatchNormTensors, state: RunningStatistics, num_features: int) -> None:
+    """Overwrite the running statistics (and step counter, if any) in place."""
+    write_vector(tensors.running_mean, state.mean, num_features, "running_mean")
+    write_vector(tensors.running_var, state.var, num_features, "running_var")
+    if tensors.num_batches_tracked is not None:
+        tensors.num_batches_tracked.fill_(state.steps)
+
+
+@contextmanager
+def restored(tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Run a block and put ``tensors`` back to their values before it, whatever happened."""
+    saved = [tensor.detach().clone() for tensor in tensors]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for tensor, value in zip(tensors, saved, strict=True):
+                tensor.copy_(value)
+
+
+# -- the layer ------------------------------------------------------------------------------
+
+
+class TorchLayer(abc.ABC):
+    """A :class:`Layer` over torch tensors; subclasses say how one forward is computed.
+
+    Inputs keep their NumPy layout (:func:`to_torch`); outputs and gradients are checked for
+    the input's dtype and shape, parameter gradients for the parameters' (WrongOutput).
+    """
+
+    def __init__(self, config: LayerConfig, device: torch.device, parameters: torch.dtype):
+        self.config = config
+        self.device = device
+        self.input_dtype = torch_dtype(config.dtype)
+        self.parameter_dtype = parameters
+        #: the step count reported by a layer without a step counter: the last one set
+        self._steps = 0
+
+    @abc.abstractmethod
+    def tensors(self) -> BatchNormTensors:
+        """The layer's parameters and running statistics, as they are now."""
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, *, training: bool) -> object:
+        """One forward pass of the implementation, in training or inference mode."""
+
+    def mutable_tensors(self) -> list[torch.Tensor]:
+        """Every tensor a forward may change: saved and restored around :meth:`vjp`."""
+        found = self.tensors()
+        candidates = (found.running_mean, found.running_var, found.num_batches_tracked)
+        return [tensor for tensor in candidates if tensor is not None]
+
+    # -- the protocol --
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        found = self.tensors()
+        write_vector(found.weight, gamma, self.config.num_features, "weight")
+        write_vector(found.bias, beta, self.config.num_features, "bias")
+
+    def set_state(self, state: RunningStatistics) -> None:
+        if not self.config.track_running_stats:
+            raise ValueError("a layer that does not track running statistics has no state")
+        write_state(self.tensors(), state, self.config.num_features)
+        self._steps = state.steps
+
+    def state(self) -> RunningStatistics | None:
+        if not self.config.track_running_stats:
+            return None
+        return read_state(self.tensors(), self.config.num_features, self._steps)
+
+    def train_step(self, x: Array) -> Array:
+        return self._output(x, training=True)
+
+    def infer(self, x: Array) -> Array:
+        return self._output(x, training=False)
+
+    def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
+        """dx, dgamma, dbeta by autograd; the running statistics are left as they were.
+
+        Without affine parameters (``affine=False``) there is nothing to differentiate:
+        dgamma and dbeta are returned as zeros (the engine compares them only when affine).
+        """
+        num_features = self.config.num_features
+        found = self.tensors()
+        checked = (
+            [
+                _checked_vector(found.weight, num_features, "weight"),
+                _checked_vector(found.bias, num_features, "bias"),
+            ]
+            if self.config.affine
+            else []
+        )
+        inputs = to_torch(x, self.input_dtype, self.device).requires_grad_(True)
+        cotangent = to_torch(dy, self.input_dtype, self.device)
+        with restored(self.mutable_tensors()), torch.enable_grad():
+            y = self.forward(inputs, training=training)
+            from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
+            assert isinstance(y, torch.Tensor)
+            grads = torch.autograd.grad(
+                y, [inputs, *checked], grad_outputs=cotangent, allow_unused=True
+            )
+        dx = self._gradient(grads[0], inputs, "dx")
+        if not checked:
+            zeros = np.zeros(num_features)
+            return Gradients(dx, zeros, zeros.copy())
+        return Gradients(
+            dx,
+            self._gradient(grads[1], checked[0], "dgamma"),
+            self._gradient(grads[2], checked[1], "dbeta"),
+        )
+
+    # -- helpers --
+
+    def _output(self, x: Array, *, training: bool) -> Array:
+        inputs = to_torch(x, self.input_dtype, self.device)
+        with torch.no_grad():
+            y = self.forward(inputs, training=training)
+        return from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
+
+    @staticmethod
+    def _gradient(grad: torch.Tensor | None, of: torch.Tensor, what: str) -> Array:
+        """A gradient; ``None`` (the forward did not use ``of``) is a zero gradient."""
+        value = torch.zeros_like(of) if grad is None else grad
+        return from_torch(value, shape=of.shape, dtype=of.dtype, what=what)
+
+
+# -- the implementation ---------------------------------------------------------------------
+
+
+class TorchImplementation(abc.ABC):
+    """An :class:`Implementation` on torch: device, versions, config checks, dtype probing."""
+
+    name: str
+
+    def __init__(
+        self,
+        profile: str = "torch",
+        *,
+        device: str | torch.device | None = None,
+        parameters: ParameterPolicy = "float32",
+    ) -> None:
+        self.profile = profile
+        self.device = resolve_device(device)
+        self.parameters = parameters
+        parameter_dtype("float16", parameters)  # validates the policy
+        self._capabilities: Capabilities | None = None
+
+    @abc.abstractmethod
+    def base_capabilities(self) -> Capabilities:
+        """What the implementation supports, before the dtypes are probed."""
+
+    @abc.abstractmethod
+    def make_layer(self, config: LayerConfig) -> TorchLayer:
+        """A fresh layer for a configuration within the capabilities."""
+
+    def describe(self, what: str) -> str:
+        """``what (torch VERSION, DEVICE[, float32 parameters])``: the implementation's name."""
+        policy = ", float32 parameters for half inputs" if self.parameters == "float32" else ""
+        return f"{what} (torch {torch.__version__}, {self.device}{policy})"
+
+    def profile_has_cumulative_average(self) -> bool:
+        """Whether the profile defines ``momentum=None`` (dialect.cumulative_average)."""
+        dialect = PROFILES.get(self.profile)
+        return dialect is not None and dialect.cumulative_average
+
+    def capabilities(self) -> Capabilities:
+        """The base capabilities, less the dtypes a tiny forward and backward fail on."""
+        if self._capabilities is None:
+            base = self.base_capabilities()
+            dtypes: set[DTypeName] = set()
+            notes = dict(base.notes)
+            failures = []
+            for name in ALL_DTYPES:
+                if name not in base.dtypes:
+                    continue
+                problem = self._probe(base, name)
+                if problem is None:
+                    dtypes.add(name)
+                else:
+                    failures.append(f"{name}: {problem}")
+            if failures:
+                notes["dtypes"] = f"fails on {self.device}: " + "; ".join(failures)
+            self._capabilities = replace(base, dtypes=frozenset(dtypes), notes=notes)
+        return self._capabilities
+
+    def versions(self) -> Mapping[str, str]:
+        return device_versions(self.device)
+
+    def build(self, config: LayerConfig) -> Layer:
+        caps = self.capabilities()
+        if config.renorm is not None:
+            raise UnsupportedConfig("batch renormalization is not a torch BatchNorm option")
+        if config.dtype not in caps.dtypes:
+            raise UnsupportedConfig(f"dtype {config.dtype} is not supported on {self.device}")
+        if config.rank not in caps.ranks:
+            raise UnsupportedConfig(f"rank {config.rank} is not one of {sorted(caps.ranks)}")
+        if config.feature_position not in caps.feature_axes:
+            raise UnsupportedConfig(
+                f"feature axis {config.feature_axis} of a rank-{config.rank} input: torch "
+                "takes the features at axis 1"
+            )
+        if config.momentum is None and not caps.cumulative_average:
+            raise UnsupportedConfig("momentum=None (cumulative average) is not supported")
+        if not config.track_running_stats and not caps.untracked:
+            raise UnsupportedConfig("track_running_stats=False is not supported")
+        if not config.affine and not caps.without_affine:
+            raise UnsupportedConfig("affine=False is not supported")
+        return self.make_layer(config)
+
+    def _probe(self, base: Capabilities, name: DTypeName) -> str | None:
+        """Why a training step, an inference and a backward fail in dtype ``name``, or ``None``.
+
+        A malformed result (WrongOutput) is no reason to leave a dtype out: the engine
+        reports it as a failure.
+        """
+        rank = min(base.ranks)
+        config = LayerConfig(
+            num_features=2, rank=rank, feature_axis=1, dtype=name, eps=1e-5, momentum=0.5
+        )
+        x = np.arange(4 * 2 ** (rank - 1), dtype=np.float64).reshape((4, 2) + (2,) * (rank - 2))
+        try:
+            layer = self.make_layer(config)
+            layer.train_step(x)
+            layer.infer(x)
+            layer.vjp(x, np.ones_like(x), training=True)
+        except WrongOutput:
+            return None
+        except Exception as problem:  # any failure of the library means "not supported"
+            return f"{type(problem).__name__}: {problem}".splitlines()[0]
+        return None

@@ -1,0 +1,114 @@
+"""The tables of spec/dialects.md agree with normspec.reference.dialects.PROFILES."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from normspec.reference.dialects import PROFILES
+from normspec.spec._markdown import parse_chapter
+
+DASH = "—"
+
+
+def _chapter() -> str:
+    return resources.files("normspec.spec").joinpath("dialects.md").read_text(encoding="utf-8")
+
+
+def _table_at(lines: list[str], start: int) -> list[dict[str, str]]:
+    """The first Markdown table after line ``start``, as a list of rows by column."""
+    rows: list[list[str]] = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows or line.startswith("#"):
+            break
+    assert len(rows) >= 2, f"no table after line {start + 1}"
+    header, separator, *body = rows
+    assert all(set(cell) <= {"-", ":"} for cell in separator)
+    return [dict(zip(header, row, strict=True)) for row in body]
+
+
+def _table_after(heading: str, occurrence: int = 0) -> list[dict[str, str]]:
+    lines = _chapter().splitlines()
+    starts = [i for i, line in enumerate(lines) if line == heading]
+    return _table_at(lines, starts[occurrence])
+
+
+def _bool(cell: str) -> bool:
+    assert cell in ("true", "false"), cell
+    return cell == "true"
+
+
+def test_the_profiles_table_matches_profiles() -> None:
+    rows = _table_after("### Profiles")
+    assert [row["profile"] for row in rows] == list(PROFILES)
+    for row in rows:
+        dialect = PROFILES[row["profile"]]
+        assert row["update_rate"] == dialect.update_rate
+        assert row["running_variance"] == dialect.running_variance
+        assert _bool(row["cumulative_average"]) == dialect.cumulative_average
+        assert float(row["default_eps"]) == dialect.default_eps
+        assert float(row["default_momentum"]) == dialect.default_momentum
+
+
+def test_the_renorm_profiles_table_matches_profiles() -> None:
+    rows = _table_after("### Renorm profiles")
+    assert [row["profile"] for row in rows] == list(PROFILES)
+    fields = ("average", "statistics", "clipping", "sigma_floor", "warmup")
+    for row in rows:
+        renorm = PROFILES[row["profile"]].renorm
+        assert row["renorm"] == ("no" if renorm is None else "yes")
+        if renorm is None:
+            assert all(row[field] == DASH for field in (*fields, "default_renorm_momentum"))
+            continue
+        for field in fields:
+            assert row[field] == getattr(renorm, field), (row["profile"], field)
+        momentum = row["default_renorm_momentum"]
+        expected = renorm.default_renorm_momentum
+        assert (momentum == DASH) if expected is None else (float(momentum) == expected)
+
+
+@pytest.mark.parametrize(
+    ("heading", "columns"),
+    [("### Libraries", ("update_rate", "running_variance", "cumulative_average"))],
+)
+def test_library_rows_use_the_dialect_values(heading: str, columns: tuple[str, ...]) -> None:
+    """Every BN library row names known parameter values and profiles."""
+    allowed = {
+        "update_rate": {"rate", "decay", DASH},
+        "running_variance": {"biased", "unbiased", DASH},
+        "cumulative_average": {"true", "false", DASH},
+    }
+    rows = _table_after(heading)
+    assert len(rows) >= 10
+    for row in rows:
+        for column in columns:
+            assert row[column] in allowed[column], (row["library"], column)
+        profile = row["profile"].split(",")[0].strip()
+        assert profile == DASH or profile in PROFILES, row["library"]
+
+
+def test_renorm_library_rows_use_the_renorm_dialect_values() -> None:
+    rows = _table_after("### Libraries", occurrence=1)
+    allowed = {
+        "average": {"std", "variance_biased", "variance_unbiased", DASH},
+        "statistics": {"shared", "separate", DASH},
+        "clipping": {"symmetric", "independent", DASH},
+        "sigma_floor": {"none", "sqrt_eps", DASH},
+        "warmup": {"ramp", "switch", "none", DASH},
+    }
+    names = [row["implementation"] for row in rows]
+    assert any("tf_keras" in name for name in names)
+    assert any("Keras 3" in name for name in names)
+    for row in rows:
+        for column, values in allowed.items():
+            assert row[column] in values, (row["implementation"], column)
+
+
+def test_dialect_parameters_are_not_clauses() -> None:
+    """dialects.md defines no clause: no ``### `id` (LEVEL)`` heading."""
+    text = _chapter()
+    assert parse_chapter(text, "dialects") == []
+    assert not any(line.startswith("### `") for line in text.splitlines())
