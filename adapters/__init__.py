@@ -7,6 +7,7 @@ from normspec.adapters.protocol import (
     Implementation,
     Layer,
     LayerConfig,
+    State,
     UnsupportedConfig,
     WrongOutput,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "Implementation",
     "Layer",
     "LayerConfig",
+    "State",
     "UnsupportedConfig",
     "WrongOutput",
 ]

@@ -3,19 +3,21 @@
 Arrays cross the protocol as NumPy float64 arrays whose values are exactly representable
 in the layer's dtype (``LayerConfig.dtype``); an adapter converts them to its framework's
 dtype and layout and converts results back to float64 NumPy arrays. The statistic state
-is the reference's immutable value (:class:`normspec.reference.RunningStatistics`).
+is the reference's immutable value: :class:`normspec.reference.RunningStatistics` for batch
+normalization, :class:`normspec.reference.renorm.RenormStatistics` for a renorm layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from normspec.reference import Gradients, RunningStatistics
+from normspec.reference.renorm import RenormConfig, RenormStatistics
 
 Array = NDArray[np.float64]
 DTypeName = Literal["float64", "float32", "float16", "bfloat16"]
@@ -23,6 +25,9 @@ DTypeName = Literal["float64", "float32", "float16", "bfloat16"]
 FeatureAxisPosition = Literal["first", "last"]
 
 ALL_DTYPES: tuple[DTypeName, ...] = ("float64", "float32", "float16", "bfloat16")
+
+#: The statistic state a layer carries: running statistics (BN) or moving ones (renorm).
+State = RunningStatistics | RenormStatistics
 
 
 class UnsupportedConfig(Exception):
@@ -43,7 +48,11 @@ class LayerConfig:
 
     ``momentum`` is in the implementation's own convention (the profile's ``update_rate``);
     ``None`` asks for the cumulative average. ``renorm`` is ``None`` for plain batch
-    normalization, else the reference's renorm configuration.
+    normalization, else the reference's canonical :class:`RenormConfig` (its schedule or
+    bounds, ``rate`` = the canonical alpha of the moving statistics, ``correction_rate`` for
+    the separate correction set, what is averaged, the sigma floor): the adapter expresses it
+    in its library's arguments (``momentum`` already is, for the moving statistics) and
+    declares the dialects it cannot express as unsupported (:class:`UnsupportedConfig`).
     """
 
     num_features: int
@@ -54,7 +63,7 @@ class LayerConfig:
     momentum: float | None
     affine: bool = True
     track_running_stats: bool = True
-    renorm: Any = None
+    renorm: RenormConfig | None = None
 
     @property
     def feature_position(self) -> FeatureAxisPosition | None:
@@ -89,11 +98,14 @@ class Layer(Protocol):
     def set_parameters(self, gamma: Array, beta: Array) -> None:
         """Set the affine parameters (only called for layers with ``affine=True``)."""
 
-    def set_state(self, state: RunningStatistics) -> None:
-        """Set the running statistics (only called for layers that track them)."""
+    def set_state(self, state: State) -> None:
+        """Set the running (BN) or moving (renorm) statistics, step counter included.
 
-    def state(self) -> RunningStatistics | None:
-        """The current running statistics; ``None`` for a layer that keeps none."""
+        Only called for layers that track statistics.
+        """
+
+    def state(self) -> State | None:
+        """The current statistics; ``None`` for a layer that keeps none."""
 
     def train_step(self, x: Array) -> Array:
         """One training-mode forward; updates the state as the implementation does."""
