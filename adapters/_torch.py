@@ -25,6 +25,7 @@ from normspec.adapters.protocol import (
     DTypeName,
     Layer,
     LayerConfig,
+    State,
     UnsupportedConfig,
     WrongOutput,
 )
@@ -256,9 +257,11 @@ class TorchLayer(abc.ABC):
         write_vector(found.weight, gamma, self.config.num_features, "weight")
         write_vector(found.bias, beta, self.config.num_features, "bias")
 
-    def set_state(self, state: RunningStatistics) -> None:
+    def set_state(self, state: State) -> None:
         if not self.config.track_running_stats:
             raise ValueError("a layer that does not track running statistics has no state")
+        if not isinstance(state, RunningStatistics):
+            raise TypeError(f"a torch BatchNorm layer keeps RunningStatistics, not {state!r}")
         write_state(self.tensors(), state, self.config.num_features)
         self._steps = state.steps
 

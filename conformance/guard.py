@@ -7,6 +7,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from normspec.adapters.protocol import WrongOutput
+
 T = TypeVar("T")
 
 
@@ -61,8 +63,8 @@ class Guard:
             return
         if "error" in outcome:
             problem = outcome["error"]
-            if isinstance(problem, ImplementationError):
-                raise problem
+            if isinstance(problem, (ImplementationError, WrongOutput)):
+                raise problem  # already says what went wrong
             reason = f"raised {type(problem).__name__}: {problem}"
             raise ImplementationError(operation, reason, outcome["trace"]) from problem
         self._value = outcome["value"]
