@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from normspec.adapters.protocol import (
     Array,
@@ -17,9 +18,22 @@ from normspec.adapters.protocol import (
 )
 from normspec.conformance.guard import Guard, ImplementationError
 from normspec.conformance.strategies import Case, cases
-from normspec.conformance.tolerance import Comparison
+from normspec.conformance.tolerance import Comparison, Precision
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
 from normspec.reference.dialects import Dialect
+
+
+def layout_copy(array: NDArray[Any]) -> NDArray[Any]:
+    """A copy of ``array`` with the same strides (a strided view stays a strided view)."""
+    if array.flags.c_contiguous or array.flags.f_contiguous or array.size == 0:
+        return array.copy(order="K")
+    if any(s < 0 or s % array.itemsize for s in array.strides):
+        return array.copy()
+    span = sum((n - 1) * s for n, s in zip(array.shape, array.strides, strict=True))
+    buffer = np.zeros(span // array.itemsize + 1, dtype=array.dtype)
+    view = np.lib.stride_tricks.as_strided(buffer, array.shape, array.strides)
+    view[...] = array
+    return view
 
 
 class Violation(Exception):
@@ -42,6 +56,17 @@ class CheckContext:
     examples: int = 0
     case: Case | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: set for the accuracy clauses: float32 working precision for reduced dtypes
+    accuracy: bool = False
+
+    def precision(self, dtype: str) -> Precision:
+        """The precision bounds are computed for (conventions: accuracy model).
+
+        Accuracy clauses assume statistics accumulated in float32 at least; value clauses
+        only the dtype's own precision, so that they judge the mathematics, not the
+        accumulation.
+        """
+        return Precision.of(dtype) if self.accuracy else Precision.storage(dtype)
 
     def draw_case(self, data: Any, **options: Any) -> Case:
         """Draw a case for this implementation (see :func:`strategies.cases`)."""
@@ -55,18 +80,34 @@ class CheckContext:
         self.case = case
         return case
 
-    def call(self, operation: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call into the implementation; its misbehaviour becomes an ImplementationError."""
+    def call(
+        self, operation: str, function: Any, *args: Any, copy_inputs: bool = True, **kwargs: Any
+    ) -> Any:
+        """Call into the implementation; its misbehaviour becomes an ImplementationError.
+
+        Array arguments are passed as copies in the same memory layout, so an implementation
+        that writes into its input cannot corrupt the expected values (``copy_inputs=False``
+        is for conv.io.inputs_unmodified, which watches for exactly that).
+        """
+        if copy_inputs:
+            args = tuple(layout_copy(a) if isinstance(a, np.ndarray) else a for a in args)
         try:
             return self.guard.call(operation, function, *args, **kwargs)
         except WrongOutput as problem:
             raise Violation(f"{operation}: {problem}") from problem
 
-    def build(self, case: Case, *, set_parameters: bool = True, set_state: bool = True) -> Layer:
+    def build(
+        self,
+        case: Case,
+        *,
+        set_parameters: bool = True,
+        set_state: bool = True,
+        copy_inputs: bool = True,
+    ) -> Layer:
         """Build a layer for the case and give it the case's parameters and state."""
         layer: Layer = self.call("build", self.implementation.build, case.config)
         if set_parameters and case.params is not None:
-            self.call("set_parameters", layer.set_parameters, *case.params)
+            self.call("set_parameters", layer.set_parameters, *case.params, copy_inputs=copy_inputs)
         if set_state and case.state is not None:
             self.call("set_state", layer.set_state, case.state)
         return layer

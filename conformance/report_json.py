@@ -36,6 +36,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "interrupted": report.interrupted,
         "conformant": report.conformant,
         "counts": report.counts(),
+        "warnings": list(report.warnings),
         "results": [result.to_json() for result in report.results],
     }
 

@@ -18,7 +18,7 @@ def junit_xml(report: Report) -> str:
         tests=str(len(report.results)),
         failures=str(counts["fail"]),
         errors=str(counts["error"]),
-        skipped=str(counts["not_applicable"] + counts["skipped"]),
+        skipped=str(counts["not_applicable"] + counts["skipped"] + counts["declared"]),
         time=f"{report.seconds:.3f}",
         timestamp=report.started,
     )
@@ -35,7 +35,14 @@ def junit_xml(report: Report) -> str:
             ET.SubElement(case, "failure", message=result.message).text = detail
         elif result.outcome == "error":
             ET.SubElement(case, "error", message=result.message).text = detail
-        elif result.outcome in ("not_applicable", "skipped"):
+        elif result.outcome == "declared" and result.deviation is not None:
+            deviation = result.deviation
+            ET.SubElement(
+                case,
+                "skipped",
+                message=f"declared deviation ({deviation['category']}): {deviation['reason']}",
+            ).text = f"{deviation['outcome']}: {result.message}\n{detail}"
+        elif result.outcome in ("not_applicable", "skipped", "declared"):
             ET.SubElement(case, "skipped", message=f"{result.outcome}: {result.message}")
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 

@@ -14,6 +14,7 @@ SYMBOLS = {
     "error": "ERROR",
     "not_applicable": "n/a",
     "skipped": "skipped",
+    "declared": "declared",
 }
 
 
@@ -22,6 +23,8 @@ def progress_line(result: ClauseResult) -> str:
     text = f"  {SYMBOLS[result.outcome]:<8} {result.clause_id:<34} {result.level:<6} {timing}"
     if result.outcome in ("not_applicable", "skipped"):
         text += f"  {result.message}"
+    elif result.outcome == "declared" and result.deviation is not None:
+        text += f"  {result.deviation['category']}: {result.deviation['reason']}"
     return text
 
 
@@ -57,6 +60,21 @@ def print_summary(report: Report, stream: TextIO) -> None:
                 print(f"  {key}: {json.dumps(json_safe(result.details[key]))}", file=stream)
         if "reproduce" in result.details:
             print(f"  reproduce: {result.details['reproduce']}", file=stream)
+    declared = [r for r in report.results if r.outcome == "declared"]
+    if declared:
+        print("\nDeclared deviations (not counted against conformance):", file=stream)
+        for result in declared:
+            deviation = result.deviation or {}
+            print(
+                f"  {result.clause_id} ({result.level}), {deviation.get('category', '?')}: "
+                f"{deviation.get('reason', '')}",
+                file=stream,
+            )
+            print(f"    {deviation.get('outcome', 'fail')}: {result.message}", file=stream)
+            if "reproduce" in result.details:
+                print(f"    reproduce: {result.details['reproduce']}", file=stream)
+    for warning in report.warnings:
+        print(f"\nwarning: {warning}", file=stream)
     counts = report.counts()
     verdict = "CONFORMANT" if report.conformant else "NOT CONFORMANT"
     if report.interrupted:
@@ -64,6 +82,8 @@ def print_summary(report: Report, stream: TextIO) -> None:
     print(
         f"\n{verdict} under profile {report.profile}: {counts['pass']} passed, "
         f"{counts['fail']} failed, {counts['error']} errors, {counts['not_applicable']} not "
-        f"applicable, {counts['skipped']} skipped in {report.seconds:.1f} s",
+        f"applicable, {counts['skipped']} skipped"
+        + (f", {counts['declared']} declared" if counts["declared"] else "")
+        + f" in {report.seconds:.1f} s",
         file=stream,
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Outcome = Literal["pass", "fail", "error", "not_applicable", "skipped"]
-OUTCOMES: tuple[Outcome, ...] = ("pass", "fail", "error", "not_applicable", "skipped")
+#: ``declared``: the clause failed or errored, and the implementation's deviation file lists
+#: it (an intended divergence or a known bug); it does not make the run non-conformant.
+Outcome = Literal["pass", "fail", "error", "not_applicable", "skipped", "declared"]
+OUTCOMES: tuple[Outcome, ...] = ("pass", "fail", "error", "not_applicable", "skipped", "declared")
 
 
 @dataclass
@@ -16,6 +18,11 @@ class ClauseResult:
     ``details`` holds, for a failure or error, the minimal example (``example``), the
     comparison (``comparison``: expected, actual, errors in absolute, relative and ulps)
     and the command that reproduces it (``reproduce``).
+
+    ``deviation`` is set when a deviation file covers the clause: for a ``declared`` result
+    ``{"category", "reason", "outcome", "source"}`` with the outcome the check had (``fail``
+    or ``error``); for a ``skipped`` result behind a declared clause ``{"category", "reason",
+    "outcome": "skipped", "source", "behind"}`` (such a skip does not fail the run).
     """
 
     clause_id: str
@@ -26,9 +33,10 @@ class ClauseResult:
     details: dict[str, Any] = field(default_factory=dict)
     examples: int = 0
     seconds: float = 0.0
+    deviation: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "clause": self.clause_id,
             "level": self.level,
             "summary": self.summary,
@@ -38,6 +46,20 @@ class ClauseResult:
             "seconds": round(self.seconds, 4),
             "details": self.details,
         }
+        if self.deviation is not None:
+            document["deviation"] = dict(self.deviation)
+        return document
+
+    @property
+    def failing(self) -> bool:
+        """Whether this result makes a run non-conformant at a MUST level.
+
+        A fail or an error, or a skip behind one; never a declared deviation or a skip
+        behind a declared deviation.
+        """
+        if self.outcome in ("fail", "error"):
+            return True
+        return self.outcome == "skipped" and self.deviation is None
 
 
 @dataclass
@@ -58,6 +80,9 @@ class Report:
     seconds: float = 0.0
     results: list[ClauseResult] = field(default_factory=list)
     interrupted: bool = False
+    #: Things a reader should know that are not clause outcomes, e.g. a deviation-file entry
+    #: that matches no clause, or a declared deviation that now passes.
+    warnings: list[str] = field(default_factory=list)
 
     def outcome(self, clause_id: str) -> Outcome:
         """The outcome of one clause; ``KeyError`` if it was not checked."""
@@ -74,7 +99,8 @@ class Report:
 
     @property
     def conformant(self) -> bool:
-        """No MUST clause failed, errored or was skipped behind a failure."""
-        return not any(
-            r.level == "MUST" and r.outcome in ("fail", "error", "skipped") for r in self.results
-        )
+        """No MUST clause failed, errored or was skipped behind a failure.
+
+        Declared deviations (and skips behind them) do not count against conformance.
+        """
+        return not any(r.level == "MUST" and r.failing for r in self.results)

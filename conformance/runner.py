@@ -175,8 +175,13 @@ def check_clause(
         return result
     ctx.examples, ctx.case, ctx.notes = 0, None, {}
     started = time.perf_counter()
+    all_dtypes = ctx.dtypes
+    budget = options.max_examples or DEFAULT_MAX_EXAMPLES
     try:
-        _run_check(item, ctx, options.max_examples or DEFAULT_MAX_EXAMPLES, options.seed)
+        # One run per dtype, so every dtype gets its share of the examples and its own shrink.
+        for dtype in all_dtypes:
+            ctx.dtypes = (dtype,)
+            _run_check(item, ctx, max(1, -(-budget // len(all_dtypes))), options.seed)
     except Violation as problem:
         result.outcome, result.message = "fail", str(problem)
         result.details = _failure_details(ctx, problem)
@@ -187,7 +192,10 @@ def check_clause(
         result.outcome = "error"
         result.message = f"the implementation is not deterministic: {problem}"
     except Unsatisfiable as problem:
-        result.outcome, result.message = "not_applicable", f"no valid example: {problem}"
+        result.outcome, result.message = (
+            "skipped",
+            f"inconclusive: no example was usable ({problem})",
+        )
     except Exception as problem:
         result.outcome = "error"
         result.message = f"normspec internal error ({type(problem).__name__}: {problem})"
@@ -197,6 +205,7 @@ def check_clause(
     if result.outcome in ("fail", "error"):
         result.details["seed"] = options.seed
         result.details["reproduce"] = reproduce_command(options, item.clause_id, ctx.dtypes)
+    ctx.dtypes = all_dtypes
     return result
 
 
@@ -244,6 +253,7 @@ def check_implementation(
     try:
         for item in checks:
             ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard)
+            ctx.accuracy = ".accuracy." in item.clause_id
             blocked = next((d for d in item.depends_on if d in not_passed), None)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)

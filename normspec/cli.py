@@ -1,4 +1,5 @@
-"""The ``normspec`` command line. Exit codes: 0 success, 1 not conformant, 2 usage error."""
+"""The ``normspec`` command line. Exit codes: 0 success, 1 not conformant, 2 usage error,
+130 interrupted (``normspec report`` keeps what finished)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from normspec import spec
 EXIT_OK = 0
 EXIT_NOT_CONFORMANT = 1
 EXIT_USAGE = 2
+#: ``normspec report`` stopped by Ctrl-C (the files hold what finished).
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -43,6 +46,11 @@ def _spec_command(args: argparse.Namespace) -> int:
 
 def _check_command(args: argparse.Namespace) -> int:
     from normspec.adapters.registry import TargetError, load_target
+    from normspec.conformance.deviations import (
+        DeviationApplier,
+        DeviationFileError,
+        load_deviations,
+    )
     from normspec.conformance.report_json import write_json
     from normspec.conformance.report_junit import write_junit
     from normspec.conformance.report_terminal import print_header, print_summary, progress_line
@@ -76,9 +84,15 @@ def _check_command(args: argparse.Namespace) -> int:
         raise UsageError(str(problem)) from None
     except KeyError as problem:
         raise UsageError(str(problem.args[0])) from None
+    try:
+        deviations = load_deviations(args.deviations)
+    except DeviationFileError as problem:
+        raise UsageError(str(problem)) from None
+    applier = DeviationApplier(deviations.for_run(args.target, args.profile))
     stream = sys.stdout
 
     def progress(result: Any) -> None:
+        applier(result)
         print(progress_line(result), file=stream, flush=True)
 
     try:
@@ -87,12 +101,136 @@ def _check_command(args: argparse.Namespace) -> int:
         )
     except OptionsError as problem:
         raise UsageError(str(problem)) from None
+    applier.finish(report)
     print_summary(report, stream)
     if args.json:
         write_json(report, args.json)
     if args.junit:
         write_junit(report, args.junit)
     return EXIT_OK if report.conformant else EXIT_NOT_CONFORMANT
+
+
+def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
+    """``--implementations``: built-in targets by name, or TARGET[@PROFILE] (default paper)."""
+    from normspec.conformance.builtin import BUILTIN_TARGETS, BuiltinTarget, find_builtin
+    from normspec.reference.dialects import PROFILES
+
+    if not items:
+        return list(BUILTIN_TARGETS)
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    chosen = []
+    for name in names:
+        target, _, profile_name = name.partition("@")
+        if profile_name and profile_name not in PROFILES:
+            known = ", ".join(sorted(PROFILES))
+            raise UsageError(f"unknown profile {profile_name!r} in {name!r} (known: {known})")
+        builtin = find_builtin(target)
+        if builtin is not None:
+            if profile_name:
+                builtin = BuiltinTarget(
+                    builtin.target, profile_name, builtin.frameworks, builtin.label
+                )
+            chosen.append(builtin)
+        elif ":" in target:
+            chosen.append(BuiltinTarget(target, profile_name or "paper"))
+        else:
+            known = ", ".join(e.target for e in BUILTIN_TARGETS)
+            raise UsageError(
+                f"unknown implementation {target!r}: a built-in one ({known}) or "
+                "package.module:attr[@PROFILE]"
+            )
+    return chosen
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from normspec.conformance.deviations import DeviationFileError, load_deviations
+    from normspec.conformance.matrix import (
+        OUTPUT_FILES,
+        Matrix,
+        MatrixOptions,
+        run_matrix,
+        write_matrix,
+    )
+    from normspec.conformance.runner import OptionsError, select_checks
+
+    if args.max_examples < 1:
+        raise UsageError("--max-examples must be at least 1")
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    entries = _parse_implementations(args.implementations)
+    dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
+    try:
+        select_checks(args.clauses)
+        deviations = load_deviations(args.deviations)
+        from normspec.adapters.protocol import ALL_DTYPES
+
+        for name in dtypes or ():
+            if name not in ALL_DTYPES:
+                raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")
+    except (OptionsError, DeviationFileError) as problem:
+        raise UsageError(str(problem)) from None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    options = MatrixOptions(
+        max_examples=args.max_examples,
+        seed=args.seed,
+        dtypes=dtypes,
+        clauses=args.clauses,
+        timeout=args.timeout,
+        paper=not args.no_paper,
+    )
+    out = args.out
+
+    def write(matrix: Matrix) -> None:
+        write_matrix(matrix, out)
+
+    print(
+        f"normspec report: {len(entries)} implementation(s), {args.max_examples} examples per "
+        f"clause, seed {args.seed}; writing {out}/ after each run",
+        flush=True,
+    )
+    try:
+        matrix = run_matrix(
+            entries, options, deviations=deviations, stream=sys.stdout, on_update=write
+        )
+    except OptionsError as problem:
+        raise UsageError(str(problem)) from None
+    print()
+    for column in matrix.columns:
+        verdict = "conformant" if column.report.conformant else "NOT conformant"
+        print(f"  {column.title}: {verdict}")
+    for item in matrix.unavailable:
+        print(f"  {item.label} [{item.profile}]: not checked: {item.reason}")
+    for kind, name in OUTPUT_FILES.items():
+        print(f"{kind:>8}: {os.path.join(out, name)}")
+    if matrix.interrupted:
+        print("interrupted: the files hold the runs that finished", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _identify_command(args: argparse.Namespace) -> int:
+    import json
+
+    from normspec.adapters.registry import TargetError, load_target
+    from normspec.conformance.identify import identify
+    from normspec.reference.dialects import profile
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        profile(args.profile)
+        implementation = load_target(args.target, args.profile)
+    except TargetError as problem:
+        raise UsageError(str(problem)) from None
+    except KeyError as problem:
+        raise UsageError(str(problem.args[0])) from None
+    found = identify(implementation, args.target, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(found.to_json(), indent=2))
+    else:
+        print(found.render(), end="")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +254,71 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
     checking.add_argument("--json", help="write the JSON report here")
     checking.add_argument("--junit", help="write JUnit XML here")
+    checking.add_argument(
+        "--deviations",
+        action="append",
+        metavar="FILE",
+        help="a deviation file (TOML) listing clauses the implementation knowingly breaks; "
+        "they are reported as declared and do not fail the run (repeatable)",
+    )
     checking.set_defaults(run=_check_command)
+
+    from normspec.conformance.matrix import DEFAULT_REPORT_MAX_EXAMPLES
+
+    reporting = commands.add_parser(
+        "report",
+        help="check every built-in implementation installed; write the conformance matrix",
+        description="Check every built-in implementation whose framework is installed (the "
+        "reference always), under its own profile and the paper's, and write the conformance "
+        "matrix as HTML, Markdown and JSON into --out, after every run. Ctrl-C stops it and "
+        "keeps what finished. Exit code 0: written; 2: usage error; 130: interrupted.",
+    )
+    reporting.add_argument(
+        "--out", default="normspec-report", help="output directory (default normspec-report)"
+    )
+    reporting.add_argument(
+        "--max-examples",
+        type=int,
+        default=DEFAULT_REPORT_MAX_EXAMPLES,
+        help=f"examples per clause (default {DEFAULT_REPORT_MAX_EXAMPLES}, fewer than "
+        "normspec check's 40: the report runs several implementations)",
+    )
+    reporting.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
+    reporting.add_argument(
+        "--implementations",
+        nargs="+",
+        metavar="NAME",
+        help="built-in targets by name (reference, torch.nn:BatchNorm2d, torch.functional, "
+        "...) or package.module:attr[@PROFILE]; default: every built-in one",
+    )
+    reporting.add_argument("--dtype", help="comma-separated dtypes (default: all supported)")
+    reporting.add_argument("--clauses", help="comma-separated clause ID patterns")
+    reporting.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
+    reporting.add_argument(
+        "--deviations", action="append", metavar="FILE", help="a deviation file (repeatable)"
+    )
+    reporting.add_argument(
+        "--no-paper", action="store_true", help="skip the runs under the paper's profile"
+    )
+    reporting.set_defaults(run=_report_command)
+
+    identifying = commands.add_parser(
+        "identify",
+        help="probe an implementation and say which dialect (profile) it follows",
+        description="Probe TARGET with known inputs: update-rate convention, running-variance "
+        "estimator, cumulative average, step counter, renorm averages; print the evidence and "
+        "the profiles that match. Exit code 0; 2: usage error.",
+    )
+    identifying.add_argument("target", help="package.module:attr, or a built-in alias")
+    identifying.add_argument(
+        "--profile",
+        default="paper",
+        help="profile to load the target under, for adapters that emulate several dialects "
+        "such as 'reference' (default paper)",
+    )
+    identifying.add_argument("--json", action="store_true", help="print the findings as JSON")
+    identifying.add_argument("--timeout", type=float, default=30.0, help="per-call limit, seconds")
+    identifying.set_defaults(run=_identify_command)
     return parser
 
 
@@ -131,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a pager or head that closed early
         sys.stderr.close()
         return EXIT_OK
+    except KeyboardInterrupt:
+        print("normspec: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""The built-in implementations ``normspec report`` checks, each with the profile it claims.
+
+One table, :data:`BUILTIN_TARGETS`: the reference always, and every framework target whose
+framework is installed and whose adapter this normspec has. An adapter added to
+``normspec.adapters.registry`` (an alias or a recogniser) becomes part of the report by
+adding its row here; a row whose framework is missing, or whose adapter is not (yet) there,
+is reported as not checked, with the reason.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from normspec.adapters.protocol import Implementation
+
+#: The profile every implementation is also checked under: the paper's semantics.
+PAPER = "paper"
+
+
+@dataclass(frozen=True)
+class BuiltinTarget:
+    """A target normspec knows, the profile it claims, and the frameworks it needs."""
+
+    target: str
+    profile: str
+    frameworks: tuple[str, ...] = ()
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or self.target
+
+
+#: (target, its own profile, frameworks it needs). Targets are ``normspec check`` targets:
+#: an alias of ``normspec.adapters.registry.ALIASES`` or ``package.module:attr``.
+BUILTIN_TARGETS: tuple[BuiltinTarget, ...] = (
+    BuiltinTarget("reference", "paper", (), "normspec reference"),
+    BuiltinTarget("torch.nn:BatchNorm2d", "torch", ("torch",)),
+    BuiltinTarget("torch.functional", "torch", ("torch",), "torch.nn.functional.batch_norm"),
+    BuiltinTarget("flax.linen", "flax", ("jax", "flax"), "flax.linen.BatchNorm"),
+    BuiltinTarget("flax.nnx", "flax", ("jax", "flax"), "flax.nnx.BatchNorm"),
+    BuiltinTarget("keras", "keras", ("keras",), "keras.layers.BatchNormalization"),
+    BuiltinTarget(
+        "tf_keras", "tf_keras", ("tensorflow", "tf_keras"), "tf_keras.layers.BatchNormalization"
+    ),
+    BuiltinTarget(
+        "tf_keras.renorm",
+        "tf_keras",
+        ("tensorflow", "tf_keras"),
+        "tf_keras.layers.BatchNormalization(renorm=True)",
+    ),
+    BuiltinTarget("tf.nn", "tf_keras", ("tensorflow",), "tf.nn.batch_normalization"),
+    BuiltinTarget(
+        "tf.nn.fused_batch_norm", "torch", ("tensorflow",), "tf.compat.v1.nn.fused_batch_norm"
+    ),
+)
+
+
+def missing_frameworks(entry: BuiltinTarget) -> list[str]:
+    """The frameworks of ``entry`` that are not installed (found without importing them)."""
+    missing = []
+    for name in entry.frameworks:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def unavailable_reason(entry: BuiltinTarget) -> str | None:
+    """Why ``entry`` cannot be checked here without importing anything, or ``None``."""
+    missing = missing_frameworks(entry)
+    if missing:
+        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed"
+    return None
+
+
+def load_builtin(entry: BuiltinTarget, profile: str) -> Implementation:
+    """The implementation of ``entry`` checked under ``profile``; ``TargetError`` otherwise."""
+    from normspec.adapters.registry import TargetError, load_target
+
+    if entry.target.partition(":")[1] == "":
+        from normspec.adapters.registry import ALIASES
+
+        if entry.target not in ALIASES:
+            raise TargetError(f"this normspec has no adapter for {entry.title} yet")
+    return load_target(entry.target, profile)
+
+
+def find_builtin(name: str) -> BuiltinTarget | None:
+    """The built-in row whose target or label is ``name``."""
+    return next((e for e in BUILTIN_TARGETS if name in (e.target, e.label)), None)

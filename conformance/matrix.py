@@ -1,0 +1,615 @@
+"""The conformance matrix: several implementations, each under its own profile and the paper's,
+against every checked clause (``normspec report``).
+
+Rows of the matrix are clauses, columns are (implementation, profile) runs; a cell is the
+clause's outcome in that run (pass, fail, declared deviation, not applicable, error,
+skipped) with the worst error seen in ulps. When an implementation's own profile has the
+same dialect parameters as the paper's for everything the implementation supports (torch's
+BatchNorm has no renorm, and its BN parameters are the paper's), the two runs would be the
+same run: it is done once and the column says it stands for both profiles.
+
+The matrix is written as JSON (``matrix.schema.json``, with each run's report an object of
+``report.schema.json``), Markdown and a static HTML page, each atomically, after every run,
+so that an interrupted ``normspec report`` leaves complete files describing what finished.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, TextIO
+
+import normspec
+from normspec import spec
+from normspec.adapters.protocol import Capabilities, Implementation
+from normspec.conformance.builtin import (
+    PAPER,
+    BuiltinTarget,
+    load_builtin,
+    unavailable_reason,
+)
+from normspec.conformance.deviations import DeviationApplier, DeviationSet
+from normspec.conformance.report_json import json_safe, report_to_json, write_atomically
+from normspec.conformance.results import ClauseResult, Report
+from normspec.conformance.runner import (
+    CheckOptions,
+    OptionsError,
+    check_implementation,
+    environment,
+    select_checks,
+)
+from normspec.reference.dialects import Dialect, profile
+
+#: Examples per clause for ``normspec report`` (``normspec check`` uses 40): the report runs
+#: several implementations, and its default (reference + torch) should take minutes.
+DEFAULT_REPORT_MAX_EXAMPLES = 10
+MATRIX_SCHEMA_VERSION = "1"
+
+OUTPUT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
+
+
+@dataclass(frozen=True)
+class MatrixOptions:
+    """How each run of the matrix is checked."""
+
+    max_examples: int = DEFAULT_REPORT_MAX_EXAMPLES
+    seed: int = 0
+    dtypes: Sequence[str] | None = None
+    clauses: str | None = None
+    timeout: float = 60.0
+    #: Also check each implementation under the paper's semantics.
+    paper: bool = True
+
+
+@dataclass
+class Column:
+    """One run: an implementation under a profile (and the profiles equivalent to it)."""
+
+    target: str
+    label: str
+    profile: str
+    report: Report
+    #: Profiles this run also stands for (same dialect parameters), e.g. ["paper"].
+    also_under: list[str] = field(default_factory=list)
+    #: Worst error seen per clause, in ulps of the dtype (``None``: no numeric comparison).
+    ulps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def profiles(self) -> list[str]:
+        return [self.profile, *self.also_under]
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} [{' = '.join(self.profiles)}]"
+
+    def result(self, clause_id: str) -> ClauseResult | None:
+        return next((r for r in self.report.results if r.clause_id == clause_id), None)
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """An implementation that was not checked, and why."""
+
+    target: str
+    label: str
+    profile: str
+    reason: str
+
+
+@dataclass
+class Matrix:
+    """Implementations x clauses."""
+
+    options: MatrixOptions
+    started: str
+    clauses: list[tuple[str, str, str]]  # (id, level, summary), in run order
+    columns: list[Column] = field(default_factory=list)
+    unavailable: list[Unavailable] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+    environment: dict[str, str] = field(default_factory=dict)
+    normspec_version: str = normspec.__version__
+    spec_version: str = spec.SPEC_VERSION
+    #: The runs still to do when the matrix was written (target, profile).
+    pending: list[tuple[str, str]] = field(default_factory=list)
+
+    def clause_ids(self) -> list[str]:
+        return [c[0] for c in self.clauses]
+
+
+def new_matrix(options: MatrixOptions) -> Matrix:
+    checks = select_checks(options.clauses)
+    clauses = []
+    for item in checks:
+        clause = spec.clause(item.clause_id)
+        clauses.append((clause.id, clause.level, clause.summary))
+    return Matrix(
+        options=options,
+        started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        clauses=clauses,
+        environment=environment(),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Equivalent profiles
+
+
+def equivalent_profiles(first: Dialect, second: Dialect, capabilities: Capabilities) -> bool:
+    """Whether checking under ``first`` and ``second`` is the same check for an
+    implementation with ``capabilities``: every dialect parameter is equal (names aside), the
+    renorm parameters only when the implementation has batch renormalization."""
+    for item in fields(Dialect):
+        if item.name in ("name", "description"):
+            continue
+        if item.name == "renorm" and not capabilities.renorm:
+            continue
+        if getattr(first, item.name) != getattr(second, item.name):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# The worst error in ulps of passing clauses
+
+
+def significant_ulps(
+    actual: Any, expected: Any, bound: Any, dtype: str, mask: Any = None
+) -> float | None:
+    """The worst elementwise error in ulps of the dtype, over the values that matter.
+
+    Only elements whose reference value exceeds their error bound count: where the expected
+    value is below the bound (a gradient that cancels to zero, an output equal to a zero
+    beta) the bound's absolute terms allow errors that are any number of ulps of that tiny
+    value, and a figure such as 1e30 ulps would say nothing. ``None`` when no element
+    counts; infinity for a non-finite result where the expected value is finite.
+    """
+    import numpy as np
+
+    from normspec.conformance.dtypes import ulp
+
+    try:
+        a = np.asarray(actual, dtype=np.float64)
+        e = np.asarray(expected, dtype=np.float64)
+        if a.shape != e.shape:
+            return None
+        b = np.broadcast_to(np.asarray(bound, dtype=np.float64), e.shape)
+        selected = np.ones(e.shape, bool) if mask is None else np.broadcast_to(mask, e.shape)
+    except (TypeError, ValueError):
+        return None
+    with np.errstate(invalid="ignore"):
+        counted = selected & np.isfinite(e) & (np.abs(e) > b)
+    if not np.any(counted):
+        return None
+    if not np.all(np.isfinite(a[counted])):
+        return math.inf
+    error = np.abs(a[counted] - e[counted])
+    return float(np.max(error / ulp(e[counted], dtype)))
+
+
+class UlpsRecorder:
+    """Records the worst error in ulps of a passing clause (:func:`significant_ulps`).
+
+    The runner keeps the comparison of a failure only; for the matrix's "worst error in
+    ulps" of a passing clause this wraps the checks' ``compare`` (of
+    ``normspec.conformance.tolerance``) while a report runs, returning its result unchanged,
+    and keeps the worst figure of the passing comparisons. Best effort: a check that
+    compares otherwise leaves no figure.
+    """
+
+    def __init__(self) -> None:
+        self.worst: float | None = None
+
+    def record(self, comparison: Any, value: float | None) -> None:
+        if value is None or math.isnan(value) or not getattr(comparison, "ok", False):
+            return
+        if self.worst is None or value > self.worst:
+            self.worst = value
+
+    def take(self) -> float | None:
+        """The worst figure since the last call, and start afresh."""
+        value, self.worst = self.worst, None
+        return value
+
+    @contextmanager
+    def installed(self) -> Iterator[UlpsRecorder]:
+        import sys
+
+        from normspec.conformance import tolerance
+
+        original = tolerance.compare
+        recorder = self
+
+        def compare(
+            quantity: str,
+            actual: Any,
+            expected: Any,
+            bound: Any,
+            dtype: str,
+            mask: Any = None,
+        ) -> Any:
+            comparison = original(quantity, actual, expected, bound, dtype, mask)
+            with suppress(Exception):  # the figure is a by-product: never disturb a check
+                recorder.record(comparison, significant_ulps(actual, expected, bound, dtype, mask))
+            return comparison
+
+        patched = [
+            module
+            for name, module in list(sys.modules.items())
+            if name.startswith("normspec.conformance")
+            and getattr(module, "compare", None) is original
+        ]
+        for module in patched:
+            module.compare = compare  # type: ignore[attr-defined]
+        try:
+            yield self
+        finally:
+            for module in patched:
+                module.compare = original  # type: ignore[attr-defined]
+
+
+def _failure_ulps(result: ClauseResult) -> float | None:
+    """The elementwise ulps of a failure's comparison, as ``normspec check`` reports it."""
+    comparison = result.details.get("comparison")
+    if isinstance(comparison, dict):
+        value = comparison.get("max_ulps")
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            return float(value)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+class Progress:
+    """Progress lines on a stream: one per run and one per clause."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+
+    def line(self, text: str) -> None:
+        if self.stream is not None:
+            print(text, file=self.stream, flush=True)
+
+
+def _entries_and_profiles(
+    entries: Sequence[BuiltinTarget], options: MatrixOptions
+) -> list[tuple[BuiltinTarget, str]]:
+    runs = []
+    for entry in entries:
+        runs.append((entry, entry.profile))
+        if options.paper and entry.profile != PAPER:
+            runs.append((entry, PAPER))
+    return runs
+
+
+def run_matrix(
+    entries: Sequence[BuiltinTarget],
+    options: MatrixOptions,
+    *,
+    deviations: DeviationSet | None = None,
+    stream: TextIO | None = None,
+    on_update: Callable[[Matrix], None] | None = None,
+) -> Matrix:
+    """Check every entry under its profile (and the paper's); never raises for Ctrl-C.
+
+    ``on_update`` is called with the matrix after every run (and once at the end): the
+    place to write it out, so that an interruption keeps what finished.
+    """
+    deviations = deviations or DeviationSet()
+    matrix = new_matrix(options)
+    progress = Progress(stream)
+    runs = _entries_and_profiles(entries, options)
+    matrix.pending = [(e.target, p) for e, p in runs]
+    numbers = {e.target: i for i, e in enumerate(entries, start=1)}
+    started = time.perf_counter()
+    recorder = UlpsRecorder()
+    own_columns: dict[str, Column] = {}
+    skipped_entries: set[str] = set()
+
+    def update() -> None:
+        matrix.seconds = time.perf_counter() - started
+        if on_update is not None:
+            on_update(matrix)
+
+    try:
+        with recorder.installed():
+            for number, (entry, profile_name) in enumerate(runs, start=1):
+                matrix.pending = [(e.target, p) for e, p in runs[number:]]
+                if entry.target in skipped_entries:
+                    continue
+                reason = unavailable_reason(entry)
+                if reason is not None:
+                    skipped_entries.add(entry.target)
+                    matrix.unavailable.append(
+                        Unavailable(entry.target, entry.title, entry.profile, reason)
+                    )
+                    progress.line(
+                        f"[{numbers[entry.target]}/{len(entries)}] {entry.title}: not checked: "
+                        f"{reason}"
+                    )
+                    continue
+                column = _run_one(
+                    entry,
+                    profile_name,
+                    options,
+                    deviations,
+                    own_columns,
+                    matrix,
+                    progress,
+                    recorder,
+                    f"[{numbers[entry.target]}/{len(entries)}]",
+                )
+                if column is None:
+                    if entry.target not in own_columns:
+                        skipped_entries.add(entry.target)
+                    continue
+                update()
+                if column.report.interrupted:
+                    matrix.interrupted = True
+                    break
+    except KeyboardInterrupt:
+        matrix.interrupted = True
+    if matrix.interrupted:
+        progress.line("interrupted: writing the runs that finished")
+    else:
+        matrix.pending = []
+    update()
+    return matrix
+
+
+def _run_one(
+    entry: BuiltinTarget,
+    profile_name: str,
+    options: MatrixOptions,
+    deviations: DeviationSet,
+    own_columns: dict[str, Column],
+    matrix: Matrix,
+    progress: Progress,
+    recorder: UlpsRecorder,
+    counter: str,
+) -> Column | None:
+    """Check one entry under one profile; ``None`` when it was not run (not loadable, or
+    its own run stands for this profile too)."""
+    from normspec.adapters.registry import TargetError
+
+    try:
+        implementation: Implementation = load_builtin(entry, profile_name)
+    except TargetError as problem:
+        matrix.unavailable.append(
+            Unavailable(entry.target, entry.title, profile_name, str(problem))
+        )
+        progress.line(f"{counter} {entry.title} [{profile_name}]: not checked: {problem}")
+        return None
+    except Exception as problem:  # a framework that fails to import or to build
+        text = f"loading it failed: {type(problem).__name__}: {problem}"
+        matrix.unavailable.append(Unavailable(entry.target, entry.title, profile_name, text))
+        progress.line(f"{counter} {entry.title} [{profile_name}]: not checked: {text}")
+        return None
+    own = own_columns.get(entry.target)
+    if own is not None and profile_name != entry.profile:
+        capabilities = implementation.capabilities()
+        if equivalent_profiles(profile(own.profile), profile(profile_name), capabilities):
+            own.also_under.append(profile_name)
+            progress.line(
+                f"{counter} {entry.title} [{profile_name}]: the same dialect parameters as "
+                f"{own.profile} for this implementation: the {own.profile} run stands for both"
+            )
+            return None
+    progress.line(f"{counter} {entry.title} under profile {profile_name}")
+    applier = DeviationApplier(deviations.for_run(entry.target, profile_name))
+    column_ulps: dict[str, float] = {}
+
+    def on_result(result: ClauseResult) -> None:
+        applier(result)
+        passing = recorder.take()
+        worst: float | None = None
+        if result.outcome == "pass":
+            worst = passing
+        elif result.outcome in ("fail", "declared"):
+            worst = _failure_ulps(result)
+        if worst is not None:
+            column_ulps[result.clause_id] = worst
+        progress.line(_progress_line(result, worst))
+
+    check_options = CheckOptions(
+        profile=profile_name,
+        dtypes=options.dtypes,
+        clauses=options.clauses,
+        max_examples=options.max_examples,
+        seed=options.seed,
+        timeout=options.timeout,
+        target=entry.target,
+    )
+    recorder.take()
+    report = check_implementation(implementation, check_options, progress=on_result)
+    applier.finish(report)
+    for warning in report.warnings:
+        progress.line(f"  warning: {warning}")
+        matrix.warnings.append(f"{entry.title} [{profile_name}]: {warning}")
+    column = Column(entry.target, entry.title, profile_name, report, ulps=column_ulps)
+    if profile_name == entry.profile:
+        own_columns[entry.target] = column
+    matrix.columns.append(column)
+    counts = report.counts()
+    summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
+    verdict = "conformant" if report.conformant else "NOT conformant"
+    if report.interrupted:
+        verdict += " (interrupted)"
+    progress.line(f"  {verdict} under {profile_name}: {summary} in {report.seconds:.1f} s")
+    return column
+
+
+def _progress_line(result: ClauseResult, ulps: float | None) -> str:
+    from normspec.conformance.report_terminal import progress_line
+
+    line = progress_line(result)
+    if ulps is not None and result.outcome in ("pass", "fail", "declared"):
+        line = f"{line}  worst {format_ulps(ulps)}"
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells and formatting shared by the Markdown and HTML renderings
+
+
+def format_ulps(value: float | None) -> str:
+    if value is None:
+        return ""
+    if math.isnan(value):
+        return "NaN ulp"
+    if math.isinf(value):
+        return "∞ ulp"
+    if value == 0:
+        return "0 ulp"
+    if value < 10:
+        return f"{value:.2g} ulp"
+    if value < 1e6:
+        return f"{value:.0f} ulp"
+    return f"{value:.2e} ulp"
+
+
+OUTCOME_TITLES = {
+    "pass": "pass",
+    "fail": "fail",
+    "declared": "declared deviation",
+    "not_applicable": "not applicable",
+    "error": "error",
+    "skipped": "skipped",
+    "not_run": "not run",
+}
+
+
+def cell_outcome(column: Column, clause_id: str) -> str:
+    result = column.result(clause_id)
+    return result.outcome if result is not None else "not_run"
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+
+def matrix_to_json(matrix: Matrix) -> dict[str, Any]:
+    """The matrix as a JSON-compatible dict (schema: ``matrix.schema.json``)."""
+    columns = []
+    for column in matrix.columns:
+        cells: dict[str, Any] = {}
+        for clause_id in matrix.clause_ids():
+            result = column.result(clause_id)
+            if result is None:
+                continue
+            cells[clause_id] = {
+                "outcome": result.outcome,
+                "max_ulps": column.ulps.get(clause_id),
+            }
+        columns.append(
+            {
+                "target": column.target,
+                "label": column.label,
+                "profile": column.profile,
+                "also_under": list(column.also_under),
+                "conformant": column.report.conformant,
+                "interrupted": column.report.interrupted,
+                "cells": cells,
+                "report": report_to_json(column.report),
+            }
+        )
+    return {
+        "schema_version": MATRIX_SCHEMA_VERSION,
+        "normspec_version": matrix.normspec_version,
+        "spec_version": matrix.spec_version,
+        "started": matrix.started,
+        "seconds": round(matrix.seconds, 3),
+        "interrupted": matrix.interrupted,
+        "options": {
+            "max_examples": matrix.options.max_examples,
+            "seed": matrix.options.seed,
+            "dtypes": list(matrix.options.dtypes) if matrix.options.dtypes else None,
+            "clauses": matrix.options.clauses,
+            "timeout": matrix.options.timeout,
+            "paper": matrix.options.paper,
+        },
+        "environment": matrix.environment,
+        "clauses": [
+            {"id": cid, "level": level, "summary": summary}
+            for cid, level, summary in matrix.clauses
+        ],
+        "columns": columns,
+        "unavailable": [
+            {"target": u.target, "label": u.label, "profile": u.profile, "reason": u.reason}
+            for u in matrix.unavailable
+        ],
+        "pending": [{"target": t, "profile": p} for t, p in matrix.pending],
+        "warnings": list(matrix.warnings),
+    }
+
+
+def matrix_text(matrix: Matrix) -> str:
+    return json.dumps(json_safe(matrix_to_json(matrix)), indent=2, allow_nan=False) + "\n"
+
+
+def matrix_schema() -> dict[str, Any]:
+    """The published JSON schema of the matrix (``matrix.schema.json``)."""
+    text = resources.files("normspec.conformance").joinpath("matrix.schema.json").read_text()
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def validate_matrix(document: dict[str, Any]) -> None:
+    """Validate a matrix document against its schema, the report schema included.
+
+    Needs ``jsonschema`` (with ``referencing``); raises ``jsonschema.ValidationError``.
+    """
+    import jsonschema
+    from referencing import Registry, Resource
+
+    from normspec.conformance.report_json import schema as report_schema
+
+    registry: Registry[Any] = Registry().with_resources(
+        [(s["$id"], Resource.from_contents(s)) for s in (report_schema(), matrix_schema())]
+    )
+    validator = jsonschema.Draft202012Validator(matrix_schema(), registry=registry)
+    validator.validate(document)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_matrix(matrix: Matrix, directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write report.json, report.md and report.html into ``directory``, each atomically."""
+    from normspec.conformance.report_html import render_html
+    from normspec.conformance.report_markdown import render_markdown
+
+    out = Path(directory)
+    paths = {kind: out / name for kind, name in OUTPUT_FILES.items()}
+    write_atomically(paths["json"], matrix_text(matrix))
+    write_atomically(paths["markdown"], render_markdown(matrix))
+    write_atomically(paths["html"], render_html(matrix))
+    return paths
+
+
+__all__ = [
+    "DEFAULT_REPORT_MAX_EXAMPLES",
+    "Column",
+    "Matrix",
+    "MatrixOptions",
+    "OptionsError",
+    "Unavailable",
+    "equivalent_profiles",
+    "matrix_schema",
+    "matrix_to_json",
+    "run_matrix",
+    "validate_matrix",
+    "write_matrix",
+]

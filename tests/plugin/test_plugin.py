@@ -1,0 +1,162 @@
+"""The pytest plugin, inside a library's own test run (tests/fixtures/sample_project)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from normspec.conformance.pytest_plugin import result_from_json
+from normspec.conformance.report_json import schema
+from normspec.conformance.results import ClauseResult
+
+SAMPLE = Path(__file__).parents[1] / "fixtures" / "sample_project"
+TARGET = "tinybn.normspec_adapter:impl"
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    copy = tmp_path / "sample_project"
+    shutil.copytree(SAMPLE, copy, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    return copy
+
+
+def _pytest(project: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *arguments],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+
+
+def test_one_item_per_clause_under_xdist_with_deviations(project: Path) -> None:
+    pytest.importorskip("xdist")
+    done = _pytest(
+        project,
+        "-p",
+        "normspec",
+        f"--normspec-target={TARGET}",
+        "--normspec-profile=torch",
+        "--normspec-deviations=normspec-deviations.toml",
+        "--normspec-max-examples=3",
+        "--normspec-json=normspec.json",
+        "--junitxml=junit.xml",
+        "-n",
+        "2",
+        "-rA",
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
+    assert "created: 2/2 workers" in out
+    assert "hypothesis profile ci (3 examples per clause, seed 0)" in out
+    cases = {
+        case.get("name"): case
+        for case in ET.parse(project / "junit.xml").getroot().iter("testcase")
+    }
+    # the library's own tests still run, beside one item per clause
+    assert "test_training_output_is_normalized" in cases
+    clause_items = {n for n in cases if n.startswith("normspec[")}
+    assert len(clause_items) >= 30 and "normspec[bn.train.output]" in clause_items
+    passed = cases["normspec[bn.train.output]"]
+    assert passed.find("failure") is None and passed.find("skipped") is None
+    assert [(p.get("name"), p.get("value")) for p in passed.iter("property")] == [
+        ("normspec_clause", "bn.train.output")
+    ]
+    declared = cases["normspec[bn.degenerate.empty_batch]"].find("skipped")
+    assert declared is not None and "declared deviation (known bug)" in declared.get("message", "")
+    backward = cases["normspec[bn.backward.train.dx]"].find("skipped")
+    assert backward is not None and "not applicable" in backward.get("message", "")
+    assert "XFAIL normspec[bn.degenerate.empty_batch] - declared deviation" in out
+    report = json.loads((project / "normspec.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(report, schema())
+    outcomes = {r["clause"]: r["outcome"] for r in report["results"]}
+    assert outcomes["bn.degenerate.empty_batch"] == "declared"
+    assert outcomes["bn.train.output"] == "pass"
+    assert outcomes["bn.backward.train.dx"] == "not_applicable"
+    assert report["conformant"] is True and report["implementation"]["name"] == "tinybn.BatchNorm"
+
+
+def test_an_undeclared_failure_fails_with_the_minimal_example(project: Path) -> None:
+    done = _pytest(
+        project,
+        f"--normspec-target={TARGET}",
+        "--normspec-profile=torch",
+        "--normspec-clauses=bn.degenerate.*",
+        "--normspec-max-examples=3",
+        "--normspec-dtype=float64",
+    )
+    out = done.stdout
+    assert done.returncode == 1, out[-4000:]
+    assert "FAILED normspec[bn.degenerate.empty_batch]" in out
+    assert "minimal example:" in out and "shape: [0, " in out
+    assert f"reproduce: normspec check {TARGET} --profile torch" in out
+    assert "NOT CONFORMANT" in out
+
+
+def test_workers_share_a_dev_seed(project: Path) -> None:
+    pytest.importorskip("xdist")
+    done = _pytest(
+        project,
+        f"--normspec-target={TARGET}",
+        "--normspec-profile=torch",
+        "--normspec-clauses=bn.degenerate.empty_batch,bn.train.output",
+        "--normspec-hypothesis-profile=dev",
+        "--normspec-max-examples=3",
+        "-n",
+        "2",
+    )
+    out = done.stdout
+    header = re.search(r"hypothesis profile dev \(3 examples per clause, seed (\d+)\)", out)
+    reproduce = re.search(r"reproduce: normspec check .* --seed (\d+)", out)
+    assert header is not None and reproduce is not None, out[-3000:]
+    assert header.group(1) == reproduce.group(1)
+
+
+def test_the_plugin_is_inert_without_a_target(project: Path) -> None:
+    done = _pytest(project, "-q")
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "2 passed" in done.stdout and "normspec[" not in done.stdout
+    helped = _pytest(project, "--help")
+    assert "--normspec-target=TARGET" in helped.stdout
+    assert "--normspec-hypothesis-profile" in helped.stdout
+
+
+def test_a_target_that_does_not_load_is_a_usage_error(project: Path) -> None:
+    done = _pytest(project, "--normspec-target=no_such_module_zz:x", "-q")
+    assert done.returncode == 4, done.stdout[-2000:]
+    assert "cannot import 'no_such_module_zz'" in done.stderr + done.stdout
+
+
+def test_a_deviation_entry_that_matches_nothing_is_warned_about(project: Path) -> None:
+    (project / "bad.toml").write_text(
+        "[[deviation]]\nclause = 'bn.no_such_clause'\ncategory = 'known_bug'\nreason = 'x'\n"
+    )
+    done = _pytest(
+        project,
+        f"--normspec-target={TARGET}",
+        "--normspec-profile=torch",
+        "--normspec-deviations=bad.toml",
+        "--normspec-clauses=bn.train.output",
+        "--normspec-max-examples=2",
+        "-q",
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "warning: deviation file bad.toml: entry 'bn.no_such_clause' matches no clause" in (
+        done.stdout
+    )
+
+
+def test_results_cross_processes_as_json() -> None:
+    result = ClauseResult("bn.train.output", "MUST", "s", "declared", "m", {"seed": 0}, 3, 0.5)
+    result.deviation = {"category": "known_bug", "reason": "r", "outcome": "fail", "source": "f"}
+    assert result_from_json(result.to_json()) == result
