@@ -34,7 +34,7 @@ SPREAD_EXPONENTS: dict[str, tuple[int, int]] = {
 }
 
 #: Largest decimal exponent of (feature mean / spread) for ill-conditioned draws.
-OFFSET_EXPONENTS: dict[str, int] = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2}
+OFFSET_EXPONENTS: dict[str, int] = {"float64": 9, "float32": 5, "float16": 2, "bfloat16": 2}
 
 #: Above this many values an array is drawn from a seeded generator instead of elementwise.
 ELEMENTWISE_LIMIT = 256
@@ -60,29 +60,31 @@ def shapes(
 
     Batch sizes 1 and 2 and spatial sizes 1 are reachable; shrinking goes to the smallest.
     """
-    for _ in range(100):
-        batch = draw(st.integers(0 if min_count == 0 else 1, max_batch))
-        spatial = [draw(st.integers(1, max_spatial)) for _ in range(rank - 2)]
-        count = batch * int(np.prod(spatial, dtype=np.int64))
-        if count >= min_count or min_count == 0:
-            break
-    else:  # pragma: no cover - the loop always finds one for min_count <= max_batch
-        batch, spatial = max(min_count, 1), [1] * (rank - 2)
-    if count < min_count:
-        batch = min_count
-        spatial = [1] * (rank - 2)
+    spatial = [draw(st.integers(1, max_spatial)) for _ in range(rank - 2)]
+    per_sample = int(np.prod(spatial, dtype=np.int64))
+    smallest_batch = -(-min_count // per_sample)  # enough samples for min_count values
+    # batch sizes 1 and 2 are where implementations break: draw them often
+    wanted = draw(st.one_of(st.sampled_from([1, 2]), st.integers(1, max(1, max_batch))))
+    batch = min(max(wanted, smallest_batch), max(smallest_batch, max_batch))
     shape = [batch, *spatial]
     shape.insert(feature_axis, num_features)
     return tuple(shape)
 
 
 @st.composite
-def standard_values(draw: st.DrawFn, shape: tuple[int, ...]) -> Array:
-    """Values in [-1, 1]: elementwise (shrinkable) when small, from a seeded generator when large."""
+def standard_values(
+    draw: st.DrawFn, shape: tuple[int, ...], elementwise_limit: int = ELEMENTWISE_LIMIT
+) -> Array:
+    """Values in [-1, 1]: elementwise (shrinkable) when small, from a seeded generator when large.
+
+    ``elementwise_limit``: the largest size drawn elementwise.
+    """
     size = int(np.prod(shape, dtype=np.int64))
-    if size <= ELEMENTWISE_LIMIT:
+    if size <= elementwise_limit:
         elements = st.floats(-1.0, 1.0, allow_subnormal=False)
-        return draw(hnp.arrays(np.float64, shape, elements=elements))
+        # fill=nothing: every element is drawn (the default fills most of an array with one
+        # value, which makes zero-variance features the rule rather than the exception)
+        return draw(hnp.arrays(np.float64, shape, elements=elements, fill=st.nothing()))
     seed = draw(st.integers(0, 2**32 - 1))
     return np.random.default_rng(seed).uniform(-1.0, 1.0, size=shape)
 
@@ -94,6 +96,7 @@ def feature_values(
     feature_axis: int,
     dtype: DTypeName,
     conditioning: Conditioning = "well",
+    elementwise_limit: int = ELEMENTWISE_LIMIT,
 ) -> Array:
     """An input whose features have their own spread and mean, rounded to ``dtype``.
 
@@ -111,11 +114,12 @@ def feature_values(
         top = OFFSET_EXPONENTS[dtype]
         ratio = np.array(
             [
-                draw(st.sampled_from([-1.0, 1.0])) * 10.0 ** draw(st.integers(1, top))
+                draw(st.sampled_from([-1.0, 1.0]))
+                * 10.0 ** draw(st.one_of(st.just(top), st.integers(1, top)))
                 for _ in range(features)
             ]
         )
-    z = draw(standard_values(shape))
+    z = draw(standard_values(shape, elementwise_limit))
     bshape = [1] * len(shape)
     bshape[feature_axis] = features
     x = (ratio * spread).reshape(bshape) + spread.reshape(bshape) * z
@@ -148,8 +152,9 @@ def arrange(x: Array, layout: Layout, feature_axis: int) -> Array:
 @st.composite
 def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> tuple[Array, Array]:
     """gamma and beta in [-2, 2] (zero and negative gamma included)."""
-    gamma = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-2.0, 2.0)))
-    beta = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-2.0, 2.0)))
+    values = st.floats(-2.0, 2.0)
+    gamma = draw(hnp.arrays(np.float64, num_features, elements=values, fill=st.nothing()))
+    beta = draw(hnp.arrays(np.float64, num_features, elements=values, fill=st.nothing()))
     return round_to(gamma, dtype), round_to(beta, dtype)
 
 
@@ -171,8 +176,10 @@ def running_statistics(
     """
     centre = np.zeros(num_features) if near is None else near
     spread = np.ones(num_features) if scale is None else scale
-    offset = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-3.0, 3.0)))
-    log_ratio = draw(hnp.arrays(np.float64, num_features, elements=st.floats(-2.0, 2.0)))
+    # kept away from the batch's own statistics, so that confusing the two shows
+    away = st.floats(0.25, 3.0).flatmap(lambda v: st.sampled_from([v, -v]))
+    offset = np.array([draw(away) for _ in range(num_features)])
+    log_ratio = np.array([draw(away) for _ in range(num_features)]) * (2.0 / 3.0)
     mean = round_to(centre + offset * spread, dtype)
     var = np.maximum(round_to(spread**2 * 10.0**log_ratio, dtype), 0.0)
     steps = draw(st.integers(0, max_steps))
@@ -251,6 +258,7 @@ def cases(
     affine: bool | None = True,
     cumulative: bool = False,
     num_features: int | None = None,
+    renorm: bool = False,
 ) -> Case:
     """A whole case for a capability set and a dialect.
 
@@ -258,7 +266,33 @@ def cases(
     ``cumulative``: ask for the cumulative-average mode (momentum ``None``).
     ``axis_positions``: feature-axis positions to draw from (default: the primary one).
     ``rate``: a fixed canonical update rate instead of a drawn one.
+    ``renorm``: a batch-renormalization case under the dialect's renorm parameters, a
+    :class:`normspec.conformance.strategies_renorm.RenormCase` drawn by
+    :func:`~normspec.conformance.strategies_renorm.renorm_cases` (``track`` and
+    ``cumulative`` do not apply: a renorm layer always keeps its moving statistics).
     """
+    if renorm:
+        if cumulative:
+            raise ValueError("a renorm layer has no cumulative-average mode")
+        from normspec.conformance.strategies_renorm import renorm_cases
+
+        return draw(
+            renorm_cases(
+                capabilities,
+                dialect,
+                allowed_dtypes,
+                conditioning=conditioning,
+                min_count=min_count,
+                long_reductions=long_reductions,
+                max_batch=max_batch,
+                max_spatial=max_spatial,
+                rate=rate,
+                layout=layout,
+                axis_positions=axis_positions,
+                affine=affine,
+                num_features=num_features,
+            )
+        )
     dtype = draw(dtypes(allowed_dtypes))
     rank = draw(st.sampled_from(sorted(capabilities.ranks)))
     positions = list(axis_positions or capabilities.feature_axes[:1])
