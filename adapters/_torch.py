@@ -12,14 +12,20 @@ import abc
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from normspec.adapters._common import (
+    ParameterPolicy,
+    check_config,
+    parameter_dtype_name,
+    probe_dtypes,
+    profile_has_cumulative_average,
+    running_statistics,
+)
 from normspec.adapters.protocol import (
-    ALL_DTYPES,
     Array,
     Capabilities,
     DTypeName,
@@ -30,7 +36,6 @@ from normspec.adapters.protocol import (
     WrongOutput,
 )
 from normspec.reference import Gradients, RunningStatistics
-from normspec.reference.dialects import PROFILES
 
 #: The environment variable naming the default device (``cpu``, ``cuda``, ``cuda:1``, ...).
 DEVICE_VARIABLE = "NORMSPEC_TORCH_DEVICE"
@@ -42,12 +47,6 @@ TORCH_DTYPES: dict[DTypeName, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 
-#: Where the parameters and running statistics of a float16/bfloat16 layer live:
-#: ``float32`` as under ``torch.autocast`` (automatic mixed precision, the usual way to
-#: train in half precision: BatchNorm keeps float32 parameters and buffers and takes half
-#: activations); ``input``: the whole module in the input's dtype (``module.half()``).
-ParameterPolicy = Literal["float32", "input"]
-
 
 def torch_dtype(name: DTypeName) -> torch.dtype:
     """The torch dtype of a protocol dtype name."""
@@ -58,12 +57,13 @@ def torch_dtype(name: DTypeName) -> torch.dtype:
 
 
 def parameter_dtype(name: DTypeName, policy: ParameterPolicy) -> torch.dtype:
-    """The dtype of parameters and running statistics for inputs of dtype ``name``."""
-    if policy not in ("float32", "input"):
-        raise ValueError(f"parameter policy must be 'float32' or 'input', got {policy!r}")
-    if name in ("float16", "bfloat16") and policy == "float32":
-        return torch.float32
-    return torch_dtype(name)
+    """The dtype of parameters and running statistics for inputs of dtype ``name``.
+
+    ``float32`` is as under ``torch.autocast`` (automatic mixed precision, the usual way to
+    train in half precision: BatchNorm keeps float32 parameters and buffers and takes half
+    activations); ``input``: the whole module in the input's dtype (``module.half()``).
+    """
+    return torch_dtype(parameter_dtype_name(name, policy))
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -192,10 +192,7 @@ def read_state(tensors: BatchNormTensors, num_features: int, steps: int) -> Runn
     var = read_vector(tensors.running_var, num_features, "running_var")
     if tensors.num_batches_tracked is not None:
         steps = int(tensors.num_batches_tracked.item())
-    try:
-        return RunningStatistics(mean, var, steps)
-    except ValueError as problem:
-        raise WrongOutput(f"the running statistics are malformed: {problem}") from None
+    return running_statistics(mean, var, steps)
 
 
 def write_state(tensors: BatchNormTensors, state: RunningStatistics, num_features: int) -> None:
@@ -362,71 +359,27 @@ class TorchImplementation(abc.ABC):
 
     def profile_has_cumulative_average(self) -> bool:
         """Whether the profile defines ``momentum=None`` (dialect.cumulative_average)."""
-        dialect = PROFILES.get(self.profile)
-        return dialect is not None and dialect.cumulative_average
+        return profile_has_cumulative_average(self.profile)
 
     def capabilities(self) -> Capabilities:
         """The base capabilities, less the dtypes a tiny forward and backward fail on."""
         if self._capabilities is None:
-            base = self.base_capabilities()
-            dtypes: set[DTypeName] = set()
-            notes = dict(base.notes)
-            failures = []
-            for name in ALL_DTYPES:
-                if name not in base.dtypes:
-                    continue
-                problem = self._probe(base, name)
-                if problem is None:
-                    dtypes.add(name)
-                else:
-                    failures.append(f"{name}: {problem}")
-            if failures:
-                notes["dtypes"] = f"fails on {self.device}: " + "; ".join(failures)
-            self._capabilities = replace(base, dtypes=frozenset(dtypes), notes=notes)
+            self._capabilities = probe_dtypes(
+                self.base_capabilities(), self._probe, where=str(self.device)
+            )
         return self._capabilities
 
     def versions(self) -> Mapping[str, str]:
         return device_versions(self.device)
 
     def build(self, config: LayerConfig) -> Layer:
-        caps = self.capabilities()
-        if config.renorm is not None:
-            raise UnsupportedConfig("batch renormalization is not a torch BatchNorm option")
-        if config.dtype not in caps.dtypes:
-            raise UnsupportedConfig(f"dtype {config.dtype} is not supported on {self.device}")
-        if config.rank not in caps.ranks:
-            raise UnsupportedConfig(f"rank {config.rank} is not one of {sorted(caps.ranks)}")
-        if config.feature_position not in caps.feature_axes:
-            raise UnsupportedConfig(
-                f"feature axis {config.feature_axis} of a rank-{config.rank} input: torch "
-                "takes the features at axis 1"
-            )
-        if config.momentum is None and not caps.cumulative_average:
-            raise UnsupportedConfig("momentum=None (cumulative average) is not supported")
-        if not config.track_running_stats and not caps.untracked:
-            raise UnsupportedConfig("track_running_stats=False is not supported")
-        if not config.affine and not caps.without_affine:
-            raise UnsupportedConfig("affine=False is not supported")
+        check_config(self.capabilities(), config, library="torch")
         return self.make_layer(config)
 
-    def _probe(self, base: Capabilities, name: DTypeName) -> str | None:
-        """Why a training step, an inference and a backward fail in dtype ``name``, or ``None``.
-
-        A malformed result (WrongOutput) is no reason to leave a dtype out: the engine
-        reports it as a failure.
-        """
-        rank = min(base.ranks)
-        config = LayerConfig(
-            num_features=2, rank=rank, feature_axis=1, dtype=name, eps=1e-5, momentum=0.5
-        )
-        x = np.arange(4 * 2 ** (rank - 1), dtype=np.float64).reshape((4, 2) + (2,) * (rank - 2))
-        try:
-            layer = self.make_layer(config)
-            layer.train_step(x)
-            layer.infer(x)
-            layer.vjp(x, np.ones_like(x), training=True)
-        except WrongOutput:
-            return None
-        except Exception as problem:  # any failure of the library means "not supported"
-            return f"{type(problem).__name__}: {problem}".splitlines()[0]
+    def _probe(self, config: LayerConfig, x: Array) -> str | None:
+        """A training step, an inference and a backward of a tiny layer (see probe_dtypes)."""
+        layer = self.make_layer(config)
+        layer.train_step(x)
+        layer.infer(x)
+        layer.vjp(x, np.ones_like(x), training=True)
         return None

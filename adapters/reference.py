@@ -1,12 +1,27 @@
-"""The reference itself, driven through the protocol: the suite must pass on it."""
+"""The reference itself, driven through the protocol: the suite must pass on it.
+
+One layer class serves batch normalization and batch renormalization: the reference's two
+layer-level APIs have the same shape (a config, the affine parameters, an immutable state;
+``training_step``, ``inference``, ``backward``), and :class:`ReferenceLayer` picks one by
+the type of its config.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
-from normspec.adapters.protocol import Array, Capabilities, Layer, LayerConfig
+from normspec.adapters.protocol import (
+    Array,
+    Capabilities,
+    Layer,
+    LayerConfig,
+    State,
+    UnsupportedConfig,
+)
 from normspec.reference import (
     Affine,
     BatchNormConfig,
@@ -14,60 +29,108 @@ from normspec.reference import (
     RunningStatistics,
     backward,
     inference,
+    renorm,
     training_step,
 )
-from normspec.reference.dialects import Dialect, profile
+from normspec.reference.dialects import Dialect, profile, renorm_config
+from normspec.reference.schedules import (
+    ConstantSchedule,
+    LinearRamp,
+    RenormBounds,
+    Schedule,
+    SwitchSchedule,
+)
+
+
+@dataclass(frozen=True)
+class Operations:
+    """A layer-level API of the reference: the state of a new layer and the three operations."""
+
+    initial: Callable[[Any], State | None]
+    training_step: Callable[..., tuple[Array, Any]]
+    inference: Callable[..., Array]
+    backward: Callable[..., Gradients]
+
+
+def _batchnorm_initial(config: BatchNormConfig) -> RunningStatistics | None:
+    return RunningStatistics.initial(config.num_features) if config.track_running_stats else None
+
+
+def _renorm_initial(config: renorm.RenormConfig) -> renorm.RenormStatistics:
+    return config.initial_state()
+
+
+#: Batch normalization (normspec.reference.layer; bn.*).
+BATCHNORM = Operations(_batchnorm_initial, training_step, inference, backward)
+#: Batch renormalization (normspec.reference.renorm; renorm.*).
+RENORM = Operations(_renorm_initial, renorm.training_step, renorm.inference, renorm.backward)
 
 
 class ReferenceLayer:
-    """A float64 reference layer with the dialect's conventions (momentum, estimator)."""
+    """A float64 reference layer with the dialect's conventions.
 
-    def __init__(self, config: BatchNormConfig) -> None:
+    ``config`` is a :class:`BatchNormConfig` (batch normalization: momentum, estimator) or
+    a :class:`normspec.reference.renorm.RenormConfig` (batch renormalization: what is
+    averaged, one or two sets of moving statistics, the floor on sigma, the schedule).
+    """
+
+    def __init__(self, config: BatchNormConfig | renorm.RenormConfig) -> None:
         self._config = config
+        self._ops = RENORM if isinstance(config, renorm.RenormConfig) else BATCHNORM
         self._params = Affine.identity(config.num_features) if config.affine else None
-        self._state = (
-            RunningStatistics.initial(config.num_features) if config.track_running_stats else None
-        )
+        self._state: Any = self._ops.initial(config)
 
     def set_parameters(self, gamma: Array, beta: Array) -> None:
         self._params = Affine(np.array(gamma, dtype=np.float64), np.array(beta, dtype=np.float64))
 
-    def set_state(self, state: RunningStatistics) -> None:
+    def set_state(self, state: State) -> None:
         self._state = state
 
-    def state(self) -> RunningStatistics | None:
+    def state(self) -> State | None:
         return self._state
 
     def train_step(self, x: Array) -> Array:
-        y, self._state = training_step(self._config, self._params, self._state, x)
+        y, self._state = self._ops.training_step(self._config, self._params, self._state, x)
         return y
 
     def infer(self, x: Array) -> Array:
-        return inference(self._config, self._params, self._state, x)
+        return self._ops.inference(self._config, self._params, self._state, x)
 
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
-        return backward(self._config, self._params, self._state, x, dy, training=training)
+        return self._ops.backward(self._config, self._params, self._state, x, dy, training=training)
 
 
 class ReferenceImplementation:
-    """``normspec check reference --profile NAME``: the reference under any profile."""
+    """``normspec check reference --profile NAME``: the reference under any profile.
+
+    Under a profile with a renorm dialect (``paper``, ``tf_keras``) it also builds renorm
+    layers, acting as a library of that dialect would: it takes ``eps`` and the momenta in
+    the profile's convention and the bounds in the dialect's form (and rejects invalid ones,
+    renorm.params.invalid), and declares a canonical config with another ``average``,
+    ``statistics`` or ``sigma_floor`` unsupported. It offers every schedule.
+    """
 
     def __init__(self, dialect: str = "torch") -> None:
         self.dialect: Dialect = profile(dialect)
         self.name = f"normspec.reference ({self.dialect.name} dialect)"
 
     def capabilities(self) -> Capabilities:
+        has_renorm = self.dialect.renorm is not None
         return Capabilities(
             feature_axes=("first", "last"),
             cumulative_average=self.dialect.cumulative_average,
             untracked=True,
             step_counter=True,
+            renorm=has_renorm,
+            notes={} if has_renorm else {"renorm": f"profile {self.dialect.name} has none"},
         )
 
     def versions(self) -> Mapping[str, str]:
         return {"numpy": np.__version__}
 
     def build(self, config: LayerConfig) -> Layer:
+        if config.renorm is not None:
+            return ReferenceLayer(self.renorm_config(config))
         return ReferenceLayer(
             BatchNormConfig(
                 num_features=config.num_features,
@@ -79,3 +142,66 @@ class ReferenceImplementation:
                 track_running_stats=config.track_running_stats,
             )
         )
+
+    # ------------------------------------------------------------------ renorm
+    def renorm_config(self, config: LayerConfig) -> renorm.RenormConfig:
+        """The reference config a library of the profile's renorm dialect would build.
+
+        ``eps`` and ``momentum`` come from the layer config (the library's arguments), the
+        correction set's momentum and the bounds from ``config.renorm`` expressed as the
+        dialect takes them; invalid values raise ``ValueError`` naming the parameter.
+        """
+        canonical = config.renorm
+        dialect = self.dialect.renorm
+        if canonical is None or dialect is None:
+            raise UnsupportedConfig(f"profile {self.dialect.name} has no batch renormalization")
+        for name in ("average", "statistics", "sigma_floor"):
+            wanted, offered = getattr(canonical, name), getattr(dialect, name)
+            if wanted != offered:
+                raise UnsupportedConfig(
+                    f"{name}={wanted!r}: the {self.dialect.name} dialect has {name}={offered!r}"
+                )
+        if not config.track_running_stats:
+            raise UnsupportedConfig("a renorm layer always keeps its moving statistics")
+        if config.momentum is None:
+            raise UnsupportedConfig("renorm has no cumulative-average mode")
+        renorm_momentum = None
+        if dialect.statistics == "separate":
+            if canonical.correction_rate is None:  # pragma: no cover - RenormConfig ensures it
+                raise ValueError("correction_rate is required when the statistics are separate")
+            renorm_momentum = self.dialect.momentum_from_rate(canonical.correction_rate)
+        built = renorm_config(
+            self.dialect,
+            config.num_features,
+            momentum=config.momentum,
+            renorm_momentum=renorm_momentum,
+            eps=config.eps,
+            schedule=self._schedule(canonical.schedule),
+            feature_axis=config.feature_axis,
+        )
+        return replace(built, affine=config.affine)
+
+    def _schedule(self, schedule: Schedule) -> Schedule:
+        """The schedule as the library takes it: its bounds validated in the dialect's form."""
+        if isinstance(schedule, ConstantSchedule):
+            return ConstantSchedule(self._bounds(schedule.value))
+        if isinstance(schedule, SwitchSchedule):
+            return SwitchSchedule(schedule.step, self._bounds(schedule.after))
+        if isinstance(schedule, LinearRamp):
+            return replace(schedule)  # re-validates r_max, d_max and the steps
+        return schedule
+
+    def _bounds(self, bounds: RenormBounds) -> RenormBounds:
+        """``r_max, d_max`` (symmetric) or ``rmin, rmax, dmax`` (independent), validated."""
+        assert self.dialect.renorm is not None
+        if self.dialect.renorm.clipping == "independent":
+            return RenormBounds.from_keras(
+                {"rmin": bounds.r_min, "rmax": bounds.r_max, "dmax": bounds.d_max}
+            )
+        made = RenormBounds.symmetric(bounds.r_max, bounds.d_max)
+        if made.r_min != bounds.r_min:
+            raise UnsupportedConfig(
+                f"r_min={bounds.r_min!r}: the {self.dialect.name} dialect clips r to "
+                f"[1 / r_max, r_max]"
+            )
+        return made

@@ -19,12 +19,30 @@ from normspec.adapters.protocol import Implementation
 #: A recogniser takes (object, profile name) and returns an Implementation or None.
 RECOGNISERS: list[tuple[str, str]] = [
     ("torch", "normspec.adapters.torch_module:recognise"),
+    ("keras", "normspec.adapters.keras_layer:recognise"),
+    ("tf_keras", "normspec.adapters.keras_layer:recognise"),
+    ("flax", "normspec.adapters.flax_linen:recognise"),
+    ("flax", "normspec.adapters.flax_nnx:recognise"),
+    ("jax", "normspec.adapters.jax_functional:recognise"),
 ]
 
 #: Short names for built-in targets.
 ALIASES: dict[str, str] = {
     "reference": "normspec.adapters.reference:ReferenceImplementation",
     "torch.functional": "normspec.adapters.torch_functional:FunctionalBatchNorm",
+    "keras": "normspec.adapters.keras_layer:keras_batchnorm",
+    "keras.renorm": "normspec.adapters.keras_layer:keras_renorm",
+    "tf_keras": "normspec.adapters.keras_layer:tf_keras_nonfused",
+    "tf_keras.nonfused": "normspec.adapters.keras_layer:tf_keras_nonfused",
+    "tf_keras.fused": "normspec.adapters.keras_layer:tf_keras_fused",
+    "tf_keras.renorm": "normspec.adapters.keras_layer:tf_keras_renorm",
+    "tf.nn": "normspec.adapters.tf_nn:BatchNormalizationFunctional",
+    "tf.nn.batch_normalization": "normspec.adapters.tf_nn:BatchNormalizationFunctional",
+    "tf.nn.fused_batch_norm": "normspec.adapters.tf_nn:FusedBatchNormFunctional",
+    "flax.linen": "normspec.adapters.flax_linen:linen_batchnorm",
+    "flax.linen.two_pass": "normspec.adapters.flax_linen:linen_batchnorm_two_pass",
+    "flax.nnx": "normspec.adapters.flax_nnx:nnx_batchnorm",
+    "flax.nnx.two_pass": "normspec.adapters.flax_nnx:nnx_batchnorm_two_pass",
 }
 
 

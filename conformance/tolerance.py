@@ -1,4 +1,5 @@
-"""Tolerances derived from the accuracy clauses (conventions: accuracy model; bn.accuracy.*).
+"""Tolerances derived from the accuracy clauses (conventions: accuracy model; bn.accuracy.*,
+renorm.accuracy.*).
 
 Every bound is the spec's first-order error bound for the implementation's precision plus
 the same bound for the float64 reference, so the reference's own error is never charged to
@@ -14,8 +15,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from normspec.conformance.dtypes import FORMATS, float_format, ulp
-from normspec.reference import batch_statistics
+from normspec.reference import batch_statistics, train_backward
 from normspec.reference._arrays import per_feature, reduction_axes
+from normspec.reference.schedules import RenormBounds
 
 Array = NDArray[np.float64]
 
@@ -33,8 +35,15 @@ class Precision:
 
     @classmethod
     def of(cls, dtype: str) -> Precision:
+        """The accuracy clauses' precision: statistics accumulated in float32 at least."""
         fmt = float_format(dtype)
         return cls(fmt.unit_roundoff, fmt.working_unit_roundoff, fmt.smallest_normal)
+
+    @classmethod
+    def storage(cls, dtype: str) -> Precision:
+        """The value clauses' precision: any accumulation at least as precise as ``dtype``."""
+        fmt = float_format(dtype)
+        return cls(fmt.unit_roundoff, fmt.unit_roundoff, fmt.smallest_normal)
 
 
 REFERENCE_PRECISION = Precision(2.0**-53, 2.0**-53, FORMATS["float64"].smallest_normal)
@@ -178,7 +187,7 @@ def backward_bounds(
     ax = np.abs(terms.xhat)
 
     def dx_bound(p: Precision) -> Array:
-        spread = m1 + (1 + terms.kappa + terms.a + ax) * m2 if training else terms.a * 0
+        spread = m1 + (1 + terms.kappa + terms.a + ax) * m2 if training else 0.0
         return (
             p.u_w * reductions * g * terms.s * (abs_dy + spread)
             + p.u_o * np.abs(expected.dx)
@@ -279,6 +288,9 @@ def compare(
 ) -> Comparison:
     """Compare elementwise; NaN or infinity where the expected value is finite always fails.
 
+    Errors in ulps are measured against the spacing of ``dtype`` at the largest expected
+    magnitude, the scale of the quantity.
+
     ``mask`` selects the elements that are compared (all by default).
     """
     actual = np.asarray(actual, dtype=np.float64)
@@ -312,7 +324,10 @@ def compare(
     worst = np.unravel_index(int(np.argmax(excess)), expected.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(selected & finite, error / np.abs(expected), 0.0)
-        ulps = np.where(selected & finite, error / ulp(expected, dtype), 0.0)
+        # ulps of the quantity's magnitude, so an expected zero does not blow the figure up
+        considered = selected & finite
+        scale = float(np.max(np.abs(expected[considered]))) if considered.any() else 0.0
+        ulps = np.where(considered, error / ulp(np.asarray(scale), dtype), 0.0)
     ok = bool(np.all(excess <= 0))
     nonfinite = bool(np.any(selected & finite & ~np.isfinite(actual)))
     reason = (
@@ -334,3 +349,273 @@ def compare(
         actual_at_worst=float(actual[worst]),
         bound_at_worst=float(bound[worst]),
     )
+
+
+# --------------------------------------------------------------------------------------
+# Batch renormalization (renorm.accuracy.*)
+
+
+@dataclass(frozen=True)
+class RenormTerms:
+    """The exact per-feature quantities of renorm.accuracy.* for one training step.
+
+    Vectors have the shape ``(C,)``; ``zhat``, ``xhat`` and ``a`` have the shape of ``x``.
+    ``sigma`` is the moving standard deviation of the set the correction uses (the
+    dialect's ``sigma``, see :func:`normspec.reference.renorm.moving_std`).
+    """
+
+    n: int
+    feature_axis: int
+    ndim: int
+    s: Array  # 1 / sigma_B
+    kappa: Array  # s * mean|x|
+    kappa_m: Array  # mean|x| / sigma
+    r_u: Array  # sigma_B / sigma, before clipping
+    d_u: Array  # (mu_B - mu) / sigma, before clipping
+    r: Array
+    d: Array
+    r_min: float
+    r_max: float
+    d_max: float
+    zhat: Array
+    xhat: Array
+    a: Array
+
+    @classmethod
+    def of(
+        cls,
+        x: Array,
+        feature_axis: int,
+        eps: float,
+        moving_mean: Array,
+        moving_std: Array,
+        bounds: RenormBounds,
+    ) -> RenormTerms:
+        axis = feature_axis % x.ndim
+        stats = batch_statistics(x, axis)
+        mean_abs = np.mean(np.abs(x), axis=reduction_axes(x.ndim, axis))
+        sigma_b = np.sqrt(stats.var + eps)
+        sigma = np.asarray(moving_std, dtype=np.float64)
+        mu = np.asarray(moving_mean, dtype=np.float64)
+        s = 1.0 / sigma_b
+        r_u = sigma_b / sigma
+        d_u = (stats.mean - mu) / sigma
+        r = np.clip(r_u, bounds.r_min, bounds.r_max)
+        d = np.clip(d_u, -bounds.d_max, bounds.d_max)
+
+        def pf(vector: Array) -> Array:
+            return per_feature(vector, x.ndim, axis)
+
+        zhat = (x - pf(stats.mean)) * pf(s)
+        return cls(
+            n=stats.count,
+            feature_axis=axis,
+            ndim=x.ndim,
+            s=s,
+            kappa=s * mean_abs,
+            kappa_m=mean_abs / sigma,
+            r_u=r_u,
+            d_u=d_u,
+            r=r,
+            d=d,
+            r_min=bounds.r_min,
+            r_max=bounds.r_max,
+            d_max=bounds.d_max,
+            zhat=zhat,
+            xhat=zhat * pf(r) + pf(d),
+            a=pf(s) * (np.abs(x) + pf(mean_abs)),
+        )
+
+    def per_feature(self, vector: Array) -> Array:
+        """A ``(C,)`` vector shaped to broadcast against ``x``."""
+        return per_feature(np.asarray(vector), self.ndim, self.feature_axis)
+
+    def correction_errors(self, p: Precision) -> tuple[Array, Array]:
+        """``(Dr, Dd)``: the errors of the clipped ``r`` and ``d`` (renorm.md, accuracy)."""
+        n, u_w = self.n, p.u_w
+        e_r = self.r_u * (u_w * (n + 7) + (u_w * (n + 1) * self.kappa) ** 2)
+        e_d = u_w * ((n + 1) * self.kappa_m + 4 * np.abs(self.d_u))
+        with np.errstate(invalid="ignore"):
+            near_r = (self.r_min - e_r <= self.r_u) & (self.r_u <= self.r_max + e_r)
+            near_d = np.abs(self.d_u) <= self.d_max + e_d
+        dr = u_w * self.r + np.where(near_r, e_r, 0.0)
+        dd = 2 * u_w * np.abs(self.d) + np.where(near_d, e_d, 0.0)
+        return dr, dd
+
+    def zhat_error(self, p: Precision) -> Array:
+        """``E_i``: the error of ``zhat_i`` (bn.accuracy.forward's bound divided by g)."""
+        n = self.n
+        kappa = self.per_feature(self.kappa)
+        az = np.abs(self.zhat)
+        return (
+            p.u_w * ((n + 1) * kappa + self.a + (n + 3) * az) + az * (p.u_w * (n + 1) * kappa) ** 2
+        )
+
+
+def renorm_train_output_bound(
+    precision: Precision,
+    x: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    eps: float,
+    feature_axis: int,
+    moving_mean: Array,
+    moving_std: Array,
+    bounds: RenormBounds,
+) -> Array:
+    """Elementwise bound of renorm.accuracy.forward for the training output.
+
+    ``moving_mean`` and ``moving_std`` are the ``mu`` and ``sigma`` the correction is
+    computed from (the correction set under ``statistics = separate``), ``bounds`` the
+    clipping bounds of the step.
+    """
+    t = RenormTerms.of(x, feature_axis, eps, moving_mean, moving_std, bounds)
+    g, b = _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
+    r, s = t.per_feature(t.r), t.per_feature(t.s)
+
+    def bound(p: Precision) -> Array:
+        dr, dd = t.correction_errors(p)
+        return (
+            g * (r * t.zhat_error(p) + np.abs(t.zhat) * t.per_feature(dr) + t.per_feature(dd))
+            + p.u_o * (g * np.abs(t.xhat) + b)
+            + p.tiny * (1 + g * r * s)
+        )
+
+    return _both(bound, precision)
+
+
+def renorm_inference_output_bound(
+    precision: Precision,
+    x: Array,
+    moving_mean: Array,
+    moving_std: Array,
+    gamma: Array | None,
+    beta: Array | None,
+    feature_axis: int,
+) -> Array:
+    """Elementwise bound of renorm.accuracy.inference (``s = 1 / sigma``, ``a_i`` with ``|mu|``)."""
+    s = per_feature(1.0 / np.asarray(moving_std, dtype=np.float64), x.ndim, feature_axis)
+    mu = per_feature(np.asarray(moving_mean, dtype=np.float64), x.ndim, feature_axis)
+    xhat = (x - mu) * s
+    a = s * (np.abs(x) + np.abs(mu))
+    g, b = _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
+
+    def bound(p: Precision) -> Array:
+        ax = np.abs(xhat)
+        return p.u_w * g * (a + 3 * ax) + p.u_o * (g * ax + b) + p.tiny * (1 + g * s)
+
+    return _both(bound, precision)
+
+
+def renorm_backward_bounds(
+    precision: Precision,
+    x: Array,
+    dy: Array,
+    gamma: Array | None,
+    eps: float,
+    feature_axis: int,
+    expected: Any,
+    moving_mean: Array,
+    moving_std: Array,
+    bounds: RenormBounds,
+) -> GradientBounds:
+    """Bounds of renorm.accuracy.backward for the training-mode gradients.
+
+    ``expected`` holds the exact renorm gradients (``dgamma*``); the batch-norm terms
+    ``B_dx``, ``B_dgamma``, ``B_dbeta`` are those of :func:`backward_bounds` for the same
+    input, with batch norm's own gradients (``dxbn* = dx* / r``).
+    """
+    t = RenormTerms.of(x, feature_axis, eps, moving_mean, moving_std, bounds)
+    bn_expected = train_backward(dy, x, gamma, eps=eps, feature_axis=feature_axis)
+    bn = backward_bounds(precision, x, dy, gamma, eps, feature_axis, bn_expected)
+    dxbn = np.abs(bn_expected.dx)
+    sum_dy_zhat = np.abs(bn_expected.dgamma)
+    sum_dy = np.abs(bn_expected.dbeta)
+    dgamma_star = np.abs(np.asarray(expected.dgamma, dtype=np.float64))
+    extra_dx = np.zeros_like(dxbn)
+    extra_dgamma = np.zeros_like(sum_dy)
+    for p in (precision, REFERENCE_PRECISION):
+        dr, dd = t.correction_errors(p)
+        extra_dx = extra_dx + t.per_feature(dr) * dxbn
+        extra_dgamma = extra_dgamma + dr * sum_dy_zhat + dd * sum_dy + p.u_o * dgamma_star
+    return GradientBounds(
+        dx=t.per_feature(t.r) * bn.dx + SAFETY_FACTOR * extra_dx,
+        dgamma=t.r * bn.dgamma + np.abs(t.d) * bn.dbeta + SAFETY_FACTOR * extra_dgamma,
+        dbeta=bn.dbeta,
+    )
+
+
+def renorm_inference_backward_bounds(
+    precision: Precision,
+    x: Array,
+    dy: Array,
+    gamma: Array | None,
+    feature_axis: int,
+    expected: Any,
+    moving_mean: Array,
+    moving_std: Array,
+) -> GradientBounds:
+    """renorm.accuracy.backward in inference mode: bn.accuracy.backward with ``s = 1 / sigma``."""
+    sigma = np.asarray(moving_std, dtype=np.float64)
+    return backward_bounds(
+        precision,
+        x,
+        dy,
+        gamma,
+        0.0,  # s = 1 / sqrt(sigma^2 + 0) = 1 / sigma
+        feature_axis,
+        expected,
+        mean=np.asarray(moving_mean, dtype=np.float64),
+        var=sigma * sigma,
+    )
+
+
+def renorm_moving_bounds(
+    precision: Precision,
+    x: Array,
+    feature_axis: int,
+    eps: float,
+    alpha: float,
+    average: str,
+    before_mean: Array,
+    before_spread: Array,
+    after_mean: Array,
+    after_spread: Array,
+) -> StateBounds:
+    """Bounds of renorm.accuracy.moving for one set of moving statistics and its rate.
+
+    ``StateBounds.var`` is the bound of the moving spread: a standard deviation when
+    ``average = "std"``, else a variance (the bound of bn.accuracy.running, biased or
+    unbiased as ``average`` says).
+    """
+    unbiased = average == "variance_unbiased"
+    running = running_bounds(
+        precision,
+        x,
+        feature_axis,
+        alpha,
+        unbiased,
+        before_mean,
+        before_spread,
+        after_mean,
+        after_spread,
+    )
+    if average != "std":
+        return running
+    axis = feature_axis % x.ndim
+    stats = batch_statistics(x, axis)
+    n = stats.count
+    sigma_b = np.sqrt(stats.var + eps)
+    kappa = np.mean(np.abs(x), axis=reduction_axes(x.ndim, axis)) / sigma_b
+    before = np.asarray(before_spread, dtype=np.float64)
+    after = np.asarray(after_spread, dtype=np.float64)
+
+    def std_bound(p: Precision) -> Array:
+        return (
+            alpha * sigma_b * (p.u_w * (n + 5) + (p.u_w * (n + 1) * kappa) ** 2)
+            + p.u_w * np.abs(sigma_b - before)
+            + p.u_o * (np.abs(before) + np.abs(after))
+            + p.tiny
+        )
+
+    return StateBounds(mean=running.mean, var=_both(std_bound, precision))

@@ -5,15 +5,20 @@ Every function takes plain arrays, returns new arrays, and never writes into its
 Evaluation. The batch statistics use the corrected two-pass algorithm (Chan, Golub and
 LeVeque; Higham, *Accuracy and Stability of Numerical Algorithms*, sec. 1.9): the first pass
 gives a mean ``m``, the second the sums of ``c = x - m`` and of ``c^2``, and
-``var_B = (sum c^2 - (sum c)^2 / n) / n``. Where that evaluation cannot be trusted for a
-feature (a sum overflows, squares of deviations underflow, the first mean is off by more
-than a standard deviation, or the feature is constant and ``m`` is not exactly its value),
-the feature is evaluated again on a copy rescaled by powers of two, centred twice and
-rescaled by its spread (:func:`_careful`), so every finite input gets the accuracy stated in
-batchnorm.md ("Reference accuracy"), and a constant feature gives ``y = beta`` exactly.
+``var_B = (sum c^2 - (sum c)^2 / n) / n``. Sums are blocked (:func:`_total`): runs of at most
+128 consecutive values, pairwise summation of the run totals, so their error does not grow
+with n in any memory layout. Where the evaluation cannot be trusted for a feature (a sum
+overflows, squares of deviations underflow, the first mean is off by more than a standard
+deviation, or the feature is constant and ``m`` is not exactly its value), the feature is
+evaluated again on a copy rescaled by powers of two, centred twice and rescaled by its
+spread (:func:`_careful`). Where ``gamma * s`` leaves the normal range the output is
+multiplied by ``s`` and ``gamma`` in turn (:func:`_factor`). So every finite input gets the
+accuracy stated in batchnorm.md ("Reference accuracy"), and a constant feature gives
+``y = beta`` exactly.
 
-Memory: a training forward allocates ``y`` and a backward ``dx`` (plus vectors); the sums
-of products are contractions (``np.einsum``) that make no full-size temporaries.
+Memory: a training forward allocates ``y`` and a backward ``dx`` (plus per-feature vectors
+and run totals); the sums of products are contractions (``np.einsum``) that make no
+full-size temporaries. A ``dy`` laid out otherwise than ``x`` is copied once.
 """
 
 from __future__ import annotations
@@ -40,6 +45,12 @@ IntArray = NDArray[np.intp]
 #: The fast evaluation of a feature is kept only where ``var_B + eps`` is at least this:
 #: below it, squared deviations may be subnormal and lose relative accuracy.
 _SAFE_FLOOR = 2.0**-1000
+#: The longest run of values summed one after the other (see :func:`_total`), and the size
+#: up to which arrays are summed pairwise throughout.
+_RUN = 128
+_SMALL = 1 << 12
+_TINY = float(np.finfo(np.float64).tiny)
+_HUGE = float(np.finfo(np.float64).max)
 
 
 @dataclass(frozen=True)
@@ -126,15 +137,109 @@ def _running(mean: Any, var: Any, num_features: int) -> tuple[FloatArray, FloatA
     return center, spread
 
 
-def _contraction(ndim: int, axis: int) -> str:
-    """``np.einsum`` subscripts of ``sum(a * b)`` over every axis but ``axis``."""
-    letters = "abcdefghijklmnopqrstuvwxyz"[:ndim]
-    return f"{letters},{letters}->{letters[axis]}"
+def _dense(
+    array: FloatArray, axis: int, order: list[int] | None = None
+) -> tuple[FloatArray, list[int]]:
+    """A view ``(A, C, B)`` of ``array`` in memory order, ``C`` along the feature axis.
+
+    ``order`` lists the axes by decreasing stride (computed when not given). An array that
+    is not dense in that order (strided, broadcast, reversed, or laid out otherwise than the
+    array it is paired with) is copied first.
+    """
+    if order is None:
+        order = sorted(range(array.ndim), key=lambda dim: array.strides[dim], reverse=True)
+    moved = array.transpose(order)
+    if not moved.flags.c_contiguous:
+        moved = np.ascontiguousarray(moved)
+    place = order.index(axis)
+    shape = moved.shape
+    view: FloatArray = moved.reshape(
+        math.prod(shape[:place]), array.shape[axis], math.prod(shape[place + 1 :])
+    )
+    return view, order
+
+
+def _total(a: FloatArray, axis: int, b: FloatArray | None = None) -> FloatArray:
+    """Per-feature ``sum(a)`` or ``sum(a * b)`` over every axis but ``axis``, accurately.
+
+    Blocked summation: contractions (``np.einsum``, no temporaries) over runs of at most
+    ``_RUN`` consecutive values of a feature, then pairwise summation of the run totals, so
+    the rounding error grows like ``_RUN + log2(n)`` rather than ``n`` in the worst case, for
+    every memory layout. Arrays of at most ``_SMALL`` values are summed pairwise throughout.
+    """
+    a3, order = _dense(a, axis)
+    operands = [a3] if b is None else [a3, _dense(b, axis, order)[0]]
+    outer, features, inner = a3.shape
+    if a3.size <= _SMALL:
+        terms = a3 if b is None else a3 * operands[1]
+        return _pairwise(np.moveaxis(terms, 1, 0).reshape(features, -1))
+    parts: list[FloatArray] = []
+    if inner >= _RUN:
+        runs = inner // _RUN
+        main = [op[:, :, : runs * _RUN].reshape(outer, features, runs, _RUN) for op in operands]
+        sums = np.einsum(",".join(["acqr"] * len(main)) + "->acq", *main)
+        parts.append(np.moveaxis(sums, 1, 0).reshape(features, -1))
+        if inner % _RUN:
+            rest = [op[:, :, runs * _RUN :] for op in operands]
+            parts.append(np.einsum(",".join(["acr"] * len(rest)) + "->ca", *rest))
+    else:
+        rows = max(1, _RUN // inner)
+        runs = outer // rows
+        if runs:
+            main = [op[: runs * rows].reshape(runs, rows, features, inner) for op in operands]
+            parts.append(np.einsum(",".join(["qrcb"] * len(main)) + "->cq", *main))
+        if outer % rows:
+            rest = [op[runs * rows :] for op in operands]
+            parts.append(np.einsum(",".join(["acb"] * len(rest)) + "->c", *rest)[:, None])
+    return _pairwise(np.concatenate(parts, axis=1))
+
+
+def _pairwise(parts: FloatArray) -> FloatArray:
+    """Row sums of ``parts`` by pairwise (tree) summation: error ``O(log2 K)`` for K columns.
+
+    (``np.add.reduce`` along the rows of a 2-d array does not always sum pairwise.) The
+    columns are added in place, halving their number each round.
+    """
+    work = np.array(parts, dtype=np.float64)
+    count = work.shape[1]
+    while count > 1:
+        half = count // 2
+        np.add(work[:, :half], work[:, half : 2 * half], out=work[:, :half])
+        if count % 2:
+            work[:, half] = work[:, count - 1]
+        count = half + count % 2
+    result: FloatArray = work[:, 0]
+    return result
 
 
 def _take(array: FloatArray, index: IntArray, axis: int) -> tuple[Any, ...]:
     """The index that selects the features ``index`` of ``array`` along ``axis``."""
     return (slice(None),) * axis + (index,) + (slice(None),) * (array.ndim - axis - 1)
+
+
+def _factor(scale: FloatArray, inv_std: FloatArray) -> tuple[FloatArray, IntArray]:
+    """``gamma * s`` per feature, and the features where that product leaves the normal range
+    (overflows, or underflows to a subnormal or zero) although gamma and s are finite and
+    nonzero: for those the factor returned is ``s`` alone, and the caller multiplies by
+    gamma afterwards, so that ``gamma * xhat`` is as accurate as its own range allows."""
+    factor = scale * inv_std
+    magnitude = np.abs(factor)
+    lost = (
+        np.isfinite(scale)
+        & np.isfinite(inv_std)
+        & (scale != 0)
+        & (inv_std != 0)
+        & ~((magnitude >= _TINY) & (magnitude <= _HUGE))
+    )
+    return np.where(lost, inv_std, factor), np.flatnonzero(lost)
+
+
+def _times(array: FloatArray, axis: int, scale: FloatArray, inv_std: FloatArray) -> None:
+    """``array *= gamma * s`` per feature, in place, in the order :func:`_factor` chooses."""
+    factor, lost = _factor(scale, inv_std)
+    array *= per_feature(factor, array.ndim, axis)
+    if lost.size:
+        array[_take(array, lost, axis)] *= per_feature(scale[lost], array.ndim, axis)
 
 
 def _careful(
@@ -156,7 +261,7 @@ def _careful(
     centered: FloatArray = np.ldexp(xs, per_feature(-k1, ndim, axis))
     mean = np.zeros(xs.shape[axis])
     for _ in range(2):
-        step = np.mean(centered, axis=axes)
+        step = _total(centered, axis) / count
         centered -= per_feature(step, ndim, axis)
         mean += step
     spread = np.max(np.abs(centered), axis=axes)
@@ -165,8 +270,8 @@ def _careful(
         k_eps = np.frexp(math.sqrt(eps))[1] - k1
         k2 = np.where(spread > 0, np.maximum(k2, k_eps), k_eps)
     centered = np.ldexp(centered, per_feature(-k2, ndim, axis))
-    sum1 = np.sum(centered, axis=axes)
-    sum2 = np.einsum(_contraction(ndim, axis), centered, centered)
+    sum1 = _total(centered, axis)
+    sum2 = _total(centered, axis, centered)
     step = sum1 / count
     var_scaled = np.maximum(sum2 - sum1 * step, 0.0) / count
     centered -= per_feature(step, ndim, axis)
@@ -191,8 +296,8 @@ def _moments(
     with np.errstate(all="ignore"):
         shift = np.mean(x, axis=axes)
         np.subtract(x, per_feature(shift, x.ndim, axis), out=work)
-        sum1 = np.sum(work, axis=axes)
-        sum2 = np.einsum(_contraction(x.ndim, axis), work, work)
+        sum1 = _total(work, axis)
+        sum2 = _total(work, axis, work)
         corr = sum1 / count
         var = np.maximum(sum2 - sum1 * corr, 0.0) / count
         total = var + floor
@@ -201,9 +306,12 @@ def _moments(
             & np.isfinite(sum1)
             & np.isfinite(sum2)
             & np.isfinite(total)
-            & (total >= _SAFE_FLOOR)
             & (np.abs(corr) <= np.sqrt(var))
         )
+        if eps is not None:
+            # the statistics alone may lose relative accuracy below 2^-1000 (the clauses
+            # allow an absolute error of tiny there); the normalization may not
+            trusted &= total >= _SAFE_FLOOR
         inv_std: FloatArray = 1.0 / np.sqrt(total)
         mean = shift + corr
         careful = None
@@ -261,10 +369,21 @@ def train_forward(
     scale, shift = _affine(gamma, beta, array.shape[axis])
     y = np.empty_like(array)
     moments = _moments(array, axis, axes, y, eps)
+    inv_std, corr = moments.inv_std, moments.corr
     with np.errstate(all="ignore"):
-        factor = scale * moments.inv_std
+        factor, lost = _factor(scale, inv_std)
         y *= per_feature(factor, y.ndim, axis)
-        y += per_feature(shift - moments.corr * factor, y.ndim, axis)
+        offset = shift - corr * factor
+        offset[lost] = 0.0
+        y += per_feature(offset, y.ndim, axis)
+        if lost.size:
+            # ((x - m) * s - corr * s) * gamma + beta where gamma * s leaves the normal range
+            select = _take(y, lost, axis)
+            part = y[select]
+            part -= per_feature(corr[lost] * inv_std[lost], y.ndim, axis)
+            part *= per_feature(scale[lost], y.ndim, axis)
+            part += per_feature(shift[lost], y.ndim, axis)
+            y[select] = part
         careful = moments.careful
         if careful is not None:
             index = careful.index
@@ -297,7 +416,7 @@ def inference_forward(
     scale, shift = _affine(gamma, beta, features)
     with np.errstate(all="ignore"):
         y: FloatArray = np.subtract(array, per_feature(center, array.ndim, axis))
-        y *= per_feature(scale * inverse_std(spread, eps), y.ndim, axis)
+        _times(y, axis, scale, inverse_std(spread, eps))
         y += per_feature(shift, y.ndim, axis)
     return y
 
@@ -321,26 +440,26 @@ def train_backward(
     moments = _moments(array, axis, axes, dx, eps)
     inv_std, corr = moments.inv_std, moments.corr
     with np.errstate(all="ignore"):
-        dbeta = np.sum(upstream, axis=axes)
+        dbeta = _total(upstream, axis)
         # sum(dy * (x - mu_B)) = sum(dy * (x - shift)) - corr * sum(dy); |corr| <= std.
-        dgamma = (np.einsum(_contraction(ndim, axis), upstream, dx) - corr * dbeta) * inv_std
+        dgamma = (_total(dx, axis, upstream) - corr * dbeta) * inv_std
         # dx = gamma * s * ((x - shift) * p - (corr * p + mean(dy)) + dy), p = -s * mean(dy * xhat)
         slope = -inv_std * dgamma / count
         dx *= per_feature(slope, ndim, axis)
         dx -= per_feature(corr * slope + dbeta / count, ndim, axis)
         dx += upstream
-        dx *= per_feature(scale * inv_std, ndim, axis)
+        _times(dx, axis, scale, inv_std)
         careful = moments.careful
         if careful is not None:
             index = careful.index
             select = _take(dx, index, axis)
             xhat = careful.centered * per_feature(careful.inv_scaled, ndim, axis)
             part = upstream[select]
-            dgamma[index] = np.einsum(_contraction(ndim, axis), part, xhat)
+            dgamma[index] = _total(xhat, axis, part)
             xhat *= per_feature(dgamma[index] / count, ndim, axis)
             part -= xhat
             part -= per_feature(dbeta[index] / count, ndim, axis)
-            part *= per_feature(scale[index] * inv_std[index], ndim, axis)
+            _times(part, axis, scale[index], inv_std[index])
             dx[select] = part
     return Gradients(dx, dgamma, dbeta)
 
@@ -357,7 +476,7 @@ def inference_backward(
 ) -> Gradients:
     """Gradients of the inference forward, the statistics being constants (bn.backward.infer)."""
     eps = check_eps(eps)
-    array, axis, axes = _inputs(x, feature_axis)
+    array, axis, _ = _inputs(x, feature_axis)
     upstream = _upstream(dy, array)
     features = array.shape[axis]
     center, spread = _running(mean, var, features)
@@ -366,7 +485,8 @@ def inference_backward(
     inv_std = inverse_std(spread, eps)
     with np.errstate(all="ignore"):
         dx: FloatArray = np.subtract(array, per_feature(center, ndim, axis))
-        dgamma = np.einsum(_contraction(ndim, axis), upstream, dx) * inv_std
-        dbeta = np.sum(upstream, axis=axes)
-        np.multiply(upstream, per_feature(scale * inv_std, ndim, axis), out=dx)
+        dgamma = _total(dx, axis, upstream) * inv_std
+        dbeta = _total(upstream, axis)
+        np.copyto(dx, upstream)
+        _times(dx, axis, scale, inv_std)
     return Gradients(dx, dgamma, dbeta)

@@ -498,7 +498,10 @@ def update_moving_statistics(
         )
     target = spread_target(corr, average)
     mean = state.mean + alpha * (corr.batch.mean - state.mean)
-    spread = state.spread + alpha * (target - state.spread)
+    # The spread as a convex combination: a positive sigma stays positive (renorm.params.sigma)
+    # and alpha = 1 gives the batch's value exactly; S + alpha * (sigma_B - S) rounds to 0
+    # for alpha = 1 when S >> sigma_B, an invalid state without a floor on sigma.
+    spread = (1.0 - alpha) * state.spread + alpha * target
     if not state.separate:
         if correction_rate is not None:
             raise ValueError("correction_rate is given but the state has one set of statistics")
@@ -508,7 +511,7 @@ def update_moving_statistics(
     beta = check_rate(correction_rate)
     c_mean, c_spread = state.correction_statistics()
     new_c_mean = c_mean + beta * (corr.batch.mean - c_mean)
-    new_c_spread = c_spread + beta * (target - c_spread)
+    new_c_spread = (1.0 - beta) * c_spread + beta * target
     return RenormStatistics(mean, spread, state.steps + 1, new_c_mean, new_c_spread)
 
 

@@ -76,6 +76,7 @@ def load_builtin_checks() -> dict[str, Check]:
         batchnorm,
         conventions,
         degenerate,
+        renorm,
         running_sequence,
     )
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from normspec.reference import (
     RunningStatistics,
+    batch_statistics,
     inference_backward,
     inference_forward,
     train_backward,
@@ -73,30 +74,37 @@ def measure(case: Case, kinds: tuple[str, ...] = KINDS) -> dict[str, bounds.Tall
     x_rows = oracle.rows(x, axis)
 
     training = {"y", "mean", "var", "dx", "dgamma", "dbeta", "running_mean", "running_var"}
+    backward = bool({"dx", "dgamma", "dbeta"} & set(kinds))
     if training & set(kinds):
         y, stats = train_forward(x, case.gamma, case.beta, eps=eps, feature_axis=axis)
-        grads = train_backward(case.dy, x, case.gamma, eps=eps, feature_axis=axis)
+        alone = batch_statistics(x, axis)
         fwds = oracle.train_forward(x, case.gamma, case.beta, eps, axis)
-        _, exact_grads = oracle.train_backward(case.dy, x, case.gamma, eps, axis, fwds=fwds)
-        y_rows, dx_rows = oracle.rows(y, axis), oracle.rows(grads.dx, axis)
+        y_rows = oracle.rows(y, axis)
+        if backward:
+            grads = train_backward(case.dy, x, case.gamma, eps=eps, feature_axis=axis)
+            _, exact_grads = oracle.train_backward(case.dy, x, case.gamma, eps, axis, fwds=fwds)
+            dx_rows = oracle.rows(grads.dx, axis)
         n = x_rows.shape[1]
         for f, fwd in enumerate(fwds):
-            dy_f = [float(v) for v in dy_rows[f]]
-            exact = exact_grads[f]
-            b_y = bounds.forward_bounds(fwd, gamma[f], beta[f])
-            s_y = bounds.forward_scales(fwd, gamma[f], beta[f])
-            b_dx, b_dg, b_db = bounds.backward_bounds(
-                fwd.x, float(fwd.s), fwd.xhat, dy_f, exact, gamma[f]
-            )
-            s_dx, s_dg, s_db = bounds.backward_scales(fwd, dy_f, gamma[f])
-            for i in range(n):
-                where = f"feature {f} value {i}"
-                if "y" in tallies:
+            if "y" in tallies:
+                b_y = bounds.forward_bounds(fwd, gamma[f], beta[f])
+                s_y = bounds.forward_scales(fwd, gamma[f], beta[f])
+                for i in range(n):
                     err = bounds.error(float(y_rows[f, i]), fwd.y[i])
-                    tallies["y"].add(err, b_y[i], s_y[i], where)
-                if "dx" in tallies:
+                    floor = bounds.TINY * (1 + abs(gamma[f]) * float(fwd.s))
+                    tallies["y"].add(err, b_y[i], s_y[i], f"feature {f} value {i}", floor)
+            if backward:
+                dy_f = [float(v) for v in dy_rows[f]]
+                exact = exact_grads[f]
+                b_dx, b_dg, b_db = bounds.backward_bounds(
+                    fwd.x, float(fwd.s), fwd.xhat, dy_f, exact, gamma[f]
+                )
+                s_dx, s_dg, s_db = bounds.backward_scales(fwd, dy_f, gamma[f])
+            if "dx" in tallies:
+                for i in range(n):
                     err = bounds.error(float(dx_rows[f, i]), exact.dx[i])
-                    tallies["dx"].add(err, b_dx[i], s_dx[i], where)
+                    floor = bounds.TINY * (1 + abs(gamma[f]) * float(fwd.s))
+                    tallies["dx"].add(err, b_dx[i], s_dx[i], f"feature {f} value {i}", floor)
             where = f"feature {f}"
             if "dgamma" in tallies:
                 err = bounds.error(float(grads.dgamma[f]), exact.dgamma)
@@ -107,12 +115,14 @@ def measure(case: Case, kinds: tuple[str, ...] = KINDS) -> dict[str, bounds.Tall
             scale_mean, scale_var = bounds.statistics_scales(fwd)
             # bn.accuracy.running with alpha = 1 and a zero state: the statistics themselves
             b_mean, b_var = bounds.running_bounds(0.0, 0.0, fwd.mu, fwd.var, 1.0, fwd.x, fwd.var, 1)
-            if "mean" in tallies:
-                err = bounds.error(float(stats.mean[f]), fwd.mu)
-                tallies["mean"].add(err, b_mean, scale_mean, where)
-            if "var" in tallies:
-                err = bounds.error(float(stats.var[f]), fwd.var)
-                tallies["var"].add(err, b_var, scale_var, where)
+            # the statistics a training step returns, and batch_statistics' own
+            for source, got in (("train_forward", stats), ("batch_statistics", alone)):
+                if "mean" in tallies:
+                    err = bounds.error(float(got.mean[f]), fwd.mu)
+                    tallies["mean"].add(err, b_mean, scale_mean, f"{where} ({source})")
+                if "var" in tallies:
+                    err = bounds.error(float(got.var[f]), fwd.var)
+                    tallies["var"].add(err, b_var, scale_var, f"{where} ({source})")
         if {"running_mean", "running_var"} & set(kinds) and not (
             case.estimator == "unbiased" and n == 1
         ):
@@ -164,14 +174,15 @@ def measure(case: Case, kinds: tuple[str, ...] = KINDS) -> dict[str, bounds.Tall
                 running_mean=float(mean[f]),
             )
             s_dx, s_dg, s_db = bounds.inference_backward_scales(fwd, dy_f, gamma[f])
+            floor = bounds.TINY * (1 + abs(gamma[f]) * float(fwd.s))
             for i in range(len(xs)):
                 where = f"feature {f} value {i}"
                 if "infer_y" in tallies:
                     err = bounds.error(float(y_rows[f, i]), fwd.y[i])
-                    tallies["infer_y"].add(err, b_y[i], s_y[i], where)
+                    tallies["infer_y"].add(err, b_y[i], s_y[i], where, floor)
                 if "infer_dx" in tallies:
                     err = bounds.error(float(dx_rows[f, i]), exact.dx[i])
-                    tallies["infer_dx"].add(err, b_dx[i], s_dx[i], where)
+                    tallies["infer_dx"].add(err, b_dx[i], s_dx[i], where, floor)
             where = f"feature {f}"
             if "infer_dgamma" in tallies:
                 err = bounds.error(float(grads.dgamma[f]), exact.dgamma)

@@ -21,6 +21,11 @@ DPS = 60
 MPF = mpmath.mpf
 
 
+def precision() -> Any:
+    """At least DPS digits: a caller's higher working precision (finite differences) holds."""
+    return mpmath.workdps(max(DPS, mpmath.mp.dps))
+
+
 def rows(array: Any, axis: int) -> np.ndarray:
     """The values of each feature, one row per feature (bookkeeping only, no arithmetic)."""
     a = np.asarray(array)
@@ -47,7 +52,7 @@ def feature_forward(
     x: list[mpmath.mpf], gamma: mpmath.mpf, beta: mpmath.mpf, eps: mpmath.mpf
 ) -> FeatureForward:
     """mu_B = (1/m) sum x_i; var_B = (1/m) sum (x_i - mu_B)^2; xhat_i; y_i = gamma xhat_i + beta."""
-    with mpmath.workdps(DPS):
+    with precision():
         m = len(x)
         mu = mpmath.fsum(x) / m
         var = mpmath.fsum((xi - mu) ** 2 for xi in x) / m
@@ -91,7 +96,7 @@ def inference_forward(
     mu = _params(mean, count, 0.0)
     sigma2 = _params(var, count, 1.0)
     out = []
-    with mpmath.workdps(DPS):
+    with precision():
         for f in range(count):
             root = mpmath.sqrt(MPF(sigma2[f]) + MPF(eps))
             xhat = [(xi - MPF(mu[f])) / root for xi in exact(table[f])]
@@ -110,13 +115,13 @@ def backward_closed(
     fwd: FeatureForward, dy: list[mpmath.mpf], gamma: mpmath.mpf
 ) -> FeatureGradients:
     """dx_i = gamma s (dy_i - mean(dy) - xhat_i mean(dy xhat)) (batchnorm.md, Backward)."""
-    with mpmath.workdps(DPS):
+    with precision():
         m = len(dy)
         mean_dy = mpmath.fsum(dy) / m
-        mean_dy_xhat = mpmath.fsum(d * xh for d, xh in zip(dy, fwd.xhat, strict=False)) / m
+        mean_dy_xhat = mpmath.fsum(d * xh for d, xh in zip(dy, fwd.xhat, strict=True)) / m
         dx = [
             gamma * fwd.s * (d - mean_dy - xh * mean_dy_xhat)
-            for d, xh in zip(dy, fwd.xhat, strict=False)
+            for d, xh in zip(dy, fwd.xhat, strict=True)
         ]
         return FeatureGradients(dx, mean_dy_xhat * m, mpmath.fsum(dy))
 
@@ -125,7 +130,7 @@ def backward_chain(
     fwd: FeatureForward, dy: list[mpmath.mpf], gamma: mpmath.mpf, eps: mpmath.mpf
 ) -> FeatureGradients:
     """The paper's step-by-step chain rule (section 3), term by term as papers.md writes it."""
-    with mpmath.workdps(DPS):
+    with precision():
         m = len(dy)
         x, mu, var = fwd.x, fwd.mu, fwd.var
         dxhat = [d * gamma for d in dy]
@@ -176,11 +181,11 @@ def inference_backward(
     table = rows(dy, axis)
     g = _params(gamma, table.shape[0], 1.0)
     grads = []
-    with mpmath.workdps(DPS):
+    with precision():
         for f, fwd in enumerate(fwds):
             up = exact(table[f])
             dx = [MPF(g[f]) * d * fwd.s for d in up]
-            dgamma = mpmath.fsum(d * xh for d, xh in zip(up, fwd.xhat, strict=False))
+            dgamma = mpmath.fsum(d * xh for d, xh in zip(up, fwd.xhat, strict=True))
             grads.append(FeatureGradients(dx, dgamma, mpmath.fsum(up)))
     return fwds, grads
 
@@ -199,7 +204,7 @@ def running_update(
 
     The unbiased estimate is n/(n-1) var_B with n every value of the feature.
     """
-    with mpmath.workdps(DPS):
+    with precision():
         alpha = MPF(1) / (steps + 1) if rate is None else MPF(rate)
         v = var_b * n / (n - 1) if estimator == "unbiased" else var_b
         return MPF(mean) + alpha * (mu_b - MPF(mean)), MPF(var) + alpha * (v - MPF(var)), alpha
@@ -210,13 +215,17 @@ def loss(
 ) -> mpmath.mpf:
     """L = sum_i dy_i y_i: its gradient is the vector-Jacobian product for cotangent dy."""
     fwd = feature_forward(x, gamma, beta, eps)
-    with mpmath.workdps(DPS):
-        return mpmath.fsum(d * yi for d, yi in zip(dy, fwd.y, strict=False))
+    with precision():
+        return mpmath.fsum(d * yi for d, yi in zip(dy, fwd.y, strict=True))
+
+
+FD_DPS = 100
+FD_STEP = MPF("1e-30")
 
 
 def central_difference(function: Callable[[mpmath.mpf], mpmath.mpf], h: mpmath.mpf) -> mpmath.mpf:
-    """(f(h) - f(-h)) / 2h at 60 digits: error O(h^2) of the function's own scale."""
-    with mpmath.workdps(DPS):
+    """(f(h) - f(-h)) / 2h at FD_DPS digits: error O(h^2) of the function's own scale."""
+    with mpmath.workdps(FD_DPS):
         return (function(h) - function(-h)) / (2 * h)
 
 
@@ -225,23 +234,27 @@ def finite_difference_gradients(
 ) -> FeatureGradients:
     """The gradient of :func:`loss` in x_i, gamma and beta by central differences.
 
-    The step is 1e-22 of the feature's length scale sqrt(var_B + eps); at 60 digits the
-    truncation error (order step^2) and the cancellation (order 1e-60 / step) are both far
-    below float64's resolution.
+    At 100 digits with a step of 1e-30 of the feature's length scale sqrt(var_B + eps) in
+    ``x_i`` (1e-30 in gamma and beta): the truncation error is of order 1e-60 and the
+    cancellation of order 1e-70 kappa of the derivative's scale (kappa = max |x_j| s, the
+    digits that ``x_j - mu_B`` cancels), both far below float64's resolution for any kappa
+    below 1e40. L is ``gamma sum(dy xhat) + beta sum(dy)``: the derivatives in ``x_i`` and
+    gamma are taken with beta = 0 and the one in beta with gamma = 0, so that neither term's
+    size limits the resolution of the other's derivative.
     """
-    with mpmath.workdps(DPS):
+    with mpmath.workdps(FD_DPS):
         base = feature_forward(x, gamma, beta, eps)
-        h = MPF("1e-22") / base.s
+        h = FD_STEP / base.s
+        zero = MPF(0)
         dx = []
         for i in range(len(x)):
 
             def shifted(t: mpmath.mpf, i: int = i) -> mpmath.mpf:
                 moved = list(x)
                 moved[i] = moved[i] + t
-                return loss(moved, gamma, beta, dy, eps)
+                return loss(moved, gamma, zero, dy, eps)
 
             dx.append(central_difference(shifted, h))
-        step = MPF("1e-22")
-        dgamma = central_difference(lambda t: loss(x, gamma + t, beta, dy, eps), step)
-        dbeta = central_difference(lambda t: loss(x, gamma, beta + t, dy, eps), step)
+        dgamma = central_difference(lambda t: loss(x, gamma + t, zero, dy, eps), FD_STEP)
+        dbeta = central_difference(lambda t: loss(x, zero, beta + t, dy, eps), FD_STEP)
         return FeatureGradients(dx, dgamma, dbeta)

@@ -1,0 +1,151 @@
+"""What every framework adapter shares, independent of the framework.
+
+Checking a :class:`LayerConfig` against the capabilities (:func:`check_config`), probing
+which dtypes a tiny forward and backward work in (:func:`probe_dtypes`), parameter-dtype
+policies for half-precision inputs, and well-formed running statistics. Imports no
+framework: the TensorFlow (``_tf``), JAX (``_jax``) and PyTorch adapters build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Literal
+
+import numpy as np
+
+from normspec.adapters.protocol import (
+    ALL_DTYPES,
+    Array,
+    Capabilities,
+    DTypeName,
+    LayerConfig,
+    UnsupportedConfig,
+    WrongOutput,
+)
+from normspec.reference import RunningStatistics
+from normspec.reference.dialects import PROFILES
+
+#: Where the parameters of a float16/bfloat16 layer live: ``float32`` as in mixed-precision
+#: training (PyTorch's autocast, Keras' ``mixed_bfloat16`` policy, Flax's
+#: ``dtype=bfloat16`` with the default ``param_dtype=float32``); ``input``: the whole layer
+#: in the input's dtype (``module.half()``, Flax's ``param_dtype=bfloat16``).
+ParameterPolicy = Literal["float32", "input"]
+
+HALF_DTYPES: frozenset[DTypeName] = frozenset({"float16", "bfloat16"})
+
+#: A probe: runs a training step, an inference and a backward of a tiny layer built from
+#: the config on ``x``; returns why the dtype is unusable, or ``None``. An exception it
+#: raises also marks the dtype unusable (see :func:`probe_dtypes`).
+Probe = Callable[[LayerConfig, Array], "str | None"]
+
+
+def parameter_dtype_name(name: DTypeName, policy: ParameterPolicy) -> DTypeName:
+    """The dtype of the parameters for inputs of dtype ``name`` under ``policy``."""
+    if policy not in ("float32", "input"):
+        raise ValueError(f"parameter policy must be 'float32' or 'input', got {policy!r}")
+    if name not in ALL_DTYPES:
+        raise UnsupportedConfig(f"unknown dtype {name!r}")
+    if name in HALF_DTYPES and policy == "float32":
+        return "float32"
+    return name
+
+
+def profile_has_cumulative_average(profile: str) -> bool:
+    """Whether the profile defines ``momentum=None`` (dialect.cumulative_average)."""
+    dialect = PROFILES.get(profile)
+    return dialect is not None and dialect.cumulative_average
+
+
+def running_statistics(mean: Array, var: Array, steps: int) -> RunningStatistics:
+    """The reference's state value, or :class:`WrongOutput` if the values cannot be one."""
+    try:
+        return RunningStatistics(mean, var, steps)
+    except ValueError as problem:
+        raise WrongOutput(f"the running statistics are malformed: {problem}") from None
+
+
+def _positions(caps: Capabilities) -> str:
+    names = {"first": "axis 1", "last": "the last axis"}
+    return " or ".join(names[p] for p in caps.feature_axes) or "no feature axis"
+
+
+def check_config(caps: Capabilities, config: LayerConfig, *, library: str | None = None) -> None:
+    """Raise :class:`UnsupportedConfig` for a configuration outside ``caps``.
+
+    ``library`` names the implementation in the messages.
+    """
+    who = library or "the implementation"
+    if config.renorm is not None and not caps.renorm:
+        raise UnsupportedConfig(f"batch renormalization is not supported by {who}")
+    if config.dtype not in caps.dtypes:
+        note = caps.notes.get("dtypes")
+        raise UnsupportedConfig(
+            f"dtype {config.dtype} is not supported by {who}" + (f" ({note})" if note else "")
+        )
+    if config.rank not in caps.ranks:
+        raise UnsupportedConfig(f"rank {config.rank} is not one of {sorted(caps.ranks)}")
+    if config.feature_position not in caps.feature_axes:
+        raise UnsupportedConfig(
+            f"feature axis {config.feature_axis} of a rank-{config.rank} input: {who} takes "
+            f"the features at {_positions(caps)}"
+        )
+    if config.momentum is None and not caps.cumulative_average:
+        raise UnsupportedConfig("momentum=None (cumulative average) is not supported")
+    if not config.track_running_stats and not caps.untracked:
+        raise UnsupportedConfig("track_running_stats=False is not supported")
+    if not config.affine and not caps.without_affine:
+        raise UnsupportedConfig("affine=False is not supported")
+
+
+def probe_case(base: Capabilities, name: DTypeName) -> tuple[LayerConfig, Array]:
+    """The tiny layer and input a dtype is probed with.
+
+    Two features at the first feature axis ``base`` declares, its smallest rank, four
+    samples, spatial size 2; momentum 0.5, eps 1e-5, affine, tracked.
+    """
+    rank = min(base.ranks)
+    position = base.feature_axes[0] if base.feature_axes else "first"
+    feature_axis = 1 if position == "first" else rank - 1
+    config = LayerConfig(
+        num_features=2,
+        rank=rank,
+        feature_axis=feature_axis,
+        dtype=name,
+        eps=1e-5,
+        momentum=0.5,
+        affine=True,
+        track_running_stats=True,
+    )
+    shape = [4] + [2] * (rank - 2)
+    shape.insert(feature_axis, 2)
+    x = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    return config, x
+
+
+def probe_dtypes(base: Capabilities, probe: Probe, *, where: str | None = None) -> Capabilities:
+    """``base`` less the dtypes the probe fails in; the reasons go to ``notes["dtypes"]``.
+
+    A malformed result (:class:`WrongOutput`) is no reason to leave a dtype out: the engine
+    reports it as a failure. Any other exception of the probe is.
+    """
+    dtypes: set[DTypeName] = set()
+    failures = []
+    for name in ALL_DTYPES:
+        if name not in base.dtypes:
+            continue
+        config, x = probe_case(base, name)
+        try:
+            problem = probe(config, x)
+        except WrongOutput:
+            problem = None
+        except Exception as error:  # any failure of the library means "not supported"
+            problem = f"{type(error).__name__}: {error}".splitlines()[0]
+        if problem is None:
+            dtypes.add(name)
+        else:
+            failures.append(f"{name}: {problem}")
+    notes = dict(base.notes)
+    if failures:
+        notes["dtypes"] = f"fails{f' on {where}' if where else ''}: " + "; ".join(failures)
+    return replace(base, dtypes=frozenset(dtypes), notes=notes)

@@ -1,0 +1,572 @@
+"""What the JAX adapters share: dtypes and x64 mode, conversion, variable trees, the layer.
+
+Imported only by the JAX adapters (``flax_linen``, ``flax_nnx``, ``jax_functional``), never
+by normspec at start-up. An adapter specialises :class:`JaxProgram` (one configured layer
+as pure functions over a parameter tree and a statistics tree) and
+:class:`JaxImplementation` (what it supports, how a program is made); conversion, output
+checks (conv.io.shape_dtype), state, gradients and compilation are here.
+
+**float64.** JAX computes in float64 only in x64 mode (``jax_enable_x64``). The adapters
+enable it around the work of a float64 layer only, with the thread-local
+``jax.enable_x64(True)`` context, and leave the process's setting alone otherwise: a float32
+or half-precision case runs exactly as the user's program runs without x64 (weak types,
+default dtypes), and normspec never flips a global flag under a user's feet. A layer's
+arrays are created and consumed inside the context of its own dtype.
+
+**Compilation.** A program jits its training step, inference and the two vjps once,
+with the layer's configuration static (the module, eps, momentum, axis, dtypes are Python
+values, as in a user's program); JAX caches the compiled executables per input shape and
+dtype. Programs are cached per configuration by the implementation, so a check compiles
+once per distinct (configuration, operation, shape, dtype): there is no padding or masking
+(both would change the reductions being checked). The initial variables of a layer are
+computed eagerly (no per-configuration compilation), and only when a check reads them.
+
+**State.** The running statistics are held in the dtype a training step leaves them in
+(found by tracing one step, not running it): for ``flax.linen.BatchNorm`` that is float32
+for float32 and half inputs and float64 for float64 inputs, although a new layer's
+statistics are float32 until its first step; ``flax.nnx.BatchNorm`` keeps them in float32
+whatever the dtype. Values the engine sets are rounded to that dtype, as a trained layer
+would hold them.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+import importlib
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from normspec.adapters._common import (
+    ParameterPolicy,
+    check_config,
+    parameter_dtype_name,
+    probe_dtypes,
+    running_statistics,
+)
+from normspec.adapters.protocol import (
+    Array,
+    Capabilities,
+    DTypeName,
+    Layer,
+    LayerConfig,
+    State,
+    WrongOutput,
+)
+from normspec.reference import Gradients, RunningStatistics
+
+#: A pytree of arrays: a parameter tree or a statistics tree (dicts, ``nnx.State``, ...).
+Tree = Any
+
+#: The names under which a BN layer's variables are found in its trees (flax's names).
+SCALE, BIAS, MEAN, VAR = "scale", "bias", "mean", "var"
+
+JAX_DTYPES: dict[DTypeName, np.dtype[Any]] = {
+    "float64": np.dtype(jnp.float64),
+    "float32": np.dtype(jnp.float32),
+    "float16": np.dtype(jnp.float16),
+    "bfloat16": np.dtype(jnp.bfloat16),
+}
+
+
+def jax_dtype(name: DTypeName) -> np.dtype[Any]:
+    """The NumPy/JAX dtype of a protocol dtype name (bfloat16 from ml_dtypes)."""
+    return JAX_DTYPES[name]
+
+
+def parameter_dtype(name: DTypeName, policy: ParameterPolicy) -> np.dtype[Any]:
+    """``param_dtype`` for inputs of dtype ``name``: float32 or the input's (half inputs)."""
+    return jax_dtype(parameter_dtype_name(name, policy))
+
+
+# -- x64 ------------------------------------------------------------------------------------
+
+
+def _x64_context() -> contextlib.AbstractContextManager[Any]:
+    state = getattr(jax, "enable_x64", None)
+    if callable(state):  # recent jax: a config state, usable as a context manager
+        context: contextlib.AbstractContextManager[Any] = state(True)
+        return context
+    older: contextlib.AbstractContextManager[Any] = importlib.import_module(
+        "jax.experimental"
+    ).enable_x64()
+    return older
+
+
+@contextlib.contextmanager
+def precision(name: DTypeName) -> Iterator[None]:
+    """x64 mode around the work of a float64 layer; the process's own setting otherwise."""
+    if name != "float64" or x64_enabled():
+        yield
+        return
+    with _x64_context():
+        yield
+
+
+def x64_enabled() -> bool:
+    """Whether this thread computes with 64-bit types now (the context included)."""
+    return bool(jax.dtypes.canonicalize_dtype(np.float64) == np.float64)
+
+
+# -- arrays ---------------------------------------------------------------------------------
+
+
+def to_jax(array: Array, name: DTypeName) -> jax.Array:
+    """A protocol array as a JAX array of dtype ``name`` (exact: values are representable).
+
+    The conversion is done on the host (NumPy, ml_dtypes for bfloat16) and the result
+    transferred with ``jax.device_put``: no JAX operation, so nothing is compiled. JAX
+    arrays have no strides: a strided or transposed view arrives dense. A float64 array
+    needs x64 mode (:func:`precision`).
+    """
+    values = np.asarray(array, dtype=np.float64).astype(jax_dtype(name))
+    if name == "float64" and not x64_enabled():
+        raise RuntimeError("a float64 array outside x64 mode would be truncated to float32")
+    return jax.device_put(values)
+
+
+def vector_to_jax(values: Array, dtype: Any) -> jax.Array:
+    """A per-feature vector in ``dtype`` (rounded to nearest where it is narrower)."""
+    return jax.device_put(np.asarray(values, dtype=np.float64).astype(np.dtype(dtype)))
+
+
+def from_jax(value: object, *, shape: Sequence[int], dtype: Any, what: str) -> Array:
+    """A result as a float64 NumPy array, after checking it (conv.io.shape_dtype).
+
+    Raises :class:`WrongOutput` unless ``value`` is an array of exactly ``dtype`` and
+    ``shape``: an implementation returns its input's dtype and shape, never a promoted or
+    broadcast one.
+    """
+    if not isinstance(value, jax.Array | np.ndarray):
+        raise WrongOutput(f"{what} is a {type(value).__name__}, not a jax.Array")
+    if np.dtype(value.dtype) != np.dtype(dtype):
+        raise WrongOutput(f"{what} has dtype {np.dtype(value.dtype)}, expected {np.dtype(dtype)}")
+    if tuple(value.shape) != tuple(shape):
+        raise WrongOutput(f"{what} has shape {tuple(value.shape)}, expected {tuple(shape)}")
+    result: Array = np.array(np.asarray(value), dtype=np.float64)
+    return result
+
+
+def probe_input(config: LayerConfig, batch: int = 2) -> jax.ShapeDtypeStruct:
+    """The abstract input a layer's variables are created and traced with.
+
+    ``batch`` samples, spatial size 1, the layer's features at its feature axis.
+    """
+    shape = [batch] + [1] * (config.rank - 2)
+    shape.insert(config.feature_axis, config.num_features)
+    return abstract(tuple(shape), jax_dtype(config.dtype))
+
+
+def abstract(shape: Sequence[int], dtype: Any) -> jax.ShapeDtypeStruct:
+    """``jax.ShapeDtypeStruct(shape, dtype)``."""
+    make: Any = jax.ShapeDtypeStruct
+    made: jax.ShapeDtypeStruct = make(tuple(shape), dtype)
+    return made
+
+
+# -- variable trees -------------------------------------------------------------------------
+
+
+def _leaf_name(path: Sequence[Any]) -> str | None:
+    """The name a leaf is stored under: the last dict key or attribute on its path.
+
+    ``nnx.State`` leaves end in the attribute ``value`` of a variable, which is skipped.
+    """
+    for entry in reversed(path):
+        if isinstance(entry, jax.tree_util.DictKey):
+            return str(entry.key)
+        if isinstance(entry, jax.tree_util.GetAttrKey) and entry.name != "value":
+            return entry.name
+    return None
+
+
+def leaves_named(tree: Tree) -> dict[str, list[int]]:
+    """Leaf positions (in ``jax.tree_util`` order) by the name they are stored under."""
+    found: dict[str, list[int]] = {}
+    for index, (path, _) in enumerate(jax.tree_util.tree_flatten_with_path(tree)[0]):
+        name = _leaf_name(path)
+        if name is not None:
+            found.setdefault(name, []).append(index)
+    return found
+
+
+def has_variables(tree: Tree, names: Sequence[str]) -> bool:
+    """Whether ``tree`` holds exactly one leaf under each of ``names``."""
+    found = leaves_named(tree)
+    return all(len(found.get(name, ())) == 1 for name in names)
+
+
+def leaf(tree: Tree, name: str, what: str) -> Any:
+    """The one leaf stored under ``name``; :class:`WrongOutput` if there is none or several."""
+    positions = leaves_named(tree).get(name, [])
+    if len(positions) != 1:
+        raise WrongOutput(
+            f"the layer's {what} hold {len(positions)} variables named {name!r}, expected one"
+        )
+    return jax.tree_util.tree_leaves(tree)[positions[0]]
+
+
+def replace_leaves(
+    template: Tree, values: Mapping[str, Array], fallback: Callable[[], Tree]
+) -> Tree:
+    """``template`` with the leaves named in ``values`` set (in the template leaf's dtype).
+
+    Every other leaf comes from ``template`` if it is a concrete array, else from the tree
+    ``fallback()`` returns (called at most once, only when needed), which has the
+    template's structure.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    leaves: list[Any] = []
+    other: list[Any] | None = None
+    for index, (path, item) in enumerate(flat):
+        name = _leaf_name(path)
+        if name is not None and name in values:
+            if tuple(item.shape) != np.shape(values[name]):
+                raise WrongOutput(
+                    f"the variable {name!r} has shape {tuple(item.shape)}, expected "
+                    f"{np.shape(values[name])}"
+                )
+            leaves.append(vector_to_jax(values[name], item.dtype))
+        elif isinstance(item, jax.ShapeDtypeStruct):
+            if other is None:
+                other = jax.tree_util.tree_leaves(fallback())
+            leaves.append(other[index])
+        else:
+            leaves.append(item)
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def read_vector(tree: Tree, name: str, num_features: int, what: str) -> Array:
+    """A per-feature variable as a float64 vector, checked for shape and a float dtype."""
+    value = leaf(tree, name, what)
+    if not isinstance(value, jax.Array | np.ndarray) or not jnp.issubdtype(
+        value.dtype, jnp.floating
+    ):
+        raise WrongOutput(f"{name} is a {type(value).__name__}, not a floating-point array")
+    return from_jax(value, shape=(num_features,), dtype=value.dtype, what=name)
+
+
+# -- programs -------------------------------------------------------------------------------
+
+
+class JaxProgram(abc.ABC):
+    """One configured layer as pure functions over ``(params, stats, x)``; jitted here.
+
+    ``params`` is the tree of trainable variables (``scale`` and ``bias`` among its
+    leaves, or neither without affine parameters), ``stats`` the tree of everything else
+    the layer keeps (``mean`` and ``var`` among its leaves). Subclasses give the layer's
+    initial trees and the two forwards; this class jits them with the configuration
+    static and derives the vjps: ``jax.vjp`` of the forward with respect to the parameters
+    and the input, with the batch statistics inside the differentiated graph and the new
+    running statistics as an auxiliary output, outside it (and discarded).
+    """
+
+    def __init__(self, config: LayerConfig) -> None:
+        self.config = config
+        self.train = jax.jit(self.apply_train)
+        self.infer = jax.jit(self.apply_infer)
+        self.vjp_train = jax.jit(functools.partial(self._vjp, training=True))
+        self.vjp_infer = jax.jit(functools.partial(self._vjp, training=False))
+        self._lock = threading.Lock()
+        self._initial: tuple[Tree, Tree] | None = None
+        self._structure: tuple[Tree, Tree] | None = None
+
+    @abc.abstractmethod
+    def make_initial(self) -> tuple[Tree, Tree]:
+        """The parameter and statistics trees of a new layer (concrete arrays)."""
+
+    def abstract_initial(self) -> tuple[Tree, Tree]:
+        """The shapes and dtypes of :meth:`make_initial`'s trees, without computing them."""
+        return jax.eval_shape(self.make_initial)
+
+    @abc.abstractmethod
+    def apply_train(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        """One training-mode forward: the output and the updated statistics tree."""
+
+    @abc.abstractmethod
+    def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        """One inference-mode forward: the output and the statistics tree it leaves."""
+
+    def _vjp(
+        self, params: Tree, stats: Tree, x: jax.Array, dy: jax.Array, *, training: bool
+    ) -> tuple[Any, jax.Array, Tree]:
+        forward = self.apply_train if training else self.apply_infer
+
+        def output(p: Tree, inputs: jax.Array, s: Tree) -> tuple[Any, Tree]:
+            return forward(p, s, inputs)
+
+        # The statistics are a primal of the vjp (their cotangent is dropped) rather than
+        # a constant closed over: nnx refuses to update a variable from another trace.
+        y, pullback, _ = jax.vjp(output, params, x, stats, has_aux=True)
+        # A wrong output dtype is reported by the caller (WrongOutput), never here.
+        cotangent = dy.astype(y.dtype) if isinstance(y, jax.Array) else dy
+        dparams, dx, _ = pullback(cotangent)
+        return y, dx, dparams
+
+    def initial(self) -> tuple[Tree, Tree]:
+        """The trees of a new layer, computed once (eagerly) and shared: arrays are immutable."""
+        with self._lock, precision(self.config.dtype):
+            if self._initial is None:
+                self._initial = self.make_initial()
+            return self._initial
+
+    def abstract_structure(self) -> tuple[Tree, Tree]:
+        """See :meth:`structure`; by tracing (not running) a training step."""
+        params, stats = self.abstract_initial()
+        x = probe_input(self.config)
+        _, stepped = jax.eval_shape(self.apply_train, params, stats, x)
+        return params, stepped
+
+    def structure(self) -> tuple[Tree, Tree]:
+        """Abstract trees: the parameters as created, the statistics as a training step
+        leaves them (their dtype may differ from a new layer's: flax.linen in float64)."""
+        with self._lock, precision(self.config.dtype):
+            if self._structure is None:
+                self._structure = self.abstract_structure()
+            return self._structure
+
+
+# -- the layer ------------------------------------------------------------------------------
+
+
+class JaxLayer:
+    """A :class:`Layer` over a :class:`JaxProgram`: the layer's current trees and the calls.
+
+    Every call runs in the precision context of the layer's dtype. Outputs and ``dx`` are
+    checked for the input's dtype and shape, parameter gradients for the parameters'.
+    """
+
+    def __init__(self, program: JaxProgram, config: LayerConfig) -> None:
+        self.program = program
+        self.config = config
+        self.input_dtype = jax_dtype(config.dtype)
+        self._params: Tree | None = None  # None: the layer's initial parameters
+        self._stats: Tree | None = None  # None: the layer's initial statistics
+        #: the step count reported (the layers keep no step counter): the last one set
+        self._steps = 0
+
+    def _trees(self) -> tuple[Tree, Tree]:
+        """The current trees; the initial ones (computed on first need) for those not set.
+
+        A tree without leaves (the parameters of a layer without affine parameters) needs
+        no initialisation.
+        """
+        params, stats = self._params, self._stats
+        if params is None:
+            template, _ = self.program.structure()
+            if not jax.tree_util.tree_leaves(template):
+                params = template
+        if params is None or stats is None:
+            initial_params, initial_stats = self.program.initial()
+            params = initial_params if params is None else params
+            stats = initial_stats if stats is None else stats
+        return params, stats
+
+    # -- the protocol --
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        with precision(self.config.dtype):
+            template, _ = self.program.structure()
+            current = self._params
+            values = {SCALE: np.asarray(gamma), BIAS: np.asarray(beta)}
+            for name in values:
+                leaf(template, name, "parameters")
+            self._params = replace_leaves(
+                template if current is None else current,
+                values,
+                lambda: self.program.initial()[0],
+            )
+
+    def set_state(self, state: State) -> None:
+        if not isinstance(state, RunningStatistics):
+            raise TypeError(f"a Flax BatchNorm layer keeps RunningStatistics, not {state!r}")
+        with precision(self.config.dtype):
+            _, template = self.program.structure()
+            values = {MEAN: np.asarray(state.mean), VAR: np.asarray(state.var)}
+            for name in values:
+                leaf(template, name, "statistics")
+            current = self._stats
+
+            def others() -> Tree:
+                return self.program.initial()[1] if current is None else current
+
+            self._stats = replace_leaves(template, values, others)
+            self._steps = state.steps
+
+    def state(self) -> RunningStatistics:
+        _, stats = self._trees()
+        features = self.config.num_features
+        return running_statistics(
+            read_vector(stats, MEAN, features, "statistics"),
+            read_vector(stats, VAR, features, "statistics"),
+            self._steps,
+        )
+
+    def train_step(self, x: Array) -> Array:
+        with precision(self.config.dtype):
+            params, stats = self._trees()
+            y, self._stats = self.program.train(params, stats, to_jax(x, self.config.dtype))
+            return from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
+
+    def infer(self, x: Array) -> Array:
+        """Inference; if the implementation changed its statistics, the layer keeps that."""
+        with precision(self.config.dtype):
+            params, stats = self._trees()
+            y, self._stats = self.program.infer(params, stats, to_jax(x, self.config.dtype))
+            return from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
+
+    def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
+        """dx, dgamma, dbeta by ``jax.vjp``; the layer's statistics are left as they were.
+
+        Without affine parameters there is nothing to differentiate but ``x``: dgamma and
+        dbeta are returned as zeros (the engine compares them only when affine).
+        """
+        with precision(self.config.dtype):
+            params, stats = self._trees()
+            function = self.program.vjp_train if training else self.program.vjp_infer
+            inputs = to_jax(x, self.config.dtype)
+            y, dx, dparams = function(params, stats, inputs, to_jax(dy, self.config.dtype))
+            from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
+            grad_x = from_jax(dx, shape=x.shape, dtype=self.input_dtype, what="dx")
+            features = self.config.num_features
+            if not self.config.affine:
+                zeros = np.zeros(features)
+                return Gradients(grad_x, zeros, zeros.copy())
+            grads = []
+            for name, what in ((SCALE, "dgamma"), (BIAS, "dbeta")):
+                parameter = leaf(params, name, "parameters")
+                grads.append(
+                    from_jax(
+                        leaf(dparams, name, "parameter gradients"),
+                        shape=(features,),
+                        dtype=parameter.dtype,
+                        what=what,
+                    )
+                )
+            return Gradients(grad_x, grads[0], grads[1])
+
+
+# -- the implementation ---------------------------------------------------------------------
+
+
+def jax_versions() -> dict[str, str]:
+    """JAX, jaxlib, NumPy and device versions, for the report."""
+    import jaxlib
+
+    device = jax.devices()[0]
+    return {
+        "jax": jax.__version__,
+        "jaxlib": getattr(jaxlib, "__version__", "?"),
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "device": f"{device.platform}:{device.id} ({device.device_kind})",
+    }
+
+
+def describe_device() -> str:
+    device = jax.devices()[0]
+    return f"{device.platform} ({device.device_kind})"
+
+
+class JaxImplementation(abc.ABC):
+    """An :class:`Implementation` on JAX: programs cached per configuration, dtype probing.
+
+    ``parameters`` says where a float16/bfloat16 layer keeps its parameters: ``float32``
+    (mixed precision, Flax's default ``param_dtype``) or ``input``.
+    """
+
+    name: str
+    #: The library named in messages about unsupported configurations.
+    library = "JAX"
+
+    def __init__(self, profile: str = "flax", *, parameters: ParameterPolicy = "float32") -> None:
+        self.profile = profile
+        self.parameters = parameters
+        parameter_dtype_name("float16", parameters)  # validates the policy
+        self._capabilities: Capabilities | None = None
+        self._programs: dict[Any, JaxProgram] = {}
+        self._lock = threading.Lock()
+
+    @abc.abstractmethod
+    def base_capabilities(self) -> Capabilities:
+        """What the implementation supports, before the dtypes are probed."""
+
+    @abc.abstractmethod
+    def program_key(self, config: LayerConfig) -> Any:
+        """A hashable key: configurations with equal keys share one program."""
+
+    @abc.abstractmethod
+    def make_program(self, config: LayerConfig) -> JaxProgram:
+        """The program of a configuration within the capabilities."""
+
+    def library_versions(self) -> Mapping[str, str]:
+        """Versions of the libraries besides JAX and NumPy."""
+        return {}
+
+    def versions(self) -> Mapping[str, str]:
+        return {**jax_versions(), **self.library_versions()}
+
+    def describe(self, what: str) -> str:
+        """``what (jax VERSION, DEVICE[, float32 parameters])``: the implementation's name."""
+        policy = ", float32 parameters for half inputs" if self.parameters == "float32" else ""
+        return f"{what} (jax {jax.__version__}, {describe_device()}{policy})"
+
+    def program(self, config: LayerConfig) -> JaxProgram:
+        """The cached program of ``config`` (made in the config's precision context)."""
+        key = self.program_key(config)
+        with self._lock:
+            found = self._programs.get(key)
+        if found is None:
+            with precision(config.dtype):
+                found = self.make_program(config)
+            with self._lock:
+                found = self._programs.setdefault(key, found)
+        return found
+
+    def make_layer(self, config: LayerConfig) -> Layer:
+        return JaxLayer(self.program(config), config)
+
+    def capabilities(self) -> Capabilities:
+        """The base capabilities, less the dtypes a tiny forward and backward fail on."""
+        if self._capabilities is None:
+            self._capabilities = probe_dtypes(
+                self.base_capabilities(), self._probe, where=describe_device()
+            )
+        return self._capabilities
+
+    def build(self, config: LayerConfig) -> Layer:
+        check_config(self.capabilities(), config, library=self.library)
+        return self.make_layer(config)
+
+    def _probe(self, config: LayerConfig, x: Array) -> str | None:
+        """A training-mode backward of a tiny layer: one compilation per dtype.
+
+        The training-mode vjp runs the training forward (batch statistics, running update,
+        normalization) and its backward; a dtype XLA cannot compile or run fails there.
+        The layer's parameters and statistics are set, not initialised, so that nothing
+        else is compiled.
+        """
+        layer = self.make_layer(config)
+        features = config.num_features
+        layer.set_parameters(np.ones(features), np.zeros(features))
+        layer.set_state(RunningStatistics.initial(features))
+        layer.vjp(x, np.ones_like(x), training=True)
+        return None
+
+
+#: Capability notes every Flax BatchNorm adapter shares.
+FLAX_NOTES: Mapping[str, str] = {
+    "cumulative_average": "Flax's momentum is a float (decay); there is no cumulative average",
+    "step_counter": "Flax BatchNorm keeps no step counter",
+    "untracked": "Flax BatchNorm always keeps its batch_stats; use_running_average=False "
+    "outside training is the training forward (it updates the statistics), not a layer "
+    "without statistics",
+    "strided_input": "JAX arrays have no strides or memory layout: every input is dense",
+    "renorm": "Flax has no batch renormalization (google/flax#3822)",
+}

@@ -1,0 +1,242 @@
+"""``flax.linen.BatchNorm`` and every linen Module class built like it, with no glue code.
+
+A linen Module class is recognised when it has ``flax.linen.BatchNorm``'s fields
+``use_running_average, axis, momentum, epsilon, use_bias, use_scale`` and its variables,
+created by ``init`` on a small input, hold one ``scale`` and one ``bias`` among its
+``params`` and one ``mean`` and one ``var`` among its other collections (``batch_stats``).
+Its optional fields ``dtype``, ``param_dtype`` and ``use_fast_variance`` are used when
+present.
+
+A layer config becomes the module a user writes: ``momentum`` as given (the profile's
+convention; under ``flax`` it is ``1 - alpha``), ``epsilon=eps``, ``axis=-1`` for the
+features last (Flax's default) or ``axis=1`` for the features first,
+``use_scale=use_bias=affine``, ``dtype`` the input's dtype and ``param_dtype`` float32 for
+half-precision inputs (mixed precision, the Flax examples' idiom) or the input's dtype
+(policy ``input``; float64 layers always use ``param_dtype=float64``). Training is a module
+with ``use_running_average=False`` applied with its statistics mutable, inference one with
+``use_running_average=True`` (also applied with them mutable, so that an implementation
+that changes them in inference is caught by bn.running.no_inference_update rather than
+raising).
+
+Built-in targets: ``flax.linen`` (Flax's defaults, ``use_fast_variance=True``: the variance
+as ``E[x^2] - E[x]^2``) and ``flax.linen.two_pass`` (``use_fast_variance=False``:
+``E[(x - E[x])^2]``). There is no untracked mode, cumulative average or step counter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+from flax import linen as nn
+
+from normspec.adapters._common import ParameterPolicy
+from normspec.adapters._jax import (
+    BIAS,
+    FLAX_NOTES,
+    MEAN,
+    SCALE,
+    VAR,
+    JaxImplementation,
+    JaxProgram,
+    Tree,
+    has_variables,
+    jax_dtype,
+    parameter_dtype,
+    probe_input,
+)
+from normspec.adapters.protocol import Capabilities, LayerConfig
+
+#: The fields a linen Module class needs to be recognised.
+REQUIRED_FIELDS = ("use_running_average", "axis", "momentum", "epsilon", "use_bias", "use_scale")
+#: The collection of trainable variables; every other collection is statistics.
+PARAMS = "params"
+
+
+def module_fields(cls: type) -> frozenset[str]:
+    """The dataclass fields of a linen Module class."""
+    try:
+        return frozenset(field.name for field in dataclasses.fields(cls))
+    except TypeError:
+        return frozenset()
+
+
+def module_arguments(
+    cls: type[nn.Module],
+    config: LayerConfig,
+    *,
+    parameters: ParameterPolicy,
+    use_fast_variance: bool | None,
+) -> dict[str, Any]:
+    """The fields a user sets for ``config`` (``use_running_average`` left out)."""
+    fields = module_fields(cls)
+    arguments: dict[str, Any] = {
+        "axis": 1 if config.feature_position == "first" else -1,
+        "momentum": config.momentum,
+        "epsilon": config.eps,
+        "use_bias": config.affine,
+        "use_scale": config.affine,
+    }
+    if "dtype" in fields:
+        arguments["dtype"] = jax_dtype(config.dtype)
+    if "param_dtype" in fields:
+        arguments["param_dtype"] = parameter_dtype(config.dtype, parameters)
+    if use_fast_variance is not None and "use_fast_variance" in fields:
+        arguments["use_fast_variance"] = use_fast_variance
+    return arguments
+
+
+class LinenProgram(JaxProgram):
+    """One configured linen module: ``init`` and ``apply`` of its training and inference clones."""
+
+    def __init__(self, cls: type[nn.Module], arguments: Mapping[str, Any], config: LayerConfig):
+        self.train_module = cls(use_running_average=False, **arguments)
+        self.infer_module = cls(use_running_average=True, **arguments)
+        super().__init__(config)
+
+    def _init(self, x: Any) -> tuple[Tree, Tree]:
+        variables = self.train_module.init(jax.random.key(0), x)
+        params = variables.get(PARAMS, {})
+        stats = {name: tree for name, tree in variables.items() if name != PARAMS}
+        return params, stats
+
+    def make_initial(self) -> tuple[Tree, Tree]:
+        """``init`` run eagerly on a small zero input (nothing compiled per configuration)."""
+        probe = probe_input(self.config)
+        return self._init(jax.numpy.zeros(probe.shape, probe.dtype))
+
+    def abstract_initial(self) -> tuple[Tree, Tree]:
+        return jax.eval_shape(self._init, probe_input(self.config))
+
+    def abstract_structure(self) -> tuple[Tree, Tree]:
+        """``init`` and a training step traced together: one trace per configuration."""
+
+        def created_and_stepped(x: jax.Array) -> tuple[Tree, Tree]:
+            params, stats = self._init(x)
+            _, stepped = self.apply_train(params, stats, x)
+            return params, stepped
+
+        return jax.eval_shape(created_and_stepped, probe_input(self.config))
+
+    def _apply(
+        self, module: nn.Module, params: Tree, stats: Tree, x: jax.Array
+    ) -> tuple[Any, Tree]:
+        variables = {PARAMS: params, **stats}
+        if not stats:
+            return module.apply(variables, x), stats
+        y, updated = module.apply(variables, x, mutable=list(stats))
+        return y, {**stats, **updated}
+
+    def apply_train(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        return self._apply(self.train_module, params, stats, x)
+
+    def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        return self._apply(self.infer_module, params, stats, x)
+
+
+class FlaxLinenImplementation(JaxImplementation):
+    """A BatchNorm-like ``flax.linen.Module`` class under test (default: ``nn.BatchNorm``).
+
+    ``use_fast_variance`` is passed to the module if given (``None``: the class's default);
+    ``parameters`` says where a float16/bfloat16 layer keeps its parameters (``float32``,
+    Flax's default ``param_dtype``, or ``input``).
+    """
+
+    library = "flax.linen"
+
+    def __init__(
+        self,
+        module_class: type[nn.Module] | None = None,
+        profile: str = "flax",
+        *,
+        parameters: ParameterPolicy = "float32",
+        use_fast_variance: bool | None = None,
+    ) -> None:
+        super().__init__(profile, parameters=parameters)
+        cls = nn.BatchNorm if module_class is None else module_class
+        if not recognisable(cls):
+            raise TypeError(
+                f"{cls!r} is not a BatchNorm-like flax.linen.Module class: it needs the "
+                f"fields {', '.join(REQUIRED_FIELDS)} and the variables params/scale, "
+                "params/bias, batch_stats/mean, batch_stats/var"
+            )
+        self.module_class = cls
+        self.use_fast_variance = use_fast_variance
+        what = f"{cls.__module__}.{cls.__qualname__}"
+        if use_fast_variance is not None:
+            what += f"(use_fast_variance={use_fast_variance})"
+        self.name = self.describe(what)
+
+    def base_capabilities(self) -> Capabilities:
+        return Capabilities(
+            ranks=frozenset({2, 3, 4, 5}),
+            feature_axes=("last", "first"),
+            backward=True,
+            cumulative_average=False,
+            untracked=False,
+            without_affine=True,
+            step_counter=False,
+            strided_input=False,
+            notes=dict(FLAX_NOTES),
+        )
+
+    def library_versions(self) -> Mapping[str, str]:
+        return {"flax": flax.__version__}
+
+    def program_key(self, config: LayerConfig) -> Any:
+        return (
+            config.num_features,
+            config.rank,
+            config.feature_position,
+            config.dtype,
+            config.eps,
+            config.momentum,
+            config.affine,
+        )
+
+    def make_program(self, config: LayerConfig) -> LinenProgram:
+        arguments = module_arguments(
+            self.module_class,
+            config,
+            parameters=self.parameters,
+            use_fast_variance=self.use_fast_variance,
+        )
+        return LinenProgram(self.module_class, arguments, config)
+
+
+def linen_batchnorm(profile: str = "flax") -> FlaxLinenImplementation:
+    """``normspec check flax.linen``: ``flax.linen.BatchNorm`` with Flax's defaults."""
+    return FlaxLinenImplementation(profile=profile)
+
+
+def linen_batchnorm_two_pass(profile: str = "flax") -> FlaxLinenImplementation:
+    """``normspec check flax.linen.two_pass``: ``flax.linen.BatchNorm(use_fast_variance=False)``."""
+    return FlaxLinenImplementation(profile=profile, use_fast_variance=False)
+
+
+def recognisable(obj: object) -> bool:
+    """Whether ``obj`` is a BatchNorm-like ``flax.linen.Module`` class (not an instance)."""
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        return False
+    if not set(REQUIRED_FIELDS) <= module_fields(obj):
+        return False
+    config = LayerConfig(
+        num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
+    )
+    try:
+        arguments = module_arguments(obj, config, parameters="float32", use_fast_variance=None)
+        params, stats = LinenProgram(obj, arguments, config).abstract_initial()
+    except Exception:  # a module that cannot be built or initialised like BatchNorm
+        return False
+    return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
+
+
+def recognise(obj: object, profile: str) -> FlaxLinenImplementation | None:
+    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
+    if not recognisable(obj):
+        return None
+    assert isinstance(obj, type) and issubclass(obj, nn.Module)
+    return FlaxLinenImplementation(obj, profile)

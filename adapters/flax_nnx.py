@@ -1,0 +1,273 @@
+"""``flax.nnx.BatchNorm`` and every nnx Module class built like it, with no glue code.
+
+An nnx Module class is recognised when its constructor takes ``nnx.BatchNorm``'s
+arguments ``num_features, *, use_running_average, axis, momentum, epsilon, use_bias,
+use_scale, rngs`` and an instance holds one ``scale`` and one ``bias`` among its
+``nnx.Param`` variables and one ``mean`` and one ``var`` among its other variables
+(``nnx.BatchStat``). The optional arguments ``dtype``, ``param_dtype`` and
+``use_fast_variance`` are passed when the constructor takes them.
+
+A layer config becomes the module a user writes, as for :mod:`flax_linen`: ``momentum``
+as given (``1 - alpha`` under the ``flax`` profile), ``epsilon=eps``, ``axis=-1`` (features
+last, the default) or ``axis=1``, ``use_scale=use_bias=affine``, ``dtype`` the input's
+dtype, ``param_dtype`` float32 for half inputs (or the input's dtype, policy ``input``)
+and float64 for float64 layers, ``rngs=nnx.Rngs(0)``. Training is an instance constructed
+with ``use_running_average=False``, inference one with ``use_running_average=True``; both
+run as pure functions of their split state (``nnx.split`` / ``nnx.merge``), jitted with
+``jax.jit``.
+
+Built-in targets: ``flax.nnx`` (Flax's defaults, ``use_fast_variance=True``) and
+``flax.nnx.two_pass`` (``use_fast_variance=False``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+from flax import nnx
+
+from normspec.adapters._common import ParameterPolicy
+from normspec.adapters._jax import (
+    BIAS,
+    FLAX_NOTES,
+    MEAN,
+    SCALE,
+    VAR,
+    JaxImplementation,
+    JaxProgram,
+    Tree,
+    abstract,
+    has_variables,
+    jax_dtype,
+    parameter_dtype,
+)
+from normspec.adapters.protocol import Capabilities, LayerConfig
+
+#: The keyword arguments a constructor must take to be recognised (besides num_features).
+REQUIRED_ARGUMENTS = (
+    "use_running_average",
+    "axis",
+    "momentum",
+    "epsilon",
+    "use_bias",
+    "use_scale",
+    "rngs",
+)
+
+
+def _constructor(cls: type) -> inspect.Signature | None:
+    """The signature of ``cls.__init__`` (``self`` included).
+
+    nnx's metaclass hides the constructor's signature behind ``(*args, **kwargs)``.
+    """
+    try:
+        return inspect.signature(cls.__init__)  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return None
+
+
+def _accepts(cls: type, name: str) -> bool:
+    """Whether the constructor takes the keyword ``name`` (by name, or as ``**kwargs``)."""
+    signature = _constructor(cls)
+    if signature is None:
+        return False
+    parameters = signature.parameters
+    return name in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def takes_batchnorm_arguments(cls: type) -> bool:
+    """Whether ``cls(num_features, use_running_average=..., axis=..., ..., rngs=...)`` binds."""
+    signature = _constructor(cls)
+    if signature is None:
+        return False
+    try:
+        signature.bind(None, 2, **{name: None for name in REQUIRED_ARGUMENTS})
+    except TypeError:
+        return False
+    return True
+
+
+def module_arguments(
+    cls: type[nnx.Module],
+    config: LayerConfig,
+    *,
+    parameters: ParameterPolicy,
+    use_fast_variance: bool | None,
+) -> dict[str, Any]:
+    """The constructor arguments a user passes for ``config`` (but ``use_running_average``)."""
+    arguments: dict[str, Any] = {
+        "axis": 1 if config.feature_position == "first" else -1,
+        "momentum": config.momentum,
+        "epsilon": config.eps,
+        "use_bias": config.affine,
+        "use_scale": config.affine,
+    }
+    if _accepts(cls, "dtype"):
+        arguments["dtype"] = jax_dtype(config.dtype)
+    if _accepts(cls, "param_dtype"):
+        arguments["param_dtype"] = parameter_dtype(config.dtype, parameters)
+    if use_fast_variance is not None and _accepts(cls, "use_fast_variance"):
+        arguments["use_fast_variance"] = use_fast_variance
+    return arguments
+
+
+def _split(module: nnx.Module) -> tuple[Any, Tree, Tree]:
+    """(graph definition, ``nnx.Param`` state, every other state)."""
+    parts: tuple[Any, ...] = nnx.split(module, nnx.Param, ...)
+    graph, params, stats = parts
+    return graph, params, stats
+
+
+class NnxProgram(JaxProgram):
+    """One configured nnx module as pure functions of its parameter and statistics state.
+
+    The two instances (training, inference) are constructed eagerly, which runs their
+    initializers: their state is the layer's initial state.
+    """
+
+    def __init__(self, cls: type[nnx.Module], arguments: Mapping[str, Any], config: LayerConfig):
+        factory: Any = cls
+
+        def make(use_running_average: bool) -> nnx.Module:
+            return factory(
+                config.num_features,
+                use_running_average=use_running_average,
+                rngs=nnx.Rngs(0),
+                **arguments,
+            )
+
+        self.train_graph, params, stats = _split(make(False))
+        self.infer_graph, _, _ = _split(make(True))
+        self._made = (params, stats)
+        super().__init__(config)
+
+    def make_initial(self) -> tuple[Tree, Tree]:
+        return self._made
+
+    def abstract_initial(self) -> tuple[Tree, Tree]:
+        def spec(value: Any) -> jax.ShapeDtypeStruct:
+            return abstract(value.shape, value.dtype)
+
+        return jax.tree_util.tree_map(spec, self._made)
+
+    @staticmethod
+    def _apply(graph: Any, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        module = nnx.merge(graph, params, stats)
+        y = module(x)
+        _, _, updated = _split(module)
+        return y, updated
+
+    def apply_train(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        return self._apply(self.train_graph, params, stats, x)
+
+    def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        return self._apply(self.infer_graph, params, stats, x)
+
+
+class FlaxNnxImplementation(JaxImplementation):
+    """A BatchNorm-like ``flax.nnx.Module`` class under test (default: ``nnx.BatchNorm``).
+
+    ``use_fast_variance`` and ``parameters`` as for
+    :class:`normspec.adapters.flax_linen.FlaxLinenImplementation`.
+    """
+
+    library = "flax.nnx"
+
+    def __init__(
+        self,
+        module_class: type[nnx.Module] | None = None,
+        profile: str = "flax",
+        *,
+        parameters: ParameterPolicy = "float32",
+        use_fast_variance: bool | None = None,
+    ) -> None:
+        super().__init__(profile, parameters=parameters)
+        cls = nnx.BatchNorm if module_class is None else module_class
+        if not recognisable(cls):
+            raise TypeError(
+                f"{cls!r} is not a BatchNorm-like flax.nnx.Module class: it needs the "
+                f"constructor arguments num_features, {', '.join(REQUIRED_ARGUMENTS)} and "
+                "the variables scale, bias (nnx.Param) and mean, var"
+            )
+        self.module_class = cls
+        self.use_fast_variance = use_fast_variance
+        what = f"{cls.__module__}.{cls.__qualname__}"
+        if use_fast_variance is not None:
+            what += f"(use_fast_variance={use_fast_variance})"
+        self.name = self.describe(what)
+
+    def base_capabilities(self) -> Capabilities:
+        return Capabilities(
+            ranks=frozenset({2, 3, 4, 5}),
+            feature_axes=("last", "first"),
+            backward=True,
+            cumulative_average=False,
+            untracked=False,
+            without_affine=True,
+            step_counter=False,
+            strided_input=False,
+            notes=dict(FLAX_NOTES),
+        )
+
+    def library_versions(self) -> Mapping[str, str]:
+        return {"flax": flax.__version__}
+
+    def program_key(self, config: LayerConfig) -> Any:
+        return (
+            config.num_features,
+            config.feature_position,
+            config.dtype,
+            config.eps,
+            config.momentum,
+            config.affine,
+        )
+
+    def make_program(self, config: LayerConfig) -> NnxProgram:
+        arguments = module_arguments(
+            self.module_class,
+            config,
+            parameters=self.parameters,
+            use_fast_variance=self.use_fast_variance,
+        )
+        return NnxProgram(self.module_class, arguments, config)
+
+
+def nnx_batchnorm(profile: str = "flax") -> FlaxNnxImplementation:
+    """``normspec check flax.nnx``: ``flax.nnx.BatchNorm`` with Flax's defaults."""
+    return FlaxNnxImplementation(profile=profile)
+
+
+def nnx_batchnorm_two_pass(profile: str = "flax") -> FlaxNnxImplementation:
+    """``normspec check flax.nnx.two_pass``: ``flax.nnx.BatchNorm(use_fast_variance=False)``."""
+    return FlaxNnxImplementation(profile=profile, use_fast_variance=False)
+
+
+def recognisable(obj: object) -> bool:
+    """Whether ``obj`` is a BatchNorm-like ``flax.nnx.Module`` class (not an instance)."""
+    if not (isinstance(obj, type) and issubclass(obj, nnx.Module)):
+        return False
+    if not takes_batchnorm_arguments(obj):
+        return False
+    config = LayerConfig(
+        num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
+    )
+    try:
+        arguments = module_arguments(obj, config, parameters="float32", use_fast_variance=None)
+        params, stats = NnxProgram(obj, arguments, config).abstract_initial()
+    except Exception:  # a constructor that needs more than BatchNorm's arguments
+        return False
+    return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
+
+
+def recognise(obj: object, profile: str) -> FlaxNnxImplementation | None:
+    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
+    if not recognisable(obj):
+        return None
+    assert isinstance(obj, type) and issubclass(obj, nnx.Module)
+    return FlaxNnxImplementation(obj, profile)

@@ -1,0 +1,558 @@
+"""Keras ``BatchNormalization`` layers, and every Keras layer class built like them, with no glue.
+
+Keras 3 (``keras.layers.BatchNormalization``, on the TensorFlow backend) and Keras 2
+(``tf_keras.layers.BatchNormalization``) are driven the same way. A layer class is
+recognised when it derives from ``keras.layers.Layer`` (Keras 3 with the TensorFlow
+backend) or ``tf_keras.layers.Layer``, its constructor takes ``axis, momentum, epsilon,
+center, scale`` (and the base layer's ``dtype``), and a built instance has the variables
+``gamma``, ``beta``, ``moving_mean`` and ``moving_variance``. A class that also takes
+``renorm, renorm_clipping, renorm_momentum`` is checked as a batch-renormalization layer
+too (Keras 3 and tf_keras both do), under a profile with a renorm dialect.
+
+How a :class:`LayerConfig` becomes a layer: ``axis`` is the feature axis (1 or the last),
+``momentum`` and ``epsilon`` as given (the profile's convention: under ``keras`` and
+``tf_keras``, momentum is ``1 - alpha``), ``center = scale = affine``, and the dtype policy
+``float64``, ``float32``, or for half inputs ``mixed_float16``/``mixed_bfloat16`` (float32
+variables, the usual mixed precision; ``parameters="input"``: a ``float16``/``bfloat16``
+policy instead -- tf_keras keeps float32 variables for half layers either way). A renorm
+config is expressed as ``renorm=True``, ``renorm_clipping`` (the keys ``rmin``, ``rmax``,
+``dmax`` of the finite bounds of a constant schedule) and ``renorm_momentum`` (the
+correction rate in the profile's convention); what tf_keras cannot express (a warm-up
+schedule, averaging a variance, one set of statistics, no floor on sigma) is
+:class:`UnsupportedConfig`.
+
+Semantics worth knowing (capability notes):
+
+* A Keras BatchNormalization always keeps moving statistics: there is no untracked mode,
+  no cumulative average (momentum is a float) and no step counter.
+* ``trainable=False`` is *not* "untracked": it freezes the layer, and Keras 3 and tf_keras
+  then normalize with the moving statistics even when called with ``training=True``
+  (inference behaviour; the Keras 3 documentation says so). The adapter leaves ``trainable``
+  at its default, True.
+* tf_keras chooses a fused kernel by default (``fused=None``) for rank-4/5 float16, bfloat16
+  and float32 inputs with the features on axis 1 or last; its moving variance then averages
+  the Bessel-corrected batch variance (spec/dialects.md). The built-in targets
+  ``tf_keras.fused`` and ``tf_keras.nonfused`` fix ``fused``; a recognised class is driven
+  with its own default.
+* The renorm layers keep ``moving_variance`` derived from ``moving_stddev``
+  (``relu(moving_stddev^2 - epsilon)``, used by inference): :meth:`KerasLayer.set_state`
+  writes it the way the layer keeps it.
+
+Input ranks and feature axes of a recognised class: its ``normspec_ranks`` and
+``normspec_feature_axes`` class attributes, else those a training call on a tiny input
+accepts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from normspec.adapters._tf import (
+    BatchNormVariables,
+    ParameterPolicy,
+    TFImplementation,
+    TFLayer,
+    read_variable,
+    tf,
+    write_variable,
+)
+from normspec.adapters.protocol import (
+    Array,
+    Capabilities,
+    FeatureAxisPosition,
+    LayerConfig,
+    State,
+    UnsupportedConfig,
+    WrongOutput,
+)
+from normspec.reference.dialects import PROFILES, Dialect, renorm_config
+from normspec.reference.renorm import RenormConfig, RenormStatistics
+from normspec.reference.schedules import ConstantSchedule
+
+#: The class attributes a third-party layer may set to declare its input ranks and the
+#: feature-axis positions (``"first"``, ``"last"``) it takes.
+RANKS_ATTRIBUTE = "normspec_ranks"
+FEATURE_AXES_ATTRIBUTE = "normspec_feature_axes"
+
+CONSTRUCTOR_ARGUMENTS = ("axis", "momentum", "epsilon", "center", "scale")
+RENORM_ARGUMENTS = ("renorm", "renorm_clipping", "renorm_momentum")
+WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
+RENORM_WEIGHTS = ("moving_stddev", "renorm_mean", "renorm_stddev")
+
+_ALL_RANKS = (2, 3, 4, 5)
+
+
+# -- the frameworks -------------------------------------------------------------------------
+
+
+def keras3() -> Any | None:
+    """The ``keras`` (Keras 3) module if it runs on the TensorFlow backend, else ``None``."""
+    import keras
+
+    return keras if keras.backend.backend() == "tensorflow" else None
+
+
+def tf_keras_module() -> Any:
+    """The ``tf_keras`` module (imported on first use: it is not needed for Keras 3)."""
+    import tf_keras
+
+    return tf_keras
+
+
+def flavour(cls: type) -> str | None:
+    """``"keras"`` for a Keras 3 layer class, ``"tf_keras"`` for a Keras 2 one, else ``None``."""
+    if not isinstance(cls, type):
+        return None
+    if "keras" in sys.modules:
+        found = keras3()
+        if found is not None and issubclass(cls, found.layers.Layer):
+            return "keras"
+    if "tf_keras" in sys.modules and issubclass(cls, sys.modules["tf_keras"].layers.Layer):
+        return "tf_keras"
+    return None
+
+
+def library_version(kind: str) -> dict[str, str]:
+    if kind == "keras":
+        import keras
+
+        return {"keras": keras.__version__, "keras_backend": keras.backend.backend()}
+    return {"tf_keras": tf_keras_module().__version__}
+
+
+# -- arguments ------------------------------------------------------------------------------
+
+
+def dtype_policy(dtype: str, parameters: ParameterPolicy) -> str:
+    """The Keras dtype policy for inputs of ``dtype`` (see the module docstring)."""
+    if dtype in ("float16", "bfloat16") and parameters == "float32":
+        return f"mixed_{dtype}"
+    return dtype
+
+
+def _library_momentum(dialect: Dialect | None, rate: float) -> float:
+    """A canonical rate in the profile's convention, valid or not (no validation here)."""
+    if dialect is not None and dialect.update_rate == "rate":
+        return rate
+    return 1.0 - rate
+
+
+def renorm_arguments(renorm: RenormConfig, dialect: Dialect | None) -> dict[str, Any]:
+    """``renorm``, ``renorm_clipping`` and ``renorm_momentum`` for a canonical renorm config.
+
+    Raises :class:`UnsupportedConfig` for what the Keras layers cannot express; passes
+    invalid bounds and rates through (whether the layer rejects them is what
+    renorm.params.invalid checks).
+    """
+    if renorm.average != "std":
+        raise UnsupportedConfig(
+            f"average={renorm.average!r}: the Keras renorm layers average the batch standard "
+            "deviation"
+        )
+    if renorm.statistics != "separate" or renorm.correction_rate is None:
+        raise UnsupportedConfig(
+            "statistics='shared': the Keras renorm layers keep a separate correction set "
+            "(renorm_mean, renorm_stddev) updated with renorm_momentum"
+        )
+    if renorm.sigma_floor != "sqrt_eps":
+        raise UnsupportedConfig(
+            f"sigma_floor={renorm.sigma_floor!r}: the Keras renorm layers floor the correction "
+            "sigma at sqrt(epsilon)"
+        )
+    if not isinstance(renorm.schedule, ConstantSchedule):
+        raise UnsupportedConfig(
+            f"schedule {type(renorm.schedule).__name__}: renorm_clipping is fixed at "
+            "construction, the Keras renorm layers have no warm-up"
+        )
+    bounds = renorm.schedule.value
+    clipping: dict[str, float] = {}
+    if bounds.r_min != 0.0:  # NaN passes through: an invalid bound for the layer to reject
+        clipping["rmin"] = float(bounds.r_min)
+    if bounds.r_max != math.inf:
+        clipping["rmax"] = float(bounds.r_max)
+    if bounds.d_max != math.inf:
+        clipping["dmax"] = float(bounds.d_max)
+    return {
+        "renorm": True,
+        "renorm_clipping": clipping,
+        "renorm_momentum": _library_momentum(dialect, renorm.correction_rate),
+    }
+
+
+def _takes(cls: type, names: tuple[str, ...]) -> bool:
+    try:
+        inspect.signature(cls).bind_partial(**{name: None for name in names})
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def takes_renorm(cls: type, arguments: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``renorm=True`` (with ``renorm_clipping`` and ``renorm_momentum``) builds a
+    layer with the renorm variables ``moving_stddev``, ``renorm_mean``, ``renorm_stddev``.
+
+    Tried rather than read from the signature: tf_keras passes ``renorm`` on through
+    ``**kwargs``, and a third-party layer's ``**kwargs`` may go to the base layer, which
+    rejects it.
+    """
+    given = dict(arguments or {})
+    if "fused" in given:  # the question is whether the class takes renorm at all
+        given["fused"] = False
+    renorm = dict(zip(RENORM_ARGUMENTS, (True, {}, 0.99), strict=True))
+    try:
+        probe = _construct(cls, **given, **renorm)
+        probe.build((2, 2))
+    except Exception:  # no renorm arguments, or they are not taken
+        return False
+    return all(_is_variable(getattr(probe, name, None)) for name in (*WEIGHTS, *RENORM_WEIGHTS))
+
+
+def _probe_input(rank: int, axis: int, num_features: int = 2) -> np.ndarray:
+    shape = [3] + [2] * (rank - 1)
+    shape[axis] = num_features
+    return np.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape).astype(np.float32)
+
+
+def _construct(cls: type, **arguments: Any) -> Any:
+    defaults = {"axis": -1, "momentum": 0.99, "epsilon": 1e-3, "center": True, "scale": True}
+    return cls(**{**defaults, **arguments})
+
+
+def _accepts(cls: type, rank: int, axis: int, arguments: Mapping[str, Any]) -> bool:
+    try:
+        layer = _construct(cls, axis=axis, **arguments)
+        x = tf.constant(_probe_input(rank, axis))
+        y = layer(x, training=True)
+    except Exception:  # a rejected rank or axis, whatever the error
+        return False
+    return isinstance(y, tf.Tensor) and tuple(y.shape) == tuple(x.shape)
+
+
+def layer_ranks(cls: type, arguments: Mapping[str, Any]) -> frozenset[int]:
+    """The input ranks a BatchNormalization-like class takes (see the module docstring)."""
+    declared = getattr(cls, RANKS_ATTRIBUTE, None)
+    if declared is not None:
+        return frozenset(int(rank) for rank in declared)
+    accepted = frozenset(r for r in _ALL_RANKS if _accepts(cls, r, r - 1, arguments))
+    # A class that takes no rank at all is checked on every rank: its errors are reported.
+    return accepted or frozenset(_ALL_RANKS)
+
+
+def layer_feature_axes(
+    cls: type, ranks: frozenset[int], arguments: Mapping[str, Any]
+) -> tuple[FeatureAxisPosition, ...]:
+    """``("last", "first")`` (Keras' default first), less a position no accepted rank takes."""
+    declared = getattr(cls, FEATURE_AXES_ATTRIBUTE, None)
+    if declared is not None:
+        return tuple(declared)
+    rank = max(ranks)
+    if rank < 3 or _accepts(cls, rank, 1, arguments):
+        return ("last", "first")
+    return ("last",)
+
+
+# -- the layer ------------------------------------------------------------------------------
+
+
+class KerasLayer(TFLayer):
+    """One Keras layer instance, called as ``layer(x, training=...)``."""
+
+    def __init__(self, layer: Any, config: LayerConfig, *, compiled: bool = False) -> None:
+        super().__init__(config, compiled=compiled)
+        self.layer = layer
+
+    def variables(self) -> BatchNormVariables:
+        layer = self.layer
+        return BatchNormVariables(
+            gamma=getattr(layer, "gamma", None),
+            beta=getattr(layer, "beta", None),
+            moving_mean=getattr(layer, "moving_mean", None),
+            moving_variance=getattr(layer, "moving_variance", None),
+        )
+
+    def forward(self, x: tf.Tensor, *, training: bool) -> object:
+        return self.layer(x, training=training)
+
+    # -- renorm state --
+
+    def set_state(self, state: State) -> None:
+        if self.config.renorm is None:
+            super().set_state(state)
+            return
+        if not isinstance(state, RenormStatistics):
+            raise TypeError(f"a renorm layer keeps RenormStatistics, not {state!r}")
+        n = self.config.num_features
+        spread = np.asarray(state.spread, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            variance = np.maximum(spread * spread - self.config.eps, 0.0)
+        layer = self.layer
+        write_variable(layer.moving_mean, state.mean, n, "moving_mean")
+        write_variable(getattr(layer, "moving_stddev", None), spread, n, "moving_stddev")
+        write_variable(layer.moving_variance, variance, n, "moving_variance")
+        c_mean, c_spread = state.correction_statistics()
+        write_variable(getattr(layer, "renorm_mean", None), c_mean, n, "renorm_mean")
+        write_variable(getattr(layer, "renorm_stddev", None), c_spread, n, "renorm_stddev")
+        self._steps = state.steps
+
+    def state(self) -> State | None:
+        if self.config.renorm is None:
+            return super().state()
+        n = self.config.num_features
+        layer = self.layer
+        read = {
+            name: read_variable(getattr(layer, name, None), n, name)
+            for name in ("moving_mean", "moving_stddev", "renorm_mean", "renorm_stddev")
+        }
+        try:
+            return RenormStatistics(
+                read["moving_mean"],
+                read["moving_stddev"],
+                self._steps,
+                read["renorm_mean"],
+                read["renorm_stddev"],
+            )
+        except ValueError as problem:
+            raise WrongOutput(f"the moving statistics are malformed: {problem}") from None
+
+
+# -- the implementation ---------------------------------------------------------------------
+
+
+class KerasImplementation(TFImplementation):
+    """A BatchNormalization-like Keras layer class under test.
+
+    ``arguments``: extra constructor arguments (``{"fused": False}``); ``ranks`` and
+    ``feature_axes`` override the detected ones; ``batchnorm=False`` checks the renorm
+    clauses only; ``parameters`` as in :func:`dtype_policy`; ``compiled``: call the layer
+    through ``tf.function`` (one trace per layer and mode: slower for the fresh layers a
+    check builds, see benchmarks/tf_speed.py) instead of eagerly.
+    """
+
+    def __init__(
+        self,
+        layer_class: type,
+        profile: str = "keras",
+        *,
+        arguments: Mapping[str, Any] | None = None,
+        ranks: frozenset[int] | None = None,
+        feature_axes: tuple[FeatureAxisPosition, ...] | None = None,
+        batchnorm: bool = True,
+        parameters: ParameterPolicy = "float32",
+        compiled: bool = False,
+        label: str | None = None,
+    ) -> None:
+        super().__init__(profile, parameters=parameters)
+        kind = flavour(layer_class)
+        if kind is None or not recognisable(layer_class, arguments):
+            raise TypeError(
+                f"{layer_class!r} is not a BatchNormalization-like Keras layer class (Keras 3 "
+                "on the TensorFlow backend, or tf_keras): it needs the constructor arguments "
+                f"{', '.join(CONSTRUCTOR_ARGUMENTS)} and the variables {', '.join(WEIGHTS)}"
+            )
+        self.kind = kind
+        self.layer_class = layer_class
+        self.arguments = dict(arguments or {})
+        self.ranks = ranks if ranks is not None else layer_ranks(layer_class, self.arguments)
+        self.feature_axes = feature_axes or layer_feature_axes(
+            layer_class, self.ranks, self.arguments
+        )
+        self.batchnorm = batchnorm
+        self.takes_renorm = takes_renorm(layer_class, self.arguments)
+        self.compiled = compiled
+        what = label or f"{layer_class.__module__}.{layer_class.__qualname__}"
+        extra = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
+        if not batchnorm:
+            extra = ", ".join(filter(None, [extra, "renorm=True"]))
+        self.name = f"{what}" + (f"({extra})" if extra else "") + f" ({self._library_name()})"
+
+    def _library_name(self) -> str:
+        versions = library_version(self.kind)
+        if self.kind == "keras":
+            return f"Keras {versions['keras']} on TensorFlow {tf.__version__}"
+        return f"tf_keras {versions['tf_keras']}, TensorFlow {tf.__version__}"
+
+    def library_versions(self) -> Mapping[str, str]:
+        return library_version(self.kind)
+
+    def base_capabilities(self) -> Capabilities:
+        notes = {
+            "untracked": "a Keras BatchNormalization always keeps moving statistics; "
+            "trainable=False freezes it and makes it normalize with the moving statistics "
+            "even with training=True (inference behaviour), which is not an untracked mode",
+            "cumulative_average": "Keras takes a float momentum: no cumulative average",
+            "step_counter": "Keras keeps no step counter",
+            "feature_axes": "Keras takes any axis; axis=1 and the last axis are checked",
+        }
+        renorm = self.takes_renorm and self.arguments.get("fused") is not True
+        if not renorm:
+            notes["renorm"] = (
+                "fused=True does not take renorm=True"
+                if self.takes_renorm
+                else f"{self.layer_class.__name__} takes no renorm arguments"
+            )
+        if not self.batchnorm:
+            notes["batchnorm"] = "this target checks the renorm clauses only"
+        return Capabilities(
+            ranks=self.ranks,
+            feature_axes=self.feature_axes,
+            backward=True,
+            batchnorm=self.batchnorm,
+            renorm=renorm,
+            cumulative_average=False,
+            untracked=False,
+            without_affine=True,
+            step_counter=False,
+            strided_input=True,
+            notes=notes,
+        )
+
+    def _probe(self, config: LayerConfig, x: Array) -> str | None:
+        """A renorm-only target is probed with renorm layers (constant bounds, no clipping)."""
+        if not self.batchnorm:
+            dialect = self.dialect if self.dialect and self.dialect.renorm else PROFILES["tf_keras"]
+            momentum = config.momentum if config.momentum is not None else 0.5
+            renorm = renorm_config(
+                dialect,
+                config.num_features,
+                momentum=dialect.momentum_from_rate(0.5),
+                eps=config.eps,
+                feature_axis=config.feature_axis,
+            )
+            config = replace(config, momentum=momentum, renorm=renorm)
+        return super()._probe(config, x)
+
+    def make_layer(self, config: LayerConfig) -> KerasLayer:
+        arguments: dict[str, Any] = {
+            "axis": config.feature_axis,
+            "momentum": config.momentum,
+            "epsilon": config.eps,
+            "center": config.affine,
+            "scale": config.affine,
+            "dtype": dtype_policy(config.dtype, self.parameters),
+            **self.arguments,
+        }
+        if config.renorm is not None:
+            arguments.update(renorm_arguments(config.renorm, self.dialect))
+        layer = self.layer_class(**arguments)
+        shape = [1] * config.rank
+        shape[config.feature_axis] = config.num_features
+        layer.build(tuple(shape))
+        return KerasLayer(layer, config, compiled=self.compiled)
+
+
+def recognisable(obj: object, arguments: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``obj`` is a BatchNormalization-like Keras layer class (not an instance)."""
+    if not isinstance(obj, type) or flavour(obj) is None:
+        return False
+    if not _takes(obj, CONSTRUCTOR_ARGUMENTS):
+        return False
+    for rank in (2, 4, 3, 5):
+        try:
+            probe = _construct(obj, **(arguments or {}))
+            probe.build((2,) * rank)
+        except Exception:  # a constructor that needs more, or a rank it does not take
+            continue
+        return all(_is_variable(getattr(probe, name, None)) for name in WEIGHTS)
+    return False
+
+
+def _is_variable(value: object) -> bool:
+    if isinstance(value, tf.Variable):
+        return True
+    return isinstance(getattr(value, "value", None), tf.Variable)
+
+
+def recognise(obj: object, profile: str) -> KerasImplementation | None:
+    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
+    if not recognisable(obj):
+        return None
+    assert isinstance(obj, type)
+    return KerasImplementation(obj, profile)
+
+
+# -- the built-in targets (normspec.adapters.registry.ALIASES) ------------------------------
+
+_EVERY_RANK = frozenset(_ALL_RANKS)
+_AXES: tuple[FeatureAxisPosition, ...] = ("last", "first")
+
+
+def _keras3_class() -> type:
+    found = keras3()
+    if found is None:
+        import keras
+
+        raise RuntimeError(
+            f"Keras runs on the {keras.backend.backend()} backend; this adapter needs the "
+            "TensorFlow backend (set KERAS_BACKEND=tensorflow before Keras is imported)"
+        )
+    cls: type = found.layers.BatchNormalization
+    return cls
+
+
+def keras_batchnorm(profile: str = "keras", *, batchnorm: bool = True) -> KerasImplementation:
+    """``keras``: ``keras.layers.BatchNormalization`` of Keras 3 on TensorFlow."""
+    return KerasImplementation(
+        _keras3_class(),
+        profile,
+        ranks=_EVERY_RANK,
+        feature_axes=_AXES,
+        batchnorm=batchnorm,
+        label="keras.layers.BatchNormalization",
+    )
+
+
+def keras_renorm(profile: str = "tf_keras") -> KerasImplementation:
+    """``keras.renorm``: Keras 3's ``BatchNormalization(renorm=True)``, renorm clauses only."""
+    return keras_batchnorm(profile, batchnorm=False)
+
+
+def tf_keras_nonfused(profile: str = "tf_keras", *, batchnorm: bool = True) -> KerasImplementation:
+    """``tf_keras``, ``tf_keras.nonfused``: ``tf_keras.layers.BatchNormalization(fused=False)``."""
+    return KerasImplementation(
+        tf_keras_module().layers.BatchNormalization,
+        profile,
+        arguments={"fused": False},
+        ranks=_EVERY_RANK,
+        feature_axes=_AXES,
+        batchnorm=batchnorm,
+        label="tf_keras.layers.BatchNormalization",
+    )
+
+
+def tf_keras_fused(profile: str = "tf_keras") -> KerasImplementation:
+    """``tf_keras.fused``: ``tf_keras.layers.BatchNormalization(fused=True)``, rank 4 and 5."""
+    return KerasImplementation(
+        tf_keras_module().layers.BatchNormalization,
+        profile,
+        arguments={"fused": True},
+        ranks=frozenset({4, 5}),
+        feature_axes=_AXES,
+        label="tf_keras.layers.BatchNormalization",
+    )
+
+
+def tf_keras_renorm(profile: str = "tf_keras") -> KerasImplementation:
+    """``tf_keras.renorm``: ``BatchNormalization(renorm=True)`` (non-fused), renorm clauses only."""
+    return tf_keras_nonfused(profile, batchnorm=False)
+
+
+__all__ = [
+    "KerasImplementation",
+    "KerasLayer",
+    "dtype_policy",
+    "keras_batchnorm",
+    "keras_renorm",
+    "recognisable",
+    "recognise",
+    "renorm_arguments",
+    "tf_keras_fused",
+    "tf_keras_nonfused",
+    "tf_keras_renorm",
+]

@@ -1,0 +1,1221 @@
+"""Checks of the renorm chapter (renorm.*): Batch Renormalization layers.
+
+Every check needs the capability ``renorm``, so a batch-norm-only implementation reports
+them not applicable. Cases are drawn by :func:`strategies_renorm.renorm_cases` under the
+profile's renorm dialect, expectations come from :mod:`normspec.reference.renorm` and the
+tolerances from renorm.accuracy.* (:mod:`normspec.conformance.tolerance`).
+
+The schedule clauses apply to the schedules the dialect's warm-up form can express
+(:func:`strategies_renorm.offered_schedules`: constant bounds always, a switch under a switch
+or a ramp warm-up, the paper's ramps under a ramp warm-up). An implementation declares a
+configuration it cannot express by raising :class:`UnsupportedConfig` when a layer is
+built: that example is discarded, and a check left without a usable example is inconclusive
+(a schedule check says so after :data:`UNSUPPORTED_IN_A_ROW` refusals).
+
+Attribution. The clauses that define one ingredient are checked first, on cases where the
+other ingredients cannot show: renorm.train.statistics and renorm.train.correction with
+update rates 0 (a correction taken after the update is then the same), and, under
+``statistics = separate``, every check up to renorm.moving.separate with the correction set
+equal to the inference set and one rate for both (so which set is read or moved with which
+rate cannot show). Later checks draw distinct sets and depend on the earlier clauses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import numpy as np
+from hypothesis import reject
+from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from normspec.adapters.protocol import Capabilities, DTypeName, Layer, UnsupportedConfig
+from normspec.conformance.checks import Body, check
+from normspec.conformance.checks import batchnorm as bn_checks
+from normspec.conformance.checks.degenerate import INVALID_EPS, INVALID_RATES
+from normspec.conformance.context import CheckContext, Violation
+from normspec.conformance.guard import ImplementationError, ImplementationHung
+from normspec.conformance.strategies import feature_values, shapes
+from normspec.conformance.strategies_renorm import (
+    ELEMENTWISE_LIMIT,
+    RenormCase,
+    ScheduleKind,
+    offered_schedules,
+    renorm_cases,
+)
+from normspec.conformance.tolerance import (
+    compare,
+    renorm_backward_bounds,
+    renorm_inference_backward_bounds,
+    renorm_inference_output_bound,
+    renorm_moving_bounds,
+    renorm_train_output_bound,
+)
+from normspec.reference import Affine, Gradients, renorm
+from normspec.reference.dialects import Dialect
+from normspec.reference.renorm import RenormStatistics
+from normspec.reference.schedules import ConstantSchedule, RenormBounds
+
+Array = np.ndarray
+T = TypeVar("T")
+
+RENORM = ("renorm",)
+RENORM_BACKWARD = ("renorm", "backward")
+
+#: Rates that make a correction taken after the update differ from one taken before.
+LARGE_RATES = st.one_of(st.sampled_from([1.0, 0.5]), st.floats(0.5, 1.0))
+
+
+# --------------------------------------------------------------------------------------
+# Applicability
+
+Applies = Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], "str | None"]
+
+SCHEDULE_NAMES: dict[str, str] = {
+    "constant": "constant bounds",
+    "paper": "the paper's ramps",
+    "switch": "a switch schedule",
+}
+
+
+def renorm_profile(
+    capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+) -> str | None:
+    """Not applicable under a profile without a renorm dialect."""
+    if dialect.renorm is None:
+        return f"profile {dialect.name} has no batch renormalization"
+    return None
+
+
+def offers(kind: ScheduleKind) -> Applies:
+    """A schedule clause applies to the schedules the dialect's warm-up form can express."""
+
+    def applies(
+        capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+    ) -> str | None:
+        reason = renorm_profile(capabilities, dialect, dtypes)
+        if reason is None and kind not in offered_schedules(dialect):
+            assert dialect.renorm is not None
+            reason = (
+                f"the {dialect.name} dialect's warm-up ({dialect.renorm.warmup}) cannot "
+                f"express {SCHEDULE_NAMES[kind]}"
+            )
+        return reason
+
+    return applies
+
+
+def separate_sets(
+    capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+) -> str | None:
+    """renorm.moving.separate applies under ``statistics = separate`` only."""
+    reason = renorm_profile(capabilities, dialect, dtypes)
+    if reason is None and dialect.renorm is not None and dialect.renorm.statistics != "separate":
+        reason = f"profile {dialect.name} keeps one set of moving statistics"
+    return reason
+
+
+def renorm_check(
+    clause_id: str,
+    *,
+    needs: tuple[str, ...] = RENORM,
+    depends_on: tuple[str, ...] = (),
+    stateful: bool = False,
+    applies: Applies = renorm_profile,
+) -> Callable[[Body], Body]:
+    """:func:`check` with the renorm capability and profile required."""
+    return check(clause_id, needs=needs, depends_on=depends_on, stateful=stateful, applies=applies)
+
+
+# --------------------------------------------------------------------------------------
+# Drawing, building, reading the state
+
+
+def draw_renorm(ctx: CheckContext, data: Any, **options: Any) -> RenormCase:
+    """Draw a renorm case for this implementation (see :func:`renorm_cases`)."""
+    ctx.examples += 1
+    ctx.notes = {}
+    case = data.draw(renorm_cases(ctx.capabilities, ctx.dialect, ctx.dtypes, **options))
+    ctx.use_case(case)
+    return case
+
+
+#: Unsupported configurations in a row, none built, after which a check whose every case
+#: has the same kind of schedule reports its clause not applicable at once.
+UNSUPPORTED_IN_A_ROW = 3
+
+
+def build(
+    ctx: CheckContext,
+    case: RenormCase,
+    *,
+    set_parameters: bool = True,
+    set_state: bool = True,
+    offered: str | None = None,
+) -> Layer:
+    """A layer for the case with its parameters and moving statistics.
+
+    A configuration the implementation declares unsupported discards the example. With
+    ``offered`` (what every case of the check has in common, say the paper's schedule), a
+    check that has built nothing yet and met :data:`UNSUPPORTED_IN_A_ROW` unsupported
+    configurations ends at once: its clause does not apply to the implementation.
+    """
+    counts: dict[str, int] = vars(ctx).setdefault("_renorm_builds", {"built": 0, "refused": 0})
+    try:
+        layer = ctx.build(case, set_parameters=set_parameters, set_state=False)
+    except ImplementationHung:
+        raise
+    except ImplementationError as problem:
+        if isinstance(problem.__cause__, UnsupportedConfig):
+            counts["refused"] += 1
+            if offered and not counts["built"] and counts["refused"] >= UNSUPPORTED_IN_A_ROW:
+                raise Unsatisfiable(
+                    f"the implementation does not offer {offered} ({problem.reason})"
+                ) from None
+            reject()
+        raise
+    counts["built"] += 1
+    if set_state:
+        ctx.call("set_state", layer.set_state, case.moving)
+    return layer
+
+
+def moving_state(ctx: CheckContext, layer: Layer, when: str) -> RenormStatistics:
+    """The layer's moving statistics, which a renorm layer always has."""
+    state = ctx.call("state", layer.state)
+    if not isinstance(state, RenormStatistics):
+        raise Violation(
+            f"{when} the layer reports {type(state).__name__} as its state, not the moving "
+            "statistics (RenormStatistics) of a renorm layer"
+        )
+    return state
+
+
+def _raised(ctx: CheckContext, operation: str, function: Any, *args: Any) -> tuple[bool, Any]:
+    """(True, None) if the implementation raised (an allowed answer), else (False, result)."""
+    try:
+        return False, ctx.call(operation, function, *args)
+    except ImplementationHung:
+        raise
+    except ImplementationError:
+        return True, None
+
+
+def _unchecked(cls: type[T], **fields: Any) -> T:
+    """An instance of a frozen dataclass built without its validation (invalid values)."""
+    value = object.__new__(cls)
+    for name, field_value in fields.items():
+        object.__setattr__(value, name, field_value)
+    return value
+
+
+def _unchecked_replace(value: T, **changes: Any) -> T:
+    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
+    return _unchecked(type(value), **{**fields, **changes})
+
+
+# --------------------------------------------------------------------------------------
+# Expectations
+
+
+def reference_params(case: RenormCase) -> Affine | None:
+    return None if case.params is None else Affine(*case.params)
+
+
+def _gamma_beta(case: RenormCase) -> tuple[Any, Any]:
+    return (None, None) if case.params is None else case.params
+
+
+def correction_statistics(case: RenormCase) -> tuple[Array, Array]:
+    """``(mu, sigma)`` the correction of a training step from ``case.moving`` uses."""
+    cfg = case.renorm
+    mean, spread = case.moving.correction_statistics()
+    sigma = renorm.moving_std(spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor)
+    return mean, sigma
+
+
+def inference_statistics(case: RenormCase) -> tuple[Array, Array]:
+    """``(mu, sigma)`` of the inference set of ``case.moving``."""
+    cfg = case.renorm
+    sigma = renorm.moving_std(
+        case.moving.spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor
+    )
+    return case.moving.mean, sigma
+
+
+def expect_train_output(
+    ctx: CheckContext, case: RenormCase, y: Any, mask: Any = None, *, sigma: Any = None
+) -> None:
+    """y against the reference training output under renorm.accuracy.forward's bound.
+
+    ``sigma`` replaces the correction set's moving standard deviation (a state the
+    reference's layer API rejects, renorm.params.sigma).
+    """
+    cfg = case.renorm
+    gamma, beta = _gamma_beta(case)
+    if sigma is None:
+        mean, sigma = correction_statistics(case)
+    else:
+        mean = case.moving.correction_statistics()[0]
+    bounds = case.bounds
+    expected, _ = renorm.train_forward(
+        case.x, mean, sigma, gamma, beta, bounds=bounds, eps=cfg.eps, feature_axis=cfg.feature_axis
+    )
+    bound = renorm_train_output_bound(
+        ctx.precision(case.config.dtype),
+        case.x,
+        gamma,
+        beta,
+        cfg.eps,
+        cfg.feature_axis,
+        mean,
+        sigma,
+        bounds,
+    )
+    actual = ctx.shape_of("training output y", y, case.x.shape)
+    ctx.expect(compare("training output y", actual, expected, bound, case.config.dtype, mask))
+
+
+def expect_inference_output(
+    ctx: CheckContext, case: RenormCase, y: Any, mask: Any = None, *, sigma: Any = None
+) -> None:
+    """y against the reference inference output under renorm.accuracy.inference's bound."""
+    cfg = case.renorm
+    gamma, beta = _gamma_beta(case)
+    if sigma is None:
+        mean, sigma = inference_statistics(case)
+    else:
+        mean = case.moving.mean
+    expected = renorm.inference_forward(
+        case.x, mean, sigma, gamma, beta, feature_axis=cfg.feature_axis
+    )
+    bound = renorm_inference_output_bound(
+        ctx.precision(case.config.dtype), case.x, mean, sigma, gamma, beta, cfg.feature_axis
+    )
+    actual = ctx.shape_of("inference output y", y, case.x.shape)
+    ctx.expect(compare("inference output y", actual, expected, bound, case.config.dtype, mask))
+
+
+def expect_moving_update(
+    ctx: CheckContext,
+    case: RenormCase,
+    after: RenormStatistics,
+    which: tuple[str, ...] = ("mean", "spread"),
+    mask: Any = None,
+) -> None:
+    """Every set of moving statistics after one training step (renorm.moving.*) against the
+    reference update, under renorm.accuracy.moving's bounds."""
+    cfg = case.renorm
+    _, expected = renorm.training_step(cfg, reference_params(case), case.moving, case.x)
+    ctx.require(
+        after.separate == expected.separate,
+        f"the layer reports {'two sets' if after.separate else 'one set'} of moving "
+        f"statistics; the {cfg.statistics} dialect has "
+        f"{'two' if expected.separate else 'one'}",
+    )
+    spread_name = "standard deviation" if cfg.average == "std" else "variance"
+    sets: list[tuple[str, Array, Array, Array, Array, Any, Any, float]] = [
+        (
+            "moving",
+            case.moving.mean,
+            case.moving.spread,
+            expected.mean,
+            expected.spread,
+            after.mean,
+            after.spread,
+            cfg.rate,
+        )
+    ]
+    if expected.separate:
+        before_c = case.moving.correction_statistics()
+        expected_c = expected.correction_statistics()
+        after_c = after.correction_statistics()
+        assert cfg.correction_rate is not None
+        sets.append(("correction", *before_c, *expected_c, *after_c, cfg.correction_rate))
+    features = (cfg.num_features,)
+    dtype = case.config.dtype
+    for name, b_mean, b_spread, e_mean, e_spread, a_mean, a_spread, alpha in sets:
+        bounds = renorm_moving_bounds(
+            ctx.precision(dtype),
+            case.x,
+            cfg.feature_axis,
+            cfg.eps,
+            alpha,
+            cfg.average,
+            b_mean,
+            b_spread,
+            e_mean,
+            e_spread,
+        )
+        if "mean" in which:
+            actual = ctx.shape_of(f"{name} mean", a_mean, features)
+            ctx.expect(compare(f"{name} mean", actual, e_mean, bounds.mean, dtype, mask))
+        if "spread" in which:
+            label = f"{name} {spread_name}"
+            actual = ctx.shape_of(label, a_spread, features)
+            ctx.expect(compare(label, actual, e_spread, bounds.var, dtype, mask))
+
+
+def expect_gradients(
+    ctx: CheckContext,
+    case: RenormCase,
+    grads: Gradients,
+    *,
+    training: bool,
+    which: tuple[str, ...] = ("dx", "dgamma", "dbeta"),
+    mask: Any = None,
+    feature_mask: Any = None,
+) -> None:
+    """dx, dgamma, dbeta against the reference under renorm.accuracy.backward's bounds."""
+    cfg = case.renorm
+    gamma, _ = _gamma_beta(case)
+    dtype = case.config.dtype
+    if training:
+        mean, sigma = correction_statistics(case)
+        bounds = case.bounds
+        _, corr = renorm.train_forward(
+            case.x, mean, sigma, bounds=bounds, eps=cfg.eps, feature_axis=cfg.feature_axis
+        )
+        expected = renorm.train_backward(
+            case.dy, case.x, corr.r, corr.d, gamma, eps=cfg.eps, feature_axis=cfg.feature_axis
+        )
+        limits = renorm_backward_bounds(
+            ctx.precision(dtype),
+            case.x,
+            case.dy,
+            gamma,
+            cfg.eps,
+            cfg.feature_axis,
+            expected,
+            mean,
+            sigma,
+            bounds,
+        )
+    else:
+        mean, sigma = inference_statistics(case)
+        expected = renorm.inference_backward(
+            case.dy, case.x, mean, sigma, gamma, feature_axis=cfg.feature_axis
+        )
+        limits = renorm_inference_backward_bounds(
+            ctx.precision(dtype), case.x, case.dy, gamma, cfg.feature_axis, expected, mean, sigma
+        )
+    features = (cfg.num_features,)
+    if "dx" in which:
+        dx = ctx.shape_of("dx", grads.dx, case.x.shape)
+        ctx.expect(compare("dx", dx, expected.dx, limits.dx, dtype, mask))
+    if "dgamma" in which and case.config.affine:
+        dgamma = ctx.shape_of("dgamma", grads.dgamma, features)
+        ctx.expect(compare("dgamma", dgamma, expected.dgamma, limits.dgamma, dtype, feature_mask))
+    if "dbeta" in which and case.config.affine:
+        dbeta = ctx.shape_of("dbeta", grads.dbeta, features)
+        ctx.expect(compare("dbeta", dbeta, expected.dbeta, limits.dbeta, dtype, feature_mask))
+
+
+def _train(ctx: CheckContext, case: RenormCase) -> tuple[Layer, Any]:
+    layer = build(ctx, case)
+    return layer, ctx.call("train_step", layer.train_step, case.x)
+
+
+def _vjp(ctx: CheckContext, case: RenormCase, *, training: bool) -> Gradients:
+    """The gradients of a fresh layer set to the case (the state after a call is unspecified)."""
+    layer = build(ctx, case)
+    grads: Gradients = ctx.call("vjp", layer.vjp, case.x, case.dy, training=training)
+    return grads
+
+
+# --------------------------------------------------------------------------------------
+# Training forward
+
+
+#: Bounds that clip nothing in the ``near`` regime (``r`` within a factor 1.6 of 1, ``|d| <= 1``).
+WIDE_BOUNDS = RenormBounds.symmetric(5.0, 5.0)
+
+
+@renorm_check("renorm.train.statistics")
+def train_statistics(ctx: CheckContext, data: Any) -> None:
+    """Observed through the output, with rates 0 (the update cannot show) and moving
+    statistics placed so that the clipping's own correctness cannot show either:
+
+    * batch-norm bounds and moving statistics equal to the batch's (``r = 1``, ``d = 0``
+      however r and d are clipped): the output is batch norm's, ``mu_B`` and ``sigma_B``
+      show fully;
+    * wide bounds and moving statistics near the batch (nothing clipped): ``r != 1``, so
+      ``eps`` scaled by ``r^2`` shows.
+    """
+    batchnorm = data.draw(st.booleans(), label="batch-norm bounds")
+    case = draw_renorm(
+        ctx,
+        data,
+        affine=None,
+        rate=0.0,
+        correction_rate=0.0,
+        same_sets=True,
+        batchnorm_bounds=batchnorm,
+        bounds=None if batchnorm else WIDE_BOUNDS,
+        regime="exact" if batchnorm else "near",
+    )
+    _, y = _train(ctx, case)
+    expect_train_output(ctx, case, y)
+
+
+@renorm_check("renorm.train.correction", depends_on=("renorm.train.statistics",))
+def train_correction(ctx: CheckContext, data: Any) -> None:
+    """Observed through the output and ``dgamma = r * sum(dy * zhat) + d * sum(dy)``, with
+    every feature's moving statistics near the batch (clipping mostly inactive) or far from
+    it (clipped on either side), and rates 0."""
+    case = draw_renorm(
+        ctx, data, rate=0.0, correction_rate=0.0, same_sets=True, regime=("far", "near")
+    )
+    _, y = _train(ctx, case)
+    expect_train_output(ctx, case, y)
+    if ctx.capabilities.backward:
+        grads = _vjp(ctx, case, training=True)
+        expect_gradients(ctx, case, grads, training=True, which=("dgamma",))
+
+
+@renorm_check("renorm.train.pre_update", depends_on=("renorm.train.correction",))
+def train_pre_update(ctx: CheckContext, data: Any) -> None:
+    """Rates of 0.5 to 1: a correction from the updated statistics gives another output."""
+    case = draw_renorm(ctx, data, affine=None, rates=LARGE_RATES, same_sets=True)
+    _, y = _train(ctx, case)
+    expect_train_output(ctx, case, y)
+
+
+@renorm_check(
+    "renorm.train.output",
+    depends_on=("renorm.train.statistics", "renorm.train.correction", "renorm.train.pre_update"),
+)
+def train_output(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, affine=None, same_sets=True)
+    _, y = _train(ctx, case)
+    expect_train_output(ctx, case, y)
+
+
+@renorm_check("renorm.train.affine", depends_on=("renorm.train.output",))
+def train_affine(ctx: CheckContext, data: Any) -> None:
+    fresh = not ctx.capabilities.without_affine or data.draw(st.booleans(), label="fresh layer")
+    case = draw_renorm(ctx, data, affine=fresh, same_sets=True)
+    if fresh:
+        ctx.notes["parameters"] = "initial (not set)"
+        layer = build(ctx, case, set_parameters=False)
+        features = case.config.num_features
+        case = replace(case, params=(np.ones(features), np.zeros(features)))
+        ctx.use_case(case)
+    else:
+        layer = build(ctx, case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+
+
+@renorm_check("renorm.train.reduces_to_bn", depends_on=("renorm.train.statistics",))
+def train_reduces_to_bn(ctx: CheckContext, data: Any) -> None:
+    """Bounds that force ``r = 1, d = 0`` (constant, or a warm-up before it ends): batch
+    norm's output and gradients within bn.accuracy.*; the moving statistics still move."""
+    case = draw_renorm(ctx, data, affine=None, batchnorm_bounds=True, same_sets=True)
+    layer, y = _train(ctx, case)
+    bn_checks.expect_train_output(ctx, case, y)
+    expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
+    if ctx.capabilities.backward:
+        grads = _vjp(ctx, case, training=True)
+        bn_checks.expect_gradients(ctx, case, grads, training=True)
+
+
+# --------------------------------------------------------------------------------------
+# Moving statistics
+
+
+@renorm_check("renorm.moving.initial")
+def moving_initial(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data)
+    layer = build(ctx, case, set_parameters=False, set_state=False)
+    state = moving_state(ctx, layer, "a new layer:")
+    features = case.config.num_features
+    zeros, ones = np.zeros(features), np.ones(features)
+    sets = [("moving", state.mean, state.spread)]
+    if case.renorm.statistics == "separate":
+        ctx.require(state.separate, "a new layer has no correction set of moving statistics")
+        mean, spread = state.correction_statistics()
+        sets.append(("correction", mean, spread))
+    spread_name = "standard deviation" if case.renorm.average == "std" else "variance"
+    for name, mean, spread in sets:
+        ctx.require(
+            np.array_equal(mean, zeros),
+            f"initial {name} mean is {np.asarray(mean).tolist()}, expected zeros",
+        )
+        ctx.require(
+            np.array_equal(spread, ones),
+            f"initial {name} {spread_name} is {np.asarray(spread).tolist()}, expected ones",
+        )
+    ctx.require(state.steps == 0, f"initial step counter is {state.steps}, expected 0")
+
+
+@renorm_check("renorm.moving.mean", depends_on=("renorm.train.statistics",))
+def moving_mean(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, same_sets=True)
+    layer, _ = _train(ctx, case)
+    expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"), ("mean",))
+
+
+@renorm_check("renorm.moving.average", depends_on=("renorm.train.statistics",))
+def moving_average(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, same_sets=True)
+    layer, _ = _train(ctx, case)
+    state = moving_state(ctx, layer, "after a training step")
+    expect_moving_update(ctx, case, state, ("spread",))
+
+
+@renorm_check(
+    "renorm.moving.separate",
+    depends_on=(
+        "renorm.train.output",
+        "renorm.infer.output",
+        "renorm.moving.mean",
+        "renorm.moving.average",
+    ),
+    applies=separate_sets,
+)
+def moving_separate(ctx: CheckContext, data: Any) -> None:
+    """Two different sets with different rates: the training output reads the correction
+    set, inference the inference set, and each set moves with its own rate."""
+    rates = [0.5, 0.1, 1.0, 0.01, 0.9]
+    rate = data.draw(st.sampled_from(rates), label="rate")
+    correction_rate = data.draw(st.sampled_from([r for r in rates if r != rate]), label="alpha_c")
+    case = draw_renorm(ctx, data, rate=rate, correction_rate=correction_rate)
+    layer, y = _train(ctx, case)
+    expect_train_output(ctx, case, y)
+    expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
+    layer = build(ctx, case)
+    expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
+
+
+@renorm_check("renorm.moving.steps")
+def moving_steps(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, same_sets=True)
+    layer = build(ctx, case)
+    start = case.moving.steps
+    counts = [("after set_state", start)]
+    seen = [moving_state(ctx, layer, "after set_state").steps]
+    ctx.call("train_step", layer.train_step, case.x)
+    counts.append(("after a training step", start + 1))
+    seen.append(moving_state(ctx, layer, "after a training step").steps)
+    ctx.call("infer", layer.infer, case.x)
+    counts.append(("after an inference call", start + 1))
+    seen.append(moving_state(ctx, layer, "after an inference call").steps)
+    ctx.call("train_step", layer.train_step, case.x)
+    counts.append(("after a second training step", start + 2))
+    seen.append(moving_state(ctx, layer, "after a second training step").steps)
+    for (when, wanted), got in zip(counts, seen, strict=True):
+        ctx.require(
+            got == wanted,
+            f"step counter {got} {when}, expected {wanted} (set to {start}; calls: set_state, "
+            "train, infer, train)",
+        )
+
+
+def _same_state(before: RenormStatistics, after: RenormStatistics) -> bool:
+    def same(a: Any, b: Any) -> bool:
+        if a is None or b is None:
+            return a is None and b is None
+        return bool(np.array_equal(a, b, equal_nan=True))
+
+    return (
+        same(before.mean, after.mean)
+        and same(before.spread, after.spread)
+        and same(before.correction_mean, after.correction_mean)
+        and same(before.correction_spread, after.correction_spread)
+        and before.steps == after.steps
+    )
+
+
+@renorm_check("renorm.moving.no_inference_update")
+def moving_no_inference_update(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, same_sets=True)
+    layer = build(ctx, case)
+    before = moving_state(ctx, layer, "before inference")
+    ctx.call("infer", layer.infer, case.x)
+    after = moving_state(ctx, layer, "after inference")
+    ctx.require(_same_state(before, after), f"inference changed the state from {before} to {after}")
+
+
+# --------------------------------------------------------------------------------------
+# Inference and backward
+
+
+@renorm_check("renorm.infer.output")
+def infer_output(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, affine=None, same_sets=True)
+    layer = build(ctx, case)
+    expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
+
+
+@renorm_check(
+    "renorm.backward.train.dx",
+    needs=RENORM_BACKWARD,
+    depends_on=("renorm.train.output", "renorm.moving.separate"),
+)
+def backward_train_dx(ctx: CheckContext, data: Any) -> None:
+    """Moving statistics near the batch leave the clipping inactive wherever the bounds are
+    not batch norm's: a gradient through ``r`` and ``d`` differs there."""
+    case = draw_renorm(ctx, data, affine=None, regime="near")
+    grads = _vjp(ctx, case, training=True)
+    expect_gradients(ctx, case, grads, training=True, which=("dx",))
+
+
+@renorm_check(
+    "renorm.backward.train.dparams",
+    needs=RENORM_BACKWARD,
+    depends_on=("renorm.train.output", "renorm.moving.separate"),
+)
+def backward_train_dparams(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data)
+    grads = _vjp(ctx, case, training=True)
+    expect_gradients(ctx, case, grads, training=True, which=("dgamma", "dbeta"))
+
+
+@renorm_check(
+    "renorm.backward.infer",
+    needs=RENORM_BACKWARD,
+    depends_on=("renorm.infer.output", "renorm.moving.separate"),
+)
+def backward_infer(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data)
+    grads = _vjp(ctx, case, training=False)
+    expect_gradients(ctx, case, grads, training=False)
+
+
+# --------------------------------------------------------------------------------------
+# Schedules
+
+
+def _schedule_check(ctx: CheckContext, data: Any, kind: ScheduleKind) -> None:
+    """One training step from a counter around the schedule's change points, with moving
+    statistics far from the batch so that the bounds themselves show in the output."""
+    case = draw_renorm(ctx, data, affine=None, schedule_kinds=(kind,), regime="far")
+    bounds = case.bounds
+    ctx.notes["bounds at the step"] = [bounds.r_min, bounds.r_max, bounds.d_max]
+    layer = build(ctx, case, offered=SCHEDULE_NAMES[kind])
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+
+
+@renorm_check("renorm.schedule.constant", depends_on=("renorm.train.output",))
+def schedule_constant(ctx: CheckContext, data: Any) -> None:
+    _schedule_check(ctx, data, "constant")
+
+
+@renorm_check("renorm.schedule.paper", depends_on=("renorm.train.output",), applies=offers("paper"))
+def schedule_paper(ctx: CheckContext, data: Any) -> None:
+    _schedule_check(ctx, data, "paper")
+
+
+@renorm_check(
+    "renorm.schedule.switch", depends_on=("renorm.train.output",), applies=offers("switch")
+)
+def schedule_switch(ctx: CheckContext, data: Any) -> None:
+    _schedule_check(ctx, data, "switch")
+
+
+def _usable(case: RenormCase, state: RenormStatistics) -> bool:
+    """Whether the reference can go on from a state: a positive sigma without a floor."""
+    cfg = case.renorm
+    if cfg.average != "std" or cfg.sigma_floor != "none":
+        return True
+    spreads = [state.spread, state.correction_spread]
+    return not any(s is not None and np.any(np.asarray(s) <= 0) for s in spreads)
+
+
+def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
+    """A machine that drives one renorm layer through training and inference calls.
+
+    The layer starts from a step counter around the points where its schedule's bounds
+    change (the paper's ramps, a switch, or constant bounds) and sees a new batch at every
+    call. After every call the output and the whole state (both sets, the counter) are
+    compared with the reference applied to the state the layer reported before the call:
+    rounding never accumulates into a false failure, and a schedule evaluated at the wrong
+    counter, an inference call that counts, or a wrong update rule shows where it happens.
+    """
+    first_case = renorm_cases(ctx.capabilities, ctx.dialect, ctx.dtypes, affine=None)
+
+    class RenormSequenceMachine(RuleBasedStateMachine):
+        case: RenormCase
+
+        @initialize(case=first_case)
+        def build(self, case: RenormCase) -> None:
+            ctx.examples += 1
+            ctx.notes = {}
+            self.case = case
+            ctx.use_case(case)
+            self.layer = build(ctx, case)
+            self.calls: list[str] = []
+
+        def _next_input(self, data: Any) -> RenormCase:
+            cfg = self.case.config
+            shape = data.draw(
+                shapes(
+                    rank=cfg.rank,
+                    feature_axis=cfg.feature_axis,
+                    num_features=cfg.num_features,
+                    max_batch=6,
+                    max_spatial=3,
+                ),
+                label="batch shape",
+            )
+            x = data.draw(
+                feature_values(
+                    shape, cfg.feature_axis, cfg.dtype, elementwise_limit=ELEMENTWISE_LIMIT
+                ),
+                label="batch",
+            )
+            state = moving_state(ctx, self.layer, "during the sequence")
+            if not _usable(self.case, state):
+                # within renorm.accuracy.moving (S >> sigma_B, alpha near 1) but no state to
+                # go on from (renorm.params.sigma): this sequence ends here
+                reject()
+            step = replace(self.case, x=x, dy=x, moving=state)
+            ctx.use_case(step)
+            return step
+
+        def _log(self, call: str, step: RenormCase) -> None:
+            self.calls.append(f"{call}{list(step.x.shape)} at t={step.moving.steps}")
+            ctx.notes["calls"] = list(self.calls)
+
+        @rule(data=st.data())
+        def train(self, data: Any) -> None:
+            step = self._next_input(data)
+            self._log("train", step)
+            y = ctx.call("train_step", self.layer.train_step, step.x)
+            expect_train_output(ctx, step, y)
+            after = moving_state(ctx, self.layer, "after a training step")
+            expect_moving_update(ctx, step, after)
+            ctx.require(
+                after.steps == step.moving.steps + 1,
+                f"step counter {step.moving.steps} -> {after.steps} in one training step",
+            )
+
+        @rule(data=st.data())
+        def infer(self, data: Any) -> None:
+            step = self._next_input(data)
+            self._log("infer", step)
+            y = ctx.call("infer", self.layer.infer, step.x)
+            expect_inference_output(ctx, step, y)
+            after = moving_state(ctx, self.layer, "after an inference call")
+            ctx.require(
+                _same_state(step.moving, after),
+                f"an inference call changed the state from {step.moving} to {after}",
+            )
+
+        @invariant()
+        def has_state(self) -> None:
+            if hasattr(self, "layer"):
+                moving_state(ctx, self.layer, "during the sequence")
+
+    return RenormSequenceMachine
+
+
+@renorm_check(
+    "renorm.schedule.step",
+    stateful=True,
+    depends_on=(
+        "renorm.train.output",
+        "renorm.infer.output",
+        "renorm.moving.mean",
+        "renorm.moving.average",
+        "renorm.moving.separate",
+        "renorm.moving.steps",
+        "renorm.moving.no_inference_update",
+    ),
+)
+def schedule_step(ctx: CheckContext, data: Any) -> Any:
+    return renorm_sequence_machine(ctx)
+
+
+# --------------------------------------------------------------------------------------
+# Degenerate input
+
+
+def _feature_slice(case: RenormCase, feature: int) -> tuple[Any, ...]:
+    index: list[Any] = [slice(None)] * case.x.ndim
+    index[case.config.feature_axis] = feature
+    return tuple(index)
+
+
+def _nan_free(ctx: CheckContext, state: RenormStatistics, when: str) -> None:
+    arrays = [state.mean, state.spread, state.correction_mean, state.correction_spread]
+    ctx.require(
+        not any(a is not None and np.any(np.isnan(np.asarray(a, np.float64))) for a in arrays),
+        f"{when} the moving statistics hold NaN: {state}",
+    )
+
+
+@renorm_check("renorm.degenerate.single_value", depends_on=("renorm.train.output",))
+def single_value(ctx: CheckContext, data: Any) -> None:
+    """n = 1: an error, or ``y = gamma * d + beta`` (the reference's output) and ``dx = 0``."""
+    case = draw_renorm(ctx, data, affine=None, min_count=1, max_batch=1, max_spatial=1)
+    layer = build(ctx, case)
+    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    if not raised:
+        expect_train_output(ctx, case, y)
+        _nan_free(ctx, moving_state(ctx, layer, "after"), "after a step on one value per feature")
+    if ctx.capabilities.backward:
+        layer = build(ctx, case)
+        raised, grads = _raised(ctx, "vjp", lambda: layer.vjp(case.x, case.dy, training=True))
+        if not raised:
+            expect_gradients(ctx, case, grads, training=True, which=("dx",))
+
+
+@renorm_check("renorm.degenerate.zero_variance", depends_on=("renorm.train.output",))
+def zero_variance(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, affine=None)
+    feature = data.draw(st.integers(0, case.config.num_features - 1), label="constant feature")
+    x = case.x.copy()
+    where = _feature_slice(case, feature)
+    x[where] = x[where].flat[0]
+    case = replace(case, x=x)
+    ctx.use_case(case)
+    _, y = _train(ctx, case)
+    expect_train_output(ctx, case, y)
+    if ctx.capabilities.backward:
+        grads = _vjp(ctx, case, training=True)
+        expect_gradients(ctx, case, grads, training=True)
+
+
+@renorm_check("renorm.degenerate.empty_batch")
+def empty_batch(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data)
+    shape = list(case.x.shape)
+    shape[0] = 0
+    empty = np.zeros(shape)
+    case = replace(case, x=empty, dy=empty.copy())
+    ctx.use_case(case)
+    layer = build(ctx, case)
+    before = moving_state(ctx, layer, "before an empty batch")
+    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    if not raised:
+        ctx.shape_of("training output y", y, tuple(shape))
+    after = moving_state(ctx, layer, "after an empty batch")
+    ctx.require(
+        _same_state(before, after), f"an empty batch changed the state from {before} to {after}"
+    )
+
+
+def _poison_state(
+    state: RenormStatistics, where: str, feature: int, value: float
+) -> RenormStatistics:
+    field = {
+        "mean": "mean",
+        "spread": "spread",
+        "correction mean": "correction_mean",
+        "correction spread": "correction_spread",
+    }[where]
+    array = np.array(getattr(state, field), dtype=np.float64)
+    array[feature] = value
+    return state.replace(**{field: array})
+
+
+@renorm_check("renorm.degenerate.nonfinite_isolated", depends_on=("renorm.train.output",))
+def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
+    """A NaN or infinity in one feature's input or one feature's moving statistic (either
+    set): the other features' outputs, gradients and moving statistics are the reference's."""
+    features = data.draw(st.integers(2, 4), label="features")
+    case = draw_renorm(ctx, data, num_features=features)
+    feature = data.draw(st.integers(0, features - 1), label="poisoned feature")
+    places = ["input", "mean", "spread"]
+    if case.moving.separate:
+        places += ["correction mean", "correction spread"]
+    place = data.draw(st.sampled_from(places), label="poisoned")
+    # a spread is non-negative: +inf or NaN there
+    values = [np.nan, np.inf] if place.endswith("spread") else [np.nan, np.inf, -np.inf]
+    value = data.draw(st.sampled_from(values), label="value")
+    if place == "input":
+        x = case.x.copy()
+        where = _feature_slice(case, feature)
+        poisoned = x[where]
+        poisoned.flat[data.draw(st.integers(0, poisoned.size - 1), label="position")] = value
+        x[where] = poisoned
+        case = replace(case, x=x)
+    else:
+        case = replace(case, moving=_poison_state(case.moving, place, feature, value))
+    ctx.use_case(case)
+    clean = np.ones(features, bool)
+    clean[feature] = False
+    shape = [1] * case.x.ndim
+    shape[case.config.feature_axis] = features
+    mask = clean.reshape(shape)
+    layer, y = _train(ctx, case)
+    expect_train_output(ctx, case, y, mask)
+    expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"), mask=clean)
+    layer = build(ctx, case)
+    expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x), mask)
+    if ctx.capabilities.backward:
+        grads = _vjp(ctx, case, training=True)
+        expect_gradients(ctx, case, grads, training=True, mask=mask, feature_mask=clean)
+
+
+# --------------------------------------------------------------------------------------
+# Invalid parameters
+
+
+def _resized(array: Any, length: int) -> Any:
+    return None if array is None else np.resize(np.asarray(array, dtype=np.float64), length)
+
+
+@renorm_check("renorm.params.shape")
+def params_shape(ctx: CheckContext, data: Any) -> None:
+    """An input with more features, parameters or moving statistics of another length (one
+    value where a broadcast would accept it): an error, never a broadcast."""
+    which = data.draw(st.sampled_from(["input", "state", "parameters"]), label="wrong")
+    case = draw_renorm(ctx, data, affine=True if which == "parameters" else None)
+    features = case.config.num_features
+    extra = data.draw(st.integers(1, 3), label="extra features")
+    lengths = [features + extra] + ([1] if features >= 2 else [])
+    length = data.draw(st.sampled_from(lengths), label="length")
+    if which == "input":
+        shape = list(case.x.shape)
+        shape[case.config.feature_axis] += extra
+        wrong = np.zeros(shape)
+        layer = build(ctx, case)
+        for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
+            raised, _ = _raised(ctx, operation, function, wrong)
+            ctx.require(
+                raised,
+                f"{operation} accepted an input with {shape[case.config.feature_axis]} features "
+                f"for a layer of {features}",
+            )
+        return
+    if which == "parameters":
+        layer = build(ctx, case, set_parameters=False)
+        assert case.params is not None
+        gamma, beta = (np.resize(p, length) for p in case.params)
+        raised, _ = _raised(ctx, "set_parameters", layer.set_parameters, gamma, beta)
+        subject = f"gamma and beta of length {length}"
+    else:
+        moving = case.moving
+        bad = RenormStatistics(
+            _resized(moving.mean, length),
+            _resized(moving.spread, length),
+            moving.steps,
+            _resized(moving.correction_mean, length),
+            _resized(moving.correction_spread, length),
+        )
+        layer = build(ctx, case, set_state=False)
+        raised, _ = _raised(ctx, "set_state", layer.set_state, bad)
+        subject = f"moving statistics of length {length}"
+    if raised:
+        return
+    for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
+        raised, _ = _raised(ctx, operation, function, case.x)
+        ctx.require(raised, f"{operation} accepted {subject} for a layer of {features} features")
+
+
+def _invalid_bounds(data: Any, dialect: Dialect) -> tuple[str, RenormBounds]:
+    """Bounds the clause says to reject, in the dialect's form, built without validation."""
+    assert dialect.renorm is not None
+    nan = float("nan")
+    if dialect.renorm.clipping == "symmetric":
+        options = [("r_max", 0.5, 2.0), ("r_max", 0.99, 0.0), ("d_max", 3.0, -1.0)]
+        options += [("d_max", 1.0, -1e-3), ("r_max", nan, 1.0), ("d_max", 2.0, nan)]
+        name, r_max, d_max = data.draw(st.sampled_from(options), label="invalid bound")
+        return name, _unchecked(RenormBounds, r_min=1.0 / r_max, r_max=r_max, d_max=d_max)
+    independent = [
+        ("rmin", -0.5, 3.0, 5.0),
+        ("rmax", 2.0, 1.0, 5.0),
+        ("dmax", 0.5, 3.0, -1.0),
+        ("rmin", nan, 3.0, 5.0),
+        ("rmax", 0.5, nan, 5.0),
+        ("dmax", 0.5, 3.0, nan),
+    ]
+    name, r_min, r_max, d_max = data.draw(st.sampled_from(independent), label="invalid bound")
+    return name, _unchecked(RenormBounds, r_min=r_min, r_max=r_max, d_max=d_max)
+
+
+def _library_momentum(dialect: Dialect, rate: float) -> float:
+    """The library momentum of a canonical rate, valid or not."""
+    return rate if dialect.update_rate == "rate" else 1.0 - rate
+
+
+def _invalid_case(ctx: CheckContext, data: Any, case: RenormCase, which: str) -> tuple[str, Any]:
+    """The case with one invalid parameter; (description, value)."""
+    cfg = case.renorm
+    if which == "bounds":
+        name, bounds = _invalid_bounds(data, ctx.dialect)
+        renorm_cfg = _unchecked_replace(cfg, schedule=ConstantSchedule(bounds))
+        return name, (replace(case.config, renorm=renorm_cfg), bounds)
+    if which == "eps":
+        eps = data.draw(st.sampled_from(INVALID_EPS), label="eps")
+        renorm_cfg = _unchecked_replace(cfg, eps=eps)
+        return "eps", (replace(case.config, eps=eps, renorm=renorm_cfg), eps)
+    rate = data.draw(st.sampled_from(INVALID_RATES), label=which)
+    if which == "correction_rate":
+        renorm_cfg = _unchecked_replace(cfg, correction_rate=rate)
+        return "correction rate", (replace(case.config, renorm=renorm_cfg), rate)
+    momentum = _library_momentum(ctx.dialect, rate)
+    renorm_cfg = _unchecked_replace(cfg, rate=rate)
+    return "update rate", (replace(case.config, momentum=momentum, renorm=renorm_cfg), rate)
+
+
+def _parameter_kinds(case: RenormCase) -> list[str]:
+    kinds = ["bounds", "eps", "rate"]
+    if case.renorm.statistics == "separate":
+        kinds.append("correction_rate")
+    return kinds
+
+
+@renorm_check("renorm.params.invalid", depends_on=())
+def params_invalid(ctx: CheckContext, data: Any) -> None:
+    """Invalid bounds in the dialect's form, ``eps <= 0``, a rate outside [0, 1]: an error at
+    construction or at the first training step."""
+    case = draw_renorm(ctx, data)
+    which = data.draw(st.sampled_from(_parameter_kinds(case)), label="invalid parameter")
+    name, (config, value) = _invalid_case(ctx, data, case, which)
+    case = replace(case, config=config)
+    ctx.use_case(case)
+    try:
+        layer = ctx.call("build", ctx.implementation.build, config)
+    except ImplementationHung:
+        raise
+    except ImplementationError as problem:
+        if isinstance(problem.__cause__, UnsupportedConfig):
+            reject()
+        return
+    raised, _ = _raised(ctx, "set_state", layer.set_state, case.moving)
+    if not raised:
+        raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    ctx.require(raised, f"{name}={value!r} was accepted without an error")
+
+
+def _invalid_spread(data: Any, case: RenormCase) -> float:
+    cfg = case.renorm
+    if cfg.average == "std":
+        return float(data.draw(st.sampled_from([0.0, -1.0, -1e-3]), label="sigma"))
+    return float(data.draw(st.sampled_from([-1.0, -0.5 * cfg.eps, -2.0 * cfg.eps]), label="var"))
+
+
+@renorm_check("renorm.params.sigma", depends_on=("renorm.train.output", "renorm.infer.output"))
+def params_sigma(ctx: CheckContext, data: Any) -> None:
+    """A moving sigma <= 0 (or a negative moving variance) in the set an operation reads:
+    that operation, or set_state, raises, unless the dialect's floor makes sigma positive
+    (then a zero sigma is a valid state: the output is the reference's with
+    ``sigma = sqrt(eps)``; a negative one may raise)."""
+    case = draw_renorm(ctx, data, affine=None)
+    cfg = case.renorm
+    places = ["spread", "correction spread"] if case.moving.separate else ["spread"]
+    place = data.draw(st.sampled_from(places), label="invalid set")
+    feature = data.draw(st.integers(0, cfg.num_features - 1), label="feature")
+    value = _invalid_spread(data, case)
+    field = "spread" if place == "spread" else "correction_spread"
+    array = np.array(getattr(case.moving, field), dtype=np.float64)
+    array[feature] = value
+    bad_state = _unchecked_replace(case.moving, **{field: array})
+    case = replace(case, moving=bad_state)
+    ctx.use_case(case)
+    floored = cfg.sigma_floor == "sqrt_eps" and cfg.average == "std"
+    reads = {"train_step"} if place == "correction spread" else {"train_step", "infer"}
+    if case.moving.separate and place == "spread":
+        reads = {"infer"}
+    for operation in sorted(reads):
+        layer = build(ctx, case, set_state=False)
+        raised, _ = _raised(ctx, "set_state", layer.set_state, bad_state)
+        if raised:
+            ctx.require(
+                not (floored and value == 0.0),
+                "set_state rejected a moving sigma of 0, which the floor on sigma makes "
+                f"sqrt(eps) = {np.sqrt(cfg.eps)!r}",
+            )
+            continue
+        function = layer.train_step if operation == "train_step" else layer.infer
+        raised, y = _raised(ctx, operation, function, case.x)
+        if not floored:
+            ctx.require(
+                raised,
+                f"{operation} accepted a moving {'sigma' if cfg.average == 'std' else 'variance'}"
+                f" of {value!r} ({place}, feature {feature})",
+            )
+            continue
+        if raised:
+            ctx.require(
+                value < 0.0,
+                f"{operation} rejected a moving sigma of 0, which the floor on sigma makes "
+                f"sqrt(eps) = {np.sqrt(cfg.eps)!r}",
+            )
+            continue
+        sigma = np.maximum(array, np.sqrt(cfg.eps))
+        if operation == "train_step":
+            expect_train_output(ctx, case, y, sigma=sigma)
+        else:
+            expect_inference_output(ctx, case, y, sigma=sigma)
+
+
+@renorm_check("renorm.params.no_nan_state")
+def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
+    """Valid and invalid eps, rates and bounds (NaN included): a training step from a finite
+    state on a finite input raises or leaves no NaN in any moving statistic."""
+    case = draw_renorm(ctx, data)
+    kinds = ["valid", *_parameter_kinds(case)]
+    which = data.draw(st.sampled_from(kinds), label="parameter")
+    if which != "valid":
+        _, (config, _) = _invalid_case(ctx, data, case, which)
+        case = replace(case, config=config)
+        ctx.use_case(case)
+    try:
+        layer = ctx.call("build", ctx.implementation.build, case.config)
+    except ImplementationHung:
+        raise
+    except ImplementationError:
+        return
+    raised, _ = _raised(ctx, "set_state", layer.set_state, case.moving)
+    if raised:
+        return
+    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    if not raised:
+        _nan_free(ctx, moving_state(ctx, layer, "after"), f"with {which} parameters")
+
+
+# --------------------------------------------------------------------------------------
+# Accuracy
+
+
+@renorm_check("renorm.accuracy.forward", depends_on=("renorm.train.output",))
+def accuracy_forward(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    _, y = _train(ctx, case)
+    expect_train_output(ctx, case, y)
+
+
+@renorm_check("renorm.accuracy.inference", depends_on=("renorm.infer.output",))
+def accuracy_inference(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    layer = build(ctx, case)
+    expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
+
+
+@renorm_check(
+    "renorm.accuracy.backward", needs=RENORM_BACKWARD, depends_on=("renorm.backward.train.dx",)
+)
+def accuracy_backward(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    grads = _vjp(ctx, case, training=True)
+    expect_gradients(ctx, case, grads, training=True)
+
+
+@renorm_check(
+    "renorm.accuracy.moving",
+    depends_on=("renorm.moving.mean", "renorm.moving.average", "renorm.moving.separate"),
+)
+def accuracy_moving(ctx: CheckContext, data: Any) -> None:
+    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    layer, _ = _train(ctx, case)
+    expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
+
+
+__all__ = [
+    "build",
+    "draw_renorm",
+    "expect_gradients",
+    "expect_inference_output",
+    "expect_moving_update",
+    "expect_train_output",
+    "offered_schedules",
+    "renorm_sequence_machine",
+]

@@ -1,0 +1,499 @@
+"""Hypothesis strategies for batch-renormalization cases (renorm.md), reusable in any library's tests.
+
+The building blocks are public: :func:`symmetric_bounds` and :func:`independent_bounds` (the
+two forms of the ``clipping`` dialect parameter, :func:`clipping_bounds` picks the
+dialect's), :func:`schedules` (constant bounds, the paper's ramp and a switch, with the step
+counter around the points where the bounds change), :func:`moving_set` (moving statistics
+near the data, where the clipping is inactive, or far from it, where it is active), and the
+composite :func:`renorm_cases`, which draws a whole renorm situation: a
+:class:`RenormCase`. ``strategies.cases(..., renorm=True)`` draws through it.
+
+Every array value (input, cotangent, parameters, moving statistics) is exactly representable
+in the drawn dtype; bounds, eps and rates are float64 values as a user passes them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
+from normspec.conformance.dtypes import float_format, round_to
+from normspec.conformance.strategies import (
+    Case,
+    Conditioning,
+    Layout,
+    arrange,
+    canonical_rates,
+    eps_values,
+    feature_axis_for,
+    feature_values,
+    shapes,
+    standard_values,
+)
+from normspec.reference import batch_statistics
+from normspec.reference.dialects import Dialect
+from normspec.reference.renorm import RenormConfig, RenormDialect, RenormStatistics
+from normspec.reference.schedules import (
+    BN_BOUNDS,
+    PAPER_SCHEDULE,
+    ConstantSchedule,
+    LinearRamp,
+    RenormBounds,
+    Schedule,
+    SwitchSchedule,
+)
+
+#: The kinds of schedule a case can carry (renorm.schedule.*).
+ScheduleKind = Literal["constant", "paper", "switch"]
+SCHEDULE_KINDS: tuple[ScheduleKind, ...] = ("constant", "paper", "switch")
+
+#: Where a feature's moving statistics lie against its batch: ``exact`` (``r = 1, d = 0``
+#: before clipping), ``near`` (``r`` within a factor 1.6 of 1, ``|d| <= 1``: the clipping of
+#: bounds ``r_max >= 1.6, d_max >= 1`` is inactive), ``far`` (``r`` off by a factor 5.6 to
+#: 100, ``|d|`` from 6 to 100: every finite bound of the strategies below clips) and, under a
+#: floor on sigma, ``below_floor`` (a moving standard deviation under ``sqrt(eps)``).
+Regime = Literal["exact", "near", "far", "below_floor"]
+
+#: The default largest batch and spatial sizes of a renorm case (smaller than batch norm's:
+#: a renorm check does more per example; ``long_reductions`` draws long ones).
+MAX_BATCH = 6
+MAX_SPATIAL = 3
+#: Arrays up to this size are drawn value by value (shrinkable), larger ones from a seed:
+#: smaller than batch norm's limit, which keeps a renorm check fast while minimal examples
+#: (a few values) still shrink value by value.
+ELEMENTWISE_LIMIT = 12
+
+_FEATURES = st.integers(1, 4)
+_BOOLEANS = st.booleans()
+_PARAMETER = st.floats(-2.0, 2.0)  # gamma and beta, as strategies.affine_parameters draws them
+_CACHE: dict[tuple[Any, ...], st.SearchStrategy[Any]] = {}
+
+
+def _cached(key: tuple[Any, ...], values: Any) -> st.SearchStrategy[Any]:
+    """A strategy made once per key (a new strategy object costs a validation per draw)."""
+    if key not in _CACHE:
+        _CACHE[key] = values if isinstance(values, st.SearchStrategy) else st.sampled_from(values)
+    return _CACHE[key]
+
+
+#: The step counters at which the paper's bounds start or stop changing (renorm.schedule.paper).
+PAPER_POINTS: tuple[int, ...] = (0, 5_000, 22_500, 25_000, 40_000)
+
+
+def renorm_dialect(dialect: Dialect) -> RenormDialect:
+    """The profile's renorm dialect; ``ValueError`` for a profile without batch renorm."""
+    if dialect.renorm is None:
+        raise ValueError(f"profile {dialect.name!r} has no batch renormalization")
+    return dialect.renorm
+
+
+def offered_schedules(dialect: Dialect) -> tuple[ScheduleKind, ...]:
+    """The schedules a library of the dialect offers: those its warm-up form can express.
+
+    ``none``: constant bounds; ``switch``: a switch too (at step 0 it is constant bounds);
+    ``ramp``: the paper's ramps too (a ramp that starts and ends at one step is a switch).
+    """
+    warmup = renorm_dialect(dialect).warmup
+    if warmup == "ramp":
+        return ("constant", "paper", "switch")
+    if warmup == "switch":
+        return ("constant", "switch")
+    return ("constant",)
+
+
+_R_MAX = st.one_of(st.sampled_from([1.0, 3.0, 1.5, 5.0]), st.floats(1.0, 5.0))
+_D_MAX = st.one_of(st.sampled_from([0.0, 5.0, 0.25, 1.0]), st.floats(0.0, 5.0))
+_RMIN_KEY = st.one_of(st.none(), st.sampled_from([1.0, 0.5, 0.2]), st.floats(0.0, 1.0))
+_RMAX_KEY = st.one_of(st.none(), st.sampled_from([1.0, 3.0, 1.5]), st.floats(1.0, 5.0))
+_DMAX_KEY = st.one_of(st.none(), st.sampled_from([0.0, 5.0, 0.5]), st.floats(0.0, 5.0))
+
+
+def symmetric_bounds() -> st.SearchStrategy[RenormBounds]:
+    """The paper's bounds ``r in [1 / r_max, r_max]``, ``|d| <= d_max`` with ``r_max`` in
+    ``[1, 5]`` and ``d_max`` in ``[0, 5]``; shrinks to batch norm (1, 0)."""
+    return _SYMMETRIC
+
+
+def _keras(r_min: float | None, r_max: float | None, d_max: float | None) -> RenormBounds:
+    given = {"rmin": r_min, "rmax": r_max, "dmax": d_max}
+    return RenormBounds.from_keras({k: v for k, v in given.items() if v is not None})
+
+
+def independent_bounds() -> st.SearchStrategy[RenormBounds]:
+    """tf_keras-style ``rmin``, ``rmax``, ``dmax``, each possibly missing (no clipping)."""
+    return _INDEPENDENT
+
+
+_SYMMETRIC = st.builds(RenormBounds.symmetric, _R_MAX, _D_MAX)
+_INDEPENDENT = st.builds(_keras, _RMIN_KEY, _RMAX_KEY, _DMAX_KEY)
+_EITHER = st.one_of(_SYMMETRIC, _INDEPENDENT)
+
+
+def clipping_bounds(dialect: Dialect) -> st.SearchStrategy[RenormBounds]:
+    """Constant bounds in the form the dialect takes them; the batch-norm reduction included.
+
+    ``symmetric``: the paper's form only. ``independent``: any ``rmin``, ``rmax``, ``dmax``,
+    the symmetric ones among them.
+    """
+    if renorm_dialect(dialect).clipping == "symmetric":
+        return _SYMMETRIC
+    return _EITHER
+
+
+_KINDS: dict[tuple[ScheduleKind, ...], st.SearchStrategy[ScheduleKind]] = {}
+_NEAR_A_POINT = st.booleans()
+_OFFSET = st.integers(-2, 2)
+_PAPER_POINT = st.sampled_from(PAPER_POINTS)
+_ANY_STEP = st.integers(0, 10**6)
+_PAPER_STEP = st.integers(0, 50_000)
+_PAPER_BN_STEP = st.one_of(st.sampled_from([0, 5_000, 4_999]), st.integers(0, 5_000))
+_SWITCH_AT = st.one_of(st.sampled_from([1, 100, 100_000]), st.integers(0, 10**5))
+_BEFORE_SWITCH = st.integers(1, 3)
+
+
+def _kinds(kinds: Sequence[ScheduleKind]) -> st.SearchStrategy[ScheduleKind]:
+    key = tuple(kinds)
+    if key not in _KINDS:
+        _KINDS[key] = st.sampled_from(list(key))
+    return _KINDS[key]
+
+
+@st.composite
+def schedules(
+    draw: st.DrawFn,
+    dialect: Dialect,
+    kinds: Sequence[ScheduleKind] | None = None,
+    *,
+    batchnorm: bool = False,
+    bounds: RenormBounds | None = None,
+) -> tuple[Schedule, int]:
+    """A schedule and a step counter.
+
+    ``kinds``: the kinds to draw from (default: those the dialect offers). The counter lies
+    around the points where the schedule's bounds change (the paper's 5,000, 22,500, 25,000
+    and 40,000; a switch step) or anywhere. ``batchnorm``: the bounds at the drawn counter
+    are ``r_max = 1, d_max = 0`` (renorm.train.reduces_to_bn). ``bounds``: constant bounds,
+    these.
+    """
+    kind = draw(_kinds(kinds or offered_schedules(dialect))) if bounds is None else "constant"
+
+    def near(point: int) -> int:
+        return max(point + draw(_OFFSET), 0)
+
+    if kind == "constant":
+        if bounds is None:
+            bounds = BN_BOUNDS if batchnorm else draw(clipping_bounds(dialect))
+        steps = near(draw(_PAPER_POINT)) if draw(_NEAR_A_POINT) else draw(_ANY_STEP)
+        return ConstantSchedule(bounds), steps
+    if kind == "paper":
+        ramp: LinearRamp = PAPER_SCHEDULE
+        if batchnorm:
+            return ramp, draw(_PAPER_BN_STEP)
+        return ramp, near(draw(_PAPER_POINT)) if draw(_NEAR_A_POINT) else draw(_PAPER_STEP)
+    at = draw(_SWITCH_AT)
+    after = draw(clipping_bounds(dialect))
+    if batchnorm:
+        at = max(at, 1)
+        return SwitchSchedule(at, after), max(at - draw(_BEFORE_SWITCH), 0)
+    steps = near(at) if draw(_NEAR_A_POINT) else draw(st.integers(0, 2 * at + 2))
+    return SwitchSchedule(at, after), steps
+
+
+def _regimes(sigma_floor: str, average: str) -> st.SearchStrategy[Regime]:
+    if sigma_floor == "sqrt_eps" and average == "std":
+        return _REGIMES_FLOORED
+    return _REGIMES
+
+
+_REGIMES: st.SearchStrategy[Regime] = st.sampled_from(["near", "far", "exact"])
+_REGIMES_FLOORED: st.SearchStrategy[Regime] = st.sampled_from(
+    ["near", "far", "exact", "below_floor"]
+)
+_UNIT = st.floats(-1.0, 1.0)
+_FRACTION = st.floats(0.0, 1.0)
+_SIGN = st.sampled_from([1.0, -1.0])
+_NEAR_LOG_R = st.floats(-0.2, 0.2)
+_BELOW_FLOOR = st.sampled_from([0.0, 0.5, 1.0])
+
+
+def _far(sign: float, fraction: float, low: float, high: float) -> float:
+    """A value of ``[low, high]`` (``fraction`` of the way) with the given sign."""
+    return sign * (low + (high - low) * fraction)
+
+
+@st.composite
+def moving_set(
+    draw: st.DrawFn,
+    batch_mean: Array,
+    batch_std: Array,
+    dtype: DTypeName,
+    eps: float,
+    *,
+    average: str,
+    sigma_floor: str = "none",
+    regime: Regime | Sequence[Regime] | None = None,
+) -> tuple[Array, Array]:
+    """One set of moving statistics ``(mean, spread)`` placed against a batch.
+
+    Per feature, the moving ``sigma`` is ``sigma_B / r_u`` and the moving mean
+    ``mu_B - d_u * sigma`` for an ``(r_u, d_u)`` drawn in the feature's :data:`Regime`
+    (``regime`` forces one for every feature, or gives the ones to draw from). The spread is
+    ``sigma`` when the dialect averages the standard deviation, else the variance
+    ``sigma^2 - eps`` (at least 0).
+    """
+    fmt = float_format(dtype)
+    limit = fmt.max / 64
+    features = batch_mean.shape[0]
+    means, spreads = np.empty(features), np.empty(features)
+    if regime is None:
+        regimes = _regimes(sigma_floor, average)
+    elif isinstance(regime, str):
+        regimes = _cached(("regime", regime), st.just(regime))
+    else:
+        regimes = _cached(("regimes", *regime), list(regime))
+    for c in range(features):
+        chosen = draw(regimes)
+        if chosen == "exact":
+            log_r, d_u = 0.0, 0.0
+        elif chosen == "far":
+            log_r = _far(draw(_SIGN), draw(_FRACTION), 0.75, 2.0)
+            d_u = _far(draw(_SIGN), draw(_FRACTION), 6.0, 100.0)
+        else:
+            log_r, d_u = draw(_NEAR_LOG_R), draw(_UNIT)
+        centre = float(batch_mean[c]) if math.isfinite(batch_mean[c]) else 0.0
+        spread_b = float(batch_std[c]) if math.isfinite(batch_std[c]) else 1.0
+        sigma = min(spread_b / 10.0**log_r, limit)
+        if chosen == "below_floor":
+            sigma = math.sqrt(eps) * draw(_BELOW_FLOOR)
+        means[c] = float(np.clip(centre - d_u * sigma, -limit, limit))
+        spreads[c] = sigma if average == "std" else min(max(sigma * sigma - eps, 0.0), limit)
+    mean = round_to(means, dtype)
+    spread = round_to(spreads, dtype)
+    if average == "std" and sigma_floor == "none":
+        # a positive sigma stays positive in the dtype (renorm.params.sigma)
+        spread = np.where(spread > 0, spread, round_to(np.float64(fmt.smallest_normal), dtype))
+    return mean, spread
+
+
+@dataclass(frozen=True)
+class RenormCase(Case):
+    """A batch-renormalization case: :class:`strategies.Case` with the moving statistics.
+
+    ``config.renorm`` is the canonical :class:`RenormConfig` (schedule, rates, dialect);
+    ``moving`` the state the layer starts from (both sets and the step counter); ``state``
+    (batch norm's running statistics) is ``None``; ``rate`` is the canonical ``alpha`` of
+    the (inference) moving statistics.
+    """
+
+    moving: RenormStatistics
+
+    @property
+    def renorm(self) -> RenormConfig:
+        renorm = self.config.renorm
+        if renorm is None:  # pragma: no cover - a RenormCase always has one
+            raise ValueError("a renorm case without a renorm config")
+        return renorm
+
+    @property
+    def bounds(self) -> RenormBounds:
+        """The clipping bounds of a training step from :attr:`moving` (renorm.schedule.step)."""
+        return self.renorm.schedule.bounds(self.moving.steps)
+
+    def summary(self) -> dict[str, Any]:
+        result = super().summary()
+        for key in ("running_mean", "running_var", "track_running_stats"):
+            result.pop(key, None)
+        cfg = self.renorm
+        bounds = self.bounds
+
+        def values(a: Array | None) -> Any:
+            return None if a is None else a.tolist()
+
+        result.update(
+            {
+                "average": cfg.average,
+                "statistics": cfg.statistics,
+                "sigma_floor": cfg.sigma_floor,
+                "correction_rate": cfg.correction_rate,
+                "schedule": repr(cfg.schedule),
+                "bounds": {"r_min": bounds.r_min, "r_max": bounds.r_max, "d_max": bounds.d_max},
+                "moving_mean": values(self.moving.mean),
+                "moving_spread": values(self.moving.spread),
+                "correction_mean": values(self.moving.correction_mean),
+                "correction_spread": values(self.moving.correction_spread),
+                "steps": self.moving.steps,
+            }
+        )
+        return result
+
+
+def batch_moments(x: Array, feature_axis: int, eps: float) -> tuple[Array, Array]:
+    """``(mu_B, sigma_B)`` of ``x`` (zeros and ones for an empty batch)."""
+    features = x.shape[feature_axis]
+    if x.size == 0:
+        return np.zeros(features), np.ones(features)
+    stats = batch_statistics(x, feature_axis)
+    return stats.mean, np.sqrt(stats.var + eps)
+
+
+@st.composite
+def renorm_cases(
+    draw: st.DrawFn,
+    capabilities: Capabilities,
+    dialect: Dialect,
+    allowed_dtypes: Sequence[DTypeName],
+    *,
+    conditioning: Conditioning = "well",
+    min_count: int = 2,
+    long_reductions: bool = False,
+    max_batch: int | None = None,
+    max_spatial: int | None = None,
+    rate: float | None = None,
+    correction_rate: float | None = None,
+    rates: st.SearchStrategy[float] | None = None,
+    layout: Layout | None = None,
+    axis_positions: Sequence[str] | None = None,
+    affine: bool | None = True,
+    num_features: int | None = None,
+    schedule_kinds: Sequence[ScheduleKind] | None = None,
+    batchnorm_bounds: bool = False,
+    bounds: RenormBounds | None = None,
+    regime: Regime | Sequence[Regime] | None = None,
+    steps: int | None = None,
+    same_sets: bool = False,
+) -> RenormCase:
+    """A whole renorm case under the profile's renorm dialect.
+
+    The input, parameters, cotangent, dtype and eps are drawn from the building blocks of
+    :func:`strategies.cases` as it draws them (the options of the same name mean the same,
+    but ``axis_positions`` defaults to every supported feature-axis position, ``max_batch``
+    and ``max_spatial`` to :data:`MAX_BATCH` and :data:`MAX_SPATIAL`, and arrays above
+    :data:`ELEMENTWISE_LIMIT` values, and the cotangent always, come from a seed). Then:
+
+    * ``schedule_kinds``: the schedules to draw from (default: those the dialect offers,
+      :func:`offered_schedules`); ``batchnorm_bounds``: bounds ``r_max = 1, d_max = 0`` at
+      the step (see :func:`schedules`); ``bounds``: constant bounds, these; ``steps``
+      forces the step counter;
+    * ``regime``: where the moving statistics lie against the batch, one regime or those to
+      draw from per feature and per set (default: all, see :func:`moving_set`);
+    * ``rate``, ``correction_rate``: fixed canonical rates of the inference and the
+      correction set, else drawn from ``rates`` (default :func:`strategies.canonical_rates`);
+      the correction set exists under ``statistics = separate`` only;
+    * ``same_sets``: under ``statistics = separate``, the correction set equal to the
+      inference set and ``correction_rate = rate`` (which set is read, or moved with which
+      rate, cannot show; renorm.moving.separate is checked on its own).
+    """
+    renorm = renorm_dialect(dialect)
+    rate_strategy = rates if rates is not None else canonical_rates()
+    if rate is None:
+        rate = draw(rate_strategy, label="rate")
+    dtype = draw(_cached(("dtype", *allowed_dtypes), list(allowed_dtypes)))
+    rank = draw(_cached(("rank", *sorted(capabilities.ranks)), sorted(capabilities.ranks)))
+    positions = list(axis_positions or capabilities.feature_axes)
+    feature_axis = feature_axis_for(rank, draw(_cached(("position", *positions), positions)))
+    features = num_features if num_features is not None else draw(_FEATURES)
+    shape = draw(
+        shapes(
+            rank=rank,
+            feature_axis=feature_axis,
+            num_features=features,
+            min_count=min_count,
+            max_batch=max_batch
+            if max_batch is not None
+            else (64 if long_reductions else MAX_BATCH),
+            max_spatial=(
+                max_spatial if max_spatial is not None else (12 if long_reductions else MAX_SPATIAL)
+            ),
+        )
+    )
+    x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
+    is_affine = (
+        draw(_BOOLEANS) if affine is None and capabilities.without_affine else affine is not False
+    )
+    eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
+    params = None
+    if is_affine:
+        gamma = np.array([draw(_PARAMETER) for _ in range(features)])
+        beta = np.array([draw(_PARAMETER) for _ in range(features)])
+        params = (round_to(gamma, dtype), round_to(beta, dtype))
+    dy = round_to(draw(standard_values(shape, 0)), dtype)  # from a seed: one draw
+    chosen: Layout = layout or "contiguous"
+    x = arrange(x, chosen, feature_axis)
+    schedule, counter = draw(
+        schedules(dialect, schedule_kinds, batchnorm=batchnorm_bounds, bounds=bounds)
+    )
+    if steps is not None:
+        counter = steps
+    separate = renorm.statistics == "separate"
+    if separate and same_sets:
+        correction_rate = rate
+    elif separate and correction_rate is None:
+        correction_rate = draw(rate_strategy, label="correction rate")
+    batch_mean, batch_std = batch_moments(x, feature_axis, eps)
+
+    def one_set() -> tuple[Array, Array]:
+        return draw(
+            moving_set(
+                batch_mean,
+                batch_std,
+                dtype,
+                eps,
+                average=renorm.average,
+                sigma_floor=renorm.sigma_floor,
+                regime=regime,
+            )
+        )
+
+    mean, spread = one_set()
+    correction: tuple[Array, Array] | tuple[None, None] = (None, None)
+    if separate:
+        correction = (mean, spread) if same_sets else one_set()
+    moving = RenormStatistics(mean, spread, counter, *correction)
+    renorm_config = RenormConfig(
+        num_features=features,
+        schedule=schedule,
+        feature_axis=feature_axis,
+        eps=eps,
+        rate=rate,
+        average=renorm.average,
+        statistics=renorm.statistics,
+        correction_rate=correction_rate if separate else None,
+        sigma_floor=renorm.sigma_floor,
+        affine=is_affine,
+    )
+    config = LayerConfig(
+        num_features=features,
+        rank=rank,
+        feature_axis=feature_axis,
+        dtype=dtype,
+        eps=eps,
+        momentum=dialect.momentum_from_rate(rate),
+        affine=is_affine,
+        track_running_stats=True,
+        renorm=renorm_config,
+    )
+    return RenormCase(config, rate, params, None, x, dy, chosen, moving)
+
+
+__all__ = [
+    "PAPER_POINTS",
+    "SCHEDULE_KINDS",
+    "Regime",
+    "RenormCase",
+    "ScheduleKind",
+    "batch_moments",
+    "clipping_bounds",
+    "independent_bounds",
+    "moving_set",
+    "offered_schedules",
+    "renorm_cases",
+    "renorm_dialect",
+    "schedules",
+    "symmetric_bounds",
+]
