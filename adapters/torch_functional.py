@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from normspec.adapters._common import ParameterPolicy
 from normspec.adapters._torch import (
     BatchNormTensors,
-    ParameterPolicy,
     TorchImplementation,
     TorchLayer,
     parameter_dtype,

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from normspec.adapters._common import ParameterPolicy
 from normspec.adapters._torch import (
     BatchNormTensors,
-    ParameterPolicy,
     TorchImplementation,
     TorchLayer,
     parameter_dtype,

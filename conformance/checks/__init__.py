@@ -39,7 +39,8 @@ class Check:
         self, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
     ) -> str | None:
         """Why the clause does not apply to this implementation, or ``None`` if it does."""
-        for flag in self.needs:
+        kind = "renorm" if self.clause_id.startswith("renorm.") else "batchnorm"
+        for flag in (kind, *self.needs):
             if not getattr(capabilities, flag):
                 note = capabilities.notes.get(flag, "")
                 return f"the implementation does not support {flag.replace('_', ' ')}" + (
