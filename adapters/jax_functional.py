@@ -89,7 +89,7 @@ def find_pair(obj: object) -> Pair | None:
         init, apply = getattr(module, "init", None), getattr(module, "apply", None)
         if obj is not init and obj is not apply:
             return None
-    if not (inspect.isfunction(init) and inspect.isfunction(apply)):
+    if not (inspect.isroutine(init) and inspect.isroutine(apply)):
         return None
     if not _binds(init, 2, dtype=None):
         return None

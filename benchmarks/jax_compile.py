@@ -6,9 +6,10 @@
 TARGET defaults to ``flax.linen``. JAX compiles one XLA program per distinct (layer
 configuration, operation, input shape, dtype); Hypothesis draws a new shape for most
 examples, so a check's time is mostly XLA compilation. This prints, per clause, the
-examples, seconds and compilations, then the totals: compilations and their backend
-compile seconds, tracing and lowering seconds (JAX's own monitoring events), and the
-share of the wall time that compilation took.
+examples, seconds and compilations, then the totals: wall and CPU time (on a shared
+machine the CPU time is the better guide to an idle one), compilations and their backend
+compile seconds, tracing and lowering seconds (JAX's own monitoring events), the share of
+the wall time that compilation took, and the failures.
 
 With JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR=DIR`` and
 ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0``) a repeated check with the same seed
@@ -61,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     events = Events()
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     implementation = load_target(args.target, args.profile)
     capabilities = implementation.capabilities()
     setup = time.perf_counter() - started
@@ -92,11 +93,13 @@ def main() -> None:
     )
     report = check_implementation(implementation, options, progress=progress)
     total = time.perf_counter() - started
+    cpu = time.process_time() - cpu_started
     count, seconds = events.snapshot()
     compile_seconds = seconds.get(COMPILE, 0.0)
     trace_seconds = seconds.get(TRACE, 0.0) + seconds.get(LOWER, 0.0)
     print()
     print(f"wall time, capabilities included: {total:.1f} s (check alone {report.seconds:.1f} s)")
+    print(f"CPU time of this process (all threads): {cpu:.1f} s")
     print(f"XLA compilations: {count.get(COMPILE, 0)}, {compile_seconds:.1f} s")
     print(f"tracing and lowering: {count.get(TRACE, 0)} traces, {trace_seconds:.1f} s")
     if count.get(CACHE_HIT):

@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{kind:<28}{peak / mb:>9.1f} MB = {peak / size:.2f} x input  [{result['method']}]"
         if kind == "reference":
             line += f"; tracemalloc peak {result['traced'] / mb:.1f} MB"
+        line += f"; with x and dy: {(peak + 2 * size) / size:.2f} x input"
         print(line)
     print("(target for the reference: <= 4 x input; the outputs y and dx alone are 2 x input)")
     return 0

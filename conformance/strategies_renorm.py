@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to
 from normspec.conformance.strategies import (
+    SPREAD_EXPONENTS,
     Case,
     Conditioning,
     Layout,
@@ -81,6 +82,10 @@ def _cached(key: tuple[Any, ...], values: Any) -> st.SearchStrategy[Any]:
         _CACHE[key] = values if isinstance(values, st.SearchStrategy) else st.sampled_from(values)
     return _CACHE[key]
 
+
+#: Where a case's step counter lies against the points where its schedule's bounds change
+#: (see :func:`schedules`).
+Counter = Literal["steady", "any", "changing"]
 
 #: The step counters at which the paper's bounds start or stop changing (renorm.schedule.paper).
 PAPER_POINTS: tuple[int, ...] = (0, 5_000, 22_500, 25_000, 40_000)
@@ -152,9 +157,17 @@ _OFFSET = st.integers(-2, 2)
 _PAPER_POINT = st.sampled_from(PAPER_POINTS)
 _ANY_STEP = st.integers(0, 10**6)
 _PAPER_STEP = st.integers(0, 50_000)
-_PAPER_BN_STEP = st.one_of(st.sampled_from([0, 5_000, 4_999]), st.integers(0, 5_000))
-_SWITCH_AT = st.one_of(st.sampled_from([1, 100, 100_000]), st.integers(0, 10**5))
-_BEFORE_SWITCH = st.integers(1, 3)
+#: The paper's schedule where ``bounds(t) == bounds(t + 1)``: up to 4,999 and from 40,000.
+_PAPER_STEADY_STEP = st.one_of(
+    st.sampled_from([0, 4_999, 40_000]), st.integers(0, 4_999), st.integers(40_000, 10**6)
+)
+_PAPER_BN_STEP = st.one_of(st.sampled_from([0, 4_999]), st.integers(0, 4_999))
+_SWITCH_AT = st.one_of(st.sampled_from([2, 100, 100_000]), st.integers(2, 10**5))
+_BEFORE_SWITCH = st.integers(2, 3)
+#: The paper's bounds start changing after 5,000 and stop changing at 25,000 (d) and
+#: 40,000 (r); between, they change at every step.
+_PAPER_CHANGE = st.sampled_from([5_001, 22_500, 25_000, 40_000])
+_BEFORE_CHANGE = st.integers(0, 3)
 
 
 def _kinds(kinds: Sequence[ScheduleKind]) -> st.SearchStrategy[ScheduleKind]:
@@ -172,14 +185,18 @@ def schedules(
     *,
     batchnorm: bool = False,
     bounds: RenormBounds | None = None,
+    counter: Counter = "any",
 ) -> tuple[Schedule, int]:
-    """A schedule and a step counter.
+    """A schedule and a step counter ``t``.
 
-    ``kinds``: the kinds to draw from (default: those the dialect offers). The counter lies
-    around the points where the schedule's bounds change (the paper's 5,000, 22,500, 25,000
-    and 40,000; a switch step) or anywhere. ``batchnorm``: the bounds at the drawn counter
-    are ``r_max = 1, d_max = 0`` (renorm.train.reduces_to_bn). ``bounds``: constant bounds,
-    these.
+    ``kinds``: the kinds to draw from (default: those the dialect offers). ``counter``:
+    ``any``: around the points where the schedule's bounds change (the paper's 5,000,
+    22,500, 25,000 and 40,000; a switch step) or anywhere; ``steady``: only where the bounds
+    of steps ``t`` and ``t + 1`` agree (steps that cannot tell a schedule evaluated at the
+    wrong counter, renorm.schedule.step); ``changing``: a few steps before a change, so
+    that a short sequence of steps crosses it. ``batchnorm``: the bounds at ``t`` and
+    ``t + 1`` are ``r_max = 1, d_max = 0`` (renorm.train.reduces_to_bn). ``bounds``:
+    constant bounds, these.
     """
     kind = draw(_kinds(kinds or offered_schedules(dialect))) if bounds is None else "constant"
 
@@ -195,13 +212,20 @@ def schedules(
         ramp: LinearRamp = PAPER_SCHEDULE
         if batchnorm:
             return ramp, draw(_PAPER_BN_STEP)
+        if counter == "steady":
+            return ramp, draw(_PAPER_STEADY_STEP)
+        if counter == "changing":
+            return ramp, draw(_PAPER_CHANGE) - draw(_BEFORE_CHANGE)
         return ramp, near(draw(_PAPER_POINT)) if draw(_NEAR_A_POINT) else draw(_PAPER_STEP)
     at = draw(_SWITCH_AT)
     after = draw(clipping_bounds(dialect))
     if batchnorm:
-        at = max(at, 1)
         return SwitchSchedule(at, after), max(at - draw(_BEFORE_SWITCH), 0)
+    if counter == "changing":
+        return SwitchSchedule(at, after), max(at - draw(_BEFORE_CHANGE), 0)
     steps = near(at) if draw(_NEAR_A_POINT) else draw(st.integers(0, 2 * at + 2))
+    if counter == "steady" and steps == at - 1:
+        steps = at
     return SwitchSchedule(at, after), steps
 
 
@@ -279,6 +303,31 @@ def moving_set(
         # a positive sigma stays positive in the dtype (renorm.params.sigma)
         spread = np.where(spread > 0, spread, round_to(np.float64(fmt.smallest_normal), dtype))
     return mean, spread
+
+
+_BATCH = st.integers(2, MAX_BATCH)
+_SPATIAL = st.integers(1, MAX_SPATIAL)
+_RATIO = st.floats(-4.0, 4.0)
+_SEED = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def batches(
+    draw: st.DrawFn, rank: int, feature_axis: int, num_features: int, dtype: DTypeName
+) -> Array:
+    """A well-conditioned batch for a layer of the given shape, cheaply: at least two values
+    per feature, each feature with its own spread and mean as :func:`strategies.
+    feature_values` draws them, the values from a seed (for a sequence of steps)."""
+    shape = [draw(_BATCH), *(draw(_SPATIAL) for _ in range(rank - 2))]
+    shape.insert(feature_axis, num_features)
+    low, high = SPREAD_EXPONENTS[dtype]
+    exponents = _cached(("spread", low, high), st.integers(low, high))
+    spread = np.array([10.0 ** draw(exponents) for _ in range(num_features)])
+    centre = np.array([draw(_RATIO) for _ in range(num_features)]) * spread
+    z = np.random.default_rng(draw(_SEED)).uniform(-1.0, 1.0, size=shape)
+    bshape = [1] * rank
+    bshape[feature_axis] = num_features
+    return round_to(centre.reshape(bshape) + spread.reshape(bshape) * z, dtype)
 
 
 @dataclass(frozen=True)
@@ -367,6 +416,7 @@ def renorm_cases(
     regime: Regime | Sequence[Regime] | None = None,
     steps: int | None = None,
     same_sets: bool = False,
+    counter: Counter = "any",
 ) -> RenormCase:
     """A whole renorm case under the profile's renorm dialect.
 
@@ -378,8 +428,9 @@ def renorm_cases(
 
     * ``schedule_kinds``: the schedules to draw from (default: those the dialect offers,
       :func:`offered_schedules`); ``batchnorm_bounds``: bounds ``r_max = 1, d_max = 0`` at
-      the step (see :func:`schedules`); ``bounds``: constant bounds, these; ``steps``
-      forces the step counter;
+      the step (see :func:`schedules`); ``bounds``: constant bounds, these;
+      ``counter``: where the step counter lies against the schedule's change points (see
+      :func:`schedules`); ``steps`` forces it;
     * ``regime``: where the moving statistics lie against the batch, one regime or those to
       draw from per feature and per set (default: all, see :func:`moving_set`);
     * ``rate``, ``correction_rate``: fixed canonical rates of the inference and the
@@ -425,11 +476,17 @@ def renorm_cases(
     dy = round_to(draw(standard_values(shape, 0)), dtype)  # from a seed: one draw
     chosen: Layout = layout or "contiguous"
     x = arrange(x, chosen, feature_axis)
-    schedule, counter = draw(
-        schedules(dialect, schedule_kinds, batchnorm=batchnorm_bounds, bounds=bounds)
+    schedule, step = draw(
+        schedules(
+            dialect,
+            schedule_kinds,
+            batchnorm=batchnorm_bounds,
+            bounds=bounds,
+            counter=counter,
+        )
     )
     if steps is not None:
-        counter = steps
+        step = steps
     separate = renorm.statistics == "separate"
     if separate and same_sets:
         correction_rate = rate
@@ -454,7 +511,7 @@ def renorm_cases(
     correction: tuple[Array, Array] | tuple[None, None] = (None, None)
     if separate:
         correction = (mean, spread) if same_sets else one_set()
-    moving = RenormStatistics(mean, spread, counter, *correction)
+    moving = RenormStatistics(mean, spread, step, *correction)
     renorm_config = RenormConfig(
         num_features=features,
         schedule=schedule,
@@ -484,10 +541,12 @@ def renorm_cases(
 __all__ = [
     "PAPER_POINTS",
     "SCHEDULE_KINDS",
+    "Counter",
     "Regime",
     "RenormCase",
     "ScheduleKind",
     "batch_moments",
+    "batches",
     "clipping_bounds",
     "independent_bounds",
     "moving_set",

@@ -142,12 +142,12 @@ def _dense(
 ) -> tuple[FloatArray, list[int]]:
     """A view ``(A, C, B)`` of ``array`` in memory order, ``C`` along the feature axis.
 
-    ``order`` lists the axes by decreasing stride (computed when not given). An array that
-    is not dense in that order (strided, broadcast, reversed, or laid out otherwise than the
-    array it is paired with) is copied first.
+    ``order`` lists the axes by decreasing stride magnitude (computed when not given). An
+    array that is not dense in that order (strided, broadcast, reversed, or laid out
+    otherwise than the array it is paired with) is copied first.
     """
     if order is None:
-        order = sorted(range(array.ndim), key=lambda dim: array.strides[dim], reverse=True)
+        order = sorted(range(array.ndim), key=lambda dim: abs(array.strides[dim]), reverse=True)
     moved = array.transpose(order)
     if not moved.flags.c_contiguous:
         moved = np.ascontiguousarray(moved)
@@ -171,36 +171,39 @@ def _total(a: FloatArray, axis: int, b: FloatArray | None = None) -> FloatArray:
     operands = [a3] if b is None else [a3, _dense(b, axis, order)[0]]
     outer, features, inner = a3.shape
     if a3.size <= _SMALL:
-        terms = a3 if b is None else a3 * operands[1]
-        return _pairwise(np.moveaxis(terms, 1, 0).reshape(features, -1))
-    parts: list[FloatArray] = []
+        terms = a3 * operands[1] if b is not None else a3
+        return _pairwise(np.array(np.moveaxis(terms, 1, 0).reshape(features, -1)))
+    # the run totals of each feature, feature by feature: (features, number of runs)
     if inner >= _RUN:
         runs = inner // _RUN
+        extra = 1 if inner % _RUN else 0
+        totals = np.empty((features, outer, runs + extra))
         main = [op[:, :, : runs * _RUN].reshape(outer, features, runs, _RUN) for op in operands]
-        sums = np.einsum(",".join(["acqr"] * len(main)) + "->acq", *main)
-        parts.append(np.moveaxis(sums, 1, 0).reshape(features, -1))
-        if inner % _RUN:
+        out = np.moveaxis(totals[:, :, :runs], 0, 1)
+        np.einsum(",".join(["acqr"] * len(main)) + "->acq", *main, out=out)
+        if extra:
             rest = [op[:, :, runs * _RUN :] for op in operands]
-            parts.append(np.einsum(",".join(["acr"] * len(rest)) + "->ca", *rest))
+            np.einsum(",".join(["acr"] * len(rest)) + "->ca", *rest, out=totals[:, :, runs])
     else:
         rows = max(1, _RUN // inner)
         runs = outer // rows
+        extra = 1 if outer % rows else 0
+        totals = np.empty((features, runs + extra))
         if runs:
             main = [op[: runs * rows].reshape(runs, rows, features, inner) for op in operands]
-            parts.append(np.einsum(",".join(["qrcb"] * len(main)) + "->cq", *main))
-        if outer % rows:
+            np.einsum(",".join(["qrcb"] * len(main)) + "->cq", *main, out=totals[:, :runs])
+        if extra:
             rest = [op[runs * rows :] for op in operands]
-            parts.append(np.einsum(",".join(["acb"] * len(rest)) + "->c", *rest)[:, None])
-    return _pairwise(np.concatenate(parts, axis=1))
+            np.einsum(",".join(["acb"] * len(rest)) + "->c", *rest, out=totals[:, runs])
+    return _pairwise(totals.reshape(features, -1))
 
 
-def _pairwise(parts: FloatArray) -> FloatArray:
-    """Row sums of ``parts`` by pairwise (tree) summation: error ``O(log2 K)`` for K columns.
+def _pairwise(work: FloatArray) -> FloatArray:
+    """Row sums of ``work`` by pairwise (tree) summation: error ``O(log2 K)`` for K columns.
 
     (``np.add.reduce`` along the rows of a 2-d array does not always sum pairwise.) The
-    columns are added in place, halving their number each round.
+    columns are added in place, halving their number each round: ``work`` is overwritten.
     """
-    work = np.array(parts, dtype=np.float64)
     count = work.shape[1]
     while count > 1:
         half = count // 2

@@ -36,8 +36,6 @@ KNOWN_MISATTRIBUTIONS: dict[str, str] = {
     "RenormAveragesVariance": "renorm.train.statistics (wide bounds, moving statistics near "
     "the batch) depends on how the moving spread is read, fails first and "
     "renorm.moving.average is skipped",
-    "RenormScheduleAfterIncrement": "renorm.train.correction draws ramp and switch schedules "
-    "at the steps where the bounds change, fails first and renorm.schedule.step is skipped",
     "RenormDgammaWithoutShift": "renorm.train.correction observes d through dgamma, fails "
     "first and renorm.backward.train.dparams is skipped",
 }

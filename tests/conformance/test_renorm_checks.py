@@ -23,12 +23,16 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Layer, LayerConfig, UnsupportedConfig
 from normspec.adapters.reference import ReferenceImplementation, ReferenceLayer
 from normspec.conformance.checks import load_builtin_checks
+from normspec.conformance.dtypes import round_to
 from normspec.conformance.results import Report
 from normspec.conformance.runner import CheckOptions, check_implementation
+from normspec.conformance.strategies_renorm import renorm_cases
 from normspec.reference import Gradients, renorm
 from normspec.reference._arrays import per_feature, reduction_axes
 from normspec.reference.schedules import ConstantSchedule, RenormBounds, Schedule
@@ -135,6 +139,55 @@ def test_the_reference_adapter_builds_renorm_layers_in_the_profiles_dialect() ->
 
 
 # ------------------------------------------------------------------------------------
+# Strategies
+
+
+@settings(max_examples=60)
+@given(
+    st.data(),
+    st.sampled_from(RENORM_PROFILES),
+    st.sampled_from(["steady", "any", "changing"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_renorm_cases_keep_their_promises(
+    data: Any, profile: str, counter: str, batchnorm: bool, same_sets: bool
+) -> None:
+    implementation = ReferenceImplementation(profile)
+    case = data.draw(
+        renorm_cases(
+            implementation.capabilities(),
+            implementation.dialect,
+            ("float32",),
+            counter=counter,
+            batchnorm_bounds=batchnorm,
+            same_sets=same_sets,
+            affine=None,
+        )
+    )
+    cfg, t = case.renorm, case.moving.steps
+    assert case.config.momentum == implementation.dialect.momentum_from_rate(case.rate)
+    assert (cfg.average, cfg.statistics, cfg.sigma_floor) == (
+        "std",
+        "shared" if profile == "paper" else "separate",
+        "none" if profile == "paper" else "sqrt_eps",
+    )
+    assert case.moving.separate == (profile == "tf_keras")
+    if same_sets and case.moving.separate:
+        assert cfg.correction_rate == cfg.rate
+        np.testing.assert_array_equal(case.moving.correction_mean, case.moving.mean)
+    if batchnorm:
+        assert cfg.schedule.bounds(t).is_batchnorm and cfg.schedule.bounds(t + 1).is_batchnorm
+    if counter == "steady":
+        assert cfg.schedule.bounds(t) == cfg.schedule.bounds(t + 1)
+    np.testing.assert_array_equal(round_to(case.x, "float32"), case.x)
+    np.testing.assert_array_equal(round_to(case.moving.spread, "float32"), case.moving.spread)
+    y, _ = renorm.training_step(cfg, None, case.moving, case.x)
+    assert np.all(np.isfinite(y))
+    assert case.summary()["bounds"]["r_max"] == cfg.schedule.bounds(t).r_max
+
+
+# ------------------------------------------------------------------------------------
 # Mutants
 
 
@@ -152,14 +205,31 @@ class Reclipped(Schedule):
         return RenormBounds(r_min, b.r_max, b.d_max if self.d_max is None else self.d_max)
 
 
-class Mutant(ReferenceImplementation):
-    """The reference with its renorm layers replaced by ``layer`` (a ReferenceLayer subclass)
-    and their schedule wrapped by ``schedule``."""
+@dataclass(frozen=True)
+class Shifted(Schedule):
+    """Another schedule evaluated ``by`` steps later."""
 
-    def __init__(self, profile: str, layer: type[ReferenceLayer] = ReferenceLayer, **clip: Any):
+    inner: Schedule
+    by: int
+
+    def bounds(self, step: int) -> RenormBounds:
+        return self.inner.bounds(step + self.by)
+
+
+class Mutant(ReferenceImplementation):
+    """The reference with its renorm layers replaced by ``layer`` (a ReferenceLayer subclass),
+    their bounds ``clip``-ped by :class:`Reclipped` and their schedule ``shift``-ed."""
+
+    def __init__(
+        self,
+        profile: str,
+        layer: type[ReferenceLayer] = ReferenceLayer,
+        shift: int = 0,
+        **clip: Any,
+    ):
         super().__init__(profile)
-        self.layer, self.clip = layer, clip
-        self.name = f"reference with {layer.__name__} {clip}"
+        self.layer, self.shift, self.clip = layer, shift, clip
+        self.name = f"reference with {layer.__name__} {clip} shifted by {shift}"
 
     def build(self, config: LayerConfig) -> Layer:
         if config.renorm is None:
@@ -167,6 +237,8 @@ class Mutant(ReferenceImplementation):
         built = self.renorm_config(config)
         if self.clip:
             built = replace(built, schedule=Reclipped(built.schedule, **self.clip))
+        if self.shift:
+            built = replace(built, schedule=Shifted(built.schedule, self.shift))
         return self.layer(built)
 
 
@@ -260,6 +332,16 @@ def test_each_mutant_is_caught_under_its_clause(mutant: str, profile: str) -> No
     # attributed to its clause: every clause it depends on passes (or does not apply)
     others = {c for c, o in got.items() if o not in ("pass", "not_applicable") and c != clause}
     assert not others, others
+
+
+def test_a_schedule_evaluated_at_the_next_step_is_caught_under_the_step_clause() -> None:
+    """renorm.schedule.step; the paper's values at t or t + 1 satisfy renorm.schedule.paper,
+    and the other clauses draw step counters where the two agree."""
+    clause = "renorm.schedule.step"
+    report = run(Mutant("paper", shift=1), "paper", with_dependencies(clause), max_examples=20)
+    got = outcomes(report)
+    assert got[clause] == "fail", got
+    assert {c for c, o in got.items() if o not in ("pass", "not_applicable")} == {clause}
 
 
 def test_the_gradient_mutant_shows_the_chapters_numbers() -> None:
@@ -396,5 +478,6 @@ def test_a_schedule_the_implementation_does_not_offer_is_inconclusive_at_once() 
         assert result.outcome == "skipped", (clause, got)
         assert "does not offer" in result.message and "no warm-up" in result.message
         assert result.examples < 200  # given up after a few refusals (and a shrink), not 1000s
-    for clause in ("renorm.schedule.constant", "renorm.schedule.step", "renorm.train.output"):
+    for clause in ("renorm.schedule.constant", "renorm.train.output"):
         assert got[clause] == "pass", (clause, got)
+    assert got["renorm.schedule.step"] == "skipped"  # it depends on the schedules' values

@@ -176,7 +176,10 @@ def train_backward(
 def inference_backward(
     dy: Any, x: Any, mean: Any, var: Any, gamma: Any, eps: float, axis: int
 ) -> tuple[list[FeatureInference], list[FeatureGradients]]:
-    """Statistics constant: dx = gamma dy / sqrt(var + eps), dgamma = sum dy xhat, dbeta = sum dy."""
+    """Statistics constant: dx = gamma dy / sqrt(var + eps), dgamma = sum dy xhat, dbeta = sum dy.
+
+    (Algorithm 2 is affine in x, so these are its exact derivatives.)
+    """
     fwds = inference_forward(x, mean, var, gamma, None, eps, axis)
     table = rows(dy, axis)
     g = _params(gamma, table.shape[0], 1.0)

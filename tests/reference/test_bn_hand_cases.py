@@ -134,7 +134,8 @@ def test_backward_hand_case() -> None:
 
 
 # Inference with running mean (2, 7), running variance (1.25, 0), eps = 0.75:
-#   feature 0: sqrt(1.25 + 0.75) = sqrt(2), y = 0.5 + 2 (x - 2) / sqrt(2) = 0.5 + sqrt(2) (-1, 0, 1, 2)
+#   feature 0: sqrt(1.25 + 0.75) = sqrt(2), y = 0.5 + 2 (x - 2) / sqrt(2)
+#            = 0.5 + sqrt(2) (-1, 0, 1, 2)
 #            = (-0.9142136, 0.5, 1.9142136, 3.3284271);
 #   dx = gamma dy / sqrt(2) = sqrt(2) dy = (1.4142136, 0, 0, 0); dgamma = sum dy (x - 2)/sqrt(2)
 #      = -1/sqrt(2); dbeta = 1.

@@ -118,7 +118,9 @@ def test_state_is_immutable(case: Case, data: st.DataObject) -> None:
         rate=case.rate,
         running_variance=estimator,  # type: ignore[arg-type]
     )
-    params = None if case.gamma is None else Affine(frozen(case.gamma), frozen(case.beta))  # type: ignore[arg-type]
+    params = None
+    if case.gamma is not None:
+        params = Affine(frozen(case.gamma), frozen(case.beta))  # type: ignore[arg-type]
     state = RunningStatistics(case.running_mean, case.running_var, case.steps)
     mean, var, steps = state.mean.copy(), state.var.copy(), state.steps
     assert not state.mean.flags.writeable and not state.var.flags.writeable
@@ -142,7 +144,10 @@ def test_state_is_immutable(case: Case, data: st.DataObject) -> None:
 
 
 def poison(array: np.ndarray, axis: int, feature: int, index: int, value: float) -> np.ndarray:
-    out = np.array(array)
+    """A copy of ``array`` in the same memory layout (the reference's summation order may
+    follow the layout) with one value of one feature replaced."""
+    out = np.empty_like(array)
+    out[...] = array
     moved = np.moveaxis(out, axis, 0)
     flat = moved[feature].reshape(-1).copy()
     flat[index % flat.size] = value
@@ -173,12 +178,16 @@ def test_nonfinite_feature_is_isolated(
     dirty = every_output(dirty_case)
     others = [f for f in range(features) if f != feature]
     for name, result in clean.items():
+        where_ = f"{name}: feature {feature} poisoned in {where}"
         if result.shape == (features,):
-            assert np.array_equal(dirty[name][others], result[others]), name
+            assert np.array_equal(dirty[name][others], result[others]), where_
         else:
             a = np.take(dirty[name], others, axis=case.axis)
             b = np.take(result, others, axis=case.axis)
-            assert np.array_equal(a, b), name
+            assert np.array_equal(a, b), (
+                f"{where_}; x={case.x.tolist()!r}, dy={case.dy.tolist()!r}, "
+                f"layouts {case.x.strides}, {case.dy.strides}"
+            )
 
 
 @given(case=cases(max_elements=64), data=st.data())
@@ -415,14 +424,21 @@ def test_unbiased_with_one_value_raises() -> None:
 @given(case=cases(max_elements=64))
 def test_finite_input_never_writes_nan_state(case: Case) -> None:
     """bn.params.no_nan_state: for finite inputs and any valid rate and estimator, the
-    running statistics after a step are finite (within the ranges the cases use)."""
+    running statistics after a step are finite, and the variance is not negative (within the
+    ranges the cases use)."""
     features = case.x.shape[case.axis]
     n = case.x.size // features
     _, stats = train_forward(case.x, eps=case.eps, feature_axis=case.axis)
     estimator = "biased" if n == 1 else case.estimator
     state = RunningStatistics(case.running_mean, case.running_var, case.steps)
-    new = update_running_statistics(state, stats, rate=case.rate, estimator=estimator)  # type: ignore[arg-type]
+    new = update_running_statistics(
+        state,
+        stats,
+        rate=case.rate,
+        estimator=estimator,  # type: ignore[arg-type]
+    )
     assert np.all(np.isfinite(new.mean)) and np.all(np.isfinite(new.var))
+    assert np.all(new.var >= 0) and np.all(stats.var >= 0)
 
 
 @given(
