@@ -29,26 +29,21 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import flax
 import jax
 from flax import linen as nn
 
-from normspec.adapters._common import ParameterPolicy
+from normspec.adapters._flax import PROBE_CONFIG, FlaxImplementation, flax_arguments
 from normspec.adapters._jax import (
     BIAS,
-    FLAX_NOTES,
     MEAN,
     SCALE,
     VAR,
-    JaxImplementation,
     JaxProgram,
     Tree,
     has_variables,
-    jax_dtype,
-    parameter_dtype,
     probe_input,
 )
-from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.protocol import LayerConfig
 
 #: The fields a linen Module class needs to be recognised.
 REQUIRED_FIELDS = ("use_running_average", "axis", "momentum", "epsilon", "use_bias", "use_scale")
@@ -62,31 +57,6 @@ def module_fields(cls: type) -> frozenset[str]:
         return frozenset(field.name for field in dataclasses.fields(cls))
     except TypeError:
         return frozenset()
-
-
-def module_arguments(
-    cls: type[nn.Module],
-    config: LayerConfig,
-    *,
-    parameters: ParameterPolicy,
-    use_fast_variance: bool | None,
-) -> dict[str, Any]:
-    """The fields a user sets for ``config`` (``use_running_average`` left out)."""
-    fields = module_fields(cls)
-    arguments: dict[str, Any] = {
-        "axis": 1 if config.feature_position == "first" else -1,
-        "momentum": config.momentum,
-        "epsilon": config.eps,
-        "use_bias": config.affine,
-        "use_scale": config.affine,
-    }
-    if "dtype" in fields:
-        arguments["dtype"] = jax_dtype(config.dtype)
-    if "param_dtype" in fields:
-        arguments["param_dtype"] = parameter_dtype(config.dtype, parameters)
-    if use_fast_variance is not None and "use_fast_variance" in fields:
-        arguments["use_fast_variance"] = use_fast_variance
-    return arguments
 
 
 class LinenProgram(JaxProgram):
@@ -137,73 +107,42 @@ class LinenProgram(JaxProgram):
         return self._apply(self.infer_module, params, stats, x)
 
 
-class FlaxLinenImplementation(JaxImplementation):
-    """A BatchNorm-like ``flax.linen.Module`` class under test (default: ``nn.BatchNorm``).
-
-    ``use_fast_variance`` is passed to the module if given (``None``: the class's default);
-    ``parameters`` says where a float16/bfloat16 layer keeps its parameters (``float32``,
-    Flax's default ``param_dtype``, or ``input``).
-    """
+class FlaxLinenImplementation(FlaxImplementation):
+    """A BatchNorm-like ``flax.linen.Module`` class under test (default: ``nn.BatchNorm``)."""
 
     library = "flax.linen"
+    requirements = (
+        f"the fields {', '.join(REQUIRED_FIELDS)} and the variables params/scale, "
+        "params/bias, batch_stats/mean, batch_stats/var"
+    )
 
-    def __init__(
-        self,
-        module_class: type[nn.Module] | None = None,
-        profile: str = "flax",
-        *,
-        parameters: ParameterPolicy = "float32",
-        use_fast_variance: bool | None = None,
-    ) -> None:
-        super().__init__(profile, parameters=parameters)
-        cls = nn.BatchNorm if module_class is None else module_class
-        if not recognisable(cls):
-            raise TypeError(
-                f"{cls!r} is not a BatchNorm-like flax.linen.Module class: it needs the "
-                f"fields {', '.join(REQUIRED_FIELDS)} and the variables params/scale, "
-                "params/bias, batch_stats/mean, batch_stats/var"
+    @staticmethod
+    def default_class() -> type:
+        return nn.BatchNorm
+
+    @staticmethod
+    def accepts(module_class: type, name: str) -> bool:
+        return name in module_fields(module_class)
+
+    @staticmethod
+    def recognisable(obj: object) -> bool:
+        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+            return False
+        if not set(REQUIRED_FIELDS) <= module_fields(obj):
+            return False
+        try:
+            arguments = flax_arguments(
+                PROBE_CONFIG,
+                parameters="float32",
+                use_fast_variance=None,
+                accepts=lambda name: name in module_fields(obj),
             )
-        self.module_class = cls
-        self.use_fast_variance = use_fast_variance
-        what = f"{cls.__module__}.{cls.__qualname__}"
-        if use_fast_variance is not None:
-            what += f"(use_fast_variance={use_fast_variance})"
-        self.name = self.describe(what)
+            params, stats = LinenProgram(obj, arguments, PROBE_CONFIG).abstract_initial()
+        except Exception:  # a module that cannot be built or initialised like BatchNorm
+            return False
+        return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
 
-    def base_capabilities(self) -> Capabilities:
-        return Capabilities(
-            ranks=frozenset({2, 3, 4, 5}),
-            feature_axes=("last", "first"),
-            backward=True,
-            cumulative_average=False,
-            untracked=False,
-            without_affine=True,
-            step_counter=False,
-            strided_input=False,
-            notes=dict(FLAX_NOTES),
-        )
-
-    def library_versions(self) -> Mapping[str, str]:
-        return {"flax": flax.__version__}
-
-    def program_key(self, config: LayerConfig) -> Any:
-        return (
-            config.num_features,
-            config.rank,
-            config.feature_position,
-            config.dtype,
-            config.eps,
-            config.momentum,
-            config.affine,
-        )
-
-    def make_program(self, config: LayerConfig) -> LinenProgram:
-        arguments = module_arguments(
-            self.module_class,
-            config,
-            parameters=self.parameters,
-            use_fast_variance=self.use_fast_variance,
-        )
+    def flax_program(self, arguments: Mapping[str, Any], config: LayerConfig) -> LinenProgram:
         return LinenProgram(self.module_class, arguments, config)
 
 
@@ -217,26 +156,5 @@ def linen_batchnorm_two_pass(profile: str = "flax") -> FlaxLinenImplementation:
     return FlaxLinenImplementation(profile=profile, use_fast_variance=False)
 
 
-def recognisable(obj: object) -> bool:
-    """Whether ``obj`` is a BatchNorm-like ``flax.linen.Module`` class (not an instance)."""
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        return False
-    if not set(REQUIRED_FIELDS) <= module_fields(obj):
-        return False
-    config = LayerConfig(
-        num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
-    )
-    try:
-        arguments = module_arguments(obj, config, parameters="float32", use_fast_variance=None)
-        params, stats = LinenProgram(obj, arguments, config).abstract_initial()
-    except Exception:  # a module that cannot be built or initialised like BatchNorm
-        return False
-    return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
-
-
-def recognise(obj: object, profile: str) -> FlaxLinenImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
-    if not recognisable(obj):
-        return None
-    assert isinstance(obj, type) and issubclass(obj, nn.Module)
-    return FlaxLinenImplementation(obj, profile)
+#: The recogniser named in ``normspec.adapters.registry.RECOGNISERS``.
+recognise = FlaxLinenImplementation.recognise

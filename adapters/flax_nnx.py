@@ -26,26 +26,21 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-import flax
 import jax
 from flax import nnx
 
-from normspec.adapters._common import ParameterPolicy
+from normspec.adapters._flax import PROBE_CONFIG, FlaxImplementation, flax_arguments
 from normspec.adapters._jax import (
     BIAS,
-    FLAX_NOTES,
     MEAN,
     SCALE,
     VAR,
-    JaxImplementation,
     JaxProgram,
     Tree,
     abstract,
     has_variables,
-    jax_dtype,
-    parameter_dtype,
 )
-from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.protocol import LayerConfig
 
 #: The keyword arguments a constructor must take to be recognised (besides num_features).
 REQUIRED_ARGUMENTS = (
@@ -91,30 +86,6 @@ def takes_batchnorm_arguments(cls: type) -> bool:
     except TypeError:
         return False
     return True
-
-
-def module_arguments(
-    cls: type[nnx.Module],
-    config: LayerConfig,
-    *,
-    parameters: ParameterPolicy,
-    use_fast_variance: bool | None,
-) -> dict[str, Any]:
-    """The constructor arguments a user passes for ``config`` (but ``use_running_average``)."""
-    arguments: dict[str, Any] = {
-        "axis": 1 if config.feature_position == "first" else -1,
-        "momentum": config.momentum,
-        "epsilon": config.eps,
-        "use_bias": config.affine,
-        "use_scale": config.affine,
-    }
-    if _accepts(cls, "dtype"):
-        arguments["dtype"] = jax_dtype(config.dtype)
-    if _accepts(cls, "param_dtype"):
-        arguments["param_dtype"] = parameter_dtype(config.dtype, parameters)
-    if use_fast_variance is not None and _accepts(cls, "use_fast_variance"):
-        arguments["use_fast_variance"] = use_fast_variance
-    return arguments
 
 
 def _split(module: nnx.Module) -> tuple[Any, Tree, Tree]:
@@ -170,71 +141,42 @@ class NnxProgram(JaxProgram):
         return self._apply(self.infer_graph, params, stats, x)
 
 
-class FlaxNnxImplementation(JaxImplementation):
-    """A BatchNorm-like ``flax.nnx.Module`` class under test (default: ``nnx.BatchNorm``).
-
-    ``use_fast_variance`` and ``parameters`` as for
-    :class:`normspec.adapters.flax_linen.FlaxLinenImplementation`.
-    """
+class FlaxNnxImplementation(FlaxImplementation):
+    """A BatchNorm-like ``flax.nnx.Module`` class under test (default: ``nnx.BatchNorm``)."""
 
     library = "flax.nnx"
+    requirements = (
+        f"the constructor arguments num_features, {', '.join(REQUIRED_ARGUMENTS)} and the "
+        "variables scale, bias (nnx.Param) and mean, var"
+    )
 
-    def __init__(
-        self,
-        module_class: type[nnx.Module] | None = None,
-        profile: str = "flax",
-        *,
-        parameters: ParameterPolicy = "float32",
-        use_fast_variance: bool | None = None,
-    ) -> None:
-        super().__init__(profile, parameters=parameters)
-        cls = nnx.BatchNorm if module_class is None else module_class
-        if not recognisable(cls):
-            raise TypeError(
-                f"{cls!r} is not a BatchNorm-like flax.nnx.Module class: it needs the "
-                f"constructor arguments num_features, {', '.join(REQUIRED_ARGUMENTS)} and "
-                "the variables scale, bias (nnx.Param) and mean, var"
+    @staticmethod
+    def default_class() -> type:
+        return nnx.BatchNorm
+
+    @staticmethod
+    def accepts(module_class: type, name: str) -> bool:
+        return _accepts(module_class, name)
+
+    @staticmethod
+    def recognisable(obj: object) -> bool:
+        if not (isinstance(obj, type) and issubclass(obj, nnx.Module)):
+            return False
+        if not takes_batchnorm_arguments(obj):
+            return False
+        try:
+            arguments = flax_arguments(
+                PROBE_CONFIG,
+                parameters="float32",
+                use_fast_variance=None,
+                accepts=lambda name: _accepts(obj, name),
             )
-        self.module_class = cls
-        self.use_fast_variance = use_fast_variance
-        what = f"{cls.__module__}.{cls.__qualname__}"
-        if use_fast_variance is not None:
-            what += f"(use_fast_variance={use_fast_variance})"
-        self.name = self.describe(what)
+            params, stats = NnxProgram(obj, arguments, PROBE_CONFIG).abstract_initial()
+        except Exception:  # a constructor that needs more than BatchNorm's arguments
+            return False
+        return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
 
-    def base_capabilities(self) -> Capabilities:
-        return Capabilities(
-            ranks=frozenset({2, 3, 4, 5}),
-            feature_axes=("last", "first"),
-            backward=True,
-            cumulative_average=False,
-            untracked=False,
-            without_affine=True,
-            step_counter=False,
-            strided_input=False,
-            notes=dict(FLAX_NOTES),
-        )
-
-    def library_versions(self) -> Mapping[str, str]:
-        return {"flax": flax.__version__}
-
-    def program_key(self, config: LayerConfig) -> Any:
-        return (
-            config.num_features,
-            config.feature_position,
-            config.dtype,
-            config.eps,
-            config.momentum,
-            config.affine,
-        )
-
-    def make_program(self, config: LayerConfig) -> NnxProgram:
-        arguments = module_arguments(
-            self.module_class,
-            config,
-            parameters=self.parameters,
-            use_fast_variance=self.use_fast_variance,
-        )
+    def flax_program(self, arguments: Mapping[str, Any], config: LayerConfig) -> NnxProgram:
         return NnxProgram(self.module_class, arguments, config)
 
 
@@ -248,26 +190,5 @@ def nnx_batchnorm_two_pass(profile: str = "flax") -> FlaxNnxImplementation:
     return FlaxNnxImplementation(profile=profile, use_fast_variance=False)
 
 
-def recognisable(obj: object) -> bool:
-    """Whether ``obj`` is a BatchNorm-like ``flax.nnx.Module`` class (not an instance)."""
-    if not (isinstance(obj, type) and issubclass(obj, nnx.Module)):
-        return False
-    if not takes_batchnorm_arguments(obj):
-        return False
-    config = LayerConfig(
-        num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
-    )
-    try:
-        arguments = module_arguments(obj, config, parameters="float32", use_fast_variance=None)
-        params, stats = NnxProgram(obj, arguments, config).abstract_initial()
-    except Exception:  # a constructor that needs more than BatchNorm's arguments
-        return False
-    return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
-
-
-def recognise(obj: object, profile: str) -> FlaxNnxImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
-    if not recognisable(obj):
-        return None
-    assert isinstance(obj, type) and issubclass(obj, nnx.Module)
-    return FlaxNnxImplementation(obj, profile)
+#: The recogniser named in ``normspec.adapters.registry.RECOGNISERS``.
+recognise = FlaxNnxImplementation.recognise

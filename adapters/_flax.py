@@ -1,0 +1,156 @@
+"""What the two Flax adapters share: the arguments a user writes, the implementation class.
+
+``flax_linen`` and ``flax_nnx`` differ in how a module is told its arguments (dataclass
+fields or constructor keywords), how it is recognised, and how it runs as pure functions
+(:class:`normspec.adapters._jax.JaxProgram`); everything else is here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import flax
+
+from normspec.adapters._common import ParameterPolicy
+from normspec.adapters._jax import (
+    FLAX_NOTES,
+    JaxImplementation,
+    JaxProgram,
+    jax_dtype,
+    parameter_dtype,
+)
+from normspec.adapters.protocol import Capabilities, LayerConfig
+
+
+def flax_arguments(
+    config: LayerConfig,
+    *,
+    parameters: ParameterPolicy,
+    use_fast_variance: bool | None,
+    accepts: Callable[[str], bool],
+) -> dict[str, Any]:
+    """The arguments a user gives a Flax BatchNorm for ``config`` (``use_running_average``
+    left out): ``axis`` 1 (features first) or -1, ``momentum`` as given (the profile's
+    convention), ``epsilon``, ``use_bias = use_scale = affine``; ``dtype``, ``param_dtype``
+    (:func:`parameter_dtype`) and ``use_fast_variance`` (when not ``None``) where the
+    module ``accepts`` them."""
+    arguments: dict[str, Any] = {
+        "axis": 1 if config.feature_position == "first" else -1,
+        "momentum": config.momentum,
+        "epsilon": config.eps,
+        "use_bias": config.affine,
+        "use_scale": config.affine,
+    }
+    if accepts("dtype"):
+        arguments["dtype"] = jax_dtype(config.dtype)
+    if accepts("param_dtype"):
+        arguments["param_dtype"] = parameter_dtype(config.dtype, parameters)
+    if use_fast_variance is not None and accepts("use_fast_variance"):
+        arguments["use_fast_variance"] = use_fast_variance
+    return arguments
+
+
+class FlaxImplementation(JaxImplementation):
+    """A BatchNorm-like Flax module class under test (default: the API's own BatchNorm).
+
+    ``use_fast_variance`` is passed to the module if given (``None``: the class's default);
+    ``parameters`` says where a float16/bfloat16 layer keeps its parameters (``float32``,
+    Flax's default ``param_dtype``, or ``input``). A subclass names its API and says how a
+    class is recognised, which arguments it accepts, and how its program is made.
+    """
+
+    #: What a recognised class must offer, for the error on one that does not.
+    requirements: ClassVar[str]
+
+    def __init__(
+        self,
+        module_class: type | None = None,
+        profile: str = "flax",
+        *,
+        parameters: ParameterPolicy = "float32",
+        use_fast_variance: bool | None = None,
+    ) -> None:
+        super().__init__(profile, parameters=parameters)
+        cls = self.default_class() if module_class is None else module_class
+        if not self.recognisable(cls):
+            raise TypeError(
+                f"{cls!r} is not a BatchNorm-like {self.library}.Module class: it needs "
+                f"{self.requirements}"
+            )
+        self.module_class = cls
+        self.use_fast_variance = use_fast_variance
+        what = f"{cls.__module__}.{cls.__qualname__}"
+        if use_fast_variance is not None:
+            what += f"(use_fast_variance={use_fast_variance})"
+        self.name = self.describe(what)
+
+    @staticmethod
+    @abc.abstractmethod
+    def default_class() -> type:
+        """The API's own BatchNorm class."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def recognisable(obj: object) -> bool:
+        """Whether ``obj`` is a BatchNorm-like module class of this API (not an instance)."""
+
+    @staticmethod
+    @abc.abstractmethod
+    def accepts(module_class: type, name: str) -> bool:
+        """Whether the module class takes the optional argument ``name``."""
+
+    @abc.abstractmethod
+    def flax_program(self, arguments: Mapping[str, Any], config: LayerConfig) -> JaxProgram:
+        """The program of the module class built with ``arguments``."""
+
+    @classmethod
+    def recognise(cls, obj: object, profile: str) -> FlaxImplementation | None:
+        """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
+        if not isinstance(obj, type) or not cls.recognisable(obj):
+            return None
+        return cls(obj, profile)
+
+    def base_capabilities(self) -> Capabilities:
+        return Capabilities(
+            ranks=frozenset({2, 3, 4, 5}),
+            feature_axes=("last", "first"),
+            backward=True,
+            cumulative_average=False,
+            untracked=False,
+            without_affine=True,
+            step_counter=False,
+            strided_input=False,
+            notes=dict(FLAX_NOTES),
+        )
+
+    def library_versions(self) -> Mapping[str, str]:
+        return {"flax": flax.__version__}
+
+    def program_key(self, config: LayerConfig) -> Any:
+        return (
+            config.num_features,
+            config.rank,
+            config.feature_position,
+            config.dtype,
+            config.eps,
+            config.momentum,
+            config.affine,
+        )
+
+    def make_program(self, config: LayerConfig) -> JaxProgram:
+        module_class = self.module_class
+        arguments = flax_arguments(
+            config,
+            parameters=self.parameters,
+            use_fast_variance=self.use_fast_variance,
+            accepts=lambda name: self.accepts(module_class, name),
+        )
+        return self.flax_program(arguments, config)
+
+
+#: The configuration a candidate class is built with to see whether it is recognisable.
+PROBE_CONFIG = LayerConfig(
+    num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
+)
