@@ -27,11 +27,17 @@ SAFETY_FACTOR = 4.0
 
 @dataclass(frozen=True)
 class Precision:
-    """Unit roundoffs of an evaluation: output format ``u_o``, working precision ``u_w``."""
+    """Unit roundoffs of an evaluation: output format ``u_o``, working precision ``u_w``.
+
+    ``raw_moments``: the batch variance may be evaluated from raw moments, ``E[x^2] -
+    E[x]^2``, whose error is first order in ``kappa^2`` (value clauses: a one-pass variance
+    is an accuracy matter, bn.accuracy.*, not a wrong value).
+    """
 
     u_o: float
     u_w: float
     tiny: float
+    raw_moments: bool = False
 
     @classmethod
     def of(cls, dtype: str) -> Precision:
@@ -41,9 +47,16 @@ class Precision:
 
     @classmethod
     def storage(cls, dtype: str) -> Precision:
-        """The value clauses' precision: any accumulation at least as precise as ``dtype``."""
+        """The value clauses' precision: any accumulation at least as precise as ``dtype``,
+        the variance from raw moments included."""
         fmt = float_format(dtype)
-        return cls(fmt.unit_roundoff, fmt.unit_roundoff, fmt.smallest_normal)
+        return cls(fmt.unit_roundoff, fmt.unit_roundoff, fmt.smallest_normal, raw_moments=True)
+
+    def variance_error(self, n: int, kappa: Array) -> Array | float:
+        """The relative error of ``var_B + eps`` a raw-moment evaluation may add: ``u_w (n +
+        3) (1 + kappa^2)`` (``E[x^2] s^2 <= 1 + kappa^2``); 0 for a centred evaluation,
+        whose error the bounds already hold."""
+        return self.u_w * (n + 3) * (1 + kappa**2) if self.raw_moments else 0.0
 
 
 REFERENCE_PRECISION = Precision(2.0**-53, 2.0**-53, FORMATS["float64"].smallest_normal)
@@ -122,6 +135,7 @@ def train_output_bound(
         return (
             p.u_w * g * ((t.n + 1) * t.kappa + t.a + (t.n + 3) * ax)
             + g * ax * (p.u_w * (t.n + 1) * t.kappa) ** 2
+            + g * ax * p.variance_error(t.n, t.kappa)
             + p.u_o * (g * ax + b)
             + p.tiny * (1 + g * t.s)
         )
@@ -186,17 +200,24 @@ def backward_bounds(
     m2 = per_feature(m2_vector, x.ndim, feature_axis)
     ax = np.abs(terms.xhat)
 
+    def raw(p: Precision) -> Array | float:
+        return p.variance_error(terms.n, terms.kappa) if training else 0.0
+
     def dx_bound(p: Precision) -> Array:
         spread = m1 + (1 + terms.kappa + terms.a + ax) * m2 if training else 0.0
         return (
             p.u_w * reductions * g * terms.s * (abs_dy + spread)
+            + raw(p) * g * terms.s * (abs_dy + m1 + ax * m2)
             + p.u_o * np.abs(expected.dx)
             + p.tiny * (1 + g * terms.s)
         )
 
     def dgamma_bound(p: Precision) -> Array:
+        raw_vector = np.max(np.broadcast_to(raw(p), x.shape), axis=axes)
         return (
-            p.u_w * (terms.n + 3) * terms.n * m2_vector + p.u_o * np.abs(expected.dgamma) + p.tiny
+            (p.u_w * (terms.n + 3) + raw_vector) * terms.n * m2_vector
+            + p.u_o * np.abs(expected.dgamma)
+            + p.tiny
         )
 
     def dbeta_bound(p: Precision) -> Array:
@@ -242,8 +263,9 @@ def running_bounds(
         )
 
     def var_bound(p: Precision) -> Array:
+        raw = p.u_w * (n + 3) * (stats.var + stats.mean**2) if p.raw_moments else 0.0
         return (
-            alpha * c * (p.u_w * (n + 3) * stats.var + (p.u_w * (n + 1) * mean_abs) ** 2)
+            alpha * c * (p.u_w * (n + 3) * stats.var + (p.u_w * (n + 1) * mean_abs) ** 2 + raw)
             + p.u_w * np.abs(c * stats.var - before_var)
             + p.u_o * (np.abs(before_var) + np.abs(after_var))
             + p.tiny
