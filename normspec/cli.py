@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from normspec import spec
+from normspec import compile_cache, spec
 
 EXIT_OK = 0
 EXIT_NOT_CONFORMANT = 1
@@ -325,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command in ("check", "report", "identify"):
+            compile_cache.enable()
         code: int = args.run(args)
         return code
     except UsageError as problem:

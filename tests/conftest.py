@@ -6,6 +6,10 @@
 
 import os
 
+# The command line's persistent compilation cache (normspec.compile_cache) stays out of the
+# test runs: tests that run the CLI in-process must not write into the home directory.
+os.environ.setdefault("NORMSPEC_COMPILATION_CACHE", "off")
+
 from hypothesis import HealthCheck, settings
 
 _COMMON = {
