@@ -31,6 +31,8 @@ from normspec.reference.dialects import profile as find_profile
 DEFAULT_MAX_EXAMPLES = 40
 #: Steps per run of a state machine.
 STATEFUL_STEPS = 8
+#: How far apart the Hypothesis seeds of one check's per-dtype runs lie (see :func:`dtype_seed`).
+DTYPE_SEED_STRIDE = 1_000_003
 
 
 class OptionsError(ValueError):
@@ -100,6 +102,16 @@ def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[st
         f"--dtype {','.join(dtypes)} --seed {options.seed}"
         + (f" --max-examples {options.max_examples}" if options.max_examples else "")
     )
+
+
+def dtype_seed(seed_value: int, dtype: DTypeName) -> int:
+    """The Hypothesis seed of a check's run in one dtype.
+
+    Each dtype has its own (float64 the run's seed itself), so the per-dtype runs of a check
+    draw different shapes, rates and states instead of the same ones in each dtype; a run
+    of that dtype alone (the reproduce command's ``--dtype``) uses the same seed.
+    """
+    return seed_value + DTYPE_SEED_STRIDE * ALL_DTYPES.index(dtype)
 
 
 def _hypothesis_settings(max_examples: int) -> settings:
@@ -181,7 +193,8 @@ def check_clause(
         # One run per dtype, so every dtype gets its share of the examples and its own shrink.
         for dtype in all_dtypes:
             ctx.dtypes = (dtype,)
-            _run_check(item, ctx, max(1, -(-budget // len(all_dtypes))), options.seed)
+            per_dtype = max(1, -(-budget // len(all_dtypes)))
+            _run_check(item, ctx, per_dtype, dtype_seed(options.seed, dtype))
     except Violation as problem:
         result.outcome, result.message = "fail", str(problem)
         result.details = _failure_details(ctx, problem)

@@ -32,27 +32,10 @@ REDUCED_RENORM_EXAMPLES = 3
 #: Attribution problems of the engine found by the gallery (reported to the lead): the bug
 #: is caught, but under another clause, and its own clause is skipped. Strict xfail: once
 #: the engine is fixed the test passes and the entry must go.
-KNOWN_MISATTRIBUTIONS: dict[str, str] = {
-    "RenormAveragesVariance": "renorm.train.statistics (wide bounds, moving statistics near "
-    "the batch) depends on how the moving spread is read, fails first and "
-    "renorm.moving.average is skipped",
-    "RenormDgammaWithoutShift": "renorm.train.correction observes d through dgamma, fails "
-    "first and renorm.backward.train.dparams is skipped",
-}
-#: Bugs the engine catches under their clause for some seeds only (reported to the lead).
-KNOWN_WEAK_DETECTION: dict[str, str] = {
-    "UnbiasedWithBatchSize": "shows only for batch size >= 2 with spatial axes and a visible "
-    "update rate; caught under bn.running.var for 3 of 4 seeds at 40 examples",
-    "BatchOfOneUsesRunningStatistics": "caught under bn.train.output for 13 of 20 seeds "
-    "before batch sizes 1 and 2 were weighted up; not yet re-measured over seeds",
-    "InPlaceCentering": "caught for 4 of 5 seeds before the per-dtype runs; not yet "
-    "re-measured over seeds",
-    "OnePassVariance": "caught for 4 of 5 seeds before the top offset exponent was weighted "
-    "up; not yet re-measured over seeds",
-    "RenormDUnclipped": "renorm.train.statistics' batch-norm-bounds variant places the moving "
-    "statistics 'exactly' on the batch's, but after rounding d is not 0, so an unclipped d "
-    "fails renorm.train.statistics first for some seeds (2 of 3 measured)",
-}
+KNOWN_MISATTRIBUTIONS: dict[str, str] = {}
+#: Bugs the engine catches under their clause for some seeds only (reported to the lead;
+#: measure with ``benchmarks/gallery_seeds.py --weak``). Non-strict xfail.
+KNOWN_WEAK_DETECTION: dict[str, str] = {}
 
 
 def with_dependencies(clause_id: str) -> list[str]:

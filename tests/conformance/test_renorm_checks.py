@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from normspec.adapters.protocol import Layer, LayerConfig, UnsupportedConfig
+from normspec.adapters.protocol import Capabilities, Layer, LayerConfig, UnsupportedConfig
 from normspec.adapters.reference import ReferenceImplementation, ReferenceLayer
 from normspec.conformance.checks import load_builtin_checks
 from normspec.conformance.dtypes import round_to
@@ -481,3 +481,61 @@ def test_a_schedule_the_implementation_does_not_offer_is_inconclusive_at_once() 
     for clause in ("renorm.schedule.constant", "renorm.train.output"):
         assert got[clause] == "pass", (clause, got)
     assert got["renorm.schedule.step"] == "skipped"  # it depends on the schedules' values
+
+
+# ------------------------------------------------------------------------------------
+# An implementation without a step counter
+
+
+class CounterlessLayer(ReferenceLayer):
+    """Keeps no step counter (as Keras): ignores the one it is given and reports 0."""
+
+    def set_state(self, state: Any) -> None:
+        super().set_state(state.replace(steps=0))
+
+    def state(self) -> Any:
+        return super().state().replace(steps=0)
+
+
+class Counterless(Mutant):
+    """The reference with :class:`CounterlessLayer` renorm layers: constant bounds only (a
+    schedule needs a counter), declaring ``step_counter`` as ``counter`` says."""
+
+    def __init__(self, profile: str, counter: bool = False):
+        super().__init__(profile, layer=CounterlessLayer)
+        self.counter = counter
+
+    def capabilities(self) -> Capabilities:
+        caps = super().capabilities()
+        notes = {**caps.notes, "step_counter": "no counter is kept"}
+        return replace(caps, step_counter=self.counter, notes=notes)
+
+    def build(self, config: LayerConfig) -> Layer:
+        if config.renorm is not None and not isinstance(config.renorm.schedule, ConstantSchedule):
+            raise UnsupportedConfig("no step counter: constant bounds only")
+        return super().build(config)
+
+
+COUNTER_CLAUSES = (
+    "renorm.moving.steps",
+    "renorm.schedule.step",
+    "renorm.schedule.paper",
+    "renorm.schedule.switch",
+)
+
+
+@pytest.mark.parametrize("profile", RENORM_PROFILES)
+def test_without_a_step_counter_the_counter_clauses_are_not_applicable(profile: str) -> None:
+    report = run(Counterless(profile), profile, "renorm.*", max_examples=6)
+    for clause in COUNTER_CLAUSES:
+        result = next(r for r in report.results if r.clause_id == clause)
+        assert result.outcome == "not_applicable", (clause, result.message)
+        assert "step counter (no counter is kept)" in result.message
+    failed = [r for r in report.results if r.outcome not in ("pass", "not_applicable")]
+    assert not failed, [(r.clause_id, r.outcome, r.message) for r in failed]
+    assert report.conformant
+
+
+def test_a_layer_without_a_counter_that_claims_one_fails_the_counter_clause() -> None:
+    report = run(Counterless("tf_keras", counter=True), "tf_keras", "renorm.moving.steps")
+    assert outcomes(report)["renorm.moving.steps"] == "fail"
