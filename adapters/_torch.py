@@ -12,7 +12,7 @@ import abc
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from normspec.adapters._common import (
     ParameterPolicy,
     check_config,
     parameter_dtype_name,
+    probe_case,
     probe_dtypes,
     profile_has_cumulative_average,
     running_statistics,
@@ -36,6 +37,7 @@ from normspec.adapters.protocol import (
     WrongOutput,
 )
 from normspec.reference import Gradients, RunningStatistics
+from normspec.reference.second_order import SecondOrderGradients
 
 #: The environment variable naming the default device (``cpu``, ``cuda``, ``cuda:1``, ...).
 DEVICE_VARIABLE = "NORMSPEC_TORCH_DEVICE"
@@ -280,15 +282,7 @@ class TorchLayer(abc.ABC):
         dgamma and dbeta are returned as zeros (the engine compares them only when affine).
         """
         num_features = self.config.num_features
-        found = self.tensors()
-        checked = (
-            [
-                _checked_vector(found.weight, num_features, "weight"),
-                _checked_vector(found.bias, num_features, "bias"),
-            ]
-            if self.config.affine
-            else []
-        )
+        checked = self._parameters()
         inputs = to_torch(x, self.input_dtype, self.device).requires_grad_(True)
         cotangent = to_torch(dy, self.input_dtype, self.device)
         with restored(self.mutable_tensors()), torch.enable_grad():
@@ -308,7 +302,60 @@ class TorchLayer(abc.ABC):
             self._gradient(grads[2], checked[1], "dbeta"),
         )
 
+    def second_order_vjp(
+        self, x: Array, dy: Array, v: Array, v_gamma: Array, v_beta: Array
+    ) -> SecondOrderGradients:
+        """Double backward: the training-mode vjp by ``torch.autograd.grad(create_graph=True)``,
+        then the gradient of ``S = sum(v * dx) + sum(v_gamma * dgamma) + sum(v_beta * dbeta)``
+        in x, gamma and dy (bn.backward.second_order); the running statistics are restored.
+
+        A backward autograd cannot differentiate raises (the probe then declares no
+        double_backward); a gradient that does not depend on an input is zero.
+        """
+        params = self._parameters()
+        inputs = to_torch(x, self.input_dtype, self.device).requires_grad_(True)
+        cotangent = to_torch(dy, self.input_dtype, self.device).requires_grad_(True)
+        weights = [to_torch(v, self.input_dtype, self.device)]
+        weights += [vector_to_torch(c, p) for c, p in zip((v_gamma, v_beta), params, strict=False)]
+        with restored(self.mutable_tensors()), torch.enable_grad():
+            y = self.forward(inputs, training=True)
+            from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
+            assert isinstance(y, torch.Tensor)
+            first = torch.autograd.grad(
+                y, [inputs, *params], grad_outputs=cotangent, create_graph=True, allow_unused=True
+            )
+            terms = [
+                (grad * weight).sum()
+                for grad, weight in zip(first, weights, strict=True)
+                if grad is not None and grad.requires_grad
+            ]
+            if not terms:
+                raise RuntimeError("the gradients of the backward pass do not require grad")
+            total = torch.stack([term.to(torch.float64) for term in terms]).sum()
+            wrt = [inputs, *params[:1], cotangent]
+            second = torch.autograd.grad(total, wrt, allow_unused=True)
+        d_gamma = (
+            self._gradient(second[1], params[0], "d_gamma")
+            if params
+            else np.zeros(self.config.num_features)
+        )
+        return SecondOrderGradients(
+            self._gradient(second[0], inputs, "d_x"),
+            d_gamma,
+            self._gradient(second[-1], cotangent, "d_dy"),
+        )
+
     # -- helpers --
+
+    def _parameters(self) -> list[torch.Tensor]:
+        """weight and bias, checked; none for a layer without affine parameters."""
+        if not self.config.affine:
+            return []
+        found, num_features = self.tensors(), self.config.num_features
+        return [
+            _checked_vector(found.weight, num_features, "weight"),
+            _checked_vector(found.bias, num_features, "bias"),
+        ]
 
     def _output(self, x: Array, *, training: bool) -> Array:
         inputs = to_torch(x, self.input_dtype, self.device)
@@ -362,11 +409,11 @@ class TorchImplementation(abc.ABC):
         return profile_has_cumulative_average(self.profile)
 
     def capabilities(self) -> Capabilities:
-        """The base capabilities, less the dtypes a tiny forward and backward fail on."""
+        """The base capabilities, less the dtypes a tiny forward and backward fail on, with
+        double_backward where a tiny layer's backward can be differentiated."""
         if self._capabilities is None:
-            self._capabilities = probe_dtypes(
-                self.base_capabilities(), self._probe, where=str(self.device)
-            )
+            probed = probe_dtypes(self.base_capabilities(), self._probe, where=str(self.device))
+            self._capabilities = self._probe_double_backward(probed)
         return self._capabilities
 
     def versions(self) -> Mapping[str, str]:
@@ -375,6 +422,28 @@ class TorchImplementation(abc.ABC):
     def build(self, config: LayerConfig) -> Layer:
         check_config(self.capabilities(), config, library="torch")
         return self.make_layer(config)
+
+    def _probe_double_backward(self, caps: Capabilities) -> Capabilities:
+        """``caps`` with double_backward set by one double backward of a tiny layer (in
+        float64 where supported); why it failed goes to ``notes["double_backward"]``."""
+        if not caps.backward or not caps.dtypes:
+            return caps
+        dtype = "float64" if "float64" in caps.dtypes else sorted(caps.dtypes)[0]
+        config, x = probe_case(caps, dtype)
+        ones = np.ones(config.num_features)
+        try:
+            layer = self.make_layer(config)
+            layer.second_order_vjp(x, np.ones_like(x), np.ones_like(x), ones, ones)
+        except WrongOutput:
+            pass  # a malformed result is the engine's to report
+        except Exception as error:  # autograd cannot differentiate the backward
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            notes = {
+                **caps.notes,
+                "double_backward": f"its backward is not differentiable: {reason}",
+            }
+            return replace(caps, double_backward=False, notes=notes)
+        return replace(caps, double_backward=True)
 
     def _probe(self, config: LayerConfig, x: Array) -> str | None:
         """A training step, an inference and a backward of a tiny layer (see probe_dtypes)."""

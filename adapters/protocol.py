@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from normspec.reference import Gradients, RunningStatistics
 from normspec.reference.renorm import RenormConfig, RenormStatistics
+from normspec.reference.second_order import SecondOrderGradients
 
 Array = NDArray[np.float64]
 DTypeName = Literal["float64", "float32", "float16", "bfloat16"]
@@ -87,6 +88,9 @@ class Capabilities:
     without_affine: bool = True
     step_counter: bool = False
     strided_input: bool = True
+    #: the training backward is differentiable: ``SecondOrderLayer.second_order_vjp``
+    #: (bn.backward.second_order)
+    double_backward: bool = False
     #: free text per capability that is missing, shown in the report's not-applicable reason
     notes: Mapping[str, str] = field(default_factory=dict)
 
@@ -117,6 +121,21 @@ class Layer(Protocol):
         """dx, dgamma, dbeta of the forward in the given mode for the cotangent ``dy``.
 
         The state after a call is unspecified: the engine sets it before every call.
+        """
+
+
+@runtime_checkable
+class SecondOrderLayer(Layer, Protocol):
+    """A layer of an implementation with ``Capabilities.double_backward``."""
+
+    def second_order_vjp(
+        self, x: Array, dy: Array, v: Array, v_gamma: Array, v_beta: Array
+    ) -> SecondOrderGradients:
+        """The gradient in x, gamma and dy of ``S = sum(v * dx) + sum(v_gamma * dgamma) +
+        sum(v_beta * dbeta)``, dx, dgamma, dbeta being the training-mode vjp for ``dy``.
+
+        Without affine parameters ``v_gamma`` and ``v_beta`` are zero and the gradient in
+        gamma is not compared. The state after a call is unspecified (bn.backward.second_order).
         """
 
 

@@ -40,6 +40,7 @@ from normspec.reference.schedules import (
     Schedule,
     SwitchSchedule,
 )
+from normspec.reference.second_order import SecondOrderGradients, train_double_backward
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,19 @@ class ReferenceLayer:
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
         return self._ops.backward(self._config, self._params, self._state, x, dy, training=training)
 
+    def second_order_vjp(
+        self, x: Array, dy: Array, v: Array, v_gamma: Array, v_beta: Array
+    ) -> SecondOrderGradients:
+        """The closed form of bn.backward.second_order (batch normalization only): the check
+        compares it with finite differences of the training backward."""
+        config = self._config
+        if not isinstance(config, BatchNormConfig):
+            raise UnsupportedConfig("double backward is specified for batch normalization only")
+        gamma = None if self._params is None else self._params.gamma
+        return train_double_backward(
+            x, dy, v, v_gamma, v_beta, gamma, eps=config.eps, feature_axis=config.feature_axis
+        )
+
 
 class ReferenceImplementation:
     """``normspec check reference --profile NAME``: the reference under any profile.
@@ -122,6 +136,7 @@ class ReferenceImplementation:
             untracked=True,
             step_counter=True,
             renorm=has_renorm,
+            double_backward=True,
             notes={} if has_renorm else {"renorm": f"profile {self.dialect.name} has none"},
         )
 

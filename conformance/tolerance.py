@@ -18,6 +18,7 @@ from normspec.conformance.dtypes import FORMATS, float_format, ulp
 from normspec.reference import batch_statistics, train_backward
 from normspec.reference._arrays import per_feature, reduction_axes
 from normspec.reference.schedules import RenormBounds
+from normspec.reference.second_order import SecondOrderEstimate
 
 Array = NDArray[np.float64]
 
@@ -229,6 +230,63 @@ def backward_bounds(
         dgamma=_both(dgamma_bound, precision),
         dbeta=_both(dbeta_bound, precision),
     )
+
+
+@dataclass(frozen=True)
+class SecondOrderBounds:
+    dx: Array
+    dgamma: Array
+    ddy: Array
+
+
+def second_order_bounds(
+    precision: Precision,
+    x: Array,
+    dy: Array,
+    v: Array,
+    v_gamma: Array,
+    v_beta: Array,
+    gamma: Array | None,
+    eps: float,
+    feature_axis: int,
+    expected: SecondOrderEstimate,
+) -> SecondOrderBounds:
+    """Bounds of bn.backward.second_order: ``K * (u_w (n + 3)^2 * T + u_o |d*| + tiny (1 +
+    T))`` with the term scales ``T`` of the clause, plus the finite differences' own error
+    estimate (``expected.error``)."""
+    axes = reduction_axes(x.ndim, feature_axis)
+    terms = FeatureTerms.of(x, feature_axis, eps)
+    n, s = terms.n, terms.s
+    g = _gamma(gamma, x, feature_axis)
+    vg = per_feature(np.abs(v_gamma), x.ndim, feature_axis)
+    vb = per_feature(np.abs(v_beta), x.ndim, feature_axis)
+    w = 1 + terms.kappa + np.abs(terms.xhat)
+    abs_dy, abs_v = np.abs(dy), np.abs(v)
+    dy_w = np.mean(abs_dy * w, axis=axes, keepdims=True)
+    v_w = np.mean(abs_v * w, axis=axes, keepdims=True)
+    p_term = abs_dy + dy_w * w  # the magnitude of dy_i - mean(dy) - xhat_i mean(dy xhat)
+    q_term = abs_v + v_w * w  # the same of v
+    c_term = np.mean(abs_v * p_term, axis=axes, keepdims=True)
+    scales = {
+        "dx": g * s * s * (w * c_term + p_term * v_w + dy_w * q_term) + vg * s * p_term,
+        "dgamma": (n * s * c_term).reshape(-1),
+        "ddy": g * s * q_term + vg * w + vb,
+    }
+    # kappa is per feature (broadcastable to x): so is the relative error
+    relative = precision.u_w * (n + 3) ** 2 + 3 * precision.variance_error(n, terms.kappa)
+
+    def bound(name: str) -> Array:
+        scale = scales[name]
+        rel = relative.reshape(-1) if name == "dgamma" and np.ndim(relative) else relative
+        value = np.abs(getattr(expected.values, name))
+        error = getattr(expected.error, name)
+        result: Array = (
+            SAFETY_FACTOR * (rel * scale + precision.u_o * value + precision.tiny * (1 + scale))
+            + error
+        )
+        return result
+
+    return SecondOrderBounds(dx=bound("dx"), dgamma=bound("dgamma"), ddy=bound("ddy"))
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,23 @@ from typing import Any
 import numpy as np
 from hypothesis import reject
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from normspec import reference
+from normspec.adapters.protocol import SecondOrderLayer
 from normspec.conformance.checks import check
 from normspec.conformance.context import CheckContext, reference_config, reference_params
-from normspec.conformance.strategies import Case
+from normspec.conformance.dtypes import round_to
+from normspec.conformance.strategies import Case, standard_values
 from normspec.conformance.tolerance import (
     backward_bounds,
     compare,
     inference_output_bound,
     running_bounds,
+    second_order_bounds,
     train_output_bound,
 )
+from normspec.reference.second_order import train_second_order_differences
 
 Array = np.ndarray
 
@@ -377,6 +382,57 @@ def backward_infer(ctx: CheckContext, data: Any) -> None:
     layer = ctx.build(case)
     grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=False)
     expect_gradients(ctx, case, grads, training=False)
+
+
+@check(
+    "bn.backward.second_order",
+    needs=("backward", "double_backward"),
+    depends_on=("bn.backward.train.dx",),
+)
+def backward_second_order(ctx: CheckContext, data: Any) -> None:
+    """Small cases (at most 64 values): the expected values are central differences of the
+    reference's training backward, four backward evaluations per element."""
+    features = data.draw(st.integers(1, 2), label="features")
+    case = ctx.draw_case(data, affine=None, max_batch=4, max_spatial=2, num_features=features)
+    cfg = case.config
+    v = round_to(data.draw(standard_values(case.x.shape), label="v"), cfg.dtype)
+    if cfg.affine:
+        vector = hnp.arrays(np.float64, features, elements=st.floats(-1.0, 1.0), fill=st.nothing())
+        v_gamma = round_to(data.draw(vector, label="v_gamma"), cfg.dtype)
+        v_beta = round_to(data.draw(vector, label="v_beta"), cfg.dtype)
+    else:
+        v_gamma = v_beta = np.zeros(features)
+    ctx.notes.update(v=v.tolist(), v_gamma=v_gamma.tolist(), v_beta=v_beta.tolist())
+    layer = ctx.build(case)
+    ctx.require(
+        isinstance(layer, SecondOrderLayer),
+        "the implementation declares double_backward, but its layer has no second_order_vjp",
+    )
+    assert isinstance(layer, SecondOrderLayer)
+    got = ctx.call("second_order_vjp", layer.second_order_vjp, case.x, case.dy, v, v_gamma, v_beta)
+    gamma, _ = _gamma_beta(case)
+    expected = train_second_order_differences(
+        case.x, case.dy, v, v_gamma, v_beta, gamma, eps=cfg.eps, feature_axis=cfg.feature_axis
+    )
+    bounds = second_order_bounds(
+        ctx.precision(cfg.dtype),
+        case.x,
+        case.dy,
+        v,
+        v_gamma,
+        v_beta,
+        gamma,
+        cfg.eps,
+        cfg.feature_axis,
+        expected,
+    )
+    names = ("d_x", "d_gamma", "d_dy") if cfg.affine else ("d_x", "d_dy")
+    shapes = {"d_x": case.x.shape, "d_gamma": (features,), "d_dy": case.x.shape}
+    for name in names:
+        field = {"d_x": "dx", "d_gamma": "dgamma", "d_dy": "ddy"}[name]
+        actual = ctx.shape_of(name, getattr(got, field, None), shapes[name])
+        want, bound = getattr(expected.values, field), getattr(bounds, field)
+        ctx.expect(compare(f"second order {name}", actual, want, bound, cfg.dtype))
 
 
 @check("bn.accuracy.forward", depends_on=("bn.train.output",))
