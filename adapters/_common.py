@@ -78,6 +78,12 @@ def check_config(caps: Capabilities, config: LayerConfig, *, library: str | None
     who = library or "the implementation"
     if config.renorm is not None and not caps.renorm:
         raise UnsupportedConfig(f"batch renormalization is not supported by {who}")
+    if config.virtual_batch_size is not None and not caps.ghost_batches:
+        note = caps.notes.get("ghost_batches")
+        raise UnsupportedConfig(
+            f"ghost batches (virtual_batch_size) are not supported by {who}"
+            + (f" ({note})" if note else "")
+        )
     if config.dtype not in caps.dtypes:
         note = caps.notes.get("dtypes")
         raise UnsupportedConfig(

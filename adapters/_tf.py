@@ -19,6 +19,7 @@ of once per input shape, with a count of the traces.
 from __future__ import annotations
 
 import abc
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -145,30 +146,50 @@ def as_tf_variable(variable: object) -> tf.Variable | None:
     return inner if isinstance(inner, tf.Variable) else None
 
 
-def checked_variable(variable: object, num_features: int, what: str) -> tf.Variable:
-    """The variable, if it is a floating-point vector of ``num_features`` values."""
+def _per_feature_shape(shape: tuple[int, ...], num_features: int) -> bool:
+    """Whether ``shape`` holds ``num_features`` values along one axis, every other of size 1."""
+    return math.prod(shape) == num_features and sum(size != 1 for size in shape) <= 1
+
+
+def checked_variable(
+    variable: object, num_features: int, what: str, *, keepdims: bool = False
+) -> tf.Variable:
+    """The variable, if it is a floating-point vector of ``num_features`` values.
+
+    ``keepdims``: the layer keeps its per-feature variables broadcastable to its input
+    (tf_keras with ``virtual_batch_size``: shape ``(1, 1, ..., C, ...)``), accepted too.
+    """
     found = as_tf_variable(variable)
     if found is None:
         raise WrongOutput(f"the layer has no {what} variable")
-    if tuple(found.shape) != (num_features,) or not found.dtype.is_floating:
+    shape = tuple(found.shape)
+    fits = shape == (num_features,) or (keepdims and _per_feature_shape(shape, num_features))
+    if not fits or not found.dtype.is_floating:
         raise WrongOutput(
-            f"{what} is a {found.dtype.name} variable of shape {tuple(found.shape)}, "
+            f"{what} is a {found.dtype.name} variable of shape {shape}, "
             f"expected a floating-point vector of shape ({num_features},)"
         )
     return found
 
 
-def write_variable(variable: object, values: Array, num_features: int, what: str) -> None:
-    """Overwrite a parameter or statistic, keeping its dtype."""
-    target = checked_variable(variable, num_features, what)
-    target.assign(vector_to_tf(values, target.dtype))
+def write_variable(
+    variable: object, values: Array, num_features: int, what: str, *, keepdims: bool = False
+) -> None:
+    """Overwrite a parameter or statistic, keeping its dtype (and shape, see ``keepdims``)."""
+    target = checked_variable(variable, num_features, what, keepdims=keepdims)
+    target.assign(tf.reshape(vector_to_tf(values, target.dtype), target.shape))
 
 
-def read_variable(variable: object, num_features: int, what: str) -> Array:
+def read_variable(
+    variable: object, num_features: int, what: str, *, keepdims: bool = False
+) -> Array:
     """A parameter or statistic as a float64 vector."""
-    target = checked_variable(variable, num_features, what)
+    target = checked_variable(variable, num_features, what, keepdims=keepdims)
     return from_tf(
-        tf.convert_to_tensor(target), shape=(num_features,), dtype=target.dtype, what=what
+        tf.reshape(tf.convert_to_tensor(target), (num_features,)),
+        shape=(num_features,),
+        dtype=target.dtype,
+        what=what,
     )
 
 
@@ -253,6 +274,8 @@ class TFLayer(abc.ABC):
         self.config = config
         self.input_dtype = tf_dtype(config.dtype)
         self.compiled = compiled
+        #: per-feature variables kept broadcastable to the input (see checked_variable)
+        self.keepdims = False
         self._steps = 0
         self._train = Compiled(self._train_fn, "train", self._keep) if compiled else None
         self._infer = Compiled(self._infer_fn, "infer", self._keep) if compiled else None
@@ -272,14 +295,18 @@ class TFLayer(abc.ABC):
             return []
         found = self.variables()
         n = self.config.num_features
-        return [checked_variable(found.gamma, n, "gamma"), checked_variable(found.beta, n, "beta")]
+        return [
+            checked_variable(found.gamma, n, "gamma", keepdims=self.keepdims),
+            checked_variable(found.beta, n, "beta", keepdims=self.keepdims),
+        ]
 
     # -- the protocol --
 
     def set_parameters(self, gamma: Array, beta: Array) -> None:
         found = self.variables()
-        write_variable(found.gamma, gamma, self.config.num_features, "gamma")
-        write_variable(found.beta, beta, self.config.num_features, "beta")
+        n, keep = self.config.num_features, self.keepdims
+        write_variable(found.gamma, gamma, n, "gamma", keepdims=keep)
+        write_variable(found.beta, beta, n, "beta", keepdims=keep)
 
     def set_state(self, state: State) -> None:
         if not self.config.track_running_stats:
@@ -287,18 +314,18 @@ class TFLayer(abc.ABC):
         if not isinstance(state, RunningStatistics):
             raise TypeError(f"a batch-norm layer keeps RunningStatistics, not {state!r}")
         found = self.variables()
-        n = self.config.num_features
-        write_variable(found.moving_mean, state.mean, n, "moving_mean")
-        write_variable(found.moving_variance, state.var, n, "moving_variance")
+        n, keep = self.config.num_features, self.keepdims
+        write_variable(found.moving_mean, state.mean, n, "moving_mean", keepdims=keep)
+        write_variable(found.moving_variance, state.var, n, "moving_variance", keepdims=keep)
         self._steps = state.steps
 
     def state(self) -> State | None:
         if not self.config.track_running_stats:
             return None
         found = self.variables()
-        n = self.config.num_features
-        mean = read_variable(found.moving_mean, n, "moving_mean")
-        var = read_variable(found.moving_variance, n, "moving_variance")
+        n, keep = self.config.num_features, self.keepdims
+        mean = read_variable(found.moving_mean, n, "moving_mean", keepdims=keep)
+        var = read_variable(found.moving_variance, n, "moving_variance", keepdims=keep)
         return running_statistics(mean, var, self._steps)
 
     def train_step(self, x: Array) -> Array:
@@ -326,10 +353,11 @@ class TFLayer(abc.ABC):
         if not variables:
             zeros = np.zeros(self.config.num_features)
             return Gradients(dx, zeros, zeros.copy())
+        n = self.config.num_features
         return Gradients(
             dx,
-            self._gradient(grads[1], variables[0], "dgamma"),
-            self._gradient(grads[2], variables[1], "dbeta"),
+            self._gradient(grads[1], variables[0], "dgamma").reshape(n),
+            self._gradient(grads[2], variables[1], "dbeta").reshape(n),
         )
 
     # -- helpers --

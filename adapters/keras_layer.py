@@ -214,6 +214,23 @@ def takes_renorm(cls: type, arguments: Mapping[str, Any] | None = None) -> bool:
     return all(_is_variable(getattr(probe, name, None)) for name in (*WEIGHTS, *RENORM_WEIGHTS))
 
 
+def takes_ghost(cls: type, arguments: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``virtual_batch_size`` builds a ghost layer (tf_keras' non-fused path).
+
+    Tried, as :func:`takes_renorm` is: ``fused=True`` rejects it, and a class passing
+    ``**kwargs`` to the base layer rejects it there.
+    """
+    try:
+        probe = _construct(cls, **dict(arguments or {}), virtual_batch_size=2)
+        probe.build((4, 2))
+        y = probe(tf.constant(_probe_input(2, 1)[:2]), training=True)
+    except Exception:  # no virtual_batch_size, or not taken with these arguments
+        return False
+    return isinstance(y, tf.Tensor) and all(
+        _is_variable(getattr(probe, name, None)) for name in WEIGHTS
+    )
+
+
 def _probe_input(rank: int, axis: int, num_features: int = 2) -> np.ndarray:
     shape = [3] + [2] * (rank - 1)
     shape[axis] = num_features
@@ -267,6 +284,9 @@ class KerasLayer(TFLayer):
     def __init__(self, layer: Any, config: LayerConfig, *, compiled: bool = False) -> None:
         super().__init__(config, compiled=compiled)
         self.layer = layer
+        # tf_keras keeps gamma, beta and the moving statistics of a ghost layer broadcastable
+        # to the input reshaped to (V, G, ...): shape (1, 1, ..., C, ...)
+        self.keepdims = config.virtual_batch_size is not None
 
     def variables(self) -> BatchNormVariables:
         layer = self.layer
@@ -365,6 +385,7 @@ class KerasImplementation(TFImplementation):
         )
         self.batchnorm = batchnorm
         self.takes_renorm = takes_renorm(layer_class, self.arguments)
+        self.takes_ghost = takes_ghost(layer_class, self.arguments)
         self.compiled = compiled
         what = label or f"{layer_class.__module__}.{layer_class.__qualname__}"
         extra = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
@@ -399,6 +420,12 @@ class KerasImplementation(TFImplementation):
             )
         if not self.batchnorm:
             notes["batchnorm"] = "this target checks the renorm clauses only"
+        if not self.takes_ghost:
+            notes["ghost_batches"] = (
+                "fused=True does not take virtual_batch_size"
+                if self.arguments.get("fused") is True
+                else f"{self.layer_class.__name__} takes no virtual_batch_size"
+            )
         return Capabilities(
             ranks=self.ranks,
             feature_axes=self.feature_axes,
@@ -410,6 +437,7 @@ class KerasImplementation(TFImplementation):
             without_affine=True,
             step_counter=False,
             strided_input=True,
+            ghost_batches=self.takes_ghost,
             notes=notes,
         )
 
@@ -440,6 +468,10 @@ class KerasImplementation(TFImplementation):
         }
         if config.renorm is not None:
             arguments.update(renorm_arguments(config.renorm, self.dialect))
+        if config.virtual_batch_size is not None:
+            if config.renorm is not None:
+                raise UnsupportedConfig("ghost batches with batch renormalization are not checked")
+            arguments["virtual_batch_size"] = config.virtual_batch_size
         layer = self.layer_class(**arguments)
         shape = [1] * config.rank
         shape[config.feature_axis] = config.num_features
@@ -526,8 +558,9 @@ def tf_keras_nonfused(profile: str = "tf_keras", *, batchnorm: bool = True) -> K
     )
 
 
-def tf_keras_fused(profile: str = "tf_keras") -> KerasImplementation:
-    """``tf_keras.fused``: ``tf_keras.layers.BatchNormalization(fused=True)``, rank 4 and 5."""
+def tf_keras_fused(profile: str = "tf_keras_fused") -> KerasImplementation:
+    """``tf_keras.fused``: ``tf_keras.layers.BatchNormalization(fused=True)``, rank 4 and 5,
+    under the ``tf_keras_fused`` profile by default (its moving variance is unbiased)."""
     return KerasImplementation(
         tf_keras_module().layers.BatchNormalization,
         profile,

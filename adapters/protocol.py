@@ -65,6 +65,9 @@ class LayerConfig:
     affine: bool = True
     track_running_stats: bool = True
     renorm: RenormConfig | None = None
+    #: Ghost batch normalization (spec: ghost.md): training normalizes each ghost batch of
+    #: this many samples on its own; ``None``: the whole batch.
+    virtual_batch_size: int | None = None
 
     @property
     def feature_position(self) -> FeatureAxisPosition | None:
@@ -91,6 +94,8 @@ class Capabilities:
     #: the training backward is differentiable: ``SecondOrderLayer.second_order_vjp``
     #: (bn.backward.second_order)
     double_backward: bool = False
+    #: ghost batches (``LayerConfig.virtual_batch_size``, spec: ghost.md)
+    ghost_batches: bool = False
     #: free text per capability that is missing, shown in the report's not-applicable reason
     notes: Mapping[str, str] = field(default_factory=dict)
 

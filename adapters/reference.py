@@ -32,6 +32,7 @@ from normspec.reference import (
     renorm,
     training_step,
 )
+from normspec.reference import ghost as ghost_bn
 from normspec.reference.dialects import Dialect, profile, renorm_config
 from normspec.reference.schedules import (
     ConstantSchedule,
@@ -67,17 +68,33 @@ BATCHNORM = Operations(_batchnorm_initial, training_step, inference, backward)
 RENORM = Operations(_renorm_initial, renorm.training_step, renorm.inference, renorm.backward)
 
 
+def _ghost_initial(config: ghost_bn.GhostConfig) -> RunningStatistics:
+    return RunningStatistics.initial(config.num_features)
+
+
+#: Ghost batch normalization (normspec.reference.ghost; ghost.*).
+GHOST = Operations(_ghost_initial, ghost_bn.training_step, ghost_bn.inference, ghost_bn.backward)
+
+
 class ReferenceLayer:
     """A float64 reference layer with the dialect's conventions.
 
-    ``config`` is a :class:`BatchNormConfig` (batch normalization: momentum, estimator) or
+    ``config`` is a :class:`BatchNormConfig` (batch normalization: momentum, estimator),
     a :class:`normspec.reference.renorm.RenormConfig` (batch renormalization: what is
-    averaged, one or two sets of moving statistics, the floor on sigma, the schedule).
+    averaged, one or two sets of moving statistics, the floor on sigma, the schedule) or a
+    :class:`normspec.reference.ghost.GhostConfig` (ghost batches of a BN layer).
     """
 
-    def __init__(self, config: BatchNormConfig | renorm.RenormConfig) -> None:
+    def __init__(
+        self, config: BatchNormConfig | renorm.RenormConfig | ghost_bn.GhostConfig
+    ) -> None:
         self._config = config
-        self._ops = RENORM if isinstance(config, renorm.RenormConfig) else BATCHNORM
+        if isinstance(config, renorm.RenormConfig):
+            self._ops = RENORM
+        elif isinstance(config, ghost_bn.GhostConfig):
+            self._ops = GHOST
+        else:
+            self._ops = BATCHNORM
         self._params = Affine.identity(config.num_features) if config.affine else None
         self._state: Any = self._ops.initial(config)
 
@@ -121,7 +138,10 @@ class ReferenceImplementation:
     layers, acting as a library of that dialect would: it takes ``eps`` and the momenta in
     the profile's convention and the bounds in the dialect's form (and rejects invalid ones,
     renorm.params.invalid), and declares a canonical config with another ``average``,
-    ``statistics`` or ``sigma_floor`` unsupported. It offers every schedule.
+    ``statistics`` or ``sigma_floor`` unsupported. It offers every schedule. Under a
+    profile with a ghost dialect (``paper``, ``tf_keras``) it builds ghost layers of that
+    dialect for a ``virtual_batch_size`` (rejecting one that is not a positive integer,
+    ghost.params.invalid).
     """
 
     def __init__(self, dialect: str = "torch") -> None:
@@ -130,6 +150,7 @@ class ReferenceImplementation:
 
     def capabilities(self) -> Capabilities:
         has_renorm = self.dialect.renorm is not None
+        has_ghost = self.dialect.ghost is not None
         return Capabilities(
             feature_axes=("first", "last"),
             cumulative_average=self.dialect.cumulative_average,
@@ -137,7 +158,12 @@ class ReferenceImplementation:
             step_counter=True,
             renorm=has_renorm,
             double_backward=True,
-            notes={} if has_renorm else {"renorm": f"profile {self.dialect.name} has none"},
+            ghost_batches=self.dialect.ghost is not None,
+            notes={
+                name: f"profile {self.dialect.name} has none"
+                for name, present in (("renorm", has_renorm), ("ghost_batches", has_ghost))
+                if not present
+            },
         )
 
     def versions(self) -> Mapping[str, str]:
@@ -145,17 +171,27 @@ class ReferenceImplementation:
 
     def build(self, config: LayerConfig) -> Layer:
         if config.renorm is not None:
+            if config.virtual_batch_size is not None:
+                raise UnsupportedConfig("ghost batches with batch renormalization")
             return ReferenceLayer(self.renorm_config(config))
+        batchnorm = BatchNormConfig(
+            num_features=config.num_features,
+            feature_axis=config.feature_axis,
+            eps=config.eps,
+            rate=self.dialect.rate_from_momentum(config.momentum),
+            running_variance=self.dialect.running_variance,
+            affine=config.affine,
+            track_running_stats=config.track_running_stats,
+        )
+        if config.virtual_batch_size is None:
+            return ReferenceLayer(batchnorm)
+        ghost = self.dialect.ghost
+        if ghost is None:
+            raise UnsupportedConfig(f"profile {self.dialect.name} has no ghost batches")
+        if not config.track_running_stats or config.momentum is None:
+            raise UnsupportedConfig("a ghost layer keeps running statistics with a fixed rate")
         return ReferenceLayer(
-            BatchNormConfig(
-                num_features=config.num_features,
-                feature_axis=config.feature_axis,
-                eps=config.eps,
-                rate=self.dialect.rate_from_momentum(config.momentum),
-                running_variance=self.dialect.running_variance,
-                affine=config.affine,
-                track_running_stats=config.track_running_stats,
-            )
+            ghost_bn.GhostConfig(batchnorm, config.virtual_batch_size, ghost.groups, ghost.running)
         )
 
     # ------------------------------------------------------------------ renorm

@@ -22,7 +22,8 @@ from collections import Counter
 TARGETS: tuple[tuple[str, str], ...] = (
     ("keras", "keras"),
     ("tf_keras.nonfused", "keras"),
-    ("tf_keras.fused", "tf_keras"),
+    ("tf_keras", "tf_keras"),
+    ("tf_keras.fused", "tf_keras_fused"),
     ("tf_keras.renorm", "tf_keras"),
     ("tf.nn.batch_normalization", "tf_keras"),
     ("tf.nn.fused_batch_norm", "torch"),
@@ -61,7 +62,7 @@ def measure(target: str, profile: str, options: argparse.Namespace, compiled: bo
     label = target + (" [compiled]" if compiled else "")
     counts = ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
     return (
-        f"{label:<28} {profile:<9} {wall:7.1f} {cpu:7.1f} {probe_wall:6.1f} {examples:6d} "
+        f"{label:<28} {profile:<14} {wall:7.1f} {cpu:7.1f} {probe_wall:6.1f} {examples:6d} "
         f"{examples / wall if wall else 0:7.1f} {traces:6d}  {counts}"
     )
 
@@ -79,7 +80,7 @@ def main() -> None:
 
     print(f"import of TensorFlow and Keras: {time.perf_counter() - started:.1f} s wall")
     print(
-        f"{'target':<28} {'profile':<9} {'wall s':>7} {'cpu s':>7} {'probe':>6} "
+        f"{'target':<28} {'profile':<14} {'wall s':>7} {'cpu s':>7} {'probe':>6} "
         f"{'ex':>6} {'ex/s':>7} {'traces':>6}  outcomes"
     )
     targets = [(t, PROFILES.get(t, "keras")) for t in options.targets] or list(TARGETS)

@@ -40,9 +40,15 @@ BUILTIN_TARGETS: tuple[BuiltinTarget, ...] = (
     BuiltinTarget("torch.functional", "torch", ("torch",), "torch.nn.functional.batch_norm"),
     BuiltinTarget("flax.linen", "flax", ("jax", "flax"), "flax.linen.BatchNorm"),
     BuiltinTarget("flax.nnx", "flax", ("jax", "flax"), "flax.nnx.BatchNorm"),
-    BuiltinTarget("keras", "keras", ("keras",), "keras.layers.BatchNormalization"),
+    BuiltinTarget("keras", "keras", ("tensorflow", "keras"), "keras.layers.BatchNormalization"),
     BuiltinTarget(
         "tf_keras", "tf_keras", ("tensorflow", "tf_keras"), "tf_keras.layers.BatchNormalization"
+    ),
+    BuiltinTarget(
+        "tf_keras.fused",
+        "tf_keras_fused",
+        ("tensorflow", "tf_keras"),
+        "tf_keras.layers.BatchNormalization(fused=True)",
     ),
     BuiltinTarget(
         "tf_keras.renorm",

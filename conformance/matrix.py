@@ -147,11 +147,14 @@ def new_matrix(options: MatrixOptions) -> Matrix:
 def equivalent_profiles(first: Dialect, second: Dialect, capabilities: Capabilities) -> bool:
     """Whether checking under ``first`` and ``second`` is the same check for an
     implementation with ``capabilities``: every dialect parameter is equal (names aside), the
-    renorm parameters only when the implementation has batch renormalization."""
+    renorm parameters only when the implementation has batch renormalization, the ghost-batch
+    ones only when it has ghost batches."""
     for item in fields(Dialect):
         if item.name in ("name", "description"):
             continue
         if item.name == "renorm" and not capabilities.renorm:
+            continue
+        if item.name == "ghost" and not capabilities.ghost_batches:
             continue
         if getattr(first, item.name) != getattr(second, item.name):
             return False

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from normspec.reference._arrays import check_rate
+from normspec.reference.ghost import GhostDialect
 from normspec.reference.renorm import RenormConfig, RenormDialect
 from normspec.reference.running import VarianceEstimator
 from normspec.reference.schedules import (
@@ -39,6 +40,8 @@ class Dialect:
     default_momentum: float
     #: The renorm dialect parameters (renorm.md, dialects.md); ``None``: no batch renorm.
     renorm: RenormDialect | None = None
+    #: The ghost-batch dialect parameters (ghost.md, dialects.md); ``None``: no ghost batches.
+    ghost: GhostDialect | None = None
 
     def rate_from_momentum(self, momentum: float | None) -> float | None:
         """The canonical alpha for a library momentum (``None``: cumulative average)."""
@@ -75,6 +78,7 @@ PROFILES: dict[str, Dialect] = {
                 sigma_floor="none",
                 warmup="ramp",
             ),
+            ghost=GhostDialect(groups="consecutive", running="sequential"),
         ),
         Dialect(
             name="torch",
@@ -123,6 +127,18 @@ PROFILES: dict[str, Dialect] = {
                 warmup="none",
                 default_renorm_momentum=0.99,
             ),
+            ghost=GhostDialect(groups="strided", running="averaged"),
+        ),
+        Dialect(
+            name="tf_keras_fused",
+            description="tf_keras.layers.BatchNormalization (Keras 2), fused path: momentum is "
+            "1 - alpha, the moving variance averages the Bessel-corrected batch variance, "
+            "epsilon 1e-3; no renorm and no ghost batches (fused=True rejects both)",
+            update_rate="decay",
+            running_variance="unbiased",
+            cumulative_average=False,
+            default_eps=1e-3,
+            default_momentum=0.99,
         ),
     )
 }

@@ -25,7 +25,13 @@ __all__ = ["CHAPTERS", "SPEC_VERSION", "Clause", "UnknownClauseError", "clause",
 SPEC_VERSION = "0.1.0"
 
 #: Chapter files in reading order.
-CHAPTERS: tuple[str, ...] = ("conventions.md", "batchnorm.md", "renorm.md", "dialects.md")
+CHAPTERS: tuple[str, ...] = (
+    "conventions.md",
+    "batchnorm.md",
+    "renorm.md",
+    "ghost.md",
+    "dialects.md",
+)
 
 
 class UnknownClauseError(KeyError):

@@ -77,6 +77,7 @@ def load_builtin_checks() -> dict[str, Check]:
         batchnorm,
         conventions,
         degenerate,
+        ghost,
         renorm,
         running_sequence,
     )

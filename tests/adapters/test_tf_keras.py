@@ -41,9 +41,6 @@ if str(FIXTURES) not in sys.path:
 THIRDPARTY = "thirdparty_keras_bn"
 TOLERANCE = 1e-12
 
-#: The fused path averages the Bessel-corrected batch variance (spec/dialects.md).
-FUSED_DIALECT = replace(PROFILES["tf_keras"], name="tf_keras fused", running_variance="unbiased")
-
 
 @dataclass(frozen=True)
 class Case:
@@ -190,12 +187,12 @@ def test_tf_keras_rounds_the_update_rate_to_float32_in_float64() -> None:
 
 
 def test_fused_path_agrees_with_the_unbiased_variance_in_float32() -> None:
-    impl = load_target("tf_keras.fused", "tf_keras")
+    """The profile tf_keras_fused: the moving variance averages the Bessel-corrected variance."""
+    impl = load_target("tf_keras.fused", "tf_keras_fused")
     caps = impl.capabilities()
     assert caps.ranks == {4, 5} and "float64" not in caps.dtypes and not caps.renorm
-    reference = ReferenceImplementation("tf_keras")
-    reference.dialect = FUSED_DIALECT
-    _agreement(impl, reference, "float32", 2e-5)
+    assert not caps.ghost_batches and "virtual_batch_size" in caps.notes["ghost_batches"]
+    _agreement(impl, ReferenceImplementation("tf_keras_fused"), "float32", 2e-5)
 
 
 @pytest.mark.parametrize("target", [pytest.param("keras", marks=KERAS3), "tf_keras.nonfused"])

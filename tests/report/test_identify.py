@@ -40,16 +40,24 @@ def test_renorm_averages_are_probed() -> None:
     assert paper.value("renorm") == "shared/std" and paper.recommended == "paper"
 
 
-def test_a_dialect_no_profile_has_is_named_with_the_closest() -> None:
-    """tf_keras' fused path: decay, but an unbiased running variance."""
-    fused = ReferenceImplementation("keras")
-    fused.dialect = dataclasses.replace(profile("keras"), running_variance="unbiased")
-    found = identify(fused, "fused:impl")
+def test_the_fused_tf_keras_dialect_is_its_own_profile() -> None:
+    """tf_keras' fused path: decay, but an unbiased running variance (tf_keras_fused)."""
+    found = identify(ReferenceImplementation("tf_keras_fused"), "fused:impl")
     assert found.value("update_rate") == "decay"
     assert found.value("running_variance") == "unbiased"
+    assert "tf_keras_fused" in found.profiles and "keras" not in found.profiles
+
+
+def test_a_dialect_no_profile_has_is_named_with_the_closest() -> None:
+    """Momentum as the rate, but a biased running variance: no library's profile."""
+    odd = ReferenceImplementation("torch")
+    odd.dialect = dataclasses.replace(profile("torch"), running_variance="biased")
+    found = identify(odd, "odd:impl")
+    assert found.value("update_rate") == "rate"
+    assert found.value("running_variance") == "biased"
     assert found.profiles == []
     closest = dict(found.closest)
-    assert closest["keras"] == ["running_variance"] and "tf_keras" in closest
+    assert closest["torch"] == ["running_variance"]
     assert "no profile matches" in found.render()
 
 

@@ -70,6 +70,26 @@ def test_the_renorm_profiles_table_matches_profiles() -> None:
         assert (momentum == DASH) if expected is None else (float(momentum) == expected)
 
 
+def test_the_ghost_profiles_table_matches_profiles() -> None:
+    rows = _table_after("### Ghost profiles")
+    assert [row["profile"] for row in rows] == list(PROFILES)
+    for row in rows:
+        ghost = PROFILES[row["profile"]].ghost
+        assert row["ghost"] == ("no" if ghost is None else "yes")
+        if ghost is None:
+            assert row["ghost_groups"] == row["ghost_running"] == DASH
+        else:
+            assert (row["ghost_groups"], row["ghost_running"]) == (ghost.groups, ghost.running)
+
+
+def test_ghost_library_rows_use_the_ghost_dialect_values() -> None:
+    rows = _table_after("### Libraries", occurrence=2)
+    assert any("virtual_batch_size" in row["implementation"] for row in rows)
+    for row in rows:
+        assert row["ghost_groups"] in {"consecutive", "strided", DASH}
+        assert row["ghost_running"] in {"sequential", "averaged", DASH}
+
+
 @pytest.mark.parametrize(
     ("heading", "columns"),
     [("### Libraries", ("update_rate", "running_variance", "cumulative_average"))],
