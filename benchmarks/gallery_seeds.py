@@ -65,7 +65,7 @@ def main() -> None:
         parser.error(f"no gallery bug named {', '.join(unknown)}")
     selected = [gallery[n] for n in dict.fromkeys(names)] or list(gallery.values())
     print(f"{args.seeds} seeds, max_examples={args.max_examples or 'default'}")
-    print(f"{'bug':<36}{'clause':<34}{'caught':>7}{'elsewh':>7}{'missed':>7}{'s':>7}  not caught")
+    print(f"{'bug':<42}{'clause':<34}{'caught':>7}{'elsewh':>7}{'missed':>7}{'s':>7}  not caught")
     totals = {"clause": 0, "elsewhere": 0, "missed": 0}
     for bug in selected:
         counts = {"clause": 0, "elsewhere": 0, "missed": 0}
@@ -79,12 +79,12 @@ def main() -> None:
         for key, value in counts.items():
             totals[key] += value
         print(
-            f"{bug.__name__:<36}{bug.expected_clauses[0]:<34}{counts['clause']:>7}"
+            f"{bug.__name__:<42}{bug.expected_clauses[0]:<34}{counts['clause']:>7}"
             f"{counts['elsewhere']:>7}{counts['missed']:>7}"
             f"{time.perf_counter() - started:>7.1f}  {' '.join(not_caught)}",
             flush=True,
         )
-    print(f"{'total':<70}{totals['clause']:>7}{totals['elsewhere']:>7}{totals['missed']:>7}")
+    print(f"{'total':<76}{totals['clause']:>7}{totals['elsewhere']:>7}{totals['missed']:>7}")
 
 
 if __name__ == "__main__":
