@@ -446,7 +446,7 @@ def _run_one(
     matrix.columns.append(column)
     counts = report.counts()
     summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
-    verdict = "conformant" if report.conformant else "NOT conformant"
+    verdict = "NOT conformant" if not report.conformant else report.verdict
     if report.interrupted:
         verdict += " (interrupted)"
     progress.line(f"  {verdict} under {profile_name}: {summary} in {report.seconds:.1f} s")

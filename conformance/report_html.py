@@ -169,7 +169,7 @@ def _verdicts(matrix: Matrix) -> str:
     for column in matrix.columns:
         report = column.report
         counts = ", ".join(f"{v} {OUTCOME_TITLES[k]}" for k, v in report.counts().items() if v)
-        verdict = "conformant" if report.conformant else "not conformant"
+        verdict = report.verdict
         if report.interrupted:
             verdict += " (interrupted)"
         versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())

@@ -103,7 +103,9 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
         for column in matrix.columns:
             counts = column.report.counts()
             summary = ", ".join(f"{v} {OUTCOME_TITLES[k]}" for k, v in counts.items() if v)
-            verdict = "conformant" if column.report.conformant else "**not conformant**"
+            verdict = column.report.verdict
+            if not column.report.conformant:
+                verdict = f"**{verdict}**"
             if column.report.interrupted:
                 verdict += " (interrupted)"
             versions = ", ".join(f"{k} {v}" for k, v in column.report.versions.items())

@@ -76,7 +76,7 @@ def print_summary(report: Report, stream: TextIO) -> None:
     for warning in report.warnings:
         print(f"\nwarning: {warning}", file=stream)
     counts = report.counts()
-    verdict = "CONFORMANT" if report.conformant else "NOT CONFORMANT"
+    verdict = report.verdict.upper()
     if report.interrupted:
         verdict += " (interrupted: partial results)"
     print(

@@ -104,3 +104,13 @@ class Report:
         Declared deviations (and skips behind them) do not count against conformance.
         """
         return not any(r.level == "MUST" and r.failing for r in self.results)
+
+    @property
+    def verdict(self) -> str:
+        """``not conformant``, ``conformant``, or ``nothing applicable`` where no clause
+        applied (every one not applicable or skipped): conformant then, but vacuously."""
+        if not self.conformant:
+            return "not conformant"
+        if all(r.outcome in ("not_applicable", "skipped") for r in self.results):
+            return "nothing applicable"
+        return "conformant"

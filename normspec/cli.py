@@ -197,7 +197,8 @@ def _report_command(args: argparse.Namespace) -> int:
         raise UsageError(str(problem)) from None
     print()
     for column in matrix.columns:
-        verdict = "conformant" if column.report.conformant else "NOT conformant"
+        report = column.report
+        verdict = report.verdict if report.conformant else "NOT conformant"
         print(f"  {column.title}: {verdict}")
     for item in matrix.unavailable:
         print(f"  {item.label} [{item.profile}]: not checked: {item.reason}")

@@ -207,3 +207,18 @@ def test_check_rejects_a_bad_deviation_file(
     assert "clause" in err and len(err.splitlines()) == 1
     assert main(["check", "reference", "--deviations", str(tmp_path / "none.toml")]) == 2
     assert "cannot read deviation file" in capsys.readouterr().err
+
+
+def test_the_verdict_says_when_nothing_applied() -> None:
+    nothing = _report(
+        _result("bn.train.output", "not_applicable"), _result("x.y", "skipped", "SHOULD")
+    )
+    assert nothing.conformant and nothing.verdict == "nothing applicable"
+    behind = _report(_result("bn.train.output", "not_applicable"), _result("x.y", "skipped"))
+    assert behind.verdict == "not conformant"  # a MUST clause skipped behind a failure
+    passed = _report(_result("bn.train.output", "pass"), _result("x.y", "not_applicable"))
+    assert passed.verdict == "conformant"
+    failed = _report(_result("bn.train.output", "fail"), _result("x.y", "pass"))
+    assert not failed.conformant and failed.verdict == "not conformant"
+    should = _report(_result("bn.accuracy.forward", "fail", level="SHOULD"))
+    assert should.verdict == "conformant"
