@@ -165,15 +165,20 @@ def equivalent_profiles(first: Dialect, second: Dialect, capabilities: Capabilit
 # The worst error in ulps of passing clauses
 
 
+#: Elements whose bound allows more ulps of their value than this are left out of the figure.
+SIGNIFICANT_BOUND_ULPS = 2.0**20
+
+
 def significant_ulps(
     actual: Any, expected: Any, bound: Any, dtype: str, mask: Any = None
 ) -> float | None:
     """The worst elementwise error in ulps of the dtype, over the values that matter.
 
-    Only elements whose reference value exceeds their error bound count: where the expected
-    value is below the bound (a gradient that cancels to zero, an output equal to a zero
-    beta) the bound's absolute terms allow errors that are any number of ulps of that tiny
-    value, and a figure such as 1e30 ulps would say nothing. ``None`` when no element
+    Only elements whose error bound is at most :data:`SIGNIFICANT_BOUND_ULPS` ulps of their
+    reference value count: where the bound is far larger than the value (a gradient that
+    cancels to zero, an output equal to a zero beta, a statistic recovered from a state
+    update by cancellation) its absolute terms allow errors that are any number of ulps of
+    that value, and a figure such as 1e14 ulps would say nothing. ``None`` when no element
     counts; infinity for a non-finite result where the expected value is finite.
     """
     import numpy as np
@@ -189,14 +194,16 @@ def significant_ulps(
         selected = np.ones(e.shape, bool) if mask is None else np.broadcast_to(mask, e.shape)
     except (TypeError, ValueError):
         return None
-    with np.errstate(invalid="ignore"):
-        counted = selected & np.isfinite(e) & (np.abs(e) > b)
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = selected & np.isfinite(e)
+        units = ulp(np.where(finite, e, 0.0), dtype)
+        counted = finite & (b <= SIGNIFICANT_BOUND_ULPS * units)
     if not np.any(counted):
         return None
     if not np.all(np.isfinite(a[counted])):
         return math.inf
     error = np.abs(a[counted] - e[counted])
-    return float(np.max(error / ulp(e[counted], dtype)))
+    return float(np.max(error / units[counted]))
 
 
 class UlpsRecorder:

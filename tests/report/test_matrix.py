@@ -57,10 +57,13 @@ def test_equivalent_profiles_ignore_renorm_without_renorm() -> None:
     assert not equivalent_profiles(profile("keras"), profile("paper"), Capabilities())
 
 
-def test_significant_ulps_ignores_values_below_their_bound() -> None:
-    assert significant_ulps([1.0 + 2**-52 * 3], [1.0], [1e-3], "float64") == pytest.approx(3)
+def test_significant_ulps_ignores_values_their_bound_dwarfs() -> None:
+    assert significant_ulps([1.0 + 2**-52 * 3], [1.0], [1e-12], "float64") == pytest.approx(3)
     assert significant_ulps([1e-20], [0.0], [1e-10], "float64") is None
-    assert significant_ulps([float("nan")], [1.0], [1e-3], "float64") == float("inf")
+    # a bound of 2^40 ulps of the value: its absolute terms rule, the figure would say nothing
+    assert significant_ulps([1.0 + 2**-20], [1.0], [2**-12], "float64") is None
+    assert significant_ulps([1.0 + 2**-40, 0.5], [1.0, 0.5], [2**-12, 1e-15], "float64") == 0.0
+    assert significant_ulps([float("nan")], [1.0], [1e-12], "float64") == float("inf")
 
 
 def _matrix(fake_module: str, **kwargs: Any) -> Any:
