@@ -9,7 +9,7 @@ normalization, :class:`normspec.reference.renorm.RenormStatistics` for a renorm 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -29,6 +29,9 @@ ALL_DTYPES: tuple[DTypeName, ...] = ("float64", "float32", "float16", "bfloat16"
 
 #: The statistic state a layer carries: running statistics (BN) or moving ones (renorm).
 State = RunningStatistics | RenormStatistics
+#: ``partial``: a replica's dgamma, dbeta are sums over its own values; ``reduced``: the
+#: totals over every replica (dialects.md: replica_param_gradients).
+ReplicaParamGradients = Literal["partial", "reduced"]
 
 
 class UnsupportedConfig(Exception):
@@ -96,6 +99,15 @@ class Capabilities:
     double_backward: bool = False
     #: ghost batches (``LayerConfig.virtual_batch_size``, spec: ghost.md)
     ghost_batches: bool = False
+    #: synchronized BN across replicas (spec: replicas.md): ``build_replicated``
+    replicas: bool = False
+    #: per-replica masks in a replicated step (Flax's ``mask=``; sync.train.mask)
+    replica_masks: bool = False
+    #: replicas whose batches differ in size (an empty one among them) without masks;
+    #: false where every device takes a block of one shape (shard_map, pmap)
+    replica_uneven_batches: bool = True
+    #: the parameter gradients a replica returns (dialects.md: replica_param_gradients)
+    replica_param_gradients: ReplicaParamGradients = "partial"
     #: free text per capability that is missing, shown in the report's not-applicable reason
     notes: Mapping[str, str] = field(default_factory=dict)
 
@@ -158,3 +170,39 @@ class Implementation(Protocol):
 
     def build(self, config: LayerConfig) -> Layer:
         """A fresh layer, with the implementation's initial parameters and state."""
+
+
+@runtime_checkable
+class ReplicatedLayer(Protocol):
+    """One layer on K replicas (spec: replicas.md): synchronized training steps.
+
+    Every replica holds the same configuration; parameters and state are set on all of
+    them. Arrays are per replica, in replica order, with the same shape but for the batch
+    axis (axis 0), whose size may be 0. A mask is a boolean array broadcastable to its
+    replica's input, true where a value counts (sync.train.mask).
+    """
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        """Set the affine parameters on every replica."""
+
+    def set_state(self, state: State) -> None:
+        """Set the running statistics of every replica."""
+
+    def states(self) -> list[State | None]:
+        """Each replica's statistics, as it holds them now."""
+
+    def train_step(self, xs: Sequence[Array], masks: Sequence[Array] | None = None) -> list[Array]:
+        """One synchronized training step; every replica's output."""
+
+    def vjp(
+        self, xs: Sequence[Array], dys: Sequence[Array], masks: Sequence[Array] | None = None
+    ) -> list[Gradients]:
+        """Each replica's dx, dgamma, dbeta of a training step (the state after is unspecified)."""
+
+
+@runtime_checkable
+class ReplicatedImplementation(Implementation, Protocol):
+    """An implementation with ``Capabilities.replicas``: it also builds replicated layers."""
+
+    def build_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedLayer:
+        """A fresh layer on ``replicas`` replicas (1 to 4), with initial parameters and state."""

@@ -8,7 +8,7 @@ the type of its config.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,6 +30,7 @@ from normspec.reference import (
     backward,
     inference,
     renorm,
+    replicas,
     training_step,
 )
 from normspec.reference import ghost as ghost_bn
@@ -131,6 +132,49 @@ class ReferenceLayer:
         )
 
 
+class ReplicatedReferenceLayer:
+    """A reference layer on K replicas (normspec.reference.replicas; sync.*).
+
+    It wraps one single-device :class:`ReferenceLayer`: the replicas share its
+    configuration, parameters and state, and a step computes the concatenated batch once
+    and hands each replica its slice.
+    """
+
+    def __init__(self, layer: ReferenceLayer, replicas: int) -> None:
+        if not isinstance(layer._config, BatchNormConfig):
+            raise UnsupportedConfig("only plain batch normalization is synchronized (sync.*)")
+        self._layer = layer
+        self._config: BatchNormConfig = layer._config
+        self.replicas = replicas
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        self._layer.set_parameters(gamma, beta)
+
+    def set_state(self, state: State) -> None:
+        self._layer.set_state(state)
+
+    def states(self) -> list[State | None]:
+        return [self._layer.state()] * self.replicas
+
+    def _count(self, arrays: Sequence[Array]) -> None:
+        if len(arrays) != self.replicas:
+            raise ValueError(f"{len(arrays)} arrays for a layer on {self.replicas} replicas")
+
+    def train_step(self, xs: Sequence[Array], masks: Sequence[Array] | None = None) -> list[Array]:
+        self._count(xs)
+        layer = self._layer
+        ys, layer._state = replicas.training_step(
+            self._config, layer._params, layer._state, xs, masks
+        )
+        return ys
+
+    def vjp(
+        self, xs: Sequence[Array], dys: Sequence[Array], masks: Sequence[Array] | None = None
+    ) -> list[Gradients]:
+        self._count(xs)
+        return replicas.backward(self._config, self._layer._params, xs, dys, masks)
+
+
 class ReferenceImplementation:
     """``normspec check reference --profile NAME``: the reference under any profile.
 
@@ -157,6 +201,8 @@ class ReferenceImplementation:
             untracked=True,
             step_counter=True,
             renorm=has_renorm,
+            replicas=True,
+            replica_masks=True,
             double_backward=True,
             ghost_batches=self.dialect.ghost is not None,
             notes={
@@ -193,6 +239,14 @@ class ReferenceImplementation:
         return ReferenceLayer(
             ghost_bn.GhostConfig(batchnorm, config.virtual_batch_size, ghost.groups, ghost.running)
         )
+
+    def build_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedReferenceLayer:
+        """The layer of :meth:`build` on ``replicas`` replicas (batch normalization only)."""
+        if config.renorm is not None:
+            raise UnsupportedConfig("synchronized batch renormalization is not specified")
+        layer = self.build(config)
+        assert isinstance(layer, ReferenceLayer)
+        return ReplicatedReferenceLayer(layer, replicas)
 
     # ------------------------------------------------------------------ renorm
     def renorm_config(self, config: LayerConfig) -> renorm.RenormConfig:

@@ -18,6 +18,7 @@ from normspec.adapters.protocol import Implementation
 #: (framework module that must be loaded, "module:function" of the recogniser).
 #: A recogniser takes (object, profile name) and returns an Implementation or None.
 RECOGNISERS: list[tuple[str, str]] = [
+    ("torch", "normspec.adapters.torch_distributed:recognise"),
     ("torch", "normspec.adapters.torch_module:recognise"),
     ("keras", "normspec.adapters.keras_layer:recognise"),
     ("tf_keras", "normspec.adapters.keras_layer:recognise"),

@@ -38,6 +38,8 @@ BUILTIN_TARGETS: tuple[BuiltinTarget, ...] = (
     BuiltinTarget("reference", "paper", (), "normspec reference"),
     BuiltinTarget("torch.nn:BatchNorm2d", "torch", ("torch",)),
     BuiltinTarget("torch.functional", "torch", ("torch",), "torch.nn.functional.batch_norm"),
+    # its sync.* clauses run on K processes on GPUs, and are not applicable on the CPU
+    BuiltinTarget("torch.nn:SyncBatchNorm", "torch", ("torch",), "torch.nn.SyncBatchNorm"),
     BuiltinTarget("flax.linen", "flax", ("jax", "flax"), "flax.linen.BatchNorm"),
     BuiltinTarget("flax.nnx", "flax", ("jax", "flax"), "flax.nnx.BatchNorm"),
     BuiltinTarget("keras", "keras", ("tensorflow", "keras"), "keras.layers.BatchNormalization"),

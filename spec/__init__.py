@@ -29,6 +29,7 @@ CHAPTERS: tuple[str, ...] = (
     "conventions.md",
     "batchnorm.md",
     "renorm.md",
+    "replicas.md",
     "ghost.md",
     "dialects.md",
 )

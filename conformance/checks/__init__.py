@@ -79,6 +79,7 @@ def load_builtin_checks() -> dict[str, Check]:
         degenerate,
         ghost,
         renorm,
+        replicas,
         running_sequence,
     )
 
