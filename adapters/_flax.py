@@ -8,7 +8,9 @@ fields or constructor keywords), how it is recognised, and how it runs as pure f
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import flax
@@ -16,10 +18,13 @@ import flax
 from normspec.adapters._common import ParameterPolicy
 from normspec.adapters._jax import (
     FLAX_NOTES,
+    REPLICA_AXIS,
+    UNEVEN_BATCHES,
     JaxImplementation,
     JaxProgram,
     jax_dtype,
     parameter_dtype,
+    replica_devices_missing,
 )
 from normspec.adapters.protocol import Capabilities, LayerConfig
 
@@ -59,6 +64,11 @@ class FlaxImplementation(JaxImplementation):
     ``parameters`` says where a float16/bfloat16 layer keeps its parameters (``float32``,
     Flax's default ``param_dtype``, or ``input``). A subclass names its API and says how a
     class is recognised, which arguments it accepts, and how its program is made.
+
+    A class that takes ``axis_name`` is also checked synchronized (sync.*): on K devices
+    with ``axis_name`` the mesh axis (:class:`~normspec.adapters._jax.ShardedProgram`), with
+    ``mask=`` where its ``__call__`` takes one (sync.train.mask), replicas of one batch size
+    otherwise (:class:`~normspec.adapters._jax.ReplicatedJaxLayer`).
     """
 
     #: What a recognised class must offer, for the error on one that does not.
@@ -113,7 +123,7 @@ class FlaxImplementation(JaxImplementation):
         return cls(obj, profile)
 
     def base_capabilities(self) -> Capabilities:
-        return Capabilities(
+        base = Capabilities(
             ranks=frozenset({2, 3, 4, 5}),
             feature_axes=("last", "first"),
             backward=True,
@@ -123,6 +133,30 @@ class FlaxImplementation(JaxImplementation):
             step_counter=False,
             strided_input=False,
             notes=dict(FLAX_NOTES),
+        )
+        return self.replica_capabilities(base)
+
+    def replica_capabilities(self, base: Capabilities) -> Capabilities:
+        """``base`` with what the class supports synchronized (sync.*)."""
+        cls = self.module_class
+        missing = (
+            f"{cls.__qualname__} takes no axis_name"
+            if not self.accepts(cls, "axis_name")
+            else replica_devices_missing()
+        )
+        masks = takes_mask(cls)
+        notes = {**base.notes, "replica_uneven_batches": UNEVEN_BATCHES}
+        if missing is not None:
+            notes["replicas"] = missing
+        if not masks:
+            notes["replica_masks"] = f"{cls.__qualname__}.__call__ takes no mask"
+        return replace(
+            base,
+            replicas=missing is None,
+            replica_masks=missing is None and masks,
+            replica_param_gradients="partial",
+            replica_uneven_batches=False,
+            notes=notes,
         )
 
     def library_versions(self) -> Mapping[str, str]:
@@ -139,15 +173,33 @@ class FlaxImplementation(JaxImplementation):
             config.affine,
         )
 
-    def make_program(self, config: LayerConfig) -> JaxProgram:
+    def arguments(self, config: LayerConfig) -> dict[str, Any]:
+        """The module's arguments for ``config`` (:func:`flax_arguments`)."""
         module_class = self.module_class
-        arguments = flax_arguments(
+        return flax_arguments(
             config,
             parameters=self.parameters,
             use_fast_variance=self.use_fast_variance,
             accepts=lambda name: self.accepts(module_class, name),
         )
-        return self.flax_program(arguments, config)
+
+    def make_program(self, config: LayerConfig) -> JaxProgram:
+        return self.flax_program(self.arguments(config), config)
+
+    def make_replicated_program(self, config: LayerConfig) -> JaxProgram:
+        """The module with ``axis_name`` the replicas' mesh axis, as a data-parallel user
+        builds it."""
+        return self.flax_program({**self.arguments(config), "axis_name": REPLICA_AXIS}, config)
+
+
+def takes_mask(module_class: type) -> bool:
+    """Whether the class's ``__call__`` takes ``mask`` (flax's BatchNorm: ``mask=``)."""
+    call: Any = module_class.__call__  # the class's own method, else type.__call__
+    try:
+        parameters = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+    return "mask" in parameters
 
 
 #: The configuration a candidate class is built with to see whether it is recognisable.

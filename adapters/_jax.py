@@ -17,7 +17,7 @@ arrays are created and consumed inside the context of its own dtype.
 with the layer's configuration static (the module, eps, momentum, axis, dtypes are Python
 values, as in a user's program); JAX caches the compiled executables per input shape and
 dtype. Programs are cached per configuration by the implementation, so a check compiles
-once per distinct (configuration, operation, shape, dtype): there is no padding or masking
+once per distinct (configuration, operation, shape, dtype): on one device there is no padding or masking
 (both would change the reductions being checked). The initial variables of a layer are
 computed eagerly (no per-configuration compilation), and only when a check reads them.
 
@@ -27,6 +27,13 @@ for float32 and half inputs and float64 for float64 inputs, although a new layer
 statistics are float32 until its first step; ``flax.nnx.BatchNorm`` keeps them in float32
 whatever the dtype. Values the engine sets are rounded to that dtype, as a trained layer
 would hold them.
+
+**Replicas (sync.*).** A module that takes ``axis_name`` runs synchronized on K devices:
+:class:`ShardedProgram` runs its training step and vjp under ``shard_map`` over a 1-d mesh
+of the first K devices whose axis is the module's ``axis_name``, each replica's batch on
+its own device (the CPU has several when ``XLA_FLAGS`` asks for them:
+:mod:`normspec.jax_devices`). Every device takes a block of one shape: replicas of
+different batch sizes run only with masks, padded (:class:`ReplicatedJaxLayer`).
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from normspec import jax_devices
 from normspec.adapters._common import (
     ParameterPolicy,
     check_config,
@@ -57,6 +66,7 @@ from normspec.adapters.protocol import (
     Layer,
     LayerConfig,
     State,
+    UnsupportedConfig,
     WrongOutput,
 )
 from normspec.reference import Gradients, RunningStatistics
@@ -117,18 +127,19 @@ def x64_enabled() -> bool:
 # -- arrays ---------------------------------------------------------------------------------
 
 
-def to_jax(array: Array, name: DTypeName) -> jax.Array:
+def to_jax(array: Array, name: DTypeName, sharding: NamedSharding | None = None) -> jax.Array:
     """A protocol array as a JAX array of dtype ``name`` (exact: values are representable).
 
     The conversion is done on the host (NumPy, ml_dtypes for bfloat16) and the result
-    transferred with ``jax.device_put``: no JAX operation, so nothing is compiled. JAX
+    transferred with ``jax.device_put`` (split over the devices of ``sharding`` if one is
+    given): no JAX operation, so nothing is compiled. JAX
     arrays have no strides: a strided or transposed view arrives dense. A float64 array
     needs x64 mode (:func:`precision`).
     """
     values = np.asarray(array, dtype=np.float64).astype(jax_dtype(name))
     if name == "float64" and not x64_enabled():
         raise RuntimeError("a float64 array outside x64 mode would be truncated to float32")
-    return jax.device_put(values)
+    return jax.device_put(values, sharding)
 
 
 def vector_to_jax(values: Array, dtype: Any) -> jax.Array:
@@ -252,6 +263,15 @@ def read_vector(tree: Tree, name: str, num_features: int, what: str) -> Array:
     return from_jax(value, shape=(num_features,), dtype=value.dtype, what=name)
 
 
+def statistics_of(stats: Tree, num_features: int, steps: int) -> RunningStatistics:
+    """The running statistics held in a statistics tree."""
+    return running_statistics(
+        read_vector(stats, MEAN, num_features, "statistics"),
+        read_vector(stats, VAR, num_features, "statistics"),
+        steps,
+    )
+
+
 # -- programs -------------------------------------------------------------------------------
 
 
@@ -286,20 +306,33 @@ class JaxProgram(abc.ABC):
         return jax.eval_shape(self.make_initial)
 
     @abc.abstractmethod
-    def apply_train(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
-        """One training-mode forward: the output and the updated statistics tree."""
+    def apply_train(
+        self, params: Tree, stats: Tree, x: jax.Array, *, mask: jax.Array | None = None
+    ) -> tuple[Any, Tree]:
+        """One training-mode forward: the output and the updated statistics tree.
+
+        ``mask`` (replicated programs only, sync.train.mask): Flax's ``mask=``, true where
+        a value counts; ``None``: the call without it.
+        """
 
     @abc.abstractmethod
     def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
         """One inference-mode forward: the output and the statistics tree it leaves."""
 
     def _vjp(
-        self, params: Tree, stats: Tree, x: jax.Array, dy: jax.Array, *, training: bool
+        self,
+        params: Tree,
+        stats: Tree,
+        x: jax.Array,
+        dy: jax.Array,
+        *,
+        training: bool,
+        mask: jax.Array | None = None,
     ) -> tuple[Any, jax.Array, Tree]:
-        forward = self.apply_train if training else self.apply_infer
-
         def output(p: Tree, inputs: jax.Array, s: Tree) -> tuple[Any, Tree]:
-            return forward(p, s, inputs)
+            if training:
+                return self.apply_train(p, s, inputs, mask=mask)
+            return self.apply_infer(p, s, inputs)
 
         # The statistics are a primal of the vjp (their cotangent is dropped) rather than
         # a constant closed over: nnx refuses to update a variable from another trace.
@@ -401,12 +434,7 @@ class JaxLayer:
 
     def state(self) -> RunningStatistics:
         _, stats = self._trees()
-        features = self.config.num_features
-        return running_statistics(
-            read_vector(stats, MEAN, features, "statistics"),
-            read_vector(stats, VAR, features, "statistics"),
-            self._steps,
-        )
+        return statistics_of(stats, self.config.num_features, self._steps)
 
     def train_step(self, x: Array) -> Array:
         with precision(self.config.dtype):
@@ -452,6 +480,215 @@ class JaxLayer:
             return Gradients(grad_x, grads[0], grads[1])
 
 
+# -- replicas (sync.*) ----------------------------------------------------------------------
+
+#: The mesh axis of a replicated layer: its module's ``axis_name``.
+REPLICA_AXIS = "replicas"
+#: Why batches of different sizes without masks cannot be run (sync.*).
+UNEVEN_BATCHES = (
+    "shard_map and pmap give every device a block of one shape: replicas with batches of "
+    "different sizes (an empty replica among them) are only expressible padded to one size "
+    "with the padding masked out, which needs mask= (checked under sync.train.mask)"
+)
+
+
+def _shard_map() -> Callable[..., Any]:
+    """``jax.shard_map`` (jax >= 0.7), else ``jax.experimental.shard_map.shard_map``."""
+    found: Callable[..., Any] | None = getattr(jax, "shard_map", None)
+    if found is None:
+        found = importlib.import_module("jax.experimental.shard_map").shard_map
+    return found
+
+
+def replica_devices_missing() -> str | None:
+    """Why the devices do not suffice for the sync.* checks, or ``None`` if they do."""
+    found = len(jax.devices())
+    if found >= jax_devices.DEVICES:
+        return None
+    return (
+        f"{found} JAX device(s) on {describe_device()}, {jax_devices.DEVICES} needed (one "
+        f"per replica): {jax_devices.how_to_get_them()}"
+    )
+
+
+def _own(tree: Tree) -> Tree:
+    """Inside shard_map: this device's copy of a tree stacked along a leading replica axis."""
+    return jax.tree_util.tree_map(lambda value: value[0], tree)
+
+
+def _stacked(tree: Tree) -> Tree:
+    """Inside shard_map: a tree with a leading replica axis of size 1, to be concatenated."""
+    return jax.tree_util.tree_map(lambda value: value[None], tree)
+
+
+class ShardedProgram:
+    """A replicated program's training step and training vjp on the first K devices.
+
+    The program's module synchronizes over :data:`REPLICA_AXIS` (its ``axis_name``), the
+    axis of a 1-d mesh of K devices; the functions run under ``shard_map`` over that mesh,
+    each device on its own block, and are jitted (one compilation per block shape, dtype
+    and masking). Every argument is split along its leading axis: the input, the cotangent
+    and the mask are the concatenation of equal per-device blocks; the parameters and the
+    statistics are K stacked copies, one per device, as under ``pmap``, so that each
+    device returns its own running statistics and the gradient of its own copy of the
+    parameters: the partial sums over its values (replica_param_gradients = partial).
+    """
+
+    def __init__(self, program: JaxProgram, replicas: int) -> None:
+        mesh = Mesh(np.array(jax.devices()[:replicas]), (REPLICA_AXIS,))
+        #: how every argument and result is laid out: split over the devices along axis 0
+        self.sharding = NamedSharding(mesh, PartitionSpec(REPLICA_AXIS))
+        split = PartitionSpec(REPLICA_AXIS)
+
+        def train(
+            params: Tree, stats: Tree, x: jax.Array, mask: jax.Array | None
+        ) -> tuple[Any, Tree]:
+            y, updated = program.apply_train(_own(params), _own(stats), x, mask=mask)
+            return y, _stacked(updated)
+
+        def vjp(
+            params: Tree, stats: Tree, x: jax.Array, dy: jax.Array, mask: jax.Array | None
+        ) -> tuple[Any, jax.Array, Tree]:
+            y, dx, dparams = program._vjp(
+                _own(params), _own(stats), x, dy, training=True, mask=mask
+            )
+            return y, dx, _stacked(dparams)
+
+        shard_map = _shard_map()
+        self.train = jax.jit(shard_map(train, mesh=mesh, in_specs=split, out_specs=split))
+        self.vjp = jax.jit(shard_map(vjp, mesh=mesh, in_specs=split, out_specs=split))
+
+    def copies(self, tree: Tree, replicas: int) -> Tree:
+        """``replicas`` stacked copies of a tree, one on each device (no JAX operation)."""
+
+        def stack(value: Any) -> jax.Array:
+            host = np.asarray(value)
+            return jax.device_put(np.stack([host] * replicas), self.sharding)
+
+        return jax.tree_util.tree_map(stack, tree)
+
+
+class ReplicatedJaxLayer:
+    """A :class:`~normspec.adapters.protocol.ReplicatedLayer` over a :class:`ShardedProgram`.
+
+    ``single`` is the unsynchronized layer of the same configuration: it holds what is set
+    on every replica (parameters, statistics) and knows the variables' structure (a
+    synchronized module cannot be traced outside its mesh). Replica k's batch is the k-th
+    block of the sharded input, on the k-th device.
+
+    **Batch sizes.** ``shard_map`` (as ``pmap``) gives every device a block of one shape.
+    Without masks, the replicas' batches must have one size (else
+    :class:`UnsupportedConfig`; the capability ``replica_uneven_batches`` is false). With
+    masks, each batch is padded with masked-out zeros to the largest one: the way a Flax
+    user feeds devices batches of different sizes, and exactly as correct as the module's
+    masking (sync.train.mask); the padding's outputs and gradients are dropped.
+    """
+
+    def __init__(
+        self, single: JaxLayer, sharded: ShardedProgram, config: LayerConfig, replicas: int
+    ) -> None:
+        self.single, self.sharded = single, sharded
+        self.config, self.replicas = config, replicas
+        #: each replica's statistics (stacked) after a step; ``None``: the single layer's
+        self._stats: Tree | None = None
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        self.single.set_parameters(gamma, beta)
+
+    def set_state(self, state: State) -> None:
+        self.single.set_state(state)
+        self._stats = None
+
+    def states(self) -> list[State | None]:
+        if self._stats is None:
+            return [self.single.state() for _ in range(self.replicas)]
+        with precision(self.config.dtype):
+            host = jax.tree_util.tree_map(np.asarray, self._stats)
+            features, steps = self.config.num_features, self.single._steps
+            return [
+                statistics_of(jax.tree_util.tree_map(lambda v, k=k: v[k], host), features, steps)
+                for k in range(self.replicas)
+            ]
+
+    def _blocks(
+        self, arrays: Sequence[Array], masks: Sequence[Array] | None, what: str
+    ) -> tuple[jax.Array, jax.Array | None, list[int]]:
+        """The sharded concatenation of equal blocks, the sharded mask, the batch sizes."""
+        if len(arrays) != self.replicas:
+            raise ValueError(f"{len(arrays)} {what} for a layer on {self.replicas} replicas")
+        sizes = [int(np.shape(a)[0]) for a in arrays]
+        block = max(sizes)
+        if masks is None and len(set(sizes)) > 1:
+            raise UnsupportedConfig(f"batch sizes {sizes}: {UNEVEN_BATCHES}")
+
+        def padded(array: Array, fill: Any) -> Array:
+            extra = [(0, block - array.shape[0])] + [(0, 0)] * (array.ndim - 1)
+            return np.pad(array, extra, constant_values=fill)
+
+        whole = np.concatenate([padded(np.asarray(a, np.float64), 0.0) for a in arrays])
+        mask = None
+        if masks is not None:
+            flags = [
+                np.broadcast_to(np.asarray(m, bool), a.shape)
+                for m, a in zip(masks, arrays, strict=True)
+            ]
+            mask = jax.device_put(
+                np.concatenate([padded(f, False) for f in flags]), self.sharded.sharding
+            )
+        return to_jax(whole, self.config.dtype, self.sharded.sharding), mask, sizes
+
+    def _parts(
+        self, value: object, sizes: list[int], shape: tuple[int, ...], what: str
+    ) -> list[Array]:
+        """Each replica's slice of a sharded result, after checking the whole."""
+        block = max(sizes)
+        whole = from_jax(
+            value, shape=(block * len(sizes), *shape), dtype=self.single.input_dtype, what=what
+        )
+        return [whole[k * block : k * block + size] for k, size in enumerate(sizes)]
+
+    def train_step(self, xs: Sequence[Array], masks: Sequence[Array] | None = None) -> list[Array]:
+        with precision(self.config.dtype):
+            x, mask, sizes = self._blocks(xs, masks, "inputs")
+            params, stats = self.single._trees()
+            if self._stats is None:
+                stats = self.sharded.copies(stats, self.replicas)
+            else:
+                stats = self._stats
+            copies = self.sharded.copies(params, self.replicas)
+            y, self._stats = self.sharded.train(copies, stats, x, mask)
+            return self._parts(y, sizes, tuple(xs[0].shape[1:]), "the output")
+
+    def vjp(
+        self, xs: Sequence[Array], dys: Sequence[Array], masks: Sequence[Array] | None = None
+    ) -> list[Gradients]:
+        """Each replica's dx and its own (partial) dgamma, dbeta; the state is left alone."""
+        with precision(self.config.dtype):
+            x, mask, sizes = self._blocks(xs, masks, "inputs")
+            dy, _, _ = self._blocks(dys, masks, "cotangents")
+            params, stats = self.single._trees()
+            copies = self.sharded.copies(params, self.replicas)
+            stats = self.sharded.copies(stats, self.replicas)
+            y, dx, dparams = self.sharded.vjp(copies, stats, x, dy, mask)
+            shape = tuple(xs[0].shape[1:])
+            self._parts(y, sizes, shape, "the output")
+            dxs = self._parts(dx, sizes, shape, "dx")
+            features = self.config.num_features
+            if not self.config.affine:
+                return [Gradients(d, np.zeros(features), np.zeros(features)) for d in dxs]
+            found = []
+            for name, what in ((SCALE, "dgamma"), (BIAS, "dbeta")):
+                found.append(
+                    from_jax(
+                        leaf(dparams, name, "parameter gradients"),
+                        shape=(self.replicas, features),
+                        dtype=leaf(params, name, "parameters").dtype,
+                        what=what,
+                    )
+                )
+            return [Gradients(d, found[0][k], found[1][k]) for k, d in enumerate(dxs)]
+
+
 # -- the implementation ---------------------------------------------------------------------
 
 
@@ -491,6 +728,7 @@ class JaxImplementation(abc.ABC):
         parameter_dtype_name("float16", parameters)  # validates the policy
         self._capabilities: Capabilities | None = None
         self._programs: dict[Any, JaxProgram] = {}
+        self._sharded: dict[Any, ShardedProgram] = {}
         self._lock = threading.Lock()
 
     @abc.abstractmethod
@@ -504,6 +742,11 @@ class JaxImplementation(abc.ABC):
     @abc.abstractmethod
     def make_program(self, config: LayerConfig) -> JaxProgram:
         """The program of a configuration within the capabilities."""
+
+    def make_replicated_program(self, config: LayerConfig) -> JaxProgram:
+        """The program of a configuration whose module synchronizes its statistics over
+        :data:`REPLICA_AXIS` (sync.*); :class:`UnsupportedConfig` where there is none."""
+        raise UnsupportedConfig(f"{self.library} takes no axis_name")
 
     def library_versions(self) -> Mapping[str, str]:
         """Versions of the libraries besides JAX and NumPy."""
@@ -543,6 +786,24 @@ class JaxImplementation(abc.ABC):
     def build(self, config: LayerConfig) -> Layer:
         check_config(self.capabilities(), config, library=self.library)
         return self.make_layer(config)
+
+    def build_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedJaxLayer:
+        """The layer on the first ``replicas`` devices (sync.*; see :class:`ShardedProgram`)."""
+        capabilities = self.capabilities()
+        if not capabilities.replicas:
+            raise UnsupportedConfig(capabilities.notes.get("replicas", "no replicas"))
+        check_config(capabilities, config, library=self.library)
+        if not 1 <= replicas <= len(jax.devices()):
+            raise UnsupportedConfig(f"{replicas} replicas on {len(jax.devices())} devices")
+        key = (self.program_key(config), replicas)
+        with self._lock:
+            sharded = self._sharded.get(key)
+        if sharded is None:
+            with precision(config.dtype):
+                sharded = ShardedProgram(self.make_replicated_program(config), replicas)
+            with self._lock:
+                sharded = self._sharded.setdefault(key, sharded)
+        return ReplicatedJaxLayer(JaxLayer(self.program(config), config), sharded, config, replicas)
 
     def _probe(self, config: LayerConfig, x: Array) -> str | None:
         """A training-mode backward of a tiny layer: one compilation per dtype.

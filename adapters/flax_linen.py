@@ -92,16 +92,19 @@ class LinenProgram(JaxProgram):
         return jax.eval_shape(created_and_stepped, probe_input(self.config))
 
     def _apply(
-        self, module: nn.Module, params: Tree, stats: Tree, x: jax.Array
+        self, module: nn.Module, params: Tree, stats: Tree, x: jax.Array, **options: Any
     ) -> tuple[Any, Tree]:
         variables = {PARAMS: params, **stats}
         if not stats:
-            return module.apply(variables, x), stats
-        y, updated = module.apply(variables, x, mutable=list(stats))
+            return module.apply(variables, x, **options), stats
+        y, updated = module.apply(variables, x, mutable=list(stats), **options)
         return y, {**stats, **updated}
 
-    def apply_train(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
-        return self._apply(self.train_module, params, stats, x)
+    def apply_train(
+        self, params: Tree, stats: Tree, x: jax.Array, *, mask: jax.Array | None = None
+    ) -> tuple[Any, Tree]:
+        options = {} if mask is None else {"mask": mask}
+        return self._apply(self.train_module, params, stats, x, **options)
 
     def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
         return self._apply(self.infer_module, params, stats, x)

@@ -128,14 +128,19 @@ class NnxProgram(JaxProgram):
         return jax.tree_util.tree_map(spec, self._made)
 
     @staticmethod
-    def _apply(graph: Any, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+    def _apply(
+        graph: Any, params: Tree, stats: Tree, x: jax.Array, **options: Any
+    ) -> tuple[Any, Tree]:
         module = nnx.merge(graph, params, stats)
-        y = module(x)
+        y = module(x, **options)
         _, _, updated = _split(module)
         return y, updated
 
-    def apply_train(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
-        return self._apply(self.train_graph, params, stats, x)
+    def apply_train(
+        self, params: Tree, stats: Tree, x: jax.Array, *, mask: jax.Array | None = None
+    ) -> tuple[Any, Tree]:
+        options = {} if mask is None else {"mask": mask}
+        return self._apply(self.train_graph, params, stats, x, **options)
 
     def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
         return self._apply(self.infer_graph, params, stats, x)

@@ -53,7 +53,7 @@ from normspec.adapters._jax import (
     has_variables,
     jax_dtype,
 )
-from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.protocol import Capabilities, LayerConfig, UnsupportedConfig
 
 #: The keyword arguments ``apply`` takes besides ``params, state, x``.
 APPLY_KEYWORDS = ("training", "axis", "epsilon", "momentum")
@@ -126,7 +126,11 @@ class FunctionalProgram(JaxProgram):
         params, state = made
         return params, state
 
-    def apply_train(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+    def apply_train(
+        self, params: Tree, stats: Tree, x: jax.Array, *, mask: jax.Array | None = None
+    ) -> tuple[Any, Tree]:
+        if mask is not None:
+            raise UnsupportedConfig("the init/apply convention takes no mask")
         y, state = self.apply_function(params, stats, x, training=True, **self.static)
         return y, state
 
@@ -156,6 +160,7 @@ class JaxFunctionalImplementation(JaxImplementation):
             "untracked": "the init/apply convention always keeps a state",
             "strided_input": "JAX arrays have no strides or memory layout: every input is dense",
             "renorm": "the init/apply convention is batch normalization only",
+            "replicas": "the init/apply convention takes no axis_name",
         }
         if not self.affine_keyword:
             notes["without_affine"] = "init takes no affine keyword"

@@ -23,11 +23,15 @@ import collections
 import time
 from typing import Any
 
-from jax import monitoring
+from normspec import jax_devices
 
-from normspec.adapters.registry import load_target
-from normspec.conformance.results import ClauseResult
-from normspec.conformance.runner import CheckOptions, check_implementation
+jax_devices.enable()  # the sync.* clauses' devices, as the command line asks for them
+
+from jax import monitoring  # noqa: E402  (after XLA_FLAGS is set)
+
+from normspec.adapters.registry import load_target  # noqa: E402
+from normspec.conformance.results import ClauseResult  # noqa: E402
+from normspec.conformance.runner import CheckOptions, check_implementation  # noqa: E402
 
 COMPILE = "/jax/core/compile/backend_compile_duration"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"

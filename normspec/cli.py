@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from normspec import compile_cache, spec
+from normspec import compile_cache, jax_devices, spec
 
 EXIT_OK = 0
 EXIT_NOT_CONFORMANT = 1
@@ -328,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command in ("check", "report", "identify"):
             compile_cache.enable()
+            jax_devices.enable()
         code: int = args.run(args)
         return code
     except UsageError as problem:

@@ -6,11 +6,16 @@
 
 import os
 
+from hypothesis import HealthCheck, settings
+
+from normspec import jax_devices  # imports no framework
+
 # The command line's persistent compilation cache (normspec.compile_cache) stays out of the
 # test runs: tests that run the CLI in-process must not write into the home directory.
 os.environ.setdefault("NORMSPEC_COMPILATION_CACHE", "off")
-
-from hypothesis import HealthCheck, settings
+# Four host devices for the sync.* checks of the JAX adapters, asked for before anything
+# imports JAX, as the command line does; a device count in the user's XLA_FLAGS is kept.
+jax_devices.enable()
 
 _COMMON = {
     "deadline": None,
