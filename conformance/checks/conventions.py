@@ -78,7 +78,10 @@ def finite(ctx: CheckContext, data: Any) -> None:
         )
 
 
-@check("conv.layout.feature_axis", depends_on=("bn.train.output",))
+@check(
+    "conv.layout.feature_axis",
+    depends_on=("bn.train.output", "bn.train.statistics", "bn.running.mean", "bn.running.var"),
+)
 def feature_axis(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, axis_positions=ctx.capabilities.feature_axes)
     layer = ctx.build(case)
