@@ -16,7 +16,7 @@ from normspec.adapters.protocol import (
     Layer,
     WrongOutput,
 )
-from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.guard import Guard, ImplementationError, ImplementationHung
 from normspec.conformance.strategies import Case, cases
 from normspec.conformance.tolerance import Comparison, Precision
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
@@ -95,6 +95,17 @@ class CheckContext:
             return self.guard.call(operation, function, *args, **kwargs)
         except WrongOutput as problem:
             raise Violation(f"{operation}: {problem}") from problem
+
+    def attempt(self, operation: str, function: Any, *args: Any) -> tuple[bool, Any]:
+        """:meth:`call` where raising is an allowed answer (degenerate input, invalid
+        parameters): ``(True, None)`` if the implementation raised, else ``(False, result)``.
+        A hang is never an answer: it propagates."""
+        try:
+            return False, self.call(operation, function, *args)
+        except ImplementationHung:
+            raise
+        except ImplementationError:
+            return True, None
 
     def build(
         self,

@@ -320,9 +320,10 @@ def running_untracked(ctx: CheckContext, data: Any) -> None:
     )
 
 
-def _same_state(
+def same_state(
     before: reference.RunningStatistics, after: reference.RunningStatistics | None
 ) -> bool:
+    """Whether ``after`` is ``before`` exactly (NaN equal to NaN, the step counter included)."""
     return (
         after is not None
         and np.array_equal(before.mean, after.mean, equal_nan=True)
@@ -340,7 +341,7 @@ def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     after = ctx.state_of(layer)
     assert before is not None
     ctx.require(
-        _same_state(before, after),
+        same_state(before, after),
         f"inference changed the state from {before} to {after}",
     )
 

@@ -36,28 +36,18 @@ def _finite_state(ctx: CheckContext, state: RunningStatistics | None, when: str)
     )
 
 
-def _raised(ctx: CheckContext, operation: str, function: Any, *args: Any) -> tuple[bool, Any]:
-    """(True, None) if the implementation raised (an allowed answer), else (False, result)."""
-    try:
-        return False, ctx.call(operation, function, *args)
-    except ImplementationHung:
-        raise
-    except ImplementationError:
-        return True, None
-
-
 @check("bn.degenerate.single_value", depends_on=("bn.train.output",))
 def single_value(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, min_count=1, max_batch=1, max_spatial=1)
     layer = ctx.build(case)
-    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, y = ctx.attempt("train_step", layer.train_step, case.x)
     if raised:
         return
     expect_train_output(ctx, case, y)
     _finite_state(ctx, ctx.state_of(layer), "after a training step on one value per feature")
     if ctx.capabilities.backward:
         layer = ctx.build(case)
-        raised, grads = _raised(ctx, "vjp", lambda: layer.vjp(case.x, case.dy, training=True))
+        raised, grads = ctx.attempt("vjp", lambda: layer.vjp(case.x, case.dy, training=True))
         if not raised:
             expect_gradients(ctx, case, grads, training=True, which=("dx",))
 
@@ -87,7 +77,7 @@ def empty_batch(ctx: CheckContext, data: Any) -> None:
     case = ctx.use_case(replace(case, x=empty, dy=empty.copy()))
     layer = ctx.build(case)
     before = ctx.state_of(layer)
-    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, y = ctx.attempt("train_step", layer.train_step, case.x)
     if not raised:
         ctx.shape_of("training output y", y, tuple(shape))
     after = ctx.state_of(layer)
@@ -142,7 +132,7 @@ def params_shape(ctx: CheckContext, data: Any) -> None:
     wrong = np.zeros(shape)
     layer = ctx.build(case)
     for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
-        raised, _ = _raised(ctx, operation, function, wrong)
+        raised, _ = ctx.attempt(operation, function, wrong)
         ctx.require(
             raised,
             f"{operation} accepted an input with {shape[case.config.feature_axis]} features "
@@ -171,7 +161,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
         raise
     except ImplementationError:
         return
-    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     ctx.require(raised, f"{which}={value!r} was accepted without an error")
 
 
@@ -188,6 +178,6 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
         raise
     except ImplementationError:
         return
-    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     if not raised:
         _finite_state(ctx, ctx.state_of(layer), f"with eps={eps!r} and momentum={momentum!r}")

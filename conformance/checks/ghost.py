@@ -17,11 +17,10 @@ from hypothesis import strategies as st
 from normspec import reference
 from normspec.conformance.checks import check
 from normspec.conformance.checks.batchnorm import (
-    _same_state,
     expect_gradients,
     expect_inference_output,
+    same_state,
 )
-from normspec.conformance.checks.degenerate import _raised
 from normspec.conformance.context import CheckContext
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.guard import ImplementationError, ImplementationHung
@@ -257,7 +256,7 @@ def infer(ctx: CheckContext, data: Any) -> None:
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
     after = ctx.state_of(layer)
     assert before is not None
-    ctx.require(_same_state(before, after), f"inference changed the state from {before} to {after}")
+    ctx.require(same_state(before, after), f"inference changed the state from {before} to {after}")
 
 
 @check("ghost.remainder", needs=GHOST)
@@ -265,7 +264,7 @@ def remainder(ctx: CheckContext, data: Any) -> None:
     case = ghost_case(ctx, data, remainder=True)
     layer = ctx.build(case)
     before = ctx.state_of(layer)
-    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     size = case.config.virtual_batch_size
     ctx.require(
         raised,
@@ -275,7 +274,7 @@ def remainder(ctx: CheckContext, data: Any) -> None:
     after = ctx.state_of(layer)
     assert before is not None
     ctx.require(
-        _same_state(before, after),
+        same_state(before, after),
         f"the rejected training step changed the state from {before} to {after}",
     )
 
@@ -297,5 +296,5 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
         raise
     except ImplementationError:
         return
-    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     ctx.require(raised, f"virtual_batch_size={value!r} was accepted without an error")

@@ -209,16 +209,6 @@ def moving_state(ctx: CheckContext, layer: Layer, when: str) -> RenormStatistics
     return state
 
 
-def _raised(ctx: CheckContext, operation: str, function: Any, *args: Any) -> tuple[bool, Any]:
-    """(True, None) if the implementation raised (an allowed answer), else (False, result)."""
-    try:
-        return False, ctx.call(operation, function, *args)
-    except ImplementationHung:
-        raise
-    except ImplementationError:
-        return True, None
-
-
 def _unchecked(cls: type[T], **fields: Any) -> T:
     """An instance of a frozen dataclass built without its validation (invalid values)."""
     value = object.__new__(cls)
@@ -937,13 +927,13 @@ def single_value(ctx: CheckContext, data: Any) -> None:
     """n = 1: an error, or ``y = gamma * d + beta`` (the reference's output) and ``dx = 0``."""
     case = draw_renorm(ctx, data, affine=None, min_count=1, max_batch=1, max_spatial=1)
     layer = build(ctx, case)
-    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, y = ctx.attempt("train_step", layer.train_step, case.x)
     if not raised:
         expect_train_output(ctx, case, y)
         _nan_free(ctx, moving_state(ctx, layer, "after"), "after a step on one value per feature")
     if ctx.capabilities.backward:
         layer = build(ctx, case)
-        raised, grads = _raised(ctx, "vjp", lambda: layer.vjp(case.x, case.dy, training=True))
+        raised, grads = ctx.attempt("vjp", lambda: layer.vjp(case.x, case.dy, training=True))
         if not raised:
             expect_gradients(ctx, case, grads, training=True, which=("dx",))
 
@@ -974,7 +964,7 @@ def empty_batch(ctx: CheckContext, data: Any) -> None:
     ctx.use_case(case)
     layer = build(ctx, case)
     before = moving_state(ctx, layer, "before an empty batch")
-    raised, y = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, y = ctx.attempt("train_step", layer.train_step, case.x)
     if not raised:
         ctx.shape_of("training output y", y, tuple(shape))
     after = moving_state(ctx, layer, "after an empty batch")
@@ -1061,7 +1051,7 @@ def params_shape(ctx: CheckContext, data: Any) -> None:
         wrong = np.zeros(shape)
         layer = build(ctx, case)
         for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
-            raised, _ = _raised(ctx, operation, function, wrong)
+            raised, _ = ctx.attempt(operation, function, wrong)
             ctx.require(
                 raised,
                 f"{operation} accepted an input with {shape[case.config.feature_axis]} features "
@@ -1072,7 +1062,7 @@ def params_shape(ctx: CheckContext, data: Any) -> None:
         layer = build(ctx, case, set_parameters=False)
         assert case.params is not None
         gamma, beta = (np.resize(p, length) for p in case.params)
-        raised, _ = _raised(ctx, "set_parameters", layer.set_parameters, gamma, beta)
+        raised, _ = ctx.attempt("set_parameters", layer.set_parameters, gamma, beta)
         subject = f"gamma and beta of length {length}"
     else:
         moving = case.moving
@@ -1084,12 +1074,12 @@ def params_shape(ctx: CheckContext, data: Any) -> None:
             _resized(moving.correction_spread, length),
         )
         layer = build(ctx, case, set_state=False)
-        raised, _ = _raised(ctx, "set_state", layer.set_state, bad)
+        raised, _ = ctx.attempt("set_state", layer.set_state, bad)
         subject = f"moving statistics of length {length}"
     if raised:
         return
     for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
-        raised, _ = _raised(ctx, operation, function, case.x)
+        raised, _ = ctx.attempt(operation, function, case.x)
         ctx.require(raised, f"{operation} accepted {subject} for a layer of {features} features")
 
 
@@ -1163,9 +1153,9 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
         if isinstance(problem.__cause__, UnsupportedConfig):
             reject()
         return
-    raised, _ = _raised(ctx, "set_state", layer.set_state, case.moving)
+    raised, _ = ctx.attempt("set_state", layer.set_state, case.moving)
     if not raised:
-        raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+        raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     ctx.require(raised, f"{name}={value!r} was accepted without an error")
 
 
@@ -1200,7 +1190,7 @@ def params_sigma(ctx: CheckContext, data: Any) -> None:
         reads = {"infer"}
     for operation in sorted(reads):
         layer = build(ctx, case, set_state=False)
-        raised, _ = _raised(ctx, "set_state", layer.set_state, bad_state)
+        raised, _ = ctx.attempt("set_state", layer.set_state, bad_state)
         if raised:
             ctx.require(
                 not (floored and value == 0.0),
@@ -1209,7 +1199,7 @@ def params_sigma(ctx: CheckContext, data: Any) -> None:
             )
             continue
         function = layer.train_step if operation == "train_step" else layer.infer
-        raised, y = _raised(ctx, operation, function, case.x)
+        raised, y = ctx.attempt(operation, function, case.x)
         if not floored:
             ctx.require(
                 raised,
@@ -1248,10 +1238,10 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
         raise
     except ImplementationError:
         return
-    raised, _ = _raised(ctx, "set_state", layer.set_state, case.moving)
+    raised, _ = ctx.attempt("set_state", layer.set_state, case.moving)
     if raised:
         return
-    raised, _ = _raised(ctx, "train_step", layer.train_step, case.x)
+    raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     if not raised:
         _nan_free(ctx, moving_state(ctx, layer, "after"), f"with {which} parameters")
 
