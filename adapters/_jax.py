@@ -521,6 +521,13 @@ def _stacked(tree: Tree) -> Tree:
     return jax.tree_util.tree_map(lambda value: value[None], tree)
 
 
+def _replica_split() -> PartitionSpec:
+    """Every argument split along its leading axis over the replica mesh axis."""
+    make: Any = PartitionSpec  # untyped in jax
+    spec: PartitionSpec = make(REPLICA_AXIS)
+    return spec
+
+
 class ShardedProgram:
     """A replicated program's training step and training vjp on the first K devices.
 
@@ -536,9 +543,9 @@ class ShardedProgram:
 
     def __init__(self, program: JaxProgram, replicas: int) -> None:
         mesh = Mesh(np.array(jax.devices()[:replicas]), (REPLICA_AXIS,))
+        split = _replica_split()
         #: how every argument and result is laid out: split over the devices along axis 0
-        self.sharding = NamedSharding(mesh, PartitionSpec(REPLICA_AXIS))
-        split = PartitionSpec(REPLICA_AXIS)
+        self.sharding = NamedSharding(mesh, split)
 
         def train(
             params: Tree, stats: Tree, x: jax.Array, mask: jax.Array | None

@@ -277,7 +277,7 @@ def second_order_bounds(
 
     def bound(name: str) -> Array:
         scale = scales[name]
-        rel = relative.reshape(-1) if name == "dgamma" and np.ndim(relative) else relative
+        rel = np.reshape(relative, -1) if name == "dgamma" and np.ndim(relative) else relative
         value = np.abs(getattr(expected.values, name))
         error = getattr(expected.error, name)
         result: Array = (

@@ -66,7 +66,7 @@ class _Replicas:
 
     @property
     def num_features(self) -> int:
-        return self.xs[0].shape[self.axis]
+        return int(self.xs[0].shape[self.axis])
 
     def column(self, feature: int, arrays: Sequence[FloatArray]) -> list[FloatArray]:
         """Per replica, the values of ``feature`` in ``arrays`` that count (1-d)."""
