@@ -70,6 +70,15 @@ def round_to(values: NDArray[np.float64] | float, name: str) -> NDArray[np.float
         return array.astype(name).astype(np.float64)
 
 
+def round_to_normal(values: NDArray[np.float64] | float, name: str) -> NDArray[np.float64]:
+    """:func:`round_to`, with results below the smallest normal number of ``name`` set to
+    zero: values that a machine treating subnormal operands as zero (TensorFlow's and XLA's
+    CPU kernels) holds as they are."""
+    rounded = round_to(values, name)
+    rounded[np.abs(rounded) < float_format(name).smallest_normal] = 0.0
+    return rounded
+
+
 def ulp(values: NDArray[np.float64], name: str) -> NDArray[np.float64]:
     """The spacing of format ``name`` at ``values`` (at least the smallest subnormal spacing)."""
     fmt = float_format(name)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
-from normspec.conformance.dtypes import round_to
+from normspec.conformance.dtypes import round_to, round_to_normal
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import Dialect
 
@@ -151,11 +151,12 @@ def arrange(x: Array, layout: Layout, feature_axis: int) -> Array:
 
 @st.composite
 def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> tuple[Array, Array]:
-    """gamma and beta in [-2, 2] (zero and negative gamma included)."""
+    """gamma and beta in [-2, 2] (zero and negative gamma included), normal numbers of the
+    dtype or zero (:func:`dtypes.round_to_normal`)."""
     values = st.floats(-2.0, 2.0)
     gamma = draw(hnp.arrays(np.float64, num_features, elements=values, fill=st.nothing()))
     beta = draw(hnp.arrays(np.float64, num_features, elements=values, fill=st.nothing()))
-    return round_to(gamma, dtype), round_to(beta, dtype)
+    return round_to_normal(gamma, dtype), round_to_normal(beta, dtype)
 
 
 @st.composite

@@ -23,7 +23,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
-from normspec.conformance.dtypes import float_format, round_to
+from normspec.conformance.dtypes import float_format, round_to, round_to_normal
 from normspec.conformance.strategies import (
     SPREAD_EXPONENTS,
     Case,
@@ -472,7 +472,7 @@ def renorm_cases(
     if is_affine:
         gamma = np.array([draw(_PARAMETER) for _ in range(features)])
         beta = np.array([draw(_PARAMETER) for _ in range(features)])
-        params = (round_to(gamma, dtype), round_to(beta, dtype))
+        params = (round_to_normal(gamma, dtype), round_to_normal(beta, dtype))
     dy = round_to(draw(standard_values(shape, 0)), dtype)  # from a seed: one draw
     chosen: Layout = layout or "contiguous"
     x = arrange(x, chosen, feature_axis)

@@ -138,7 +138,7 @@ def train_output_bound(
             + g * ax * (p.u_w * (t.n + 1) * t.kappa) ** 2
             + g * ax * p.variance_error(t.n, t.kappa)
             + p.u_o * (g * ax + b)
-            + p.tiny * (1 + g * t.s)
+            + p.tiny * (1 + g * t.s + t.a / t.s)
         )
 
     terms = FeatureTerms.of(x, feature_axis, eps)
@@ -161,7 +161,9 @@ def inference_output_bound(
 
     def bound(p: Precision, t: FeatureTerms, g: Array, b: Array) -> Array:
         ax = np.abs(t.xhat)
-        return p.u_w * g * (t.a + 3 * ax) + p.u_o * (g * ax + b) + p.tiny * (1 + g * t.s)
+        return (
+            p.u_w * g * (t.a + 3 * ax) + p.u_o * (g * ax + b) + p.tiny * (1 + g * t.s + t.a / t.s)
+        )
 
     terms = FeatureTerms.of(x, feature_axis, eps, mean, var)
     return _both(
