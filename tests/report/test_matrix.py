@@ -229,6 +229,10 @@ def test_report_usage_errors(
     assert message in err and len(err.splitlines()) == 1
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="sends SIGINT")
 def test_ctrl_c_writes_what_finished(fake_module: str, tmp_path: Path) -> None:
     """A real Ctrl-C (SIGINT) while the second implementation runs: exit 130, whole files."""
@@ -255,6 +259,9 @@ def test_ctrl_c_writes_what_finished(fake_module: str, tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as from a terminal: a test run started in the background (nohup, `cmd &` in a
+        # script) ignores SIGINT, and its children would inherit that
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 240
