@@ -17,11 +17,16 @@ import flax
 
 from normspec.adapters._common import ParameterPolicy
 from normspec.adapters._jax import (
+    BIAS,
     FLAX_NOTES,
+    MEAN,
     REPLICA_AXIS,
+    SCALE,
     UNEVEN_BATCHES,
+    VAR,
     JaxImplementation,
     JaxProgram,
+    has_variables,
     jax_dtype,
     parameter_dtype,
     replica_devices_missing,
@@ -55,6 +60,12 @@ def flax_arguments(
     if use_fast_variance is not None and accepts("use_fast_variance"):
         arguments["use_fast_variance"] = use_fast_variance
     return arguments
+
+
+#: The configuration a candidate class is built with to see whether it is recognisable.
+PROBE_CONFIG = LayerConfig(
+    num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
+)
 
 
 class FlaxImplementation(JaxImplementation):
@@ -103,17 +114,40 @@ class FlaxImplementation(JaxImplementation):
 
     @staticmethod
     @abc.abstractmethod
-    def recognisable(obj: object) -> bool:
-        """Whether ``obj`` is a BatchNorm-like module class of this API (not an instance)."""
+    def shaped_like_batchnorm(obj: object) -> bool:
+        """Whether ``obj`` is a module class of this API taking BatchNorm's arguments."""
 
     @staticmethod
     @abc.abstractmethod
     def accepts(module_class: type, name: str) -> bool:
         """Whether the module class takes the optional argument ``name``."""
 
+    @staticmethod
     @abc.abstractmethod
-    def flax_program(self, arguments: Mapping[str, Any], config: LayerConfig) -> JaxProgram:
-        """The program of the module class built with ``arguments``."""
+    def program_for(
+        module_class: type, arguments: Mapping[str, Any], config: LayerConfig
+    ) -> JaxProgram:
+        """The program of ``module_class`` built with ``arguments``."""
+
+    @classmethod
+    def recognisable(cls, obj: object) -> bool:
+        """Whether ``obj`` is a BatchNorm-like module class of this API (not an instance):
+        shaped like BatchNorm, and its variables, created on a small input, hold one
+        ``scale``, ``bias``, ``mean`` and ``var``."""
+        if not cls.shaped_like_batchnorm(obj):
+            return False
+        assert isinstance(obj, type)
+        try:
+            arguments = flax_arguments(
+                PROBE_CONFIG,
+                parameters="float32",
+                use_fast_variance=None,
+                accepts=lambda name: cls.accepts(obj, name),
+            )
+            params, stats = cls.program_for(obj, arguments, PROBE_CONFIG).abstract_initial()
+        except Exception:  # a module that cannot be built or initialised like BatchNorm
+            return False
+        return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
 
     @classmethod
     def recognise(cls, obj: object, profile: str) -> FlaxImplementation | None:
@@ -184,12 +218,14 @@ class FlaxImplementation(JaxImplementation):
         )
 
     def make_program(self, config: LayerConfig) -> JaxProgram:
-        return self.flax_program(self.arguments(config), config)
+        return self.program_for(self.module_class, self.arguments(config), config)
 
     def make_replicated_program(self, config: LayerConfig) -> JaxProgram:
         """The module with ``axis_name`` the replicas' mesh axis, as a data-parallel user
         builds it."""
-        return self.flax_program({**self.arguments(config), "axis_name": REPLICA_AXIS}, config)
+        return self.program_for(
+            self.module_class, {**self.arguments(config), "axis_name": REPLICA_AXIS}, config
+        )
 
 
 def takes_mask(module_class: type) -> bool:
@@ -200,9 +236,3 @@ def takes_mask(module_class: type) -> bool:
     except (TypeError, ValueError):
         return False
     return "mask" in parameters
-
-
-#: The configuration a candidate class is built with to see whether it is recognisable.
-PROBE_CONFIG = LayerConfig(
-    num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
-)

@@ -32,15 +32,10 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from normspec.adapters._flax import PROBE_CONFIG, FlaxImplementation, flax_arguments
+from normspec.adapters._flax import FlaxImplementation
 from normspec.adapters._jax import (
-    BIAS,
-    MEAN,
-    SCALE,
-    VAR,
     JaxProgram,
     Tree,
-    has_variables,
     probe_input,
 )
 from normspec.adapters.protocol import LayerConfig
@@ -128,25 +123,18 @@ class FlaxLinenImplementation(FlaxImplementation):
         return name in module_fields(module_class)
 
     @staticmethod
-    def recognisable(obj: object) -> bool:
-        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-            return False
-        if not set(REQUIRED_FIELDS) <= module_fields(obj):
-            return False
-        try:
-            arguments = flax_arguments(
-                PROBE_CONFIG,
-                parameters="float32",
-                use_fast_variance=None,
-                accepts=lambda name: name in module_fields(obj),
-            )
-            params, stats = LinenProgram(obj, arguments, PROBE_CONFIG).abstract_initial()
-        except Exception:  # a module that cannot be built or initialised like BatchNorm
-            return False
-        return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
+    def shaped_like_batchnorm(obj: object) -> bool:
+        return (
+            isinstance(obj, type)
+            and issubclass(obj, nn.Module)
+            and set(REQUIRED_FIELDS) <= module_fields(obj)
+        )
 
-    def flax_program(self, arguments: Mapping[str, Any], config: LayerConfig) -> LinenProgram:
-        return LinenProgram(self.module_class, arguments, config)
+    @staticmethod
+    def program_for(
+        module_class: type, arguments: Mapping[str, Any], config: LayerConfig
+    ) -> LinenProgram:
+        return LinenProgram(module_class, arguments, config)
 
 
 def linen_batchnorm(profile: str = "flax") -> FlaxLinenImplementation:

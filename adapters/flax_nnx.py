@@ -29,16 +29,11 @@ from typing import Any
 import jax
 from flax import nnx
 
-from normspec.adapters._flax import PROBE_CONFIG, FlaxImplementation, flax_arguments
+from normspec.adapters._flax import FlaxImplementation
 from normspec.adapters._jax import (
-    BIAS,
-    MEAN,
-    SCALE,
-    VAR,
     JaxProgram,
     Tree,
     abstract,
-    has_variables,
 )
 from normspec.adapters.protocol import LayerConfig
 
@@ -164,25 +159,16 @@ class FlaxNnxImplementation(FlaxImplementation):
         return _accepts(module_class, name)
 
     @staticmethod
-    def recognisable(obj: object) -> bool:
-        if not (isinstance(obj, type) and issubclass(obj, nnx.Module)):
-            return False
-        if not takes_batchnorm_arguments(obj):
-            return False
-        try:
-            arguments = flax_arguments(
-                PROBE_CONFIG,
-                parameters="float32",
-                use_fast_variance=None,
-                accepts=lambda name: _accepts(obj, name),
-            )
-            params, stats = NnxProgram(obj, arguments, PROBE_CONFIG).abstract_initial()
-        except Exception:  # a constructor that needs more than BatchNorm's arguments
-            return False
-        return has_variables(params, (SCALE, BIAS)) and has_variables(stats, (MEAN, VAR))
+    def shaped_like_batchnorm(obj: object) -> bool:
+        return (
+            isinstance(obj, type) and issubclass(obj, nnx.Module) and takes_batchnorm_arguments(obj)
+        )
 
-    def flax_program(self, arguments: Mapping[str, Any], config: LayerConfig) -> NnxProgram:
-        return NnxProgram(self.module_class, arguments, config)
+    @staticmethod
+    def program_for(
+        module_class: type, arguments: Mapping[str, Any], config: LayerConfig
+    ) -> NnxProgram:
+        return NnxProgram(module_class, arguments, config)
 
 
 def nnx_batchnorm(profile: str = "flax") -> FlaxNnxImplementation:
