@@ -17,6 +17,7 @@ from normspec.conformance.context import CheckContext, reference_config, referen
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.strategies import Case, standard_values
 from normspec.conformance.tolerance import (
+    StateBounds,
     backward_bounds,
     compare,
     inference_output_bound,
@@ -74,6 +75,25 @@ def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
     )
 
 
+def update_bounds(
+    ctx: CheckContext, case: Case, x: Any, expected: reference.RunningStatistics
+) -> StateBounds:
+    """bn.accuracy.running's bounds for one update of ``case.state`` from the batch ``x``
+    to ``expected``."""
+    assert case.state is not None
+    return running_bounds(
+        ctx.precision(case.config.dtype),
+        x,
+        case.config.feature_axis,
+        reference.step_rate(case.state, case.rate),
+        ctx.dialect.running_variance == "unbiased",
+        case.state.mean,
+        case.state.var,
+        expected.mean,
+        expected.var,
+    )
+
+
 def expect_running_update(
     ctx: CheckContext,
     case: Case,
@@ -89,18 +109,7 @@ def expect_running_update(
     )
     assert expected is not None
     features = (case.config.num_features,)
-    alpha = reference.step_rate(case.state, case.rate)
-    bounds = running_bounds(
-        ctx.precision(case.config.dtype),
-        case.x,
-        case.config.feature_axis,
-        alpha,
-        ctx.dialect.running_variance == "unbiased",
-        case.state.mean,
-        case.state.var,
-        expected.mean,
-        expected.var,
-    )
+    bounds = update_bounds(ctx, case, case.x, expected)
     if "mean" in which:
         actual = ctx.shape_of("running mean", after.mean, features)
         ctx.expect(

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from normspec import reference
 from normspec.adapters.protocol import ReplicatedLayer
 from normspec.conformance.checks import Body, check
+from normspec.conformance.checks.batchnorm import update_bounds
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.strategies_replicas import ReplicaCase, replica_cases
 from normspec.conformance.tolerance import (
@@ -137,19 +138,7 @@ def expect_states(
     """Every replica's running statistics after one step (sync.running.*)."""
     _, expected = _expected(ctx, case)
     assert expected is not None and case.state is not None
-    counted = case.counted()
-    alpha = reference.step_rate(case.state, case.rate)
-    bounds = running_bounds(
-        ctx.precision(case.config.dtype),
-        counted.x,
-        case.config.feature_axis,
-        alpha,
-        ctx.dialect.running_variance == "unbiased",
-        case.state.mean,
-        case.state.var,
-        expected.mean,
-        expected.var,
-    )
+    bounds = update_bounds(ctx, case, case.counted().x, expected)
     features = (case.config.num_features,)
     for k, state in enumerate(states):
         for name in which:
