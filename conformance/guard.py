@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import traceback
 from collections.abc import Callable
@@ -26,45 +27,74 @@ class ImplementationHung(ImplementationError):
     """A call exceeded the per-call time limit; the implementation is not called again."""
 
 
+class _Call:
+    """One call to run on the worker thread, and what came of it."""
+
+    def __init__(self, function: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        self.function, self.args, self.kwargs = function, args, kwargs
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.trace = ""
+
+    def run(self) -> None:
+        try:
+            self.value = self.function(*self.args, **self.kwargs)
+        except BaseException as problem:
+            self.error = problem
+            self.trace = traceback.format_exc(limit=8)
+        finally:
+            self.done.set()
+
+
+def _serve(calls: queue.SimpleQueue[_Call]) -> None:
+    while True:
+        calls.get().run()
+
+
 class Guard:
     """Runs calls into the implementation with a per-call time limit.
 
-    A call that does not return in time is abandoned in a daemon thread and the guard is
-    marked hung: every later call fails at once, so one hanging clause cannot stall the run.
+    The calls run one at a time on one daemon worker thread (started with the first call:
+    a thread per call would cost milliseconds each, and libraries such as TensorFlow set up
+    per-thread state on every new one). A call that does not return in time is abandoned
+    with its thread and the guard is marked hung: every later call fails at once, so one
+    hanging clause cannot stall the run.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.hung: str | None = None
-        self._value: Any = None
+        self._calls: queue.SimpleQueue[_Call] | None = None
 
     def call(self, operation: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        call = _Call(function, args, kwargs)
         if self.hung is None:
-            self._run(operation, function, args, kwargs)
+            self._run(operation, call)
+        # one place raises for the hung call and every later one: Hypothesis tells failures
+        # apart by where they are raised
         if self.hung is not None:
             raise ImplementationHung(operation, f"no result within {self.hung}")
-        return self._value
+        value: T = call.value
+        return value
 
-    def _run(self, operation: str, function: Callable[..., Any], args: Any, kwargs: Any) -> None:
-        outcome: dict[str, Any] = {}
+    def _submit(self, call: _Call) -> None:
+        if self._calls is None:
+            self._calls = queue.SimpleQueue()
+            worker = threading.Thread(
+                target=_serve, args=(self._calls,), name="normspec:implementation", daemon=True
+            )
+            worker.start()
+        self._calls.put(call)
 
-        def run() -> None:
-            try:
-                outcome["value"] = function(*args, **kwargs)
-            except BaseException as problem:
-                outcome["error"] = problem
-                outcome["trace"] = traceback.format_exc(limit=8)
-
-        worker = threading.Thread(target=run, name=f"normspec:{operation}", daemon=True)
-        worker.start()
-        worker.join(self.timeout)
-        if worker.is_alive():
+    def _run(self, operation: str, call: _Call) -> None:
+        self._submit(call)
+        if not call.done.wait(self.timeout):
             self.hung = f"{self.timeout:g} s (a call to {operation}; not called since)"
             return
-        if "error" in outcome:
-            problem = outcome["error"]
+        if call.error is not None:
+            problem = call.error
             if isinstance(problem, (ImplementationError, WrongOutput)):
                 raise problem  # already says what went wrong
             reason = f"raised {type(problem).__name__}: {problem}"
-            raise ImplementationError(operation, reason, outcome["trace"]) from problem
-        self._value = outcome["value"]
+            raise ImplementationError(operation, reason, call.trace) from problem
