@@ -46,6 +46,7 @@ from normspec.conformance.runner import (
     environment,
     select_checks,
 )
+from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS
 from normspec.reference.dialects import Dialect, profile
 
 #: Examples per clause for ``normspec report`` (``normspec check`` uses 40): the report runs
@@ -65,6 +66,7 @@ class MatrixOptions:
     dtypes: Sequence[str] | None = None
     clauses: str | None = None
     timeout: float = 60.0
+    shrink_seconds: float = DEFAULT_SHRINK_SECONDS
     #: Also check each implementation under the paper's semantics.
     paper: bool = True
 
@@ -440,6 +442,7 @@ def _run_one(
         seed=options.seed,
         timeout=options.timeout,
         target=entry.target,
+        shrink_seconds=options.shrink_seconds,
     )
     recorder.take()
     report = check_implementation(implementation, check_options, progress=on_result)
@@ -547,6 +550,7 @@ def matrix_to_json(matrix: Matrix) -> dict[str, Any]:
             "dtypes": list(matrix.options.dtypes) if matrix.options.dtypes else None,
             "clauses": matrix.options.clauses,
             "timeout": matrix.options.timeout,
+            "shrink_seconds": matrix.options.shrink_seconds,
             "paper": matrix.options.paper,
         },
         "environment": matrix.environment,

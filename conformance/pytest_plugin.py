@@ -42,6 +42,7 @@ from normspec.conformance.deviations import (
     load_deviations,
 )
 from normspec.conformance.results import ClauseResult
+from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS
 
 RESULT_PROPERTY = "normspec_result"
 META_PROPERTY = "normspec_meta"
@@ -124,6 +125,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--normspec-max-examples", type=int, help="examples per clause")
     group.addoption("--normspec-seed", type=int, help="Hypothesis seed")
     group.addoption("--normspec-timeout", type=float, default=60.0, help="per-call limit, s")
+    group.addoption(
+        "--normspec-shrink-seconds",
+        type=float,
+        default=DEFAULT_SHRINK_SECONDS,
+        help="time limit on shrinking one failure, s",
+    )
     group.addoption("--normspec-json", metavar="PATH", help="write a normspec JSON report")
     group.addoption(
         "--normspec-strict", action="store_true", help="a failed SHOULD clause fails too"
@@ -155,6 +162,7 @@ class NormspecPlugin:
         dtype = config.getoption("normspec_dtype")
         self.dtypes = [d.strip() for d in dtype.split(",")] if dtype else None
         self.timeout: float = config.getoption("normspec_timeout")
+        self.shrink_seconds: float = config.getoption("normspec_shrink_seconds")
         self.strict: bool = config.getoption("normspec_strict")
         self.json_path: str | None = config.getoption("normspec_json")
         try:
@@ -163,6 +171,8 @@ class NormspecPlugin:
             raise pytest.UsageError(f"--normspec-profile: {problem.args[0]}") from None
         if self.max_examples < 1:
             raise pytest.UsageError("--normspec-max-examples must be at least 1")
+        if self.timeout <= 0 or self.shrink_seconds <= 0:
+            raise pytest.UsageError("--normspec-timeout and --normspec-shrink-seconds: positive")
         try:
             self.checks = select_checks(self.clauses)
             for name in self.dtypes or ():
@@ -277,6 +287,7 @@ class NormspecPlugin:
             seed=self.seed,
             timeout=self.timeout,
             target=self.target,
+            shrink_seconds=self.shrink_seconds,
         )
         report = check_implementation(implementation, options)
         if report.interrupted:

@@ -329,6 +329,8 @@ def _finding(column: Column, column_index: int, clause_index: int, result: Claus
         body.append(f"<h4>Comparison</h4><dl class='kv'>{rows}</dl>")
     if "example" in details:
         body.append("<h4>Minimal example</h4>" + _json_block(details["example"]))
+    if "shrinking" in details:
+        body.append(f"<p class='shrinking'>Shrinking {esc(details['shrinking'])}</p>")
     if "notes" in details:
         body.append("<h4>Notes</h4>" + _json_block(details["notes"]))
     if "traceback" in details:

@@ -143,6 +143,8 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
                     f"  - declared ({escape(result.deviation.get('category', ''))}): "
                     f"{escape(result.deviation.get('reason', ''))}"
                 )
+            if "shrinking" in result.details:
+                lines.append(f"  - shrinking {escape(result.details['shrinking'])}")
             reproduce = result.details.get("reproduce")
             if reproduce:
                 lines.append(f"  - reproduce: {code(reproduce)}")

@@ -55,9 +55,10 @@ def print_summary(report: Report, stream: TextIO) -> None:
             print("  minimal example:", file=stream)
             for key, value in json_safe(example).items():
                 print(f"    {key}: {json.dumps(value)}", file=stream)
-        for key in ("notes",):
-            if key in result.details:
-                print(f"  {key}: {json.dumps(json_safe(result.details[key]))}", file=stream)
+        if "notes" in result.details:
+            print(f"  notes: {json.dumps(json_safe(result.details['notes']))}", file=stream)
+        if "shrinking" in result.details:
+            print(f"  shrinking: {result.details['shrinking']}", file=stream)
         if "reproduce" in result.details:
             print(f"  reproduce: {result.details['reproduce']}", file=stream)
     declared = [r for r in report.results if r.outcome == "declared"]

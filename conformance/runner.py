@@ -25,6 +25,7 @@ from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import Guard, ImplementationError
 from normspec.conformance.results import ClauseResult, Report
+from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
 from normspec.reference.dialects import profile as find_profile
 
 #: Examples per clause under the default settings (the one-minute budget).
@@ -41,7 +42,8 @@ class OptionsError(ValueError):
 
 @dataclass(frozen=True)
 class CheckOptions:
-    """How to check: the profile claimed, dtypes, clause patterns, example budget, seed."""
+    """How to check: the profile claimed, dtypes, clause patterns, example budget, seed,
+    the per-call time limit and the time limit on shrinking one failure."""
 
     profile: str = "paper"
     dtypes: Sequence[str] | None = None
@@ -50,6 +52,7 @@ class CheckOptions:
     seed: int = 0
     timeout: float = 60.0
     target: str | None = None
+    shrink_seconds: float = DEFAULT_SHRINK_SECONDS
 
 
 def select_checks(pattern: str | None) -> list[Check]:
@@ -101,6 +104,11 @@ def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[st
         f"normspec check {target} --profile {options.profile} --clauses {clause_id} "
         f"--dtype {','.join(dtypes)} --seed {options.seed}"
         + (f" --max-examples {options.max_examples}" if options.max_examples else "")
+        + (
+            f" --shrink-seconds {options.shrink_seconds:g}"
+            if options.shrink_seconds != DEFAULT_SHRINK_SECONDS
+            else ""
+        )
     )
 
 
@@ -168,6 +176,44 @@ def _failure_details(ctx: CheckContext, problem: BaseException) -> dict[str, Any
     return details
 
 
+def _caused_by_interrupt(problem: BaseException) -> bool:
+    """Whether a Ctrl-C is behind ``problem``: raised while handling one, or grouped with
+    one (Hypothesis wraps what its final replay of a failure raises)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [problem]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        grouped = getattr(current, "exceptions", ())  # an exception group's members
+        pending += [e for e in grouped if isinstance(e, BaseException)]
+        pending += [current.__cause__, current.__context__]
+    return False
+
+
+def _record_problem(result: ClauseResult, ctx: CheckContext, problem: Exception) -> None:
+    """The outcome and message of a clause whose run raised ``problem``."""
+    if isinstance(problem, Violation):
+        result.outcome, result.message = "fail", str(problem)
+    elif isinstance(problem, ImplementationError):
+        result.outcome, result.message = "error", str(problem)
+    elif isinstance(problem, FlakyFailure):
+        result.outcome = "error"
+        result.message = f"the implementation is not deterministic: {problem}"
+        return
+    elif isinstance(problem, Unsatisfiable):
+        result.outcome = "skipped"
+        result.message = f"inconclusive: no example was usable ({problem})"
+        return
+    else:
+        result.outcome = "error"
+        result.message = f"normspec internal error ({type(problem).__name__}: {problem})"
+    result.details = _failure_details(ctx, problem)
+
+
 def check_clause(
     item: Check, ctx: CheckContext, options: CheckOptions, blocked_by: str | None
 ) -> ClauseResult:
@@ -189,35 +235,28 @@ def check_clause(
     started = time.perf_counter()
     all_dtypes = ctx.dtypes
     budget = options.max_examples or DEFAULT_MAX_EXAMPLES
+    watch = ShrinkWatch()
     try:
         # One run per dtype, so every dtype gets its share of the examples and its own shrink.
         for dtype in all_dtypes:
             ctx.dtypes = (dtype,)
             per_dtype = max(1, -(-budget // len(all_dtypes)))
-            _run_check(item, ctx, per_dtype, dtype_seed(options.seed, dtype))
-    except Violation as problem:
-        result.outcome, result.message = "fail", str(problem)
-        result.details = _failure_details(ctx, problem)
-    except ImplementationError as problem:
-        result.outcome, result.message = "error", str(problem)
-        result.details = _failure_details(ctx, problem)
-    except FlakyFailure as problem:
-        result.outcome = "error"
-        result.message = f"the implementation is not deterministic: {problem}"
-    except Unsatisfiable as problem:
-        result.outcome, result.message = (
-            "skipped",
-            f"inconclusive: no example was usable ({problem})",
-        )
+            with shrink_limit(options.shrink_seconds) as watch:
+                _run_check(item, ctx, per_dtype, dtype_seed(options.seed, dtype))
     except Exception as problem:
-        result.outcome = "error"
-        result.message = f"normspec internal error ({type(problem).__name__}: {problem})"
-        result.details = _failure_details(ctx, problem)
+        if _caused_by_interrupt(problem):
+            raise KeyboardInterrupt from problem  # a Ctrl-C is never an outcome
+        _record_problem(result, ctx, problem)
     result.seconds = time.perf_counter() - started
     result.examples = ctx.examples
     if result.outcome in ("fail", "error"):
         result.details["seed"] = options.seed
         result.details["reproduce"] = reproduce_command(options, item.clause_id, ctx.dtypes)
+        if watch.stopped_early:
+            result.details["shrinking"] = (
+                f"stopped after {options.shrink_seconds:g} s: the example may not be minimal "
+                "(--shrink-seconds allows longer)"
+            )
     ctx.dtypes = all_dtypes
     return result
 

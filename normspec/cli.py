@@ -44,6 +44,25 @@ def _spec_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_time_limits(args: argparse.Namespace) -> None:
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if args.shrink_seconds <= 0:
+        raise UsageError("--shrink-seconds must be positive")
+
+
+def _add_shrink_seconds(parser: argparse.ArgumentParser) -> None:
+    from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS
+
+    parser.add_argument(
+        "--shrink-seconds",
+        type=float,
+        default=DEFAULT_SHRINK_SECONDS,
+        help=f"time limit on shrinking one failure to its smallest example, seconds (default "
+        f"{DEFAULT_SHRINK_SECONDS:g}; a report says when an example was still shrinking)",
+    )
+
+
 def _check_command(args: argparse.Namespace) -> int:
     from normspec.adapters.registry import TargetError, load_target
     from normspec.conformance.deviations import (
@@ -58,8 +77,7 @@ def _check_command(args: argparse.Namespace) -> int:
 
     if args.max_examples is not None and args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    _check_time_limits(args)
     dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     options = CheckOptions(
         profile=args.profile,
@@ -69,6 +87,7 @@ def _check_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         timeout=args.timeout,
         target=args.target,
+        shrink_seconds=args.shrink_seconds,
     )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # targets in the current project, as `python -m` does
@@ -155,8 +174,7 @@ def _report_command(args: argparse.Namespace) -> int:
 
     if args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
+    _check_time_limits(args)
     entries = _parse_implementations(args.implementations)
     dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     try:
@@ -177,6 +195,7 @@ def _report_command(args: argparse.Namespace) -> int:
         dtypes=dtypes,
         clauses=args.clauses,
         timeout=args.timeout,
+        shrink_seconds=args.shrink_seconds,
         paper=not args.no_paper,
     )
     out = args.out
@@ -253,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--max-examples", type=int, help="examples per clause (default 40)")
     checking.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     checking.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
+    _add_shrink_seconds(checking)
     checking.add_argument("--json", help="write the JSON report here")
     checking.add_argument("--junit", help="write JUnit XML here")
     checking.add_argument(
@@ -295,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     reporting.add_argument("--dtype", help="comma-separated dtypes (default: all supported)")
     reporting.add_argument("--clauses", help="comma-separated clause ID patterns")
     reporting.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
+    _add_shrink_seconds(reporting)
     reporting.add_argument(
         "--deviations", action="append", metavar="FILE", help="a deviation file (repeatable)"
     )

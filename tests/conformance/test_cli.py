@@ -36,6 +36,9 @@ def test_spec_prints_one_clause(capsys: pytest.CaptureFixture[str]) -> None:
         (["check", "reference", "--dtype", "float8"], "unknown dtype"),
         (["check", "reference", "--clauses", "zz.*"], "matches no checked clause"),
         (["check", "reference", "--max-examples", "0"], "at least 1"),
+        (["check", "reference", "--timeout", "0"], "--timeout must be positive"),
+        (["check", "reference", "--shrink-seconds", "-1"], "--shrink-seconds must be positive"),
+        (["report", "--shrink-seconds", "0"], "--shrink-seconds must be positive"),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -183,3 +183,27 @@ def test_clauses_are_ordered_by_dependency() -> None:
     order = [r.clause_id for r in report.results]
     assert order.index("bn.train.output") < order.index("bn.backward.train.dx")
     assert order.index("bn.train.statistics") < order.index("bn.running.mean")
+
+
+def test_a_ctrl_c_behind_an_exception_interrupts_the_run_and_is_no_outcome() -> None:
+    def interrupted(original, x):
+        raise KeyboardInterrupt  # as a Ctrl-C forwarded by the implementation
+
+    report = run(Wrapped("train_step", interrupted), "bn.train.output,bn.infer.output")
+    assert report.interrupted
+    assert report.results == []
+
+
+def test_an_exception_raised_while_handling_a_ctrl_c_counts_as_the_ctrl_c() -> None:
+    from normspec.conformance.runner import _caused_by_interrupt
+
+    def raise_during_interrupt() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise TypeError("cannot nest BaseExceptions in an ExceptionGroup") from None
+
+    with pytest.raises(TypeError) as caught:
+        raise_during_interrupt()
+    assert _caused_by_interrupt(caught.value)  # its context is the Ctrl-C (from None hides it)
+    assert not _caused_by_interrupt(ValueError("plain"))
