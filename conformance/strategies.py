@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import round_to, round_to_normal
@@ -36,8 +35,25 @@ SPREAD_EXPONENTS: dict[str, tuple[int, int]] = {
 #: Largest decimal exponent of (feature mean / spread) for ill-conditioned draws.
 OFFSET_EXPONENTS: dict[str, int] = {"float64": 9, "float32": 5, "float16": 2, "bfloat16": 2}
 
-#: Above this many values an array is drawn from a seeded generator instead of elementwise.
-ELEMENTWISE_LIMIT = 256
+#: Above this many values an array is drawn from a seeded generator instead of elementwise
+#: (a report shows the values of an example up to this size; drawing each value through
+#: Hypothesis costs tens of microseconds, which larger arrays made most of a check's time).
+ELEMENTWISE_LIMIT = 64
+
+# Strategies drawn from in every case, built once (Hypothesis validates each new strategy
+# object on its first draw).
+UNIT_VALUES = st.floats(-1.0, 1.0, allow_subnormal=False)
+PARAMETER_VALUES = st.floats(-2.0, 2.0)
+SIGNS = st.sampled_from([1.0, -1.0])
+WELL_CONDITIONED_RATIOS = st.floats(-4.0, 4.0)
+_AWAY = st.floats(0.25, 3.0)
+_SMALL_BATCHES = st.sampled_from([1, 2])
+_SEEDS = st.integers(0, 2**32 - 1)
+
+
+def values_of(draw: st.DrawFn, elements: st.SearchStrategy[float], size: int) -> Array:
+    """``size`` values drawn one by one from ``elements`` (each shrinks on its own)."""
+    return np.array([draw(elements) for _ in range(size)], dtype=np.float64)
 
 
 def dtypes(allowed: Sequence[DTypeName]) -> st.SearchStrategy[DTypeName]:
@@ -64,7 +80,7 @@ def shapes(
     per_sample = int(np.prod(spatial, dtype=np.int64))
     smallest_batch = -(-min_count // per_sample)  # enough samples for min_count values
     # batch sizes 1 and 2 are where implementations break: draw them often
-    wanted = draw(st.one_of(st.sampled_from([1, 2]), st.integers(1, max(1, max_batch))))
+    wanted = draw(st.one_of(_SMALL_BATCHES, st.integers(1, max(1, max_batch))))
     batch = min(max(wanted, smallest_batch), max(smallest_batch, max_batch))
     shape = [batch, *spatial]
     shape.insert(feature_axis, num_features)
@@ -81,11 +97,10 @@ def standard_values(
     """
     size = int(np.prod(shape, dtype=np.int64))
     if size <= elementwise_limit:
-        elements = st.floats(-1.0, 1.0, allow_subnormal=False)
-        # fill=nothing: every element is drawn (the default fills most of an array with one
-        # value, which makes zero-variance features the rule rather than the exception)
-        return draw(hnp.arrays(np.float64, shape, elements=elements, fill=st.nothing()))
-    seed = draw(st.integers(0, 2**32 - 1))
+        # every element is drawn (filling most of an array with one value, as hypothesis'
+        # arrays() does by default, would make zero-variance features the rule)
+        return values_of(draw, UNIT_VALUES, size).reshape(shape)
+    seed = draw(_SEEDS)
     return np.random.default_rng(seed).uniform(-1.0, 1.0, size=shape)
 
 
@@ -109,13 +124,12 @@ def feature_values(
     low, high = SPREAD_EXPONENTS[dtype]
     spread = np.array([10.0 ** draw(st.integers(low, high)) for _ in range(features)])
     if conditioning == "well":
-        ratio = np.array([draw(st.floats(-4.0, 4.0)) for _ in range(features)])
+        ratio = values_of(draw, WELL_CONDITIONED_RATIOS, features)
     else:
         top = OFFSET_EXPONENTS[dtype]
         ratio = np.array(
             [
-                draw(st.sampled_from([-1.0, 1.0]))
-                * 10.0 ** draw(st.one_of(st.just(top), st.integers(1, top)))
+                draw(SIGNS) * 10.0 ** draw(st.one_of(st.just(top), st.integers(1, top)))
                 for _ in range(features)
             ]
         )
@@ -153,9 +167,8 @@ def arrange(x: Array, layout: Layout, feature_axis: int) -> Array:
 def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> tuple[Array, Array]:
     """gamma and beta in [-2, 2] (zero and negative gamma included), normal numbers of the
     dtype or zero (:func:`dtypes.round_to_normal`)."""
-    values = st.floats(-2.0, 2.0)
-    gamma = draw(hnp.arrays(np.float64, num_features, elements=values, fill=st.nothing()))
-    beta = draw(hnp.arrays(np.float64, num_features, elements=values, fill=st.nothing()))
+    gamma = values_of(draw, PARAMETER_VALUES, num_features)
+    beta = values_of(draw, PARAMETER_VALUES, num_features)
     return round_to_normal(gamma, dtype), round_to_normal(beta, dtype)
 
 
@@ -177,10 +190,13 @@ def running_statistics(
     """
     centre = np.zeros(num_features) if near is None else near
     spread = np.ones(num_features) if scale is None else scale
+
     # kept away from the batch's own statistics, so that confusing the two shows
-    away = st.floats(0.25, 3.0).flatmap(lambda v: st.sampled_from([v, -v]))
-    offset = np.array([draw(away) for _ in range(num_features)])
-    log_ratio = np.array([draw(away) for _ in range(num_features)]) * (2.0 / 3.0)
+    def away() -> float:
+        return float(draw(_AWAY) * draw(SIGNS))
+
+    offset = np.array([away() for _ in range(num_features)])
+    log_ratio = np.array([away() for _ in range(num_features)]) * (2.0 / 3.0)
     mean = round_to(centre + offset * spread, dtype)
     var = np.maximum(round_to(spread**2 * 10.0**log_ratio, dtype), 0.0)
     steps = draw(st.integers(0, max_steps))
@@ -211,7 +227,7 @@ class Case:
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly description of the case (the minimal example in a report)."""
-        small = self.x.size <= 64
+        small = self.x.size <= ELEMENTWISE_LIMIT
 
         def values(a: Array | None) -> Any:
             return None if a is None else a.tolist()

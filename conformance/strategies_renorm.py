@@ -25,7 +25,10 @@ from hypothesis import strategies as st
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to, round_to_normal
 from normspec.conformance.strategies import (
+    PARAMETER_VALUES,
+    SIGNS,
     SPREAD_EXPONENTS,
+    WELL_CONDITIONED_RATIOS,
     Case,
     Conditioning,
     Layout,
@@ -36,6 +39,7 @@ from normspec.conformance.strategies import (
     feature_values,
     shapes,
     standard_values,
+    values_of,
 )
 from normspec.reference import batch_statistics
 from normspec.reference.dialects import Dialect
@@ -72,7 +76,6 @@ ELEMENTWISE_LIMIT = 12
 
 _FEATURES = st.integers(1, 4)
 _BOOLEANS = st.booleans()
-_PARAMETER = st.floats(-2.0, 2.0)  # gamma and beta, as strategies.affine_parameters draws them
 _CACHE: dict[tuple[Any, ...], st.SearchStrategy[Any]] = {}
 
 
@@ -241,7 +244,6 @@ _REGIMES_FLOORED: st.SearchStrategy[Regime] = st.sampled_from(
 )
 _UNIT = st.floats(-1.0, 1.0)
 _FRACTION = st.floats(0.0, 1.0)
-_SIGN = st.sampled_from([1.0, -1.0])
 _NEAR_LOG_R = st.floats(-0.2, 0.2)
 _BELOW_FLOOR = st.sampled_from([0.0, 0.5, 1.0])
 
@@ -286,8 +288,8 @@ def moving_set(
         if chosen == "exact":
             log_r, d_u = 0.0, 0.0
         elif chosen == "far":
-            log_r = _far(draw(_SIGN), draw(_FRACTION), 0.75, 2.0)
-            d_u = _far(draw(_SIGN), draw(_FRACTION), 6.0, 100.0)
+            log_r = _far(draw(SIGNS), draw(_FRACTION), 0.75, 2.0)
+            d_u = _far(draw(SIGNS), draw(_FRACTION), 6.0, 100.0)
         else:
             log_r, d_u = draw(_NEAR_LOG_R), draw(_UNIT)
         centre = float(batch_mean[c]) if math.isfinite(batch_mean[c]) else 0.0
@@ -307,7 +309,6 @@ def moving_set(
 
 _BATCH = st.integers(2, MAX_BATCH)
 _SPATIAL = st.integers(1, MAX_SPATIAL)
-_RATIO = st.floats(-4.0, 4.0)
 _SEED = st.integers(0, 2**32 - 1)
 
 
@@ -323,7 +324,7 @@ def batches(
     low, high = SPREAD_EXPONENTS[dtype]
     exponents = _cached(("spread", low, high), st.integers(low, high))
     spread = np.array([10.0 ** draw(exponents) for _ in range(num_features)])
-    centre = np.array([draw(_RATIO) for _ in range(num_features)]) * spread
+    centre = values_of(draw, WELL_CONDITIONED_RATIOS, num_features) * spread
     z = np.random.default_rng(draw(_SEED)).uniform(-1.0, 1.0, size=shape)
     bshape = [1] * rank
     bshape[feature_axis] = num_features
@@ -470,8 +471,8 @@ def renorm_cases(
     eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
     params = None
     if is_affine:
-        gamma = np.array([draw(_PARAMETER) for _ in range(features)])
-        beta = np.array([draw(_PARAMETER) for _ in range(features)])
+        gamma = values_of(draw, PARAMETER_VALUES, features)
+        beta = values_of(draw, PARAMETER_VALUES, features)
         params = (round_to_normal(gamma, dtype), round_to_normal(beta, dtype))
     dy = round_to(draw(standard_values(shape, 0)), dtype)  # from a seed: one draw
     chosen: Layout = layout or "contiguous"
