@@ -17,9 +17,11 @@ arrays are created and consumed inside the context of its own dtype.
 with the layer's configuration static (the module, eps, momentum, axis, dtypes are Python
 values, as in a user's program); JAX caches the compiled executables per input shape and
 dtype. Programs are cached per configuration by the implementation, so a check compiles
-once per distinct (configuration, operation, shape, dtype): on one device there is no padding or masking
-(both would change the reductions being checked). The initial variables of a layer are
-computed eagerly (no per-configuration compilation), and only when a check reads them.
+once per distinct (configuration, operation, shape, dtype): on one device there is no
+padding or masking (both would change the reductions being checked). The initial variables
+of a layer are computed only when a check reads them, by the program's own means (linen:
+``init`` jitted, one small compilation; an eager ``init`` would run the module's forward op
+by op, and JAX compiles every primitive anew for each new shape).
 
 **State.** The running statistics are held in the dtype a training step leaves them in
 (found by tracing one step, not running it): for ``flax.linen.BatchNorm`` that is float32
@@ -343,7 +345,7 @@ class JaxProgram(abc.ABC):
         return y, dx, dparams
 
     def initial(self) -> tuple[Tree, Tree]:
-        """The trees of a new layer, computed once (eagerly) and shared: arrays are immutable."""
+        """The trees of a new layer, computed once and shared: arrays are immutable."""
         with self._lock, precision(self.config.dtype):
             if self._initial is None:
                 self._initial = self.make_initial()

@@ -69,9 +69,11 @@ class LinenProgram(JaxProgram):
         return params, stats
 
     def make_initial(self) -> tuple[Tree, Tree]:
-        """``init`` run eagerly on a small zero input (nothing compiled per configuration)."""
+        """``init`` on a small zero input, jitted: one small compilation (the forward is
+        dead code) rather than one per primitive of an eager forward, which JAX compiles
+        for each new probe shape."""
         probe = probe_input(self.config)
-        return self._init(jax.numpy.zeros(probe.shape, probe.dtype))
+        return jax.jit(lambda: self._init(jax.numpy.zeros(probe.shape, probe.dtype)))()
 
     def abstract_initial(self) -> tuple[Tree, Tree]:
         return jax.eval_shape(self._init, probe_input(self.config))
