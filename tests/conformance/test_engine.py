@@ -207,3 +207,25 @@ def test_an_exception_raised_while_handling_a_ctrl_c_counts_as_the_ctrl_c() -> N
         raise_during_interrupt()
     assert _caused_by_interrupt(caught.value)  # its context is the Ctrl-C (from None hides it)
     assert not _caused_by_interrupt(ValueError("plain"))
+
+
+def test_the_running_sequence_repeats_the_first_batch_shape_and_varies_it() -> None:
+    """bn.running.sequence drives each layer mostly with one batch shape (a compiling
+    implementation compiles once per shape) and with other shapes too (a last, smaller
+    batch): both must occur."""
+    shapes_per_layer: list[list[tuple[int, ...]]] = []
+
+    class Recording(ReferenceImplementation):
+        def build(self, config: LayerConfig) -> ReferenceLayer:
+            layer = super().build(config)
+            seen: list[tuple[int, ...]] = []
+            shapes_per_layer.append(seen)
+            step = layer.train_step
+            layer.train_step = lambda x: (seen.append(x.shape), step(x))[1]  # type: ignore[method-assign]
+            return layer
+
+    report = run(Recording("torch"), "bn.running.sequence", max_examples=20)
+    assert report.outcome("bn.running.sequence") == "pass"
+    sequences = [s for s in shapes_per_layer if len(s) >= 2]
+    assert any(len(set(s)) == 1 for s in sequences), "no sequence kept its batch shape"
+    assert any(len(set(s)) > 1 for s in sequences), "no sequence changed its batch shape"
