@@ -341,6 +341,29 @@ def same_state(
     )
 
 
+def expect_state_kept(
+    ctx: CheckContext,
+    before: reference.RunningStatistics,
+    after: reference.RunningStatistics | None,
+    what: str,
+) -> None:
+    """Require that ``what`` (a sentence's subject: "an empty batch") left the running
+    statistics as they were, the step counter included where the implementation keeps one."""
+    ctx.require(after is not None, f"the running statistics disappeared after {what}")
+    assert after is not None
+    same = (
+        np.array_equal(before.mean, after.mean)
+        and np.array_equal(before.var, after.var)
+        and (not ctx.capabilities.step_counter or before.steps == after.steps)
+    )
+    ctx.require(
+        same,
+        f"{what} changed the state from mean {before.mean.tolist()}, variance "
+        f"{before.var.tolist()}, steps {before.steps} to mean {after.mean.tolist()}, "
+        f"variance {after.var.tolist()}, steps {after.steps}",
+    )
+
+
 @check("bn.running.no_inference_update")
 def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)

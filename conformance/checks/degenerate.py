@@ -12,6 +12,7 @@ from normspec.conformance.checks import check
 from normspec.conformance.checks.batchnorm import (
     expect_gradients,
     expect_running_update,
+    expect_state_kept,
     expect_train_output,
 )
 from normspec.conformance.context import CheckContext
@@ -82,19 +83,7 @@ def empty_batch(ctx: CheckContext, data: Any) -> None:
         ctx.shape_of("training output y", y, tuple(shape))
     after = ctx.state_of(layer)
     if before is not None:
-        ctx.require(after is not None, "the running statistics disappeared after an empty batch")
-        assert after is not None
-        same = (
-            np.array_equal(before.mean, after.mean)
-            and np.array_equal(before.var, after.var)
-            and (not ctx.capabilities.step_counter or before.steps == after.steps)
-        )
-        ctx.require(
-            same,
-            f"an empty batch changed the state from mean {before.mean.tolist()}, variance "
-            f"{before.var.tolist()}, steps {before.steps} to mean {after.mean.tolist()}, "
-            f"variance {after.var.tolist()}, steps {after.steps}",
-        )
+        expect_state_kept(ctx, before, after, "an empty batch")
 
 
 @check("bn.degenerate.nonfinite_isolated", depends_on=("bn.train.output",))
