@@ -12,11 +12,8 @@ running statistics and the inference output are compared at float32 precision.
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,14 +23,12 @@ from hypothesis.extra.numpy import arrays
 
 pytest.importorskip("flax")
 
-from normspec.adapters import Implementation, LayerConfig
+from adapter_cases import Case, agree
+
+from normspec.adapters import LayerConfig
 from normspec.adapters.reference import ReferenceImplementation
 from normspec.adapters.registry import load_target
-from normspec.reference import RunningStatistics, batch_statistics
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-if str(FIXTURES) not in sys.path:
-    sys.path.insert(0, str(FIXTURES))
+from normspec.reference import RunningStatistics
 
 TARGETS = [
     "flax.linen",
@@ -56,16 +51,6 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         yield
-
-
-@dataclass(frozen=True)
-class Case:
-    config: LayerConfig
-    x: np.ndarray
-    dy: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    state: RunningStatistics
 
 
 @st.composite
@@ -102,66 +87,24 @@ def cases(draw: st.DrawFn) -> Case:
     )
 
 
-def _close(actual: np.ndarray, expected: np.ndarray, scale: float, what: str, tol: float) -> None:
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
-
-
-def _check(impl: Implementation, case: Case, statistics_tolerance: float) -> None:
-    """Train step, state, inference and both vjps of ``impl`` against the reference."""
-    config = case.config
-    reference = ReferenceImplementation("flax")
-    layers = [impl.build(config), reference.build(config)]
-    for layer in layers:
-        if config.affine:
-            layer.set_parameters(case.gamma, case.beta)
-        layer.set_state(case.state)
-    ours, theirs = layers
-    n = case.x.size // config.num_features
-    gamma = np.abs(case.gamma).max() if config.affine else 1.0
-    beta = np.abs(case.beta).max() if config.affine else 0.0
-    stats = batch_statistics(case.x, config.feature_axis)
-    s_batch = float(np.max(1.0 / np.sqrt(stats.var + config.eps)))
-    s_run = float(np.max(1.0 / np.sqrt(case.state.var + config.eps)))
-    x_max, dy_max = float(np.abs(case.x).max()), float(np.abs(case.dy).max())
-    tol = TOLERANCE
-
-    _close(ours.train_step(case.x), theirs.train_step(case.x), 1 + gamma * n + beta, "y", tol)
-    got, want = ours.state(), theirs.state()
-    assert got is not None and want is not None
-    _close(got.mean, want.mean, 1 + x_max, "running mean", statistics_tolerance)
-    _close(got.var, want.var, 1 + 2 * x_max**2, "running var", statistics_tolerance)
-
-    for layer in layers:
-        layer.set_state(case.state)
-    infer_scale = 1 + gamma * s_run * (x_max + 3) + beta
-    infer_scale *= 1 + s_run**2 * 4  # the statistics' own rounding, for float32 statistics
-    _close(
-        ours.infer(case.x), theirs.infer(case.x), infer_scale, "inference y", statistics_tolerance
-    )
-
-    for training, s in ((True, s_batch), (False, s_run)):
-        mode = "train" if training else "inference"
-        tol = TOLERANCE if training else statistics_tolerance
-        got_g = ours.vjp(case.x, case.dy, training=training)
-        want_g = theirs.vjp(case.x, case.dy, training=training)
-        _close(got_g.dx, want_g.dx, 1 + gamma * s * dy_max * (1 + n), f"{mode} dx", tol)
-        if config.affine:
-            xhat = n if training else s * (x_max + 3) * (1 + s_run**2 * 4)
-            _close(got_g.dgamma, want_g.dgamma, 1 + n * dy_max * xhat, f"{mode} dgamma", tol)
-            _close(got_g.dbeta, want_g.dbeta, 1 + n * dy_max, f"{mode} dbeta", tol)
-        else:
-            assert not np.any(got_g.dgamma) and not np.any(got_g.dbeta)
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_agrees_with_the_reference_in_float64(target: str) -> None:
     impl = load_target(target, "flax")
+    reference = ReferenceImplementation("flax")
     statistics_tolerance = FLOAT32_TOLERANCE if target in FLOAT32_STATISTICS else TOLERANCE
 
     @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
     @given(cases())
     def run(case: Case) -> None:
-        _check(impl, case, statistics_tolerance)
+        agree(
+            impl,
+            reference,
+            case,
+            TOLERANCE,
+            statistics_tol=statistics_tolerance,
+            inference_tol=statistics_tolerance,
+            rounded_statistics=True,
+        )
 
     run()
 

@@ -7,9 +7,7 @@ dtype round trips, renorm arguments, and a third-party Keras layer recognised wi
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +18,8 @@ from hypothesis.extra.numpy import arrays
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf_keras")
+
+from adapter_cases import Case, agree
 
 from normspec.adapters import Implementation, LayerConfig, UnsupportedConfig
 from normspec.adapters import keras_layer as kl
@@ -35,21 +35,8 @@ from normspec.reference.layer import Affine
 from normspec.reference.schedules import ConstantSchedule, LinearRamp, RenormBounds
 
 KERAS3 = pytest.mark.skipif(kl.keras3() is None, reason="Keras 3 does not run on TensorFlow here")
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-if str(FIXTURES) not in sys.path:
-    sys.path.insert(0, str(FIXTURES))
 THIRDPARTY = "thirdparty_keras_bn"
 TOLERANCE = 1e-12
-
-
-@dataclass(frozen=True)
-class Case:
-    config: LayerConfig
-    x: np.ndarray
-    dy: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    state: RunningStatistics
 
 
 @st.composite
@@ -86,58 +73,6 @@ def cases(draw: st.DrawFn, impl: Implementation, dtype: str = "float64") -> Case
     )
 
 
-def _close(actual: np.ndarray, expected: np.ndarray, scale: float, what: str, tol: float) -> None:
-    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
-
-
-def _agree(
-    impl: Implementation,
-    reference: Implementation,
-    case: Case,
-    tol: float,
-    running_tol: float | None = None,
-) -> None:
-    """Train step, state, inference and both vjps against the reference layer.
-
-    ``running_tol``: the tolerance of the running statistics, if not ``tol``.
-    """
-    config = case.config
-    layers = [impl.build(config), reference.build(config)]
-    for layer in layers:
-        if config.affine:
-            layer.set_parameters(case.gamma, case.beta)
-        layer.set_state(case.state)
-    ours, theirs = layers
-    n = case.x.size // config.num_features
-    gamma = float(np.abs(case.gamma).max()) if config.affine else 1.0
-    beta = float(np.abs(case.beta).max()) if config.affine else 0.0
-    s_batch = float(
-        np.max(1 / np.sqrt(batch_statistics(case.x, config.feature_axis).var + config.eps))
-    )
-    s_run = float(np.max(1 / np.sqrt(case.state.var + config.eps)))
-    x_max, dy_max = float(np.abs(case.x).max()), float(np.abs(case.dy).max())
-    _close(ours.train_step(case.x), theirs.train_step(case.x), 1 + gamma * n + beta, "train y", tol)
-    got, want = ours.state(), theirs.state()
-    assert isinstance(got, RunningStatistics) and isinstance(want, RunningStatistics)
-    r_tol = tol if running_tol is None else running_tol
-    _close(got.mean, want.mean, 1 + x_max, "running mean", r_tol)
-    _close(got.var, want.var, 1 + 2 * x_max**2, "running var", r_tol)
-    for layer in layers:
-        layer.set_state(case.state)
-    scale = 1 + gamma * s_run * (x_max + 3) + beta
-    _close(ours.infer(case.x), theirs.infer(case.x), scale, "inference y", tol)
-    for training, s in ((True, s_batch), (False, s_run)):
-        for layer in layers:  # the state after a vjp is unspecified
-            layer.set_state(case.state)
-        got_g = ours.vjp(case.x, case.dy, training=training)
-        want_g = theirs.vjp(case.x, case.dy, training=training)
-        _close(got_g.dx, want_g.dx, 1 + gamma * s * dy_max * (1 + n), f"dx {training}", tol)
-        if config.affine:
-            xhat = n if training else s * (x_max + 3)
-            _close(got_g.dgamma, want_g.dgamma, 1 + n * dy_max * xhat, "dgamma", tol)
-            _close(got_g.dbeta, want_g.dbeta, 1 + n * dy_max, "dbeta", tol)
-
-
 def _agreement(
     impl: Implementation,
     reference: Implementation,
@@ -148,7 +83,7 @@ def _agreement(
     @settings(max_examples=12)
     @given(cases(impl, dtype))
     def run(case: Case) -> None:
-        _agree(impl, reference, case, tol, running_tol)
+        agree(impl, reference, case, tol, statistics_tol=running_tol)
 
     run()
 

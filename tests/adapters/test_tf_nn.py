@@ -8,7 +8,8 @@ from hypothesis import given, settings
 
 pytest.importorskip("tensorflow")
 
-from test_tf_keras import TOLERANCE, Case, _agree, cases
+from adapter_cases import Case, agree
+from test_tf_keras import TOLERANCE, cases
 
 from normspec.adapters import LayerConfig, UnsupportedConfig
 from normspec.adapters.reference import ReferenceImplementation
@@ -29,7 +30,7 @@ def test_batch_normalization_agrees_with_the_reference_in_float64() -> None:
     @settings(max_examples=15)
     @given(cases(impl))
     def run(case: Case) -> None:
-        _agree(impl, reference, case, TOLERANCE)
+        agree(impl, reference, case, TOLERANCE)
 
     run()
 
@@ -71,7 +72,7 @@ def test_fused_op_agrees_with_the_torch_profile_in_float32() -> None:
     @settings(max_examples=12)
     @given(cases(impl, "float32"))
     def run(case: Case) -> None:
-        _agree(impl, reference, case, 2e-5)
+        agree(impl, reference, case, 2e-5)
 
     run()
 

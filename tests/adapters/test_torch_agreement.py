@@ -6,10 +6,7 @@ layouts); tolerance ``1e-12`` relative to the natural scale of each quantity.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,15 +16,12 @@ from hypothesis.extra.numpy import arrays
 
 pytest.importorskip("torch")
 import torch
+from adapter_cases import Case, agree
 
 from normspec.adapters import Capabilities, Implementation, LayerConfig
 from normspec.adapters.reference import ReferenceImplementation
 from normspec.adapters.registry import load_target
-from normspec.reference import RunningStatistics, batch_statistics
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-if str(FIXTURES) not in sys.path:
-    sys.path.insert(0, str(FIXTURES))
+from normspec.reference import RunningStatistics
 
 TARGETS = [
     "torch.nn:BatchNorm1d",
@@ -38,16 +32,6 @@ TARGETS = [
 ]
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
 TOLERANCE = 1e-12
-
-
-@dataclass(frozen=True)
-class Case:
-    config: LayerConfig
-    x: np.ndarray
-    dy: np.ndarray
-    gamma: np.ndarray
-    beta: np.ndarray
-    state: RunningStatistics
 
 
 def _layout(draw: st.DrawFn, array: np.ndarray) -> np.ndarray:
@@ -104,69 +88,15 @@ def cases(draw: st.DrawFn, caps: Capabilities) -> Case:
     )
 
 
-def _close(actual: np.ndarray, expected: np.ndarray, scale: float, what: str) -> None:
-    np.testing.assert_allclose(
-        actual, expected, rtol=TOLERANCE, atol=TOLERANCE * scale, err_msg=what
-    )
-
-
-def _check(impl: Implementation, case: Case) -> None:
-    """Train step, state, inference and both vjps of ``impl`` against the reference."""
-    config = case.config
-    reference = ReferenceImplementation("torch")
-    layers = [impl.build(config), reference.build(config)]
-    for layer in layers:
-        if config.affine:
-            layer.set_parameters(case.gamma, case.beta)
-        if config.track_running_stats:
-            layer.set_state(case.state)
-    ours, theirs = layers
-    n = case.x.size // config.num_features
-    gamma = np.abs(case.gamma).max() if config.affine else 1.0
-    beta = np.abs(case.beta).max() if config.affine else 0.0
-    stats = batch_statistics(case.x)
-    s_batch = float(np.max(1.0 / np.sqrt(stats.var + config.eps)))
-    s_run = float(np.max(1.0 / np.sqrt(case.state.var + config.eps)))
-    x_max, dy_max = float(np.abs(case.x).max()), float(np.abs(case.dy).max())
-
-    _close(ours.train_step(case.x), theirs.train_step(case.x), 1 + gamma * n + beta, "train y")
-    if config.track_running_stats:
-        got, want = ours.state(), theirs.state()
-        assert got is not None and want is not None
-        _close(got.mean, want.mean, 1 + x_max, "running mean")
-        _close(got.var, want.var, 1 + 2 * x_max**2, "running var")
-        if impl.capabilities().step_counter:
-            assert got.steps == want.steps
-    else:
-        assert ours.state() is None
-
-    for layer in layers:
-        if config.track_running_stats:
-            layer.set_state(case.state)
-    s_infer = s_run if config.track_running_stats else s_batch
-    infer_scale = 1 + gamma * s_infer * (x_max + 3) + beta
-    _close(ours.infer(case.x), theirs.infer(case.x), infer_scale, "inference y")
-
-    for training, s in ((True, s_batch), (False, s_infer)):
-        mode = "train" if training else "inference"
-        got_g = ours.vjp(case.x, case.dy, training=training)
-        want_g = theirs.vjp(case.x, case.dy, training=training)
-        _close(got_g.dx, want_g.dx, 1 + gamma * s * dy_max * (1 + n), f"{mode} dx")
-        if config.affine:
-            xhat = n if training else s * (x_max + 3)
-            _close(got_g.dgamma, want_g.dgamma, 1 + n * dy_max * xhat, f"{mode} dgamma")
-            _close(got_g.dbeta, want_g.dbeta, 1 + n * dy_max, f"{mode} dbeta")
-        else:
-            assert not np.any(got_g.dgamma) and not np.any(got_g.dbeta)
-
-
 def _agreement(make: Callable[[], Implementation]) -> None:
     impl = make()
+    caps = impl.capabilities()
+    reference = ReferenceImplementation("torch")
 
     @settings(max_examples=20)
-    @given(cases(impl.capabilities()))
+    @given(cases(caps))
     def run(case: Case) -> None:
-        _check(impl, case)
+        agree(impl, reference, case, TOLERANCE, steps=caps.step_counter)
 
     run()
 

@@ -9,26 +9,15 @@ import pytest
 
 pytest.importorskip("torch")
 import torch
+from adapter_cases import torch_layout_config
 
-from normspec.adapters import LayerConfig, UnsupportedConfig
+from normspec.adapters import UnsupportedConfig
 from normspec.adapters.registry import load_target
 from normspec.adapters.torch_functional import FunctionalBatchNorm, FunctionalLayer
 from normspec.conformance.dtypes import round_to
 from normspec.reference import RunningStatistics
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
-
-
-def _config(rank: int = 4, dtype: Any = "float64", **changes: Any) -> LayerConfig:
-    options: dict[str, Any] = {
-        "num_features": 3,
-        "rank": rank,
-        "feature_axis": 1,
-        "dtype": dtype,
-        "eps": 1e-5,
-        "momentum": 0.1,
-    }
-    return LayerConfig(**{**options, **changes})
 
 
 def _input(shape: tuple[int, ...], dtype: str = "float64") -> np.ndarray:
@@ -62,11 +51,11 @@ def test_momentum_none_is_unsupported_as_in_torch() -> None:
             momentum=None,  # type: ignore[arg-type]
         )
     with pytest.raises(UnsupportedConfig, match="momentum=None"):
-        FunctionalBatchNorm().build(_config(momentum=None))
+        FunctionalBatchNorm().build(torch_layout_config(momentum=None))
 
 
 def test_strided_inputs_arrive_with_their_strides(monkeypatch: pytest.MonkeyPatch) -> None:
-    layer = FunctionalBatchNorm().build(_config(dtype="bfloat16"))
+    layer = FunctionalBatchNorm().build(torch_layout_config(dtype="bfloat16"))
     seen: list[tuple[tuple[int, ...], torch.dtype]] = []
     original = torch.nn.functional.batch_norm
 
@@ -84,7 +73,7 @@ def test_strided_inputs_arrive_with_their_strides(monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 def test_every_dtype_round_trips(dtype: str) -> None:
-    layer = FunctionalBatchNorm().build(_config(rank=3, dtype=dtype))
+    layer = FunctionalBatchNorm().build(torch_layout_config(rank=3, dtype=dtype))
     assert isinstance(layer, FunctionalLayer)
     assert layer.running_var is not None and layer.weight is not None
     half = dtype in ("float16", "bfloat16")
@@ -98,7 +87,7 @@ def test_every_dtype_round_trips(dtype: str) -> None:
 
 
 def test_vjp_leaves_the_running_statistics_as_they_were() -> None:
-    layer = FunctionalBatchNorm().build(_config())
+    layer = FunctionalBatchNorm().build(torch_layout_config())
     state = RunningStatistics(np.array([0.5, -1.0, 2.0]), np.array([1.5, 0.25, 4.0]), 3)
     layer.set_state(state)
     x = _input((4, 3, 2, 2))
@@ -114,7 +103,7 @@ def test_vjp_leaves_the_running_statistics_as_they_were() -> None:
 
 
 def test_untracked_inference_uses_batch_statistics() -> None:
-    layer = FunctionalBatchNorm().build(_config(rank=2, track_running_stats=False))
+    layer = FunctionalBatchNorm().build(torch_layout_config(rank=2, track_running_stats=False))
     x = _input((6, 3))
     assert layer.state() is None
     np.testing.assert_array_equal(layer.infer(x), layer.train_step(x))
@@ -125,7 +114,7 @@ def test_cuda_layer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NORMSPEC_TORCH_DEVICE", "cuda")
     impl = load_target("torch.functional", "torch")
     assert impl.versions()["device"].startswith("cuda")
-    layer = impl.build(_config(dtype="float16"))
+    layer = impl.build(torch_layout_config(dtype="float16"))
     assert isinstance(layer, FunctionalLayer)
     assert layer.running_mean is not None and layer.running_mean.device.type == "cuda"
     x = _input((4, 3, 2, 2), "float16")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,9 +9,10 @@ import pytest
 
 pytest.importorskip("torch")
 import torch
+from adapter_cases import FIXTURES, torch_layout_config
 from torch import nn
 
-from normspec.adapters import Layer, LayerConfig, UnsupportedConfig, WrongOutput
+from normspec.adapters import Layer, UnsupportedConfig, WrongOutput
 from normspec.adapters.registry import load_target
 from normspec.adapters.torch_module import (
     TorchModuleImplementation,
@@ -22,20 +22,7 @@ from normspec.adapters.torch_module import (
 from normspec.conformance.dtypes import round_to
 from normspec.reference import RunningStatistics
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
-
-
-def _config(rank: int = 4, dtype: Any = "float64", **changes: Any) -> LayerConfig:
-    options: dict[str, Any] = {
-        "num_features": 3,
-        "rank": rank,
-        "feature_axis": 1,
-        "dtype": dtype,
-        "eps": 1e-5,
-        "momentum": 0.1,
-    }
-    return LayerConfig(**{**options, **changes})
 
 
 def _input(shape: tuple[int, ...], dtype: str = "float64") -> np.ndarray:
@@ -89,7 +76,7 @@ def test_thirdparty_clone_is_recognised_with_no_glue(monkeypatch: pytest.MonkeyP
     x = _input((4, 3, 2, 5))
     torch_impl = recognise(nn.BatchNorm2d, "torch")
     assert torch_impl is not None
-    clone, torch_bn = (i.build(_config(momentum=None)) for i in (impl, torch_impl))
+    clone, torch_bn = (i.build(torch_layout_config(momentum=None)) for i in (impl, torch_impl))
     np.testing.assert_allclose(clone.train_step(x), torch_bn.train_step(x), rtol=1e-13, atol=1e-13)
     got, want = clone.state(), torch_bn.state()
     assert got is not None and want is not None and got.steps == want.steps == 1
@@ -151,18 +138,18 @@ def test_ranks_are_declared_or_probed_and_the_step_counter_is_optional() -> None
 def test_unsupported_configurations_are_refused() -> None:
     impl = load_target("torch.nn:BatchNorm2d", "torch")
     with pytest.raises(UnsupportedConfig, match="rank 3"):
-        impl.build(_config(rank=3))
+        impl.build(torch_layout_config(rank=3))
     with pytest.raises(UnsupportedConfig, match="feature axis 3"):
-        impl.build(_config(feature_axis=3))
+        impl.build(torch_layout_config(feature_axis=3))
     with pytest.raises(UnsupportedConfig, match="renormalization"):
-        impl.build(_config(renorm=object()))
+        impl.build(torch_layout_config(renorm=object()))
 
 
 def test_no_cumulative_average_under_a_profile_without_it() -> None:
     impl = load_target("torch.nn:BatchNorm2d", "keras")
     assert not impl.capabilities().cumulative_average
     with pytest.raises(UnsupportedConfig, match="momentum=None"):
-        impl.build(_config(momentum=None))
+        impl.build(torch_layout_config(momentum=None))
 
 
 # -- layouts --------------------------------------------------------------------------------
@@ -188,7 +175,7 @@ def test_strided_inputs_arrive_with_their_strides(layout: str) -> None:
     strides = tuple(s // 8 for s in x.strides)
     impl = recognise(RecordingBatchNorm2d, "torch")
     assert impl is not None
-    layer = impl.build(_config(dtype="float32"))
+    layer = impl.build(torch_layout_config(dtype="float32"))
     RecordingBatchNorm2d.seen.clear()
     layer.train_step(x)
     layer.infer(x)
@@ -203,7 +190,7 @@ def test_strided_inputs_arrive_with_their_strides(layout: str) -> None:
 @pytest.mark.parametrize("parameters", ["float32", "input"])
 def test_every_dtype_round_trips(dtype: str, parameters: Any) -> None:
     impl = TorchModuleImplementation(nn.BatchNorm2d, parameters=parameters)
-    layer = impl.build(_config(dtype=dtype))
+    layer = impl.build(torch_layout_config(dtype=dtype))
     assert isinstance(layer, TorchModuleLayer)
     expected_params = (
         torch.float32
@@ -258,7 +245,7 @@ def test_malformed_outputs_are_wrong_output(cls: type, message: str) -> None:
     impl = recognise(cls, "torch")
     assert impl is not None
     assert impl.capabilities().dtypes == {"float64", "float32", "float16", "bfloat16"}
-    layer = impl.build(_config())
+    layer = impl.build(torch_layout_config())
     x = _input((4, 3, 2, 2))
     for call in (layer.train_step, layer.infer, lambda x: layer.vjp(x, x, training=True)):
         with pytest.raises(WrongOutput, match=message):
@@ -283,7 +270,9 @@ def _assert_state(layer: Layer, expected: RunningStatistics) -> None:
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("training", [True, False])
 def test_vjp_leaves_the_state_as_it_was(momentum: float | None, training: bool) -> None:
-    layer = load_target("torch.nn:BatchNorm2d", "torch").build(_config(momentum=momentum))
+    layer = load_target("torch.nn:BatchNorm2d", "torch").build(
+        torch_layout_config(momentum=momentum)
+    )
     layer.set_state(_state())
     x = _input((4, 3, 2, 2))
     layer.vjp(x, x, training=training)
@@ -294,7 +283,7 @@ def test_vjp_leaves_the_state_as_it_was(momentum: float | None, training: bool) 
 
 
 def test_state_and_parameters_are_written_to_the_module() -> None:
-    layer = load_target("torch.nn:BatchNorm2d", "torch").build(_config())
+    layer = load_target("torch.nn:BatchNorm2d", "torch").build(torch_layout_config())
     assert isinstance(layer, TorchModuleLayer)
     _assert_state(layer, RunningStatistics.initial(3))
     layer.set_state(_state())
@@ -309,7 +298,7 @@ def test_state_and_parameters_are_written_to_the_module() -> None:
 
 def test_untracked_and_non_affine_layers() -> None:
     impl = load_target("torch.nn:BatchNorm1d", "torch")
-    layer = impl.build(_config(rank=2, affine=False, track_running_stats=False))
+    layer = impl.build(torch_layout_config(rank=2, affine=False, track_running_stats=False))
     x = _input((6, 3))
     assert layer.state() is None
     np.testing.assert_allclose(layer.infer(x), layer.train_step(x), rtol=1e-15)
@@ -339,7 +328,7 @@ def test_cuda_layers_run_in_every_dtype(dtype: str) -> None:
     impl = TorchModuleImplementation(RecordingBatchNorm2d, device="cuda")
     assert impl.versions()["device"].startswith("cuda") and "gpu" in impl.versions()
     assert dtype in impl.capabilities().dtypes
-    layer = impl.build(_config(dtype=dtype))
+    layer = impl.build(torch_layout_config(dtype=dtype))
     assert isinstance(layer, TorchModuleLayer)
     assert layer.module.weight.device.type == "cuda"
     x = _input((4, 5, 6, 3), dtype).transpose(0, 3, 1, 2)  # channels last

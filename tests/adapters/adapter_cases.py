@@ -1,0 +1,130 @@
+"""Shared scaffolding of the adapter tests: a drawn case and its agreement with the reference.
+
+Each framework's test draws its own cases (shapes, layouts, dtypes) and picks its tolerances;
+``agree`` compares an adapter's train step, running statistics, inference and both vjps with
+the reference implementation's, within a tolerance relative to each quantity's natural scale.
+Importing this module puts tests/fixtures on ``sys.path``, where the sample third-party
+modules that targets name (``thirdparty_bn:ThirdPartyBatchNorm2d``) live.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from normspec.adapters import Implementation, LayerConfig
+from normspec.reference import RunningStatistics, batch_statistics
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+if str(FIXTURES) not in sys.path:
+    sys.path.insert(0, str(FIXTURES))
+
+
+@dataclass(frozen=True)
+class Case:
+    """A layer configuration, its input and cotangent, parameters and running statistics."""
+
+    config: LayerConfig
+    x: np.ndarray
+    dy: np.ndarray
+    gamma: np.ndarray
+    beta: np.ndarray
+    state: RunningStatistics
+
+
+def close(actual: np.ndarray, expected: np.ndarray, scale: float, what: str, tol: float) -> None:
+    """``actual`` within ``tol`` of ``expected``, relatively and relative to ``scale``."""
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def agree(
+    impl: Implementation,
+    reference: Implementation,
+    case: Case,
+    tol: float,
+    *,
+    statistics_tol: float | None = None,
+    inference_tol: float | None = None,
+    rounded_statistics: bool = False,
+    steps: bool = False,
+) -> None:
+    """Train step, state, inference and both vjps of ``impl`` against ``reference``.
+
+    ``statistics_tol``: the running statistics' tolerance, ``inference_tol``: that of the
+    inference output and vjp (both ``tol`` if not given). ``rounded_statistics``: widen the
+    inference scales by the rounding of the running statistics themselves (float32
+    statistics in a float64 layer). ``steps``: compare the step counters too. Without
+    ``track_running_stats`` the layer must have no state and infers with batch statistics.
+    The state is set before every call that reads it (after a vjp it is unspecified).
+    """
+    config = case.config
+    tracked = config.track_running_stats
+    layers = [impl.build(config), reference.build(config)]
+    for layer in layers:
+        if config.affine:
+            layer.set_parameters(case.gamma, case.beta)
+        if tracked:
+            layer.set_state(case.state)
+    ours, theirs = layers
+    n = case.x.size // config.num_features
+    gamma = float(np.abs(case.gamma).max()) if config.affine else 1.0
+    beta = float(np.abs(case.beta).max()) if config.affine else 0.0
+    stats = batch_statistics(case.x, config.feature_axis)
+    s_batch = float(np.max(1.0 / np.sqrt(stats.var + config.eps)))
+    s_run = float(np.max(1.0 / np.sqrt(case.state.var + config.eps)))
+    x_max, dy_max = float(np.abs(case.x).max()), float(np.abs(case.dy).max())
+    s_tol = tol if statistics_tol is None else statistics_tol
+    i_tol = tol if inference_tol is None else inference_tol
+
+    close(ours.train_step(case.x), theirs.train_step(case.x), 1 + gamma * n + beta, "train y", tol)
+    if tracked:
+        got, want = ours.state(), theirs.state()
+        assert isinstance(got, RunningStatistics) and isinstance(want, RunningStatistics)
+        close(got.mean, want.mean, 1 + x_max, "running mean", s_tol)
+        close(got.var, want.var, 1 + 2 * x_max**2, "running var", s_tol)
+        if steps:
+            assert got.steps == want.steps
+    else:
+        assert ours.state() is None
+
+    def reset() -> None:
+        for layer in layers:
+            if tracked:
+                layer.set_state(case.state)
+
+    reset()
+    s_infer = s_run if tracked else s_batch
+    rounding = 1 + s_run**2 * 4 if rounded_statistics else 1.0
+    infer_scale = (1 + gamma * s_infer * (x_max + 3) + beta) * rounding
+    close(ours.infer(case.x), theirs.infer(case.x), infer_scale, "inference y", i_tol)
+
+    for training, s in ((True, s_batch), (False, s_infer)):
+        mode = "train" if training else "inference"
+        mode_tol = tol if training else i_tol
+        reset()
+        got_g = ours.vjp(case.x, case.dy, training=training)
+        want_g = theirs.vjp(case.x, case.dy, training=training)
+        close(got_g.dx, want_g.dx, 1 + gamma * s * dy_max * (1 + n), f"{mode} dx", mode_tol)
+        if config.affine:
+            xhat = n if training else s * (x_max + 3) * rounding
+            close(got_g.dgamma, want_g.dgamma, 1 + n * dy_max * xhat, f"{mode} dgamma", mode_tol)
+            close(got_g.dbeta, want_g.dbeta, 1 + n * dy_max, f"{mode} dbeta", mode_tol)
+        else:
+            assert not np.any(got_g.dgamma) and not np.any(got_g.dbeta)
+
+
+def torch_layout_config(rank: int = 4, dtype: Any = "float64", **changes: Any) -> LayerConfig:
+    """Three features first (torch's layout), eps 1e-5, momentum 0.1, with ``changes``."""
+    options: dict[str, Any] = {
+        "num_features": 3,
+        "rank": rank,
+        "feature_axis": 1,
+        "dtype": dtype,
+        "eps": 1e-5,
+        "momentum": 0.1,
+    }
+    return LayerConfig(**{**options, **changes})
