@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from hypothesis.internal.conjecture import engine
 from hypothesis.reporting import with_reporter
 
-#: Seconds Hypothesis may spend shrinking one failure in a default check.
-DEFAULT_SHRINK_SECONDS = 5.0
+#: Seconds Hypothesis may spend shrinking one failure in a default check: enough for the
+#: shrinks of an implementation that answers in microseconds (a few seconds), so that a seed
+#: reproduces its report; a bound for those whose every new example costs a compilation.
+DEFAULT_SHRINK_SECONDS = 30.0
 
 
 @dataclass

@@ -86,7 +86,10 @@ def empty_batch(ctx: CheckContext, data: Any) -> None:
         expect_state_kept(ctx, before, after, "an empty batch")
 
 
-@check("bn.degenerate.nonfinite_isolated", depends_on=("bn.train.output",))
+@check(
+    "bn.degenerate.nonfinite_isolated",
+    depends_on=("bn.train.output", "bn.running.mean", "bn.running.var"),
+)
 def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, num_features=data.draw(st.integers(2, 4), label="features"))
     feature = data.draw(st.integers(0, case.config.num_features - 1), label="poisoned feature")

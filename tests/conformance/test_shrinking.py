@@ -54,16 +54,18 @@ def test_the_limit_is_restored_after_the_block() -> None:
     assert before == engine.MAX_SHRINKING_SECONDS
 
 
-def slow_and_wrong(original, x):
+def slow_and_wrong_beyond_six_values(original, x):
+    """Slow, and wrong only for inputs of more than six values: the first failing example
+    is larger than the minimal one, so there is shrinking to do."""
     time.sleep(SLOW_CALL)
-    return original(x) + 1.0
+    return original(x) * (1 + 1e-3 * (x.size > 6))
 
 
 def test_a_check_reports_a_failure_whose_shrinking_was_cut_short() -> None:
     options = CheckOptions(
         profile="torch", clauses="bn.train.output", max_examples=40, shrink_seconds=0.3
     )
-    report = check_implementation(Wrapped("train_step", slow_and_wrong), options)
+    report = check_implementation(Wrapped("train_step", slow_and_wrong_beyond_six_values), options)
     (result,) = report.results
     assert result.outcome == "fail"
     assert "stopped after 0.3 s" in result.details["shrinking"]
