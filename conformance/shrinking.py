@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from hypothesis.internal.conjecture import engine
 from hypothesis.reporting import with_reporter
 
-#: Seconds Hypothesis may spend shrinking one failure in a default check: enough for the
-#: shrinks of an implementation that answers in microseconds (a few seconds), so that a seed
-#: reproduces its report; a bound for those whose every new example costs a compilation.
-DEFAULT_SHRINK_SECONDS = 30.0
+#: Seconds Hypothesis may spend shrinking one failure in a default check: enough for most
+#: shrinks of an implementation that answers in microseconds (a few seconds); a bound for
+#: one whose every example costs tens of milliseconds (a failure whose example holds a
+#: drawn float can take a thousand examples to shrink) or a compilation.
+DEFAULT_SHRINK_SECONDS = 10.0
 
 
 @dataclass

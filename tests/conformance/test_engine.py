@@ -126,10 +126,14 @@ def test_failures_shrink_to_a_small_example() -> None:
 
 
 def test_the_same_seed_gives_the_same_report() -> None:
+    """(Where shrinking ran to its end: a shrink cut short by --shrink-seconds stops wherever
+    the clock says, and its report says so.)"""
     bad = Wrapped("train_step", lambda o, x: o(x) * (1 + 1e-3 * (x.size > 6)))
-    first = run(bad, "bn.train.output", seed=3, max_examples=30).results[0]
-    second = run(bad, "bn.train.output", seed=3, max_examples=30).results[0]
+    options = {"seed": 3, "max_examples": 30, "shrink_seconds": 300.0}
+    first = run(bad, "bn.train.output", **options).results[0]
+    second = run(bad, "bn.train.output", **options).results[0]
     assert first.outcome == second.outcome == "fail"
+    assert "shrinking" not in first.details
     assert first.details["example"] == second.details["example"]
 
 
