@@ -285,20 +285,22 @@ def train_mask(ctx: CheckContext, data: Any) -> None:
 # ------------------------------------------------------------------ running statistics
 
 
-@sync_check("sync.running.mean")
-def running_mean(ctx: CheckContext, data: Any) -> None:
+def _expect_running(ctx: CheckContext, data: Any, quantity: str) -> None:
+    """One replicated training step, then each replica's running ``quantity``."""
     case = draw(ctx, data)
     layer = build(ctx, case)
     train(ctx, case, layer)
-    expect_states(ctx, case, _states(ctx, layer, case), ("mean",))
+    expect_states(ctx, case, _states(ctx, layer, case), (quantity,))
+
+
+@sync_check("sync.running.mean")
+def running_mean(ctx: CheckContext, data: Any) -> None:
+    _expect_running(ctx, data, "mean")
 
 
 @sync_check("sync.running.var")
 def running_var(ctx: CheckContext, data: Any) -> None:
-    case = draw(ctx, data)
-    layer = build(ctx, case)
-    train(ctx, case, layer)
-    expect_states(ctx, case, _states(ctx, layer, case), ("var",))
+    _expect_running(ctx, data, "var")
 
 
 # ------------------------------------------------------------------------ backward
