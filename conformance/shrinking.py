@@ -13,9 +13,6 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hypothesis.internal.conjecture import engine
-from hypothesis.reporting import with_reporter
-
 #: Seconds Hypothesis may spend shrinking one failure in a default check: enough for most
 #: shrinks of an implementation that answers in microseconds (a few seconds); a bound for
 #: one whose every example costs tens of milliseconds (a failure whose example holds a
@@ -41,6 +38,10 @@ class ShrinkWatch:
 def shrink_limit(seconds: float) -> Iterator[ShrinkWatch]:
     """Within the block, Hypothesis stops shrinking a failure after ``seconds`` and shows
     the smallest example found so far; its reports are collected, not printed."""
+    # imported here: the pytest plugin reads DEFAULT_SHRINK_SECONDS when pytest starts
+    from hypothesis.internal.conjecture import engine
+    from hypothesis.reporting import with_reporter
+
     watch = ShrinkWatch()
     previous = engine.MAX_SHRINKING_SECONDS
     engine.MAX_SHRINKING_SECONDS = seconds  # type: ignore[assignment]  # read as a number
