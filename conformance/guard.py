@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -47,9 +48,10 @@ class _Call:
             self.done.set()
 
 
-def _serve(calls: queue.SimpleQueue[_Call]) -> None:
-    while True:
-        calls.get().run()
+def _serve(calls: queue.SimpleQueue[_Call | None]) -> None:
+    """Run calls until ``None`` comes (the guard was collected)."""
+    while (call := calls.get()) is not None:
+        call.run()
 
 
 class Guard:
@@ -57,15 +59,15 @@ class Guard:
 
     The calls run one at a time on one daemon worker thread (started with the first call:
     a thread per call would cost milliseconds each, and libraries such as TensorFlow set up
-    per-thread state on every new one). A call that does not return in time is abandoned
-    with its thread and the guard is marked hung: every later call fails at once, so one
-    hanging clause cannot stall the run.
+    per-thread state on every new one); the thread ends when the guard is collected. A call
+    that does not return in time is abandoned with its thread and the guard is marked hung:
+    every later call fails at once, so one hanging clause cannot stall the run.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.hung: str | None = None
-        self._calls: queue.SimpleQueue[_Call] | None = None
+        self._calls: queue.SimpleQueue[_Call | None] | None = None
 
     def call(self, operation: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = _Call(function, args, kwargs)
@@ -85,6 +87,7 @@ class Guard:
                 target=_serve, args=(self._calls,), name="normspec:implementation", daemon=True
             )
             worker.start()
+            weakref.finalize(self, self._calls.put, None)
         self._calls.put(call)
 
     def _run(self, operation: str, call: _Call) -> None:

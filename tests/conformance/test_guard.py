@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -53,3 +54,13 @@ def test_a_hung_call_is_abandoned_and_nothing_is_called_again() -> None:
     with pytest.raises(ImplementationHung, match="a call to train_step"):
         guard.call("infer", calls.append, 1)
     assert calls == []
+
+
+def test_the_worker_thread_ends_when_the_guard_is_collected() -> None:
+    guard = Guard(timeout=5.0)
+    worker = guard.call("thread", threading.current_thread)
+    assert worker.is_alive()
+    del guard
+    gc.collect()
+    worker.join(timeout=5.0)
+    assert not worker.is_alive()
