@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import functools
 import importlib
 import threading
@@ -785,11 +786,11 @@ class JaxImplementation(abc.ABC):
         return JaxLayer(self.program(config), config)
 
     def capabilities(self) -> Capabilities:
-        """The base capabilities, less the dtypes a tiny forward and backward fail on."""
+        """The base capabilities, less the dtypes a tiny forward and backward fail on;
+        compiled per shape."""
         if self._capabilities is None:
-            self._capabilities = probe_dtypes(
-                self.base_capabilities(), self._probe, where=describe_device()
-            )
+            base = dataclasses.replace(self.base_capabilities(), compiles_per_shape=True)
+            self._capabilities = probe_dtypes(base, self._probe, where=describe_device())
         return self._capabilities
 
     def build(self, config: LayerConfig) -> Layer:

@@ -108,6 +108,9 @@ class Capabilities:
     replica_uneven_batches: bool = True
     #: the parameter gradients a replica returns (dialects.md: replica_param_gradients)
     replica_param_gradients: ReplicaParamGradients = "partial"
+    #: a program is compiled per configuration and input shape (JAX): a check draws its
+    #: settings from a per-run menu (conformance.menu) unless asked otherwise
+    compiles_per_shape: bool = False
     #: free text per capability that is missing, shown in the report's not-applicable reason
     notes: Mapping[str, str] = field(default_factory=dict)
 

@@ -1,7 +1,7 @@
 """How reliably a default check catches each gallery bug under its clause, over seeds.
 
     .venv/bin/python benchmarks/gallery_seeds.py [BUG ...] [--weak] [--seeds 10]
-        [--dtype float32] [--max-examples N] [--all-clauses]
+        [--dtype float32] [--max-examples N] [--all-clauses] [--menu N]
 
 For each bug of the gallery (tests/gallery/bugs.py; BUG names select some, ``--weak`` the
 ones tests/conformance/test_gallery.py lists in KNOWN_WEAK_DETECTION) and each seed 0 to
@@ -10,7 +10,10 @@ bug's profile, its primary clause (the first of ``expected_clauses``) with the c
 depends on (``--all-clauses``: every clause). Per bug it prints in how many seeds the bug
 was caught under its clause (the primary clause failed or errored), caught elsewhere only
 (another clause did, the primary was skipped or passed), or missed, the seeds that were
-not caught under the clause, and the seconds taken.
+not caught under the clause, and the seconds taken. ``--menu N`` draws the settings from
+a menu of N entries per dtype, as for an implementation that compiles per shape (the
+gallery's bugs are NumPy layers, checked without a menu by default): how much of the
+gallery a menu still catches.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def classify(bug: type, seed: int, args: argparse.Namespace) -> str:
         clauses=None if args.all_clauses else ",".join(with_dependencies(primary)),
         max_examples=args.max_examples,
         seed=seed,
+        menu=args.menu,
     )
     report = check_implementation(bug(), options)
     if report.outcome(primary) in CAUGHT:
@@ -57,6 +61,7 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="check this dtype only")
     parser.add_argument("--max-examples", type=int, default=None, help="default: the engine's")
     parser.add_argument("--all-clauses", action="store_true")
+    parser.add_argument("--menu", type=int, default=None, help="a settings menu of N entries")
     args = parser.parse_args()
     gallery = {bug.__name__: bug for bug in BUGS + RENORM_BUGS}
     names = list(args.bugs) + (list(KNOWN_WEAK_DETECTION) if args.weak else [])
@@ -64,7 +69,10 @@ def main() -> None:
     if unknown:
         parser.error(f"no gallery bug named {', '.join(unknown)}")
     selected = [gallery[n] for n in dict.fromkeys(names)] or list(gallery.values())
-    print(f"{args.seeds} seeds, max_examples={args.max_examples or 'default'}")
+    print(
+        f"{args.seeds} seeds, max_examples={args.max_examples or 'default'}, "
+        f"menu={args.menu if args.menu is not None else 'default'}"
+    )
     print(f"{'bug':<42}{'clause':<34}{'caught':>7}{'elsewh':>7}{'missed':>7}{'s':>7}  not caught")
     totals = {"clause": 0, "elsewhere": 0, "missed": 0}
     for bug in selected:

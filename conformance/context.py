@@ -17,6 +17,7 @@ from normspec.adapters.protocol import (
     WrongOutput,
 )
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationHung
+from normspec.conformance.menu import Menu
 from normspec.conformance.strategies import Case, cases
 from normspec.conformance.tolerance import Comparison, Precision
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
@@ -58,6 +59,14 @@ class CheckContext:
     notes: dict[str, Any] = field(default_factory=dict)
     #: set for the accuracy clauses: float32 working precision for reduced dtypes
     accuracy: bool = False
+    #: the settings cases are drawn from (an implementation that compiles per shape), per
+    #: dtype; empty: drawn freely
+    menus: dict[str, Menu] = field(default_factory=dict)
+
+    @property
+    def menu(self) -> Menu | None:
+        """The menu of the dtype being checked (one at a time), if there is one."""
+        return self.menus.get(self.dtypes[0]) if len(self.dtypes) == 1 else None
 
     def precision(self, dtype: str) -> Precision:
         """The precision bounds are computed for (conventions: accuracy model).
@@ -72,7 +81,9 @@ class CheckContext:
         """Draw a case for this implementation (see :func:`strategies.cases`)."""
         self.examples += 1
         self.notes = {}
-        self.case = data.draw(cases(self.capabilities, self.dialect, self.dtypes, **options))
+        self.case = data.draw(
+            cases(self.capabilities, self.dialect, self.dtypes, menu=self.menu, **options)
+        )
         return self.case
 
     def use_case(self, case: Case) -> Case:

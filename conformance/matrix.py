@@ -67,6 +67,9 @@ class MatrixOptions:
     clauses: str | None = None
     timeout: float = 60.0
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS
+    #: entries per dtype of the settings menu (conformance.menu); ``None``: each
+    #: implementation's default
+    menu: int | None = None
     #: Also check each implementation under the paper's semantics.
     paper: bool = True
 
@@ -443,6 +446,7 @@ def _run_one(
         timeout=options.timeout,
         target=entry.target,
         shrink_seconds=options.shrink_seconds,
+        menu=options.menu,
     )
     recorder.take()
     report = check_implementation(implementation, check_options, progress=on_result)
@@ -551,6 +555,7 @@ def matrix_to_json(matrix: Matrix) -> dict[str, Any]:
             "clauses": matrix.options.clauses,
             "timeout": matrix.options.timeout,
             "shrink_seconds": matrix.options.shrink_seconds,
+            "menu": matrix.options.menu,
             "paper": matrix.options.paper,
         },
         "environment": matrix.environment,

@@ -131,6 +131,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=DEFAULT_SHRINK_SECONDS,
         help="time limit on shrinking one failure, s",
     )
+    group.addoption(
+        "--normspec-menu",
+        type=int,
+        metavar="N",
+        help="settings drawn from a per-run menu of N entries per dtype; 0: freely (default: "
+        "a menu for implementations that compile per shape)",
+    )
     group.addoption("--normspec-json", metavar="PATH", help="write a normspec JSON report")
     group.addoption(
         "--normspec-strict", action="store_true", help="a failed SHOULD clause fails too"
@@ -163,6 +170,7 @@ class NormspecPlugin:
         self.dtypes = [d.strip() for d in dtype.split(",")] if dtype else None
         self.timeout: float = config.getoption("normspec_timeout")
         self.shrink_seconds: float = config.getoption("normspec_shrink_seconds")
+        self.menu: int | None = config.getoption("normspec_menu")
         self.strict: bool = config.getoption("normspec_strict")
         self.json_path: str | None = config.getoption("normspec_json")
         try:
@@ -173,6 +181,8 @@ class NormspecPlugin:
             raise pytest.UsageError("--normspec-max-examples must be at least 1")
         if self.timeout <= 0 or self.shrink_seconds <= 0:
             raise pytest.UsageError("--normspec-timeout and --normspec-shrink-seconds: positive")
+        if self.menu is not None and self.menu < 0:
+            raise pytest.UsageError("--normspec-menu takes 0 (no menu) or a number of entries")
         try:
             self.checks = select_checks(self.clauses)
             for name in self.dtypes or ():
@@ -288,6 +298,7 @@ class NormspecPlugin:
             timeout=self.timeout,
             target=self.target,
             shrink_seconds=self.shrink_seconds,
+            menu=self.menu,
         )
         report = check_implementation(implementation, options)
         if report.interrupted:
@@ -297,6 +308,7 @@ class NormspecPlugin:
             "versions": report.versions,
             "dtypes": list(report.dtypes),
             "environment": report.environment,
+            "menu": report.menu,
         }
         result = next(r for r in report.results if r.clause_id == clause_id)
         DeviationApplier(self.deviations)(result)
@@ -336,6 +348,7 @@ class NormspecPlugin:
             dtypes=tuple(self._meta.get("dtypes", ())),
             seed=self.seed,
             max_examples=self.max_examples,
+            menu=int(self._meta.get("menu", 0)),
             versions=dict(self._meta.get("versions", {})),
             environment=dict(self._meta.get("environment", environment())),
             normspec_version=normspec.__version__,

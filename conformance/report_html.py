@@ -178,7 +178,8 @@ def _verdicts(matrix: Matrix) -> str:
             f'<div class="name">{esc(column.label)}</div>'
             f"<div>profile {esc(' = '.join(column.profiles))}: <b>{esc(verdict)}</b></div>"
             f'<div class="small">{esc(counts)}; {report.seconds:.1f} s</div>'
-            f'<div class="small">{esc(report.implementation)}; {esc(versions)}</div></div>'
+            + (f'<div class="small">{esc(report.menu_note)}</div>' if report.menu else "")
+            + f'<div class="small">{esc(report.implementation)}; {esc(versions)}</div></div>'
         )
     return f'<div class="verdicts">{"".join(cards)}</div>'
 

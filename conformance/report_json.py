@@ -30,6 +30,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "dtypes": list(report.dtypes),
         "seed": report.seed,
         "max_examples": report.max_examples,
+        "menu": report.menu,
         "environment": report.environment,
         "started": report.started,
         "seconds": round(report.seconds, 3),

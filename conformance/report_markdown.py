@@ -109,9 +109,11 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
             if column.report.interrupted:
                 verdict += " (interrupted)"
             versions = ", ".join(f"{k} {v}" for k, v in column.report.versions.items())
+            menu = f"; {column.report.menu_note}" if column.report.menu else ""
             lines.append(
                 f"- {escape(column.label)} under {escape(' = '.join(column.profiles))}: "
-                f"{verdict}; {summary} ({escape(versions)}; {column.report.seconds:.0f} s)"
+                f"{verdict}; {summary} ({escape(versions)}; {column.report.seconds:.0f} s"
+                f"{escape(menu)})"
             )
         lines.append("")
     else:

@@ -37,7 +37,9 @@ def print_header(report: Report, stream: TextIO) -> None:
     )
     print(
         f"  profile {report.profile}; dtypes {', '.join(report.dtypes) or 'none'}; seed "
-        f"{report.seed}; {report.max_examples} examples per clause; {versions}",
+        f"{report.seed}; {report.max_examples} examples per clause; "
+        + (f"{report.menu_note}; " if report.menu else "")
+        + versions,
         file=stream,
     )
 

@@ -78,6 +78,8 @@ class Report:
     spec_version: str
     started: str
     seconds: float = 0.0
+    #: entries per dtype of the settings menu cases were drawn from (0: drawn freely)
+    menu: int = 0
     results: list[ClauseResult] = field(default_factory=list)
     interrupted: bool = False
     #: Things a reader should know that are not clause outcomes, e.g. a deviation-file entry
@@ -90,6 +92,16 @@ class Report:
             if result.clause_id == clause_id:
                 return result.outcome
         raise KeyError(clause_id)
+
+    @property
+    def menu_note(self) -> str:
+        """What a reader needs to know about the settings menu ("" without one)."""
+        if not self.menu:
+            return ""
+        return (
+            f"settings from a menu of {self.menu} per dtype (compilation budget; --menu 0 "
+            "draws them freely)"
+        )
 
     def failed_clauses(self) -> set[str]:
         return {r.clause_id for r in self.results if r.outcome in ("fail", "error")}

@@ -20,12 +20,14 @@ from hypothesis.stateful import run_state_machine_as_test
 
 import normspec
 from normspec import spec
-from normspec.adapters.protocol import ALL_DTYPES, DTypeName, Implementation
+from normspec.adapters.protocol import ALL_DTYPES, Capabilities, DTypeName, Implementation
 from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
 from normspec.conformance.results import ClauseResult, Report
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
+from normspec.reference.dialects import Dialect
 from normspec.reference.dialects import profile as find_profile
 
 #: Examples per clause under the default settings (the one-minute budget).
@@ -53,6 +55,9 @@ class CheckOptions:
     timeout: float = 60.0
     target: str | None = None
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS
+    #: entries per dtype of the settings menu (conformance.menu); 0: settings drawn freely;
+    #: ``None``: a menu of DEFAULT_MENU_SIZE for an implementation that compiles per shape
+    menu: int | None = None
 
 
 def select_checks(pattern: str | None) -> list[Check]:
@@ -98,6 +103,32 @@ def _dtypes(
     return tuple(d for d in ALL_DTYPES if d in wanted and d in supported)
 
 
+def menu_size(options: CheckOptions, capabilities: Capabilities) -> int:
+    """Entries per dtype of the run's menu (0: none), as asked or by the capabilities."""
+    if options.menu is not None:
+        if options.menu < 0:
+            raise OptionsError(
+                f"--menu takes 0 (no menu) or a number of entries, not {options.menu}"
+            )
+        return options.menu
+    return DEFAULT_MENU_SIZE if capabilities.compiles_per_shape else 0
+
+
+def menus(
+    options: CheckOptions,
+    capabilities: Capabilities,
+    dialect: Dialect,
+    dtypes: Sequence[DTypeName],
+) -> dict[str, Menu]:
+    """Each dtype's menu (seeded like its Hypothesis runs), or none."""
+    size = menu_size(options, capabilities)
+    if not size:
+        return {}
+    return {
+        d: Menu.generate(capabilities, dialect, dtype_seed(options.seed, d), size) for d in dtypes
+    }
+
+
 def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[str]) -> str:
     target = options.target or "TARGET"
     return (
@@ -109,6 +140,7 @@ def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[st
             if options.shrink_seconds != DEFAULT_SHRINK_SECONDS
             else ""
         )
+        + (f" --menu {options.menu}" if options.menu is not None else "")
     )
 
 
@@ -284,6 +316,7 @@ def check_implementation(
     checks = select_checks(options.clauses)
     capabilities = implementation.capabilities()
     dtypes = _dtypes(options.dtypes, capabilities.dtypes)
+    menu_of = menus(options, capabilities, dialect, dtypes)
     report = Report(
         implementation=implementation.name,
         target=options.target or implementation.name,
@@ -291,6 +324,7 @@ def check_implementation(
         dtypes=dtypes,
         seed=options.seed,
         max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,
+        menu=menu_size(options, capabilities),
         versions=dict(implementation.versions()),
         environment=environment(),
         normspec_version=normspec.__version__,
@@ -304,7 +338,7 @@ def check_implementation(
     started = time.perf_counter()
     try:
         for item in checks:
-            ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard)
+            ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard, menus=menu_of)
             ctx.accuracy = ".accuracy." in item.clause_id
             blocked = next((d for d in item.depends_on if d in not_passed), None)
             with warnings.catch_warnings(), np.errstate(all="ignore"):

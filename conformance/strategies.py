@@ -17,6 +17,15 @@ from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import round_to, round_to_normal
+from normspec.conformance.menu import (
+    COMMON_RATES,
+    Constraints,
+    Menu,
+    Setting,
+    eps_choices,
+    feature_axis_for,
+    fitted_batch,
+)
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import Dialect
 
@@ -78,11 +87,9 @@ def shapes(
     """
     spatial = [draw(st.integers(1, max_spatial)) for _ in range(rank - 2)]
     per_sample = int(np.prod(spatial, dtype=np.int64))
-    smallest_batch = -(-min_count // per_sample)  # enough samples for min_count values
     # batch sizes 1 and 2 are where implementations break: draw them often
     wanted = draw(st.one_of(_SMALL_BATCHES, st.integers(1, max(1, max_batch))))
-    batch = min(max(wanted, smallest_batch), max(smallest_batch, max_batch))
-    shape = [batch, *spatial]
+    shape = [fitted_batch(wanted, per_sample, min_count, max_batch), *spatial]
     shape.insert(feature_axis, num_features)
     return tuple(shape)
 
@@ -205,12 +212,12 @@ def running_statistics(
 
 def canonical_rates() -> st.SearchStrategy[float]:
     """Update rates alpha in [0, 1], the common ones first."""
-    return st.one_of(st.sampled_from([0.1, 0.0, 1.0, 0.5, 0.01, 0.9]), st.floats(0.0, 1.0))
+    return st.one_of(st.sampled_from(COMMON_RATES), st.floats(0.0, 1.0))
 
 
 def eps_values(dialect: Dialect) -> st.SearchStrategy[float]:
     """Positive eps: the dialect's default first, then values that meet realistic variances."""
-    return st.sampled_from([dialect.default_eps, 1e-5, 1e-3, 2.0**-4, 1.0])
+    return st.sampled_from(eps_choices(dialect))
 
 
 @dataclass(frozen=True)
@@ -252,8 +259,113 @@ class Case:
         }
 
 
-def feature_axis_for(rank: int, position: str) -> int:
-    return 1 if position == "first" else rank - 1
+def constraints(
+    capabilities: Capabilities,
+    *,
+    min_count: int = 2,
+    long_reductions: bool = False,
+    max_batch: int | None = None,
+    max_spatial: int | None = None,
+    rate: float | None = None,
+    axis_positions: Sequence[str] | None = None,
+    track: bool | None = True,
+    affine: bool | None = True,
+    cumulative: bool = False,
+    num_features: int | None = None,
+    min_features: int = 1,
+    max_features: int = 4,
+) -> Constraints:
+    """What :func:`cases`' options ask of a setting, within the capabilities.
+
+    ``track``/``affine`` ``None`` (either) only where the implementation supports both.
+    """
+    positions = tuple(axis_positions or capabilities.feature_axes[:1])
+    return Constraints(
+        positions=positions,  # type: ignore[arg-type]
+        min_features=num_features if num_features is not None else min_features,
+        max_features=num_features if num_features is not None else max_features,
+        min_count=min_count,
+        max_batch=max_batch if max_batch is not None else (64 if long_reductions else 8),
+        max_spatial=max_spatial if max_spatial is not None else (12 if long_reductions else 5),
+        long_reductions=long_reductions,
+        fixed_rate=cumulative or rate is not None,
+        rate=None if cumulative else rate,
+        affine=None if affine is None and capabilities.without_affine else affine is not False,
+        tracked=None if track is None and capabilities.untracked else track is not False,
+    )
+
+
+@st.composite
+def free_settings(
+    draw: st.DrawFn, capabilities: Capabilities, dialect: Dialect, wanted: Constraints
+) -> Setting:
+    """A setting drawn freely within the constraints (no :class:`~menu.Menu`)."""
+    rank = draw(st.sampled_from(sorted(capabilities.ranks)))
+    feature_axis = feature_axis_for(rank, draw(st.sampled_from(wanted.positions)))
+    features = draw(st.integers(wanted.min_features, wanted.max_features))
+    shape = draw(
+        shapes(
+            rank=rank,
+            feature_axis=feature_axis,
+            num_features=features,
+            min_count=wanted.min_count,
+            max_batch=wanted.max_batch,
+            max_spatial=wanted.max_spatial,
+        )
+    )
+    return Setting(
+        rank=rank,
+        feature_axis=feature_axis,
+        features=features,
+        shape=shape,
+        rate=wanted.rate if wanted.fixed_rate else draw(canonical_rates()),
+        eps=draw(eps_values(dialect)),
+        affine=draw(st.booleans()) if wanted.affine is None else wanted.affine,
+        tracked=draw(st.booleans()) if wanted.tracked is None else wanted.tracked,
+    )
+
+
+def settings(
+    capabilities: Capabilities, dialect: Dialect, wanted: Constraints, menu: Menu | None
+) -> st.SearchStrategy[Setting]:
+    """Settings within the constraints: from the menu if there is one, else free."""
+    if menu is not None:
+        return menu.settings(wanted)
+    return free_settings(capabilities, dialect, wanted)
+
+
+def case_of(
+    draw: st.DrawFn,
+    setting: Setting,
+    dialect: Dialect,
+    dtype: DTypeName,
+    *,
+    conditioning: Conditioning = "well",
+    layout: Layout | None = None,
+) -> Case:
+    """The case of a setting: its input, parameters, state and cotangent drawn."""
+    shape, feature_axis, features = setting.shape, setting.feature_axis, setting.features
+    x = draw(feature_values(shape, feature_axis, dtype, conditioning))
+    params = draw(affine_parameters(features, dtype)) if setting.affine else None
+    state = None
+    if setting.tracked:
+        axes = tuple(a for a in range(len(shape)) if a != feature_axis)
+        centre = np.mean(x, axis=axes) if x.size else np.zeros(features)
+        spread = np.maximum(np.std(x, axis=axes) if x.size else np.ones(features), 1e-3)
+        state = draw(running_statistics(features, dtype, near=centre, scale=spread))
+    dy = round_to(draw(standard_values(shape)), dtype)
+    chosen: Layout = layout or "contiguous"
+    config = LayerConfig(
+        num_features=features,
+        rank=setting.rank,
+        feature_axis=feature_axis,
+        dtype=dtype,
+        eps=setting.eps,
+        momentum=None if setting.rate is None else dialect.momentum_from_rate(setting.rate),
+        affine=setting.affine,
+        track_running_stats=setting.tracked,
+    )
+    return Case(config, setting.rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)
 
 
 @st.composite
@@ -275,7 +387,10 @@ def cases(
     affine: bool | None = True,
     cumulative: bool = False,
     num_features: int | None = None,
+    min_features: int = 1,
+    max_features: int = 4,
     renorm: bool = False,
+    menu: Menu | None = None,
 ) -> Case:
     """A whole case for a capability set and a dialect.
 
@@ -283,6 +398,11 @@ def cases(
     ``cumulative``: ask for the cumulative-average mode (momentum ``None``).
     ``axis_positions``: feature-axis positions to draw from (default: the primary one).
     ``rate``: a fixed canonical update rate instead of a drawn one.
+    ``num_features``: a fixed number of features, else drawn in [``min_features``,
+    ``max_features``].
+    ``menu``: draw the setting (rank, axis, features, shape, rate, eps, affine, tracking)
+    from a run's :class:`~normspec.conformance.menu.Menu` instead of freely (an
+    implementation that compiles per shape).
     ``renorm``: a batch-renormalization case under the dialect's renorm parameters, a
     :class:`normspec.conformance.strategies_renorm.RenormCase` drawn by
     :func:`~normspec.conformance.strategies_renorm.renorm_cases` (``track`` and
@@ -311,53 +431,20 @@ def cases(
             )
         )
     dtype = draw(dtypes(allowed_dtypes))
-    rank = draw(st.sampled_from(sorted(capabilities.ranks)))
-    positions = list(axis_positions or capabilities.feature_axes[:1])
-    position = draw(st.sampled_from(positions))
-    feature_axis = feature_axis_for(rank, position)
-    features = num_features if num_features is not None else draw(st.integers(1, 4))
-    shape = draw(
-        shapes(
-            rank=rank,
-            feature_axis=feature_axis,
-            num_features=features,
-            min_count=min_count,
-            max_batch=max_batch if max_batch is not None else (64 if long_reductions else 8),
-            max_spatial=max_spatial if max_spatial is not None else (12 if long_reductions else 5),
-        )
+    wanted = constraints(
+        capabilities,
+        min_count=min_count,
+        long_reductions=long_reductions,
+        max_batch=max_batch,
+        max_spatial=max_spatial,
+        rate=rate,
+        axis_positions=axis_positions,
+        track=track,
+        affine=affine,
+        cumulative=cumulative,
+        num_features=num_features,
+        min_features=min_features,
+        max_features=max_features,
     )
-    x = draw(feature_values(shape, feature_axis, dtype, conditioning))
-    is_tracked = (
-        draw(st.booleans()) if track is None and capabilities.untracked else track is not False
-    )
-    is_affine = (
-        draw(st.booleans())
-        if affine is None and capabilities.without_affine
-        else affine is not False
-    )
-    if cumulative:
-        rate = None
-    elif rate is None:
-        rate = draw(canonical_rates())
-    momentum = dialect.momentum_from_rate(rate) if not cumulative else None
-    eps = draw(eps_values(dialect))
-    params = draw(affine_parameters(features, dtype)) if is_affine else None
-    state = None
-    if is_tracked:
-        axes = tuple(a for a in range(len(shape)) if a != feature_axis)
-        centre = np.mean(x, axis=axes) if x.size else np.zeros(features)
-        spread = np.maximum(np.std(x, axis=axes) if x.size else np.ones(features), 1e-3)
-        state = draw(running_statistics(features, dtype, near=centre, scale=spread))
-    dy = round_to(draw(standard_values(shape)), dtype)
-    chosen: Layout = layout or "contiguous"
-    config = LayerConfig(
-        num_features=features,
-        rank=rank,
-        feature_axis=feature_axis,
-        dtype=dtype,
-        eps=eps,
-        momentum=momentum,
-        affine=is_affine,
-        track_running_stats=is_tracked,
-    )
-    return Case(config, rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)
+    setting = draw(settings(capabilities, dialect, wanted, menu))
+    return case_of(draw, setting, dialect, dtype, conditioning=conditioning, layout=layout)

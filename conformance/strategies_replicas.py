@@ -18,11 +18,15 @@ from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName
 from normspec.conformance.dtypes import round_to
+from normspec.conformance.menu import Menu
 from normspec.conformance.strategies import (
     Case,
     Conditioning,
-    cases,
+    case_of,
+    constraints,
+    dtypes,
     feature_values,
+    free_settings,
     running_statistics,
     standard_values,
 )
@@ -99,15 +103,18 @@ def replica_sizes(
     empty: bool | None = False,
     min_total: int = 1,
     uneven: bool = True,
+    max_batch: int = MAX_REPLICA_BATCH,
 ) -> tuple[int, ...]:
     """Uneven batch sizes: ``empty=False`` all at least 1, ``True`` at least one 0 (the
     others may be 0 too, but not all unless ``min_total`` is 0), ``None`` either.
-    ``uneven=False``: one size, at least 1, for every replica (``empty`` is ignored)."""
+    ``uneven=False``: one size, at least 1, for every replica (``empty`` is ignored).
+    Sizes are at most ``max_batch`` but where ``min_total`` needs more."""
     if not uneven:
-        size = draw(st.integers(max(1, -(-min_total // replicas)), MAX_REPLICA_BATCH))
+        low = max(1, -(-min_total // replicas))
+        size = draw(st.integers(low, max(low, max_batch)))
         return (size,) * replicas
     low = 1 if empty is False else 0
-    sizes = [draw(st.integers(low, MAX_REPLICA_BATCH)) for _ in range(replicas)]
+    sizes = [draw(st.integers(low, max_batch)) for _ in range(replicas)]
     zeroed = draw(st.integers(0, replicas - 1)) if empty else None
     if zeroed is not None:
         sizes[zeroed] = 0
@@ -131,27 +138,29 @@ def replica_cases(
     rate: float | None = None,
     affine: bool | None = True,
     all_empty: bool = False,
+    menu: Menu | None = None,
 ) -> ReplicaCase:
     """A whole case on K replicas (see :class:`ReplicaCase`).
 
     ``empty``: whether some replica has batch size 0 (``None``: drawn). ``masked``: some
     samples are masked out (their values far from the counted ones, so that counting them
     shows). ``all_empty``: every replica has batch size 0. At least two values per feature
-    count otherwise (the unbiased estimate needs them).
+    count otherwise (the unbiased estimate needs them). ``menu``: the setting, the replica
+    count and the largest batch of a replica from the menu's replicated entries.
     """
-    base = draw(
-        cases(
-            capabilities,
-            dialect,
-            allowed_dtypes,
-            conditioning=conditioning,
-            rate=rate,
-            affine=affine,
-            max_batch=1,
-            max_spatial=3,
-        )
-    )
-    k = draw(replica_counts(max(min_replicas, 2 if empty and not all_empty else 1)))
+    dtype = draw(dtypes(allowed_dtypes))
+    wanted = constraints(capabilities, rate=rate, affine=affine, max_batch=1, max_spatial=3)
+    smallest = max(min_replicas, 2 if empty and not all_empty else 1)
+    if menu is None:
+        setting = draw(free_settings(capabilities, dialect, wanted))
+        k, most = draw(replica_counts(smallest)), MAX_REPLICA_BATCH
+    else:
+        # the replicated entries whose replica count is enough (else the largest count)
+        offered = menu.replica_settings(wanted)
+        enough = [o for o in offered if o[1] >= smallest] or [max(offered, key=lambda o: o[1])]
+        setting, k, most = draw(st.sampled_from(enough))
+        k = max(k, smallest)
+    base = case_of(draw, setting, dialect, dtype, conditioning=conditioning)
     per_sample = base.x[0].size // base.config.num_features
     need = -(-2 // per_sample)  # samples for two values per feature
     if all_empty:
@@ -160,7 +169,13 @@ def replica_cases(
         # without uneven batches, only masked cases (padded by the adapter) differ in size
         uneven = capabilities.replica_uneven_batches or masked
         sizes = draw(
-            replica_sizes(k, empty=empty, min_total=need + (1 if masked else 0), uneven=uneven)
+            replica_sizes(
+                k,
+                empty=empty,
+                min_total=need + (1 if masked else 0),
+                uneven=uneven,
+                max_batch=most,
+            )
         )
     total = sum(sizes)
     shape = (total, *base.x.shape[1:])

@@ -44,11 +44,27 @@ def _spec_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_time_limits(args: argparse.Namespace) -> None:
+def _check_limits(args: argparse.Namespace) -> None:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
     if args.shrink_seconds <= 0:
         raise UsageError("--shrink-seconds must be positive")
+    if args.menu is not None and args.menu < 0:
+        raise UsageError("--menu takes 0 (settings drawn freely) or a number of entries")
+
+
+def _add_menu(parser: argparse.ArgumentParser) -> None:
+    from normspec.conformance.menu import DEFAULT_MENU_SIZE
+
+    parser.add_argument(
+        "--menu",
+        type=int,
+        metavar="N",
+        help="draw every case's setting (shape, rate, eps, ...) from a per-run menu of N "
+        "entries per dtype, 0 to draw them freely (default: a menu of "
+        f"{DEFAULT_MENU_SIZE} for an implementation that compiles per shape, such as JAX's, "
+        "so that its compilations stay few; none otherwise)",
+    )
 
 
 def _add_shrink_seconds(parser: argparse.ArgumentParser) -> None:
@@ -77,7 +93,7 @@ def _check_command(args: argparse.Namespace) -> int:
 
     if args.max_examples is not None and args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
-    _check_time_limits(args)
+    _check_limits(args)
     dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     options = CheckOptions(
         profile=args.profile,
@@ -88,6 +104,7 @@ def _check_command(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         target=args.target,
         shrink_seconds=args.shrink_seconds,
+        menu=args.menu,
     )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # targets in the current project, as `python -m` does
@@ -174,7 +191,7 @@ def _report_command(args: argparse.Namespace) -> int:
 
     if args.max_examples < 1:
         raise UsageError("--max-examples must be at least 1")
-    _check_time_limits(args)
+    _check_limits(args)
     entries = _parse_implementations(args.implementations)
     dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     try:
@@ -196,6 +213,7 @@ def _report_command(args: argparse.Namespace) -> int:
         clauses=args.clauses,
         timeout=args.timeout,
         shrink_seconds=args.shrink_seconds,
+        menu=args.menu,
         paper=not args.no_paper,
     )
     out = args.out
@@ -273,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     checking.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
     _add_shrink_seconds(checking)
+    _add_menu(checking)
     checking.add_argument("--json", help="write the JSON report here")
     checking.add_argument("--junit", help="write JUnit XML here")
     checking.add_argument(
@@ -316,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     reporting.add_argument("--clauses", help="comma-separated clause ID patterns")
     reporting.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
     _add_shrink_seconds(reporting)
+    _add_menu(reporting)
     reporting.add_argument(
         "--deviations", action="append", metavar="FILE", help="a deviation file (repeatable)"
     )

@@ -44,7 +44,9 @@ def draw(ctx: CheckContext, data: Any, **options: Any) -> ReplicaCase:
     """Draw a replica case for this implementation (see :func:`replica_cases`)."""
     ctx.examples += 1
     ctx.notes = {}
-    case = data.draw(replica_cases(ctx.capabilities, ctx.dialect, ctx.dtypes, **options))
+    case = data.draw(
+        replica_cases(ctx.capabilities, ctx.dialect, ctx.dtypes, menu=ctx.menu, **options)
+    )
     ctx.case = case
     return case
 

@@ -21,8 +21,9 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
     applied to the state it had before the call, so rounding never accumulates into a
     false failure while a wrong rule shows at its first application.
     """
-    first_case = cases(ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=False) | (
-        cases(ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=True)
+    menu = ctx.menu
+    first_case = cases(ctx.capabilities, ctx.dialect, ctx.dtypes, menu=menu) | (
+        cases(ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=True, menu=menu)
         if ctx.capabilities.cumulative_average and ctx.capabilities.step_counter
         else st.nothing()
     )
@@ -42,8 +43,10 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
             # the first batch's shape again, or another (a smaller last batch, a new size):
             # as in training, where most batches have one shape (a compiling implementation
             # compiles once per shape)
-            other = shapes(
-                rank=cfg.rank, feature_axis=cfg.feature_axis, num_features=cfg.num_features
+            other = (
+                shapes(rank=cfg.rank, feature_axis=cfg.feature_axis, num_features=cfg.num_features)
+                if menu is None
+                else st.sampled_from(menu.shapes(self.case.x.shape, cfg.feature_axis))
             )
             shape = data.draw(st.one_of(st.just(self.case.x.shape), other), label="batch shape")
             x = data.draw(feature_values(shape, cfg.feature_axis, cfg.dtype), label="batch")

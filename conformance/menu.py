@@ -1,0 +1,276 @@
+"""A run's menu of layer settings, for implementations that compile per shape.
+
+An implementation that compiles one program per layer configuration and input shape (JAX,
+and any implementation that declares ``Capabilities.compiles_per_shape``) spends a freely
+drawn check compiling: nearly every example brings a new momentum, eps or shape, and a
+program compiled for one example serves no other. Under a :class:`Menu`, the *setting* of
+every case (rank, feature axis, features, input shape, update rate, eps, affine, tracking)
+comes from a few entries fixed for the run by its seed and dtype and shared by all clauses,
+so that one compilation serves many examples; the values, parameters, statistic states and
+cotangents stay free (conventions: compilation budget).
+
+The first entry is the simplest setting, where shrinking ends; the others spread over the
+implementation's ranks, batch sizes 1 and 2, common and arbitrary rates, the dialect's eps
+values, and (one entry each) the other feature-axis position, a layer without affine
+parameters and one without running statistics, where supported. A clause's constraints
+(:class:`Constraints`) select the entries that meet them; when none does, the first entries
+are adapted to them. Shapes are fitted to a clause's limits (``min_count``, ``max_batch``,
+``max_spatial``), which changes the shape but not the program. Another seed draws another
+menu: each run's cost is bounded, and coverage grows across runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from hypothesis import strategies as st
+
+from normspec.adapters.protocol import Capabilities, FeatureAxisPosition
+from normspec.reference.dialects import Dialect
+
+#: The update rates alpha a check tries first (then any rate in [0, 1]).
+COMMON_RATES: tuple[float, ...] = (0.1, 0.0, 1.0, 0.5, 0.01, 0.9)
+#: Entries of a menu per dtype when an implementation compiles per shape.
+DEFAULT_MENU_SIZE = 6
+#: Entries adapted to a clause's constraints when no entry meets them.
+ADAPTED_ENTRIES = 2
+#: The most spatial axes of an input (rank 5).
+MAX_SPATIAL_AXES = 3
+#: Batch and spatial sizes of the entries for long reductions (accuracy clauses).
+LONG_BATCHES, LONG_SPATIAL = (16, 64), (4, 12)
+#: Entries for long reductions, besides the others.
+LONG_ENTRIES = 2
+#: (replicas, per-replica batch) of the replicated entries (sync.*).
+REPLICA_LAYOUTS: tuple[tuple[int, int], ...] = ((2, 1), (4, 2), (3, 1))
+
+
+def eps_choices(dialect: Dialect) -> list[float]:
+    """Positive eps: the dialect's default first, then values that meet realistic variances."""
+    return [dialect.default_eps, 1e-5, 1e-3, 2.0**-4, 1.0]
+
+
+def feature_axis_for(rank: int, position: str) -> int:
+    """The feature axis at ``position`` (``first``: axis 1, ``last``: the last axis)."""
+    return 1 if position == "first" else rank - 1
+
+
+def fitted_batch(batch: int, per_sample: int, min_count: int, max_batch: int) -> int:
+    """``batch`` limited to ``max_batch``, raised until ``min_count`` values per feature."""
+    smallest = -(-min_count // per_sample)
+    return min(max(batch, smallest), max(smallest, max_batch))
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a case's layer and input look like, before any value is drawn."""
+
+    rank: int
+    feature_axis: int
+    features: int
+    shape: tuple[int, ...]
+    rate: float | None  # the canonical alpha (None: cumulative)
+    eps: float
+    affine: bool
+    tracked: bool
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What a clause asks of a setting (see :func:`strategies.cases`).
+
+    ``affine``/``tracked``: the value required, or ``None`` for either. ``rate``: the rate
+    required when ``fixed_rate`` (``None``: the cumulative average).
+    """
+
+    positions: tuple[FeatureAxisPosition, ...]
+    min_features: int = 1
+    max_features: int = 4
+    min_count: int = 2
+    max_batch: int = 8
+    max_spatial: int = 5
+    long_reductions: bool = False
+    fixed_rate: bool = False
+    rate: float | None = None
+    affine: bool | None = True
+    tracked: bool | None = True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One menu entry: a setting before a clause's limits are applied."""
+
+    rank: int
+    position: FeatureAxisPosition
+    features: int
+    batch: int
+    spatial: tuple[int, ...]  # MAX_SPATIAL_AXES sizes; a rank-r input uses the first r - 2
+    rate: float | None
+    eps: float
+    affine: bool = True
+    tracked: bool = True
+
+    def meets(self, wanted: Constraints) -> bool:
+        """Whether the entry's program fits the constraints as it is."""
+        return (
+            self.position in wanted.positions
+            and wanted.min_features <= self.features <= wanted.max_features
+            and (not wanted.fixed_rate or self.rate == wanted.rate)
+            and wanted.affine in (None, self.affine)
+            and wanted.tracked in (None, self.tracked)
+        )
+
+    def adapted(self, wanted: Constraints) -> Entry:
+        """The entry changed as little as possible to meet the constraints."""
+        return replace(
+            self,
+            position=self.position if self.position in wanted.positions else wanted.positions[0],
+            features=min(max(self.features, wanted.min_features), wanted.max_features),
+            rate=wanted.rate if wanted.fixed_rate else self.rate,
+            affine=self.affine if wanted.affine is None else wanted.affine,
+            tracked=self.tracked if wanted.tracked is None else wanted.tracked,
+        )
+
+    def setting(self, wanted: Constraints) -> Setting:
+        """The setting of this entry with its shape fitted to the constraints' limits."""
+        spatial = [min(s, wanted.max_spatial) for s in self.spatial[: self.rank - 2]]
+        per_sample = int(np.prod(spatial, dtype=np.int64))
+        batch = fitted_batch(self.batch, per_sample, wanted.min_count, wanted.max_batch)
+        axis = feature_axis_for(self.rank, self.position)
+        shape = [batch, *spatial]
+        shape.insert(axis, self.features)
+        return Setting(
+            rank=self.rank,
+            feature_axis=axis,
+            features=self.features,
+            shape=tuple(shape),
+            rate=self.rate,
+            eps=self.eps,
+            affine=self.affine,
+            tracked=self.tracked,
+        )
+
+
+@dataclass(frozen=True)
+class ReplicaLayout:
+    """A replicated entry: a menu entry on ``replicas`` replicas of ``batch`` samples each
+    (the block every device takes; padded with masked-out samples where batches differ)."""
+
+    entry: Entry
+    replicas: int
+    batch: int
+
+
+@dataclass(frozen=True)
+class Menu:
+    """The entries one run draws every case's setting from (per dtype)."""
+
+    entries: tuple[Entry, ...]
+    long_entries: tuple[Entry, ...]
+    replica_layouts: tuple[ReplicaLayout, ...]
+
+    @classmethod
+    def generate(cls, capabilities: Capabilities, dialect: Dialect, seed: int, size: int) -> Menu:
+        """``size`` entries (at least one), derived from ``seed`` alone."""
+        if size < 1:
+            raise ValueError(f"a menu has at least one entry, not {size}")
+        rng = np.random.default_rng(seed)
+        ranks = sorted(capabilities.ranks)
+        primary = capabilities.feature_axes[0]
+        eps = eps_choices(dialect)
+        rates = list(COMMON_RATES[1:])
+        rng.shuffle(rates)
+        entries = [Entry(ranks[0], primary, 1, 2, (1,) * MAX_SPATIAL_AXES, COMMON_RATES[0], eps[0])]
+        # every rank in turn (shuffled), batch sizes 1 and 2 first, arbitrary rates among
+        # the common ones
+        order = list(rng.permutation(ranks))
+        for k in range(1, size):
+            entries.append(
+                Entry(
+                    rank=int(order[(k - 1) % len(order)]),
+                    position=primary,
+                    features=int(rng.integers(1, 5)),
+                    batch=k if k <= 2 else int(rng.integers(1, 9)),
+                    spatial=tuple(int(s) for s in rng.integers(1, 6, MAX_SPATIAL_AXES)),
+                    rate=float(rng.uniform()) if k % 3 == 0 else rates[(k - 1) % len(rates)],
+                    eps=eps[int(rng.integers(len(eps)))],
+                )
+            )
+        entries = _with_variants(entries, capabilities)
+        long_entries = tuple(
+            replace(
+                entries[k % len(entries)],
+                batch=int(rng.integers(*LONG_BATCHES)),
+                spatial=tuple(int(s) for s in rng.integers(*LONG_SPATIAL, MAX_SPATIAL_AXES)),
+            )
+            for k in range(LONG_ENTRIES)
+        )
+        replicated = tuple(
+            ReplicaLayout(entries[k % len(entries)], replicas, batch)
+            for k, (replicas, batch) in enumerate(REPLICA_LAYOUTS)
+        )
+        return cls(tuple(entries), long_entries, replicated)
+
+    def settings(self, wanted: Constraints) -> st.SearchStrategy[Setting]:
+        """The settings a clause with these constraints draws from, the simplest first."""
+        pool = self.long_entries if wanted.long_reductions else self.entries
+        return st.sampled_from(_distinct(s.setting(wanted) for s in _fitting(pool, wanted)))
+
+    def replica_settings(self, wanted: Constraints) -> list[tuple[Setting, int, int]]:
+        """(setting of one sample, replicas, per-replica batch) of the replicated entries."""
+        chosen: list[tuple[Setting, int, int]] = []
+        for layout in self.replica_layouts:
+            entry = layout.entry if layout.entry.meets(wanted) else layout.entry.adapted(wanted)
+            chosen.append((entry.setting(wanted), layout.replicas, layout.batch))
+        return chosen
+
+    def shapes(self, shape: tuple[int, ...], feature_axis: int) -> list[tuple[int, ...]]:
+        """Input shapes for the layer that took ``shape`` (bn.running.sequence): that one,
+        a smaller last batch, and those of the menu's entries of its rank."""
+        rank, found = len(shape), [shape]
+
+        def add(batch: int, spatial: Sequence[int]) -> None:
+            per_sample = int(np.prod(spatial, dtype=np.int64))
+            other = [fitted_batch(batch, per_sample, 2, batch), *spatial]
+            other.insert(feature_axis, shape[feature_axis])
+            if tuple(other) not in found:
+                found.append(tuple(other))
+
+        add(shape[0] // 2, [n for a, n in enumerate(shape) if a not in (0, feature_axis)])
+        for entry in self.entries:
+            if entry.rank == rank:
+                add(entry.batch, entry.spatial[: rank - 2])
+        return found
+
+
+def _with_variants(entries: list[Entry], capabilities: Capabilities) -> list[Entry]:
+    """The entries, the last ones turned into the variants the implementation supports:
+    the other feature-axis position, no affine parameters, no running statistics (one each,
+    the first entry always kept as it is)."""
+    changes: list[Callable[[Entry], Entry]] = []
+    if len(capabilities.feature_axes) > 1:
+        other = capabilities.feature_axes[1]
+        changes.append(lambda entry: replace(entry, position=other))
+    if capabilities.without_affine:
+        changes.append(lambda entry: replace(entry, affine=False))
+    if capabilities.untracked:
+        changes.append(lambda entry: replace(entry, tracked=False))
+    result = list(entries)
+    for index, change in zip(range(len(result) - 1, 0, -1), changes, strict=False):
+        result[index] = change(result[index])
+    return result
+
+
+def _fitting(pool: Sequence[Entry], wanted: Constraints) -> list[Entry]:
+    """The entries that meet the constraints, else the first ones adapted to them."""
+    meeting = [e for e in pool if e.meets(wanted)]
+    return meeting or [e.adapted(wanted) for e in pool[:ADAPTED_ENTRIES]]
+
+
+def _distinct(settings: Iterable[Setting]) -> list[Setting]:
+    found: list[Setting] = []
+    for setting in settings:
+        if setting not in found:
+            found.append(setting)
+    return found
