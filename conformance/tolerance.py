@@ -190,7 +190,13 @@ def backward_bounds(
     mean: Array | None = None,
     var: Array | None = None,
 ) -> GradientBounds:
-    """Bounds of bn.accuracy.backward; with ``mean``/``var`` given, the inference-mode form."""
+    """Bounds of bn.accuracy.backward; with ``mean``/``var`` given, the inference-mode form.
+
+    The underflow term of ``dx`` is ``tiny * (1 + g * s + a_i / s)``: ``a_i / s = |x_i| +
+    mean_j |x_j|`` admits the cotangent of ``var_B`` per value, ``-g * s^2 * mean(dy * xhat)
+    / 2``, flushed to zero where it is subnormal (XLA's CPU kernels flush subnormal results);
+    it multiplies ``2 * (x_i - mu_B)``.
+    """
     axes = reduction_axes(x.ndim, feature_axis)
     terms = FeatureTerms.of(x, feature_axis, eps, mean, var)
     g = _gamma(gamma, x, feature_axis)
@@ -212,7 +218,7 @@ def backward_bounds(
             p.u_w * reductions * g * terms.s * (abs_dy + spread)
             + raw(p) * g * terms.s * (abs_dy + m1 + ax * m2)
             + p.u_o * np.abs(expected.dx)
-            + p.tiny * (1 + g * terms.s)
+            + p.tiny * (1 + g * terms.s + terms.a / terms.s)
         )
 
     def dgamma_bound(p: Precision) -> Array:

@@ -1,0 +1,92 @@
+"""bn.accuracy.backward's underflow term admits a flushed cotangent of ``var_B``.
+
+Autodiff of ``c * (gamma * rsqrt(mean(c * c) + eps))`` passes ``d var_B / n = -g * s^2 *
+mean(dy * xhat) / 2`` to every value; XLA's CPU kernels flush it to zero where it is
+subnormal, which drops the ``xhat_i * mean(dy * xhat)`` part of ``dx`` (flax.linen.BatchNorm,
+float64, gamma 4.09e-277 against a spread of 1e16: bn.degenerate.zero_variance failed by a
+factor 1e12 over the bound before the ``a_i / s`` term). The simulation here is NumPy's, which
+keeps subnormals unless told to flush.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normspec.conformance.tolerance import SAFETY_FACTOR, Precision, backward_bounds
+from normspec.reference import train_backward
+
+TINY = float(np.finfo(np.float64).tiny)
+EPS = 1e-3
+#: gamma of the flax failure (drawn gamma are normal numbers; this one is near the bottom).
+TINY_GAMMA = 4.0880063969164504e-277
+
+
+def _case(gamma: float, spread: float, proportional: bool) -> tuple[np.ndarray, ...]:
+    """Two features (n = 48): feature 0 with ``gamma`` and ``spread``, feature 1 ordinary.
+
+    ``proportional``: ``dy = x / spread`` in feature 0, the pattern of the shrunk example
+    (x and dy drawn from one seed), where the exact ``dx`` nearly cancels.
+    """
+    rng = np.random.default_rng(7)
+    u = rng.uniform(-1.0, 1.0, (48, 2))
+    x = u * np.array([spread, 1.0]) + np.array([0.2 * spread, 0.3])
+    dy = rng.uniform(-1.0, 1.0, (48, 2))
+    if proportional:
+        dy[:, 0] = u[:, 0]
+    return x, dy, np.array([gamma, 1.5])
+
+
+def _flushing_dx(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The reverse pass of the textbook graph, with the per-value cotangent of ``var_B``
+    flushed to zero where subnormal (as XLA's CPU kernels do); whether any was flushed."""
+    n = x.shape[0]
+    c = x - x.mean(axis=0)
+    var = (c * c).mean(axis=0)
+    s = 1.0 / np.sqrt(var + EPS)
+    # in autodiff's order: the cotangent of var_B is normal, its share per value may not be
+    dvar = gamma * (dy * c).sum(axis=0) * (-0.5 * s**3)
+    dvar_each = dvar / n
+    flushed = (dvar_each != 0.0) & (np.abs(dvar_each) < TINY)
+    dvar_each = np.where(flushed, 0.0, dvar_each)
+    dc = dy * (gamma * s) + 2.0 * c * dvar_each
+    return dc - dc.mean(axis=0), bool(np.any(flushed))
+
+
+def _bound(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    expected = train_backward(dy, x, gamma, eps=EPS, feature_axis=1)
+    bound = backward_bounds(Precision.of("float64"), x, dy, gamma, EPS, 1, expected).dx
+    return expected.dx, bound
+
+
+@pytest.mark.parametrize("proportional", [False, True])
+def test_a_flushed_variance_cotangent_is_within_the_bound(proportional: bool) -> None:
+    x, dy, gamma = _case(TINY_GAMMA, 1e16, proportional)
+    dx, flushed = _flushing_dx(x, dy, gamma)
+    assert flushed, "the case must flush the cotangent of var_B"
+    expected, bound = _bound(x, dy, gamma)
+    error = np.abs(dx - expected)
+    assert np.all(error <= bound)
+    # it is the a_i / s term that admits it: without it the error is far beyond the bound
+    # (the implementation's and the reference's shares, each K * tiny * a_i / s)
+    a_over_s = np.abs(x) + np.mean(np.abs(x), axis=0)
+    without = bound - 2 * SAFETY_FACTOR * TINY * a_over_s
+    assert np.max(error[:, 0] / without[:, 0]) > 1e6
+    # the ordinary feature is untouched by the flush and accurate to the usual bound
+    assert np.all(error[:, 1] <= without[:, 1])
+
+
+@pytest.mark.parametrize(("gamma", "spread"), [(1.3, 1e16), (TINY_GAMMA, 1.0), (1.3, 1.0)], ids=str)
+def test_dropping_the_variance_term_fails_where_nothing_underflows(
+    gamma: float, spread: float
+) -> None:
+    """The term loosens the bound only near underflow: where ``d var_B / n`` is normal,
+    an implementation that drops ``xhat_i * mean(dy * xhat)`` is still far outside it."""
+    x, dy, gamma_vector = _case(gamma, spread, proportional=False)
+    dx, flushed = _flushing_dx(x, dy, gamma_vector)
+    assert not flushed
+    expected, bound = _bound(x, dy, gamma_vector)
+    assert np.all(np.abs(dx - expected) <= bound)  # the flushing graph is exact here
+    s = 1.0 / np.sqrt(x.var(axis=0) + EPS)
+    dropped = gamma_vector * s * (dy - dy.mean(axis=0))  # no xhat * mean(dy * xhat) part
+    assert np.max(np.abs(dropped - expected)[:, 0] / bound[:, 0]) > 1e6
