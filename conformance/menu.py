@@ -10,9 +10,10 @@ so that one compilation serves many examples; the values, parameters, statistic 
 cotangents stay free (conventions: compilation budget).
 
 The first entry is the simplest setting, where shrinking ends; the others spread over the
-implementation's ranks, batch sizes 1 and 2, common and arbitrary rates, the dialect's eps
-values, and (one entry each) the other feature-axis position, a layer without affine
-parameters and one without running statistics, where supported. A clause's constraints
+implementation's ranks, batch sizes 1 and 2, common and arbitrary rates and the dialect's
+eps values. Besides them come the variants the implementation supports, one entry each: the
+other feature-axis position, a layer without affine parameters, one without running
+statistics (drawn only by the clauses that allow them). A clause's constraints
 (:class:`Constraints`) select the entries that meet them; when none does, the first entries
 are adapted to them. Shapes are fitted to a clause's limits (``min_count``, ``max_batch``,
 ``max_spatial``), which changes the shape but not the program. Another seed draws another
@@ -32,8 +33,9 @@ from normspec.reference.dialects import Dialect
 
 #: The update rates alpha a check tries first (then any rate in [0, 1]).
 COMMON_RATES: tuple[float, ...] = (0.1, 0.0, 1.0, 0.5, 0.01, 0.9)
-#: Entries of a menu per dtype when an implementation compiles per shape.
-DEFAULT_MENU_SIZE = 6
+#: Entries of a menu per dtype when an implementation compiles per shape (besides the
+#: variants: the other feature-axis position, no affine parameters, no running statistics).
+DEFAULT_MENU_SIZE = 4
 #: Entries adapted to a clause's constraints when no entry meets them.
 ADAPTED_ENTRIES = 2
 #: The most spatial axes of an input (rank 5).
@@ -172,7 +174,7 @@ class Menu:
 
     @classmethod
     def generate(cls, capabilities: Capabilities, dialect: Dialect, seed: int, size: int) -> Menu:
-        """``size`` entries (at least one), derived from ``seed`` alone."""
+        """``size`` entries (at least one) and the variants, derived from ``seed`` alone."""
         if size < 1:
             raise ValueError(f"a menu has at least one entry, not {size}")
         rng = np.random.default_rng(seed)
@@ -182,9 +184,9 @@ class Menu:
         rates = list(COMMON_RATES[1:])
         rng.shuffle(rates)
         entries = [Entry(ranks[0], primary, 1, 2, (1,) * MAX_SPATIAL_AXES, COMMON_RATES[0], eps[0])]
-        # every rank in turn (shuffled), batch sizes 1 and 2 first, arbitrary rates among
-        # the common ones
-        order = list(rng.permutation(ranks))
+        # every rank in turn (the others than the first entry's first, shuffled), batch
+        # sizes 1 and 2 first, arbitrary rates among the common ones
+        order = [*rng.permutation(ranks[1:]), ranks[0]]
         for k in range(1, size):
             entries.append(
                 Entry(
@@ -197,7 +199,6 @@ class Menu:
                     eps=eps[int(rng.integers(len(eps)))],
                 )
             )
-        entries = _with_variants(entries, capabilities)
         long_entries = tuple(
             replace(
                 entries[k % len(entries)],
@@ -210,12 +211,16 @@ class Menu:
             ReplicaLayout(entries[k % len(entries)], replicas, batch)
             for k, (replicas, batch) in enumerate(REPLICA_LAYOUTS)
         )
-        return cls(tuple(entries), long_entries, replicated)
+        return cls((*entries, *_variants(entries, capabilities)), long_entries, replicated)
 
-    def settings(self, wanted: Constraints) -> st.SearchStrategy[Setting]:
+    def choices(self, wanted: Constraints) -> list[Setting]:
         """The settings a clause with these constraints draws from, the simplest first."""
         pool = self.long_entries if wanted.long_reductions else self.entries
-        return st.sampled_from(_distinct(s.setting(wanted) for s in _fitting(pool, wanted)))
+        return _distinct(entry.setting(wanted) for entry in _fitting(pool, wanted))
+
+    def settings(self, wanted: Constraints) -> st.SearchStrategy[Setting]:
+        """:meth:`choices` as a strategy (shrinking towards the first)."""
+        return st.sampled_from(self.choices(wanted))
 
     def replica_settings(self, wanted: Constraints) -> list[tuple[Setting, int, int]]:
         """(setting of one sample, replicas, per-replica batch) of the replicated entries."""
@@ -244,10 +249,9 @@ class Menu:
         return found
 
 
-def _with_variants(entries: list[Entry], capabilities: Capabilities) -> list[Entry]:
-    """The entries, the last ones turned into the variants the implementation supports:
-    the other feature-axis position, no affine parameters, no running statistics (one each,
-    the first entry always kept as it is)."""
+def _variants(entries: list[Entry], capabilities: Capabilities) -> list[Entry]:
+    """The variants the implementation supports, made from the last entries: the other
+    feature-axis position, no affine parameters, no running statistics (one each)."""
     changes: list[Callable[[Entry], Entry]] = []
     if len(capabilities.feature_axes) > 1:
         other = capabilities.feature_axes[1]
@@ -256,10 +260,7 @@ def _with_variants(entries: list[Entry], capabilities: Capabilities) -> list[Ent
         changes.append(lambda entry: replace(entry, affine=False))
     if capabilities.untracked:
         changes.append(lambda entry: replace(entry, tracked=False))
-    result = list(entries)
-    for index, change in zip(range(len(result) - 1, 0, -1), changes, strict=False):
-        result[index] = change(result[index])
-    return result
+    return [change(entries[-1 - k % len(entries)]) for k, change in enumerate(changes)]
 
 
 def _fitting(pool: Sequence[Entry], wanted: Constraints) -> list[Entry]:

@@ -96,11 +96,18 @@ def shapes(
 
 @st.composite
 def standard_values(
-    draw: st.DrawFn, shape: tuple[int, ...], elementwise_limit: int = ELEMENTWISE_LIMIT
+    draw: st.DrawFn,
+    shape: tuple[int, ...],
+    elementwise_limit: int = ELEMENTWISE_LIMIT,
+    *,
+    stream: int = 0,
 ) -> Array:
     """Values in [-1, 1]: elementwise (shrinkable) when small, from a seeded generator when large.
 
-    ``elementwise_limit``: the largest size drawn elementwise.
+    ``elementwise_limit``: the largest size drawn elementwise. ``stream``: arrays of one
+    case get their own (the input 0, a cotangent 1, ...): shrinking drives every drawn seed
+    to the same value, and one stream would then make the cotangent proportional to the
+    input, where the exact ``dx`` nearly cancels.
     """
     size = int(np.prod(shape, dtype=np.int64))
     if size <= elementwise_limit:
@@ -108,7 +115,7 @@ def standard_values(
         # arrays() does by default, would make zero-variance features the rule)
         return values_of(draw, UNIT_VALUES, size).reshape(shape)
     seed = draw(_SEEDS)
-    return np.random.default_rng(seed).uniform(-1.0, 1.0, size=shape)
+    return np.random.default_rng([seed, stream] if stream else seed).uniform(-1.0, 1.0, size=shape)
 
 
 @st.composite
@@ -353,7 +360,7 @@ def case_of(
         centre = np.mean(x, axis=axes) if x.size else np.zeros(features)
         spread = np.maximum(np.std(x, axis=axes) if x.size else np.ones(features), 1e-3)
         state = draw(running_statistics(features, dtype, near=centre, scale=spread))
-    dy = round_to(draw(standard_values(shape)), dtype)
+    dy = round_to(draw(standard_values(shape, stream=1)), dtype)
     chosen: Layout = layout or "contiguous"
     config = LayerConfig(
         num_features=features,

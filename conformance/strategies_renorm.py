@@ -474,7 +474,7 @@ def renorm_cases(
         gamma = values_of(draw, PARAMETER_VALUES, features)
         beta = values_of(draw, PARAMETER_VALUES, features)
         params = (round_to_normal(gamma, dtype), round_to_normal(beta, dtype))
-    dy = round_to(draw(standard_values(shape, 0)), dtype)  # from a seed: one draw
+    dy = round_to(draw(standard_values(shape, 0, stream=1)), dtype)  # from a seed: one draw
     chosen: Layout = layout or "contiguous"
     x = arrange(x, chosen, feature_axis)
     schedule, step = draw(

@@ -192,7 +192,7 @@ def replica_cases(
         x[~included] = round_to(
             x[~included] * 4.0 + 8.0 * (1.0 + np.abs(x).max()), base.config.dtype
         )
-    dy = round_to(draw(standard_values(shape)), base.config.dtype)
+    dy = round_to(draw(standard_values(shape, stream=1)), base.config.dtype)
     if included is not None:
         dy[~included] = 0.0
     state = base.state

@@ -76,7 +76,7 @@ def ghost_case(
     shape = (batch, *case.x.shape[1:])
     conditioning = options.get("conditioning", "well")
     x = data.draw(feature_values(shape, cfg.feature_axis, cfg.dtype, conditioning))
-    dy = round_to(data.draw(standard_values(shape)), cfg.dtype)
+    dy = round_to(data.draw(standard_values(shape, stream=1)), cfg.dtype)
     config = replace(cfg, virtual_batch_size=size)
     case = ctx.use_case(
         replace(case, config=config, x=arrange(x, case.layout, cfg.feature_axis), dy=dy)

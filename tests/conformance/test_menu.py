@@ -1,0 +1,200 @@
+"""The settings menu (conformance.menu): fixed by the seed, within the capabilities and a
+clause's constraints, and what it buys: few distinct programs per check, bugs still caught."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import pytest
+from gallery.bugs import BUGS
+from hypothesis import given
+from hypothesis import strategies as st
+from test_gallery import with_dependencies
+
+from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.reference import ReferenceImplementation, ReferenceLayer
+from normspec.cli import main
+from normspec.conformance.menu import (
+    COMMON_RATES,
+    DEFAULT_MENU_SIZE,
+    Constraints,
+    Menu,
+    feature_axis_for,
+)
+from normspec.conformance.runner import CheckOptions, check_implementation
+from normspec.reference.dialects import profile
+
+FLAX = profile("flax")
+BROAD = Capabilities(feature_axes=("first", "last"), untracked=True, without_affine=True)
+
+
+def test_a_menu_is_fixed_by_its_seed() -> None:
+    first = Menu.generate(BROAD, FLAX, 7, 4)
+    assert first == Menu.generate(BROAD, FLAX, 7, 4)
+    assert first != Menu.generate(BROAD, FLAX, 8, 4)
+
+
+def test_the_first_entry_is_the_simplest_setting() -> None:
+    entry = Menu.generate(BROAD, FLAX, 3, 4).entries[0]
+    assert (entry.rank, entry.position, entry.features, entry.batch) == (2, "first", 1, 2)
+    assert (entry.rate, entry.eps) == (COMMON_RATES[0], FLAX.default_eps)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_entries_spread_over_ranks_batches_and_variants(seed: int) -> None:
+    menu = Menu.generate(BROAD, FLAX, seed, DEFAULT_MENU_SIZE)
+    plain = [e for e in menu.entries if e.position == "first" and e.affine and e.tracked]
+    assert len(plain) == DEFAULT_MENU_SIZE
+    assert {e.rank for e in plain} == set(BROAD.ranks)
+    assert {1, 2} <= {e.batch for e in plain}
+    assert any(e.rate not in COMMON_RATES for e in plain)  # an arbitrary rate
+    variants = [e for e in menu.entries if e not in plain]
+    assert sorted((e.position, e.affine, e.tracked) for e in variants) == [
+        ("first", False, True),
+        ("first", True, False),
+        ("last", True, True),
+    ]
+
+
+def test_a_narrow_implementation_gets_no_variants() -> None:
+    narrow = Capabilities(ranks=frozenset({2}), without_affine=False)
+    menu = Menu.generate(narrow, FLAX, 0, 3)
+    assert len(menu.entries) == 3
+    assert all(e.rank == 2 and e.affine and e.position == "first" for e in menu.entries)
+
+
+def test_a_menu_has_at_least_one_entry() -> None:
+    with pytest.raises(ValueError, match="at least one entry"):
+        Menu.generate(BROAD, FLAX, 0, 0)
+
+
+@st.composite
+def constraints(draw: st.DrawFn) -> Constraints:
+    low = draw(st.integers(1, 4))
+    fixed = draw(st.booleans())
+    return Constraints(
+        positions=draw(st.sampled_from([("first",), ("last",), ("first", "last")])),
+        min_features=low,
+        max_features=draw(st.integers(low, 4)),
+        min_count=draw(st.integers(1, 3)),
+        max_batch=draw(st.integers(1, 64)),
+        max_spatial=draw(st.integers(1, 12)),
+        long_reductions=draw(st.booleans()),
+        fixed_rate=fixed,
+        rate=draw(st.sampled_from([0.0, 0.3, 1.0])) if fixed else None,
+        affine=draw(st.sampled_from([True, False, None])),
+        tracked=draw(st.sampled_from([True, False, None])),
+    )
+
+
+@given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 6), wanted=constraints())
+def test_every_choice_meets_the_constraints(seed: int, size: int, wanted: Constraints) -> None:
+    choices = Menu.generate(BROAD, FLAX, seed, size).choices(wanted)
+    assert choices and len(set(choices)) == len(choices)
+    for setting in choices:
+        shape = setting.shape
+        assert len(shape) == setting.rank and setting.rank in BROAD.ranks
+        positions = [feature_axis_for(setting.rank, p) for p in wanted.positions]
+        assert setting.feature_axis in positions
+        assert shape[setting.feature_axis] == setting.features
+        assert wanted.min_features <= setting.features <= wanted.max_features
+        spatial = [n for a, n in enumerate(shape) if a not in (0, setting.feature_axis)]
+        assert all(n <= wanted.max_spatial for n in spatial)
+        per_sample = int(np.prod(spatial, dtype=np.int64))
+        assert shape[0] * per_sample >= wanted.min_count
+        assert shape[0] <= max(wanted.max_batch, -(-wanted.min_count // per_sample))
+        if wanted.fixed_rate:
+            assert setting.rate == wanted.rate
+        assert wanted.affine in (None, setting.affine)
+        assert wanted.tracked in (None, setting.tracked)
+
+
+def test_sequence_shapes_keep_the_layer_and_start_with_its_own() -> None:
+    menu = Menu.generate(BROAD, FLAX, 11, 4)
+    shape = (6, 3, 2, 5)
+    found = menu.shapes(shape, 1)
+    assert found[0] == shape and len(set(found)) == len(found) > 1
+    assert all(len(s) == 4 and s[1] == 3 and s[0] * s[2] * s[3] >= 2 for s in found)
+
+
+class Compiling(ReferenceImplementation):
+    """The reference, declaring it compiles per shape, recording each (configuration, shape)
+    it is called with: what a JAX implementation would compile."""
+
+    def __init__(self) -> None:
+        super().__init__("flax")
+        self.programs: Counter[tuple[Any, ...]] = Counter()
+
+    def capabilities(self) -> Capabilities:
+        return replace(super().capabilities(), compiles_per_shape=True)
+
+    def build(self, config: LayerConfig) -> ReferenceLayer:
+        layer = super().build(config)
+        for name in ("train_step", "infer", "vjp"):
+            original = getattr(layer, name)
+
+            def recorded(x: Any, *rest: Any, _name: str = name, _call: Any = original, **k: Any):
+                self.programs[(config, _name, np.shape(x))] += 1
+                return _call(x, *rest, **k)
+
+            setattr(layer, name, recorded)
+        return layer
+
+
+def test_a_menu_bounds_what_a_compiling_implementation_sees() -> None:
+    """Distinct (configuration, operation, shape) triples over the BN and convention clauses:
+    the menu's are bounded by its entries, the free draws' grow with the examples."""
+    counts = {}
+    for menu in (None, 0):
+        implementation = Compiling()
+        options = CheckOptions(profile="flax", clauses="bn.*,conv.*", max_examples=40, menu=menu)
+        report = check_implementation(implementation, options)
+        assert report.menu == (DEFAULT_MENU_SIZE if menu is None else 0)
+        assert report.conformant
+        counts[menu] = len(implementation.programs)
+    per_dtype = counts[None] / 4
+    # per dtype: each entry (variants and long ones included) in a few shapes and 3 operations
+    assert per_dtype <= 3 * 3 * (DEFAULT_MENU_SIZE + 3 + 2)
+    assert counts[0] > 4 * counts[None]
+
+
+# bugs whose detection needs particular settings: a rank with spatial axes, the last feature
+# axis, batch sizes of one or two, a momentum convention, an untracked layer
+SETTING_SENSITIVE = (
+    "UnbiasedWithBatchSize",
+    "BatchAxisOnly",
+    "FeatureLastReshape",
+    "BatchOfOneUsesRunningStatistics",
+    "MomentumAsDecay",
+    "UntrackedInferenceUsesBuffers",
+)
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize(
+    "bug", [b for b in BUGS if b.__name__ in SETTING_SENSITIVE], ids=lambda b: b.__name__
+)
+def test_setting_sensitive_bugs_are_caught_under_a_menu(bug: Any, seed: int) -> None:
+    primary = bug.expected_clauses[0]
+    options = CheckOptions(
+        profile=bug.profile,
+        clauses=",".join(with_dependencies(primary)),
+        seed=seed,
+        menu=DEFAULT_MENU_SIZE,
+    )
+    report = check_implementation(bug(), options)
+    assert report.outcome(primary) in ("fail", "error"), report.results
+
+
+def test_the_cli_takes_and_reports_a_menu(tmp_path: Any, capsys: Any) -> None:
+    out = tmp_path / "report.json"
+    argv = ["check", "reference", "--profile", "flax", "--clauses", "bn.train.output"]
+    assert main([*argv, "--menu", "3", "--max-examples", "4", "--json", str(out)]) == 0
+    assert "settings from a menu of 3 per dtype" in capsys.readouterr().out
+    assert json.loads(out.read_text())["menu"] == 3
+    assert main([*argv, "--menu", "-1"]) == 2
+    assert "--menu" in capsys.readouterr().err
