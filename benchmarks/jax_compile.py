@@ -1,58 +1,107 @@
-"""Compilation in a default check of a JAX target: how many programs, and what they cost.
+"""Compilation in a default check of a JAX target: with the settings menu, and without.
 
     python benchmarks/jax_compile.py [TARGET] [--profile NAME] [--clauses PATTERN]
                                      [--max-examples N] [--dtype float32,...] [--seed S]
+                                     [--menu N] [--no-baseline] [--per-clause]
 
 TARGET defaults to ``flax.linen``. JAX compiles one XLA program per distinct (layer
-configuration, operation, input shape, dtype); Hypothesis draws a new shape for most
-examples, so a check's time is mostly XLA compilation. This prints, per clause, the
-examples, seconds and compilations, then the totals: wall and CPU time (on a shared
-machine the CPU time is the better guide to an idle one), compilations and their backend
-compile seconds, tracing and lowering seconds (JAX's own monitoring events), the share of
-the wall time that compilation took, and the failures.
-
-With JAX's persistent compilation cache (``JAX_COMPILATION_CACHE_DIR=DIR`` and
-``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0``) a repeated check with the same seed
-loads its programs instead of compiling them: run this twice to see the difference.
+configuration, operation, input shape, dtype). A check of an implementation that compiles
+per shape draws every case's setting from a per-run menu (normspec.conformance.menu); the
+baseline is the same check with settings drawn freely (``--menu 0``), where nearly every
+example compiles anew. Each runs cold, in a fresh process (no persistent compilation
+cache), and the two are printed side by side: wall time (capabilities probe included, as
+``normspec check`` pays it), CPU time (on a shared machine the better guide to an idle
+one), XLA compilations and their backend seconds, tracing and lowering seconds (JAX's own
+monitoring events), examples, and the clauses that failed. ``--per-clause`` also prints
+each run's clauses with their seconds and compilations.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
+import subprocess
+import sys
 import time
 from typing import Any
-
-from normspec import jax_devices
-
-jax_devices.enable()  # the sync.* clauses' devices, as the command line asks for them
-
-from jax import monitoring  # noqa: E402  (after XLA_FLAGS is set)
-
-from normspec.adapters.registry import load_target  # noqa: E402
-from normspec.conformance.results import ClauseResult  # noqa: E402
-from normspec.conformance.runner import CheckOptions, check_implementation  # noqa: E402
 
 COMPILE = "/jax/core/compile/backend_compile_duration"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
 LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
-CACHE_HIT = "/jax/compilation_cache/cache_retrieval_time_sec"
 
 
-class Events:
-    """Counts and total seconds of JAX's duration events, by event name."""
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One cold check in this process: its figures."""
+    from normspec import jax_devices
 
-    def __init__(self) -> None:
-        self.count: collections.Counter[str] = collections.Counter()
-        self.seconds: collections.Counter[str] = collections.Counter()
-        monitoring.register_event_duration_secs_listener(self._record)
+    jax_devices.enable()  # the sync.* clauses' devices, as the command line asks for them
+    from jax import monitoring
 
-    def _record(self, event: str, duration: float, **_: Any) -> None:
-        self.count[event] += 1
-        self.seconds[event] += duration
+    from normspec.adapters.registry import load_target
+    from normspec.conformance.results import ClauseResult
+    from normspec.conformance.runner import CheckOptions, check_implementation
 
-    def snapshot(self) -> tuple[dict[str, int], dict[str, float]]:
-        return dict(self.count), dict(self.seconds)
+    count: collections.Counter[str] = collections.Counter()
+    seconds: collections.Counter[str] = collections.Counter()
+
+    def record(event: str, duration: float, **_: Any) -> None:
+        count[event] += 1
+        seconds[event] += duration
+
+    monitoring.register_event_duration_secs_listener(record)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    implementation = load_target(args.target, args.profile)
+    implementation.capabilities()
+    clauses: list[list[Any]] = []
+    last = [0]
+
+    def progress(result: ClauseResult) -> None:
+        compiles, last[0] = count[COMPILE] - last[0], count[COMPILE]
+        clauses.append(
+            [result.clause_id, result.outcome, result.examples, result.seconds, compiles]
+        )
+
+    options = CheckOptions(
+        profile=args.profile,
+        dtypes=args.dtype.split(",") if args.dtype else None,
+        clauses=args.clauses,
+        max_examples=args.max_examples,
+        seed=args.seed,
+        target=args.target,
+        menu=args.menu,
+    )
+    report = check_implementation(implementation, options, progress=progress)
+    return {
+        "menu": report.menu,
+        "wall": time.perf_counter() - started,
+        "cpu": time.process_time() - cpu_started,
+        "compilations": count[COMPILE],
+        "compile_seconds": seconds[COMPILE],
+        "trace_seconds": seconds[TRACE] + seconds[LOWER],
+        "examples": sum(r.examples for r in report.results),
+        "failed": sorted(report.failed_clauses()),
+        "clauses": [c for c in clauses if c[1] != "not_applicable"],
+    }
+
+
+def run_cold(args: argparse.Namespace, menu: int | None) -> dict[str, Any]:
+    """:func:`measure` in a fresh process."""
+    argv = [sys.executable, __file__, args.target, "--profile", args.profile, "--measure"]
+    argv += ["--seed", str(args.seed)]
+    for flag, value in (
+        ("--clauses", args.clauses),
+        ("--max-examples", args.max_examples),
+        ("--dtype", args.dtype),
+        ("--menu", menu),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"the measuring process failed:\n{done.stderr[-3000:]}")
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def main() -> None:
@@ -63,59 +112,35 @@ def main() -> None:
     parser.add_argument("--max-examples", type=int, default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--menu", type=int, default=None, help="default: the target's own")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the --menu 0 run")
+    parser.add_argument("--per-clause", action="store_true")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    events = Events()
-
-    started, cpu_started = time.perf_counter(), time.process_time()
-    implementation = load_target(args.target, args.profile)
-    capabilities = implementation.capabilities()
-    setup = time.perf_counter() - started
-    setup_compiles = events.count[COMPILE]
-    print(f"{implementation.name}")
-    print(f"  capabilities (dtype probe): {setup:.1f} s, {setup_compiles} compilations")
-    print(f"  dtypes: {', '.join(sorted(capabilities.dtypes))}")
-    print(f"{'clause':<34}{'outcome':>10}{'examples':>10}{'seconds':>10}{'compiles':>10}")
-
-    last = [events.count[COMPILE]]
-
-    def progress(result: ClauseResult) -> None:
-        compiles = events.count[COMPILE] - last[0]
-        last[0] = events.count[COMPILE]
-        print(
-            f"{result.clause_id:<34}{result.outcome:>10}{result.examples:>10}"
-            f"{result.seconds:>10.1f}{compiles:>10}",
-            flush=True,
-        )
-
-    options = CheckOptions(
-        profile=args.profile,
-        dtypes=args.dtype.split(",") if args.dtype else None,
-        clauses=args.clauses,
-        max_examples=args.max_examples,
-        seed=args.seed,
-        target=args.target,
+    if args.measure:
+        print(json.dumps(measure(args)))
+        return
+    runs = {"menu": run_cold(args, args.menu)}
+    if not args.no_baseline:
+        runs["free (--menu 0)"] = run_cold(args, 0)
+    print(f"{args.target} under {args.profile}, seed {args.seed}, cold (fresh process each)")
+    rows = (
+        ("menu entries per dtype", "menu", "{:d}"),
+        ("wall time, s", "wall", "{:.1f}"),
+        ("CPU time, s", "cpu", "{:.1f}"),
+        ("XLA compilations", "compilations", "{:d}"),
+        ("backend compile, s", "compile_seconds", "{:.1f}"),
+        ("tracing and lowering, s", "trace_seconds", "{:.1f}"),
+        ("examples", "examples", "{:d}"),
     )
-    report = check_implementation(implementation, options, progress=progress)
-    total = time.perf_counter() - started
-    cpu = time.process_time() - cpu_started
-    count, seconds = events.snapshot()
-    compile_seconds = seconds.get(COMPILE, 0.0)
-    trace_seconds = seconds.get(TRACE, 0.0) + seconds.get(LOWER, 0.0)
-    print()
-    print(f"wall time, capabilities included: {total:.1f} s (check alone {report.seconds:.1f} s)")
-    print(f"CPU time of this process (all threads): {cpu:.1f} s")
-    print(f"XLA compilations: {count.get(COMPILE, 0)}, {compile_seconds:.1f} s")
-    print(f"tracing and lowering: {count.get(TRACE, 0)} traces, {trace_seconds:.1f} s")
-    if count.get(CACHE_HIT):
-        print(f"persistent-cache hits: {count[CACHE_HIT]}, {seconds[CACHE_HIT]:.1f} s")
-    share = (compile_seconds + trace_seconds) / total if total else 0.0
-    print(f"compilation share of the wall time: {share:.0%}")
-    for result in report.results:
-        if result.outcome in ("fail", "error"):
-            print(f"\n{result.outcome.upper()} {result.clause_id}: {result.message}")
-            example = result.details.get("example")
-            if example:
-                print(f"  minimal example: {example}")
+    print(f"{'':<28}" + "".join(f"{name:>18}" for name in runs))
+    for label, key, form in rows:
+        print(f"{label:<28}" + "".join(f"{form.format(r[key]):>18}" for r in runs.values()))
+    for name, figures in runs.items():
+        print(f"\nfailed ({name}): {', '.join(figures['failed']) or 'none'}")
+        if args.per_clause:
+            for clause, outcome, examples, secs, compiles in figures["clauses"]:
+                print(f"  {clause:<36}{outcome:>8}{examples:>6}{secs:>7.1f} s{compiles:>6}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ program compiled for one example serves no other. Under a :class:`Menu`, the *se
 every case (rank, feature axis, features, input shape, update rate, eps, affine, tracking)
 comes from a few entries fixed for the run by its seed and dtype and shared by all clauses,
 so that one compilation serves many examples; the values, parameters, statistic states and
-cotangents stay free (conventions: compilation budget).
+cotangents stay free (README: "Implementations that compile per shape").
 
 The first entry is the simplest setting, where shrinking ends; the others spread over the
 implementation's ranks, batch sizes 1 and 2, common and arbitrary rates and the dialect's
@@ -36,16 +36,20 @@ COMMON_RATES: tuple[float, ...] = (0.1, 0.0, 1.0, 0.5, 0.01, 0.9)
 #: Entries of a menu per dtype when an implementation compiles per shape (besides the
 #: variants: the other feature-axis position, no affine parameters, no running statistics).
 DEFAULT_MENU_SIZE = 4
-#: Entries adapted to a clause's constraints when no entry meets them.
+#: Entries adapted to a clause's constraints when no entry meets them; also the most
+#: entries whose shape a clause's limits change (each a new compilation).
 ADAPTED_ENTRIES = 2
 #: The most spatial axes of an input (rank 5).
 MAX_SPATIAL_AXES = 3
+#: The largest batch and spatial sizes of a case, and of one with long reductions.
+MAX_BATCH, MAX_SPATIAL = 8, 5
+LONG_MAX_BATCH, LONG_MAX_SPATIAL = 64, 12
 #: Batch and spatial sizes of the entries for long reductions (accuracy clauses).
-LONG_BATCHES, LONG_SPATIAL = (16, 64), (4, 12)
+LONG_BATCHES, LONG_SPATIAL = (16, LONG_MAX_BATCH), (4, LONG_MAX_SPATIAL)
 #: Entries for long reductions, besides the others.
 LONG_ENTRIES = 2
 #: (replicas, per-replica batch) of the replicated entries (sync.*).
-REPLICA_LAYOUTS: tuple[tuple[int, int], ...] = ((2, 1), (4, 2), (3, 1))
+REPLICA_LAYOUTS: tuple[tuple[int, int], ...] = ((2, 1), (4, 2))
 
 
 def eps_choices(dialect: Dialect) -> list[float]:
@@ -90,8 +94,8 @@ class Constraints:
     min_features: int = 1
     max_features: int = 4
     min_count: int = 2
-    max_batch: int = 8
-    max_spatial: int = 5
+    max_batch: int = MAX_BATCH
+    max_spatial: int = MAX_SPATIAL
     long_reductions: bool = False
     fixed_rate: bool = False
     rate: float | None = None
@@ -193,8 +197,10 @@ class Menu:
                     rank=int(order[(k - 1) % len(order)]),
                     position=primary,
                     features=int(rng.integers(1, 5)),
-                    batch=k if k <= 2 else int(rng.integers(1, 9)),
-                    spatial=tuple(int(s) for s in rng.integers(1, 6, MAX_SPATIAL_AXES)),
+                    batch=k if k <= 2 else int(rng.integers(1, MAX_BATCH + 1)),
+                    spatial=tuple(
+                        int(s) for s in rng.integers(1, MAX_SPATIAL + 1, MAX_SPATIAL_AXES)
+                    ),
                     rate=float(rng.uniform()) if k % 3 == 0 else rates[(k - 1) % len(rates)],
                     eps=eps[int(rng.integers(len(eps)))],
                 )
@@ -214,9 +220,28 @@ class Menu:
         return cls((*entries, *_variants(entries, capabilities)), long_entries, replicated)
 
     def choices(self, wanted: Constraints) -> list[Setting]:
-        """The settings a clause with these constraints draws from, the simplest first."""
+        """The settings a clause with these constraints draws from, the simplest first.
+
+        Of the entries whose shape the clause's limits change (a single value, a small
+        batch), only the first :data:`ADAPTED_ENTRIES`.
+        """
         pool = self.long_entries if wanted.long_reductions else self.entries
-        return _distinct(entry.setting(wanted) for entry in _fitting(pool, wanted))
+        usual = replace(
+            wanted,
+            min_count=2,
+            max_batch=LONG_MAX_BATCH if wanted.long_reductions else MAX_BATCH,
+            max_spatial=LONG_MAX_SPATIAL if wanted.long_reductions else MAX_SPATIAL,
+        )
+        chosen: list[Setting] = []
+        reshaped = 0
+        for entry in _fitting(pool, wanted):
+            setting = entry.setting(wanted)
+            if setting.shape != entry.setting(usual).shape:
+                if reshaped == ADAPTED_ENTRIES:
+                    continue
+                reshaped += 1
+            chosen.append(setting)
+        return _distinct(chosen)
 
     def settings(self, wanted: Constraints) -> st.SearchStrategy[Setting]:
         """:meth:`choices` as a strategy (shrinking towards the first)."""

@@ -19,6 +19,10 @@ from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConf
 from normspec.conformance.dtypes import round_to, round_to_normal
 from normspec.conformance.menu import (
     COMMON_RATES,
+    LONG_MAX_BATCH,
+    LONG_MAX_SPATIAL,
+    MAX_BATCH,
+    MAX_SPATIAL,
     Constraints,
     Menu,
     Setting,
@@ -78,8 +82,8 @@ def shapes(
     feature_axis: int,
     num_features: int,
     min_count: int = 2,
-    max_batch: int = 8,
-    max_spatial: int = 5,
+    max_batch: int = MAX_BATCH,
+    max_spatial: int = MAX_SPATIAL,
 ) -> tuple[int, ...]:
     """An input shape with at least ``min_count`` values per feature (batch x spatial).
 
@@ -292,8 +296,12 @@ def constraints(
         min_features=num_features if num_features is not None else min_features,
         max_features=num_features if num_features is not None else max_features,
         min_count=min_count,
-        max_batch=max_batch if max_batch is not None else (64 if long_reductions else 8),
-        max_spatial=max_spatial if max_spatial is not None else (12 if long_reductions else 5),
+        max_batch=max_batch
+        if max_batch is not None
+        else (LONG_MAX_BATCH if long_reductions else MAX_BATCH),
+        max_spatial=max_spatial
+        if max_spatial is not None
+        else (LONG_MAX_SPATIAL if long_reductions else MAX_SPATIAL),
         long_reductions=long_reductions,
         fixed_rate=cumulative or rate is not None,
         rate=None if cumulative else rate,
