@@ -192,10 +192,12 @@ def backward_bounds(
 ) -> GradientBounds:
     """Bounds of bn.accuracy.backward; with ``mean``/``var`` given, the inference-mode form.
 
-    The underflow term of ``dx`` is ``tiny * (1 + g * s + a_i / s)``: ``a_i / s = |x_i| +
-    mean_j |x_j|`` admits the cotangent of ``var_B`` per value, ``-g * s^2 * mean(dy * xhat)
-    / 2``, flushed to zero where it is subnormal (XLA's CPU kernels flush subnormal results);
-    it multiplies ``2 * (x_i - mu_B)``.
+    The underflow term of ``dx`` is ``tiny * (1 + g * s + a_i / s + s * (2 + |xhat_i|))``;
+    it admits two products flushed to zero where they are subnormal (XLA's CPU kernels flush
+    subnormal results): ``gamma * dy_j``, the cotangent of ``xhat_j``, which is multiplied
+    by ``s`` and reduced as ``dy`` is (``s * (2 + |xhat_i|)``), and the cotangent of
+    ``var_B`` per value, ``-g * s^2 * mean(dy * xhat) / 2``, which multiplies
+    ``2 * (x_i - mu_B)`` (``a_i / s = |x_i| + mean_j |x_j|``).
     """
     axes = reduction_axes(x.ndim, feature_axis)
     terms = FeatureTerms.of(x, feature_axis, eps, mean, var)
@@ -218,7 +220,7 @@ def backward_bounds(
             p.u_w * reductions * g * terms.s * (abs_dy + spread)
             + raw(p) * g * terms.s * (abs_dy + m1 + ax * m2)
             + p.u_o * np.abs(expected.dx)
-            + p.tiny * (1 + g * terms.s + terms.a / terms.s)
+            + p.tiny * (1 + g * terms.s + terms.a / terms.s + terms.s * (2 + ax))
         )
 
     def dgamma_bound(p: Precision) -> Array:

@@ -1,4 +1,5 @@
-"""bn.accuracy.backward's underflow term admits a flushed cotangent of ``var_B``.
+"""bn.accuracy.backward's underflow term admits a flushed cotangent of ``var_B`` and a
+flushed ``gamma * dy``.
 
 Autodiff of ``c * (gamma * rsqrt(mean(c * c) + eps))`` passes ``d var_B / n = -g * s^2 *
 mean(dy * xhat) / 2`` to every value; XLA's CPU kernels flush it to zero where it is
@@ -90,3 +91,50 @@ def test_dropping_the_variance_term_fails_where_nothing_underflows(
     s = 1.0 / np.sqrt(x.var(axis=0) + EPS)
     dropped = gamma_vector * s * (dy - dy.mean(axis=0))  # no xhat * mean(dy * xhat) part
     assert np.max(np.abs(dropped - expected)[:, 0] / bound[:, 0]) > 1e6
+
+
+TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def _flushing_gamma_dy(x: np.ndarray, dy: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """The reverse pass with the cotangent of ``xhat``, ``gamma * dy``, flushed to zero
+    where it is subnormal in float32 (the order autodiff takes for ``y = xhat * gamma``)."""
+    c = x - x.mean(axis=0)
+    s = 1.0 / np.sqrt((c * c).mean(axis=0) + EPS)
+    xhat = c * s
+    dxhat = gamma * dy
+    dxhat = np.where(np.abs(dxhat) < TINY32, 0.0, dxhat)
+    return s * (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0))
+
+
+def test_a_flushed_gamma_dy_is_within_the_bound() -> None:
+    """bfloat16 and float32 layers: gamma the smallest normal number, a constant feature
+    (s = 1 / sqrt(eps)): ``dx`` is normal, ``gamma * dy`` is not (a flax-style module
+    failed bn.degenerate.zero_variance in bfloat16: 0 for -9.3e-37, bound 2.8e-37)."""
+    x = np.array([[0.0, 0.1], [0.0, -0.4]])
+    dy = np.array([[0.0, 0.25], [0.5, -0.75]])
+    gamma = np.array([TINY32, 1.0])
+    dx = _flushing_gamma_dy(x, dy, gamma)
+    expected = train_backward(dy, x, gamma, eps=EPS, feature_axis=1)
+    assert dx[1, 0] == 0.0 and abs(expected.dx[1, 0]) > TINY32  # flushed; normal
+    bound = backward_bounds(Precision.of("float32"), x, dy, gamma, EPS, 1, expected).dx
+    assert np.all(np.abs(dx - expected.dx) <= bound)
+    # it is the s * (2 + |xhat|) term that admits it
+    s = 1.0 / np.sqrt(x.var(axis=0) + EPS)
+    xhat = (x - x.mean(axis=0)) * s
+    without = bound - 2 * SAFETY_FACTOR * TINY32 * s * (2 + np.abs(xhat))
+    assert np.abs(dx - expected.dx)[1, 0] > without[1, 0]
+
+
+def test_the_gamma_dy_term_admits_no_bug_away_from_underflow() -> None:
+    """With gamma 1 nothing flushes, and a ``dx`` without its ``mean(dy)`` part is still
+    far outside the float32 bound."""
+    rng = np.random.default_rng(3)
+    x, dy = rng.uniform(-1.0, 1.0, (16, 2)), rng.uniform(-1.0, 1.0, (16, 2))
+    gamma = np.array([1.0, 0.5])
+    expected = train_backward(dy, x, gamma, eps=EPS, feature_axis=1)
+    bound = backward_bounds(Precision.of("float32"), x, dy, gamma, EPS, 1, expected).dx
+    assert np.all(np.abs(_flushing_gamma_dy(x, dy, gamma) - expected.dx) <= bound)
+    s = 1.0 / np.sqrt(x.var(axis=0) + EPS)
+    buggy = expected.dx + gamma * s * dy.mean(axis=0)
+    assert np.max(np.abs(buggy - expected.dx) / bound) > 1e4
