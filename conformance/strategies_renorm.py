@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to, round_to_normal
+from normspec.conformance.menu import feature_axis_for
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     SIGNS,
@@ -35,7 +36,6 @@ from normspec.conformance.strategies import (
     arrange,
     canonical_rates,
     eps_values,
-    feature_axis_for,
     feature_values,
     shapes,
     standard_values,
