@@ -104,14 +104,22 @@ def _dtypes(
 
 
 def menu_size(options: CheckOptions, capabilities: Capabilities) -> int:
-    """Entries per dtype of the run's menu (0: none), as asked or by the capabilities."""
+    """Entries per dtype of the run's menu (0: none), as asked or by the capabilities.
+
+    By default an implementation that compiles per shape gets DEFAULT_MENU_SIZE entries per
+    DEFAULT_MAX_EXAMPLES examples per clause (a longer run covers more settings for the
+    same share of compilation), at least DEFAULT_MENU_SIZE.
+    """
     if options.menu is not None:
         if options.menu < 0:
             raise OptionsError(
                 f"--menu takes 0 (no menu) or a number of entries, not {options.menu}"
             )
         return options.menu
-    return DEFAULT_MENU_SIZE if capabilities.compiles_per_shape else 0
+    if not capabilities.compiles_per_shape:
+        return 0
+    budget = options.max_examples or DEFAULT_MAX_EXAMPLES
+    return DEFAULT_MENU_SIZE * max(1, budget // DEFAULT_MAX_EXAMPLES)
 
 
 def menus(

@@ -61,8 +61,8 @@ def _add_menu(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="draw every case's setting (shape, rate, eps, ...) from a per-run menu of N "
-        "entries per dtype, 0 to draw them freely (default: a menu of "
-        f"{DEFAULT_MENU_SIZE} for an implementation that compiles per shape, such as JAX's, "
+        "entries per dtype, 0 to draw them freely (default: for an implementation that "
+        f"compiles per shape, such as JAX's, {DEFAULT_MENU_SIZE} per 40 examples per clause, "
         "so that its compilations stay few; none otherwise)",
     )
 

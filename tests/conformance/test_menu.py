@@ -25,7 +25,7 @@ from normspec.conformance.menu import (
     Menu,
     feature_axis_for,
 )
-from normspec.conformance.runner import CheckOptions, check_implementation
+from normspec.conformance.runner import CheckOptions, check_implementation, menu_size
 from normspec.reference.dialects import profile
 
 FLAX = profile("flax")
@@ -188,6 +188,14 @@ def test_setting_sensitive_bugs_are_caught_under_a_menu(bug: Any, seed: int) -> 
     )
     report = check_implementation(bug(), options)
     assert report.outcome(primary) in ("fail", "error"), report.results
+
+
+@pytest.mark.parametrize(("examples", "size"), [(None, 4), (10, 4), (40, 4), (100, 8), (400, 40)])
+def test_a_longer_run_gets_a_larger_menu(examples: int | None, size: int) -> None:
+    compiling = Capabilities(compiles_per_shape=True)
+    assert menu_size(CheckOptions(max_examples=examples), compiling) == size
+    assert menu_size(CheckOptions(max_examples=examples), Capabilities()) == 0
+    assert menu_size(CheckOptions(max_examples=examples, menu=2), Capabilities()) == 2
 
 
 def test_the_cli_takes_and_reports_a_menu(tmp_path: Any, capsys: Any) -> None:
