@@ -10,8 +10,8 @@ so that one compilation serves many examples; the values, parameters, statistic 
 cotangents stay free (README: "Implementations that compile per shape").
 
 The first entry is the simplest setting, where shrinking ends; the others spread over the
-implementation's ranks, batch sizes 1 and 2, common and arbitrary rates and the dialect's
-eps values. Besides them come the variants the implementation supports, one entry each: the
+implementation's ranks, batch sizes 1 and 2, a spatial axis of size 1 among others, common
+and arbitrary rates and the dialect's eps values. Besides them come the variants the implementation supports, one entry each: the
 other feature-axis position, a layer without affine parameters, one without running
 statistics (drawn only by the clauses that allow them). A clause's constraints
 (:class:`Constraints`) select the entries that meet them; when none does, the first entries
@@ -117,6 +117,11 @@ class Entry:
     affine: bool = True
     tracked: bool = True
 
+    @property
+    def values_per_sample(self) -> int:
+        """Features times spatial sizes: the values of one sample of the entry's input."""
+        return self.features * int(np.prod(self.spatial[: self.rank - 2], dtype=np.int64))
+
     def meets(self, wanted: Constraints) -> bool:
         """Whether the entry's program fits the constraints as it is."""
         return (
@@ -192,15 +197,17 @@ class Menu:
         # sizes 1 and 2 first, arbitrary rates among the common ones
         order = [*rng.permutation(ranks[1:]), ranks[0]]
         for k in range(1, size):
+            rank = int(order[(k - 1) % len(order)])
+            spatial = [int(s) for s in rng.integers(1, MAX_SPATIAL + 1, MAX_SPATIAL_AXES)]
+            if k % 3 == 0 and rank > 2:  # a size-1 spatial axis (ambiguous strides)
+                spatial[int(rng.integers(rank - 2))] = 1
             entries.append(
                 Entry(
-                    rank=int(order[(k - 1) % len(order)]),
+                    rank=rank,
                     position=primary,
                     features=int(rng.integers(1, 5)),
                     batch=k if k <= 2 else int(rng.integers(1, MAX_BATCH + 1)),
-                    spatial=tuple(
-                        int(s) for s in rng.integers(1, MAX_SPATIAL + 1, MAX_SPATIAL_AXES)
-                    ),
+                    spatial=tuple(spatial),
                     rate=float(rng.uniform()) if k % 3 == 0 else rates[(k - 1) % len(rates)],
                     eps=eps[int(rng.integers(len(eps)))],
                 )
@@ -275,17 +282,22 @@ class Menu:
 
 
 def _variants(entries: list[Entry], capabilities: Capabilities) -> list[Entry]:
-    """The variants the implementation supports, made from the last entries: the other
-    feature-axis position, no affine parameters, no running statistics (one each)."""
+    """The variants the implementation supports: the other feature-axis position (with at
+    least two features: one cannot show which axis it lies on), no affine parameters, no
+    running statistics; one each, made from the entries with the most values per sample
+    first (the first entry last), whose settings show the most."""
     changes: list[Callable[[Entry], Entry]] = []
     if len(capabilities.feature_axes) > 1:
         other = capabilities.feature_axes[1]
-        changes.append(lambda entry: replace(entry, position=other))
+        changes.append(
+            lambda entry: replace(entry, position=other, features=max(2, entry.features))
+        )
     if capabilities.without_affine:
         changes.append(lambda entry: replace(entry, affine=False))
     if capabilities.untracked:
         changes.append(lambda entry: replace(entry, tracked=False))
-    return [change(entries[-1 - k % len(entries)]) for k, change in enumerate(changes)]
+    richest = sorted(entries[1:], key=lambda e: -e.values_per_sample) + entries[:1]
+    return [change(richest[k % len(richest)]) for k, change in enumerate(changes)]
 
 
 def _fitting(pool: Sequence[Entry], wanted: Constraints) -> list[Entry]:

@@ -51,6 +51,7 @@ def test_entries_spread_over_ranks_batches_and_variants(seed: int) -> None:
     assert len(plain) == DEFAULT_MENU_SIZE
     assert {e.rank for e in plain} == set(BROAD.ranks)
     assert {1, 2} <= {e.batch for e in plain}
+    assert any(1 in e.spatial[: e.rank - 2] for e in plain if e.rank > 3)  # among others
     assert any(e.rate not in COMMON_RATES for e in plain)  # an arbitrary rate
     variants = [e for e in menu.entries if e not in plain]
     assert sorted((e.position, e.affine, e.tracked) for e in variants) == [
