@@ -49,9 +49,33 @@ class _Call:
 
 
 def _serve(calls: queue.SimpleQueue[_Call | None]) -> None:
-    """Run calls until ``None`` comes (the guard was collected)."""
+    """Run calls until ``None`` comes (the guard was closed or collected)."""
     while (call := calls.get()) is not None:
         call.run()
+
+
+class _Worker:
+    """A guard's worker thread and how to end it."""
+
+    def __init__(self) -> None:
+        self.calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(
+            target=_serve, args=(self.calls,), name="normspec:implementation", daemon=True
+        )
+        #: a call on the thread never returned: the thread is left to it
+        self.stuck = False
+        self.thread.start()
+
+    def stop(self) -> None:
+        """End the thread and wait for it, unless a call is stuck on it.
+
+        A thread that ran a framework's code must end before the interpreter does: killed
+        at exit as a daemon, a thread holding JAX's thread-local state aborts the process
+        (``terminate called after throwing an instance of ''``, exit status 134).
+        """
+        self.calls.put(None)
+        if not self.stuck and self.thread is not threading.current_thread():
+            self.thread.join()
 
 
 class Guard:
@@ -59,15 +83,23 @@ class Guard:
 
     The calls run one at a time on one daemon worker thread (started with the first call:
     a thread per call would cost milliseconds each, and libraries such as TensorFlow set up
-    per-thread state on every new one); the thread ends when the guard is collected. A call
-    that does not return in time is abandoned with its thread and the guard is marked hung:
-    every later call fails at once, so one hanging clause cannot stall the run.
+    per-thread state on every new one); the thread ends, and is waited for, when the guard
+    is closed, collected, or at the latest when the interpreter exits. A call that does not
+    return in time is abandoned with its thread and the guard is marked hung: every later
+    call fails at once, so one hanging clause cannot stall the run.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.hung: str | None = None
-        self._calls: queue.SimpleQueue[_Call | None] | None = None
+        self._worker: _Worker | None = None
+        self._stop: weakref.finalize[[], Guard] | None = None
+
+    def close(self) -> None:
+        """End the worker thread now (a later call starts another)."""
+        if self._stop is not None:
+            self._stop()
+        self._worker = self._stop = None
 
     def call(self, operation: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         call = _Call(function, args, kwargs)
@@ -80,19 +112,18 @@ class Guard:
         value: T = call.value
         return value
 
-    def _submit(self, call: _Call) -> None:
-        if self._calls is None:
-            self._calls = queue.SimpleQueue()
-            worker = threading.Thread(
-                target=_serve, args=(self._calls,), name="normspec:implementation", daemon=True
-            )
-            worker.start()
-            weakref.finalize(self, self._calls.put, None)
-        self._calls.put(call)
+    def _submit(self, call: _Call) -> _Worker:
+        if self._worker is None:
+            self._worker = _Worker()
+            # also at exit (finalize runs its callbacks then): stop() waits for the thread
+            self._stop = weakref.finalize(self, self._worker.stop)
+        self._worker.calls.put(call)
+        return self._worker
 
     def _run(self, operation: str, call: _Call) -> None:
-        self._submit(call)
+        worker = self._submit(call)
         if not call.done.wait(self.timeout):
+            worker.stuck = True
             self.hung = f"{self.timeout:g} s (a call to {operation}; not called since)"
             return
         if call.error is not None:

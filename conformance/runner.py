@@ -359,5 +359,7 @@ def check_implementation(
                 progress(result)
     except KeyboardInterrupt:
         report.interrupted = True
+    finally:
+        guard.close()
     report.seconds = time.perf_counter() - started
     return report

@@ -28,17 +28,9 @@ from normspec.conformance.menu import DEFAULT_MENU_SIZE
 from normspec.conformance.runner import CheckOptions, check_implementation
 
 
-class OneMistake(nn.Module):
-    """flax.linen.BatchNorm's fields; ``mistake`` names the one thing it gets wrong."""
+class OneMistake(ThirdPartyLinenBatchNorm):
+    """The fixture's fields; ``mistake`` names the one thing its ``__call__`` gets wrong."""
 
-    use_running_average: bool | None = None
-    axis: int = -1
-    momentum: float = 0.99
-    epsilon: float = 1e-5
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    use_bias: bool = True
-    use_scale: bool = True
     mistake: str = ""
 
     @nn.compact

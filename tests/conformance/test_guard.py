@@ -64,3 +64,36 @@ def test_the_worker_thread_ends_when_the_guard_is_collected() -> None:
     gc.collect()
     worker.join(timeout=5.0)
     assert not worker.is_alive()
+
+
+def test_close_ends_the_worker_thread_before_it_returns() -> None:
+    """A thread that ran a framework's code must end while the interpreter lives: killed at
+    exit as a daemon, one holding JAX's thread-local state aborted the process (status 134)."""
+    guard = Guard(timeout=5.0)
+    worker = guard.call("thread", threading.current_thread)
+    guard.close()
+    assert not worker.is_alive()
+    assert guard.call("value", lambda: 7) == 7  # a later call starts another worker
+    guard.close()
+
+
+def test_close_leaves_a_hung_call_to_its_thread() -> None:
+    guard = Guard(timeout=0.05)
+    release = threading.Event()
+    with pytest.raises(ImplementationHung):
+        guard.call("wait", release.wait)
+    started = time.perf_counter()
+    guard.close()  # does not wait for the stuck call
+    assert time.perf_counter() - started < 1.0
+    release.set()
+
+
+def test_a_check_leaves_no_worker_thread_behind() -> None:
+    from normspec.adapters.reference import ReferenceImplementation
+    from normspec.conformance.runner import CheckOptions, check_implementation
+
+    before = set(threading.enumerate())
+    check_implementation(
+        ReferenceImplementation("torch"), CheckOptions(clauses="bn.train.output", max_examples=2)
+    )
+    assert not [t for t in set(threading.enumerate()) - before if t.name.startswith("normspec")]
