@@ -22,7 +22,7 @@ menu: each run's cost is bounded, and coverage grows across runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -62,10 +62,22 @@ def feature_axis_for(rank: int, position: str) -> int:
     return 1 if position == "first" else rank - 1
 
 
-def fitted_batch(batch: int, per_sample: int, min_count: int, max_batch: int) -> int:
-    """``batch`` limited to ``max_batch``, raised until ``min_count`` values per feature."""
-    smallest = -(-min_count // per_sample)
-    return min(max(batch, smallest), max(smallest, max_batch))
+def fitted_shape(
+    batch: int,
+    spatial: Sequence[int],
+    feature_axis: int,
+    features: int,
+    *,
+    min_count: int,
+    max_batch: int,
+) -> tuple[int, ...]:
+    """The input of ``batch`` samples of ``spatial`` sizes with ``features`` at
+    ``feature_axis``, the batch limited to ``max_batch`` but raised until ``min_count``
+    values per feature."""
+    smallest = -(-min_count // int(np.prod(spatial, dtype=np.int64)))
+    shape = [min(max(batch, smallest), max(smallest, max_batch)), *spatial]
+    shape.insert(feature_axis, features)
+    return tuple(shape)
 
 
 @dataclass(frozen=True)
@@ -146,16 +158,20 @@ class Entry:
     def setting(self, wanted: Constraints) -> Setting:
         """The setting of this entry with its shape fitted to the constraints' limits."""
         spatial = [min(s, wanted.max_spatial) for s in self.spatial[: self.rank - 2]]
-        per_sample = int(np.prod(spatial, dtype=np.int64))
-        batch = fitted_batch(self.batch, per_sample, wanted.min_count, wanted.max_batch)
         axis = feature_axis_for(self.rank, self.position)
-        shape = [batch, *spatial]
-        shape.insert(axis, self.features)
+        shape = fitted_shape(
+            self.batch,
+            spatial,
+            axis,
+            self.features,
+            min_count=wanted.min_count,
+            max_batch=wanted.max_batch,
+        )
         return Setting(
             rank=self.rank,
             feature_axis=axis,
             features=self.features,
-            shape=tuple(shape),
+            shape=shape,
             rate=self.rate,
             eps=self.eps,
             affine=self.affine,
@@ -248,7 +264,7 @@ class Menu:
                     continue
                 reshaped += 1
             chosen.append(setting)
-        return _distinct(chosen)
+        return list(dict.fromkeys(chosen))
 
     def settings(self, wanted: Constraints) -> st.SearchStrategy[Setting]:
         """:meth:`choices` as a strategy (shrinking towards the first)."""
@@ -265,20 +281,14 @@ class Menu:
     def shapes(self, shape: tuple[int, ...], feature_axis: int) -> list[tuple[int, ...]]:
         """Input shapes for the layer that took ``shape`` (bn.running.sequence): that one,
         a smaller last batch, and those of the menu's entries of its rank."""
-        rank, found = len(shape), [shape]
-
-        def add(batch: int, spatial: Sequence[int]) -> None:
-            per_sample = int(np.prod(spatial, dtype=np.int64))
-            other = [fitted_batch(batch, per_sample, 2, batch), *spatial]
-            other.insert(feature_axis, shape[feature_axis])
-            if tuple(other) not in found:
-                found.append(tuple(other))
-
-        add(shape[0] // 2, [n for a, n in enumerate(shape) if a not in (0, feature_axis)])
-        for entry in self.entries:
-            if entry.rank == rank:
-                add(entry.batch, entry.spatial[: rank - 2])
-        return found
+        rank, features = len(shape), shape[feature_axis]
+        own = tuple(n for a, n in enumerate(shape) if a not in (0, feature_axis))
+        sizes: list[tuple[int, Sequence[int]]] = [(shape[0] // 2, own)]
+        sizes += [(e.batch, e.spatial[: rank - 2]) for e in self.entries if e.rank == rank]
+        others = (
+            fitted_shape(b, s, feature_axis, features, min_count=2, max_batch=b) for b, s in sizes
+        )
+        return list(dict.fromkeys([shape, *others]))
 
 
 def _variants(entries: list[Entry], capabilities: Capabilities) -> list[Entry]:
@@ -304,11 +314,3 @@ def _fitting(pool: Sequence[Entry], wanted: Constraints) -> list[Entry]:
     """The entries that meet the constraints, else the first ones adapted to them."""
     meeting = [e for e in pool if e.meets(wanted)]
     return meeting or [e.adapted(wanted) for e in pool[:ADAPTED_ENTRIES]]
-
-
-def _distinct(settings: Iterable[Setting]) -> list[Setting]:
-    found: list[Setting] = []
-    for setting in settings:
-        if setting not in found:
-            found.append(setting)
-    return found

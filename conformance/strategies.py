@@ -28,7 +28,7 @@ from normspec.conformance.menu import (
     Setting,
     eps_choices,
     feature_axis_for,
-    fitted_batch,
+    fitted_shape,
 )
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import Dialect
@@ -90,12 +90,11 @@ def shapes(
     Batch sizes 1 and 2 and spatial sizes 1 are reachable; shrinking goes to the smallest.
     """
     spatial = [draw(st.integers(1, max_spatial)) for _ in range(rank - 2)]
-    per_sample = int(np.prod(spatial, dtype=np.int64))
     # batch sizes 1 and 2 are where implementations break: draw them often
     wanted = draw(st.one_of(_SMALL_BATCHES, st.integers(1, max(1, max_batch))))
-    shape = [fitted_batch(wanted, per_sample, min_count, max_batch), *spatial]
-    shape.insert(feature_axis, num_features)
-    return tuple(shape)
+    return fitted_shape(
+        wanted, spatial, feature_axis, num_features, min_count=min_count, max_batch=max_batch
+    )
 
 
 @st.composite
