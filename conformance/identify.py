@@ -34,6 +34,7 @@ from normspec.adapters.protocol import (
     UnsupportedConfig,
 )
 from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.results import plain_versions
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import PROFILES, Dialect, renorm_config
 from normspec.reference.renorm import RenormStatistics
@@ -449,7 +450,7 @@ def identify(
     return Identification(
         target=target,
         implementation=implementation.name,
-        versions=dict(implementation.versions()),
+        versions=plain_versions(implementation.versions()),
         setup=setup,
         findings=findings,
         profiles=profiles,

@@ -257,7 +257,7 @@ class NormspecPlugin:
         dtypes = tuple(d for d in ALL_DTYPES if d in wanted and d in capabilities.dtypes)
         meta = {
             "implementation": implementation.name,
-            "versions": dict(implementation.versions()),
+            "versions": implementation.versions(),
             "dtypes": list(dtypes),
         }
         for check in self.checks:
@@ -279,8 +279,8 @@ class NormspecPlugin:
                 item.add_marker(pytest.mark.skip(reason=f"not applicable: {reason}"))
                 result = ClauseResult(clause.id, clause.level, clause.summary, "not_applicable")
                 result.message = reason
-                item.user_properties.append((RESULT_PROPERTY, result.to_json()))
-                item.user_properties.append((META_PROPERTY, meta))
+                attach(item, RESULT_PROPERTY, result.to_json())
+                attach(item, META_PROPERTY, meta)
             items.append(item)
 
     # -- running one clause ---------------------------------------------------------------------
@@ -390,6 +390,14 @@ class NormspecPlugin:
             write(f"JSON report: {self.json_path}")
 
 
+def attach(item: pytest.Item, name: str, value: Any) -> None:
+    """Attach ``value`` to ``item``'s user properties as plain JSON data: pytest-xdist sends
+    them from a worker to the controller, and its serializer takes built-in types only."""
+    from normspec.conformance.report_json import json_safe
+
+    item.user_properties.append((name, json_safe(value)))
+
+
 def result_from_json(raw: dict[str, Any]) -> ClauseResult:
     """A :class:`ClauseResult` from its JSON form (``ClauseResult.to_json``)."""
     return ClauseResult(
@@ -419,11 +427,9 @@ class NormspecItem(pytest.Item):
         self.user_properties.append(("normspec_clause", clause_id))
 
     def runtest(self) -> None:
-        from normspec.conformance.report_json import json_safe
-
         result = self.plugin.run_clause(self.clause_id)
-        self.user_properties.append((RESULT_PROPERTY, json_safe(result.to_json())))
-        self.user_properties.append((META_PROPERTY, json_safe(self.plugin._meta)))
+        attach(self, RESULT_PROPERTY, result.to_json())
+        attach(self, META_PROPERTY, self.plugin._meta)
         outcome = result.outcome
         if outcome == "pass":
             entry = self.plugin.deviations.find(self.clause_id)

@@ -333,7 +333,7 @@ def check_implementation(
         seed=options.seed,
         max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,
         menu=menu_size(options, capabilities),
-        versions=dict(implementation.versions()),
+        versions=implementation.versions(),
         environment=environment(),
         normspec_version=normspec.__version__,
         spec_version=spec.SPEC_VERSION,
