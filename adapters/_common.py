@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from normspec.adapters._quiet import quiet_startup
 from normspec.adapters.protocol import (
     ALL_DTYPES,
     Array,
@@ -142,7 +143,8 @@ def probe_dtypes(base: Capabilities, probe: Probe, *, where: str | None = None) 
             continue
         config, x = probe_case(base, name)
         try:
-            problem = probe(config, x)
+            with quiet_startup():  # a library's first-use notices (tf_keras' mixed precision)
+                problem = probe(config, x)
         except WrongOutput:
             problem = None
         except Exception as error:  # any failure of the library means "not supported"

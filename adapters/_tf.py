@@ -4,7 +4,8 @@ Imported only by the TensorFlow adapters (``keras_layer``, ``tf_nn``), never by 
 start-up. Importing it imports TensorFlow, which imports Keras 3: unless Keras is already
 loaded, ``KERAS_BACKEND`` is set to ``tensorflow`` first (the Keras adapters run on the
 TensorFlow backend), and TensorFlow's C++ log level to warnings (``TF_CPP_MIN_LOG_LEVEL``,
-unless set).
+unless set); what TensorFlow's native libraries log as they load and look for devices is
+kept out of normspec's output (``adapters._quiet``).
 
 An adapter specialises :class:`TFLayer` (how one forward is called, which variables hold
 the parameters and statistics) and :class:`TFImplementation` (what it supports); the rest
@@ -31,7 +32,13 @@ if "keras" not in sys.modules:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import tensorflow as tf
+
+from normspec.adapters._quiet import quiet_startup
+
+with quiet_startup():
+    import tensorflow as tf
+
+    tf.config.list_logical_devices()  # looks for GPUs now, and logs so (cuInit) here
 
 from normspec.adapters._common import (
     ParameterPolicy,

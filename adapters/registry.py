@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from normspec.adapters._quiet import quiet_startup
 from normspec.adapters.protocol import Implementation
 
 #: (framework module that must be loaded, "module:function" of the recogniser).
@@ -56,7 +57,8 @@ def _import_attr(target: str) -> Any:
     if not sep or not module_name or not attr_path:
         raise TargetError(f"target {target!r} must have the form package.module:attr")
     try:
-        module = importlib.import_module(module_name)
+        with quiet_startup():  # a library's native start-up logs (TensorFlow's)
+            module = importlib.import_module(module_name)
     except ImportError as problem:
         raise TargetError(
             f"cannot import {module_name!r} for target {target!r}: {problem}"
