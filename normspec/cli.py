@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from normspec import compile_cache, jax_devices, spec
+from normspec import compile_cache, jax_devices, spec, storage
 
 EXIT_OK = 0
 EXIT_NOT_CONFORMANT = 1
@@ -370,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("check", "report", "identify"):
             compile_cache.enable()
             jax_devices.enable()
+            storage.keep_hypothesis_files()
         code: int = args.run(args)
         return code
     except UsageError as problem:
