@@ -25,7 +25,7 @@ from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import Guard, ImplementationError
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
-from normspec.conformance.results import ClauseResult, Report
+from normspec.conformance.results import ClauseResult, Report, plain_versions
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
 from normspec.reference.dialects import Dialect
 from normspec.reference.dialects import profile as find_profile
@@ -333,7 +333,7 @@ def check_implementation(
         seed=options.seed,
         max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,
         menu=menu_size(options, capabilities),
-        versions=implementation.versions(),
+        versions=plain_versions(implementation.versions()),
         environment=environment(),
         normspec_version=normspec.__version__,
         spec_version=spec.SPEC_VERSION,
