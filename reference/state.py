@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from normspec.reference._arrays import FloatArray, as_float64, frozen
+from normspec.reference._arrays import FloatArray, as_float64, frozen, whole_number
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,9 @@ class RunningStatistics:
             )
         if np.any(var < 0):
             raise ValueError("running variance must be non-negative")
-        if not isinstance(self.steps, (int, np.integer)) or self.steps < 0:
-            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "var", var)
-        object.__setattr__(self, "steps", int(self.steps))
+        object.__setattr__(self, "steps", whole_number("steps", self.steps, minimum=0))
 
     @classmethod
     def initial(cls, num_features: int) -> RunningStatistics:
