@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,6 +23,14 @@ from normspec.conformance.strategies import Case, cases
 from normspec.conformance.tolerance import Comparison, Precision
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
 from normspec.reference.dialects import Dialect
+
+#: The bounds a clause holds results to (see CheckContext.bounds).
+Bounds = Literal["value", "accuracy", "gross"]
+PRECISIONS: dict[Bounds, Callable[[str], Precision]] = {
+    "value": Precision.storage,
+    "accuracy": Precision.of,
+    "gross": Precision.gross,
+}
 
 
 def layout_copy(array: NDArray[Any]) -> NDArray[Any]:
@@ -57,8 +66,10 @@ class CheckContext:
     examples: int = 0
     case: Case | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-    #: set for the accuracy clauses: float32 working precision for reduced dtypes
-    accuracy: bool = False
+    #: the bounds results are held to: ``value`` (the value clauses: the dtype's own
+    #: precision, raw moments admitted), ``accuracy`` (the accuracy clauses: float32
+    #: working precision for reduced dtypes) or ``gross`` (bn.accuracy.no_gross_error)
+    bounds: Bounds = "value"
     #: the settings cases are drawn from (an implementation that compiles per shape), per
     #: dtype; empty: drawn freely
     menus: dict[str, Menu] = field(default_factory=dict)
@@ -73,9 +84,9 @@ class CheckContext:
 
         Accuracy clauses assume statistics accumulated in float32 at least; value clauses
         only the dtype's own precision, so that they judge the mathematics, not the
-        accumulation.
+        accumulation; the gross line (conventions: gross error) half the dtype's digits.
         """
-        return Precision.of(dtype) if self.accuracy else Precision.storage(dtype)
+        return PRECISIONS[self.bounds](dtype)
 
     def draw_case(self, data: Any, **options: Any) -> Case:
         """Draw a case for this implementation (see :func:`strategies.cases`)."""

@@ -347,7 +347,7 @@ def check_implementation(
     try:
         for item in checks:
             ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard, menus=menu_of)
-            ctx.accuracy = ".accuracy." in item.clause_id
+            ctx.bounds = item.bounds
             blocked = next((d for d in item.depends_on if d in not_passed), None)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)

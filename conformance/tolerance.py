@@ -39,6 +39,9 @@ class Precision:
     u_w: float
     tiny: float
     raw_moments: bool = False
+    #: the error every result is allowed at its natural scale whatever the bound:
+    #: ``sqrt(u)`` for bn.accuracy.no_gross_error (conventions: gross error), else 0
+    floor: float = 0.0
 
     @classmethod
     def of(cls, dtype: str) -> Precision:
@@ -52,6 +55,19 @@ class Precision:
         the variance from raw moments included."""
         fmt = float_format(dtype)
         return cls(fmt.unit_roundoff, fmt.unit_roundoff, fmt.smallest_normal, raw_moments=True)
+
+    @classmethod
+    def gross(cls, dtype: str) -> Precision:
+        """bn.accuracy.no_gross_error's precision: the value clauses' centred bounds in the
+        dtype's own precision, or half its digits at the natural scale, the larger."""
+        fmt = float_format(dtype)
+        u = fmt.unit_roundoff
+        return cls(u, u, fmt.smallest_normal, floor=float(np.sqrt(u)))
+
+    def floored(self, bound: Array, scale: Array) -> Array:
+        """``bound``, raised to ``floor * scale`` where that is larger (``scale``: the
+        natural scale of the result, batchnorm.md: reference accuracy)."""
+        return np.maximum(bound, self.floor * scale) if self.floor else bound
 
     def variance_error(self, n: int, kappa: Array) -> Array | float:
         """The relative error of ``var_B + eps`` a raw-moment evaluation may add: ``u_w (n +
@@ -73,6 +89,7 @@ class FeatureTerms:
     kappa: Array  # s * mean|x|, broadcastable to x
     a: Array  # s * (|x_i| + mean|x|)
     mean_abs: Array  # (C,)
+    rms_xhat: Array  # sqrt(var) * s, broadcastable to x: the root mean square of xhat
 
     @classmethod
     def of(
@@ -99,6 +116,7 @@ class FeatureTerms:
             kappa=s * m,
             a=s * (np.abs(x) + m),
             mean_abs=mean_abs,
+            rms_xhat=np.sqrt(per_feature(var, x.ndim, feature_axis)) * s,
         )
 
 
@@ -142,9 +160,9 @@ def train_output_bound(
         )
 
     terms = FeatureTerms.of(x, feature_axis, eps)
-    return _both(
-        bound, precision, terms, _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
-    )
+    g, b = _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
+    scale = g * (np.abs(terms.xhat) + terms.rms_xhat) + b
+    return precision.floored(_both(bound, precision, terms, g, b), scale)
 
 
 def inference_output_bound(
@@ -235,10 +253,18 @@ def backward_bounds(
         m1_vector = np.mean(abs_dy, axis=axes)
         return p.u_w * terms.n * terms.n * m1_vector + p.u_o * np.abs(expected.dbeta) + p.tiny
 
+    # natural scales (batchnorm.md: reference accuracy), for the floor of the gross line
+    spread = ax + terms.rms_xhat if training else ax
+    weighted = abs_dy * spread
+    dgamma_scale = np.sum(weighted, axis=axes)
+    dx_scale = g * terms.s * abs_dy
+    if training:
+        mean_weighted = per_feature(np.mean(weighted, axis=axes), x.ndim, feature_axis)
+        dx_scale = dx_scale + g * terms.s * (m1 + spread * mean_weighted)
     return GradientBounds(
-        dx=_both(dx_bound, precision),
-        dgamma=_both(dgamma_bound, precision),
-        dbeta=_both(dbeta_bound, precision),
+        dx=precision.floored(_both(dx_bound, precision), dx_scale),
+        dgamma=precision.floored(_both(dgamma_bound, precision), dgamma_scale),
+        dbeta=precision.floored(_both(dbeta_bound, precision), np.sum(abs_dy, axis=axes)),
     )
 
 
@@ -339,7 +365,12 @@ def running_bounds(
             + p.tiny
         )
 
-    return StateBounds(mean=_both(mean_bound, precision), var=_both(var_bound, precision))
+    mean_scale = np.abs(before_mean) + np.abs(after_mean) + alpha * mean_abs
+    var_scale = np.abs(before_var) + np.abs(after_var) + alpha * c * stats.var
+    return StateBounds(
+        mean=precision.floored(_both(mean_bound, precision), mean_scale),
+        var=precision.floored(_both(var_bound, precision), var_scale),
+    )
 
 
 @dataclass(frozen=True)

@@ -496,3 +496,27 @@ def accuracy_running(ctx: CheckContext, data: Any) -> None:
     layer = ctx.build(case)
     ctx.call("train_step", layer.train_step, case.x)
     expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
+
+
+@check(
+    "bn.accuracy.no_gross_error",
+    depends_on=(
+        "bn.train.output",
+        "bn.running.mean",
+        "bn.running.var",
+        "bn.backward.train.dx",
+        "bn.backward.train.dparams",
+    ),
+    bounds="gross",
+)
+def no_gross_error(ctx: CheckContext, data: Any) -> None:
+    """The accuracy clauses' cases, held to the gross line (conventions: gross error)."""
+    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+    if case.state is not None:
+        expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
+    if ctx.capabilities.backward:
+        layer = ctx.build(case)
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        expect_gradients(ctx, case, grads, training=True)
