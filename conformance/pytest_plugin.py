@@ -364,11 +364,16 @@ class NormspecPlugin:
         return report
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker or not self.json_path or not self._results:
+        if self.is_worker or not self._results:
             return
-        from normspec.conformance.report_json import write_json
+        report = self._report()
+        if report.verdict == "nothing applicable" and session.exitstatus == pytest.ExitCode.OK:
+            # as pytest's own "no tests ran": a CI gate must not read it as a pass
+            session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+        if self.json_path:
+            from normspec.conformance.report_json import write_json
 
-        write_json(self._report(), self.json_path)
+            write_json(report, self.json_path)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
@@ -382,8 +387,12 @@ class NormspecPlugin:
             counts = ", ".join(
                 f"{v} {k.replace('_', ' ')}" for k, v in report.counts().items() if v
             )
-            verdict = "CONFORMANT" if report.conformant else "NOT CONFORMANT"
-            write(f"{verdict}: {self.target} under profile {self.profile}: {counts}")
+            write(f"{report.verdict.upper()}: {self.target} under profile {self.profile}: {counts}")
+            if report.verdict == "nothing applicable":
+                write(
+                    "normspec: nothing was checked: no selected clause applies to "
+                    f"{self.target}, so this is no pass (exit status 5, as for no tests run)"
+                )
             for warning in report.warnings:
                 write(f"warning: {warning}")
         if self.json_path and self._results:

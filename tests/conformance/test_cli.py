@@ -117,3 +117,13 @@ def test_a_failing_check_exits_1_with_a_valid_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     jsonschema.validate(report, schema())
     assert report["results"][0]["details"]["comparison"]["max_rel_error"] > 1e-4
+
+
+def test_a_check_that_checked_nothing_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every selected clause not applicable (renorm under a profile without it): no pass."""
+    code = main(["check", "reference", "--profile", "torch", "--clauses", "renorm.train.*"])
+    out = capsys.readouterr().out
+    assert code == 3
+    assert "NOTHING APPLICABLE under profile torch" in out
+    assert "nothing was checked" in out and "(exit code 3)" in out
+    assert main(["check", "reference", "--profile", "torch", "--clauses", "bn.train.output"]) == 0
