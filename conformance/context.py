@@ -147,10 +147,13 @@ class CheckContext:
 
     def expect(self, comparison: Comparison) -> None:
         """Raise a Violation unless the comparison is within its bound."""
+        __tracebackhide__ = True  # a pytest traceback starts at the check
         if not comparison.ok:
             raise Violation(comparison.describe(), comparison)
 
     def require(self, condition: bool, message: str) -> None:
+        """Raise a Violation with ``message`` unless ``condition`` holds."""
+        __tracebackhide__ = True  # a pytest traceback starts at the check
         if not condition:
             raise Violation(message)
 
