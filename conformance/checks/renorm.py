@@ -47,6 +47,7 @@ from normspec.conformance.checks.degenerate import INVALID_EPS, INVALID_RATES
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import ImplementationError, ImplementationHung
 from normspec.conformance.strategies_renorm import (
+    ONE_BOUND,
     RenormCase,
     ScheduleKind,
     batches,
@@ -506,7 +507,8 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
 def train_correction(ctx: CheckContext, data: Any) -> None:
     """Observed through the training output only (the gradients are renorm.backward.*'s),
     with two to four features whose moving statistics each lie near the batch (clipping
-    mostly inactive) or far from it (clipped on either side), rates 0, and affine parameters
+    mostly inactive), far from it (clipped on either side) or just beyond one bound, rates
+    0, and affine parameters
     only where the implementation needs them (a ``gamma`` of 0 hides ``r`` and ``d``).
     ``y = gamma * (zhat * r + d) + beta`` shows ``r`` and ``d`` each: ``zhat`` has mean 0
     and is not 0 where the feature varies."""
@@ -519,7 +521,7 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
         rate=0.0,
         correction_rate=0.0,
         same_sets=True,
-        regime=("far", "near"),
+        regime=("far", "near", *ONE_BOUND),
     )
     _, y = _train(ctx, case)
     expect_train_output(ctx, case, y)
