@@ -50,12 +50,13 @@ h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid var(--line); 
 .meta { color: #57606a; margin: 0 0 4px; }
 .banner { background: #fff8c5; border: 1px solid #d4a72c; padding: 8px 12px; border-radius: 6px;
   margin: 12px 0; }
-.verdicts { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.verdict { border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; min-width: 220px; }
-.verdict.ok { border-left: 4px solid var(--pass); }
-.verdict.bad { border-left: 4px solid var(--fail); }
-.verdict .name { font-weight: 600; }
-.verdict .small { color: #57606a; font-size: 12px; }
+table.matrix tr.verdicts th { top: auto; position: static; font-size: 12px; white-space: nowrap; }
+th.verdict.ok { color: #fff; background: var(--pass); }
+th.verdict.bad { color: #fff; background: var(--fail); }
+th.verdict.none { color: #1f2328; background: #fff1c2; }
+table.implementations { border-collapse: collapse; margin: 8px 0; }
+table.implementations th, table.implementations td { border: 1px solid var(--line);
+  padding: 3px 8px; text-align: left; vertical-align: top; }
 table.matrix { border-collapse: collapse; margin: 8px 0; }
 table.matrix th, table.matrix td { border: 1px solid var(--line); padding: 3px 8px; text-align: left;
   vertical-align: top; }
@@ -142,13 +143,31 @@ def _cell(column: Column, column_index: int, clause_index: int, clause_id: str) 
     return f'<td class="cell {outcome}" title="{esc(title[:500])}">{text}</td>'
 
 
+def _verdict_cell(column: Column) -> str:
+    """The column's verdict, under its heading: the first thing a reader looks for."""
+    report = column.report
+    counts = ", ".join(f"{v} {OUTCOME_TITLES[k]}" for k, v in report.counts().items() if v)
+    verdict = report.verdict + (" (interrupted)" if report.interrupted else "")
+    kind = "ok" if report.verdict == "conformant" else ("bad" if not report.conformant else "none")
+    problems = report.counts()["fail"] + report.counts()["error"]
+    short = {"ok": "conformant", "bad": f"NOT conformant ({problems})", "none": "nothing checked"}
+    return (
+        f'<th class="verdict {kind}" title="{esc(verdict)}: {esc(counts)}; '
+        f'{report.seconds:.1f} s">{esc(short[kind])}</th>'
+    )
+
+
 def _matrix_table(matrix: Matrix) -> str:
     rows = []
     head = "".join(
         f"<th>{esc(c.label)}<br><small>{esc(' = '.join(c.profiles))}</small></th>"
         for c in matrix.columns
     )
-    rows.append(f"<thead><tr><th>clause</th><th>level</th>{head}</tr></thead><tbody>")
+    verdicts = "".join(_verdict_cell(c) for c in matrix.columns)
+    rows.append(
+        f"<thead><tr><th>clause</th><th>level</th>{head}</tr>"
+        f'<tr class="verdicts"><th>verdict</th><th></th>{verdicts}</tr></thead><tbody>'
+    )
     for clause_index, (clause_id, level, summary) in enumerate(matrix.clauses):
         outcomes = {cell_outcome(c, clause_id) for c in matrix.columns}
         clean = not outcomes & {"fail", "error", "declared", "skipped"}
@@ -164,24 +183,27 @@ def _matrix_table(matrix: Matrix) -> str:
     return f'<table class="matrix" id="matrix">{"".join(rows)}</table>'
 
 
-def _verdicts(matrix: Matrix) -> str:
-    cards = []
+def _implementations(matrix: Matrix) -> str:
+    """Each run in a row: verdict, counts, time, menu, the library and its versions."""
+    rows = []
     for column in matrix.columns:
         report = column.report
         counts = ", ".join(f"{v} {OUTCOME_TITLES[k]}" for k, v in report.counts().items() if v)
-        verdict = report.verdict
-        if report.interrupted:
-            verdict += " (interrupted)"
         versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
-        cards.append(
-            f'<div class="verdict {"ok" if report.conformant else "bad"}">'
-            f'<div class="name">{esc(column.label)}</div>'
-            f"<div>profile {esc(' = '.join(column.profiles))}: <b>{esc(verdict)}</b></div>"
-            f'<div class="small">{esc(counts)}; {report.seconds:.1f} s</div>'
-            + (f'<div class="small">{esc(report.menu_note)}</div>' if report.menu else "")
-            + f'<div class="small">{esc(report.implementation)}; {esc(versions)}</div></div>'
+        rows.append(
+            f"<tr><td>{esc(column.label)}</td><td>{esc(' = '.join(column.profiles))}</td>"
+            f"<td>{esc(report.verdict)}</td><td>{esc(counts)}</td>"
+            f"<td>{report.seconds:.1f} s</td>"
+            f"<td>{esc(report.implementation)}; {esc(versions)}"
+            + (f"; {esc(report.menu_note)}" if report.menu else "")
+            + "</td></tr>"
         )
-    return f'<div class="verdicts">{"".join(cards)}</div>'
+    return (
+        '<table class="implementations"><thead><tr><th>implementation</th><th>profile</th>'
+        "<th>verdict</th><th>clauses</th><th>time</th><th>library</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _marker(shape: str, x: float, y: float, r: float, colour: str, failing: bool) -> str:
@@ -382,7 +404,23 @@ def render_html(matrix: Matrix) -> str:
         )
     sections.append("</header><main>")
     if matrix.columns:
-        sections.append(_verdicts(matrix))
+        sections.append(
+            '<section id="first-screen"><div class="controls"><label><input type="checkbox" '
+            'id="problems-only"> only clauses with a failure, error, declared deviation or '
+            "skip</label></div>"
+            + _matrix_table(matrix)
+            + '<p class="legend">The verdict row gives each run\'s verdict (hover for its '
+            "counts); then per clause: pass · FAIL · declared (a deviation the "
+            "implementation's deviation file lists) · n/a (outside its capabilities or "
+            "profile) · ERROR (it raised or hung) · skipped (a clause it depends on did not "
+            "pass) · · not run. A number is the worst error seen against the reference in "
+            "ulps of the dtype checked, over the values larger than their error bound; for a "
+            "failure, the ulps its comparison reports (as normspec check does). A column "
+            "headed by two profiles is one run: the dialect parameters are the same under "
+            "both for this implementation. Click a failure for its details.</p></section>"
+        )
+    else:
+        sections.append("<p>No implementation was checked.</p>")
     if matrix.unavailable:
         items = "".join(
             f"<li>{esc(u.label)} [{esc(u.profile)}]: {esc(u.reason)}</li>"
@@ -394,30 +432,15 @@ def render_html(matrix: Matrix) -> str:
         sections.append(f'<h2>Warnings</h2><ul class="warnings">{items}</ul>')
     if matrix.columns:
         sections.append(
-            "<h2>Matrix</h2>"
-            '<div class="controls"><label><input type="checkbox" id="problems-only"> '
-            "only clauses with a failure, error, declared deviation or skip</label></div>"
-            + _matrix_table(matrix)
-            + '<p class="legend">pass · FAIL · declared (a deviation the implementation\'s '
-            "deviation file lists) · n/a (outside its capabilities or profile) · ERROR (it "
-            "raised or hung) · skipped (a clause it depends on did not pass) · · not run. A "
-            "number is the worst error seen against the reference in ulps of the dtype "
-            "checked, over the values larger than their error bound; for a failure, the ulps "
-            "its comparison reports (as normspec check does). A column headed by "
-            "two profiles is one run: the dialect parameters are the same under both for this "
-            "implementation. Click a failure for its details.</p>"
-        )
-        sections.append(
-            "<h2>Worst error in ulps</h2><div class='plot'>" + ulps_plot(matrix) + "</div>"
-        )
-        sections.append(
             "<h2>Failures and declared deviations</h2>"
             '<div class="controls"><button type="button" id="expand-all">expand all</button>'
             '<button type="button" id="collapse-all">collapse all</button></div>'
             + _findings(matrix)
         )
-    else:
-        sections.append("<p>No implementation was checked.</p>")
+        sections.append(
+            "<h2>Worst error in ulps</h2><div class='plot'>" + ulps_plot(matrix) + "</div>"
+        )
+        sections.append("<h2>Implementations</h2>" + _implementations(matrix))
     sections.append(
         "</main><footer>Generated by <code>normspec report</code>. Each failure's reproduce "
         "command runs one clause again with the same seed.</footer>"
