@@ -12,7 +12,7 @@ from typing import Any
 
 from normspec.conformance.results import Report
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 def report_to_json(report: Report) -> dict[str, Any]:
