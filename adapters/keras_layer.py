@@ -441,7 +441,7 @@ class KerasImplementation(TFImplementation):
             notes=notes,
         )
 
-    def _probe(self, config: LayerConfig, x: Array) -> str | None:
+    def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
         """A renorm-only target is probed with renorm layers (constant bounds, no clipping)."""
         if not self.batchnorm:
             dialect = self.dialect if self.dialect and self.dialect.renorm else PROFILES["tf_keras"]
@@ -454,7 +454,7 @@ class KerasImplementation(TFImplementation):
                 feature_axis=config.feature_axis,
             )
             config = replace(config, momentum=momentum, renorm=renorm)
-        return super()._probe(config, x)
+        return super().probe(config, x, base)
 
     def make_layer(self, config: LayerConfig) -> KerasLayer:
         arguments: dict[str, Any] = {

@@ -339,6 +339,7 @@ def check_implementation(
         normspec_version=normspec.__version__,
         spec_version=spec.SPEC_VERSION,
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        warnings=list(capabilities.warnings),
     )
     guard = Guard(options.timeout)
     not_passed: set[str] = set()

@@ -26,6 +26,8 @@ class Check:
     ``needs``: capability flags that must be set for the clause to apply.
     ``depends_on``: clauses whose failure makes this result meaningless (reported skipped).
     ``stateful``: the body runs a Hypothesis state machine instead of drawing one case.
+    ``training``: the check needs a training step (not applicable to an inference-only
+    implementation, ``Capabilities.training``); a check without one says ``False``.
     """
 
     clause_id: str
@@ -34,13 +36,14 @@ class Check:
     depends_on: tuple[str, ...] = ()
     stateful: bool = False
     applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None
+    training: bool = True
 
     def not_applicable(
         self, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
     ) -> str | None:
         """Why the clause does not apply to this implementation, or ``None`` if it does."""
         kind = "renorm" if self.clause_id.startswith("renorm.") else "batchnorm"
-        for flag in (kind, *self.needs):
+        for flag in (kind, *self.needs, *(("training",) if self.training else ())):
             if not getattr(capabilities, flag):
                 note = capabilities.notes.get(flag, "")
                 return f"the implementation does not support {flag.replace('_', ' ')}" + (
@@ -59,13 +62,14 @@ def check(
     depends_on: tuple[str, ...] = (),
     stateful: bool = False,
     applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None,
+    training: bool = True,
 ) -> Callable[[Body], Body]:
     """Register ``body`` as the check of ``clause_id``."""
 
     def register(body: Body) -> Body:
         if clause_id in CHECKS:
             raise ValueError(f"clause {clause_id} already has a check")
-        CHECKS[clause_id] = Check(clause_id, body, needs, depends_on, stateful, applies)
+        CHECKS[clause_id] = Check(clause_id, body, needs, depends_on, stateful, applies, training)
         return body
 
     return register
