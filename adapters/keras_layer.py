@@ -501,12 +501,15 @@ def _is_variable(value: object) -> bool:
     return isinstance(getattr(value, "value", None), tf.Variable)
 
 
-def recognise(obj: object, profile: str) -> KerasImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
-    if not recognisable(obj):
+def recognise(
+    obj: object, profile: str, arguments: Mapping[str, Any] | None = None
+) -> KerasImplementation | None:
+    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``; ``arguments``:
+    the target's constructor arguments."""
+    if not recognisable(obj, arguments):
         return None
     assert isinstance(obj, type)
-    return KerasImplementation(obj, profile)
+    return KerasImplementation(obj, profile, arguments=arguments)
 
 
 # -- the built-in targets (normspec.adapters.registry.ALIASES) ------------------------------
