@@ -136,7 +136,9 @@ class Layer(Protocol):
         """
 
     def state(self) -> State | None:
-        """The current statistics; ``None`` for a layer that keeps none."""
+        """The current statistics as the library holds them, whatever their values (a
+        negative or NaN variance is the clauses' to judge); ``None`` for a layer that keeps
+        none."""
 
     def train_step(self, x: Array) -> Array:
         """One training-mode forward; updates the state as the implementation does.
