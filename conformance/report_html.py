@@ -18,7 +18,6 @@ from normspec.conformance.matrix import (
     Column,
     Matrix,
     cell_outcome,
-    format_ulps,
 )
 from normspec.conformance.report_json import json_safe
 from normspec.conformance.results import ClauseResult
@@ -134,7 +133,7 @@ def _cell(column: Column, column_index: int, clause_index: int, clause_id: str) 
     text = esc(SHORT[outcome])
     ulps = column.ulps.get(clause_id)
     if ulps is not None and outcome in ("pass", "fail", "declared"):
-        text += f'<span class="ulps">{esc(format_ulps(ulps))}</span>'
+        text += f'<span class="ulps">{esc(str(ulps))}</span>'
     title = OUTCOME_TITLES[outcome]
     if result is not None and result.message:
         title += ": " + result.message
@@ -237,7 +236,9 @@ def ulps_plot(matrix: Matrix) -> str:
     rows = [(cid, points) for cid, points in rows if points]
     if not rows:
         return '<p class="legend">No numeric comparison was recorded.</p>'
-    finite = [v for _, points in rows for _, v in points if math.isfinite(v) and v > 0]
+    finite = [
+        u.value for _, points in rows for _, u in points if math.isfinite(u.value) and u.value > 0
+    ]
     top = max(2, math.ceil(math.log10(max(finite)))) if finite else 2
     top = min(top, 40)
     bottom = -1
@@ -275,7 +276,7 @@ def ulps_plot(matrix: Matrix) -> str:
         )
     parts.append(
         f'<text x="{left + width / 2:.1f}" y="12" text-anchor="middle" fill="#1f2328">'
-        "worst error seen, ulps of the dtype (log scale; 0 at the left)</text>"
+        "worst error seen, ulps of the dtype at the value (log scale; 0 at the left)</text>"
     )
     for row, (clause_id, points) in enumerate(rows):
         y = pad_top + row * row_h + row_h / 2
@@ -285,16 +286,19 @@ def ulps_plot(matrix: Matrix) -> str:
             f'<line x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" '
             'stroke="#eaeef2"/>'
         )
-        for ci, value in points:
+        for ci, ulps in points:
             column = matrix.columns[ci]
             outcome = cell_outcome(column, clause_id)
             failing = outcome in ("fail", "declared")
             marker = _marker(
-                SHAPES[ci % len(SHAPES)], x_of(value), y, 5, PALETTE[ci % len(PALETTE)], failing
+                SHAPES[ci % len(SHAPES)],
+                x_of(ulps.value),
+                y,
+                5,
+                PALETTE[ci % len(PALETTE)],
+                failing,
             )
-            tooltip = (
-                f"{clause_id}, {column.title}: {format_ulps(value)} ({OUTCOME_TITLES[outcome]})"
-            )
+            tooltip = f"{clause_id}, {column.title}: {ulps} ({OUTCOME_TITLES[outcome]})"
             parts.append(f"<g><title>{esc(tooltip)}</title>{marker}</g>")
     for ci, column in enumerate(matrix.columns):
         y = height + ci * 20 - 10
@@ -361,7 +365,7 @@ def _finding(column: Column, column_index: int, clause_index: int, result: Claus
     if "reproduce" in details:
         body.append(f"<h4>Reproduce</h4><pre class='reproduce'>{esc(details['reproduce'])}</pre>")
     ulps = column.ulps.get(result.clause_id)
-    ulps_text = f" ({esc(format_ulps(ulps))})" if ulps is not None else ""
+    ulps_text = f" ({esc(str(ulps))})" if ulps is not None else ""
     return (
         f'<details class="finding {outcome}" id="{_finding_id(column_index, clause_index)}">'
         f'<summary><span class="tag {outcome}">{esc(SHORT[outcome])}</span> '
@@ -413,9 +417,10 @@ def render_html(matrix: Matrix) -> str:
             "counts); then per clause: pass · FAIL · declared (a deviation the "
             "implementation's deviation file lists) · n/a (outside its capabilities or "
             "profile) · ERROR (it raised or hung) · skipped (a clause it depends on did not "
-            "pass) · · not run. A number is the worst error seen against the reference in "
-            "ulps of the dtype checked, over the values larger than their error bound; for a "
-            "failure, the ulps its comparison reports (as normspec check does). A column "
+            "pass) · · not run. A number is the worst error seen against the reference, in ulps "
+            "of the dtype it names at the expected value, over the values whose bound is not "
+            "far larger than the value; for a failure, the ulps its comparison reports (as "
+            "normspec check does). A column "
             "headed by two profiles is one run: the dialect parameters are the same under "
             "both for this implementation. Click a failure for its details.</p></section>"
         )

@@ -15,7 +15,7 @@ import numpy as np
 
 from normspec.conformance.results import Report
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 def report_to_json(report: Report) -> dict[str, Any]:

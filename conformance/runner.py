@@ -208,7 +208,8 @@ def _failure_details(ctx: CheckContext, problem: BaseException) -> dict[str, Any
             "bound": comparison.bound_at_worst,
             "max_abs_error": comparison.max_abs_error,
             "max_rel_error": comparison.max_rel_error,
-            "max_ulps": comparison.max_ulps,
+            "ulps": comparison.ulps.value,
+            "ulp_dtype": comparison.ulps.dtype,
         }
     trace = getattr(problem, "trace", "")
     if trace:
@@ -338,6 +339,7 @@ def check_implementation(
         normspec_version=normspec.__version__,
         spec_version=spec.SPEC_VERSION,
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        warnings=list(capabilities.warnings),
     )
     guard = Guard(options.timeout)
     not_passed: set[str] = set()

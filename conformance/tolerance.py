@@ -8,13 +8,14 @@ the implementation. Nothing here is a fixed atol/rtol.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from normspec.conformance.dtypes import FORMATS, float_format, ulp
+from normspec.conformance.dtypes import FORMATS, Ulps, float_format
 from normspec.reference import batch_statistics, train_backward
 from normspec.reference._arrays import per_feature, reduction_axes
 from normspec.reference.schedules import RenormBounds
@@ -375,14 +376,19 @@ def running_bounds(
 
 @dataclass(frozen=True)
 class Comparison:
-    """How an actual array compares with the expected one under an elementwise bound."""
+    """How an actual array compares with the expected one under an elementwise bound.
+
+    The values ``*_at_worst`` are those of the element that most exceeds its bound;
+    ``ulps`` is its error in ulps of the compared dtype at its expected value (what a reader
+    computes from the printed numbers); the ``max_*`` errors are over every element.
+    """
 
     quantity: str
     ok: bool
     reason: str
     max_abs_error: float
     max_rel_error: float
-    max_ulps: float
+    ulps: Ulps
     worst_index: tuple[int, ...] | None
     expected_at_worst: float | None
     actual_at_worst: float | None
@@ -393,10 +399,18 @@ class Comparison:
             return f"{self.quantity}: {self.reason}"
         return (
             f"{self.quantity}: {self.reason}; at index {self.worst_index} expected "
-            f"{self.expected_at_worst!r}, got {self.actual_at_worst!r} (bound "
-            f"{self.bound_at_worst:.3g}); max abs error {self.max_abs_error:.3g}, max rel "
-            f"error {self.max_rel_error:.3g}, {self.max_ulps:.3g} ulps"
+            f"{self.expected_at_worst!r}, got {self.actual_at_worst!r}: {self._error()} "
+            f"(bound {self.bound_at_worst:.3g}); max abs error {self.max_abs_error:.3g}, "
+            f"max rel error {self.max_rel_error:.3g}"
         )
+
+    def _error(self) -> str:
+        """The worst element's error, absolute and in ulps of the dtype at its value."""
+        assert self.expected_at_worst is not None and self.actual_at_worst is not None
+        error = abs(self.actual_at_worst - self.expected_at_worst)
+        if not math.isfinite(error):
+            return "a non-finite error"
+        return f"error {error:.3g} = {self.ulps} at {self.expected_at_worst:.4g}"
 
 
 def compare(
@@ -409,8 +423,8 @@ def compare(
 ) -> Comparison:
     """Compare elementwise; NaN or infinity where the expected value is finite always fails.
 
-    Errors in ulps are measured against the spacing of ``dtype`` at the largest expected
-    magnitude, the scale of the quantity.
+    The error in ulps is the worst element's, against the spacing of ``dtype`` at its
+    expected value.
 
     ``mask`` selects the elements that are compared (all by default).
     """
@@ -423,7 +437,7 @@ def compare(
             f"shape {actual.shape}, expected {expected.shape}",
             np.inf,
             np.inf,
-            np.inf,
+            Ulps(np.inf, dtype),
             None,
             None,
             None,
@@ -441,14 +455,12 @@ def compare(
     error = np.where(selected, error, 0.0)
     excess = np.where(selected, error - bound, -np.inf)
     if excess.size == 0:
-        return Comparison(quantity, True, "empty", 0.0, 0.0, 0.0, None, None, None, None)
+        return Comparison(
+            quantity, True, "empty", 0.0, 0.0, Ulps(0.0, dtype), None, None, None, None
+        )
     worst = np.unravel_index(int(np.argmax(excess)), expected.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(selected & finite, error / np.abs(expected), 0.0)
-        # ulps of the quantity's magnitude, so an expected zero does not blow the figure up
-        considered = selected & finite
-        scale = float(np.max(np.abs(expected[considered]))) if considered.any() else 0.0
-        ulps = np.where(considered, error / ulp(np.asarray(scale), dtype), 0.0)
     ok = bool(np.all(excess <= 0))
     nonfinite = bool(np.any(selected & finite & ~np.isfinite(actual)))
     reason = (
@@ -464,7 +476,7 @@ def compare(
         reason=reason,
         max_abs_error=float(np.max(error)),
         max_rel_error=float(np.nanmax(relative)),
-        max_ulps=float(np.nanmax(ulps)),
+        ulps=Ulps.of(float(error[worst]), float(expected[worst]), dtype),
         worst_index=tuple(int(i) for i in worst),
         expected_at_worst=float(expected[worst]),
         actual_at_worst=float(actual[worst]),

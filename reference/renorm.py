@@ -119,6 +119,10 @@ class RenormStatistics:
     sets of statistics (``statistics="separate"``), ``mean``/``spread`` are the inference
     set and ``correction_mean``/``correction_spread`` the set the correction uses; with one
     set both are ``None``. Never mutated; the arrays are read-only copies.
+
+    Like :class:`~normspec.reference.RunningStatistics` it holds whatever a library reports
+    (a negative spread, NaN): the clauses judge it, and the reference refuses a negative
+    spread where it computes sigma from one.
     """
 
     mean: FloatArray
@@ -135,8 +139,6 @@ class RenormStatistics:
                 f"moving mean and spread must be vectors of one shape, got {mean.shape} "
                 f"and {spread.shape}"
             )
-        if np.any(spread < 0):
-            raise ValueError("moving spread (sigma or variance) must be non-negative")
         if (self.correction_mean is None) != (self.correction_spread is None):
             raise ValueError("correction_mean and correction_spread are given together or not")
         if self.correction_mean is not None and self.correction_spread is not None:
@@ -147,8 +149,6 @@ class RenormStatistics:
                     f"correction statistics must have the shape {mean.shape} of the moving "
                     f"statistics, got {c_mean.shape} and {c_spread.shape}"
                 )
-            if np.any(c_spread < 0):
-                raise ValueError("correction spread (sigma or variance) must be non-negative")
             object.__setattr__(self, "correction_mean", c_mean)
             object.__setattr__(self, "correction_spread", c_spread)
         object.__setattr__(self, "mean", mean)

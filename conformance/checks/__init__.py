@@ -26,6 +26,8 @@ class Check:
     ``needs``: capability flags that must be set for the clause to apply.
     ``depends_on``: clauses whose failure makes this result meaningless (reported skipped).
     ``stateful``: the body runs a Hypothesis state machine instead of drawing one case.
+    ``training``: the check needs a training step (not applicable to an inference-only
+    implementation, ``Capabilities.training``); a check without one says ``False``.
     ``bounds``: the bounds its results are held to (:attr:`CheckContext.bounds`).
     """
 
@@ -35,6 +37,7 @@ class Check:
     depends_on: tuple[str, ...] = ()
     stateful: bool = False
     applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None
+    training: bool = True
     bounds: Bounds = "value"
 
     def not_applicable(
@@ -42,7 +45,7 @@ class Check:
     ) -> str | None:
         """Why the clause does not apply to this implementation, or ``None`` if it does."""
         kind = "renorm" if self.clause_id.startswith("renorm.") else "batchnorm"
-        for flag in (kind, *self.needs):
+        for flag in (kind, *self.needs, *(("training",) if self.training else ())):
             if not getattr(capabilities, flag):
                 note = capabilities.notes.get(flag, "")
                 return f"the implementation does not support {flag.replace('_', ' ')}" + (
@@ -61,6 +64,7 @@ def check(
     depends_on: tuple[str, ...] = (),
     stateful: bool = False,
     applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None,
+    training: bool = True,
     bounds: Bounds | None = None,
 ) -> Callable[[Body], Body]:
     """Register ``body`` as the check of ``clause_id``; ``bounds`` defaults to the accuracy
@@ -70,7 +74,9 @@ def check(
     def register(body: Body) -> Body:
         if clause_id in CHECKS:
             raise ValueError(f"clause {clause_id} already has a check")
-        CHECKS[clause_id] = Check(clause_id, body, needs, depends_on, stateful, applies, held_to)
+        CHECKS[clause_id] = Check(
+            clause_id, body, needs, depends_on, stateful, applies, training, held_to
+        )
         return body
 
     return register

@@ -246,7 +246,7 @@ def _with_params(case: Case, params: tuple[Array, Array]) -> Case:
     return replace(case, params=params)
 
 
-@check("bn.running.initial")
+@check("bn.running.initial", training=False)
 def running_initial(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case, set_parameters=False, set_state=False)
@@ -364,7 +364,7 @@ def expect_state_kept(
     )
 
 
-@check("bn.running.no_inference_update")
+@check("bn.running.no_inference_update", training=False)
 def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case)
@@ -378,14 +378,14 @@ def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     )
 
 
-@check("bn.infer.output", depends_on=("conv.io.shape_dtype",))
+@check("bn.infer.output", depends_on=("conv.io.shape_dtype",), training=False)
 def infer_output(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, affine=None)
     layer = ctx.build(case)
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
 
 
-@check("bn.infer.untracked", needs=("untracked",), depends_on=("bn.train.output",))
+@check("bn.infer.untracked", needs=("untracked",), depends_on=("bn.train.output",), training=False)
 def infer_untracked(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, track=False)
     layer = ctx.build(case)
@@ -409,7 +409,7 @@ def backward_train_dparams(ctx: CheckContext, data: Any) -> None:
     expect_gradients(ctx, case, grads, training=True, which=("dgamma", "dbeta"))
 
 
-@check("bn.backward.infer", needs=("backward",), depends_on=("bn.infer.output",))
+@check("bn.backward.infer", needs=("backward",), depends_on=("bn.infer.output",), training=False)
 def backward_infer(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case)
@@ -475,7 +475,7 @@ def accuracy_forward(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-@check("bn.accuracy.inference", depends_on=("bn.infer.output",))
+@check("bn.accuracy.inference", depends_on=("bn.infer.output",), training=False)
 def accuracy_inference(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
     layer = ctx.build(case)

@@ -18,7 +18,13 @@ from normspec import reference
 from normspec.adapters.protocol import Capabilities
 from normspec.conformance.runner import CheckOptions, check_implementation
 from normspec.conformance.strategies import cases
-from normspec.conformance.tolerance import Precision, compare, train_output_bound
+from normspec.conformance.tolerance import (
+    SAFETY_FACTOR,
+    FeatureTerms,
+    Precision,
+    compare,
+    train_output_bound,
+)
 from normspec.reference.dialects import profile
 
 CLAUSE = "bn.accuracy.no_gross_error"
@@ -44,7 +50,7 @@ def one_pass_output(x: np.ndarray, feature_axis: int, eps: float, dtype: str) ->
     st.data(),
     st.sampled_from(["float32", "float64"]),
 )
-def test_a_one_pass_variance_is_within_the_line_on_well_conditioned_data(
+def test_a_one_pass_variance_is_within_the_line_where_conventions_says(
     data: st.DataObject, dtype: str
 ) -> None:
     case = data.draw(
@@ -62,9 +68,16 @@ def test_a_one_pass_variance_is_within_the_line_on_well_conditioned_data(
     expected, _ = reference.train_forward(
         case.x, None, None, eps=cfg.eps, feature_axis=cfg.feature_axis
     )
+    # the features conventions.md derives the line to admit: kappa <= max(sqrt(2 K),
+    # u^(-1/4) sqrt(2 / (n + 3))) (the strategy's "well" features may still draw two close
+    # values far from zero, kappa ~ 1000, where a one-pass variance is wrong)
+    terms = FeatureTerms.of(case.x, cfg.feature_axis, cfg.eps)
+    u = Precision.gross(dtype).u_o
+    limit = max(np.sqrt(2 * SAFETY_FACTOR), u**-0.25 * np.sqrt(2 / (terms.n + 3)))
+    admitted = np.broadcast_to(terms.kappa <= limit, case.x.shape)
     for precision in (Precision.storage(dtype), Precision.gross(dtype)):
         bound = train_output_bound(precision, case.x, None, None, cfg.eps, cfg.feature_axis)
-        comparison = compare("y", y, expected, bound, dtype)
+        comparison = compare("y", y, expected, bound, dtype, admitted)
         assert comparison.ok, comparison.describe()
 
 
