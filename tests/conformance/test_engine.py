@@ -233,9 +233,11 @@ def test_the_running_sequence_repeats_the_first_batch_shape_and_varies_it() -> N
 
     report = run(Recording("torch"), "bn.running.sequence", max_examples=20)
     assert report.outcome("bn.running.sequence") == "pass"
-    sequences = [s for s in shapes_per_layer if len(s) >= 2]
-    assert any(len(set(s)) == 1 for s in sequences), "no sequence kept its batch shape"
-    assert any(len(set(s)) > 1 for s in sequences), "no sequence changed its batch shape"
+    # per step after the first (whole sequences depend on how many steps were drawn, and
+    # Hypothesis mixes the constants of every loaded module into its draws)
+    later = [shape == s[0] for s in shapes_per_layer for shape in s[1:]]
+    assert any(later), "no step trained on the first batch's shape again"
+    assert not all(later), "no step trained on another batch shape"
 
 
 def test_expectations_hide_themselves_from_pytest_tracebacks(tmp_path: Path) -> None:
