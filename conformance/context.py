@@ -64,7 +64,7 @@ class CheckContext:
     dtypes: tuple[DTypeName, ...]
     guard: Guard
     examples: int = 0
-    case: Case | None = None
+    case: Case[Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     #: the bounds results are held to: ``value`` (the value clauses: the dtype's own
     #: precision, raw moments admitted), ``accuracy`` (the accuracy clauses: float32
@@ -88,7 +88,7 @@ class CheckContext:
         """
         return PRECISIONS[self.bounds](dtype)
 
-    def draw_case(self, data: Any, **options: Any) -> Case:
+    def draw_case(self, data: Any, **options: Any) -> Case[Any]:
         """Draw a case for this implementation (see :func:`strategies.cases`)."""
         self.examples += 1
         self.notes = {}
@@ -97,7 +97,7 @@ class CheckContext:
         )
         return self.case
 
-    def use_case(self, case: Case) -> Case:
+    def use_case(self, case: Case[Any]) -> Case[Any]:
         """Record a case a check derived from a drawn one (for the report)."""
         self.case = case
         return case
@@ -131,7 +131,7 @@ class CheckContext:
 
     def build(
         self,
-        case: Case,
+        case: Case[Any],
         *,
         set_parameters: bool = True,
         set_state: bool = True,
@@ -169,7 +169,7 @@ class CheckContext:
         return array
 
 
-def reference_config(case: Case, dialect: Dialect) -> BatchNormConfig:
+def reference_config(case: Case[Any], dialect: Dialect) -> BatchNormConfig:
     """The reference layer config equivalent to the case under the dialect."""
     return BatchNormConfig(
         num_features=case.config.num_features,
@@ -182,7 +182,7 @@ def reference_config(case: Case, dialect: Dialect) -> BatchNormConfig:
     )
 
 
-def reference_params(case: Case) -> Affine | None:
+def reference_params(case: Case[Any]) -> Affine | None:
     return None if case.params is None else Affine(*case.params)
 
 

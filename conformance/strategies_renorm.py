@@ -37,6 +37,7 @@ from normspec.conformance.strategies import (
     canonical_rates,
     eps_values,
     feature_values,
+    listed,
     shapes,
     standard_values,
     values_of,
@@ -395,16 +396,14 @@ def batches(
 
 
 @dataclass(frozen=True)
-class RenormCase(Case):
-    """A batch-renormalization case: :class:`strategies.Case` with the moving statistics.
-
-    ``config.renorm`` is the canonical :class:`RenormConfig` (schedule, rates, dialect);
-    ``moving`` the state the layer starts from (both sets and the step counter); ``state``
-    (batch norm's running statistics) is ``None``; ``rate`` is the canonical ``alpha`` of
+class RenormCase(Case[RenormStatistics]):
+    """A batch-renormalization case: ``config.renorm`` is the canonical
+    :class:`RenormConfig` (schedule, rates, dialect); ``state`` the moving statistics the
+    layer starts from (both sets and the step counter); ``rate`` the canonical ``alpha`` of
     the (inference) moving statistics.
     """
 
-    moving: RenormStatistics
+    state: RenormStatistics
 
     @property
     def renorm(self) -> RenormConfig:
@@ -415,35 +414,26 @@ class RenormCase(Case):
 
     @property
     def bounds(self) -> RenormBounds:
-        """The clipping bounds of a training step from :attr:`moving` (renorm.schedule.step)."""
-        return self.renorm.schedule.bounds(self.moving.steps)
+        """The clipping bounds of a training step from :attr:`state` (renorm.schedule.step)."""
+        return self.renorm.schedule.bounds(self.state.steps)
 
-    def summary(self) -> dict[str, Any]:
-        result = super().summary()
-        for key in ("running_mean", "running_var", "track_running_stats"):
-            result.pop(key, None)
+    def state_summary(self) -> dict[str, Any]:
+        """The renorm settings and the moving statistics, for :meth:`Case.summary`."""
         cfg = self.renorm
         bounds = self.bounds
-
-        def values(a: Array | None) -> Any:
-            return None if a is None else a.tolist()
-
-        result.update(
-            {
-                "average": cfg.average,
-                "statistics": cfg.statistics,
-                "sigma_floor": cfg.sigma_floor,
-                "correction_rate": cfg.correction_rate,
-                "schedule": repr(cfg.schedule),
-                "bounds": {"r_min": bounds.r_min, "r_max": bounds.r_max, "d_max": bounds.d_max},
-                "moving_mean": values(self.moving.mean),
-                "moving_spread": values(self.moving.spread),
-                "correction_mean": values(self.moving.correction_mean),
-                "correction_spread": values(self.moving.correction_spread),
-                "steps": self.moving.steps,
-            }
-        )
-        return result
+        return {
+            "average": cfg.average,
+            "statistics": cfg.statistics,
+            "sigma_floor": cfg.sigma_floor,
+            "correction_rate": cfg.correction_rate,
+            "schedule": repr(cfg.schedule),
+            "bounds": {"r_min": bounds.r_min, "r_max": bounds.r_max, "d_max": bounds.d_max},
+            "moving_mean": listed(self.state.mean),
+            "moving_spread": listed(self.state.spread),
+            "correction_mean": listed(self.state.correction_mean),
+            "correction_spread": listed(self.state.correction_spread),
+            "steps": self.state.steps,
+        }
 
 
 def batch_moments(x: Array, feature_axis: int, eps: float) -> tuple[Array, Array]:
@@ -600,7 +590,7 @@ def renorm_cases(
         track_running_stats=True,
         renorm=renorm_config,
     )
-    return RenormCase(config, rate, params, None, x, dy, chosen, moving)
+    return RenormCase(config, rate, params, moving, x, dy, chosen)
 
 
 __all__ = [

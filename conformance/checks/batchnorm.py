@@ -15,7 +15,7 @@ from normspec.adapters.protocol import SecondOrderLayer
 from normspec.conformance.checks import check
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.dtypes import round_to
-from normspec.conformance.strategies import Case, standard_values
+from normspec.conformance.strategies import BatchNormCase, Case, standard_values
 from normspec.conformance.tolerance import (
     StateBounds,
     backward_bounds,
@@ -30,11 +30,11 @@ from normspec.reference.second_order import train_second_order_differences
 Array = np.ndarray
 
 
-def _gamma_beta(case: Case) -> tuple[Any, Any]:
+def _gamma_beta(case: BatchNormCase) -> tuple[Any, Any]:
     return (None, None) if case.params is None else case.params
 
 
-def expect_train_output(ctx: CheckContext, case: Case, y: Any, mask: Any = None) -> None:
+def expect_train_output(ctx: CheckContext, case: Case[Any], y: Any, mask: Any = None) -> None:
     """y against the reference training output under bn.accuracy.forward's bound."""
     gamma, beta = _gamma_beta(case)
     cfg = case.config
@@ -56,7 +56,7 @@ def expect_train_output(ctx: CheckContext, case: Case, y: Any, mask: Any = None)
     )
 
 
-def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
+def expect_inference_output(ctx: CheckContext, case: BatchNormCase, y: Any) -> None:
     """y against the reference inference output under bn.accuracy.inference's bound."""
     gamma, beta = _gamma_beta(case)
     cfg = case.config
@@ -76,7 +76,7 @@ def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
 
 
 def update_bounds(
-    ctx: CheckContext, case: Case, x: Any, expected: reference.RunningStatistics
+    ctx: CheckContext, case: BatchNormCase, x: Any, expected: reference.RunningStatistics
 ) -> StateBounds:
     """bn.accuracy.running's bounds for one update of ``case.state`` from the batch ``x``
     to ``expected``."""
@@ -96,7 +96,7 @@ def update_bounds(
 
 def expect_running_update(
     ctx: CheckContext,
-    case: Case,
+    case: BatchNormCase,
     after: reference.RunningStatistics | None,
     which: tuple[str, ...],
     mask: Any = None,
@@ -124,7 +124,7 @@ def expect_running_update(
 
 def expect_gradients(
     ctx: CheckContext,
-    case: Case,
+    case: Case[Any],
     grads: reference.Gradients,
     *,
     training: bool,
@@ -242,7 +242,7 @@ def train_affine(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-def _with_params(case: Case, params: tuple[Array, Array]) -> Case:
+def _with_params(case: BatchNormCase, params: tuple[Array, Array]) -> BatchNormCase:
     return replace(case, params=params)
 
 

@@ -17,11 +17,11 @@ from normspec.conformance.checks.batchnorm import (
 )
 from normspec.conformance.context import CheckContext
 from normspec.conformance.guard import ImplementationError, ImplementationHung
-from normspec.conformance.strategies import Case
+from normspec.conformance.strategies import BatchNormCase
 from normspec.reference.state import RunningStatistics
 
 
-def _feature_slice(case: Case, feature: int) -> tuple[Any, ...]:
+def _feature_slice(case: BatchNormCase, feature: int) -> tuple[Any, ...]:
     index: list[Any] = [slice(None)] * case.x.ndim
     index[case.config.feature_axis] = feature
     return tuple(index)

@@ -195,7 +195,7 @@ def build(
         raise
     counts["built"] += 1
     if set_state:
-        ctx.call("set_state", layer.set_state, case.moving)
+        ctx.call("set_state", layer.set_state, case.state)
     return layer
 
 
@@ -236,20 +236,20 @@ def _gamma_beta(case: RenormCase) -> tuple[Any, Any]:
 
 
 def correction_statistics(case: RenormCase) -> tuple[Array, Array]:
-    """``(mu, sigma)`` the correction of a training step from ``case.moving`` uses."""
+    """``(mu, sigma)`` the correction of a training step from ``case.state`` uses."""
     cfg = case.renorm
-    mean, spread = case.moving.correction_statistics()
+    mean, spread = case.state.correction_statistics()
     sigma = renorm.moving_std(spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor)
     return mean, sigma
 
 
 def inference_statistics(case: RenormCase) -> tuple[Array, Array]:
-    """``(mu, sigma)`` of the inference set of ``case.moving``."""
+    """``(mu, sigma)`` of the inference set of ``case.state``."""
     cfg = case.renorm
     sigma = renorm.moving_std(
-        case.moving.spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor
+        case.state.spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor
     )
-    return case.moving.mean, sigma
+    return case.state.mean, sigma
 
 
 def expect_train_output(
@@ -265,7 +265,7 @@ def expect_train_output(
     if sigma is None:
         mean, sigma = correction_statistics(case)
     else:
-        mean = case.moving.correction_statistics()[0]
+        mean = case.state.correction_statistics()[0]
     bounds = case.bounds
     expected, _ = renorm.train_forward(
         case.x, mean, sigma, gamma, beta, bounds=bounds, eps=cfg.eps, feature_axis=cfg.feature_axis
@@ -293,7 +293,7 @@ def other_reading(case: RenormCase) -> Array | None:
     """
     cfg = case.renorm
     other: RenormAverage = "variance_biased" if cfg.average == "std" else "std"
-    spread = case.moving.correction_statistics()[1]
+    spread = case.state.correction_statistics()[1]
     try:
         return renorm.moving_std(spread, average=other, eps=cfg.eps, sigma_floor=cfg.sigma_floor)
     except ValueError:
@@ -329,7 +329,7 @@ def expect_inference_output(
     if sigma is None:
         mean, sigma = inference_statistics(case)
     else:
-        mean = case.moving.mean
+        mean = case.state.mean
     expected = renorm.inference_forward(
         case.x, mean, sigma, gamma, beta, feature_axis=cfg.feature_axis
     )
@@ -350,7 +350,7 @@ def expect_moving_update(
     """Every set of moving statistics after one training step (renorm.moving.*) against the
     reference update, under renorm.accuracy.moving's bounds."""
     cfg = case.renorm
-    _, expected = renorm.training_step(cfg, reference_params(case), case.moving, case.x)
+    _, expected = renorm.training_step(cfg, reference_params(case), case.state, case.x)
     ctx.require(
         after.separate == expected.separate,
         f"the layer reports {'two sets' if after.separate else 'one set'} of moving "
@@ -361,8 +361,8 @@ def expect_moving_update(
     sets: list[tuple[str, Array, Array, Array, Array, Any, Any, float]] = [
         (
             "moving",
-            case.moving.mean,
-            case.moving.spread,
+            case.state.mean,
+            case.state.spread,
             expected.mean,
             expected.spread,
             after.mean,
@@ -371,7 +371,7 @@ def expect_moving_update(
         )
     ]
     if expected.separate:
-        before_c = case.moving.correction_statistics()
+        before_c = case.state.correction_statistics()
         expected_c = expected.correction_statistics()
         after_c = after.correction_statistics()
         assert cfg.correction_rate is not None
@@ -646,7 +646,7 @@ def moving_separate(ctx: CheckContext, data: Any) -> None:
 def moving_steps(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, same_sets=True)
     layer = build(ctx, case)
-    start = case.moving.steps
+    start = case.state.steps
     counts = [("after set_state", start)]
     seen = [moving_state(ctx, layer, "after set_state").steps]
     ctx.call("train_step", layer.train_step, case.x)
@@ -762,7 +762,7 @@ def _schedule_check(ctx: CheckContext, data: Any, kind: ScheduleKind) -> None:
     try:
         expect_train_output(ctx, case, y)
     except Violation:
-        following = replace(case, moving=case.moving.replace(steps=case.moving.steps + 1))
+        following = replace(case, state=case.state.replace(steps=case.state.steps + 1))
         if following.bounds == bounds:
             raise
         expect_train_output(ctx, following, y)  # the bounds of t + 1: not this clause's
@@ -844,12 +844,12 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
                 # within renorm.accuracy.moving (S >> sigma_B, alpha near 1) but no state to
                 # go on from (renorm.params.sigma): this sequence ends here
                 reject()
-            step = replace(self.case, x=x, dy=x, moving=state)
+            step = replace(self.case, x=x, dy=x, state=state)
             ctx.use_case(step)
             return step
 
         def _log(self, call: str, step: RenormCase) -> None:
-            self.calls.append(f"{call}{list(step.x.shape)} at t={step.moving.steps}")
+            self.calls.append(f"{call}{list(step.x.shape)} at t={step.state.steps}")
             ctx.notes["calls"] = list(self.calls)
 
         @rule(data=st.data())
@@ -861,8 +861,8 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
             after = moving_state(ctx, self.layer, "after a training step")
             expect_moving_update(ctx, step, after)
             ctx.require(
-                after.steps == step.moving.steps + 1,
-                f"step counter {step.moving.steps} -> {after.steps} in one training step",
+                after.steps == step.state.steps + 1,
+                f"step counter {step.state.steps} -> {after.steps} in one training step",
             )
 
         @rule(data=st.data())
@@ -873,8 +873,8 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
             expect_inference_output(ctx, step, y)
             after = moving_state(ctx, self.layer, "after an inference call")
             ctx.require(
-                _same_state(step.moving, after, counter=ctx.capabilities.step_counter),
-                f"an inference call changed the state from {step.moving} to {after}",
+                _same_state(step.state, after, counter=ctx.capabilities.step_counter),
+                f"an inference call changed the state from {step.state} to {after}",
             )
 
         @invariant()
@@ -998,7 +998,7 @@ def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, num_features=features)
     feature = data.draw(st.integers(0, features - 1), label="poisoned feature")
     places = ["input", "mean", "spread"]
-    if case.moving.separate:
+    if case.state.separate:
         places += ["correction mean", "correction spread"]
     place = data.draw(st.sampled_from(places), label="poisoned")
     # a spread is non-negative: +inf or NaN there
@@ -1012,7 +1012,7 @@ def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
         x[where] = poisoned
         case = replace(case, x=x)
     else:
-        case = replace(case, moving=_poison_state(case.moving, place, feature, value))
+        case = replace(case, state=_poison_state(case.state, place, feature, value))
     ctx.use_case(case)
     clean = np.ones(features, bool)
     clean[feature] = False
@@ -1067,7 +1067,7 @@ def params_shape(ctx: CheckContext, data: Any) -> None:
         raised, _ = ctx.attempt("set_parameters", layer.set_parameters, gamma, beta)
         subject = f"gamma and beta of length {length}"
     else:
-        moving = case.moving
+        moving = case.state
         bad = RenormStatistics(
             _resized(moving.mean, length),
             _resized(moving.spread, length),
@@ -1155,7 +1155,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
         if isinstance(problem.__cause__, UnsupportedConfig):
             reject()
         return
-    raised, _ = ctx.attempt("set_state", layer.set_state, case.moving)
+    raised, _ = ctx.attempt("set_state", layer.set_state, case.state)
     if not raised:
         raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     ctx.require(raised, f"{name}={value!r} was accepted without an error")
@@ -1176,19 +1176,19 @@ def params_sigma(ctx: CheckContext, data: Any) -> None:
     ``sigma = sqrt(eps)``; a negative one may raise)."""
     case = draw_renorm(ctx, data, affine=None)
     cfg = case.renorm
-    places = ["spread", "correction spread"] if case.moving.separate else ["spread"]
+    places = ["spread", "correction spread"] if case.state.separate else ["spread"]
     place = data.draw(st.sampled_from(places), label="invalid set")
     feature = data.draw(st.integers(0, cfg.num_features - 1), label="feature")
     value = _invalid_spread(data, case)
     field = "spread" if place == "spread" else "correction_spread"
-    array = np.array(getattr(case.moving, field), dtype=np.float64)
+    array = np.array(getattr(case.state, field), dtype=np.float64)
     array[feature] = value
-    bad_state = _unchecked_replace(case.moving, **{field: array})
-    case = replace(case, moving=bad_state)
+    bad_state = _unchecked_replace(case.state, **{field: array})
+    case = replace(case, state=bad_state)
     ctx.use_case(case)
     floored = cfg.sigma_floor == "sqrt_eps" and cfg.average == "std"
     reads = {"train_step"} if place == "correction spread" else {"train_step", "infer"}
-    if case.moving.separate and place == "spread":
+    if case.state.separate and place == "spread":
         reads = {"infer"}
     for operation in sorted(reads):
         layer = build(ctx, case, set_state=False)
@@ -1240,7 +1240,7 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
         raise
     except ImplementationError:
         return
-    raised, _ = ctx.attempt("set_state", layer.set_state, case.moving)
+    raised, _ = ctx.attempt("set_state", layer.set_state, case.state)
     if raised:
         return
     raised, _ = ctx.attempt("train_step", layer.train_step, case.x)

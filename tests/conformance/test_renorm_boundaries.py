@@ -61,7 +61,7 @@ def _sides(case: Any) -> dict[str, tuple[bool, bool]]:
     """Per side of the clipping of the case's step: (the bounds have it, feature 0 is
     beyond it); an open side of ``r`` is its symmetric counterpart's."""
     mu_b, sigma_b = batch_moments(case.x, case.config.feature_axis, case.config.eps)
-    moving = case.moving
+    moving = case.state
     mean = moving.correction_mean if moving.correction_mean is not None else moving.mean
     spread = moving.correction_spread if moving.correction_spread is not None else moving.spread
     sigma = np.float64(
