@@ -26,6 +26,7 @@ from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import Guard, ImplementationError
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
 from normspec.conformance.results import ClauseResult, Report, plain_versions
+from normspec.conformance.seeded_draws import seeded_draws
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
 from normspec.reference.dialects import Dialect
 from normspec.reference.dialects import profile as find_profile
@@ -282,7 +283,7 @@ def check_clause(
         for dtype in all_dtypes:
             ctx.dtypes = (dtype,)
             per_dtype = max(1, -(-budget // len(all_dtypes)))
-            with shrink_limit(options.shrink_seconds) as watch:
+            with shrink_limit(options.shrink_seconds) as watch, seeded_draws():
                 _run_check(item, ctx, per_dtype, dtype_seed(options.seed, dtype))
     except Exception as problem:
         if _caused_by_interrupt(problem):
