@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Capabilities
+from normspec.conformance.seeded_draws import seeded_draws
 from normspec.conformance.strategies_renorm import (
     PAPER_POINTS,
     batch_moments,
@@ -30,7 +31,7 @@ from normspec.reference.schedules import RenormBounds
 DRAWS = 400
 #: The share of the draws in which feature 0 lies beyond each side the bounds have (2/11
 #: alone by construction, and half the ``far`` draws besides; Hypothesis's choices are not
-#: uniform): measured 0.11 to 0.31 over the dialects and forced bounds here, in 400 draws,
+#: uniform): measured 0.13 to 0.33 over the dialects and forced bounds here, in 400 draws,
 #: where the strategies without the one-bound regimes drew ``r`` below ``r_min`` in 0.11
 #: and ``d`` below ``-d_max`` in 0.09 of tf_keras' draws, and beyond an open side's
 #: counterpart (``r < 1 / rmax`` without ``rmin``) in 0.11.
@@ -53,7 +54,8 @@ def _collect(strategy: st.SearchStrategy[Any]) -> list[Any]:
     def collect(value: Any) -> None:
         drawn.append(value)
 
-    collect()
+    with seeded_draws():  # as the checks draw: the seed alone decides
+        collect()
     return drawn
 
 
