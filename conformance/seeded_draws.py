@@ -32,7 +32,7 @@ def seeded_draws() -> Iterator[None]:
 
     none = Constants()
     saved = providers._get_local_constants, providers.CONSTANTS_CACHE
-    providers._get_local_constants = lambda: none  # type: ignore[assignment]
+    providers._get_local_constants = lambda: none
     providers.CONSTANTS_CACHE = LRUCache(1024)
     try:
         yield

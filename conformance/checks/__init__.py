@@ -90,6 +90,8 @@ def load_builtin_checks() -> dict[str, Check]:
         degenerate,
         ghost,
         renorm,
+        renorm_degenerate,
+        renorm_schedules,
         replicas,
         running_sequence,
     )
