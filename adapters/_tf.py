@@ -58,7 +58,7 @@ from normspec.adapters.protocol import (
     WrongOutput,
 )
 from normspec.reference import Gradients, RunningStatistics
-from normspec.reference.dialects import PROFILES, Dialect
+from normspec.reference.dialects import Dialect, find_profile
 
 TF_DTYPES: dict[DTypeName, tf.DType] = {
     "float64": tf.float64,
@@ -424,7 +424,7 @@ class TFImplementation(abc.ABC):
     @property
     def dialect(self) -> Dialect | None:
         """The profile's dialect, ``None`` for a name normspec does not know."""
-        return PROFILES.get(self.profile)
+        return find_profile(self.profile)
 
     @abc.abstractmethod
     def base_capabilities(self) -> Capabilities:

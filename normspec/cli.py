@@ -115,7 +115,7 @@ def _check_command(args: argparse.Namespace) -> int:
     try:
         from normspec.reference.dialects import profile
 
-        profile(args.profile)
+        dialect = profile(args.profile)
         implementation = load_target(args.target, args.profile)
         from normspec.conformance.runner import select_checks
 
@@ -128,7 +128,7 @@ def _check_command(args: argparse.Namespace) -> int:
         deviations = load_deviations(args.deviations)
     except DeviationFileError as problem:
         raise UsageError(str(problem)) from None
-    applier = DeviationApplier(deviations.for_run(args.target, args.profile))
+    applier = DeviationApplier(deviations.for_run(args.target, dialect.name))
     stream = sys.stdout
 
     def progress(result: Any) -> None:
@@ -158,9 +158,10 @@ def exit_code(report: Any) -> int:
 
 
 def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
-    """``--implementations``: built-in targets by name, or TARGET[@PROFILE] (default paper)."""
+    """``--implementations``: built-in targets by name, or TARGET[@PROFILE] (default paper);
+    PROFILE is a built-in profile's name or a profile file's path."""
     from normspec.conformance.builtin import BUILTIN_TARGETS, BuiltinTarget, find_builtin
-    from normspec.reference.dialects import PROFILES
+    from normspec.reference.dialects import ProfileError, profile
 
     if not items:
         return list(BUILTIN_TARGETS)
@@ -168,9 +169,11 @@ def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
     chosen = []
     for name in names:
         target, _, profile_name = name.partition("@")
-        if profile_name and profile_name not in PROFILES:
-            known = ", ".join(sorted(PROFILES))
-            raise UsageError(f"unknown profile {profile_name!r} in {name!r} (known: {known})")
+        if profile_name:
+            try:
+                profile(profile_name)
+            except ProfileError as problem:
+                raise UsageError(f"{problem} (in {name!r})") from None
         builtin = find_builtin(target)
         if builtin is not None:
             if profile_name:
