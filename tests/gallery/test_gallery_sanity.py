@@ -22,6 +22,7 @@ from gallery.base import (
     NumpyBatchNorm,
     NumpyBatchRenorm,
     TfKerasNumpyBatchRenorm,
+    ZeroDebiasedNumpyBatchNorm,
 )
 from gallery.bugs import BUGS, CORRECT, RENORM_BUGS, RENORM_CORRECT
 from normspec.adapters.protocol import DTypeName, LayerConfig
@@ -161,6 +162,13 @@ def test_keras_dialect_agrees_with_the_reference(scenario: Scenario) -> None:
     _agree(ours, _run_everything(ReferenceImplementation("keras"), scenario), scenario.config.dtype)
 
 
+@given(scenario=scenarios(lambda alpha: 1.0 - alpha))
+def test_zero_debiased_dialect_agrees_with_the_reference(scenario: Scenario) -> None:
+    ours = _run_everything(ZeroDebiasedNumpyBatchNorm(), scenario)
+    reference = ReferenceImplementation(ZeroDebiasedNumpyBatchNorm.profile)
+    _agree(ours, _run_everything(reference, scenario), scenario.config.dtype)
+
+
 @pytest.mark.parametrize("impl", CORRECT, ids=lambda c: c.__name__)
 def test_results_are_computed_in_the_layer_dtype(impl: type[NumpyBatchNorm]) -> None:
     """Outputs are representable in the dtype, and differ from the float64 computation."""
@@ -178,7 +186,8 @@ def test_results_are_computed_in_the_layer_dtype(impl: type[NumpyBatchNorm]) -> 
 
 
 def _correct_for(bug: type[NumpyBatchNorm]) -> NumpyBatchNorm:
-    return KerasNumpyBatchNorm() if issubclass(bug, KerasNumpyBatchNorm) else NumpyBatchNorm()
+    """The correct implementation the bug was made from (its nearest correct base)."""
+    return next(base for base in bug.__mro__ if base in CORRECT)()
 
 
 def _probe(impl: NumpyBatchNorm, cfg: LayerConfig, x: np.ndarray) -> dict[str, Any]:
