@@ -265,23 +265,32 @@ def _identify_command(args: argparse.Namespace) -> int:
     import json
 
     from normspec.adapters.registry import TargetError, load_target
-    from normspec.conformance.identify import identify
+    from normspec.conformance.identify import DEFAULT_PROFILE_FILE, identify, write_profile_file
     from normspec.reference.dialects import profile
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        profile(args.profile)
+        dialect = profile(args.profile)
         implementation = load_target(args.target, args.profile)
     except TargetError as problem:
         raise UsageError(str(problem)) from None
     except KeyError as problem:
         raise UsageError(str(problem.args[0])) from None
-    found = identify(implementation, args.target, timeout=args.timeout)
+    found = identify(
+        implementation,
+        args.target,
+        timeout=args.timeout,
+        also=dialect if dialect.source is not None else None,
+    )
+    written = None
+    if args.write_profile or not found.profiles:
+        path = args.write_profile or DEFAULT_PROFILE_FILE
+        written = write_profile_file(found, path, overwrite=bool(args.write_profile))
     if args.json:
-        print(json.dumps(found.to_json(), indent=2))
+        print(json.dumps({**found.to_json(), "profile_file": written}, indent=2))
     else:
-        print(found.render(), end="")
+        print(found.render() + (f"{written}\n" if written else ""), end="")
     return EXIT_OK
 
 
@@ -363,15 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
         "identify",
         help="probe an implementation and say which dialect (profile) it follows",
         description="Probe TARGET with known inputs: update-rate convention, running-variance "
-        "estimator, cumulative average, step counter, renorm averages; print the evidence and "
-        "the profiles that match. Exit code 0; 2: usage error.",
+        "estimator, cumulative average, step counter, zero-debiased averages, the momentum's "
+        "domain, renorm averages; print the evidence and the profiles that match. Where none "
+        "does, write the profile of what it measured as a file to commit and check with. "
+        "Exit code 0; 2: usage error.",
     )
     identifying.add_argument("target", help="package.module:attr, or a built-in alias")
     identifying.add_argument(
         "--profile",
         default="paper",
         help="profile to load the target under, for adapters that emulate several dialects "
-        "such as 'reference' (default paper)",
+        "such as 'reference' (default paper); a profile file is matched against too",
+    )
+    identifying.add_argument(
+        "--write-profile",
+        metavar="PATH",
+        help="write the profile of what was measured to PATH (TOML, or JSON for *.json); "
+        "without it, a profile file is written only where no built-in profile matches, to "
+        "./normspec-profile.toml unless that exists",
     )
     identifying.add_argument("--json", action="store_true", help="print the findings as JSON")
     identifying.add_argument("--timeout", type=float, default=30.0, help="per-call limit, seconds")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +29,7 @@ from normspec.reference.profile_files import (
     read_document,
     render_json,
     render_toml,
+    within_domain,
 )
 from normspec.reference.renorm import RenormConfig, RenormDialect
 from normspec.reference.running import VarianceEstimator
@@ -95,9 +96,7 @@ class Dialect:
 
     def allows_momentum(self, momentum: float) -> bool:
         """Whether the library's momentum ``momentum`` lies in the dialect's domain."""
-        low = momentum > 0 if self.momentum_domain.startswith("(") else momentum >= 0
-        high = momentum < 1 if self.momentum_domain.endswith(")") else momentum <= 1
-        return bool(low and high)
+        return within_domain(momentum, self.momentum_domain)
 
     def allows_rate(self, rate: float) -> bool:
         """Whether the canonical alpha ``rate`` is a momentum the dialect allows (the
@@ -218,13 +217,6 @@ def find_profile(name: str) -> Dialect | None:
         return profile(name)
     except ProfileError:
         return None
-
-
-def same_parameters(first: Dialect, second: Dialect) -> bool:
-    """Whether two dialects have the same parameters, names and sources aside."""
-    ignored = ("name", "description", "source")
-    one, two = asdict(first), asdict(second)
-    return all(one[key] == two[key] for key in one if key not in ignored)
 
 
 def renorm_config(

@@ -189,10 +189,11 @@ def _shown(value: Any) -> str:
         return repr(value)
 
 
-def _inside(momentum: float, domain: str) -> bool:
+def within_domain(momentum: float, domain: str) -> bool:
+    """Whether ``momentum`` lies in the interval ``domain`` (one of MOMENTUM_DOMAINS)."""
     low = momentum > 0 if domain.startswith("(") else momentum >= 0
     high = momentum < 1 if domain.endswith(")") else momentum <= 1
-    return low and high
+    return bool(low and high)
 
 
 def dialect_fields(
@@ -226,7 +227,7 @@ def dialect_fields(
             "batchnorm.default_eps",
             f"must be a positive finite number, got {_shown(bn['default_eps'])}",
         )
-    if not _inside(bn["default_momentum"], domain):
+    if not within_domain(bn["default_momentum"], domain):
         raise read.fail(
             "batchnorm.default_momentum",
             f"must lie in the momentum domain {domain}, got {_shown(bn['default_momentum'])}",
@@ -275,7 +276,7 @@ def _renorm(read: _Reader, raw: Any, domain: str) -> RenormDialect | None:
             "renorm.default_renorm_momentum",
             "only with statistics = 'separate' (one set has no renorm momentum)",
         )
-    if momentum is not None and not _inside(momentum, MOMENTUM_DOMAINS[0]):
+    if momentum is not None and not within_domain(momentum, MOMENTUM_DOMAINS[0]):
         raise read.fail(
             "renorm.default_renorm_momentum", f"must lie in [0, 1], got {_shown(momentum)}"
         )
@@ -298,7 +299,7 @@ def _zero_debiased(
     """What a zero-debiased running average excludes (bn.infer.output: ``1 - (1 - alpha)^t``)."""
     key = "batchnorm.running_average"
     zero_rate = 1.0 if bn["update_rate"] == "decay" else 0.0
-    if _inside(zero_rate, bn["momentum_domain"]):
+    if within_domain(zero_rate, bn["momentum_domain"]):
         raise read.fail(
             "batchnorm.momentum_domain",
             f"{bn['momentum_domain']} holds momentum {zero_rate:g}, the rate alpha = 0, where a "
