@@ -695,4 +695,5 @@ def _measured_renorm(
     notes.update({"renorm.statistics": "measured", "renorm.average": "measured"})
     for key in ("clipping", "sigma_floor", "warmup", "default_renorm_momentum"):
         notes[f"renorm.{key}"] = "not measured: the profile of these statistics'"
-    return dataclasses.replace(template, statistics=statistics, average=average)
+    chosen: dict[str, Any] = {"statistics": statistics, "average": average}
+    return dataclasses.replace(template, **chosen)  # RenormDialect validates the values
