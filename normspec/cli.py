@@ -308,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         "selected clause applies to TARGET).",
     )
     checking.add_argument("target", help="package.module:attr, or reference")
-    checking.add_argument("--profile", default="paper", help="the dialect claimed (default paper)")
+    checking.add_argument(
+        "--profile",
+        default="paper",
+        help="the dialect claimed: a built-in profile's name or a profile file (.toml or "
+        ".json); default paper",
+    )
     checking.add_argument("--dtype", help="comma-separated dtypes (default: all supported)")
     checking.add_argument("--clauses", help="comma-separated clause ID patterns, e.g. 'bn.train.*'")
     checking.add_argument("--max-examples", type=int, help="examples per clause (default 40)")
@@ -353,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME",
         help="built-in targets by name (reference, torch.nn:BatchNorm2d, torch.functional, "
-        "...) or package.module:attr[@PROFILE]; default: every built-in one",
+        "...) or package.module:attr[@PROFILE], PROFILE a built-in profile's name or a profile "
+        "file; default: every built-in one",
     )
     reporting.add_argument("--dtype", help="comma-separated dtypes (default: all supported)")
     reporting.add_argument("--clauses", help="comma-separated clause ID patterns")
