@@ -32,7 +32,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,38 +147,28 @@ class _Reader:
     def describe(kind: Any) -> str:
         if isinstance(kind, tuple):
             return "one of " + ", ".join(_shown(choice) for choice in kind)
-        if kind is bool:
-            return "true or false"
-        if kind is float:
-            return "a number"
-        if kind is int:
-            return "an integer"
-        if kind is str:
-            return "a string"
-        return "a table, or false"
+        return _KINDS[kind][0] if kind in _KINDS else "a table, or false"
 
     def value(self, key: str, value: Any, kind: Any) -> Any:
         if isinstance(kind, tuple):
             if value not in kind:
                 raise self.fail(key, f"must be {self.describe(kind)}, got {_shown(value)}")
             return value
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise self.fail(key, f"must be true or false, got {_shown(value)}")
-            return value
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise self.fail(key, f"must be a number, got {_shown(value)}")
-            return float(value)
-        if kind is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise self.fail(key, f"must be an integer, got {_shown(value)}")
-            return value
-        if kind is str:
-            if not isinstance(value, str):
-                raise self.fail(key, f"must be a string, got {_shown(value)}")
-            return value
-        return value  # a table or false: read by the caller
+        if kind not in _KINDS:
+            return value  # a table or false: read by the caller
+        name, accepts = _KINDS[kind]
+        if not accepts(value):
+            raise self.fail(key, f"must be {name}, got {_shown(value)}")
+        return float(value) if kind is float else value
+
+
+#: What a key of each kind accepts, and how a message names it (a boolean is no number).
+_KINDS: dict[Any, tuple[str, Callable[[Any], bool]]] = {
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
 
 
 def _shown(value: Any) -> str:
