@@ -26,7 +26,7 @@ from normspec.adapters.protocol import (
     WrongOutput,
 )
 from normspec.reference import RunningStatistics
-from normspec.reference.dialects import PROFILES
+from normspec.reference.dialects import find_profile
 
 #: Where the parameters of a float16/bfloat16 layer live: ``float32`` as in mixed-precision
 #: training (PyTorch's autocast, Keras' ``mixed_bfloat16`` policy, Flax's
@@ -55,7 +55,7 @@ def parameter_dtype_name(name: DTypeName, policy: ParameterPolicy) -> DTypeName:
 
 def profile_has_cumulative_average(profile: str) -> bool:
     """Whether the profile defines ``momentum=None`` (dialect.cumulative_average)."""
-    dialect = PROFILES.get(profile)
+    dialect = find_profile(profile)
     return dialect is not None and dialect.cumulative_average
 
 

@@ -52,7 +52,7 @@ from normspec.adapters.protocol import (
     WrongOutput,
 )
 from normspec.reference import Gradients
-from normspec.reference.dialects import PROFILES, Dialect
+from normspec.reference.dialects import Dialect, find_profile
 
 TF_DTYPES: dict[DTypeName, tf.DType] = {
     "float64": tf.float64,
@@ -404,7 +404,7 @@ class TFImplementation(ProbedImplementation):
     @property
     def dialect(self) -> Dialect | None:
         """The profile's dialect, ``None`` for a name normspec does not know."""
-        return PROFILES.get(self.profile)
+        return find_profile(self.profile)
 
     @property
     def library(self) -> str:  # type: ignore[override]

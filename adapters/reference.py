@@ -56,7 +56,7 @@ class Operations:
 
 
 def _batchnorm_initial(config: BatchNormConfig) -> RunningStatistics | None:
-    return RunningStatistics.initial(config.num_features) if config.track_running_stats else None
+    return config.initial_state()
 
 
 def _renorm_initial(config: renorm.RenormConfig) -> renorm.RenormStatistics:
@@ -228,6 +228,7 @@ class ReferenceImplementation:
             running_variance=self.dialect.running_variance,
             affine=config.affine,
             track_running_stats=config.track_running_stats,
+            running_average=self.dialect.running_average,
         )
         if config.virtual_batch_size is None:
             return ReferenceLayer(batchnorm)

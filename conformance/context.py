@@ -179,6 +179,7 @@ def reference_config(case: Case[Any], dialect: Dialect) -> BatchNormConfig:
         running_variance=dialect.running_variance,
         affine=case.config.affine,
         track_running_stats=case.config.track_running_stats,
+        running_average=dialect.running_average,
     )
 
 

@@ -10,16 +10,23 @@ dialect parameter predicts (spec: dialects.md):
   variance that entered the update: the biased ``var_B`` or the unbiased ``n/(n-1) var_B``;
 - ``cumulative_average``: ``momentum=None`` over two steps gives the plain average of the
   two batch means, when the implementation offers it;
+- ``running_average``: a new layer's running variance (1, or the hidden 0 of a zero-debiased
+  average), and what inference reads from a state one step old: the running statistics, or
+  them divided by ``1 - (1 - alpha)^1 = alpha``;
+- ``momentum_domain``: whether a training step with the momenta 0 and 1 is accepted;
 - for a renorm layer, which moving spreads (a standard deviation or a variance, one set or
   two) the adapter can express, and whether one step moves the spread as that says.
 
-The profiles whose parameters agree are the ones to check it under.
+The profiles whose parameters agree are the ones to check it under; where none does,
+:func:`measured_profile` is the profile of what was measured, the rest taken from the
+closest profile (``normspec identify`` writes it as a profile file).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +44,7 @@ from normspec.conformance.guard import Guard, ImplementationError
 from normspec.conformance.results import plain_versions
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import PROFILES, Dialect, renorm_config
+from normspec.reference.profile_files import MOMENTUM_DOMAINS, within_domain
 from normspec.reference.renorm import RenormStatistics
 
 MOMENTUM = 0.25
@@ -78,6 +86,8 @@ class Identification:
     findings: list[Finding]
     profiles: list[str]
     closest: list[tuple[str, list[str]]]
+    #: the profiles matched against, by name (the built-in ones, and a profile file given)
+    candidates: dict[str, Dialect] = field(default_factory=dict)
 
     def value(self, parameter: str) -> str | None:
         return next((f.value for f in self.findings if f.parameter == parameter), None)
@@ -85,6 +95,11 @@ class Identification:
     @property
     def recommended(self) -> str | None:
         return self.profiles[0] if self.profiles else None
+
+    def argument(self, name: str) -> str:
+        """How ``normspec check --profile`` names the profile ``name`` (a file by its path)."""
+        candidate = self.candidates.get(name)
+        return name if candidate is None or candidate.source is None else candidate.source
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,15 +126,12 @@ class Identification:
         if self.profiles:
             lines.append(f"matching profiles: {', '.join(self.profiles)}")
             lines.append(
-                f"check it with: normspec check {self.target} --profile {self.recommended}"
+                f"check it with: normspec check {self.target} --profile "
+                f"{self.argument(self.recommended or '')}"
             )
         else:
             closest = "; ".join(f"{p} (differs in {', '.join(d)})" for p, d in self.closest)
             lines.append(f"no profile matches; the closest: {closest or 'none'}")
-            lines.append(
-                "a dialect no profile has is a deviation: check it under the closest profile "
-                "and declare the clauses it breaks in a deviation file"
-            )
         return "\n".join(lines) + "\n"
 
 
@@ -307,6 +319,98 @@ def _probe_cumulative(probe: _Probe) -> tuple[Finding, Finding]:
     return finding, steps
 
 
+#: The state one step old the running-average probe sets: exact in every dtype.
+_HIDDEN_MEAN = (0.5, -0.25)
+_HIDDEN_VAR = (1.0, 0.5)
+
+
+def _alphas(update_rate: str | None) -> list[float]:
+    """The rates alpha the probes' momentum MOMENTUM may mean (both if the convention is
+    undetermined)."""
+    if update_rate == "rate":
+        return [MOMENTUM]
+    if update_rate == "decay":
+        return [1 - MOMENTUM]
+    return [MOMENTUM, 1 - MOMENTUM]
+
+
+def _probe_running_average(probe: _Probe, update_rate: str | None) -> Finding:
+    """A new layer's running variance (1, or 0 for hidden averages), and what inference
+    reads from a state one step old: the statistics, or them divided by ``c_1 = alpha``."""
+    finding = Finding("running_average", None)
+    try:
+        fresh = probe.call("build", probe.implementation.build, probe.config(MOMENTUM))
+        initial = probe.call("state", fresh.state)
+    except (ImplementationError, UnsupportedConfig) as problem:
+        finding.evidence.append(f"building a layer failed: {problem}")
+        return finding
+    if not isinstance(initial, RunningStatistics):
+        finding.evidence.append("the layer keeps no running statistics")
+        return finding
+    starts = {"plain": 1.0, "zero_debiased": 0.0}
+    began = [k for k, v in starts.items() if np.all(initial.var == v)]
+    finding.evidence.append(
+        f"a new layer's running variance {_fmt(initial.var)} (plain averages start from 1, "
+        "zero-debiased hidden averages from 0)"
+    )
+    if not probe.capabilities.step_counter:
+        finding.evidence.append("the adapter declares no step counter, which debiasing reads")
+        finding.value = "plain" if began == ["plain"] else None
+        return finding
+    mean, var = np.array(_HIDDEN_MEAN), np.array(_HIDDEN_VAR)
+    x = probe.batch()
+    try:
+        layer = probe.call("build", probe.implementation.build, probe.config(MOMENTUM))
+        probe.call("set_state", layer.set_state, RunningStatistics(mean, var, 1))
+        y = probe.call("infer", layer.infer, x)
+    except (ImplementationError, UnsupportedConfig) as problem:
+        finding.evidence.append(f"inference from a state one step old failed: {problem}")
+        return finding
+    reads = {"plain": [(mean, var)]}
+    reads["zero_debiased"] = [(mean / a, var / a) for a in _alphas(update_rate)]
+    axis = probe.feature_axis
+    shape = [1] * x.ndim
+    shape[axis] = probe.num_features
+    read = []
+    for kind, options in reads.items():
+        for m, v in options:
+            expected = (x - m.reshape(shape)) / np.sqrt(v.reshape(shape) + EPS)
+            if _close(np.asarray(y), expected, probe.dtype):
+                read.append(kind)
+    finding.evidence.append(
+        f"hidden mean {_fmt(mean)}, variance {_fmt(var)}, one step: inference "
+        + (
+            f"reads them {'divided by alpha' if read[0] == 'zero_debiased' else 'as they are'}"
+            if read
+            else "reads neither them nor them divided by alpha"
+        )
+    )
+    agreed = [k for k in read if k in began]
+    finding.value = agreed[0] if len(set(agreed)) == 1 else None
+    if read and not agreed:
+        finding.evidence.append("the initial state and what inference reads disagree")
+    return finding
+
+
+def _probe_momentum_domain(probe: _Probe) -> Finding:
+    """Whether a training step with the momentum 0, and with 1, is accepted."""
+    finding = Finding("momentum_domain", None)
+    excluded = []
+    for momentum in (0.0, 1.0):
+        try:
+            layer = probe.call("build", probe.implementation.build, probe.config(momentum))
+            probe.call("train_step", layer.train_step, probe.batch())
+        except (ImplementationError, UnsupportedConfig) as problem:
+            excluded.append(momentum)
+            finding.evidence.append(f"momentum {momentum:g}: rejected ({problem})")
+        else:
+            finding.evidence.append(f"momentum {momentum:g}: accepted")
+    low = "(" if 0.0 in excluded else "["
+    high = ")" if 1.0 in excluded else "]"
+    finding.value = f"{low}0, 1{high}"
+    return finding
+
+
 _AVERAGES = ("std", "variance_biased", "variance_unbiased")
 
 
@@ -400,8 +504,15 @@ def _choose_setup(capabilities: Capabilities) -> tuple[DTypeName, int, int]:
     return dtype, rank, feature_axis
 
 
+def _rejects_what_it_allows(measured: str | None, dialect: Dialect) -> bool:
+    """Whether the implementation rejects a momentum the profile's value clauses draw."""
+    if measured is None:
+        return False
+    return any(dialect.allows_momentum(m) and not within_domain(m, measured) for m in (0.0, 1.0))
+
+
 def match_profiles(
-    findings: Sequence[Finding], profiles: dict[str, Dialect] | None = None
+    findings: Sequence[Finding], profiles: Mapping[str, Dialect] | None = None
 ) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """The profiles the findings agree with, best first, and for none the closest ones."""
     known = profiles or PROFILES
@@ -410,10 +521,12 @@ def match_profiles(
     distance: list[tuple[int, str, list[str]]] = []
     for order, (name, dialect) in enumerate(known.items()):
         differs = []
-        for parameter in ("update_rate", "running_variance"):
+        for parameter in ("update_rate", "running_variance", "running_average"):
             value = values.get(parameter)
             if value is not None and value != getattr(dialect, parameter):
                 differs.append(parameter)
+        if _rejects_what_it_allows(values.get("momentum_domain"), dialect):
+            differs.append("momentum_domain")
         renorm = values.get("renorm")
         has_renorm = bool(renorm) and renorm != "not supported"
         if has_renorm and renorm and dialect.renorm is not None:
@@ -441,9 +554,14 @@ def match_profiles(
 
 
 def identify(
-    implementation: Implementation, target: str, *, timeout: float = 30.0
+    implementation: Implementation,
+    target: str,
+    *,
+    timeout: float = 30.0,
+    also: Dialect | None = None,
 ) -> Identification:
-    """Probe ``implementation`` and say which dialect it follows."""
+    """Probe ``implementation`` and say which dialect it follows; ``also``: a profile (a
+    user's file) to match against besides the built-in ones."""
     capabilities = implementation.capabilities()
     dtype, rank, feature_axis = _choose_setup(capabilities)
     probe = _Probe(implementation, capabilities, dtype, rank, feature_axis, Guard(timeout))
@@ -453,10 +571,16 @@ def identify(
     if capabilities.batchnorm:
         rate, variance = _probe_rate_and_variance(probe)
         cumulative, steps = _probe_cumulative(probe)
-        findings += [rate, variance, cumulative, steps]
+        average = _probe_running_average(probe, rate.value)
+        findings += [rate, variance, cumulative, steps, average, _probe_momentum_domain(probe)]
     renorm = _probe_renorm(probe, findings[0].value if findings else None)
-    findings.append(renorm)
-    profiles, closest = match_profiles(findings)
+    ghost = Finding("ghost_batches", "supported" if capabilities.ghost_batches else "no")
+    ghost.evidence.append("as the adapter declares (not probed)")
+    findings += [renorm, ghost]
+    candidates = dict(PROFILES)
+    if also is not None:
+        candidates[also.name] = also
+    profiles, closest = match_profiles(findings, candidates)
     return Identification(
         target=target,
         implementation=implementation.name,
@@ -465,4 +589,121 @@ def identify(
         findings=findings,
         profiles=profiles,
         closest=closest,
+        candidates=candidates,
     )
+
+
+def profile_name_for(target: str) -> str:
+    """A profile name for the dialect of ``target`` (``mylib.layers:BN`` -> ``mylib.layers.BN``)."""
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", ".", target).strip(".") or "measured"
+    return f"{name}.measured" if name in PROFILES else name
+
+
+def measured_profile(found: Identification, name: str) -> tuple[Dialect, dict[str, str]]:
+    """The profile of what ``found`` measured, and a note per ``part.key`` saying where each
+    value came from: the findings, or (what the probes do not measure: the defaults, the
+    renorm bounds' form, floor and warm-up, the ghost parameters) the closest profile."""
+    base_name = found.recommended or (found.closest[0][0] if found.closest else "paper")
+    base = found.candidates.get(base_name, PROFILES["paper"])
+    measured: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    for parameter in ("update_rate", "running_variance", "running_average", "momentum_domain"):
+        value = found.value(parameter)
+        if value is not None:
+            measured[parameter] = value
+            notes[f"batchnorm.{parameter}"] = "measured"
+        else:
+            notes[f"batchnorm.{parameter}"] = f"undetermined: {base.name}'s"
+    cumulative = found.value("cumulative_average")
+    if cumulative is not None:
+        measured["cumulative_average"] = cumulative == "true"
+        notes["batchnorm.cumulative_average"] = "measured"
+    for key in ("default_eps", "default_momentum"):
+        notes[f"batchnorm.{key}"] = f"not measured: {base.name}'s; set the library's default"
+    if measured.get("running_average", base.running_average) == "zero_debiased":
+        # 1 - (1 - alpha)^t is 0 at alpha = 0: a zero-debiased dialect leaves that rate out
+        update_rate = measured.get("update_rate", base.update_rate)
+        domain = measured.get("momentum_domain", base.momentum_domain)
+        edge = 1 if update_rate == "decay" else 0
+        kept = domain[:-1] + ")" if edge else "(" + domain[1:]
+        if kept != domain:
+            measured["momentum_domain"] = kept
+            notes["batchnorm.momentum_domain"] = (
+                f"measured {domain}; alpha = 0 left out, where the debias factor is 0"
+            )
+        measured["cumulative_average"] = False
+    dialect = dataclasses.replace(
+        base,
+        name=name,
+        description=f"{found.implementation}: measured by normspec identify {found.target}",
+        source=None,
+        renorm=_measured_renorm(found, base, measured, notes),
+        ghost=None if found.value("ghost_batches") != "supported" else base.ghost,
+        **measured,
+    )
+    if dialect.ghost is not None:
+        notes.update({f"ghost.{k}": f"not measured: {base.name}'s" for k in ("groups", "running")})
+    assert dialect.momentum_domain in MOMENTUM_DOMAINS
+    return dialect, notes
+
+
+#: Where ``normspec identify`` writes the measured profile unless told (the current
+#: directory): a file a user can commit.
+DEFAULT_PROFILE_FILE = "normspec-profile.toml"
+
+
+def write_profile_file(found: Identification, path: str, *, overwrite: bool) -> str:
+    """Write the measured profile (:func:`measured_profile`) to ``path`` (TOML; JSON for
+    ``*.json``), validated by the loader every profile file goes through; return the line
+    that says what was written, or why not (an existing file is kept unless ``overwrite``)."""
+    from pathlib import Path
+
+    from normspec.conformance.report_json import write_atomically
+    from normspec.reference.dialects import parse_profile
+    from normspec.reference.profile_files import ProfileFileError
+
+    location = Path(path)
+    if location.exists() and not overwrite:
+        return (
+            f"{path} exists: not overwritten (--write-profile PATH writes the measured profile "
+            "elsewhere, or over it)"
+        )
+    name = profile_name_for(found.target)
+    dialect, notes = measured_profile(found, name)
+    try:
+        parse_profile(dialect.document(), path)
+    except ProfileFileError as problem:
+        return f"the measured dialect is no valid profile, nothing written: {problem}"
+    if location.suffix.lower() == ".json":
+        text = dialect.to_json()
+    else:
+        header = (
+            f"The dialect of {found.target} as `normspec identify` measured it: a normspec\n"
+            "profile file (spec/dialects.md). Check the values not measured against the\n"
+            "library's documentation, commit it, and check the library with\n"
+            f"  normspec check {found.target} --profile {path}"
+        )
+        text = dialect.to_toml(header=header, notes=notes)
+    write_atomically(location, text)
+    return (
+        f"wrote the profile it measured to {path} (profile {name}): check it with: "
+        f"normspec check {found.target} --profile {path}"
+    )
+
+
+def _measured_renorm(
+    found: Identification, base: Dialect, measured: dict[str, Any], notes: dict[str, str]
+) -> Any:
+    """The renorm part: the first confirmed ``statistics/average``, the rest from the
+    profile of those statistics; none for a layer without renorm (or zero-debiased BN)."""
+    confirmed = found.value("renorm")
+    if confirmed in (None, "not supported") or measured.get("running_average") == "zero_debiased":
+        return None
+    statistics, average = confirmed.split(", ")[0].split("/")
+    template = PROFILES["paper" if statistics == "shared" else "tf_keras"].renorm
+    assert template is not None
+    notes.update({"renorm.statistics": "measured", "renorm.average": "measured"})
+    for key in ("clipping", "sigma_floor", "warmup", "default_renorm_momentum"):
+        notes[f"renorm.{key}"] = "not measured: the profile of these statistics'"
+    chosen: dict[str, Any] = {"statistics": statistics, "average": average}
+    return dataclasses.replace(template, **chosen)  # RenormDialect validates the values

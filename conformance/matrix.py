@@ -77,7 +77,10 @@ class MatrixOptions:
 
 @dataclass
 class Column:
-    """One run: an implementation under a profile (and the profiles equivalent to it)."""
+    """One run: an implementation under a profile (and the profiles equivalent to it).
+
+    ``profile`` is the profile as it was given (a built-in name or a profile file's path).
+    """
 
     target: str
     label: str
@@ -91,7 +94,8 @@ class Column:
 
     @property
     def profiles(self) -> list[str]:
-        return [self.profile, *self.also_under]
+        """The profiles the run stands for, as reports name them (a file's with its path)."""
+        return [self.report.profile_label, *self.also_under]
 
     @property
     def title(self) -> str:
@@ -157,7 +161,7 @@ def equivalent_profiles(first: Dialect, second: Dialect, capabilities: Capabilit
     renorm parameters only when the implementation has batch renormalization, the ghost-batch
     ones only when it has ghost batches."""
     for item in fields(Dialect):
-        if item.name in ("name", "description"):
+        if item.name in ("name", "description", "source"):
             continue
         if item.name == "renorm" and not capabilities.renorm:
             continue
@@ -427,7 +431,7 @@ def _run_one(
             )
             return None
     progress.line(f"{counter} {entry.title} under profile {profile_name}")
-    applier = DeviationApplier(deviations.for_run(entry.target, profile_name))
+    applier = DeviationApplier(deviations.for_run(entry.target, profile(profile_name).name))
     column_ulps: dict[str, Ulps] = {}
 
     def on_result(result: ClauseResult) -> None:
@@ -524,7 +528,8 @@ def matrix_to_json(matrix: Matrix) -> dict[str, Any]:
             {
                 "target": column.target,
                 "label": column.label,
-                "profile": column.profile,
+                "profile": column.report.profile,
+                "profile_source": column.report.profile_source,
                 "also_under": list(column.also_under),
                 "conformant": column.report.conformant,
                 "interrupted": column.report.interrupted,

@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from normspec.adapters.protocol import Capabilities, FeatureAxisPosition
 from normspec.reference.dialects import Dialect
 
-#: The update rates alpha a check tries first (then any rate in [0, 1]).
+#: The update rates alpha a check tries first (then any rate in [0, 1]); the first lies in
+#: every dialect's momentum domain.
 COMMON_RATES: tuple[float, ...] = (0.1, 0.0, 1.0, 0.5, 0.01, 0.9)
 #: Entries of a menu per dtype when an implementation compiles per shape (besides the
 #: variants: the other feature-axis position, no affine parameters, no running statistics).
@@ -206,7 +207,7 @@ class Menu:
         ranks = sorted(capabilities.ranks)
         primary = capabilities.feature_axes[0]
         eps = eps_choices(dialect)
-        rates = list(COMMON_RATES[1:])
+        rates = [rate for rate in COMMON_RATES[1:] if dialect.allows_rate(rate)]
         rng.shuffle(rates)
         entries = [Entry(ranks[0], primary, 1, 2, (1,) * MAX_SPATIAL_AXES, COMMON_RATES[0], eps[0])]
         # every rank in turn (the others than the first entry's first, shuffled), batch

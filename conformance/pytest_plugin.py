@@ -106,7 +106,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "by clause: one test item per clause, normspec[CLAUSE]",
     )
     group.addoption(
-        "--normspec-profile", default="paper", metavar="NAME", help="the profile it claims"
+        "--normspec-profile",
+        default="paper",
+        metavar="NAME",
+        help="the profile it claims: a built-in name, or a profile file (.toml or .json)",
     )
     group.addoption(
         "--normspec-deviations",
@@ -174,7 +177,7 @@ class NormspecPlugin:
         self.strict: bool = config.getoption("normspec_strict")
         self.json_path: str | None = config.getoption("normspec_json")
         try:
-            profile(self.profile)
+            self.dialect = profile(self.profile)
         except KeyError as problem:
             raise pytest.UsageError(f"--normspec-profile: {problem.args[0]}") from None
         if self.max_examples < 1:
@@ -190,7 +193,7 @@ class NormspecPlugin:
                     raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")
             self.deviations: DeviationSet = load_deviations(
                 config.getoption("normspec_deviations")
-            ).for_run(self.target, self.profile)
+            ).for_run(self.target, self.dialect.name)
         except (OptionsError, DeviationFileError) as problem:
             raise pytest.UsageError(f"normspec: {problem}") from None
         self.seed = self._seed()
@@ -223,7 +226,7 @@ class NormspecPlugin:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         deviations = ", ".join(self.deviations.sources) or "none"
         return [
-            f"normspec: target {self.target}, profile {self.profile}, hypothesis profile "
+            f"normspec: target {self.target}, profile {self.dialect.label}, hypothesis profile "
             f"{self.check_profile.name} ({self.max_examples} examples per clause, seed "
             f"{self.seed}), deviations {deviations}"
         ]
@@ -249,10 +252,9 @@ class NormspecPlugin:
         implementation = self.implementation()  # a target that does not load: usage error
         from normspec import spec
         from normspec.adapters.protocol import ALL_DTYPES
-        from normspec.reference.dialects import profile
 
         capabilities = implementation.capabilities()
-        dialect = profile(self.profile)
+        dialect = self.dialect
         wanted = self.dtypes or ALL_DTYPES
         dtypes = tuple(d for d in ALL_DTYPES if d in wanted and d in capabilities.dtypes)
         meta = {
@@ -344,7 +346,8 @@ class NormspecPlugin:
         report = Report(
             implementation=str(self._meta.get("implementation", self.target)),
             target=self.target,
-            profile=self.profile,
+            profile=self.dialect.name,
+            profile_source=self.dialect.source,
             dtypes=tuple(self._meta.get("dtypes", ())),
             seed=self.seed,
             max_examples=self.max_examples,
@@ -387,7 +390,10 @@ class NormspecPlugin:
             counts = ", ".join(
                 f"{v} {k.replace('_', ' ')}" for k, v in report.counts().items() if v
             )
-            write(f"{report.verdict.upper()}: {self.target} under profile {self.profile}: {counts}")
+            write(
+                f"{report.verdict.upper()}: {self.target} under profile "
+                f"{self.dialect.label}: {counts}"
+            )
             if report.verdict == "nothing applicable":
                 write(
                     "normspec: nothing was checked: no selected clause applies to "

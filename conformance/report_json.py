@@ -30,6 +30,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
             "versions": report.versions,
         },
         "profile": report.profile,
+        "profile_source": report.profile_source,
         "dtypes": list(report.dtypes),
         "seed": report.seed,
         "max_examples": report.max_examples,

@@ -36,7 +36,7 @@ def print_header(report: Report, stream: TextIO) -> None:
         file=stream,
     )
     print(
-        f"  profile {report.profile}; dtypes {', '.join(report.dtypes) or 'none'}; seed "
+        f"  profile {report.profile_label}; dtypes {', '.join(report.dtypes) or 'none'}; seed "
         f"{report.seed}; {report.max_examples} examples per clause; "
         + (f"{report.menu_note}; " if report.menu else "")
         + versions,
@@ -83,7 +83,7 @@ def print_summary(report: Report, stream: TextIO) -> None:
     if report.interrupted:
         verdict += " (interrupted: partial results)"
     print(
-        f"\n{verdict} under profile {report.profile}: {counts['pass']} passed, "
+        f"\n{verdict} under profile {report.profile_label}: {counts['pass']} passed, "
         f"{counts['fail']} failed, {counts['error']} errors, {counts['not_applicable']} not "
         f"applicable, {counts['skipped']} skipped"
         + (f", {counts['declared']} declared" if counts["declared"] else "")

@@ -87,6 +87,8 @@ class Report:
     seconds: float = 0.0
     #: entries per dtype of the settings menu cases were drawn from (0: drawn freely)
     menu: int = 0
+    #: the profile file the profile was read from (``None``: a built-in profile)
+    profile_source: str | None = None
     results: list[ClauseResult] = field(default_factory=list)
     interrupted: bool = False
     #: Things a reader should know that are not clause outcomes, e.g. a deviation-file entry
@@ -95,6 +97,13 @@ class Report:
 
     def __post_init__(self) -> None:
         self.versions = plain_versions(self.versions)
+
+    @property
+    def profile_label(self) -> str:
+        """The profile as reports name it: its name, and the file it came from."""
+        if self.profile_source is None:
+            return self.profile
+        return f"{self.profile} (profile file {self.profile_source})"
 
     def outcome(self, clause_id: str) -> Outcome:
         """The outcome of one clause; ``KeyError`` if it was not checked."""

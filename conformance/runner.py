@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import fnmatch
 import platform
+import shlex
 import sys
 import time
 import warnings
@@ -141,7 +142,7 @@ def menus(
 def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[str]) -> str:
     target = options.target or "TARGET"
     return (
-        f"normspec check {target} --profile {options.profile} --clauses {clause_id} "
+        f"normspec check {target} --profile {shlex.quote(options.profile)} --clauses {clause_id} "
         f"--dtype {','.join(dtypes)} --seed {options.seed}"
         + (f" --max-examples {options.max_examples}" if options.max_examples else "")
         + (
@@ -331,6 +332,7 @@ def check_implementation(
         implementation=implementation.name,
         target=options.target or implementation.name,
         profile=dialect.name,
+        profile_source=dialect.source,
         dtypes=dtypes,
         seed=options.seed,
         max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,

@@ -30,7 +30,7 @@ from normspec.conformance.menu import (
     feature_axis_for,
     fitted_shape,
 )
-from normspec.reference import RunningStatistics
+from normspec.reference import RunningStatistics, debias_factor
 from normspec.reference.dialects import Dialect
 from normspec.reference.renorm import RenormStatistics
 
@@ -63,6 +63,9 @@ WELL_CONDITIONED_RATIOS = st.floats(-4.0, 4.0)
 _AWAY = st.floats(0.25, 3.0)
 _SMALL_BATCHES = st.sampled_from([1, 2])
 _SEEDS = st.integers(0, 2**32 - 1)
+#: The step counters of a zero-debiased state, the first steps (where the debias factor
+#: differs most from 1) often.
+_DEBIASED_STEPS = st.one_of(st.integers(0, 4), st.integers(0, 10**6))
 
 
 def values_of(draw: st.DrawFn, elements: st.SearchStrategy[float], size: int) -> Array:
@@ -221,9 +224,27 @@ def running_statistics(
     return RunningStatistics(mean, var, steps)
 
 
-def canonical_rates() -> st.SearchStrategy[float]:
-    """Update rates alpha in [0, 1], the common ones first."""
-    return st.one_of(st.sampled_from(COMMON_RATES), st.floats(0.0, 1.0))
+@st.composite
+def zero_debiased_state(
+    draw: st.DrawFn, averages: RunningStatistics, rate: float, dtype: DTypeName
+) -> RunningStatistics:
+    """The state of a zero-debiased layer (dialects.md: ``running_average``) whose
+    inference reads ``averages``: a step counter ``t`` (small ones often) and the hidden
+    averages ``c_t * averages``, rounded to ``dtype`` (subnormals to zero)."""
+    steps = draw(_DEBIASED_STEPS)
+    factor = debias_factor(rate, steps)
+    mean = round_to_normal(averages.mean * factor, dtype)
+    var = np.maximum(round_to_normal(averages.var * factor, dtype), 0.0)
+    return RunningStatistics(mean, var, steps)
+
+
+def canonical_rates(dialect: Dialect | None = None) -> st.SearchStrategy[float]:
+    """Update rates alpha in [0, 1], the common ones first; with a dialect, only those
+    whose momentum lies in its ``momentum_domain``."""
+    if dialect is None or dialect.momentum_domain == "[0, 1]":
+        return st.one_of(st.sampled_from(COMMON_RATES), st.floats(0.0, 1.0))
+    common = [rate for rate in COMMON_RATES if dialect.allows_rate(rate)]
+    return st.one_of(st.sampled_from(common), st.floats(0.0, 1.0).filter(dialect.allows_rate))
 
 
 def eps_values(dialect: Dialect) -> st.SearchStrategy[float]:
@@ -354,7 +375,7 @@ def free_settings(
         feature_axis=feature_axis,
         features=features,
         shape=shape,
-        rate=wanted.rate if wanted.fixed_rate else draw(canonical_rates()),
+        rate=wanted.rate if wanted.fixed_rate else draw(canonical_rates(dialect)),
         eps=draw(eps_values(dialect)),
         affine=draw(st.booleans()) if wanted.affine is None else wanted.affine,
         tracked=draw(st.booleans()) if wanted.tracked is None else wanted.tracked,
@@ -389,6 +410,8 @@ def case_of(
         centre = np.mean(x, axis=axes) if x.size else np.zeros(features)
         spread = np.maximum(np.std(x, axis=axes) if x.size else np.ones(features), 1e-3)
         state = draw(running_statistics(features, dtype, near=centre, scale=spread))
+        if dialect.running_average == "zero_debiased" and setting.rate is not None:
+            state = draw(zero_debiased_state(state, setting.rate, dtype))
     dy = round_to(draw(standard_values(shape, stream=1)), dtype)
     chosen: Layout = layout or "contiguous"
     config = LayerConfig(

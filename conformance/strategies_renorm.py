@@ -495,7 +495,7 @@ def renorm_cases(
       rate, cannot show; renorm.moving.separate is checked on its own).
     """
     renorm = renorm_dialect(dialect)
-    rate_strategy = rates if rates is not None else canonical_rates()
+    rate_strategy = rates if rates is not None else canonical_rates(dialect)
     if rate is None:
         rate = draw(rate_strategy, label="rate")
     dtype = draw(_cached(("dtype", *allowed_dtypes), list(allowed_dtypes)))

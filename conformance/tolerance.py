@@ -121,6 +121,26 @@ class FeatureTerms:
         )
 
 
+@dataclass(frozen=True)
+class Debias:
+    """A zero-debiased average read in inference (dialects.md: ``running_average``): the
+    rate alpha and the step counter ``t`` of its debias factor ``c_t = 1 - (1 - alpha)^t``."""
+
+    rate: float
+    steps: int
+
+    def error(self, u: float) -> float:
+        """The relative error ``e_c = u * ((t + 2) * (1 - alpha)^t / c_t + 3)`` of the
+        debiased statistics in a precision of unit roundoff ``u`` (bn.accuracy.inference);
+        0 for ``t = 0``, where nothing is divided."""
+        if self.steps == 0:
+            return 0.0
+        if self.rate >= 1.0:
+            return 3 * u
+        log_decay = self.steps * math.log1p(-self.rate)
+        return u * ((self.steps + 2) * math.exp(log_decay) / -math.expm1(log_decay) + 3)
+
+
 def _both(bound: Any, *args: Any) -> Array:
     """The implementation's bound plus the reference's own, times the safety factor."""
     precision, *rest = args
@@ -175,13 +195,20 @@ def inference_output_bound(
     beta: Array | None,
     eps: float,
     feature_axis: int,
+    debias: Debias | None = None,
 ) -> Array:
-    """Elementwise bound of bn.accuracy.inference."""
+    """Elementwise bound of bn.accuracy.inference; ``mean`` and ``var`` are the statistics
+    inference reads, ``debias`` their debias factor where they are zero-debiased."""
+    center = per_feature(np.abs(mean), x.ndim, feature_axis)
 
     def bound(p: Precision, t: FeatureTerms, g: Array, b: Array) -> Array:
         ax = np.abs(t.xhat)
+        debiased = 0.0 if debias is None else debias.error(p.u_w) * g * (t.s * center + ax)
         return (
-            p.u_w * g * (t.a + 3 * ax) + p.u_o * (g * ax + b) + p.tiny * (1 + g * t.s + t.a / t.s)
+            p.u_w * g * (t.a + 3 * ax)
+            + debiased
+            + p.u_o * (g * ax + b)
+            + p.tiny * (1 + g * t.s + t.a / t.s)
         )
 
     terms = FeatureTerms.of(x, feature_axis, eps, mean, var)
@@ -208,8 +235,10 @@ def backward_bounds(
     *,
     mean: Array | None = None,
     var: Array | None = None,
+    debias: Debias | None = None,
 ) -> GradientBounds:
-    """Bounds of bn.accuracy.backward; with ``mean``/``var`` given, the inference-mode form.
+    """Bounds of bn.accuracy.backward; with ``mean``/``var`` given, the inference-mode form
+    (``debias``: their debias factor where they are zero-debiased, bn.accuracy.inference).
 
     The underflow term of ``dx`` is ``tiny * (1 + g * s + a_i / s + s * (2 + |xhat_i|))``;
     it admits two products flushed to zero where they are subnormal (XLA's CPU kernels flush
@@ -233,19 +262,27 @@ def backward_bounds(
     def raw(p: Precision) -> Array | float:
         return p.variance_error(terms.n, terms.kappa) if training else 0.0
 
+    def debiased(p: Precision) -> float:
+        return 0.0 if debias is None or training else debias.error(p.u_w)
+
+    centre = 0.0 if mean is None else per_feature(np.abs(mean), x.ndim, feature_axis)
+
     def dx_bound(p: Precision) -> Array:
         spread = m1 + (1 + terms.kappa + terms.a + ax) * m2 if training else 0.0
         return (
             p.u_w * reductions * g * terms.s * (abs_dy + spread)
             + raw(p) * g * terms.s * (abs_dy + m1 + ax * m2)
+            + debiased(p) * g * terms.s * abs_dy
             + p.u_o * np.abs(expected.dx)
             + p.tiny * (1 + g * terms.s + terms.a / terms.s + terms.s * (2 + ax))
         )
 
     def dgamma_bound(p: Precision) -> Array:
         raw_vector = np.max(np.broadcast_to(raw(p), x.shape), axis=axes)
+        sensitivity = np.sum(abs_dy * (terms.s * centre + ax), axis=axes)
         return (
             (p.u_w * (terms.n + 3) + raw_vector) * terms.n * m2_vector
+            + debiased(p) * sensitivity
             + p.u_o * np.abs(expected.dgamma)
             + p.tiny
         )

@@ -115,7 +115,7 @@ def _check_command(args: argparse.Namespace) -> int:
     try:
         from normspec.reference.dialects import profile
 
-        profile(args.profile)
+        dialect = profile(args.profile)
         implementation = load_target(args.target, args.profile)
         from normspec.conformance.runner import select_checks
 
@@ -128,7 +128,7 @@ def _check_command(args: argparse.Namespace) -> int:
         deviations = load_deviations(args.deviations)
     except DeviationFileError as problem:
         raise UsageError(str(problem)) from None
-    applier = DeviationApplier(deviations.for_run(args.target, args.profile))
+    applier = DeviationApplier(deviations.for_run(args.target, dialect.name))
     stream = sys.stdout
 
     def progress(result: Any) -> None:
@@ -158,9 +158,10 @@ def exit_code(report: Any) -> int:
 
 
 def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
-    """``--implementations``: built-in targets by name, or TARGET[@PROFILE] (default paper)."""
+    """``--implementations``: built-in targets by name, or TARGET[@PROFILE] (default paper);
+    PROFILE is a built-in profile's name or a profile file's path."""
     from normspec.conformance.builtin import BUILTIN_TARGETS, BuiltinTarget, find_builtin
-    from normspec.reference.dialects import PROFILES
+    from normspec.reference.dialects import ProfileError, profile
 
     if not items:
         return list(BUILTIN_TARGETS)
@@ -168,9 +169,11 @@ def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
     chosen = []
     for name in names:
         target, _, profile_name = name.partition("@")
-        if profile_name and profile_name not in PROFILES:
-            known = ", ".join(sorted(PROFILES))
-            raise UsageError(f"unknown profile {profile_name!r} in {name!r} (known: {known})")
+        if profile_name:
+            try:
+                profile(profile_name)
+            except ProfileError as problem:
+                raise UsageError(f"{problem} (in {name!r})") from None
         builtin = find_builtin(target)
         if builtin is not None:
             if profile_name:
@@ -262,23 +265,32 @@ def _identify_command(args: argparse.Namespace) -> int:
     import json
 
     from normspec.adapters.registry import TargetError, load_target
-    from normspec.conformance.identify import identify
+    from normspec.conformance.identify import DEFAULT_PROFILE_FILE, identify, write_profile_file
     from normspec.reference.dialects import profile
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        profile(args.profile)
+        dialect = profile(args.profile)
         implementation = load_target(args.target, args.profile)
     except TargetError as problem:
         raise UsageError(str(problem)) from None
     except KeyError as problem:
         raise UsageError(str(problem.args[0])) from None
-    found = identify(implementation, args.target, timeout=args.timeout)
+    found = identify(
+        implementation,
+        args.target,
+        timeout=args.timeout,
+        also=dialect if dialect.source is not None else None,
+    )
+    written = None
+    if args.write_profile or not found.profiles:
+        path = args.write_profile or DEFAULT_PROFILE_FILE
+        written = write_profile_file(found, path, overwrite=bool(args.write_profile))
     if args.json:
-        print(json.dumps(found.to_json(), indent=2))
+        print(json.dumps({**found.to_json(), "profile_file": written}, indent=2))
     else:
-        print(found.render(), end="")
+        print(found.render() + (f"{written}\n" if written else ""), end="")
     return EXIT_OK
 
 
@@ -296,7 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
         "selected clause applies to TARGET).",
     )
     checking.add_argument("target", help="package.module:attr, or reference")
-    checking.add_argument("--profile", default="paper", help="the dialect claimed (default paper)")
+    checking.add_argument(
+        "--profile",
+        default="paper",
+        help="the dialect claimed: a built-in profile's name or a profile file (.toml or "
+        ".json); default paper",
+    )
     checking.add_argument("--dtype", help="comma-separated dtypes (default: all supported)")
     checking.add_argument("--clauses", help="comma-separated clause ID patterns, e.g. 'bn.train.*'")
     checking.add_argument("--max-examples", type=int, help="examples per clause (default 40)")
@@ -341,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="NAME",
         help="built-in targets by name (reference, torch.nn:BatchNorm2d, torch.functional, "
-        "...) or package.module:attr[@PROFILE]; default: every built-in one",
+        "...) or package.module:attr[@PROFILE], PROFILE a built-in profile's name or a profile "
+        "file; default: every built-in one",
     )
     reporting.add_argument("--dtype", help="comma-separated dtypes (default: all supported)")
     reporting.add_argument("--clauses", help="comma-separated clause ID patterns")
@@ -360,15 +378,24 @@ def build_parser() -> argparse.ArgumentParser:
         "identify",
         help="probe an implementation and say which dialect (profile) it follows",
         description="Probe TARGET with known inputs: update-rate convention, running-variance "
-        "estimator, cumulative average, step counter, renorm averages; print the evidence and "
-        "the profiles that match. Exit code 0; 2: usage error.",
+        "estimator, cumulative average, step counter, zero-debiased averages, the momentum's "
+        "domain, renorm averages; print the evidence and the profiles that match. Where none "
+        "does, write the profile of what it measured as a file to commit and check with. "
+        "Exit code 0; 2: usage error.",
     )
     identifying.add_argument("target", help="package.module:attr, or a built-in alias")
     identifying.add_argument(
         "--profile",
         default="paper",
         help="profile to load the target under, for adapters that emulate several dialects "
-        "such as 'reference' (default paper)",
+        "such as 'reference' (default paper); a profile file is matched against too",
+    )
+    identifying.add_argument(
+        "--write-profile",
+        metavar="PATH",
+        help="write the profile of what was measured to PATH (TOML, or JSON for *.json); "
+        "without it, a profile file is written only where no built-in profile matches, to "
+        "./normspec-profile.toml unless that exists",
     )
     identifying.add_argument("--json", action="store_true", help="print the findings as JSON")
     identifying.add_argument("--timeout", type=float, default=30.0, help="per-call limit, seconds")

@@ -14,7 +14,7 @@ from normspec.reference.batchnorm import (
     train_backward,
     train_forward,
 )
-from normspec.reference.dialects import renorm_config
+from normspec.reference.dialects import load_profile_file, profile, renorm_config
 from normspec.reference.layer import Affine, BatchNormConfig, backward, inference, training_step
 from normspec.reference.renorm import (
     RenormConfig,
@@ -30,7 +30,10 @@ from normspec.reference.renorm import train_backward as renorm_train_backward
 from normspec.reference.renorm import train_forward as renorm_train_forward
 from normspec.reference.renorm import training_step as renorm_training_step
 from normspec.reference.running import (
+    RunningAverage,
     VarianceEstimator,
+    debias_factor,
+    inference_statistics,
     step_rate,
     update_running_statistics,
     variance_estimate,
@@ -60,16 +63,21 @@ __all__ = [
     "RenormCorrection",
     "RenormDialect",
     "RenormStatistics",
+    "RunningAverage",
     "RunningStatistics",
     "Schedule",
     "SwitchSchedule",
     "VarianceEstimator",
     "backward",
     "batch_statistics",
+    "debias_factor",
     "inference",
     "inference_backward",
     "inference_forward",
+    "inference_statistics",
     "inverse_std",
+    "load_profile_file",
+    "profile",
     "renorm",
     "renorm_backward",
     "renorm_config",

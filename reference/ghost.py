@@ -174,6 +174,8 @@ class GhostConfig:
             raise ValueError("a ghost layer keeps running statistics")
         if self.batchnorm.rate is None:
             raise ValueError("the cumulative average is not defined for ghost batches")
+        if self.batchnorm.running_average != "plain":
+            raise ValueError("zero-debiased running statistics are not defined for ghost batches")
         ghost_batches(self.virtual_batch_size, self.virtual_batch_size, self.groups)
         if self.running not in ("averaged", "sequential"):
             raise ValueError(

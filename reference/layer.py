@@ -1,7 +1,8 @@
 """A batch-normalization layer as the spec defines it: config, parameters, state, step.
 
 This is the reference's whole-layer semantics, including the dialect parameters
-(bn.running.untracked, bn.infer.untracked, bn.running.no_inference_update).
+(bn.running.untracked, bn.infer.untracked, bn.running.no_inference_update; a zero-debiased
+running average: bn.running.initial, bn.infer.output, bn.backward.infer).
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ from normspec.reference._arrays import (
     check_vector,
     whole_number,
 )
-from normspec.reference.running import VarianceEstimator, update_running_statistics
+from normspec.reference.running import (
+    RunningAverage,
+    VarianceEstimator,
+    check_running_average,
+    inference_statistics,
+    update_running_statistics,
+)
 from normspec.reference.state import RunningStatistics
 
 
@@ -28,7 +35,9 @@ class BatchNormConfig:
     """The spec's parameters of one layer, with the update rate in canonical form.
 
     ``rate`` is alpha in ``stat <- stat + alpha * (batch_stat - stat)``; ``None`` selects the
-    cumulative average. ``running_variance`` is the dialect's estimator.
+    cumulative average. ``running_variance`` is the dialect's estimator, ``running_average``
+    what the running statistics stand for (``zero_debiased``: hidden averages that inference
+    reads divided by ``1 - (1 - alpha)^t``; it needs a fixed rate alpha > 0).
     """
 
     num_features: int
@@ -38,6 +47,7 @@ class BatchNormConfig:
     running_variance: VarianceEstimator = "unbiased"
     affine: bool = True
     track_running_stats: bool = True
+    running_average: RunningAverage = "plain"
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -50,6 +60,17 @@ class BatchNormConfig:
             raise ValueError(
                 f"running_variance must be 'biased' or 'unbiased', got {self.running_variance!r}"
             )
+        check_running_average(self.running_average, self.rate)
+
+    def initial_state(self) -> RunningStatistics | None:
+        """The state of a new layer (bn.running.initial); ``None`` when it tracks none."""
+        if not self.track_running_stats:
+            return None
+        return RunningStatistics.initial(self.num_features, self.running_average)
+
+    def inference_statistics(self, state: RunningStatistics) -> tuple[FloatArray, FloatArray]:
+        """The mean and variance inference reads from ``state`` (bn.infer.output)."""
+        return inference_statistics(state, rate=self.rate, running_average=self.running_average)
 
 
 @dataclass(frozen=True)
@@ -104,8 +125,9 @@ def inference(
         )[0]
     if state is None:
         raise ValueError("a layer that tracks running statistics needs a state")
+    mean, var = config.inference_statistics(state)
     return batchnorm.inference_forward(
-        x, state.mean, state.var, gamma, beta, eps=config.eps, feature_axis=config.feature_axis
+        x, mean, var, gamma, beta, eps=config.eps, feature_axis=config.feature_axis
     )
 
 
@@ -129,6 +151,7 @@ def backward(
         )
     if state is None:
         raise ValueError("a layer that tracks running statistics needs a state")
+    mean, var = config.inference_statistics(state)
     return batchnorm.inference_backward(
-        dy, x, state.mean, state.var, gamma, eps=config.eps, feature_axis=config.feature_axis
+        dy, x, mean, var, gamma, eps=config.eps, feature_axis=config.feature_axis
     )

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from normspec.reference._arrays import FloatArray, as_float64, frozen, whole_number
+
+#: What the running statistics a layer keeps stand for (dialect parameter
+#: ``running_average``, spec: dialects.md): ``plain``: the averages themselves, from mean 0
+#: and variance 1; ``zero_debiased``: hidden averages from mean 0 and variance 0, which
+#: inference reads divided by ``1 - (1 - alpha)^t`` (haiku's ``ExponentialMovingAverage``,
+#: equinox's ``BatchNorm(mode="batch")``).
+RunningAverage = Literal["plain", "zero_debiased"]
+RUNNING_AVERAGES: tuple[RunningAverage, ...] = ("plain", "zero_debiased")
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,19 @@ class RunningStatistics:
         object.__setattr__(self, "steps", whole_number("steps", self.steps, minimum=0))
 
     @classmethod
-    def initial(cls, num_features: int) -> RunningStatistics:
-        """The state every library starts from: mean 0, variance 1, no steps (bn.running.initial)."""
+    def initial(
+        cls, num_features: int, running_average: RunningAverage = "plain"
+    ) -> RunningStatistics:
+        """The state of a new layer (bn.running.initial): mean 0, variance 1, no steps; a
+        zero-debiased layer's hidden averages start from mean 0 and variance 0."""
         if num_features < 1:
             raise ValueError(f"num_features must be at least 1, got {num_features}")
-        return cls(np.zeros(num_features), np.ones(num_features), 0)
+        if running_average not in RUNNING_AVERAGES:
+            raise ValueError(
+                f"running_average must be 'plain' or 'zero_debiased', got {running_average!r}"
+            )
+        variance = 0.0 if running_average == "zero_debiased" else 1.0
+        return cls(np.zeros(num_features), np.full(num_features, variance), 0)
 
     @property
     def num_features(self) -> int:

@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from normspec import reference
-from normspec.adapters.protocol import SecondOrderLayer
+from normspec.adapters.protocol import Capabilities, DTypeName, SecondOrderLayer
 from normspec.conformance.checks import check
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.strategies import BatchNormCase, Case, standard_values
 from normspec.conformance.tolerance import (
+    Debias,
     StateBounds,
     backward_bounds,
     compare,
@@ -25,9 +26,54 @@ from normspec.conformance.tolerance import (
     second_order_bounds,
     train_output_bound,
 )
+from normspec.reference.dialects import Dialect
 from normspec.reference.second_order import train_second_order_differences
 
 Array = np.ndarray
+
+
+def rate_allowed(rate: float) -> Any:
+    """Applicability of a clause observed through the update rate ``rate`` alone: not
+    applicable where the dialect's momentum domain leaves that rate out."""
+
+    def applies(
+        capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+    ) -> str | None:
+        if dialect.allows_rate(rate):
+            return None
+        return (
+            f"the check observes it through the update rate alpha = {rate:g}, outside the "
+            f"profile's momentum domain {dialect.momentum_domain}"
+        )
+
+    return applies
+
+
+def counter_read(
+    capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+) -> str | None:
+    """Applicability of a clause of inference from the running statistics: a zero-debiased
+    average is read through the step counter, which the implementation must keep."""
+    if dialect.running_average == "zero_debiased" and not capabilities.step_counter:
+        return (
+            "the zero-debiased running average is read through the step counter, which the "
+            "implementation does not keep"
+        )
+    return None
+
+
+def inference_statistics(
+    ctx: CheckContext, case: BatchNormCase
+) -> tuple[reference.RunningStatistics, Debias | None]:
+    """The statistics inference reads from the case's state (bn.infer.output) as a state
+    value, and their debias factor where the dialect's running average is zero-debiased."""
+    assert case.state is not None
+    config = reference_config(case, ctx.dialect)
+    mean, var = config.inference_statistics(case.state)
+    debias = None
+    if config.running_average == "zero_debiased" and config.rate is not None:
+        debias = Debias(config.rate, case.state.steps)
+    return reference.RunningStatistics(mean, var, case.state.steps), debias
 
 
 def _gamma_beta(case: BatchNormCase) -> tuple[Any, Any]:
@@ -60,13 +106,21 @@ def expect_inference_output(ctx: CheckContext, case: BatchNormCase, y: Any) -> N
     """y against the reference inference output under bn.accuracy.inference's bound."""
     gamma, beta = _gamma_beta(case)
     cfg = case.config
-    assert case.state is not None
-    mean, var = case.state.mean, case.state.var
+    read, debias = inference_statistics(ctx, case)
+    mean, var = read.mean, read.var
     expected = reference.inference_forward(
         case.x, mean, var, gamma, beta, eps=cfg.eps, feature_axis=cfg.feature_axis
     )
     bound = inference_output_bound(
-        ctx.precision(cfg.dtype), case.x, mean, var, gamma, beta, cfg.eps, cfg.feature_axis
+        ctx.precision(cfg.dtype),
+        case.x,
+        mean,
+        var,
+        gamma,
+        beta,
+        cfg.eps,
+        cfg.feature_axis,
+        debias,
     )
     ctx.expect(
         compare(
@@ -143,9 +197,10 @@ def expect_gradients(
         case.dy,
         training=training,
     )
-    stats = (
-        {} if training or case.state is None else {"mean": case.state.mean, "var": case.state.var}
-    )
+    stats: dict[str, Any] = {}
+    if not training and case.state is not None:
+        read, debias = inference_statistics(ctx, case)
+        stats = {"mean": read.mean, "var": read.var, "debias": debias}
     bounds = backward_bounds(
         ctx.precision(cfg.dtype),
         case.x,
@@ -177,7 +232,7 @@ def train_output(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-@check("bn.train.statistics", depends_on=("conv.io.shape_dtype",))
+@check("bn.train.statistics", depends_on=("conv.io.shape_dtype",), applies=rate_allowed(1.0))
 def train_statistics(ctx: CheckContext, data: Any) -> None:
     """Observed through the running statistics of a step with alpha = 1: mu_B, and var_B up to
     the estimator factor n / (n - 1), which is the business of bn.running.var, as the rate
@@ -255,14 +310,18 @@ def running_initial(ctx: CheckContext, data: Any) -> None:
         state is not None, "a new layer that tracks statistics reports no running statistics"
     )
     assert state is not None
-    features = case.config.num_features
+    expected = reference.RunningStatistics.initial(
+        case.config.num_features, ctx.dialect.running_average
+    )
+    hidden = "hidden " if ctx.dialect.running_average == "zero_debiased" else ""
     ctx.require(
-        np.array_equal(state.mean, np.zeros(features)),
-        f"initial running mean is {state.mean.tolist()}, expected zeros",
+        np.array_equal(state.mean, expected.mean),
+        f"initial {hidden}running mean is {state.mean.tolist()}, expected {expected.mean.tolist()}",
     )
     ctx.require(
-        np.array_equal(state.var, np.ones(features)),
-        f"initial running variance is {state.var.tolist()}, expected ones",
+        np.array_equal(state.var, expected.var),
+        f"initial {hidden}running variance is {state.var.tolist()}, expected "
+        f"{expected.var.tolist()} ({ctx.dialect.running_average} running average)",
     )
     if ctx.capabilities.step_counter:
         ctx.require(state.steps == 0, f"initial step counter is {state.steps}, expected 0")
@@ -378,7 +437,7 @@ def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     )
 
 
-@check("bn.infer.output", depends_on=("conv.io.shape_dtype",), training=False)
+@check("bn.infer.output", depends_on=("conv.io.shape_dtype",), applies=counter_read, training=False)
 def infer_output(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, affine=None)
     layer = ctx.build(case)
@@ -409,7 +468,13 @@ def backward_train_dparams(ctx: CheckContext, data: Any) -> None:
     expect_gradients(ctx, case, grads, training=True, which=("dgamma", "dbeta"))
 
 
-@check("bn.backward.infer", needs=("backward",), depends_on=("bn.infer.output",), training=False)
+@check(
+    "bn.backward.infer",
+    needs=("backward",),
+    depends_on=("bn.infer.output",),
+    applies=counter_read,
+    training=False,
+)
 def backward_infer(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case)
@@ -475,7 +540,9 @@ def accuracy_forward(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-@check("bn.accuracy.inference", depends_on=("bn.infer.output",), training=False)
+@check(
+    "bn.accuracy.inference", depends_on=("bn.infer.output",), applies=counter_read, training=False
+)
 def accuracy_inference(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
     layer = ctx.build(case)

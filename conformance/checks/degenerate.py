@@ -18,6 +18,7 @@ from normspec.conformance.checks.batchnorm import (
 from normspec.conformance.context import CheckContext
 from normspec.conformance.guard import ImplementationError, ImplementationHung
 from normspec.conformance.strategies import BatchNormCase
+from normspec.reference.dialects import Dialect
 from normspec.reference.state import RunningStatistics
 
 
@@ -146,6 +147,12 @@ INVALID_EPS = (0.0, -1e-5, -1.0)
 INVALID_RATES = (-0.5, 1.5, -1e-3, 2.0)
 
 
+def invalid_momenta(dialect: Dialect) -> tuple[float, ...]:
+    """Momenta a library of the dialect rejects (bn.params.invalid): outside [0, 1], and
+    the ends of [0, 1] its momentum domain leaves out."""
+    return (*INVALID_RATES, *dialect.excluded_momenta())
+
+
 @check("bn.params.invalid")
 def params_invalid(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
@@ -154,7 +161,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
         value = data.draw(st.sampled_from(INVALID_EPS), label="eps")
         config = replace(case.config, eps=value)
     else:
-        value = data.draw(st.sampled_from(INVALID_RATES), label="momentum")
+        value = data.draw(st.sampled_from(invalid_momenta(ctx.dialect)), label="momentum")
         config = replace(case.config, momentum=value)
     case = ctx.use_case(replace(case, config=config))
     try:
@@ -171,7 +178,9 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
 def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     eps = data.draw(st.sampled_from([case.config.eps, *INVALID_EPS]), label="eps")
-    momentum = data.draw(st.sampled_from([case.config.momentum, *INVALID_RATES]), label="momentum")
+    momentum = data.draw(
+        st.sampled_from([case.config.momentum, *invalid_momenta(ctx.dialect)]), label="momentum"
+    )
     config = replace(case.config, eps=eps, momentum=momentum)
     case = ctx.use_case(replace(case, config=config))
     try:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from normspec import reference
 from normspec.adapters.protocol import ReplicatedLayer
 from normspec.conformance.checks import Body, check
-from normspec.conformance.checks.batchnorm import expect_state_kept, update_bounds
+from normspec.conformance.checks.batchnorm import expect_state_kept, rate_allowed, update_bounds
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.strategies_replicas import ReplicaCase, replica_cases
 from normspec.conformance.tolerance import (
@@ -208,7 +208,7 @@ def vjp(ctx: CheckContext, case: ReplicaCase, layer: ReplicatedLayer) -> Any:
 # ------------------------------------------------------------------------ training
 
 
-@sync_check("sync.train.statistics")
+@sync_check("sync.train.statistics", applies=rate_allowed(1.0))
 def train_statistics(ctx: CheckContext, data: Any) -> None:
     """Through every replica's running statistics after a step with alpha = 1: mu_G, and
     var_G up to the estimator factor N / (N - 1) (that factor is sync.running.var's)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -254,7 +255,11 @@ class NumpyBatchNorm:
         """The running statistics, or the batch statistics for an untracked layer."""
         if layer.buffers is None:
             return layer.batch_statistics(x)
-        return column(layer.buffers.mean), column(layer.buffers.var)
+        return self.inference_buffers(layer.buffers, layer.config)
+
+    def inference_buffers(self, buffers: Buffers, config: LayerConfig) -> tuple[Work, Work]:
+        """The running mean and variance inference reads from the buffers: themselves."""
+        return column(buffers.mean), column(buffers.var)
 
     def after_inference(self, layer: NumpyLayer, x: Work) -> None:
         """Anything the inference path does besides computing the output: nothing."""
@@ -399,7 +404,7 @@ class NumpyLayer(LayerBase):
             dx = impl.backward_dx(grad, xhat, inv_std, gamma)
         else:
             assert self.buffers is not None
-            mean, var = column(self.buffers.mean), column(self.buffers.var)
+            mean, var = impl.inference_buffers(self.buffers, cfg)
             inv_std = impl.inference_inverse_std(var, cfg.eps)
             xhat = (values - mean) * inv_std
             dx = impl.backward_dx_inference(grad, inv_std, gamma)
@@ -429,6 +434,37 @@ class KerasNumpyBatchNorm(NumpyBatchNorm):
         if momentum is None:
             raise ValueError("momentum=None (cumulative average) is not supported")
         return 1.0 - momentum
+
+
+class ZeroDebiasedNumpyBatchNorm(KerasNumpyBatchNorm):
+    """The correct implementation of a zero-debiased dialect (haiku's ``BatchNorm``):
+    momentum is the decay ``1 - alpha``, documented in ``[0, 1)``; the buffers are hidden
+    averages that start from 0 (mean and variance) and move as Keras' do; inference reads
+    them divided by ``1 - decay^t`` (as they are at ``t = 0``), a scalar it computes from
+    the decay as given, in double precision, and rounds to the working precision: a decay
+    such as ``1 - 1e-9`` is 1 in float32, where ``1 - decay^t`` would be 0."""
+
+    profile: ClassVar[str] = str(Path(__file__).with_name("zero_debiased.toml"))
+
+    def validate_config(self, config: LayerConfig) -> None:
+        super().validate_config(config)
+        if config.momentum is not None and not config.momentum < 1.0:
+            raise ValueError(f"momentum (the decay) must lie in [0, 1), got {config.momentum!r}")
+
+    def initial_buffers(self, num_features: int, dtype: np.dtype[Any]) -> Buffers:
+        """Hidden mean 0, hidden variance 0, no steps."""
+        return Buffers(np.zeros(num_features, dtype), np.zeros(num_features, dtype), 0)
+
+    def debias_factor(self, decay: float, steps: int) -> float:
+        """``1 - decay^t``, the weight the ``t`` batches received."""
+        return 1.0 - decay**steps
+
+    def inference_buffers(self, buffers: Buffers, config: LayerConfig) -> tuple[Work, Work]:
+        if buffers.steps == 0:
+            return column(buffers.mean), column(buffers.var)
+        assert config.momentum is not None
+        factor = buffers.mean.dtype.type(self.debias_factor(config.momentum, buffers.steps))
+        return column(buffers.mean / factor), column(buffers.var / factor)
 
 
 # ------------------------------------------------------------------------ Batch Renormalization

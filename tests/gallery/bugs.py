@@ -25,6 +25,7 @@ from gallery.base import (
     NumpyLayer,
     TfKerasNumpyBatchRenorm,
     Work,
+    ZeroDebiasedNumpyBatchNorm,
     column,
 )
 from normspec.adapters.protocol import Array, DTypeName
@@ -448,6 +449,30 @@ class KerasUnbiasedRunningVariance(KerasNumpyBatchNorm):
         return NumpyBatchNorm.running_variance(self, var, count)
 
 
+# ------------------------------------------------------------- zero-debiased running averages
+
+
+class ZeroDebiasedVarianceStartsAtOne(ZeroDebiasedNumpyBatchNorm):
+    """The hidden variance is created with ones, as a plain running variance is (equinox
+    0.13.8's ``BatchNorm(mode="batch")``): after the first step inference reads
+    ``var_B + decay / (1 - decay)``."""
+
+    expected_clauses = ("bn.running.initial",)
+
+    def initial_buffers(self, num_features: int, dtype: np.dtype[Any]) -> Buffers:
+        return Buffers(np.zeros(num_features, dtype), np.ones(num_features, dtype), 0)
+
+
+class ZeroDebiasedPowerOffByOne(ZeroDebiasedNumpyBatchNorm):
+    """Inference divides by ``1 - decay^(t + 1)``: the counter is taken as the number of
+    the next step."""
+
+    expected_clauses = ("bn.infer.output", "bn.backward.infer")
+
+    def debias_factor(self, decay: float, steps: int) -> float:
+        return super().debias_factor(decay, steps + 1)
+
+
 BUGS: tuple[type[NumpyBatchNorm], ...] = (
     EpsOutsideSqrt,
     EpsIgnored,
@@ -481,10 +506,17 @@ BUGS: tuple[type[NumpyBatchNorm], ...] = (
     GammaInitUniform,
     KerasMomentumAsRate,
     KerasUnbiasedRunningVariance,
+    ZeroDebiasedVarianceStartsAtOne,
+    ZeroDebiasedPowerOffByOne,
 )
 
-#: The correct implementations, one per dialect the gallery covers.
-CORRECT: tuple[type[NumpyBatchNorm], ...] = (NumpyBatchNorm, KerasNumpyBatchNorm)
+#: The correct implementations, one per dialect the gallery covers (the zero-debiased one
+#: under its profile file, tests/gallery/zero_debiased.toml).
+CORRECT: tuple[type[NumpyBatchNorm], ...] = (
+    NumpyBatchNorm,
+    KerasNumpyBatchNorm,
+    ZeroDebiasedNumpyBatchNorm,
+)
 
 #: Bugs that must be caught in float32 as well as in float64, each dtype on its own.
 BOTH_PRECISIONS: tuple[type[NumpyBatchNorm], ...] = (

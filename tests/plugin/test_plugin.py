@@ -39,13 +39,14 @@ def _pytest(project: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_one_item_per_clause_under_xdist_with_deviations(project: Path) -> None:
+    """Under the project's own profile file, named by a relative path on every worker."""
     pytest.importorskip("xdist")
     done = _pytest(
         project,
         "-p",
         "normspec",
         f"--normspec-target={TARGET}",
-        "--normspec-profile=torch",
+        "--normspec-profile=normspec-profile.toml",
         "--normspec-deviations=normspec-deviations.toml",
         "--normspec-max-examples=3",
         "--normspec-json=normspec.json",
@@ -58,6 +59,7 @@ def test_one_item_per_clause_under_xdist_with_deviations(project: Path) -> None:
     assert done.returncode == 0, out[-4000:] + done.stderr[-2000:]
     assert "created: 2/2 workers" in out
     assert "hypothesis profile ci (3 examples per clause, seed 0)" in out
+    assert "profile tinybn (profile file normspec-profile.toml)" in out
     cases = {
         case.get("name"): case
         for case in ET.parse(project / "junit.xml").getroot().iter("testcase")
@@ -84,6 +86,7 @@ def test_one_item_per_clause_under_xdist_with_deviations(project: Path) -> None:
     assert outcomes["bn.train.output"] == "pass"
     assert outcomes["bn.backward.train.dx"] == "not_applicable"
     assert report["conformant"] is True and report["implementation"]["name"] == "tinybn.BatchNorm"
+    assert (report["profile"], report["profile_source"]) == ("tinybn", "normspec-profile.toml")
 
 
 def test_an_undeclared_failure_fails_with_the_minimal_example(project: Path) -> None:
@@ -135,6 +138,19 @@ def test_a_target_that_does_not_load_is_a_usage_error(project: Path) -> None:
     done = _pytest(project, "--normspec-target=no_such_module_zz:x", "-q")
     assert done.returncode == 4, done.stdout[-2000:]
     assert "cannot import 'no_such_module_zz'" in done.stderr + done.stdout
+
+
+def test_an_invalid_profile_file_is_a_usage_error(project: Path) -> None:
+    text = (project / "normspec-profile.toml").read_text()
+    (project / "bad-profile.toml").write_text(text.replace('"unbiased"', '"bessel"'))
+    done = _pytest(
+        project, f"--normspec-target={TARGET}", "--normspec-profile=bad-profile.toml", "-q"
+    )
+    assert done.returncode == 4, done.stdout[-2000:]
+    assert (
+        "--normspec-profile: profile file bad-profile.toml: batchnorm.running_variance: must be "
+        'one of "biased", "unbiased", got "bessel"'
+    ) in done.stderr + done.stdout
 
 
 def test_a_deviation_entry_that_matches_nothing_is_warned_about(project: Path) -> None:

@@ -11,6 +11,7 @@ environment sees this one's packages), and ``pip install --upgrade pip`` is left
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import site
@@ -26,7 +27,8 @@ WORKFLOW = ROOT / "examples" / "github-actions" / "normspec.yml"
 SAMPLE = ROOT / "tests" / "fixtures" / "sample_project"
 SETTINGS = {
     "NORMSPEC_TARGET": "tinybn.normspec_adapter:impl",
-    "NORMSPEC_PROFILE": "torch",
+    # the project's own profile file: check, report (TARGET@FILE) and the plugin read it
+    "NORMSPEC_PROFILE": "normspec-profile.toml",
     "NORMSPEC_DEVIATIONS": "normspec-deviations.toml",
 }
 
@@ -119,3 +121,12 @@ def test_every_step_of_the_example_runs(tmp_path: Path) -> None:
     plugin_dir = tmp_path / "pytest-plugin" / "normspec-out"
     assert (plugin_dir / "pytest.json").is_file() and (plugin_dir / "pytest.xml").is_file()
     assert "tinybn" in (tmp_path / "summary.md").read_text()
+    for written in (check_dir / "check.json", plugin_dir / "pytest.json"):
+        report = json.loads(written.read_text())
+        assert (report["profile"], report["profile_source"]) == ("tinybn", "normspec-profile.toml")
+    matrix = json.loads((check_dir / "report" / "report.json").read_text())
+    assert matrix["columns"][0]["profile_source"] == "normspec-profile.toml"
+    assert (
+        "tinybn (profile file normspec-profile.toml)"
+        in (check_dir / "report" / "report.md").read_text()
+    )

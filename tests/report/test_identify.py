@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,28 @@ def test_identify_usage_errors(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("dialect", ["torch", "keras", "tf_keras"])
+def test_the_running_average_and_momentum_domain_of_builtin_dialects(dialect: str) -> None:
+    found = identify(ReferenceImplementation(dialect), "reference")
+    assert found.value("running_average") == "plain"
+    assert found.value("momentum_domain") == "[0, 1]"
+
+
+def test_the_fused_tf_keras_path_writes_the_tf_keras_fused_parameters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tf_keras' fused path (decay with an unbiased variance) matches the built-in
+    tf_keras_fused; asked to, identify writes the file of what it measured, which has the
+    built-in's parameters."""
+    pytest.importorskip("tf_keras")
+    path = tmp_path / "fused.toml"
+    assert main(["identify", "tf_keras.fused", "--write-profile", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "matching profiles: tf_keras_fused" in out
+    assert f"wrote the profile it measured to {path} (profile tf_keras.fused)" in out
+    written, builtin = profile(str(path)), profile("tf_keras_fused")
+    assert dataclasses.replace(written, name=builtin.name, description="", source=None) == (
+        dataclasses.replace(builtin, description="")
+    )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
-import pytest
-
-from normspec.reference.dialects import PROFILES
+from normspec.reference.dialects import PROFILES, Dialect, profile
 from normspec.spec._markdown import parse_chapter
 
 DASH = "—"
+ROOT = Path(__file__).parents[2]
 
 
 def _chapter() -> str:
@@ -49,6 +49,8 @@ def test_the_profiles_table_matches_profiles() -> None:
         assert row["update_rate"] == dialect.update_rate
         assert row["running_variance"] == dialect.running_variance
         assert _bool(row["cumulative_average"]) == dialect.cumulative_average
+        assert row["running_average"] == dialect.running_average
+        assert row["momentum_domain"] == dialect.momentum_domain
         assert float(row["default_eps"]) == dialect.default_eps
         assert float(row["default_momentum"]) == dialect.default_momentum
 
@@ -90,24 +92,50 @@ def test_ghost_library_rows_use_the_ghost_dialect_values() -> None:
         assert row["ghost_running"] in {"sequential", "averaged", DASH}
 
 
-@pytest.mark.parametrize(
-    ("heading", "columns"),
-    [("### Libraries", ("update_rate", "running_variance", "cumulative_average"))],
-)
-def test_library_rows_use_the_dialect_values(heading: str, columns: tuple[str, ...]) -> None:
-    """Every BN library row names known parameter values and profiles."""
+def _row_profile(cell: str) -> Dialect | None:
+    """A library row's profile: a built-in name, or a profile file of this repository."""
+    name = cell.split(",")[0].strip()
+    if name == DASH:
+        return None
+    if name.startswith("`"):
+        return profile(str(ROOT / name.strip("`")))
+    return PROFILES[name]
+
+
+def test_library_rows_use_the_dialect_values() -> None:
+    """Every BN library row names known parameter values and a profile (a built-in one or
+    a profile file) whose parameters are the row's."""
     allowed = {
         "update_rate": {"rate", "decay", DASH},
         "running_variance": {"biased", "unbiased", DASH},
         "cumulative_average": {"true", "false", DASH},
+        "running_average": {"plain", "zero_debiased", DASH},
+        "momentum_domain": {"[0, 1]", "[0, 1)", "(0, 1]", "(0, 1)", DASH},
     }
-    rows = _table_after(heading)
-    assert len(rows) >= 10
+    rows = _table_after("### Libraries")
+    assert len(rows) >= 12
     for row in rows:
-        for column in columns:
-            assert row[column] in allowed[column], (row["library"], column)
-        profile = row["profile"].split(",")[0].strip()
-        assert profile == DASH or profile in PROFILES, row["library"]
+        for column, values in allowed.items():
+            assert row[column] in values, (row["library"], column)
+        dialect = _row_profile(row["profile"])
+        if dialect is None:
+            continue
+        for column in ("update_rate", "running_variance", "running_average", "momentum_domain"):
+            assert row[column] == getattr(dialect, column), (row["library"], column)
+
+
+def test_renorm_library_rows_with_profile_files_load() -> None:
+    """The renorm layers of user code are profile files with their rows' parameters."""
+    for row in _table_after("### Libraries", occurrence=1):
+        if "user code" not in row["implementation"]:
+            continue
+        name = {"batchrenorm": "batchrenorm", "SBX": "sbx_batchrenorm"}[
+            row["implementation"].split()[0].strip("`")
+        ]
+        renorm = profile(str(ROOT / "examples" / "profiles" / f"{name}.toml")).renorm
+        assert renorm is not None
+        for column in ("average", "statistics", "clipping", "sigma_floor", "warmup"):
+            assert row[column] == getattr(renorm, column), (name, column)
 
 
 def test_renorm_library_rows_use_the_renorm_dialect_values() -> None:
