@@ -1,7 +1,7 @@
 """What the JAX adapters share: dtypes and x64 mode, conversion, variable trees, the layer.
 
-Imported only by the JAX adapters (``flax_linen``, ``flax_nnx``, ``jax_functional``), never
-by normspec at start-up. An adapter specialises :class:`JaxProgram` (one configured layer
+Imported only by the JAX adapters (``flax_linen``, ``flax_nnx``, ``jax_functional``,
+``haiku_module``, ``equinox_module``), never by normspec at start-up. An adapter specialises :class:`JaxProgram` (one configured layer
 as pure functions over a parameter tree and a statistics tree) and
 :class:`JaxImplementation` (what it supports, how a program is made); conversion, output
 checks (conv.io.shape_dtype), state, gradients and compilation are here.

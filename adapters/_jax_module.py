@@ -147,11 +147,13 @@ class ModuleImplementation(JaxImplementation):
         cls, obj: object, profile: str, arguments: Mapping[str, Any] | None = None
     ) -> ModuleImplementation | None:
         """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``; ``arguments``:
-        the target's constructor arguments."""
+        the target's constructor arguments (``ValueError`` for one normspec sets, on a
+        class of this library only)."""
+        if not isinstance(obj, type) or not cls.shaped_like_batchnorm(obj):
+            return None
         given = cls.checked_arguments(arguments)
         if not cls.recognisable(obj, given):
             return None
-        assert isinstance(obj, type)
         return cls(obj, profile, arguments=given)
 
     def unset_arguments(self) -> list[str]:

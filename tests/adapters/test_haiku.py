@@ -140,6 +140,8 @@ def test_constructor_arguments_and_what_is_not_recognised() -> None:
         load_target("haiku:BatchNorm(decay_rate=0.5)", "flax")
     for value in (hk.Linear, _Linear, hk.LayerNorm):
         assert _recognise(value, "flax") is None
+    # another library's class with an argument haiku's BatchNorm has is not haiku's to refuse
+    assert HaikuImplementation.recognise(int, "flax", arguments={"decay_rate": 0.5}) is None
 
 
 def _check(target: str, clauses: str) -> Report:
