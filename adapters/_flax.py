@@ -20,6 +20,7 @@ from normspec.adapters._jax import (
     BIAS,
     FLAX_NOTES,
     MEAN,
+    PROBE_CONFIG,
     REPLICA_AXIS,
     SCALE,
     UNEVEN_BATCHES,
@@ -60,12 +61,6 @@ def flax_arguments(
     if use_fast_variance is not None and accepts("use_fast_variance"):
         arguments["use_fast_variance"] = use_fast_variance
     return arguments
-
-
-#: The configuration a candidate class is built with to see whether it is recognisable.
-PROBE_CONFIG = LayerConfig(
-    num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
-)
 
 
 class FlaxImplementation(JaxImplementation):

@@ -1,7 +1,7 @@
 """What the JAX adapters share: dtypes and x64 mode, conversion, variable trees, the layer.
 
-Imported only by the JAX adapters (``flax_linen``, ``flax_nnx``, ``jax_functional``), never
-by normspec at start-up. An adapter specialises :class:`JaxProgram` (one configured layer
+Imported only by the JAX adapters (``flax_linen``, ``flax_nnx``, ``jax_functional``,
+``haiku_module``, ``equinox_module``), never by normspec at start-up. An adapter specialises :class:`JaxProgram` (one configured layer
 as pure functions over a parameter tree and a statistics tree) and
 :class:`JaxImplementation` (what it supports, how a program is made); conversion, output
 checks (conv.io.shape_dtype), state, gradients and compilation are here.
@@ -277,6 +277,11 @@ def statistics_of(stats: Tree, num_features: int, steps: int) -> RunningStatisti
 
 # -- programs -------------------------------------------------------------------------------
 
+#: The configuration a candidate module class is built with to see whether it is recognisable.
+PROBE_CONFIG = LayerConfig(
+    num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-5, momentum=0.9
+)
+
 
 class JaxProgram(abc.ABC):
     """One configured layer as pure functions over ``(params, stats, x)``; jitted here.
@@ -344,6 +349,30 @@ class JaxProgram(abc.ABC):
         cotangent = dy.astype(y.dtype) if isinstance(y, jax.Array) else dy
         dparams, dx, _ = pullback(cotangent)
         return y, dx, dparams
+
+    def statistics(self, stats: Tree, steps: int) -> RunningStatistics:
+        """The running statistics a statistics tree holds, as held; ``steps``: the count
+        last set, reported by a layer that keeps no step counter.
+
+        The default reads the leaves ``mean`` and ``var``; a program whose library keeps
+        its statistics elsewhere, or keeps a step counter, reads them itself.
+        """
+        return statistics_of(stats, self.config.num_features, steps)
+
+    def with_statistics(
+        self, template: Tree, state: RunningStatistics, others: Callable[[], Tree]
+    ) -> Tree:
+        """The statistics tree of ``template``'s structure and dtypes holding ``state``;
+        every other leaf comes from ``others()`` (the current tree, or the initial one).
+
+        The default sets the leaves ``mean`` and ``var``; a program whose library also
+        keeps a step counter, or values derived from the statistics, sets them too, as a
+        layer holding ``state`` would hold them.
+        """
+        values = {MEAN: np.asarray(state.mean), VAR: np.asarray(state.var)}
+        for name in values:
+            leaf(template, name, "statistics")
+        return replace_leaves(template, values, others)
 
     def initial(self) -> tuple[Tree, Tree]:
         """The trees of a new layer, computed once and shared: arrays are immutable."""
@@ -421,23 +450,20 @@ class JaxLayer:
 
     def set_state(self, state: State) -> None:
         if not isinstance(state, RunningStatistics):
-            raise TypeError(f"a Flax BatchNorm layer keeps RunningStatistics, not {state!r}")
+            raise TypeError(f"a JAX BatchNorm layer keeps RunningStatistics, not {state!r}")
         with precision(self.config.dtype):
             _, template = self.program.structure()
-            values = {MEAN: np.asarray(state.mean), VAR: np.asarray(state.var)}
-            for name in values:
-                leaf(template, name, "statistics")
             current = self._stats
 
             def others() -> Tree:
                 return self.program.initial()[1] if current is None else current
 
-            self._stats = replace_leaves(template, values, others)
+            self._stats = self.program.with_statistics(template, state, others)
             self._steps = state.steps
 
     def state(self) -> RunningStatistics:
         _, stats = self._trees()
-        return statistics_of(stats, self.config.num_features, self._steps)
+        return self.program.statistics(stats, self._steps)
 
     def train_step(self, x: Array) -> Array:
         with precision(self.config.dtype):
@@ -614,9 +640,9 @@ class ReplicatedJaxLayer:
             return [self.single.state() for _ in range(self.replicas)]
         with precision(self.config.dtype):
             host = jax.tree_util.tree_map(np.asarray, self._stats)
-            features, steps = self.config.num_features, self.single._steps
+            program, steps = self.single.program, self.single._steps
             return [
-                statistics_of(jax.tree_util.tree_map(lambda v, k=k: v[k], host), features, steps)
+                program.statistics(jax.tree_util.tree_map(lambda v, k=k: v[k], host), steps)
                 for k in range(self.replicas)
             ]
 

@@ -33,6 +33,10 @@ RECOGNISERS: list[tuple[str, str]] = [
     ("tf_keras", "normspec.adapters.keras_layer:recognise"),
     ("flax", "normspec.adapters.flax_linen:recognise"),
     ("flax", "normspec.adapters.flax_nnx:recognise"),
+    # issue 13, haiku and equinox (to move into their adapter modules with the others)
+    ("haiku", "normspec.adapters.haiku_module:recognise"),
+    ("equinox", "normspec.adapters.equinox_module:recognise"),
+    # end of issue 13, haiku and equinox
     ("jax", "normspec.adapters.jax_functional:recognise"),
 ]
 
@@ -59,6 +63,11 @@ ALIASES: dict[str, str] = {
     "flax.linen.two_pass": "normspec.adapters.flax_linen:linen_batchnorm_two_pass",
     "flax.nnx": "normspec.adapters.flax_nnx:nnx_batchnorm",
     "flax.nnx.two_pass": "normspec.adapters.flax_nnx:nnx_batchnorm_two_pass",
+    # issue 13, haiku and equinox (to move into their adapter modules with the others)
+    "haiku": "normspec.adapters.haiku_module:haiku_batchnorm",
+    "equinox": "normspec.adapters.equinox_module:equinox_batchnorm",
+    "equinox.ema": "normspec.adapters.equinox_module:equinox_batchnorm_ema",
+    # end of issue 13, haiku and equinox
 }
 
 

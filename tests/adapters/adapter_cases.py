@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from normspec.adapters import Implementation, LayerConfig
 from normspec.reference import RunningStatistics, batch_statistics
@@ -115,6 +117,42 @@ def agree(
             close(got_g.dbeta, want_g.dbeta, 1 + n * dy_max, f"{mode} dbeta", mode_tol)
         else:
             assert not np.any(got_g.dgamma) and not np.any(got_g.dbeta)
+
+
+@st.composite
+def float64_cases(draw: st.DrawFn) -> Case:
+    """Float64 cases from small sets of shapes and configurations (features first or last,
+    with and without affine parameters, state at step 0), so that the compilations of a JAX
+    adapter are shared."""
+    rank = draw(st.sampled_from([2, 4]))
+    first = draw(st.booleans())
+    features = draw(st.sampled_from([1, 3]))
+    spatial = [2] * (rank - 2)
+    shape = [draw(st.sampled_from([2, 5])), *spatial]
+    feature_axis = 1 if first else rank - 1
+    shape.insert(feature_axis, features)
+    config = LayerConfig(
+        num_features=features,
+        rank=rank,
+        feature_axis=feature_axis,
+        dtype="float64",
+        eps=draw(st.sampled_from([1e-5, 0.5])),
+        momentum=draw(st.sampled_from([0.9, 0.0])),
+        affine=draw(st.booleans()),
+    )
+    values = st.floats(-8.0, 8.0, allow_subnormal=False)
+    vector = arrays(np.float64, (features,), elements=st.floats(-3.0, 3.0))
+    state = RunningStatistics(
+        draw(vector), draw(arrays(np.float64, (features,), elements=st.floats(0.0, 4.0))), 0
+    )
+    return Case(
+        config=config,
+        x=draw(arrays(np.float64, tuple(shape), elements=values)),
+        dy=draw(arrays(np.float64, tuple(shape), elements=values)),
+        gamma=draw(vector),
+        beta=draw(vector),
+        state=state,
+    )
 
 
 def torch_layout_config(rank: int = 4, dtype: Any = "float64", **changes: Any) -> LayerConfig:

@@ -18,12 +18,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.extra.numpy import arrays
 
 pytest.importorskip("flax")
 
-from adapter_cases import Case, agree
+from adapter_cases import Case, agree, float64_cases
 
 from normspec.adapters import LayerConfig
 from normspec.adapters.reference import ReferenceImplementation
@@ -53,40 +51,6 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-@st.composite
-def cases(draw: st.DrawFn) -> Case:
-    """Small sets of shapes and configurations, so that compilations are shared."""
-    rank = draw(st.sampled_from([2, 4]))
-    first = draw(st.booleans())
-    features = draw(st.sampled_from([1, 3]))
-    spatial = [2] * (rank - 2)
-    shape = [draw(st.sampled_from([2, 5])), *spatial]
-    feature_axis = 1 if first else rank - 1
-    shape.insert(feature_axis, features)
-    config = LayerConfig(
-        num_features=features,
-        rank=rank,
-        feature_axis=feature_axis,
-        dtype="float64",
-        eps=draw(st.sampled_from([1e-5, 0.5])),
-        momentum=draw(st.sampled_from([0.9, 0.0])),
-        affine=draw(st.booleans()),
-    )
-    values = st.floats(-8.0, 8.0, allow_subnormal=False)
-    vector = arrays(np.float64, (features,), elements=st.floats(-3.0, 3.0))
-    state = RunningStatistics(
-        draw(vector), draw(arrays(np.float64, (features,), elements=st.floats(0.0, 4.0))), 0
-    )
-    return Case(
-        config=config,
-        x=draw(arrays(np.float64, tuple(shape), elements=values)),
-        dy=draw(arrays(np.float64, tuple(shape), elements=values)),
-        gamma=draw(vector),
-        beta=draw(vector),
-        state=state,
-    )
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_agrees_with_the_reference_in_float64(target: str) -> None:
     impl = load_target(target, "flax")
@@ -94,7 +58,7 @@ def test_agrees_with_the_reference_in_float64(target: str) -> None:
     statistics_tolerance = FLOAT32_TOLERANCE if target in FLOAT32_STATISTICS else TOLERANCE
 
     @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(cases())
+    @given(float64_cases())
     def run(case: Case) -> None:
         agree(
             impl,
