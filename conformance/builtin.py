@@ -42,11 +42,13 @@ BUILTIN_TARGETS: tuple[BuiltinTarget, ...] = (
     BuiltinTarget("torch.nn:SyncBatchNorm", "torch", ("torch",), "torch.nn.SyncBatchNorm"),
     BuiltinTarget("flax.linen", "flax", ("jax", "flax"), "flax.linen.BatchNorm"),
     BuiltinTarget("flax.nnx", "flax", ("jax", "flax"), "flax.nnx.BatchNorm"),
-    # issue 13, haiku and equinox: under flax until a zero-debiased profile exists (README)
-    BuiltinTarget("haiku", "flax", ("jax", "haiku"), "haiku.BatchNorm"),
-    BuiltinTarget("equinox", "flax", ("jax", "equinox"), 'equinox.nn.BatchNorm(mode="batch")'),
+    # zero-debiased moving averages; equinox's default mode="ema" fits no dialect (its
+    # training normalizes with the updated running averages), checked under flax's
+    BuiltinTarget("haiku", "haiku", ("jax", "haiku"), "haiku.BatchNorm"),
+    BuiltinTarget(
+        "equinox", "equinox_batch", ("jax", "equinox"), 'equinox.nn.BatchNorm(mode="batch")'
+    ),
     BuiltinTarget("equinox.ema", "flax", ("jax", "equinox"), 'equinox.nn.BatchNorm(mode="ema")'),
-    # end of issue 13, haiku and equinox
     BuiltinTarget("keras", "keras", ("tensorflow", "keras"), "keras.layers.BatchNormalization"),
     BuiltinTarget(
         "tf_keras", "tf_keras", ("tensorflow", "tf_keras"), "tf_keras.layers.BatchNormalization"

@@ -47,7 +47,16 @@ UpdateRateConvention = Literal["rate", "decay"]
 
 #: The built-in profiles, in the order reports and ``normspec identify`` list them: each
 #: is the file ``profiles/NAME.toml`` of this package.
-BUILTIN_NAMES: tuple[str, ...] = ("paper", "torch", "keras", "flax", "tf_keras", "tf_keras_fused")
+BUILTIN_NAMES: tuple[str, ...] = (
+    "paper",
+    "torch",
+    "keras",
+    "flax",
+    "tf_keras",
+    "tf_keras_fused",
+    "haiku",
+    "equinox_batch",
+)
 
 
 @dataclass(frozen=True)
