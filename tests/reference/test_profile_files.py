@@ -166,7 +166,7 @@ def test_a_file_that_is_not_toml_is_one_line(text: str, message: str, tmp_path: 
 
 
 def test_unknown_names_and_missing_files() -> None:
-    with pytest.raises(ProfileError, match=r"unknown profile 'nope' \(known: flax"):
+    with pytest.raises(ProfileError, match=r"unknown profile 'nope' \(known: equinox_batch, flax"):
         profile("nope")
     with pytest.raises(ProfileError, match=r"cannot read profile file \./absent\.toml"):
         profile("./absent.toml")
