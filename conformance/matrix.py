@@ -37,6 +37,7 @@ from normspec.conformance.builtin import (
     unavailable_reason,
 )
 from normspec.conformance.deviations import DeviationApplier, DeviationSet
+from normspec.conformance.isolation import IsolatedImplementation, Isolation
 from normspec.conformance.report_json import json_safe, report_to_json, write_atomically
 from normspec.conformance.results import ClauseResult, Report
 from normspec.conformance.runner import (
@@ -72,6 +73,8 @@ class MatrixOptions:
     menu: int | None = None
     #: Also check each implementation under the paper's semantics.
     paper: bool = True
+    #: how each implementation's worker process is started; ``None``: in this process
+    isolation: Isolation | None = field(default_factory=Isolation)
 
 
 @dataclass
@@ -399,7 +402,9 @@ def _run_one(
     from normspec.adapters.registry import TargetError
 
     try:
-        implementation: Implementation = load_builtin(entry, profile_name)
+        implementation: Implementation = load_builtin(
+            entry, profile_name, options.isolation, timeout=options.timeout
+        )
     except TargetError as problem:
         matrix.unavailable.append(
             Unavailable(entry.target, entry.title, profile_name, str(problem))
@@ -411,6 +416,37 @@ def _run_one(
         matrix.unavailable.append(Unavailable(entry.target, entry.title, profile_name, text))
         progress.line(f"{counter} {entry.title} [{profile_name}]: not checked: {text}")
         return None
+    try:
+        return _check_one(
+            entry,
+            profile_name,
+            implementation,
+            options,
+            deviations,
+            own_columns,
+            matrix,
+            progress,
+            recorder,
+            counter,
+        )
+    finally:
+        if isinstance(implementation, IsolatedImplementation):
+            implementation.close()
+
+
+def _check_one(
+    entry: BuiltinTarget,
+    profile_name: str,
+    implementation: Implementation,
+    options: MatrixOptions,
+    deviations: DeviationSet,
+    own_columns: dict[str, Column],
+    matrix: Matrix,
+    progress: Progress,
+    recorder: UlpsRecorder,
+    counter: str,
+) -> Column | None:
+    """:func:`_run_one` once the implementation is loaded."""
     own = own_columns.get(entry.target)
     if own is not None and profile_name != entry.profile:
         capabilities = implementation.capabilities()
@@ -502,6 +538,8 @@ OUTCOME_TITLES = {
     "declared": "declared deviation",
     "not_applicable": "not applicable",
     "error": "error",
+    "crashed": "crashed",
+    "hung": "hung",
     "skipped": "skipped",
     "not_run": "not run",
 }
@@ -557,6 +595,9 @@ def matrix_to_json(matrix: Matrix) -> dict[str, Any]:
             "shrink_seconds": matrix.options.shrink_seconds,
             "menu": matrix.options.menu,
             "paper": matrix.options.paper,
+            "isolation": "in-process"
+            if matrix.options.isolation is None
+            else matrix.options.isolation.describe(),
         },
         "environment": matrix.environment,
         "clauses": [

@@ -45,7 +45,7 @@ from normspec.conformance.checks import Body, check
 from normspec.conformance.checks import batchnorm as bn_checks
 from normspec.conformance.checks.degenerate import INVALID_EPS, INVALID_RATES
 from normspec.conformance.context import CheckContext, Violation
-from normspec.conformance.guard import ImplementationError, ImplementationHung
+from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies_renorm import (
     RenormCase,
     ScheduleKind,
@@ -181,7 +181,7 @@ def build(
     counts: dict[str, int] = vars(ctx).setdefault("_renorm_builds", {"built": 0, "refused": 0})
     try:
         layer = ctx.build(case, set_parameters=set_parameters, set_state=False)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError as problem:
         if isinstance(problem.__cause__, UnsupportedConfig):
@@ -1147,7 +1147,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
     ctx.use_case(case)
     try:
         layer = ctx.call("build", ctx.implementation.build, config)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError as problem:
         if isinstance(problem.__cause__, UnsupportedConfig):
@@ -1234,7 +1234,7 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
         ctx.use_case(case)
     try:
         layer = ctx.call("build", ctx.implementation.build, case.config)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError:
         return
