@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar
 
 from normspec.adapters.protocol import WrongOutput
+from normspec.messages import exception_name
 from normspec.worker import Worker, WorkerHung, WorkerLost
 
 T = TypeVar("T")
@@ -44,11 +45,6 @@ class ImplementationHung(ImplementationLost):
     """A call exceeded the per-call time limit."""
 
     outcome = "hung"
-
-
-def exception_name(problem: BaseException) -> str:
-    """The class name of an exception, also of one raised in a worker process."""
-    return str(getattr(problem, "type_name", type(problem).__name__))
 
 
 def as_implementation_error(

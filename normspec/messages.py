@@ -46,6 +46,11 @@ class RemoteException(Exception):
         return self.message
 
 
+def exception_name(problem: BaseException) -> str:
+    """The class name of an exception, also of a :class:`RemoteException`."""
+    return problem.type_name if isinstance(problem, RemoteException) else type(problem).__name__
+
+
 def strided_copy(values: NDArray[Any], strides: tuple[int, ...]) -> NDArray[Any]:
     """A copy of ``values`` laid out with ``strides`` (positive multiples of the item size)
     over a zeroed buffer of its own: the same values, the same memory layout."""
