@@ -217,8 +217,7 @@ class ProcessPool:
         """Every rank's answer; after a first problem the others get 2 s (they may be
         waiting for the failed one in a collective). A lost worker, or replicas that do not
         answer in time, end the pool."""
-        workers = {self._workers[rank].connection: rank for rank in ranks}
-        pending = dict(workers)
+        pending: dict[Any, int] = {self._workers[rank].connection: rank for rank in ranks}
         results: dict[int, Any] = {}
         problems: list[str] = []  # a lost replica's first: the others fail because of it
         lost: WorkerLost | None = None
