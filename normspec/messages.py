@@ -9,7 +9,8 @@ A message is pickled (protocol 5) with three rules on top:
   of a buffer of its own, as :func:`strided_copy` makes it: NumPy alone would send it
   contiguous, and conv.layout.memory checks what an implementation does with strides;
 - what the receiving side should not need a framework to read becomes portable: an
-  array-like of another library (a torch tensor, a JAX array) a NumPy array, an exception
+  array-like of another library (a torch tensor, a JAX array) a NumPy array, a string or
+  number of a subclass of another library (``torch.__version__``) a plain one, an exception
   of a class outside Python, NumPy and normspec a :class:`RemoteException` with its name
   and message.
 """
@@ -29,6 +30,8 @@ from numpy.typing import NDArray
 OUT_OF_BAND_BYTES = 1 << 16
 #: Top-level packages whose objects pickle as they are: the receiver imports nothing new.
 PORTABLE_PACKAGES = frozenset({"builtins", "numpy", "normspec", "ml_dtypes"})
+#: Built-in types whose subclasses of other packages travel as the built-in type.
+PLAIN_TYPES: tuple[type, ...] = (str, bytes, int, float, complex)
 
 
 class RemoteException(Exception):
@@ -81,6 +84,9 @@ class _Pickler(pickle.Pickler):
             return RemoteException, (name, str(obj))
         if hasattr(obj, "__array__"):
             return np.asarray, (np.asarray(obj),)
+        plain = next((t for t in PLAIN_TYPES if isinstance(obj, t)), None)
+        if plain is not None:
+            return plain, (plain(obj),)
         return NotImplemented
 
 

@@ -47,6 +47,14 @@ def test_arrays_keep_their_layout_and_arrive_writable(worker: Worker) -> None:
     assert np.array_equal(worker.request("add", large), large + 1.0)
 
 
+def test_a_librarys_values_come_back_as_plain_python_and_numpy(worker: Worker) -> None:
+    """What the checking process receives never imports the library under test."""
+    version, tensor = worker.request("library_values")
+    assert type(version) is str and version == "2.13.0"
+    assert type(tensor) is np.ndarray and tensor.tolist() == [0.0, 1.0, 2.0]
+    assert "worker_service" not in sys.modules
+
+
 def test_an_exception_comes_back_with_the_workers_traceback(worker: Worker) -> None:
     with pytest.raises(ValueError, match="bad value") as raised:
         worker.request("raise_value_error")
