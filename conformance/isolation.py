@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -278,8 +279,8 @@ def load_implementation(
     target: str, profile: str, isolation: Isolation | None, *, timeout: float = 60.0
 ) -> Implementation:
     """The implementation ``target`` names: in a worker process, or in this process where
-    ``isolation`` is ``None``."""
-    if isolation is None:
+    ``isolation`` is ``None`` or worker processes are not available (not POSIX)."""
+    if isolation is None or os.name != "posix":
         return load_target(target, profile)
     return isolate(target, profile, isolation, timeout=timeout)
 

@@ -417,90 +417,63 @@ def _run_one(
         progress.line(f"{counter} {entry.title} [{profile_name}]: not checked: {text}")
         return None
     try:
-        return _check_one(
-            entry,
-            profile_name,
-            implementation,
-            options,
-            deviations,
-            own_columns,
-            matrix,
-            progress,
-            recorder,
-            counter,
+        own = own_columns.get(entry.target)
+        if own is not None and profile_name != entry.profile:
+            capabilities = implementation.capabilities()
+            if equivalent_profiles(profile(own.profile), profile(profile_name), capabilities):
+                own.also_under.append(profile_name)
+                progress.line(
+                    f"{counter} {entry.title} [{profile_name}]: the same dialect parameters as "
+                    f"{own.profile} for this implementation: the {own.profile} run stands for both"
+                )
+                return None
+        progress.line(f"{counter} {entry.title} under profile {profile_name}")
+        applier = DeviationApplier(deviations.for_run(entry.target, profile_name))
+        column_ulps: dict[str, float] = {}
+
+        def on_result(result: ClauseResult) -> None:
+            applier(result)
+            passing = recorder.take()
+            worst: float | None = None
+            if result.outcome == "pass":
+                worst = passing
+            elif result.outcome in ("fail", "declared"):
+                worst = _failure_ulps(result)
+            if worst is not None:
+                column_ulps[result.clause_id] = worst
+            progress.line(_progress_line(result, worst))
+
+        check_options = CheckOptions(
+            profile=profile_name,
+            dtypes=options.dtypes,
+            clauses=options.clauses,
+            max_examples=options.max_examples,
+            seed=options.seed,
+            timeout=options.timeout,
+            target=entry.target,
+            shrink_seconds=options.shrink_seconds,
+            menu=options.menu,
         )
+        recorder.take()
+        report = check_implementation(implementation, check_options, progress=on_result)
+        applier.finish(report)
+        for warning in report.warnings:
+            progress.line(f"  warning: {warning}")
+            matrix.warnings.append(f"{entry.title} [{profile_name}]: {warning}")
+        column = Column(entry.target, entry.title, profile_name, report, ulps=column_ulps)
+        if profile_name == entry.profile:
+            own_columns[entry.target] = column
+        matrix.columns.append(column)
+        counts = report.counts()
+        summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
+        verdict = "NOT conformant" if not report.conformant else report.verdict
+        if report.interrupted:
+            verdict += " (interrupted)"
+        progress.line(f"  {verdict} under {profile_name}: {summary} in {report.seconds:.1f} s")
+        return column
     finally:
         if isinstance(implementation, IsolatedImplementation):
             implementation.close()
-
-
-def _check_one(
-    entry: BuiltinTarget,
-    profile_name: str,
-    implementation: Implementation,
-    options: MatrixOptions,
-    deviations: DeviationSet,
-    own_columns: dict[str, Column],
-    matrix: Matrix,
-    progress: Progress,
-    recorder: UlpsRecorder,
-    counter: str,
-) -> Column | None:
-    """:func:`_run_one` once the implementation is loaded."""
-    own = own_columns.get(entry.target)
-    if own is not None and profile_name != entry.profile:
-        capabilities = implementation.capabilities()
-        if equivalent_profiles(profile(own.profile), profile(profile_name), capabilities):
-            own.also_under.append(profile_name)
-            progress.line(
-                f"{counter} {entry.title} [{profile_name}]: the same dialect parameters as "
-                f"{own.profile} for this implementation: the {own.profile} run stands for both"
-            )
-            return None
-    progress.line(f"{counter} {entry.title} under profile {profile_name}")
-    applier = DeviationApplier(deviations.for_run(entry.target, profile_name))
-    column_ulps: dict[str, float] = {}
-
-    def on_result(result: ClauseResult) -> None:
-        applier(result)
-        passing = recorder.take()
-        worst: float | None = None
-        if result.outcome == "pass":
-            worst = passing
-        elif result.outcome in ("fail", "declared"):
-            worst = _failure_ulps(result)
-        if worst is not None:
-            column_ulps[result.clause_id] = worst
-        progress.line(_progress_line(result, worst))
-
-    check_options = CheckOptions(
-        profile=profile_name,
-        dtypes=options.dtypes,
-        clauses=options.clauses,
-        max_examples=options.max_examples,
-        seed=options.seed,
-        timeout=options.timeout,
-        target=entry.target,
-        shrink_seconds=options.shrink_seconds,
-        menu=options.menu,
-    )
-    recorder.take()
-    report = check_implementation(implementation, check_options, progress=on_result)
-    applier.finish(report)
-    for warning in report.warnings:
-        progress.line(f"  warning: {warning}")
-        matrix.warnings.append(f"{entry.title} [{profile_name}]: {warning}")
-    column = Column(entry.target, entry.title, profile_name, report, ulps=column_ulps)
-    if profile_name == entry.profile:
-        own_columns[entry.target] = column
-    matrix.columns.append(column)
-    counts = report.counts()
-    summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
-    verdict = "NOT conformant" if not report.conformant else report.verdict
-    if report.interrupted:
-        verdict += " (interrupted)"
-    progress.line(f"  {verdict} under {profile_name}: {summary} in {report.seconds:.1f} s")
-    return column
 
 
 def _progress_line(result: ClauseResult, ulps: float | None) -> str:
