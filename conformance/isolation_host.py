@@ -51,13 +51,16 @@ class ImplementationHost:
 
     def __init__(self, target: str, profile: str) -> None:
         self.implementation = load_target(target, profile)
+        # asked first, as in-process: an adapter may probe its library there (every worker,
+        # a fresh one after a crash too, builds layers from the same state)
+        self.capabilities = self.implementation.capabilities()
         self.layers: dict[int, Any] = {}
 
     def describe(self) -> Description:
         implementation = self.implementation
         return Description(
             name=implementation.name,
-            capabilities=implementation.capabilities(),
+            capabilities=self.capabilities,
             versions=dict(implementation.versions()),
             replicated=callable(getattr(implementation, "build_replicated", None)),
         )
