@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gallery.base import NumpyBatchNorm
+from gallery.base import NumpyBatchNorm, NumpyLayer
 from gallery.crashes import CRASHES, CrashingBatchNorm, UnboundedInferenceBackward, raising_twin
 
+from normspec.adapters.protocol import LayerConfig
 from normspec.conformance.isolation import Isolation, isolate
 from normspec.conformance.report_json import schema
 from normspec.conformance.runner import CheckOptions, check_implementation
@@ -80,6 +81,31 @@ def test_an_isolated_check_reports_what_an_in_process_one_does() -> None:
         (r.clause_id, r.outcome, r.examples) for r in in_process.results
     ]
     assert in_process.isolation == "in-process"
+
+
+class RejectsItsState(NumpyBatchNorm):
+    """``set_state`` raises (a worker's build sets parameters and state in one request)."""
+
+    def build(self, config: LayerConfig) -> NumpyLayer:
+        layer = super().build(config)
+
+        def set_state(state: object) -> None:
+            raise ValueError("no state accepted")
+
+        layer.set_state = set_state  # type: ignore[method-assign]
+        return layer
+
+
+def test_an_error_names_its_operation_in_a_worker_as_in_process() -> None:
+    options = {"dtypes": ["float64"], "max_examples": 5}
+    isolated = check(RejectsItsState, "bn.running.mean", **options).results[0]
+    settings = CheckOptions(profile="torch", clauses="bn.running.mean", **options)
+    in_process = check_implementation(RejectsItsState(), settings).results[0]
+    assert isolated.outcome == in_process.outcome == "error"
+    assert (
+        isolated.message == in_process.message == "set_state: raised ValueError: no state accepted"
+    )
+    assert "in set_state" in isolated.details["traceback"]
 
 
 def test_writes_into_an_input_come_back_from_the_worker() -> None:
