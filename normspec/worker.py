@@ -18,7 +18,8 @@ its own, whose end comes with a :class:`WorkerLost` (faulthandler writes the Pyt
 a crash there).
 
 Workers run in a session of their own (a Ctrl-C reaches this process only, which ends
-them) and end by themselves when this process is gone.
+them) and end by themselves when this process is gone. They start with OpenMP's passive
+wait policy unless the environment says otherwise (:data:`WAITING_ENVIRONMENT`).
 """
 
 from __future__ import annotations
