@@ -2,8 +2,9 @@
 
 Checking a :class:`LayerConfig` against the capabilities (:func:`check_config`), probing
 which dtypes a tiny forward and backward work in (:func:`probe_dtypes`), parameter-dtype
-policies for half-precision inputs, and well-formed running statistics. Imports no
-framework: the TensorFlow (``_tf``), JAX (``_jax``) and PyTorch adapters build on it.
+policies for half-precision inputs, and the running statistics a library reports. Imports
+no framework: the TensorFlow (``_tf``), JAX (``_jax``) and PyTorch adapters and the public
+:mod:`normspec.adapters.framework` build on it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from normspec.adapters._quiet import quiet_startup
 from normspec.adapters.protocol import (
     ALL_DTYPES,
     Array,
@@ -58,7 +60,9 @@ def profile_has_cumulative_average(profile: str) -> bool:
 
 
 def running_statistics(mean: Array, var: Array, steps: int) -> RunningStatistics:
-    """The reference's state value, or :class:`WrongOutput` if the values cannot be one."""
+    """The reference's state value holding what a library reports (any values: the clauses
+    judge them), or :class:`WrongOutput` if the arrays cannot be one (not two vectors of one
+    shape)."""
     try:
         return RunningStatistics(mean, var, steps)
     except ValueError as problem:
@@ -142,7 +146,8 @@ def probe_dtypes(base: Capabilities, probe: Probe, *, where: str | None = None) 
             continue
         config, x = probe_case(base, name)
         try:
-            problem = probe(config, x)
+            with quiet_startup():  # a library's first-use notices (tf_keras' mixed precision)
+                problem = probe(config, x)
         except WrongOutput:
             problem = None
         except Exception as error:  # any failure of the library means "not supported"

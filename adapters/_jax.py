@@ -59,9 +59,9 @@ from normspec.adapters._common import (
     ParameterPolicy,
     check_config,
     parameter_dtype_name,
-    probe_dtypes,
     running_statistics,
 )
+from normspec.adapters.framework import ProbedImplementation
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
@@ -721,29 +721,22 @@ def describe_device() -> str:
     return f"{device.platform} ({device.device_kind})"
 
 
-class JaxImplementation(abc.ABC):
+class JaxImplementation(ProbedImplementation):
     """An :class:`Implementation` on JAX: programs cached per configuration, dtype probing.
 
     ``parameters`` says where a float16/bfloat16 layer keeps its parameters: ``float32``
     (mixed precision, Flax's default ``param_dtype``) or ``input``.
     """
 
-    name: str
-    #: The library named in messages about unsupported configurations.
     library = "JAX"
 
     def __init__(self, profile: str = "flax", *, parameters: ParameterPolicy = "float32") -> None:
         self.profile = profile
         self.parameters = parameters
         parameter_dtype_name("float16", parameters)  # validates the policy
-        self._capabilities: Capabilities | None = None
         self._programs: dict[Any, JaxProgram] = {}
         self._sharded: dict[Any, ShardedProgram] = {}
         self._lock = threading.Lock()
-
-    @abc.abstractmethod
-    def base_capabilities(self) -> Capabilities:
-        """What the implementation supports, before the dtypes are probed."""
 
     @abc.abstractmethod
     def program_key(self, config: LayerConfig) -> Any:
@@ -785,17 +778,12 @@ class JaxImplementation(abc.ABC):
     def make_layer(self, config: LayerConfig) -> Layer:
         return JaxLayer(self.program(config), config)
 
-    def capabilities(self) -> Capabilities:
-        """The base capabilities, less the dtypes a tiny forward and backward fail on;
-        compiled per shape."""
-        if self._capabilities is None:
-            base = dataclasses.replace(self.base_capabilities(), compiles_per_shape=True)
-            self._capabilities = probe_dtypes(base, self._probe, where=describe_device())
-        return self._capabilities
+    def where(self) -> str:
+        return describe_device()
 
-    def build(self, config: LayerConfig) -> Layer:
-        check_config(self.capabilities(), config, library=self.library)
-        return self.make_layer(config)
+    def probed(self, base: Capabilities) -> Capabilities:
+        """The base capabilities, compiled per shape, less the dtypes a tiny layer fails on."""
+        return super().probed(dataclasses.replace(base, compiles_per_shape=True))
 
     def build_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedJaxLayer:
         """The layer on the first ``replicas`` devices (sync.*; see :class:`ShardedProgram`)."""
@@ -815,7 +803,7 @@ class JaxImplementation(abc.ABC):
                 sharded = self._sharded.setdefault(key, sharded)
         return ReplicatedJaxLayer(JaxLayer(self.program(config), config), sharded, config, replicas)
 
-    def _probe(self, config: LayerConfig, x: Array) -> str | None:
+    def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
         """A training-mode backward of a tiny layer: one compilation per dtype.
 
         The training-mode vjp runs the training forward (batch statistics, running update,

@@ -4,7 +4,8 @@ Imported only by the TensorFlow adapters (``keras_layer``, ``tf_nn``), never by 
 start-up. Importing it imports TensorFlow, which imports Keras 3: unless Keras is already
 loaded, ``KERAS_BACKEND`` is set to ``tensorflow`` first (the Keras adapters run on the
 TensorFlow backend), and TensorFlow's C++ log level to warnings (``TF_CPP_MIN_LOG_LEVEL``,
-unless set).
+unless set); what TensorFlow's native libraries log as they load and look for devices is
+kept out of normspec's output (``adapters._quiet``).
 
 An adapter specialises :class:`TFLayer` (how one forward is called, which variables hold
 the parameters and statistics) and :class:`TFImplementation` (what it supports); the rest
@@ -31,26 +32,26 @@ if "keras" not in sys.modules:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import tensorflow as tf
 
-from normspec.adapters._common import (
-    ParameterPolicy,
-    check_config,
-    parameter_dtype_name,
-    probe_dtypes,
-    running_statistics,
-)
+from normspec.adapters._quiet import quiet_startup
+
+with quiet_startup():
+    import tensorflow as tf
+
+    tf.config.list_logical_devices()  # looks for GPUs now, and logs so (cuInit) here
+
+from normspec.adapters._common import ParameterPolicy, parameter_dtype_name
+from normspec.adapters.framework import ArrayLayer, ProbedImplementation, VectorName
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
     DTypeName,
     Layer,
     LayerConfig,
-    State,
     UnsupportedConfig,
     WrongOutput,
 )
-from normspec.reference import Gradients, RunningStatistics
+from normspec.reference import Gradients
 from normspec.reference.dialects import PROFILES, Dialect
 
 TF_DTYPES: dict[DTypeName, tf.DType] = {
@@ -203,6 +204,15 @@ class BatchNormVariables:
     moving_variance: object | None
 
 
+#: The field of :class:`BatchNormVariables` holding each per-feature vector.
+VARIABLE_NAMES: dict[VectorName, str] = {
+    "gamma": "gamma",
+    "beta": "beta",
+    "mean": "moving_mean",
+    "var": "moving_variance",
+}
+
+
 # -- tracing --------------------------------------------------------------------------------
 
 
@@ -261,7 +271,7 @@ class Compiled:
 # -- the layer ------------------------------------------------------------------------------
 
 
-class TFLayer(abc.ABC):
+class TFLayer(ArrayLayer):
     """A :class:`Layer` over TensorFlow tensors; subclasses say how one forward is computed.
 
     Outputs and gradients are checked for the input's dtype and shape, parameter gradients
@@ -271,12 +281,11 @@ class TFLayer(abc.ABC):
     """
 
     def __init__(self, config: LayerConfig, *, compiled: bool = False) -> None:
-        self.config = config
+        super().__init__(config)
         self.input_dtype = tf_dtype(config.dtype)
         self.compiled = compiled
         #: per-feature variables kept broadcastable to the input (see checked_variable)
         self.keepdims = False
-        self._steps = 0
         self._train = Compiled(self._train_fn, "train", self._keep) if compiled else None
         self._infer = Compiled(self._infer_fn, "infer", self._keep) if compiled else None
         self._vjp = Compiled(self._vjp_fn, "vjp", self._keep) if compiled else None
@@ -300,39 +309,26 @@ class TFLayer(abc.ABC):
             checked_variable(found.beta, n, "beta", keepdims=self.keepdims),
         ]
 
-    # -- the protocol --
+    # -- the vectors (ArrayLayer) --
 
-    def set_parameters(self, gamma: Array, beta: Array) -> None:
-        found = self.variables()
+    def read_vector(self, name: VectorName) -> Array:
+        what = VARIABLE_NAMES[name]
+        variable = getattr(self.variables(), what)
+        return read_variable(variable, self.config.num_features, what, keepdims=self.keepdims)
+
+    def write_vector(self, name: VectorName, values: Array) -> None:
+        what = VARIABLE_NAMES[name]
+        variable = getattr(self.variables(), what)
         n, keep = self.config.num_features, self.keepdims
-        write_variable(found.gamma, gamma, n, "gamma", keepdims=keep)
-        write_variable(found.beta, beta, n, "beta", keepdims=keep)
+        write_variable(variable, values, n, what, keepdims=keep)
 
-    def set_state(self, state: State) -> None:
-        if not self.config.track_running_stats:
-            raise ValueError("a layer that does not track running statistics has no state")
-        if not isinstance(state, RunningStatistics):
-            raise TypeError(f"a batch-norm layer keeps RunningStatistics, not {state!r}")
-        found = self.variables()
-        n, keep = self.config.num_features, self.keepdims
-        write_variable(found.moving_mean, state.mean, n, "moving_mean", keepdims=keep)
-        write_variable(found.moving_variance, state.var, n, "moving_variance", keepdims=keep)
-        self._steps = state.steps
+    def output(self, x: Array, *, training: bool) -> Array:
+        inputs = to_tf(x, self.input_dtype)
+        run = self._train if training else self._infer
+        y = run(inputs) if run is not None else self.forward(inputs, training=training)
+        return from_tf(y, shape=x.shape, dtype=self.input_dtype, what="the output")
 
-    def state(self) -> State | None:
-        if not self.config.track_running_stats:
-            return None
-        found = self.variables()
-        n, keep = self.config.num_features, self.keepdims
-        mean = read_variable(found.moving_mean, n, "moving_mean", keepdims=keep)
-        var = read_variable(found.moving_variance, n, "moving_variance", keepdims=keep)
-        return running_statistics(mean, var, self._steps)
-
-    def train_step(self, x: Array) -> Array:
-        return self._output(x, training=True)
-
-    def infer(self, x: Array) -> Array:
-        return self._output(x, training=False)
+    # -- gradients --
 
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
         """dx, dgamma, dbeta by ``tf.GradientTape`` through the whole forward.
@@ -384,12 +380,6 @@ class TFLayer(abc.ABC):
         grads = tape.gradient(y, [x, *variables], output_gradients=tf.cast(dy, y.dtype))
         return [y, *grads]
 
-    def _output(self, x: Array, *, training: bool) -> Array:
-        inputs = to_tf(x, self.input_dtype)
-        run = self._train if training else self._infer
-        y = run(inputs) if run is not None else self.forward(inputs, training=training)
-        return from_tf(y, shape=x.shape, dtype=self.input_dtype, what="the output")
-
     @staticmethod
     def _gradient(grad: object, of: tf.Tensor | tf.Variable, what: str) -> Array:
         """A gradient; ``None`` (the forward did not use ``of``) is a zero gradient."""
@@ -403,29 +393,23 @@ class TFLayer(abc.ABC):
 # -- the implementation ---------------------------------------------------------------------
 
 
-class TFImplementation(abc.ABC):
+class TFImplementation(ProbedImplementation):
     """An :class:`Implementation` on TensorFlow: versions, config checks, dtype probing."""
-
-    name: str
 
     def __init__(self, profile: str, *, parameters: ParameterPolicy = "float32") -> None:
         self.profile = profile
         self.parameters = parameters
         parameter_dtype("float16", parameters)  # validates the policy
-        self._capabilities: Capabilities | None = None
 
     @property
     def dialect(self) -> Dialect | None:
         """The profile's dialect, ``None`` for a name normspec does not know."""
         return PROFILES.get(self.profile)
 
-    @abc.abstractmethod
-    def base_capabilities(self) -> Capabilities:
-        """What the implementation supports, before the dtypes are probed."""
-
-    @abc.abstractmethod
-    def make_layer(self, config: LayerConfig) -> Layer:
-        """A fresh layer for a configuration within the capabilities."""
+    @property
+    def library(self) -> str:  # type: ignore[override]
+        """The implementation's name, in the messages about unsupported configurations."""
+        return self.name
 
     def library_versions(self) -> Mapping[str, str]:
         """Versions of the libraries besides TensorFlow and NumPy."""
@@ -434,12 +418,6 @@ class TFImplementation(abc.ABC):
     def versions(self) -> Mapping[str, str]:
         return {**tf_versions(), **self.library_versions()}
 
-    def capabilities(self) -> Capabilities:
-        """The base capabilities, less the dtypes a tiny forward and backward fail on."""
-        if self._capabilities is None:
-            self._capabilities = probe_dtypes(self.base_capabilities(), self._probe)
-        return self._capabilities
-
     def build(self, config: LayerConfig) -> Layer:
         caps = self.capabilities()
         if config.renorm is None and not caps.batchnorm:
@@ -447,20 +425,16 @@ class TFImplementation(abc.ABC):
                 "plain batch normalization is not checked here: "
                 + caps.notes.get("batchnorm", "the implementation is renorm-only")
             )
-        check_config(caps, config, library=self.name)
-        return self.make_layer(config)
+        return super().build(config)
 
-    def _probe(self, config: LayerConfig, x: Array) -> str | None:
+    def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
+        """The tiny layer's calls; a failure is summarised (Keras wraps the cause)."""
         try:
-            layer = self.make_layer(config)
-            layer.train_step(x)
-            layer.infer(x)
-            layer.vjp(x, np.ones_like(x), training=True)
+            return super().probe(config, x, base)
         except WrongOutput:
             return None
         except Exception as problem:  # any failure of the library means "not supported"
             return error_summary(problem)
-        return None
 
 
 def error_summary(problem: BaseException) -> str:

@@ -3,7 +3,9 @@
 Imported only by the PyTorch adapters (``torch_module``, ``torch_functional``), never by
 normspec at start-up. An adapter specialises :class:`TorchLayer` (how one forward is called
 and where the tensors live) and :class:`TorchImplementation` (what it supports); everything
-else -- conversion, checking of outputs (conv.io.shape_dtype), state, gradients -- is here.
+else -- conversion, checking of outputs (conv.io.shape_dtype), state, gradients, the
+arrangement of half-precision layers -- is here, on the mechanism every adapter shares
+(:mod:`normspec.adapters.framework`).
 """
 
 from __future__ import annotations
@@ -18,25 +20,22 @@ import numpy as np
 import torch
 
 from normspec.adapters._common import (
+    HALF_DTYPES,
     ParameterPolicy,
-    check_config,
     parameter_dtype_name,
     probe_case,
-    probe_dtypes,
     profile_has_cumulative_average,
-    running_statistics,
 )
+from normspec.adapters.framework import ArrayLayer, ProbedImplementation, VectorName
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
     DTypeName,
-    Layer,
     LayerConfig,
-    State,
     UnsupportedConfig,
     WrongOutput,
 )
-from normspec.reference import Gradients, RunningStatistics
+from normspec.reference import Gradients
 from normspec.reference.second_order import SecondOrderGradients
 
 #: The environment variable naming the default device (``cpu``, ``cuda``, ``cuda:1``, ...).
@@ -175,34 +174,26 @@ def _checked_vector(tensor: torch.Tensor | None, num_features: int, what: str) -
     return tensor
 
 
-def write_vector(tensor: torch.Tensor | None, values: Array, num_features: int, what: str) -> None:
+#: The field of :class:`BatchNormTensors` holding each per-feature vector.
+TENSOR_NAMES: dict[VectorName, str] = {
+    "gamma": "weight",
+    "beta": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
+
+
+def write_tensor(tensor: torch.Tensor | None, values: Array, num_features: int, what: str) -> None:
     """Overwrite a parameter or running statistic in place, keeping its dtype and device."""
     target = _checked_vector(tensor, num_features, what)
     with torch.no_grad():
         target.copy_(vector_to_torch(values, target))
 
 
-def read_vector(tensor: torch.Tensor | None, num_features: int, what: str) -> Array:
+def read_tensor(tensor: torch.Tensor | None, num_features: int, what: str) -> Array:
     """A parameter or running statistic as a float64 vector."""
     target = _checked_vector(tensor, num_features, what)
     return from_torch(target, shape=(num_features,), dtype=target.dtype, what=what)
-
-
-def read_state(tensors: BatchNormTensors, num_features: int, steps: int) -> RunningStatistics:
-    """The running statistics; ``steps`` is used where the layer keeps no step counter."""
-    mean = read_vector(tensors.running_mean, num_features, "running_mean")
-    var = read_vector(tensors.running_var, num_features, "running_var")
-    if tensors.num_batches_tracked is not None:
-        steps = int(tensors.num_batches_tracked.item())
-    return running_statistics(mean, var, steps)
-
-
-def write_state(tensors: BatchNormTensors, state: RunningStatistics, num_features: int) -> None:
-    """Overwrite the running statistics (and step counter, if any) in place."""
-    write_vector(tensors.running_mean, state.mean, num_features, "running_mean")
-    write_vector(tensors.running_var, state.var, num_features, "running_var")
-    if tensors.num_batches_tracked is not None:
-        tensors.num_batches_tracked.fill_(state.steps)
 
 
 @contextmanager
@@ -217,10 +208,24 @@ def restored(tensors: Sequence[torch.Tensor]) -> Iterator[None]:
                 tensor.copy_(value)
 
 
+@contextmanager
+def differentiable(tensors: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Run a block with ``tensors`` requiring grad: buffers (a frozen layer's weight and
+    bias) are differentiated as parameters are, and given back as they were."""
+    switched = [tensor for tensor in tensors if not tensor.requires_grad]
+    for tensor in switched:
+        tensor.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for tensor in switched:
+            tensor.requires_grad_(False)
+
+
 # -- the layer ------------------------------------------------------------------------------
 
 
-class TorchLayer(abc.ABC):
+class TorchLayer(ArrayLayer):
     """A :class:`Layer` over torch tensors; subclasses say how one forward is computed.
 
     Inputs keep their NumPy layout (:func:`to_torch`); outputs and gradients are checked for
@@ -228,12 +233,10 @@ class TorchLayer(abc.ABC):
     """
 
     def __init__(self, config: LayerConfig, device: torch.device, parameters: torch.dtype):
-        self.config = config
+        super().__init__(config)
         self.device = device
         self.input_dtype = torch_dtype(config.dtype)
         self.parameter_dtype = parameters
-        #: the step count reported by a layer without a step counter: the last one set
-        self._steps = 0
 
     @abc.abstractmethod
     def tensors(self) -> BatchNormTensors:
@@ -249,31 +252,32 @@ class TorchLayer(abc.ABC):
         candidates = (found.running_mean, found.running_var, found.num_batches_tracked)
         return [tensor for tensor in candidates if tensor is not None]
 
-    # -- the protocol --
+    # -- the vectors (ArrayLayer) --
 
-    def set_parameters(self, gamma: Array, beta: Array) -> None:
-        found = self.tensors()
-        write_vector(found.weight, gamma, self.config.num_features, "weight")
-        write_vector(found.bias, beta, self.config.num_features, "bias")
+    def read_vector(self, name: VectorName) -> Array:
+        what = TENSOR_NAMES[name]
+        return read_tensor(getattr(self.tensors(), what), self.config.num_features, what)
 
-    def set_state(self, state: State) -> None:
-        if not self.config.track_running_stats:
-            raise ValueError("a layer that does not track running statistics has no state")
-        if not isinstance(state, RunningStatistics):
-            raise TypeError(f"a torch BatchNorm layer keeps RunningStatistics, not {state!r}")
-        write_state(self.tensors(), state, self.config.num_features)
-        self._steps = state.steps
+    def write_vector(self, name: VectorName, values: Array) -> None:
+        what = TENSOR_NAMES[name]
+        write_tensor(getattr(self.tensors(), what), values, self.config.num_features, what)
 
-    def state(self) -> RunningStatistics | None:
-        if not self.config.track_running_stats:
-            return None
-        return read_state(self.tensors(), self.config.num_features, self._steps)
+    def read_steps(self) -> int | None:
+        counter = self.tensors().num_batches_tracked
+        return None if counter is None else int(counter.item())
 
-    def train_step(self, x: Array) -> Array:
-        return self._output(x, training=True)
+    def write_steps(self, steps: int) -> None:
+        counter = self.tensors().num_batches_tracked
+        if counter is not None:
+            counter.fill_(steps)
 
-    def infer(self, x: Array) -> Array:
-        return self._output(x, training=False)
+    def output(self, x: Array, *, training: bool) -> Array:
+        inputs = to_torch(x, self.input_dtype, self.device)
+        with torch.no_grad():
+            y = self.forward(inputs, training=training)
+        return from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
+
+    # -- gradients --
 
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
         """dx, dgamma, dbeta by autograd; the running statistics are left as they were.
@@ -285,7 +289,7 @@ class TorchLayer(abc.ABC):
         checked = self._parameters()
         inputs = to_torch(x, self.input_dtype, self.device).requires_grad_(True)
         cotangent = to_torch(dy, self.input_dtype, self.device)
-        with restored(self.mutable_tensors()), torch.enable_grad():
+        with restored(self.mutable_tensors()), differentiable(checked), torch.enable_grad():
             y = self.forward(inputs, training=training)
             from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
             assert isinstance(y, torch.Tensor)
@@ -317,7 +321,7 @@ class TorchLayer(abc.ABC):
         cotangent = to_torch(dy, self.input_dtype, self.device).requires_grad_(True)
         weights = [to_torch(v, self.input_dtype, self.device)]
         weights += [vector_to_torch(c, p) for c, p in zip((v_gamma, v_beta), params, strict=False)]
-        with restored(self.mutable_tensors()), torch.enable_grad():
+        with restored(self.mutable_tensors()), differentiable(params), torch.enable_grad():
             y = self.forward(inputs, training=True)
             from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
             assert isinstance(y, torch.Tensor)
@@ -357,12 +361,6 @@ class TorchLayer(abc.ABC):
             _checked_vector(found.bias, num_features, "bias"),
         ]
 
-    def _output(self, x: Array, *, training: bool) -> Array:
-        inputs = to_torch(x, self.input_dtype, self.device)
-        with torch.no_grad():
-            y = self.forward(inputs, training=training)
-        return from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
-
     @staticmethod
     def _gradient(grad: torch.Tensor | None, of: torch.Tensor, what: str) -> Array:
         """A gradient; ``None`` (the forward did not use ``of``) is a zero gradient."""
@@ -373,60 +371,117 @@ class TorchLayer(abc.ABC):
 # -- the implementation ---------------------------------------------------------------------
 
 
-class TorchImplementation(abc.ABC):
-    """An :class:`Implementation` on torch: device, versions, config checks, dtype probing."""
+#: How each parameter policy arranges a half-precision layer, for names and warnings.
+ARRANGEMENTS: dict[ParameterPolicy, str] = {
+    "float32": "float32 parameters and running statistics (as under torch.autocast)",
+    "input": "parameters and running statistics in the input's dtype (module.half())",
+}
 
-    name: str
+
+class TorchImplementation(ProbedImplementation):
+    """An :class:`Implementation` on torch: device, versions, config checks, dtype probing.
+
+    ``parameters`` says where a float16/bfloat16 layer keeps its parameters and running
+    statistics (``float32`` or ``input``, see :func:`parameter_dtype`); ``None`` detects it
+    per dtype: ``float32``, unless a tiny layer fails in that arrangement and works in the
+    other (a module that is not built on ``F.batch_norm`` and returns a float32 output for
+    a half input beside float32 buffers). The arrangement chosen is a report warning.
+    """
+
+    library = "torch"
 
     def __init__(
         self,
         profile: str = "torch",
         *,
         device: str | torch.device | None = None,
-        parameters: ParameterPolicy = "float32",
+        parameters: ParameterPolicy | None = None,
     ) -> None:
         self.profile = profile
         self.device = resolve_device(device)
-        self.parameters = parameters
-        parameter_dtype("float16", parameters)  # validates the policy
-        self._capabilities: Capabilities | None = None
-
-    @abc.abstractmethod
-    def base_capabilities(self) -> Capabilities:
-        """What the implementation supports, before the dtypes are probed."""
+        self.parameters: ParameterPolicy = parameters or "float32"
+        parameter_dtype("float16", self.parameters)  # validates the policy
+        self.detect_arrangement = parameters is None
+        #: the policy of each half dtype whose arrangement was detected otherwise
+        self.arrangements: dict[DTypeName, ParameterPolicy] = {}
+        self.label = ""
 
     @abc.abstractmethod
     def make_layer(self, config: LayerConfig) -> TorchLayer:
         """A fresh layer for a configuration within the capabilities."""
 
+    def policy(self, name: DTypeName) -> ParameterPolicy:
+        """Where a layer of dtype ``name`` keeps its parameters and running statistics."""
+        return self.arrangements.get(name, self.parameters)
+
+    def parameter_dtype(self, name: DTypeName) -> torch.dtype:
+        """The dtype of the parameters and running statistics of a layer of dtype ``name``."""
+        return parameter_dtype(name, self.policy(name))
+
     def describe(self, what: str) -> str:
-        """``what (torch VERSION, DEVICE[, float32 parameters])``: the implementation's name."""
-        policy = ", float32 parameters for half inputs" if self.parameters == "float32" else ""
+        """``what (torch VERSION, DEVICE[, float32 parameters for ...])``: the name."""
+        self.label = what
+        mixed = [name for name in sorted(HALF_DTYPES) if self.policy(name) == "float32"]
+        kinds = "half" if len(mixed) == len(HALF_DTYPES) else " and ".join(mixed)
+        policy = f", float32 parameters for {kinds} inputs" if mixed else ""
         return f"{what} (torch {torch.__version__}, {self.device}{policy})"
 
     def profile_has_cumulative_average(self) -> bool:
         """Whether the profile defines ``momentum=None`` (dialect.cumulative_average)."""
         return profile_has_cumulative_average(self.profile)
 
-    def capabilities(self) -> Capabilities:
-        """The base capabilities, less the dtypes a tiny forward and backward fail on, with
-        double_backward where a tiny layer's backward can be differentiated."""
-        if self._capabilities is None:
-            probed = probe_dtypes(self.base_capabilities(), self._probe, where=str(self.device))
-            self._capabilities = self._probe_double_backward(probed)
-        return self._capabilities
+    def where(self) -> str:
+        return str(self.device)
+
+    def probed(self, base: Capabilities) -> Capabilities:
+        """The half-precision arrangements (if detected), the dtypes a tiny forward and
+        backward fail on, and double_backward where a tiny layer's backward can be
+        differentiated."""
+        if self.detect_arrangement:
+            base = self._arrange_half_dtypes(base)
+        return self._probe_double_backward(super().probed(base))
 
     def versions(self) -> Mapping[str, str]:
         return device_versions(self.device)
 
-    def build(self, config: LayerConfig) -> Layer:
-        check_config(self.capabilities(), config, library="torch")
-        return self.make_layer(config)
+    def _arrange_half_dtypes(self, base: Capabilities) -> Capabilities:
+        """``base``, the arrangement of every half dtype a tiny layer fails in under
+        :attr:`parameters` (an error, a malformed output) switched to the other where the
+        layer works in that one; each switch is a warning, and renames the implementation."""
+        other: ParameterPolicy = "input" if self.parameters == "float32" else "float32"
+        warnings = list(base.warnings)
+        for name in sorted(HALF_DTYPES & base.dtypes):
+            problem = self._problem_under(name, self.parameters, base)
+            if problem is None or self._problem_under(name, other, base) is not None:
+                continue
+            self.arrangements[name] = other
+            warnings.append(
+                f"{name} is checked with {ARRANGEMENTS[other]}: with "
+                f"{ARRANGEMENTS[self.parameters]} {problem}"
+            )
+        if self.arrangements:
+            self.name = self.describe(self.label)
+        return replace(base, warnings=tuple(warnings))
+
+    def _problem_under(
+        self, name: DTypeName, policy: ParameterPolicy, base: Capabilities
+    ) -> str | None:
+        """What goes wrong with a tiny layer of dtype ``name`` under ``policy``, if anything."""
+        config, x = probe_case(base, name)
+        saved = dict(self.arrangements)
+        self.arrangements[name] = policy
+        try:
+            self.probe(config, x, base)
+        except Exception as error:  # a malformed output or any failure of the library
+            return f"{type(error).__name__}: {error}".splitlines()[0]
+        finally:
+            self.arrangements = saved
+        return None
 
     def _probe_double_backward(self, caps: Capabilities) -> Capabilities:
         """``caps`` with double_backward set by one double backward of a tiny layer (in
         float64 where supported); why it failed goes to ``notes["double_backward"]``."""
-        if not caps.backward or not caps.dtypes:
+        if not caps.backward or not caps.training or not caps.dtypes:
             return caps
         dtype = "float64" if "float64" in caps.dtypes else sorted(caps.dtypes)[0]
         config, x = probe_case(caps, dtype)
@@ -444,11 +499,3 @@ class TorchImplementation(abc.ABC):
             }
             return replace(caps, double_backward=False, notes=notes)
         return replace(caps, double_backward=True)
-
-    def _probe(self, config: LayerConfig, x: Array) -> str | None:
-        """A training step, an inference and a backward of a tiny layer (see probe_dtypes)."""
-        layer = self.make_layer(config)
-        layer.train_step(x)
-        layer.infer(x)
-        layer.vjp(x, np.ones_like(x), training=True)
-        return None

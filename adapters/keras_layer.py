@@ -441,7 +441,7 @@ class KerasImplementation(TFImplementation):
             notes=notes,
         )
 
-    def _probe(self, config: LayerConfig, x: Array) -> str | None:
+    def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
         """A renorm-only target is probed with renorm layers (constant bounds, no clipping)."""
         if not self.batchnorm:
             dialect = self.dialect if self.dialect and self.dialect.renorm else PROFILES["tf_keras"]
@@ -454,7 +454,7 @@ class KerasImplementation(TFImplementation):
                 feature_axis=config.feature_axis,
             )
             config = replace(config, momentum=momentum, renorm=renorm)
-        return super()._probe(config, x)
+        return super().probe(config, x, base)
 
     def make_layer(self, config: LayerConfig) -> KerasLayer:
         arguments: dict[str, Any] = {
@@ -501,12 +501,15 @@ def _is_variable(value: object) -> bool:
     return isinstance(getattr(value, "value", None), tf.Variable)
 
 
-def recognise(obj: object, profile: str) -> KerasImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
-    if not recognisable(obj):
+def recognise(
+    obj: object, profile: str, arguments: Mapping[str, Any] | None = None
+) -> KerasImplementation | None:
+    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``; ``arguments``:
+    the target's constructor arguments."""
+    if not recognisable(obj, arguments):
         return None
     assert isinstance(obj, type)
-    return KerasImplementation(obj, profile)
+    return KerasImplementation(obj, profile, arguments=arguments)
 
 
 # -- the built-in targets (normspec.adapters.registry.ALIASES) ------------------------------

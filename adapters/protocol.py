@@ -111,8 +111,15 @@ class Capabilities:
     #: a program is compiled per configuration and input shape (JAX): a check draws its
     #: settings from a per-run menu (conformance.menu) unless asked otherwise
     compiles_per_shape: bool = False
+    #: a training mode (``train_step``); false for an inference-only (frozen) layer, whose
+    #: statistics and affine parameters are only ever set (``set_state``,
+    #: ``set_parameters``): the clauses that need a training step are not applicable
+    training: bool = True
     #: free text per capability that is missing, shown in the report's not-applicable reason
     notes: Mapping[str, str] = field(default_factory=dict)
+    #: what a report should say about how the implementation is checked (constructor
+    #: arguments left at their defaults, an arrangement chosen for a dtype): its warnings
+    warnings: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -129,10 +136,15 @@ class Layer(Protocol):
         """
 
     def state(self) -> State | None:
-        """The current statistics; ``None`` for a layer that keeps none."""
+        """The current statistics as the library holds them, whatever their values (a
+        negative or NaN variance is the clauses' to judge); ``None`` for a layer that keeps
+        none."""
 
     def train_step(self, x: Array) -> Array:
-        """One training-mode forward; updates the state as the implementation does."""
+        """One training-mode forward; updates the state as the implementation does.
+
+        Never called for an implementation without a training mode (``Capabilities.training``).
+        """
 
     def infer(self, x: Array) -> Array:
         """One inference-mode forward."""

@@ -4,19 +4,28 @@ A target is either an object implementing the protocol (or a zero-argument calla
 returns one), or an object that a framework adapter recognises: each recogniser is named
 here by import path and imported only when its framework is already loaded, so that
 normspec itself never imports a framework at start-up.
+
+A target may end with constructor arguments, ``package.module:Class(name=value, ...)``:
+keyword arguments whose values are Python literals (read with ``ast.literal_eval``, never
+evaluated), for a class a recogniser builds (those whose recogniser takes ``arguments``)
+or an implementation class or factory (called with them).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from normspec.adapters._quiet import quiet_startup
 from normspec.adapters.protocol import Implementation
 
 #: (framework module that must be loaded, "module:function" of the recogniser).
-#: A recogniser takes (object, profile name) and returns an Implementation or None.
+#: A recogniser takes (object, profile name) and returns an Implementation or None; one that
+#: builds classes with the target's constructor arguments also takes ``arguments``.
 RECOGNISERS: list[tuple[str, str]] = [
     ("torch", "normspec.adapters.torch_distributed:recognise"),
     ("torch", "normspec.adapters.torch_module:recognise"),
@@ -25,6 +34,12 @@ RECOGNISERS: list[tuple[str, str]] = [
     ("flax", "normspec.adapters.flax_linen:recognise"),
     ("flax", "normspec.adapters.flax_nnx:recognise"),
     ("jax", "normspec.adapters.jax_functional:recognise"),
+]
+
+#: (framework module, "module:function"): why an object of that framework is recognised by
+#: none of its recognisers, and what to do (``None``: not its framework's), for the error.
+EXPLAINERS: list[tuple[str, str]] = [
+    ("torch", "normspec.adapters.torch_module:explain"),
 ]
 
 #: Short names for built-in targets.
@@ -56,7 +71,8 @@ def _import_attr(target: str) -> Any:
     if not sep or not module_name or not attr_path:
         raise TargetError(f"target {target!r} must have the form package.module:attr")
     try:
-        module = importlib.import_module(module_name)
+        with quiet_startup():  # a library's native start-up logs (TensorFlow's)
+            module = importlib.import_module(module_name)
     except ImportError as problem:
         raise TargetError(
             f"cannot import {module_name!r} for target {target!r}: {problem}"
@@ -70,41 +86,99 @@ def _import_attr(target: str) -> Any:
     return value
 
 
-def _recognise(value: Any, profile: str) -> Implementation | None:
+def parse_target(target: str) -> tuple[str, dict[str, Any]]:
+    """``package.module:attr(name=literal, ...)`` as the path and the constructor arguments
+    (none without parentheses); :class:`TargetError` for anything but literal keywords."""
+    path, bracket, rest = target.partition("(")
+    if not bracket:
+        return target, {}
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+    except SyntaxError:
+        call = None
+    if not isinstance(call, ast.Call) or call.args or any(k.arg is None for k in call.keywords):
+        raise TargetError(
+            f"target {target!r}: constructor arguments are keyword arguments, "
+            "package.module:Class(name=value, ...)"
+        )
+    arguments = {}
+    for keyword in call.keywords:
+        try:
+            arguments[str(keyword.arg)] = ast.literal_eval(keyword.value)
+        except ValueError:
+            raise TargetError(
+                f"target {target!r}: the value of {keyword.arg} is not a Python literal "
+                f"({ast.unparse(keyword.value)})"
+            ) from None
+    return path.strip(), arguments
+
+
+def _takes_arguments(recogniser: Callable[..., Any]) -> bool:
+    return "arguments" in inspect.signature(recogniser).parameters
+
+
+def _recognise(
+    value: Any, profile: str, arguments: Mapping[str, Any] | None = None
+) -> Implementation | None:
     for framework, path in RECOGNISERS:
         if framework not in sys.modules:
             continue
-        recogniser: Callable[[Any, str], Implementation | None] = _import_attr(path)
-        found = recogniser(value, profile)
+        recogniser: Callable[..., Implementation | None] = _import_attr(path)
+        if not arguments:
+            found = recogniser(value, profile)
+        elif _takes_arguments(recogniser):
+            found = recogniser(value, profile, arguments=arguments)
+        else:
+            continue
         if found is not None:
             return found
     return None
 
 
+def _explain(value: Any, arguments: Mapping[str, Any]) -> str | None:
+    for framework, path in EXPLAINERS:
+        if framework in sys.modules:
+            explainer: Callable[[Any, Mapping[str, Any]], str | None] = _import_attr(path)
+            found = explainer(value, arguments)
+            if found is not None:
+                return found
+    return None
+
+
+def _made(factory: Any, arguments: Mapping[str, Any]) -> Implementation | None:
+    """What calling ``factory`` with ``arguments`` makes, if it is an implementation."""
+    try:
+        made = factory(**arguments)
+    except TypeError:
+        return None
+    return made if isinstance(made, Implementation) else None
+
+
 def load_target(target: str, profile: str) -> Implementation:
     """The implementation a target names, checked under ``profile``."""
-    value = _import_attr(ALIASES.get(target, target))
-    if target in ALIASES:
+    path, arguments = parse_target(target)
+    if arguments and path in ALIASES:
+        raise TargetError(f"target {target!r}: built-in targets take no constructor arguments")
+    value = _import_attr(ALIASES.get(path, path))
+    if path in ALIASES:
         value = value(profile)
-    if isinstance(value, Implementation):
+    if isinstance(value, Implementation) and not isinstance(value, type):
+        if arguments:
+            raise TargetError(f"target {target!r}: {path} is an instance, built already")
         return value
-    recognised = _recognise(value, profile)
+    try:
+        recognised = _recognise(value, profile, arguments)
+    except (TypeError, ValueError) as problem:
+        raise TargetError(f"target {target!r}: {problem}") from None
     if recognised is not None:
         return recognised
-    if callable(value) and not isinstance(value, type):
-        try:
-            made = value()
-        except TypeError:
-            made = None
-        if isinstance(made, Implementation):
+    if callable(value):
+        made = _made(value, arguments)
+        if made is not None:
             return made
-    if isinstance(value, type):
-        try:
-            instance = value()
-        except TypeError:
-            instance = None
-        if isinstance(instance, Implementation):
-            return instance
+    explanation = _explain(value, arguments)
+    if explanation is not None:
+        raise TargetError(f"target {target!r}: {explanation}")
     raise TargetError(
         f"target {target!r} is a {type(value).__name__}, not an implementation: it neither "
         "implements normspec.adapters.Implementation nor is recognised by a framework adapter"

@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from normspec.adapters._common import ParameterPolicy
-from normspec.adapters._torch import (
-    BatchNormTensors,
-    TorchImplementation,
-    TorchLayer,
-    parameter_dtype,
-)
+from normspec.adapters._torch import BatchNormTensors, TorchImplementation, TorchLayer
 from normspec.adapters.protocol import Capabilities, LayerConfig
 
 
@@ -70,7 +65,7 @@ class FunctionalBatchNorm(TorchImplementation):
         profile: str = "torch",
         *,
         device: str | torch.device | None = None,
-        parameters: ParameterPolicy = "float32",
+        parameters: ParameterPolicy | None = None,
     ) -> None:
         super().__init__(profile, device=device, parameters=parameters)
         self.name = self.describe("torch.nn.functional.batch_norm")
@@ -94,4 +89,4 @@ class FunctionalBatchNorm(TorchImplementation):
         )
 
     def make_layer(self, config: LayerConfig) -> FunctionalLayer:
-        return FunctionalLayer(config, self.device, parameter_dtype(config.dtype, self.parameters))
+        return FunctionalLayer(config, self.device, self.parameter_dtype(config.dtype))

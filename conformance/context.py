@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,6 +25,14 @@ from normspec.conformance.tolerance import Comparison, Precision
 from normspec.messages import strided_copy
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
 from normspec.reference.dialects import Dialect
+
+#: The bounds a clause holds results to (see CheckContext.bounds).
+Bounds = Literal["value", "accuracy", "gross"]
+PRECISIONS: dict[Bounds, Callable[[str], Precision]] = {
+    "value": Precision.storage,
+    "accuracy": Precision.of,
+    "gross": Precision.gross,
+}
 
 
 def layout_copy(array: NDArray[Any]) -> NDArray[Any]:
@@ -51,10 +60,12 @@ class CheckContext:
     dtypes: tuple[DTypeName, ...]
     guard: Guard
     examples: int = 0
-    case: Case | None = None
+    case: Case[Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
-    #: set for the accuracy clauses: float32 working precision for reduced dtypes
-    accuracy: bool = False
+    #: the bounds results are held to: ``value`` (the value clauses: the dtype's own
+    #: precision, raw moments admitted), ``accuracy`` (the accuracy clauses: float32
+    #: working precision for reduced dtypes) or ``gross`` (bn.accuracy.no_gross_error)
+    bounds: Bounds = "value"
     #: the settings cases are drawn from (an implementation that compiles per shape), per
     #: dtype; empty: drawn freely
     menus: dict[str, Menu] = field(default_factory=dict)
@@ -69,11 +80,11 @@ class CheckContext:
 
         Accuracy clauses assume statistics accumulated in float32 at least; value clauses
         only the dtype's own precision, so that they judge the mathematics, not the
-        accumulation.
+        accumulation; the gross line (conventions: gross error) half the dtype's digits.
         """
-        return Precision.of(dtype) if self.accuracy else Precision.storage(dtype)
+        return PRECISIONS[self.bounds](dtype)
 
-    def draw_case(self, data: Any, **options: Any) -> Case:
+    def draw_case(self, data: Any, **options: Any) -> Case[Any]:
         """Draw a case for this implementation (see :func:`strategies.cases`)."""
         self.examples += 1
         self.notes = {}
@@ -82,7 +93,7 @@ class CheckContext:
         )
         return self.case
 
-    def use_case(self, case: Case) -> Case:
+    def use_case(self, case: Case[Any]) -> Case[Any]:
         """Record a case a check derived from a drawn one (for the report)."""
         self.case = case
         return case
@@ -116,7 +127,7 @@ class CheckContext:
 
     def build(
         self,
-        case: Case,
+        case: Case[Any],
         *,
         set_parameters: bool = True,
         set_state: bool = True,
@@ -144,10 +155,13 @@ class CheckContext:
 
     def expect(self, comparison: Comparison) -> None:
         """Raise a Violation unless the comparison is within its bound."""
+        __tracebackhide__ = True  # a pytest traceback starts at the check
         if not comparison.ok:
             raise Violation(comparison.describe(), comparison)
 
     def require(self, condition: bool, message: str) -> None:
+        """Raise a Violation with ``message`` unless ``condition`` holds."""
+        __tracebackhide__ = True  # a pytest traceback starts at the check
         if not condition:
             raise Violation(message)
 
@@ -168,7 +182,7 @@ def _raise(problem: Exception) -> None:
     raise problem
 
 
-def reference_config(case: Case, dialect: Dialect) -> BatchNormConfig:
+def reference_config(case: Case[Any], dialect: Dialect) -> BatchNormConfig:
     """The reference layer config equivalent to the case under the dialect."""
     return BatchNormConfig(
         num_features=case.config.num_features,
@@ -181,7 +195,7 @@ def reference_config(case: Case, dialect: Dialect) -> BatchNormConfig:
     )
 
 
-def reference_params(case: Case) -> Affine | None:
+def reference_params(case: Case[Any]) -> Affine | None:
     return None if case.params is None else Affine(*case.params)
 
 

@@ -6,6 +6,7 @@ the format can represent (conventions: accuracy model).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,3 +87,34 @@ def ulp(values: NDArray[np.float64], name: str) -> NDArray[np.float64]:
     exponent = np.floor(np.log2(magnitude))
     result: NDArray[np.float64] = np.exp2(exponent - (fmt.mantissa_bits - 1))
     return result
+
+
+@dataclass(frozen=True)
+class Ulps:
+    """An error in units in the last place of ``dtype`` at the value it was made on: the
+    figure a reader computes from the numbers printed beside it (error / spacing of the
+    dtype at the expected value). Printed with its dtype, ``19 float16 ulps``."""
+
+    value: float
+    dtype: str
+
+    @classmethod
+    def of(cls, error: float, expected: float, dtype: str) -> Ulps:
+        """``error`` at ``expected`` (a non-finite expected value: 0 if exact, else inf)."""
+        if not math.isfinite(expected):
+            return cls(0.0 if error == 0 else math.inf, dtype)
+        spacing = float(ulp(np.asarray(expected), dtype))
+        with np.errstate(over="ignore"):
+            return cls(float(np.float64(error) / spacing), dtype)
+
+    def __str__(self) -> str:
+        value = self.value
+        if math.isnan(value):
+            number = "NaN"
+        elif math.isinf(value):
+            number = "∞"
+        elif value == 0 or value >= 1e6:
+            number = "0" if value == 0 else f"{value:.2e}"
+        else:
+            number = f"{value:.2g}" if value < 10 else f"{value:.0f}"
+        return f"{number} {self.dtype} ulp{'' if value == 1 else 's'}"

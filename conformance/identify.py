@@ -34,6 +34,7 @@ from normspec.adapters.protocol import (
     UnsupportedConfig,
 )
 from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.results import plain_versions
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import PROFILES, Dialect, renorm_config
 from normspec.reference.renorm import RenormStatistics
@@ -190,6 +191,16 @@ def _batch_stats(shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _probe_rate_and_variance(probe: _Probe) -> tuple[Finding, Finding]:
     rate_finding = Finding("update_rate", None)
     var_finding = Finding("running_variance", None)
+    if not probe.capabilities.training:
+        note = probe.capabilities.notes.get("training", "")
+        text = (
+            "the adapter declares no training mode"
+            + (f" ({note})" if note else "")
+            + ": there is no step to probe, and the profiles differ only in training"
+        )
+        rate_finding.evidence.append(text)
+        var_finding.evidence.append(text)
+        return rate_finding, var_finding
     mean_b, biased, unbiased = _batch_stats()
     try:
         layer = probe.call("build", probe.implementation.build, probe.config(MOMENTUM))
@@ -449,7 +460,7 @@ def identify(
     return Identification(
         target=target,
         implementation=implementation.name,
-        versions=dict(implementation.versions()),
+        versions=plain_versions(implementation.versions()),
         setup=setup,
         findings=findings,
         profiles=profiles,

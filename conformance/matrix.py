@@ -37,6 +37,7 @@ from normspec.conformance.builtin import (
     unavailable_reason,
 )
 from normspec.conformance.deviations import DeviationApplier, DeviationSet
+from normspec.conformance.dtypes import Ulps
 from normspec.conformance.isolation import IsolatedImplementation, Isolation
 from normspec.conformance.report_json import json_safe, report_to_json, write_atomically
 from normspec.conformance.results import ClauseResult, Report
@@ -53,7 +54,7 @@ from normspec.reference.dialects import Dialect, profile
 #: Examples per clause for ``normspec report`` (``normspec check`` uses 40): the report runs
 #: several implementations, and its default (reference + torch) should take minutes.
 DEFAULT_REPORT_MAX_EXAMPLES = 10
-MATRIX_SCHEMA_VERSION = "1"
+MATRIX_SCHEMA_VERSION = "2"
 
 OUTPUT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
 
@@ -87,8 +88,9 @@ class Column:
     report: Report
     #: Profiles this run also stands for (same dialect parameters), e.g. ["paper"].
     also_under: list[str] = field(default_factory=list)
-    #: Worst error seen per clause, in ulps of the dtype (``None``: no numeric comparison).
-    ulps: dict[str, float] = field(default_factory=dict)
+    #: Worst error seen per clause, in ulps of the dtype it was seen in (absent: no numeric
+    #: comparison).
+    ulps: dict[str, Ulps] = field(default_factory=dict)
 
     @property
     def profiles(self) -> list[str]:
@@ -180,7 +182,9 @@ SIGNIFICANT_BOUND_ULPS = 2.0**20
 def significant_ulps(
     actual: Any, expected: Any, bound: Any, dtype: str, mask: Any = None
 ) -> float | None:
-    """The worst elementwise error in ulps of the dtype, over the values that matter.
+    """The worst elementwise error in ulps of the dtype at each expected value (as a failure's
+    comparison counts them, :class:`~normspec.conformance.dtypes.Ulps`), over the values that
+    matter.
 
     Only elements whose error bound is at most :data:`SIGNIFICANT_BOUND_ULPS` ulps of their
     reference value count: where the bound is far larger than the value (a gradient that
@@ -225,15 +229,15 @@ class UlpsRecorder:
     """
 
     def __init__(self) -> None:
-        self.worst: float | None = None
+        self.worst: Ulps | None = None
 
-    def record(self, comparison: Any, value: float | None) -> None:
+    def record(self, comparison: Any, value: float | None, dtype: str) -> None:
         if value is None or math.isnan(value) or not getattr(comparison, "ok", False):
             return
-        if self.worst is None or value > self.worst:
-            self.worst = value
+        if self.worst is None or value > self.worst.value:
+            self.worst = Ulps(value, dtype)
 
-    def take(self) -> float | None:
+    def take(self) -> Ulps | None:
         """The worst figure since the last call, and start afresh."""
         value, self.worst = self.worst, None
         return value
@@ -257,7 +261,8 @@ class UlpsRecorder:
         ) -> Any:
             comparison = original(quantity, actual, expected, bound, dtype, mask)
             with suppress(Exception):  # the figure is a by-product: never disturb a check
-                recorder.record(comparison, significant_ulps(actual, expected, bound, dtype, mask))
+                figure = significant_ulps(actual, expected, bound, dtype, mask)
+                recorder.record(comparison, figure, dtype)
             return comparison
 
         patched = [
@@ -275,13 +280,13 @@ class UlpsRecorder:
                 module.compare = original  # type: ignore[attr-defined]
 
 
-def _failure_ulps(result: ClauseResult) -> float | None:
-    """The elementwise ulps of a failure's comparison, as ``normspec check`` reports it."""
+def _failure_ulps(result: ClauseResult) -> Ulps | None:
+    """The ulps of a failure's comparison, as ``normspec check`` reports it."""
     comparison = result.details.get("comparison")
     if isinstance(comparison, dict):
-        value = comparison.get("max_ulps")
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            return float(value)
+        value, dtype = comparison.get("ulps"), comparison.get("ulp_dtype")
+        if isinstance(value, (int, float)) and not math.isnan(value) and isinstance(dtype, str):
+            return Ulps(float(value), dtype)
     return None
 
 
@@ -416,93 +421,83 @@ def _run_one(
         matrix.unavailable.append(Unavailable(entry.target, entry.title, profile_name, text))
         progress.line(f"{counter} {entry.title} [{profile_name}]: not checked: {text}")
         return None
+    own = own_columns.get(entry.target)
+    if own is not None and profile_name != entry.profile:
+        capabilities = implementation.capabilities()
+        if equivalent_profiles(profile(own.profile), profile(profile_name), capabilities):
+            own.also_under.append(profile_name)
+            progress.line(
+                f"{counter} {entry.title} [{profile_name}]: the same dialect parameters as "
+                f"{own.profile} for this implementation: the {own.profile} run stands for both"
+            )
+            _close(implementation)
+            return None
+    progress.line(f"{counter} {entry.title} under profile {profile_name}")
+    applier = DeviationApplier(deviations.for_run(entry.target, profile_name))
+    column_ulps: dict[str, Ulps] = {}
+
+    def on_result(result: ClauseResult) -> None:
+        applier(result)
+        passing = recorder.take()
+        worst: Ulps | None = None
+        if result.outcome == "pass":
+            worst = passing
+        elif result.outcome in ("fail", "declared"):
+            worst = _failure_ulps(result)
+        if worst is not None:
+            column_ulps[result.clause_id] = worst
+        progress.line(_progress_line(result, worst))
+
+    check_options = CheckOptions(
+        profile=profile_name,
+        dtypes=options.dtypes,
+        clauses=options.clauses,
+        max_examples=options.max_examples,
+        seed=options.seed,
+        timeout=options.timeout,
+        target=entry.target,
+        shrink_seconds=options.shrink_seconds,
+        menu=options.menu,
+    )
+    recorder.take()
     try:
-        own = own_columns.get(entry.target)
-        if own is not None and profile_name != entry.profile:
-            capabilities = implementation.capabilities()
-            if equivalent_profiles(profile(own.profile), profile(profile_name), capabilities):
-                own.also_under.append(profile_name)
-                progress.line(
-                    f"{counter} {entry.title} [{profile_name}]: the same dialect parameters as "
-                    f"{own.profile} for this implementation: the {own.profile} run stands for both"
-                )
-                return None
-        progress.line(f"{counter} {entry.title} under profile {profile_name}")
-        applier = DeviationApplier(deviations.for_run(entry.target, profile_name))
-        column_ulps: dict[str, float] = {}
-
-        def on_result(result: ClauseResult) -> None:
-            applier(result)
-            passing = recorder.take()
-            worst: float | None = None
-            if result.outcome == "pass":
-                worst = passing
-            elif result.outcome in ("fail", "declared"):
-                worst = _failure_ulps(result)
-            if worst is not None:
-                column_ulps[result.clause_id] = worst
-            progress.line(_progress_line(result, worst))
-
-        check_options = CheckOptions(
-            profile=profile_name,
-            dtypes=options.dtypes,
-            clauses=options.clauses,
-            max_examples=options.max_examples,
-            seed=options.seed,
-            timeout=options.timeout,
-            target=entry.target,
-            shrink_seconds=options.shrink_seconds,
-            menu=options.menu,
-        )
-        recorder.take()
         report = check_implementation(implementation, check_options, progress=on_result)
-        applier.finish(report)
-        for warning in report.warnings:
-            progress.line(f"  warning: {warning}")
-            matrix.warnings.append(f"{entry.title} [{profile_name}]: {warning}")
-        column = Column(entry.target, entry.title, profile_name, report, ulps=column_ulps)
-        if profile_name == entry.profile:
-            own_columns[entry.target] = column
-        matrix.columns.append(column)
-        counts = report.counts()
-        summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
-        verdict = "NOT conformant" if not report.conformant else report.verdict
-        if report.interrupted:
-            verdict += " (interrupted)"
-        progress.line(f"  {verdict} under {profile_name}: {summary} in {report.seconds:.1f} s")
-        return column
     finally:
-        if isinstance(implementation, IsolatedImplementation):
-            implementation.close()
+        _close(implementation)
+    applier.finish(report)
+    for warning in report.warnings:
+        progress.line(f"  warning: {warning}")
+        matrix.warnings.append(f"{entry.title} [{profile_name}]: {warning}")
+    column = Column(entry.target, entry.title, profile_name, report, ulps=column_ulps)
+    if profile_name == entry.profile:
+        own_columns[entry.target] = column
+    matrix.columns.append(column)
+    counts = report.counts()
+    summary = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if v)
+    verdict = "NOT conformant" if not report.conformant else report.verdict
+    if report.interrupted:
+        verdict += " (interrupted)"
+    progress.line(f"  {verdict} under {profile_name}: {summary} in {report.seconds:.1f} s")
+    return column
 
 
-def _progress_line(result: ClauseResult, ulps: float | None) -> str:
+def _close(implementation: Implementation) -> None:
+    """End an implementation's worker process, if it has one."""
+    if isinstance(implementation, IsolatedImplementation):
+        implementation.close()
+
+
+def _progress_line(result: ClauseResult, ulps: Ulps | None) -> str:
     from normspec.conformance.report_terminal import progress_line
 
     line = progress_line(result)
     if ulps is not None and result.outcome in ("pass", "fail", "declared"):
-        line = f"{line}  worst {format_ulps(ulps)}"
+        line = f"{line}  worst {ulps}"
     return line
 
 
 # ---------------------------------------------------------------------------------------------
 # Cells and formatting shared by the Markdown and HTML renderings
-
-
-def format_ulps(value: float | None) -> str:
-    if value is None:
-        return ""
-    if math.isnan(value):
-        return "NaN ulp"
-    if math.isinf(value):
-        return "∞ ulp"
-    if value == 0:
-        return "0 ulp"
-    if value < 10:
-        return f"{value:.2g} ulp"
-    if value < 1e6:
-        return f"{value:.0f} ulp"
-    return f"{value:.2e} ulp"
 
 
 OUTCOME_TITLES = {
@@ -536,9 +531,11 @@ def matrix_to_json(matrix: Matrix) -> dict[str, Any]:
             result = column.result(clause_id)
             if result is None:
                 continue
+            ulps = column.ulps.get(clause_id)
             cells[clause_id] = {
                 "outcome": result.outcome,
-                "max_ulps": column.ulps.get(clause_id),
+                "max_ulps": None if ulps is None else ulps.value,
+                "ulp_dtype": None if ulps is None else ulps.dtype,
             }
         columns.append(
             {

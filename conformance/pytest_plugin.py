@@ -269,7 +269,7 @@ class NormspecPlugin:
         dtypes = tuple(d for d in ALL_DTYPES if d in wanted and d in capabilities.dtypes)
         meta = {
             "implementation": implementation.name,
-            "versions": dict(implementation.versions()),
+            "versions": implementation.versions(),
             "dtypes": list(dtypes),
         }
         for check in self.checks:
@@ -291,8 +291,8 @@ class NormspecPlugin:
                 item.add_marker(pytest.mark.skip(reason=f"not applicable: {reason}"))
                 result = ClauseResult(clause.id, clause.level, clause.summary, "not_applicable")
                 result.message = reason
-                item.user_properties.append((RESULT_PROPERTY, result.to_json()))
-                item.user_properties.append((META_PROPERTY, meta))
+                attach(item, RESULT_PROPERTY, result.to_json())
+                attach(item, META_PROPERTY, meta)
             items.append(item)
 
     # -- running one clause ---------------------------------------------------------------------
@@ -378,11 +378,16 @@ class NormspecPlugin:
         return report
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker or not self.json_path or not self._results:
+        if self.is_worker or not self._results:
             return
-        from normspec.conformance.report_json import write_json
+        report = self._report()
+        if report.verdict == "nothing applicable" and session.exitstatus == pytest.ExitCode.OK:
+            # as pytest's own "no tests ran": a CI gate must not read it as a pass
+            session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+        if self.json_path:
+            from normspec.conformance.report_json import write_json
 
-        write_json(self._report(), self.json_path)
+            write_json(report, self.json_path)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.is_worker:
@@ -396,12 +401,24 @@ class NormspecPlugin:
             counts = ", ".join(
                 f"{v} {k.replace('_', ' ')}" for k, v in report.counts().items() if v
             )
-            verdict = "CONFORMANT" if report.conformant else "NOT CONFORMANT"
-            write(f"{verdict}: {self.target} under profile {self.profile}: {counts}")
+            write(f"{report.verdict.upper()}: {self.target} under profile {self.profile}: {counts}")
+            if report.verdict == "nothing applicable":
+                write(
+                    "normspec: nothing was checked: no selected clause applies to "
+                    f"{self.target}, so this is no pass (exit status 5, as for no tests run)"
+                )
             for warning in report.warnings:
                 write(f"warning: {warning}")
         if self.json_path and self._results:
             write(f"JSON report: {self.json_path}")
+
+
+def attach(item: pytest.Item, name: str, value: Any) -> None:
+    """Attach ``value`` to ``item``'s user properties as plain JSON data: pytest-xdist sends
+    them from a worker to the controller, and its serializer takes built-in types only."""
+    from normspec.conformance.report_json import json_safe
+
+    item.user_properties.append((name, json_safe(value)))
 
 
 def result_from_json(raw: dict[str, Any]) -> ClauseResult:
@@ -433,11 +450,9 @@ class NormspecItem(pytest.Item):
         self.user_properties.append(("normspec_clause", clause_id))
 
     def runtest(self) -> None:
-        from normspec.conformance.report_json import json_safe
-
         result = self.plugin.run_clause(self.clause_id)
-        self.user_properties.append((RESULT_PROPERTY, json_safe(result.to_json())))
-        self.user_properties.append((META_PROPERTY, json_safe(self.plugin._meta)))
+        attach(self, RESULT_PROPERTY, result.to_json())
+        attach(self, META_PROPERTY, self.plugin._meta)
         outcome = result.outcome
         if outcome == "pass":
             entry = self.plugin.deviations.find(self.clause_id)

@@ -18,7 +18,6 @@ from normspec.conformance.matrix import (
     Column,
     Matrix,
     cell_outcome,
-    format_ulps,
 )
 from normspec.conformance.report_json import json_safe
 from normspec.conformance.results import PROBLEMS, ClauseResult
@@ -52,12 +51,13 @@ h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid var(--line); 
 .meta { color: #57606a; margin: 0 0 4px; }
 .banner { background: #fff8c5; border: 1px solid #d4a72c; padding: 8px 12px; border-radius: 6px;
   margin: 12px 0; }
-.verdicts { display: flex; flex-wrap: wrap; gap: 12px; margin: 12px 0; }
-.verdict { border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; min-width: 220px; }
-.verdict.ok { border-left: 4px solid var(--pass); }
-.verdict.bad { border-left: 4px solid var(--fail); }
-.verdict .name { font-weight: 600; }
-.verdict .small { color: #57606a; font-size: 12px; }
+table.matrix tr.verdicts th { top: auto; position: static; font-size: 12px; white-space: nowrap; }
+th.verdict.ok { color: #fff; background: var(--pass); }
+th.verdict.bad { color: #fff; background: var(--fail); }
+th.verdict.none { color: #1f2328; background: #fff1c2; }
+table.implementations { border-collapse: collapse; margin: 8px 0; }
+table.implementations th, table.implementations td { border: 1px solid var(--line);
+  padding: 3px 8px; text-align: left; vertical-align: top; }
 table.matrix { border-collapse: collapse; margin: 8px 0; }
 table.matrix th, table.matrix td { border: 1px solid var(--line); padding: 3px 8px; text-align: left;
   vertical-align: top; }
@@ -137,7 +137,7 @@ def _cell(column: Column, column_index: int, clause_index: int, clause_id: str) 
     text = esc(SHORT[outcome])
     ulps = column.ulps.get(clause_id)
     if ulps is not None and outcome in ("pass", "fail", "declared"):
-        text += f'<span class="ulps">{esc(format_ulps(ulps))}</span>'
+        text += f'<span class="ulps">{esc(str(ulps))}</span>'
     title = OUTCOME_TITLES[outcome]
     if result is not None and result.message:
         title += ": " + result.message
@@ -146,13 +146,31 @@ def _cell(column: Column, column_index: int, clause_index: int, clause_id: str) 
     return f'<td class="cell {outcome}" title="{esc(title[:500])}">{text}</td>'
 
 
+def _verdict_cell(column: Column) -> str:
+    """The column's verdict, under its heading: the first thing a reader looks for."""
+    report = column.report
+    counts = ", ".join(f"{v} {OUTCOME_TITLES[k]}" for k, v in report.counts().items() if v)
+    verdict = report.verdict + (" (interrupted)" if report.interrupted else "")
+    kind = "ok" if report.verdict == "conformant" else ("bad" if not report.conformant else "none")
+    problems = report.counts()["fail"] + report.counts()["error"]
+    short = {"ok": "conformant", "bad": f"NOT conformant ({problems})", "none": "nothing checked"}
+    return (
+        f'<th class="verdict {kind}" title="{esc(verdict)}: {esc(counts)}; '
+        f'{report.seconds:.1f} s">{esc(short[kind])}</th>'
+    )
+
+
 def _matrix_table(matrix: Matrix) -> str:
     rows = []
     head = "".join(
         f"<th>{esc(c.label)}<br><small>{esc(' = '.join(c.profiles))}</small></th>"
         for c in matrix.columns
     )
-    rows.append(f"<thead><tr><th>clause</th><th>level</th>{head}</tr></thead><tbody>")
+    verdicts = "".join(_verdict_cell(c) for c in matrix.columns)
+    rows.append(
+        f"<thead><tr><th>clause</th><th>level</th>{head}</tr>"
+        f'<tr class="verdicts"><th>verdict</th><th></th>{verdicts}</tr></thead><tbody>'
+    )
     for clause_index, (clause_id, level, summary) in enumerate(matrix.clauses):
         outcomes = {cell_outcome(c, clause_id) for c in matrix.columns}
         clean = not outcomes & {*PROBLEMS, "declared", "skipped"}
@@ -168,25 +186,27 @@ def _matrix_table(matrix: Matrix) -> str:
     return f'<table class="matrix" id="matrix">{"".join(rows)}</table>'
 
 
-def _verdicts(matrix: Matrix) -> str:
-    cards = []
+def _implementations(matrix: Matrix) -> str:
+    """Each run in a row: verdict, counts, time, menu, the library and its versions."""
+    rows = []
     for column in matrix.columns:
         report = column.report
         counts = ", ".join(f"{v} {OUTCOME_TITLES[k]}" for k, v in report.counts().items() if v)
-        verdict = report.verdict
-        if report.interrupted:
-            verdict += " (interrupted)"
         versions = ", ".join(f"{k} {v}" for k, v in report.versions.items())
-        cards.append(
-            f'<div class="verdict {"ok" if report.conformant else "bad"}">'
-            f'<div class="name">{esc(column.label)}</div>'
-            f"<div>profile {esc(' = '.join(column.profiles))}: <b>{esc(verdict)}</b></div>"
-            f'<div class="small">{esc(counts)}; {report.seconds:.1f} s</div>'
-            + (f'<div class="small">{esc(report.menu_note)}</div>' if report.menu else "")
-            + f'<div class="small">calls: {esc(report.isolation)}</div>'
-            + f'<div class="small">{esc(report.implementation)}; {esc(versions)}</div></div>'
+        rows.append(
+            f"<tr><td>{esc(column.label)}</td><td>{esc(' = '.join(column.profiles))}</td>"
+            f"<td>{esc(report.verdict)}</td><td>{esc(counts)}</td>"
+            f"<td>{report.seconds:.1f} s</td>"
+            f"<td>{esc(report.implementation)}; {esc(versions)}"
+            + (f"; {esc(report.menu_note)}" if report.menu else "")
+            + f"; calls {esc(report.isolation)}</td></tr>"
         )
-    return f'<div class="verdicts">{"".join(cards)}</div>'
+    return (
+        '<table class="implementations"><thead><tr><th>implementation</th><th>profile</th>'
+        "<th>verdict</th><th>clauses</th><th>time</th><th>library</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
 
 
 def _marker(shape: str, x: float, y: float, r: float, colour: str, failing: bool) -> str:
@@ -220,7 +240,9 @@ def ulps_plot(matrix: Matrix) -> str:
     rows = [(cid, points) for cid, points in rows if points]
     if not rows:
         return '<p class="legend">No numeric comparison was recorded.</p>'
-    finite = [v for _, points in rows for _, v in points if math.isfinite(v) and v > 0]
+    finite = [
+        u.value for _, points in rows for _, u in points if math.isfinite(u.value) and u.value > 0
+    ]
     top = max(2, math.ceil(math.log10(max(finite)))) if finite else 2
     top = min(top, 40)
     bottom = -1
@@ -258,7 +280,7 @@ def ulps_plot(matrix: Matrix) -> str:
         )
     parts.append(
         f'<text x="{left + width / 2:.1f}" y="12" text-anchor="middle" fill="#1f2328">'
-        "worst error seen, ulps of the dtype (log scale; 0 at the left)</text>"
+        "worst error seen, ulps of the dtype at the value (log scale; 0 at the left)</text>"
     )
     for row, (clause_id, points) in enumerate(rows):
         y = pad_top + row * row_h + row_h / 2
@@ -268,16 +290,19 @@ def ulps_plot(matrix: Matrix) -> str:
             f'<line x1="{left}" y1="{y:.1f}" x2="{left + width}" y2="{y:.1f}" '
             'stroke="#eaeef2"/>'
         )
-        for ci, value in points:
+        for ci, ulps in points:
             column = matrix.columns[ci]
             outcome = cell_outcome(column, clause_id)
             failing = outcome in ("fail", "declared")
             marker = _marker(
-                SHAPES[ci % len(SHAPES)], x_of(value), y, 5, PALETTE[ci % len(PALETTE)], failing
+                SHAPES[ci % len(SHAPES)],
+                x_of(ulps.value),
+                y,
+                5,
+                PALETTE[ci % len(PALETTE)],
+                failing,
             )
-            tooltip = (
-                f"{clause_id}, {column.title}: {format_ulps(value)} ({OUTCOME_TITLES[outcome]})"
-            )
+            tooltip = f"{clause_id}, {column.title}: {ulps} ({OUTCOME_TITLES[outcome]})"
             parts.append(f"<g><title>{esc(tooltip)}</title>{marker}</g>")
     for ci, column in enumerate(matrix.columns):
         y = height + ci * 20 - 10
@@ -345,7 +370,7 @@ def _finding(column: Column, column_index: int, clause_index: int, result: Claus
     if "reproduce" in details:
         body.append(f"<h4>Reproduce</h4><pre class='reproduce'>{esc(details['reproduce'])}</pre>")
     ulps = column.ulps.get(result.clause_id)
-    ulps_text = f" ({esc(format_ulps(ulps))})" if ulps is not None else ""
+    ulps_text = f" ({esc(str(ulps))})" if ulps is not None else ""
     return (
         f'<details class="finding {outcome}" id="{_finding_id(column_index, clause_index)}">'
         f'<summary><span class="tag {outcome}">{esc(SHORT[outcome])}</span> '
@@ -388,7 +413,24 @@ def render_html(matrix: Matrix) -> str:
         )
     sections.append("</header><main>")
     if matrix.columns:
-        sections.append(_verdicts(matrix))
+        sections.append(
+            '<section id="first-screen"><div class="controls"><label><input type="checkbox" '
+            'id="problems-only"> only clauses with a failure, error, declared deviation or '
+            "skip</label></div>"
+            + _matrix_table(matrix)
+            + '<p class="legend">The verdict row gives each run\'s verdict (hover for its '
+            "counts); then per clause: pass · FAIL · declared (a deviation the "
+            "implementation's deviation file lists) · n/a (outside its capabilities or "
+            "profile) · ERROR (it raised or hung) · skipped (a clause it depends on did not "
+            "pass) · · not run. A number is the worst error seen against the reference, in ulps "
+            "of the dtype it names at the expected value, over the values whose bound is not "
+            "far larger than the value; for a failure, the ulps its comparison reports (as "
+            "normspec check does). A column "
+            "headed by two profiles is one run: the dialect parameters are the same under "
+            "both for this implementation. Click a failure for its details.</p></section>"
+        )
+    else:
+        sections.append("<p>No implementation was checked.</p>")
     if matrix.unavailable:
         items = "".join(
             f"<li>{esc(u.label)} [{esc(u.profile)}]: {esc(u.reason)}</li>"
@@ -400,30 +442,15 @@ def render_html(matrix: Matrix) -> str:
         sections.append(f'<h2>Warnings</h2><ul class="warnings">{items}</ul>')
     if matrix.columns:
         sections.append(
-            "<h2>Matrix</h2>"
-            '<div class="controls"><label><input type="checkbox" id="problems-only"> '
-            "only clauses with a failure, error, declared deviation or skip</label></div>"
-            + _matrix_table(matrix)
-            + '<p class="legend">pass · FAIL · declared (a deviation the implementation\'s '
-            "deviation file lists) · n/a (outside its capabilities or profile) · ERROR (it "
-            "raised or hung) · skipped (a clause it depends on did not pass) · · not run. A "
-            "number is the worst error seen against the reference in ulps of the dtype "
-            "checked, over the values larger than their error bound; for a failure, the ulps "
-            "its comparison reports (as normspec check does). A column headed by "
-            "two profiles is one run: the dialect parameters are the same under both for this "
-            "implementation. Click a failure for its details.</p>"
-        )
-        sections.append(
-            "<h2>Worst error in ulps</h2><div class='plot'>" + ulps_plot(matrix) + "</div>"
-        )
-        sections.append(
             "<h2>Failures and declared deviations</h2>"
             '<div class="controls"><button type="button" id="expand-all">expand all</button>'
             '<button type="button" id="collapse-all">collapse all</button></div>'
             + _findings(matrix)
         )
-    else:
-        sections.append("<p>No implementation was checked.</p>")
+        sections.append(
+            "<h2>Worst error in ulps</h2><div class='plot'>" + ulps_plot(matrix) + "</div>"
+        )
+        sections.append("<h2>Implementations</h2>" + _implementations(matrix))
     sections.append(
         "</main><footer>Generated by <code>normspec report</code>. Each failure's reproduce "
         "command runs one clause again with the same seed.</footer>"

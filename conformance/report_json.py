@@ -6,13 +6,16 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from normspec.conformance.results import Report
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 
 def report_to_json(report: Report) -> dict[str, Any]:
@@ -65,14 +68,30 @@ def write_atomically(path: str | os.PathLike[str], text: str) -> None:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with NaN and infinities as the strings "nan", "inf", "-inf" (strict JSON)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, dict):
+    """``value`` as plain JSON data, whatever a library put in it.
+
+    Mappings become dicts with string keys, sequences and NumPy arrays lists; strings,
+    integers, floats and booleans their exact built-in types (a library's ``str`` subclass,
+    such as torch's ``TorchVersion``, or a NumPy scalar is no type a serializer outside
+    Python takes: pytest-xdist's refuses them); NaN and the infinities become the strings
+    "nan", "inf", "-inf" (strict JSON); any other object its ``str``.
+    """
+    if value is None or isinstance(value, (bool, np.bool_)):
+        return None if value is None else bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        if math.isfinite(number):
+            return number
+        return "nan" if math.isnan(number) else ("inf" if number > 0 else "-inf")
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (list, tuple, np.ndarray)):
         return [json_safe(v) for v in value]
-    return value
+    return str(value)
 
 
 def report_text(report: Report) -> str:

@@ -7,7 +7,6 @@ from normspec.conformance.matrix import (
     Column,
     Matrix,
     cell_outcome,
-    format_ulps,
 )
 from normspec.conformance.results import PROBLEMS
 
@@ -61,7 +60,7 @@ def cell_text(column: Column, clause_id: str) -> str:
         text += " " + OUTCOME_TITLES[outcome]
     ulps = column.ulps.get(clause_id)
     if ulps is not None and outcome in ("pass", "fail", "declared"):
-        text += " " + format_ulps(ulps)
+        text += f" {ulps}"
     return text
 
 
@@ -95,9 +94,9 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
             "✅ pass · ❌ fail · 📝 declared deviation · ➖ not applicable · 💥 error · "
             "☠️ crashed (a call killed the implementation's worker process) · ⏳ hung · "
             "⏭️ skipped (a clause it depends on did not pass) · · not run. A number is the "
-            "worst error seen against the reference in ulps of the dtype checked, over the "
-            "values larger than their error bound; for a failure, the ulps its comparison "
-            "reports (`normspec check`). A "
+            "worst error seen against the reference, in ulps of the dtype it names at the "
+            "expected value, over the values whose bound is not far larger than the value; for "
+            "a failure, the ulps its comparison reports (`normspec check`). A "
             "column headed by two profiles is one run: the implementation's dialect parameters "
             "are the same under both."
         )

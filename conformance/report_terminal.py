@@ -103,3 +103,12 @@ def print_summary(report: Report, stream: TextIO) -> None:
         + f" in {report.seconds:.1f} s",
         file=stream,
     )
+    if report.verdict == "nothing applicable":
+        print(NOTHING_CHECKED, file=stream)
+
+
+#: What ``normspec check`` says where no selected clause applied (its exit code is 3).
+NOTHING_CHECKED = (
+    "nothing was checked: no selected clause applies to this implementation (each is not "
+    "applicable, for the reason shown), so this is no pass (exit code 3)"
+)

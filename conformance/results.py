@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +26,12 @@ OUTCOMES: tuple[Outcome, ...] = (
 )
 #: The outcomes of a clause the implementation did not meet (a deviation file may declare).
 PROBLEMS: tuple[Outcome, ...] = ("fail", "error", "crashed", "hung")
+
+
+def plain_versions(versions: Mapping[Any, Any]) -> dict[str, str]:
+    """A library's versions as built-in strings, whatever types it reported them in (torch's
+    ``TorchVersion`` is a ``str`` subclass that crosses no process boundary but Python's)."""
+    return {str(name): str(version) for name, version in versions.items()}
 
 
 @dataclass
@@ -105,6 +112,9 @@ class Report:
     #: Things a reader should know that are not clause outcomes, e.g. a deviation-file entry
     #: that matches no clause, or a declared deviation that now passes.
     warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.versions = plain_versions(self.versions)
 
     def outcome(self, clause_id: str) -> Outcome:
         """The outcome of one clause; ``KeyError`` if it was not checked."""

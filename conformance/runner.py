@@ -26,7 +26,8 @@ from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
 from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
-from normspec.conformance.results import PROBLEMS, ClauseResult, Report
+from normspec.conformance.results import PROBLEMS, ClauseResult, Report, plain_versions
+from normspec.conformance.seeded_draws import seeded_draws
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
 from normspec.reference.dialects import Dialect
 from normspec.reference.dialects import profile as find_profile
@@ -217,7 +218,8 @@ def _failure_details(ctx: CheckContext, problem: BaseException) -> dict[str, Any
             "bound": comparison.bound_at_worst,
             "max_abs_error": comparison.max_abs_error,
             "max_rel_error": comparison.max_rel_error,
-            "max_ulps": comparison.max_ulps,
+            "ulps": comparison.ulps.value,
+            "ulp_dtype": comparison.ulps.dtype,
         }
     trace = getattr(problem, "trace", "")
     if trace:
@@ -318,7 +320,7 @@ def check_clause(
         for dtype in all_dtypes:
             ctx.dtypes = (dtype,)
             per_dtype = max(1, -(-budget // len(all_dtypes)))
-            with shrink_limit(options.shrink_seconds) as watch:
+            with shrink_limit(options.shrink_seconds) as watch, seeded_draws():
                 _run_check(item, ctx, per_dtype, dtype_seed(options.seed, dtype))
     except Exception as problem:
         if _caused_by_interrupt(problem):
@@ -376,11 +378,12 @@ def check_implementation(
         max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,
         menu=menu_size(options, capabilities),
         isolation=isolation_of(implementation),
-        versions=dict(implementation.versions()),
+        versions=plain_versions(implementation.versions()),
         environment=environment(),
         normspec_version=normspec.__version__,
         spec_version=spec.SPEC_VERSION,
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        warnings=list(capabilities.warnings),
     )
     worker = implementation.worker if isinstance(implementation, IsolatedImplementation) else None
     guard = Guard(options.timeout, worker)
@@ -392,7 +395,7 @@ def check_implementation(
     try:
         for item in checks:
             ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard, menus=menu_of)
-            ctx.accuracy = ".accuracy." in item.clause_id
+            ctx.bounds = item.bounds
             blocked = next((d for d in item.depends_on if d in not_passed), None)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)

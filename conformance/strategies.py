@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 from hypothesis import strategies as st
@@ -32,6 +32,7 @@ from normspec.conformance.menu import (
 )
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import Dialect
+from normspec.reference.renorm import RenormStatistics
 
 Conditioning = Literal["well", "ill"]
 Layout = Literal["contiguous", "strided", "channels_last", "transposed"]
@@ -230,14 +231,23 @@ def eps_values(dialect: Dialect) -> st.SearchStrategy[float]:
     return st.sampled_from(eps_choices(dialect))
 
 
+#: The statistic state a case starts from: running statistics (BN, sync, ghost) or moving
+#: ones (renorm); the protocol's ``State``.
+StateT = TypeVar("StateT", RunningStatistics, RenormStatistics)
+
+
 @dataclass(frozen=True)
-class Case:
-    """One drawn situation: what to build, set and feed."""
+class Case(Generic[StateT]):
+    """One drawn situation of any chapter: what to build, set and feed.
+
+    ``state`` is the statistic state the layer is set to (``None``: a layer that keeps
+    none); a chapter's case type fixes its kind (:class:`strategies_renorm.RenormCase`).
+    """
 
     config: LayerConfig
     rate: float | None  # the canonical alpha (None: cumulative)
     params: tuple[Array, Array] | None
-    state: RunningStatistics | None
+    state: StateT | None
     x: Array
     dy: Array
     layout: Layout
@@ -245,10 +255,6 @@ class Case:
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly description of the case (the minimal example in a report)."""
         small = self.x.size <= ELEMENTWISE_LIMIT
-
-        def values(a: Array | None) -> Any:
-            return None if a is None else a.tolist()
-
         return {
             "dtype": self.config.dtype,
             "shape": list(self.x.shape),
@@ -258,15 +264,31 @@ class Case:
             "momentum": self.config.momentum,
             "alpha": self.rate,
             "affine": self.config.affine,
-            "track_running_stats": self.config.track_running_stats,
-            "gamma": values(self.params[0]) if self.params else None,
-            "beta": values(self.params[1]) if self.params else None,
-            "running_mean": values(self.state.mean) if self.state else None,
-            "running_var": values(self.state.var) if self.state else None,
-            "steps": self.state.steps if self.state else None,
-            "x": values(self.x) if small else f"{self.x.size} values, omitted",
-            "dy": values(self.dy) if small else f"{self.dy.size} values, omitted",
+            "gamma": listed(self.params[0]) if self.params else None,
+            "beta": listed(self.params[1]) if self.params else None,
+            **self.state_summary(),
+            "x": listed(self.x) if small else f"{self.x.size} values, omitted",
+            "dy": listed(self.dy) if small else f"{self.dy.size} values, omitted",
         }
+
+    def state_summary(self) -> dict[str, Any]:
+        """The state part of :meth:`summary`: the running statistics (BN)."""
+        state: Any = self.state
+        return {
+            "track_running_stats": self.config.track_running_stats,
+            "running_mean": listed(state.mean) if state else None,
+            "running_var": listed(state.var) if state else None,
+            "steps": state.steps if state else None,
+        }
+
+
+#: A case of the chapters whose layers keep running statistics (BN, sync, ghost).
+BatchNormCase = Case[RunningStatistics]
+
+
+def listed(array: Array | None) -> Any:
+    """An array as nested lists for a report (``None`` stays ``None``)."""
+    return None if array is None else array.tolist()
 
 
 def constraints(
@@ -356,7 +378,7 @@ def case_of(
     *,
     conditioning: Conditioning = "well",
     layout: Layout | None = None,
-) -> Case:
+) -> BatchNormCase:
     """The case of a setting: its input, parameters, state and cotangent drawn."""
     shape, feature_axis, features = setting.shape, setting.feature_axis, setting.features
     x = draw(feature_values(shape, feature_axis, dtype, conditioning))
@@ -405,7 +427,7 @@ def cases(
     max_features: int = 4,
     renorm: bool = False,
     menu: Menu | None = None,
-) -> Case:
+) -> Case[Any]:
     """A whole case for a capability set and a dialect.
 
     ``track``/``affine``: force the setting, or ``None`` to draw it where supported.

@@ -37,6 +37,7 @@ from normspec.conformance.strategies import (
     canonical_rates,
     eps_values,
     feature_values,
+    listed,
     shapes,
     standard_values,
     values_of,
@@ -61,9 +62,14 @@ SCHEDULE_KINDS: tuple[ScheduleKind, ...] = ("constant", "paper", "switch")
 #: Where a feature's moving statistics lie against its batch: ``exact`` (``r = 1, d = 0``
 #: before clipping), ``near`` (``r`` within a factor 1.6 of 1, ``|d| <= 1``: the clipping of
 #: bounds ``r_max >= 1.6, d_max >= 1`` is inactive), ``far`` (``r`` off by a factor 5.6 to
-#: 100, ``|d|`` from 6 to 100: every finite bound of the strategies below clips) and, under a
-#: floor on sigma, ``below_floor`` (a moving standard deviation under ``sqrt(eps)``).
-Regime = Literal["exact", "near", "far", "below_floor"]
+#: 100, ``|d|`` from 6 to 100: every finite bound of the strategies below clips), one bound
+#: of the step's clipping active and the others not (``r_below``: ``r < r_min``,
+#: ``r_above``: ``r > r_max``, ``d_below``: ``d < -d_max``, ``d_above``: ``d > d_max``) and,
+#: under a floor on sigma, ``below_floor`` (a moving standard deviation under
+#: ``sqrt(eps)``).
+Regime = Literal["exact", "near", "far", "r_below", "r_above", "d_below", "d_above", "below_floor"]
+#: The regimes that make one bound of the clipping active (:func:`moving_set`).
+ONE_BOUND: tuple[Regime, ...] = ("r_below", "r_above", "d_below", "d_above")
 
 #: The default largest batch and spatial sizes of a renorm case (smaller than batch norm's:
 #: a renorm check does more per example; ``long_reductions`` draws long ones).
@@ -117,9 +123,10 @@ def offered_schedules(dialect: Dialect) -> tuple[ScheduleKind, ...]:
 
 _R_MAX = st.one_of(st.sampled_from([1.0, 3.0, 1.5, 5.0]), st.floats(1.0, 5.0))
 _D_MAX = st.one_of(st.sampled_from([0.0, 5.0, 0.25, 1.0]), st.floats(0.0, 5.0))
-_RMIN_KEY = st.one_of(st.none(), st.sampled_from([1.0, 0.5, 0.2]), st.floats(0.0, 1.0))
-_RMAX_KEY = st.one_of(st.none(), st.sampled_from([1.0, 3.0, 1.5]), st.floats(1.0, 5.0))
-_DMAX_KEY = st.one_of(st.none(), st.sampled_from([0.0, 5.0, 0.5]), st.floats(0.0, 5.0))
+#: Each key of tf_keras' ``renorm_clipping`` missing (an open side) in half the draws.
+_RMIN_KEY = st.one_of(st.none(), st.sampled_from([1.0, 0.5, 0.2]) | st.floats(0.0, 1.0))
+_RMAX_KEY = st.one_of(st.none(), st.sampled_from([1.0, 3.0, 1.5]) | st.floats(1.0, 5.0))
+_DMAX_KEY = st.one_of(st.none(), st.sampled_from([0.0, 5.0, 0.5]) | st.floats(0.0, 5.0))
 
 
 def symmetric_bounds() -> st.SearchStrategy[RenormBounds]:
@@ -238,19 +245,68 @@ def _regimes(sigma_floor: str, average: str) -> st.SearchStrategy[Regime]:
     return _REGIMES
 
 
-_REGIMES: st.SearchStrategy[Regime] = st.sampled_from(["near", "far", "exact"])
+#: The one-bound regimes with twice the weight of the others: each bound of the clipping
+#: (or an open side's symmetric counterpart) is active for a feature, alone, in 2/11 of the
+#: draws (2/12 under a floor on sigma), and in half the ``far`` ones besides; the shares
+#: measured per side are in tests/conformance/test_renorm_boundaries.py.
+_REGIMES: st.SearchStrategy[Regime] = st.sampled_from(
+    ["near", "far", "exact", *ONE_BOUND, *ONE_BOUND]
+)
 _REGIMES_FLOORED: st.SearchStrategy[Regime] = st.sampled_from(
-    ["near", "far", "exact", "below_floor"]
+    ["near", "far", "exact", *ONE_BOUND, *ONE_BOUND, "below_floor"]
 )
 _UNIT = st.floats(-1.0, 1.0)
 _FRACTION = st.floats(0.0, 1.0)
 _NEAR_LOG_R = st.floats(-0.2, 0.2)
 _BELOW_FLOOR = st.sampled_from([0.0, 0.5, 1.0])
+#: How far beyond an active bound: a factor 1.25 to 10 for ``r``, 0.25 to 10 for ``d``.
+_BEYOND_LOG_R = st.floats(0.1, 1.0)
+_BEYOND_D = st.floats(0.25, 10.0)
+#: Where within a bound's interval an inactive ``r`` or ``d`` lies: its middle 80 %.
+_WITHIN = st.floats(0.1, 0.9)
 
 
 def _far(sign: float, fraction: float, low: float, high: float) -> float:
     """A value of ``[low, high]`` (``fraction`` of the way) with the given sign."""
     return sign * (low + (high - low) * fraction)
+
+
+def clipping_thresholds(bounds: RenormBounds) -> tuple[float | None, float | None]:
+    """Where ``r`` is clipped below and above; for an open side, where a symmetric reading
+    of the other bound would clip it (``1 / r_max``, ``1 / r_min``); ``None``: neither."""
+    finite_max = math.isfinite(bounds.r_max)
+    low = bounds.r_min if bounds.r_min > 0 else (1 / bounds.r_max if finite_max else None)
+    high = bounds.r_max if finite_max else (1 / bounds.r_min if bounds.r_min > 0 else None)
+    return low, high
+
+
+def _one_bound(draw: st.DrawFn, regime: Regime, bounds: RenormBounds) -> tuple[float, float] | None:
+    """``(log10 r_u, d_u)`` with the one bound ``regime`` names active and ``r`` and ``d``
+    otherwise inside the bounds; ``None`` where the bounds have no such side.
+
+    Where one side of ``r`` is open (``r_min = 0``, or an infinite ``r_max``), ``r`` goes
+    beyond the symmetric counterpart of the other (``1 / r_max``, ``1 / r_min``): the point
+    at which a library that reads the bounds symmetrically would clip, and must not.
+    """
+    lowest = math.log10(bounds.r_min) if bounds.r_min > 0 else -0.2
+    highest = math.log10(bounds.r_max) if math.isfinite(bounds.r_max) else 0.2
+    log_r = lowest + (highest - lowest) * draw(_WITHIN)
+    reach = bounds.d_max if math.isfinite(bounds.d_max) else 1.0
+    d_u = reach * (2 * draw(_WITHIN) - 1)
+    low, high = clipping_thresholds(bounds)
+    if regime == "r_below":
+        if low is None:
+            return None
+        log_r = math.log10(low) - draw(_BEYOND_LOG_R)
+    elif regime == "r_above":
+        if high is None:
+            return None
+        log_r = math.log10(high) + draw(_BEYOND_LOG_R)
+    else:
+        if not math.isfinite(bounds.d_max):
+            return None
+        d_u = (bounds.d_max + draw(_BEYOND_D)) * (-1 if regime == "d_below" else 1)
+    return log_r, d_u
 
 
 @st.composite
@@ -264,14 +320,16 @@ def moving_set(
     average: str,
     sigma_floor: str = "none",
     regime: Regime | Sequence[Regime] | None = None,
+    bounds: RenormBounds = BN_BOUNDS,
 ) -> tuple[Array, Array]:
     """One set of moving statistics ``(mean, spread)`` placed against a batch.
 
     Per feature, the moving ``sigma`` is ``sigma_B / r_u`` and the moving mean
     ``mu_B - d_u * sigma`` for an ``(r_u, d_u)`` drawn in the feature's :data:`Regime`
-    (``regime`` forces one for every feature, or gives the ones to draw from). The spread is
-    ``sigma`` when the dialect averages the standard deviation, else the variance
-    ``sigma^2 - eps`` (at least 0).
+    (``regime`` forces one for every feature, or gives the ones to draw from), against the
+    clipping ``bounds`` of the step (a regime of :data:`ONE_BOUND` for a side the bounds do
+    not have is ``far``). The spread is ``sigma`` when the dialect averages the standard
+    deviation, else the variance ``sigma^2 - eps`` (at least 0).
     """
     fmt = float_format(dtype)
     limit = fmt.max / 64
@@ -285,7 +343,12 @@ def moving_set(
         regimes = _cached(("regimes", *regime), list(regime))
     for c in range(features):
         chosen = draw(regimes)
-        if chosen == "exact":
+        placed = _one_bound(draw, chosen, bounds) if chosen in ONE_BOUND else None
+        if chosen in ONE_BOUND and placed is None:
+            chosen = "far"
+        if placed is not None:
+            log_r, d_u = placed
+        elif chosen == "exact":
             log_r, d_u = 0.0, 0.0
         elif chosen == "far":
             log_r = _far(draw(SIGNS), draw(_FRACTION), 0.75, 2.0)
@@ -294,7 +357,8 @@ def moving_set(
             log_r, d_u = draw(_NEAR_LOG_R), draw(_UNIT)
         centre = float(batch_mean[c]) if math.isfinite(batch_mean[c]) else 0.0
         spread_b = float(batch_std[c]) if math.isfinite(batch_std[c]) else 1.0
-        sigma = min(spread_b / 10.0**log_r, limit)
+        # tiny r_min: 10^log_r would underflow (the moving sigma then hits the limit)
+        sigma = min(spread_b * 10.0 ** min(-log_r, 300.0), limit)
         if chosen == "below_floor":
             sigma = math.sqrt(eps) * draw(_BELOW_FLOOR)
         means[c] = float(np.clip(centre - d_u * sigma, -limit, limit))
@@ -332,16 +396,14 @@ def batches(
 
 
 @dataclass(frozen=True)
-class RenormCase(Case):
-    """A batch-renormalization case: :class:`strategies.Case` with the moving statistics.
-
-    ``config.renorm`` is the canonical :class:`RenormConfig` (schedule, rates, dialect);
-    ``moving`` the state the layer starts from (both sets and the step counter); ``state``
-    (batch norm's running statistics) is ``None``; ``rate`` is the canonical ``alpha`` of
+class RenormCase(Case[RenormStatistics]):
+    """A batch-renormalization case: ``config.renorm`` is the canonical
+    :class:`RenormConfig` (schedule, rates, dialect); ``state`` the moving statistics the
+    layer starts from (both sets and the step counter); ``rate`` the canonical ``alpha`` of
     the (inference) moving statistics.
     """
 
-    moving: RenormStatistics
+    state: RenormStatistics
 
     @property
     def renorm(self) -> RenormConfig:
@@ -352,35 +414,26 @@ class RenormCase(Case):
 
     @property
     def bounds(self) -> RenormBounds:
-        """The clipping bounds of a training step from :attr:`moving` (renorm.schedule.step)."""
-        return self.renorm.schedule.bounds(self.moving.steps)
+        """The clipping bounds of a training step from :attr:`state` (renorm.schedule.step)."""
+        return self.renorm.schedule.bounds(self.state.steps)
 
-    def summary(self) -> dict[str, Any]:
-        result = super().summary()
-        for key in ("running_mean", "running_var", "track_running_stats"):
-            result.pop(key, None)
+    def state_summary(self) -> dict[str, Any]:
+        """The renorm settings and the moving statistics, for :meth:`Case.summary`."""
         cfg = self.renorm
         bounds = self.bounds
-
-        def values(a: Array | None) -> Any:
-            return None if a is None else a.tolist()
-
-        result.update(
-            {
-                "average": cfg.average,
-                "statistics": cfg.statistics,
-                "sigma_floor": cfg.sigma_floor,
-                "correction_rate": cfg.correction_rate,
-                "schedule": repr(cfg.schedule),
-                "bounds": {"r_min": bounds.r_min, "r_max": bounds.r_max, "d_max": bounds.d_max},
-                "moving_mean": values(self.moving.mean),
-                "moving_spread": values(self.moving.spread),
-                "correction_mean": values(self.moving.correction_mean),
-                "correction_spread": values(self.moving.correction_spread),
-                "steps": self.moving.steps,
-            }
-        )
-        return result
+        return {
+            "average": cfg.average,
+            "statistics": cfg.statistics,
+            "sigma_floor": cfg.sigma_floor,
+            "correction_rate": cfg.correction_rate,
+            "schedule": repr(cfg.schedule),
+            "bounds": {"r_min": bounds.r_min, "r_max": bounds.r_max, "d_max": bounds.d_max},
+            "moving_mean": listed(self.state.mean),
+            "moving_spread": listed(self.state.spread),
+            "correction_mean": listed(self.state.correction_mean),
+            "correction_spread": listed(self.state.correction_spread),
+            "steps": self.state.steps,
+        }
 
 
 def batch_moments(x: Array, feature_axis: int, eps: float) -> tuple[Array, Array]:
@@ -505,6 +558,7 @@ def renorm_cases(
                 average=renorm.average,
                 sigma_floor=renorm.sigma_floor,
                 regime=regime,
+                bounds=schedule.bounds(step),
             )
         )
 
@@ -536,10 +590,11 @@ def renorm_cases(
         track_running_stats=True,
         renorm=renorm_config,
     )
-    return RenormCase(config, rate, params, None, x, dy, chosen, moving)
+    return RenormCase(config, rate, params, moving, x, dy, chosen)
 
 
 __all__ = [
+    "ONE_BOUND",
     "PAPER_POINTS",
     "SCHEDULE_KINDS",
     "Counter",
@@ -549,6 +604,7 @@ __all__ = [
     "batch_moments",
     "batches",
     "clipping_bounds",
+    "clipping_thresholds",
     "independent_bounds",
     "moving_set",
     "offered_schedules",

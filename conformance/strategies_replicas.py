@@ -20,6 +20,7 @@ from normspec.adapters.protocol import Array, Capabilities, DTypeName
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.menu import Menu
 from normspec.conformance.strategies import (
+    BatchNormCase,
     Case,
     Conditioning,
     case_of,
@@ -39,7 +40,7 @@ MAX_REPLICA_BATCH = 4
 
 
 @dataclass(frozen=True)
-class ReplicaCase(Case):
+class ReplicaCase(BatchNormCase):
     """A case on ``len(sizes)`` replicas; ``included`` (per sample of the concatenation, or
     ``None`` for no masks) says which samples count (sync.train.mask)."""
 
@@ -67,7 +68,7 @@ class ReplicaCase(Case):
         flags = np.ones(self.x.shape[0], bool) if self.included is None else self.included
         return flags.reshape((-1,) + (1,) * (self.x.ndim - 1)).astype(bool)
 
-    def counted(self) -> Case:
+    def counted(self) -> BatchNormCase:
         """The single-device case of the counted samples (with zero cotangents elsewhere)."""
         keep = self.sample_mask().reshape(-1)
         return Case(

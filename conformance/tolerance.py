@@ -8,13 +8,14 @@ the implementation. Nothing here is a fixed atol/rtol.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from normspec.conformance.dtypes import FORMATS, float_format, ulp
+from normspec.conformance.dtypes import FORMATS, Ulps, float_format
 from normspec.reference import batch_statistics, train_backward
 from normspec.reference._arrays import per_feature, reduction_axes
 from normspec.reference.schedules import RenormBounds
@@ -39,6 +40,9 @@ class Precision:
     u_w: float
     tiny: float
     raw_moments: bool = False
+    #: the error every result is allowed at its natural scale whatever the bound:
+    #: ``sqrt(u)`` for bn.accuracy.no_gross_error (conventions: gross error), else 0
+    floor: float = 0.0
 
     @classmethod
     def of(cls, dtype: str) -> Precision:
@@ -52,6 +56,19 @@ class Precision:
         the variance from raw moments included."""
         fmt = float_format(dtype)
         return cls(fmt.unit_roundoff, fmt.unit_roundoff, fmt.smallest_normal, raw_moments=True)
+
+    @classmethod
+    def gross(cls, dtype: str) -> Precision:
+        """bn.accuracy.no_gross_error's precision: the value clauses' centred bounds in the
+        dtype's own precision, or half its digits at the natural scale, the larger."""
+        fmt = float_format(dtype)
+        u = fmt.unit_roundoff
+        return cls(u, u, fmt.smallest_normal, floor=float(np.sqrt(u)))
+
+    def floored(self, bound: Array, scale: Array) -> Array:
+        """``bound``, raised to ``floor * scale`` where that is larger (``scale``: the
+        natural scale of the result, batchnorm.md: reference accuracy)."""
+        return np.maximum(bound, self.floor * scale) if self.floor else bound
 
     def variance_error(self, n: int, kappa: Array) -> Array | float:
         """The relative error of ``var_B + eps`` a raw-moment evaluation may add: ``u_w (n +
@@ -73,6 +90,7 @@ class FeatureTerms:
     kappa: Array  # s * mean|x|, broadcastable to x
     a: Array  # s * (|x_i| + mean|x|)
     mean_abs: Array  # (C,)
+    rms_xhat: Array  # sqrt(var) * s, broadcastable to x: the root mean square of xhat
 
     @classmethod
     def of(
@@ -99,6 +117,7 @@ class FeatureTerms:
             kappa=s * m,
             a=s * (np.abs(x) + m),
             mean_abs=mean_abs,
+            rms_xhat=np.sqrt(per_feature(var, x.ndim, feature_axis)) * s,
         )
 
 
@@ -142,9 +161,9 @@ def train_output_bound(
         )
 
     terms = FeatureTerms.of(x, feature_axis, eps)
-    return _both(
-        bound, precision, terms, _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
-    )
+    g, b = _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
+    scale = g * (np.abs(terms.xhat) + terms.rms_xhat) + b
+    return precision.floored(_both(bound, precision, terms, g, b), scale)
 
 
 def inference_output_bound(
@@ -235,10 +254,18 @@ def backward_bounds(
         m1_vector = np.mean(abs_dy, axis=axes)
         return p.u_w * terms.n * terms.n * m1_vector + p.u_o * np.abs(expected.dbeta) + p.tiny
 
+    # natural scales (batchnorm.md: reference accuracy), for the floor of the gross line
+    spread = ax + terms.rms_xhat if training else ax
+    weighted = abs_dy * spread
+    dgamma_scale = np.sum(weighted, axis=axes)
+    dx_scale = g * terms.s * abs_dy
+    if training:
+        mean_weighted = per_feature(np.mean(weighted, axis=axes), x.ndim, feature_axis)
+        dx_scale = dx_scale + g * terms.s * (m1 + spread * mean_weighted)
     return GradientBounds(
-        dx=_both(dx_bound, precision),
-        dgamma=_both(dgamma_bound, precision),
-        dbeta=_both(dbeta_bound, precision),
+        dx=precision.floored(_both(dx_bound, precision), dx_scale),
+        dgamma=precision.floored(_both(dgamma_bound, precision), dgamma_scale),
+        dbeta=precision.floored(_both(dbeta_bound, precision), np.sum(abs_dy, axis=axes)),
     )
 
 
@@ -339,19 +366,29 @@ def running_bounds(
             + p.tiny
         )
 
-    return StateBounds(mean=_both(mean_bound, precision), var=_both(var_bound, precision))
+    mean_scale = np.abs(before_mean) + np.abs(after_mean) + alpha * mean_abs
+    var_scale = np.abs(before_var) + np.abs(after_var) + alpha * c * stats.var
+    return StateBounds(
+        mean=precision.floored(_both(mean_bound, precision), mean_scale),
+        var=precision.floored(_both(var_bound, precision), var_scale),
+    )
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """How an actual array compares with the expected one under an elementwise bound."""
+    """How an actual array compares with the expected one under an elementwise bound.
+
+    The values ``*_at_worst`` are those of the element that most exceeds its bound;
+    ``ulps`` is its error in ulps of the compared dtype at its expected value (what a reader
+    computes from the printed numbers); the ``max_*`` errors are over every element.
+    """
 
     quantity: str
     ok: bool
     reason: str
     max_abs_error: float
     max_rel_error: float
-    max_ulps: float
+    ulps: Ulps
     worst_index: tuple[int, ...] | None
     expected_at_worst: float | None
     actual_at_worst: float | None
@@ -362,10 +399,18 @@ class Comparison:
             return f"{self.quantity}: {self.reason}"
         return (
             f"{self.quantity}: {self.reason}; at index {self.worst_index} expected "
-            f"{self.expected_at_worst!r}, got {self.actual_at_worst!r} (bound "
-            f"{self.bound_at_worst:.3g}); max abs error {self.max_abs_error:.3g}, max rel "
-            f"error {self.max_rel_error:.3g}, {self.max_ulps:.3g} ulps"
+            f"{self.expected_at_worst!r}, got {self.actual_at_worst!r}: {self._error()} "
+            f"(bound {self.bound_at_worst:.3g}); max abs error {self.max_abs_error:.3g}, "
+            f"max rel error {self.max_rel_error:.3g}"
         )
+
+    def _error(self) -> str:
+        """The worst element's error, absolute and in ulps of the dtype at its value."""
+        assert self.expected_at_worst is not None and self.actual_at_worst is not None
+        error = abs(self.actual_at_worst - self.expected_at_worst)
+        if not math.isfinite(error):
+            return "a non-finite error"
+        return f"error {error:.3g} = {self.ulps} at {self.expected_at_worst:.4g}"
 
 
 def compare(
@@ -378,8 +423,8 @@ def compare(
 ) -> Comparison:
     """Compare elementwise; NaN or infinity where the expected value is finite always fails.
 
-    Errors in ulps are measured against the spacing of ``dtype`` at the largest expected
-    magnitude, the scale of the quantity.
+    The error in ulps is the worst element's, against the spacing of ``dtype`` at its
+    expected value.
 
     ``mask`` selects the elements that are compared (all by default).
     """
@@ -392,7 +437,7 @@ def compare(
             f"shape {actual.shape}, expected {expected.shape}",
             np.inf,
             np.inf,
-            np.inf,
+            Ulps(np.inf, dtype),
             None,
             None,
             None,
@@ -410,14 +455,12 @@ def compare(
     error = np.where(selected, error, 0.0)
     excess = np.where(selected, error - bound, -np.inf)
     if excess.size == 0:
-        return Comparison(quantity, True, "empty", 0.0, 0.0, 0.0, None, None, None, None)
+        return Comparison(
+            quantity, True, "empty", 0.0, 0.0, Ulps(0.0, dtype), None, None, None, None
+        )
     worst = np.unravel_index(int(np.argmax(excess)), expected.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(selected & finite, error / np.abs(expected), 0.0)
-        # ulps of the quantity's magnitude, so an expected zero does not blow the figure up
-        considered = selected & finite
-        scale = float(np.max(np.abs(expected[considered]))) if considered.any() else 0.0
-        ulps = np.where(considered, error / ulp(np.asarray(scale), dtype), 0.0)
     ok = bool(np.all(excess <= 0))
     nonfinite = bool(np.any(selected & finite & ~np.isfinite(actual)))
     reason = (
@@ -433,7 +476,7 @@ def compare(
         reason=reason,
         max_abs_error=float(np.max(error)),
         max_rel_error=float(np.nanmax(relative)),
-        max_ulps=float(np.nanmax(ulps)),
+        ulps=Ulps.of(float(error[worst]), float(expected[worst]), dtype),
         worst_index=tuple(int(i) for i in worst),
         expected_at_worst=float(expected[worst]),
         actual_at_worst=float(actual[worst]),

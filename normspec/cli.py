@@ -1,5 +1,6 @@
 """The ``normspec`` command line. Exit codes: 0 success, 1 not conformant, 2 usage error,
-130 interrupted (``normspec report`` keeps what finished)."""
+3 nothing checked (``normspec check``: no selected clause applied), 130 interrupted
+(``normspec report`` keeps what finished)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from normspec import compile_cache, jax_devices, spec
+from normspec import compile_cache, jax_devices, spec, storage
 
 EXIT_OK = 0
 EXIT_NOT_CONFORMANT = 1
 EXIT_USAGE = 2
+#: ``normspec check`` ran, but no selected clause applied to the implementation: a CI gate
+#: must not read that as a pass.
+EXIT_NOTHING_CHECKED = 3
 #: ``normspec report`` stopped by Ctrl-C (the files hold what finished).
 EXIT_INTERRUPTED = 130
 
@@ -178,7 +182,14 @@ def _check_command(args: argparse.Namespace) -> int:
         write_json(report, args.json)
     if args.junit:
         write_junit(report, args.junit)
-    return EXIT_OK if report.conformant else EXIT_NOT_CONFORMANT
+    return exit_code(report)
+
+
+def exit_code(report: Any) -> int:
+    """``normspec check``'s exit code for a finished report."""
+    if not report.conformant:
+        return EXIT_NOT_CONFORMANT
+    return EXIT_NOTHING_CHECKED if report.verdict == "nothing applicable" else EXIT_OK
 
 
 def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
@@ -319,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check TARGET (package.module:attr, or 'reference') clause by clause, "
         "its calls in a worker process (a crash or a hang is reported and the run goes on). "
         "Exit code 0: conformant; 1: not conformant (a clause failed, errored, crashed or "
-        "hung); 2: usage error.",
+        "hung); 2: usage error; 3: nothing checked (no selected clause applies to TARGET).",
     )
     checking.add_argument("target", help="package.module:attr, or reference")
     checking.add_argument("--profile", default="paper", help="the dialect claimed (default paper)")
@@ -410,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("check", "report", "identify"):
             compile_cache.enable()
             jax_devices.enable()
+            storage.keep_hypothesis_files()
         code: int = args.run(args)
         return code
     except UsageError as problem:

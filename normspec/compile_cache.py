@@ -19,14 +19,15 @@ import os
 from collections.abc import MutableMapping
 from pathlib import Path
 
+from normspec import storage
+
 #: The variable that turns the cache off (``off``) or moves it (a directory).
 SETTING = "NORMSPEC_COMPILATION_CACHE"
 
 
 def default_directory(environ: MutableMapping[str, str]) -> Path:
     """``$XDG_CACHE_HOME/normspec/jax``, ``~/.cache/normspec/jax`` without XDG_CACHE_HOME."""
-    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "normspec" / "jax"
+    return storage.cache_home(environ) / "jax"
 
 
 def enable(environ: MutableMapping[str, str] = os.environ) -> Path | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -56,15 +57,39 @@ def check_vector(name: str, value: Any, num_features: int) -> FloatArray:
     return vector
 
 
-def check_eps(eps: float) -> float:
+def real_number(name: str, value: object) -> float:
+    """A real number, Python's or NumPy's (``np.float32(1e-3)``), as a float; a boolean, a
+    string or an array is an error naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+def whole_number(name: str, value: object, *, minimum: int) -> int:
+    """An integer, Python's or NumPy's, of at least ``minimum``; a boolean is an error."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or int(value) < minimum
+    ):
+        kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        if minimum == 0:
+            kind = "a non-negative integer"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def check_eps(eps: object) -> float:
     """``eps`` must be a positive finite number (bn.params.eps)."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    number = real_number("eps", eps)
+    if not (math.isfinite(number) and number > 0):
         raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-    return float(eps)
+    return number
 
 
-def check_rate(rate: float) -> float:
+def check_rate(rate: object) -> float:
     """The canonical update rate alpha must lie in [0, 1] (bn.params.rate)."""
-    if not (isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0):
+    number = real_number("update rate alpha", rate)
+    if not 0.0 <= number <= 1.0:
         raise ValueError(f"update rate alpha must lie in [0, 1], got {rate!r}")
-    return float(rate)
+    return number

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from normspec.reference import batchnorm, layer
-from normspec.reference._arrays import FloatArray, check_input
+from normspec.reference._arrays import FloatArray, check_input, whole_number
 from normspec.reference.batchnorm import Gradients, IntArray
 from normspec.reference.layer import Affine, BatchNormConfig
 from normspec.reference.running import (
@@ -42,9 +42,7 @@ class GhostDialect:
 
 def check_virtual_batch_size(value: Any) -> int:
     """``V`` must be a positive integer (ghost.params.invalid)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"virtual_batch_size must be a positive integer, got {value!r}")
-    return int(value)
+    return whole_number("virtual_batch_size", value, minimum=1)
 
 
 def ghost_batches(batch_size: int, virtual_batch_size: int, groups: GhostGroups) -> list[IntArray]:

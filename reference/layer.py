@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 
 from normspec.reference import batchnorm
-from normspec.reference._arrays import FloatArray, check_eps, check_rate, check_vector
+from normspec.reference._arrays import (
+    FloatArray,
+    check_eps,
+    check_rate,
+    check_vector,
+    whole_number,
+)
 from normspec.reference.running import VarianceEstimator, update_running_statistics
 from normspec.reference.state import RunningStatistics
 
@@ -34,11 +40,12 @@ class BatchNormConfig:
     track_running_stats: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_features, int) or self.num_features < 1:
-            raise ValueError(f"num_features must be a positive integer, got {self.num_features!r}")
-        check_eps(self.eps)
+        object.__setattr__(
+            self, "num_features", whole_number("num_features", self.num_features, minimum=1)
+        )
+        object.__setattr__(self, "eps", check_eps(self.eps))
         if self.rate is not None:
-            check_rate(self.rate)
+            object.__setattr__(self, "rate", check_rate(self.rate))
         if self.running_variance not in ("biased", "unbiased"):
             raise ValueError(
                 f"running_variance must be 'biased' or 'unbiased', got {self.running_variance!r}"

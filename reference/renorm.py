@@ -41,6 +41,7 @@ from normspec.reference._arrays import (
     frozen,
     per_feature,
     reduction_axes,
+    whole_number,
 )
 from normspec.reference.batchnorm import Gradients
 from normspec.reference.layer import Affine
@@ -118,6 +119,10 @@ class RenormStatistics:
     sets of statistics (``statistics="separate"``), ``mean``/``spread`` are the inference
     set and ``correction_mean``/``correction_spread`` the set the correction uses; with one
     set both are ``None``. Never mutated; the arrays are read-only copies.
+
+    Like :class:`~normspec.reference.RunningStatistics` it holds whatever a library reports
+    (a negative spread, NaN): the clauses judge it, and the reference refuses a negative
+    spread where it computes sigma from one.
     """
 
     mean: FloatArray
@@ -134,8 +139,6 @@ class RenormStatistics:
                 f"moving mean and spread must be vectors of one shape, got {mean.shape} "
                 f"and {spread.shape}"
             )
-        if np.any(spread < 0):
-            raise ValueError("moving spread (sigma or variance) must be non-negative")
         if (self.correction_mean is None) != (self.correction_spread is None):
             raise ValueError("correction_mean and correction_spread are given together or not")
         if self.correction_mean is not None and self.correction_spread is not None:
@@ -146,26 +149,17 @@ class RenormStatistics:
                     f"correction statistics must have the shape {mean.shape} of the moving "
                     f"statistics, got {c_mean.shape} and {c_spread.shape}"
                 )
-            if np.any(c_spread < 0):
-                raise ValueError("correction spread (sigma or variance) must be non-negative")
             object.__setattr__(self, "correction_mean", c_mean)
             object.__setattr__(self, "correction_spread", c_spread)
-        if (
-            isinstance(self.steps, bool)
-            or not isinstance(self.steps, (int, np.integer))
-            or self.steps < 0
-        ):
-            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "spread", spread)
-        object.__setattr__(self, "steps", int(self.steps))
+        object.__setattr__(self, "steps", whole_number("steps", self.steps, minimum=0))
 
     @classmethod
     def initial(cls, num_features: int, *, separate: bool = False) -> RenormStatistics:
         """Mean 0, spread 1 (sigma or variance), no steps, in every set (renorm.moving.initial)."""
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive integer, got {num_features!r}")
-        zeros, ones = np.zeros(num_features), np.ones(num_features)
+        count = whole_number("num_features", num_features, minimum=1)
+        zeros, ones = np.zeros(count), np.ones(count)
         if separate:
             return cls(zeros, ones, 0, zeros, ones)
         return cls(zeros, ones, 0)
@@ -238,12 +232,9 @@ class RenormConfig:
     affine: bool = True
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.num_features, bool)
-            or not isinstance(self.num_features, int)
-            or self.num_features < 1
-        ):
-            raise ValueError(f"num_features must be a positive integer, got {self.num_features!r}")
+        object.__setattr__(
+            self, "num_features", whole_number("num_features", self.num_features, minimum=1)
+        )
         if not isinstance(self.schedule, Schedule):
             raise ValueError(f"schedule must be a Schedule, got {self.schedule!r}")
         check_eps(self.eps)

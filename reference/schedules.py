@@ -17,10 +17,11 @@ plain batch normalization up to a step and constant bounds from it on
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from normspec.reference._arrays import real_number, whole_number
 
 __all__ = [
     "BN_BOUNDS",
@@ -37,9 +38,7 @@ _KERAS_KEYS = ("rmin", "rmax", "dmax")
 
 
 def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    number = float(value)
+    number = real_number(name, value)
     if math.isnan(number):
         raise ValueError(f"{name} must not be NaN")
     return number
@@ -47,9 +46,7 @@ def _number(name: str, value: object) -> float:
 
 def check_step(step: object, name: str = "step") -> int:
     """A step counter: a non-negative integer (renorm.schedule.step)."""
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {step!r}")
-    return int(step)
+    return whole_number(name, step, minimum=0)
 
 
 @dataclass(frozen=True)

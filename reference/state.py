@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from normspec.reference._arrays import FloatArray, as_float64, frozen
+from normspec.reference._arrays import FloatArray, as_float64, frozen, whole_number
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,11 @@ class RunningStatistics:
     """Running mean and variance with the number of training steps that produced them.
 
     Never mutated: every update returns a new value. The arrays are read-only copies.
+
+    It is also how an adapter reports the statistics a library holds, so it holds any
+    values: a negative variance, NaN or an infinity are the clauses' to judge
+    (bn.params.no_nan_state, bn.running.var). The reference refuses a negative variance
+    where it computes from one (inference: bn.infer.output).
     """
 
     mean: FloatArray
@@ -42,13 +47,9 @@ class RunningStatistics:
                 f"running mean and variance must be vectors of one shape, got {mean.shape} "
                 f"and {var.shape}"
             )
-        if np.any(var < 0):
-            raise ValueError("running variance must be non-negative")
-        if not isinstance(self.steps, (int, np.integer)) or self.steps < 0:
-            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "var", var)
-        object.__setattr__(self, "steps", int(self.steps))
+        object.__setattr__(self, "steps", whole_number("steps", self.steps, minimum=0))
 
     @classmethod
     def initial(cls, num_features: int) -> RunningStatistics:

@@ -5,14 +5,17 @@
 """
 
 import os
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
-from normspec import jax_devices  # imports no framework
+from normspec import jax_devices, storage  # import no framework
 
 # The command line's persistent compilation cache (normspec.compile_cache) stays out of the
 # test runs: tests that run the CLI in-process must not write into the home directory.
 os.environ.setdefault("NORMSPEC_COMPILATION_CACHE", "off")
+# Nor Hypothesis's files (normspec.storage): they stay in the checkout's .hypothesis/.
+os.environ.setdefault(storage.HYPOTHESIS_SETTING, str(Path(__file__).parents[1] / ".hypothesis"))
 # Four host devices for the sync.* checks of the JAX adapters, asked for before anything
 # imports JAX, as the command line does; a device count in the user's XLA_FLAGS is kept.
 jax_devices.enable()

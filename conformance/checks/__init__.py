@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from normspec.adapters.protocol import Capabilities, DTypeName
-from normspec.conformance.context import CheckContext
+from normspec.conformance.context import Bounds, CheckContext
 from normspec.reference.dialects import Dialect
 
 #: A check body: draws from ``data`` and raises on a violation (a stateful check returns
@@ -26,6 +26,9 @@ class Check:
     ``needs``: capability flags that must be set for the clause to apply.
     ``depends_on``: clauses whose failure makes this result meaningless (reported skipped).
     ``stateful``: the body runs a Hypothesis state machine instead of drawing one case.
+    ``training``: the check needs a training step (not applicable to an inference-only
+    implementation, ``Capabilities.training``); a check without one says ``False``.
+    ``bounds``: the bounds its results are held to (:attr:`CheckContext.bounds`).
     """
 
     clause_id: str
@@ -34,13 +37,15 @@ class Check:
     depends_on: tuple[str, ...] = ()
     stateful: bool = False
     applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None
+    training: bool = True
+    bounds: Bounds = "value"
 
     def not_applicable(
         self, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
     ) -> str | None:
         """Why the clause does not apply to this implementation, or ``None`` if it does."""
         kind = "renorm" if self.clause_id.startswith("renorm.") else "batchnorm"
-        for flag in (kind, *self.needs):
+        for flag in (kind, *self.needs, *(("training",) if self.training else ())):
             if not getattr(capabilities, flag):
                 note = capabilities.notes.get(flag, "")
                 return f"the implementation does not support {flag.replace('_', ' ')}" + (
@@ -59,13 +64,19 @@ def check(
     depends_on: tuple[str, ...] = (),
     stateful: bool = False,
     applies: Callable[[Capabilities, Dialect, tuple[DTypeName, ...]], str | None] | None = None,
+    training: bool = True,
+    bounds: Bounds | None = None,
 ) -> Callable[[Body], Body]:
-    """Register ``body`` as the check of ``clause_id``."""
+    """Register ``body`` as the check of ``clause_id``; ``bounds`` defaults to the accuracy
+    clauses' for a clause of an accuracy section (``*.accuracy.*``), else the value ones'."""
+    held_to: Bounds = bounds or ("accuracy" if ".accuracy." in clause_id else "value")
 
     def register(body: Body) -> Body:
         if clause_id in CHECKS:
             raise ValueError(f"clause {clause_id} already has a check")
-        CHECKS[clause_id] = Check(clause_id, body, needs, depends_on, stateful, applies)
+        CHECKS[clause_id] = Check(
+            clause_id, body, needs, depends_on, stateful, applies, training, held_to
+        )
         return body
 
     return register
@@ -79,6 +90,8 @@ def load_builtin_checks() -> dict[str, Check]:
         degenerate,
         ghost,
         renorm,
+        renorm_degenerate,
+        renorm_schedules,
         replicas,
         running_sequence,
     )

@@ -15,7 +15,7 @@ from normspec.adapters.protocol import SecondOrderLayer
 from normspec.conformance.checks import check
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.dtypes import round_to
-from normspec.conformance.strategies import Case, standard_values
+from normspec.conformance.strategies import BatchNormCase, Case, standard_values
 from normspec.conformance.tolerance import (
     StateBounds,
     backward_bounds,
@@ -30,11 +30,11 @@ from normspec.reference.second_order import train_second_order_differences
 Array = np.ndarray
 
 
-def _gamma_beta(case: Case) -> tuple[Any, Any]:
+def _gamma_beta(case: BatchNormCase) -> tuple[Any, Any]:
     return (None, None) if case.params is None else case.params
 
 
-def expect_train_output(ctx: CheckContext, case: Case, y: Any, mask: Any = None) -> None:
+def expect_train_output(ctx: CheckContext, case: Case[Any], y: Any, mask: Any = None) -> None:
     """y against the reference training output under bn.accuracy.forward's bound."""
     gamma, beta = _gamma_beta(case)
     cfg = case.config
@@ -56,7 +56,7 @@ def expect_train_output(ctx: CheckContext, case: Case, y: Any, mask: Any = None)
     )
 
 
-def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
+def expect_inference_output(ctx: CheckContext, case: BatchNormCase, y: Any) -> None:
     """y against the reference inference output under bn.accuracy.inference's bound."""
     gamma, beta = _gamma_beta(case)
     cfg = case.config
@@ -76,7 +76,7 @@ def expect_inference_output(ctx: CheckContext, case: Case, y: Any) -> None:
 
 
 def update_bounds(
-    ctx: CheckContext, case: Case, x: Any, expected: reference.RunningStatistics
+    ctx: CheckContext, case: BatchNormCase, x: Any, expected: reference.RunningStatistics
 ) -> StateBounds:
     """bn.accuracy.running's bounds for one update of ``case.state`` from the batch ``x``
     to ``expected``."""
@@ -96,7 +96,7 @@ def update_bounds(
 
 def expect_running_update(
     ctx: CheckContext,
-    case: Case,
+    case: BatchNormCase,
     after: reference.RunningStatistics | None,
     which: tuple[str, ...],
     mask: Any = None,
@@ -124,7 +124,7 @@ def expect_running_update(
 
 def expect_gradients(
     ctx: CheckContext,
-    case: Case,
+    case: Case[Any],
     grads: reference.Gradients,
     *,
     training: bool,
@@ -242,11 +242,11 @@ def train_affine(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-def _with_params(case: Case, params: tuple[Array, Array]) -> Case:
+def _with_params(case: BatchNormCase, params: tuple[Array, Array]) -> BatchNormCase:
     return replace(case, params=params)
 
 
-@check("bn.running.initial")
+@check("bn.running.initial", training=False)
 def running_initial(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case, set_parameters=False, set_state=False)
@@ -364,7 +364,7 @@ def expect_state_kept(
     )
 
 
-@check("bn.running.no_inference_update")
+@check("bn.running.no_inference_update", training=False)
 def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case)
@@ -378,14 +378,14 @@ def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     )
 
 
-@check("bn.infer.output", depends_on=("conv.io.shape_dtype",))
+@check("bn.infer.output", depends_on=("conv.io.shape_dtype",), training=False)
 def infer_output(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, affine=None)
     layer = ctx.build(case)
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
 
 
-@check("bn.infer.untracked", needs=("untracked",), depends_on=("bn.train.output",))
+@check("bn.infer.untracked", needs=("untracked",), depends_on=("bn.train.output",), training=False)
 def infer_untracked(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, track=False)
     layer = ctx.build(case)
@@ -409,7 +409,7 @@ def backward_train_dparams(ctx: CheckContext, data: Any) -> None:
     expect_gradients(ctx, case, grads, training=True, which=("dgamma", "dbeta"))
 
 
-@check("bn.backward.infer", needs=("backward",), depends_on=("bn.infer.output",))
+@check("bn.backward.infer", needs=("backward",), depends_on=("bn.infer.output",), training=False)
 def backward_infer(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case)
@@ -475,7 +475,7 @@ def accuracy_forward(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-@check("bn.accuracy.inference", depends_on=("bn.infer.output",))
+@check("bn.accuracy.inference", depends_on=("bn.infer.output",), training=False)
 def accuracy_inference(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
     layer = ctx.build(case)
@@ -496,3 +496,27 @@ def accuracy_running(ctx: CheckContext, data: Any) -> None:
     layer = ctx.build(case)
     ctx.call("train_step", layer.train_step, case.x)
     expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
+
+
+@check(
+    "bn.accuracy.no_gross_error",
+    depends_on=(
+        "bn.train.output",
+        "bn.running.mean",
+        "bn.running.var",
+        "bn.backward.train.dx",
+        "bn.backward.train.dparams",
+    ),
+    bounds="gross",
+)
+def no_gross_error(ctx: CheckContext, data: Any) -> None:
+    """The accuracy clauses' cases, held to the gross line (conventions: gross error)."""
+    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    layer = ctx.build(case)
+    expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
+    if case.state is not None:
+        expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
+    if ctx.capabilities.backward:
+        layer = ctx.build(case)
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        expect_gradients(ctx, case, grads, training=True)

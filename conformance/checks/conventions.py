@@ -16,38 +16,43 @@ from normspec.conformance.context import CheckContext
 from normspec.conformance.strategies import memory_layouts
 
 
-@check("conv.io.shape_dtype")
+@check("conv.io.shape_dtype", training=False)
 def shape_dtype(ctx: CheckContext, data: Any) -> None:
-    """Shapes here; dtypes are checked by the adapters, which raise WrongOutput."""
+    """Shapes here; dtypes are checked by the adapters, which raise WrongOutput. An
+    inference-only implementation is checked in inference (its vjp too)."""
     case = ctx.draw_case(data)
     layer = ctx.build(case)
     features = (case.config.num_features,)
-    ctx.shape_of(
-        "training output y", ctx.call("train_step", layer.train_step, case.x), case.x.shape
-    )
+    training = ctx.capabilities.training
+    if training:
+        ctx.shape_of(
+            "training output y", ctx.call("train_step", layer.train_step, case.x), case.x.shape
+        )
     state = ctx.state_of(layer)
     if state is not None:
         ctx.shape_of("running mean", state.mean, features)
         ctx.shape_of("running variance", state.var, features)
     ctx.shape_of("inference output y", ctx.call("infer", layer.infer, case.x), case.x.shape)
     if ctx.capabilities.backward:
-        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
+        grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=training)
         ctx.shape_of("dx", grads.dx, case.x.shape)
         ctx.shape_of("dgamma", grads.dgamma, features)
         ctx.shape_of("dbeta", grads.dbeta, features)
 
 
-@check("conv.io.inputs_unmodified")
+@check("conv.io.inputs_unmodified", training=False)
 def inputs_unmodified(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     originals = {"x": case.x.copy(), "dy": case.dy.copy()}
     if case.params is not None:
         originals.update(gamma=case.params[0].copy(), beta=case.params[1].copy())
     layer = ctx.build(case, copy_inputs=False)
-    ctx.call("train_step", layer.train_step, case.x, copy_inputs=False)
+    training = ctx.capabilities.training
+    if training:
+        ctx.call("train_step", layer.train_step, case.x, copy_inputs=False)
     ctx.call("infer", layer.infer, case.x, copy_inputs=False)
     if ctx.capabilities.backward:
-        ctx.call("vjp", layer.vjp, case.x, case.dy, training=True, copy_inputs=False)
+        ctx.call("vjp", layer.vjp, case.x, case.dy, training=training, copy_inputs=False)
     passed = {"x": case.x, "dy": case.dy}
     if case.params is not None:
         passed.update(gamma=case.params[0], beta=case.params[1])
@@ -58,16 +63,17 @@ def inputs_unmodified(ctx: CheckContext, data: Any) -> None:
         )
 
 
-@check("conv.io.finite")
+@check("conv.io.finite", training=False)
 def finite(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data, affine=None)
     layer = ctx.build(case)
-    outputs = {
-        "training output": ctx.call("train_step", layer.train_step, case.x),
-        "inference output": ctx.call("infer", layer.infer, case.x),
-    }
+    training = ctx.capabilities.training
+    outputs = {}
+    if training:
+        outputs["training output"] = ctx.call("train_step", layer.train_step, case.x)
+    outputs["inference output"] = ctx.call("infer", layer.infer, case.x)
     if ctx.capabilities.backward:
-        outputs["dx"] = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True).dx
+        outputs["dx"] = ctx.call("vjp", layer.vjp, case.x, case.dy, training=training).dx
     state = ctx.state_of(layer)
     if state is not None:
         outputs.update({"running mean": state.mean, "running variance": state.var})

@@ -17,17 +17,21 @@ from normspec.conformance.checks.batchnorm import (
 )
 from normspec.conformance.context import CheckContext
 from normspec.conformance.guard import ImplementationError, ImplementationLost
-from normspec.conformance.strategies import Case
+from normspec.conformance.strategies import BatchNormCase
 from normspec.reference.state import RunningStatistics
 
 
-def _feature_slice(case: Case, feature: int) -> tuple[Any, ...]:
+def _feature_slice(case: BatchNormCase, feature: int) -> tuple[Any, ...]:
     index: list[Any] = [slice(None)] * case.x.ndim
     index[case.config.feature_axis] = feature
     return tuple(index)
 
 
-def _finite_state(ctx: CheckContext, state: RunningStatistics | None, when: str) -> None:
+def _finite_state(
+    ctx: CheckContext, state: RunningStatistics | None, when: str, *, variance: bool = False
+) -> None:
+    """Require finite running statistics; with ``variance``, a non-negative variance too
+    (bn.params.no_nan_state: the next inference takes its square root)."""
     if state is None:
         return
     ctx.require(
@@ -35,6 +39,11 @@ def _finite_state(ctx: CheckContext, state: RunningStatistics | None, when: str)
         f"{when} the running statistics hold NaN or infinity: mean {state.mean.tolist()}, "
         f"variance {state.var.tolist()}",
     )
+    if variance:
+        ctx.require(
+            not bool(np.any(state.var < 0)),
+            f"{when} the running variance is negative: {state.var.tolist()}",
+        )
 
 
 @check("bn.degenerate.single_value", depends_on=("bn.train.output",))
@@ -115,7 +124,7 @@ def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
         expect_gradients(ctx, case, grads, training=True, mask=mask, feature_mask=clean)
 
 
-@check("bn.params.shape")
+@check("bn.params.shape", training=False)
 def params_shape(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     extra = data.draw(st.integers(1, 3), label="extra features")
@@ -123,7 +132,8 @@ def params_shape(ctx: CheckContext, data: Any) -> None:
     shape[case.config.feature_axis] += extra
     wrong = np.zeros(shape)
     layer = ctx.build(case)
-    for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
+    calls = [("train_step", layer.train_step)] if ctx.capabilities.training else []
+    for operation, function in [*calls, ("infer", layer.infer)]:
         raised, _ = ctx.attempt(operation, function, wrong)
         ctx.require(
             raised,
@@ -172,4 +182,5 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
         return
     raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
     if not raised:
-        _finite_state(ctx, ctx.state_of(layer), f"with eps={eps!r} and momentum={momentum!r}")
+        state = ctx.state_of(layer)
+        _finite_state(ctx, state, f"with eps={eps!r} and momentum={momentum!r}", variance=True)

@@ -24,7 +24,12 @@ from normspec.conformance.checks.batchnorm import (
 from normspec.conformance.context import CheckContext
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.guard import ImplementationError, ImplementationLost
-from normspec.conformance.strategies import Case, arrange, feature_values, standard_values
+from normspec.conformance.strategies import (
+    BatchNormCase,
+    arrange,
+    feature_values,
+    standard_values,
+)
 from normspec.conformance.tolerance import (
     Comparison,
     backward_bounds,
@@ -54,7 +59,7 @@ def ghost_case(
     sizes: tuple[int, int] = (1, 4),
     remainder: bool | None = False,
     **options: Any,
-) -> Case:
+) -> BatchNormCase:
     """A BN case with a batch of ``G * V (+ r)`` samples and ``virtual_batch_size = V``.
 
     ``remainder``: ``False`` a multiple of ``V``; ``True`` not one (``V >= 2``); ``None``
@@ -85,17 +90,19 @@ def ghost_case(
     return case
 
 
-def _params(case: Case) -> tuple[Any, Any]:
+def _params(case: BatchNormCase) -> tuple[Any, Any]:
     return (None, None) if case.params is None else case.params
 
 
-def _rows(case: Case, groups: GhostGroups) -> list[Any]:
+def _rows(case: BatchNormCase, groups: GhostGroups) -> list[Any]:
     size = case.config.virtual_batch_size
     assert size is not None
     return ghost.ghost_batches(case.x.shape[0], size, groups)
 
 
-def _output_comparison(ctx: CheckContext, case: Case, y: Any, groups: GhostGroups) -> Comparison:
+def _output_comparison(
+    ctx: CheckContext, case: BatchNormCase, y: Any, groups: GhostGroups
+) -> Comparison:
     cfg = case.config
     gamma, beta = _params(case)
     assert cfg.virtual_batch_size is not None

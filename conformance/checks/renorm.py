@@ -1,5 +1,12 @@
 """Checks of the renorm chapter (renorm.*): Batch Renormalization layers.
 
+Split along the chapter's sections as the BN chapter's checks are: this module holds the
+training, moving-statistics, inference, backward and accuracy sections and what every
+section shares (applicability, drawing and building, the expectations);
+:mod:`renorm_schedules` the schedules (renorm.schedule.*, with the state machine of
+renorm.schedule.step) and :mod:`renorm_degenerate` the degenerate inputs and invalid
+parameters (renorm.degenerate.*, renorm.params.*).
+
 Every check needs the capability ``renorm``, so a batch-norm-only implementation reports
 them not applicable. Cases are drawn by :func:`strategies_renorm.renorm_cases` under the
 profile's renorm dialect, expectations come from :mod:`normspec.reference.renorm` and the
@@ -38,18 +45,16 @@ import numpy as np
 from hypothesis import reject
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from normspec.adapters.protocol import Capabilities, DTypeName, Layer, UnsupportedConfig
 from normspec.conformance.checks import Body, check
 from normspec.conformance.checks import batchnorm as bn_checks
-from normspec.conformance.checks.degenerate import INVALID_EPS, INVALID_RATES
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies_renorm import (
+    ONE_BOUND,
     RenormCase,
     ScheduleKind,
-    batches,
     offered_schedules,
     renorm_cases,
 )
@@ -64,7 +69,7 @@ from normspec.conformance.tolerance import (
 from normspec.reference import Affine, Gradients, renorm
 from normspec.reference.dialects import Dialect
 from normspec.reference.renorm import RenormAverage, RenormStatistics
-from normspec.reference.schedules import ConstantSchedule, RenormBounds
+from normspec.reference.schedules import RenormBounds
 
 Array = np.ndarray
 T = TypeVar("T")
@@ -194,7 +199,7 @@ def build(
         raise
     counts["built"] += 1
     if set_state:
-        ctx.call("set_state", layer.set_state, case.moving)
+        ctx.call("set_state", layer.set_state, case.state)
     return layer
 
 
@@ -209,7 +214,7 @@ def moving_state(ctx: CheckContext, layer: Layer, when: str) -> RenormStatistics
     return state
 
 
-def _unchecked(cls: type[T], **fields: Any) -> T:
+def unchecked(cls: type[T], **fields: Any) -> T:
     """An instance of a frozen dataclass built without its validation (invalid values)."""
     value = object.__new__(cls)
     for name, field_value in fields.items():
@@ -217,9 +222,9 @@ def _unchecked(cls: type[T], **fields: Any) -> T:
     return value
 
 
-def _unchecked_replace(value: T, **changes: Any) -> T:
+def unchecked_replace(value: T, **changes: Any) -> T:
     fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}  # type: ignore[arg-type]
-    return _unchecked(type(value), **{**fields, **changes})
+    return unchecked(type(value), **{**fields, **changes})
 
 
 # --------------------------------------------------------------------------------------
@@ -235,20 +240,20 @@ def _gamma_beta(case: RenormCase) -> tuple[Any, Any]:
 
 
 def correction_statistics(case: RenormCase) -> tuple[Array, Array]:
-    """``(mu, sigma)`` the correction of a training step from ``case.moving`` uses."""
+    """``(mu, sigma)`` the correction of a training step from ``case.state`` uses."""
     cfg = case.renorm
-    mean, spread = case.moving.correction_statistics()
+    mean, spread = case.state.correction_statistics()
     sigma = renorm.moving_std(spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor)
     return mean, sigma
 
 
 def inference_statistics(case: RenormCase) -> tuple[Array, Array]:
-    """``(mu, sigma)`` of the inference set of ``case.moving``."""
+    """``(mu, sigma)`` of the inference set of ``case.state``."""
     cfg = case.renorm
     sigma = renorm.moving_std(
-        case.moving.spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor
+        case.state.spread, average=cfg.average, eps=cfg.eps, sigma_floor=cfg.sigma_floor
     )
-    return case.moving.mean, sigma
+    return case.state.mean, sigma
 
 
 def expect_train_output(
@@ -264,7 +269,7 @@ def expect_train_output(
     if sigma is None:
         mean, sigma = correction_statistics(case)
     else:
-        mean = case.moving.correction_statistics()[0]
+        mean = case.state.correction_statistics()[0]
     bounds = case.bounds
     expected, _ = renorm.train_forward(
         case.x, mean, sigma, gamma, beta, bounds=bounds, eps=cfg.eps, feature_axis=cfg.feature_axis
@@ -292,7 +297,7 @@ def other_reading(case: RenormCase) -> Array | None:
     """
     cfg = case.renorm
     other: RenormAverage = "variance_biased" if cfg.average == "std" else "std"
-    spread = case.moving.correction_statistics()[1]
+    spread = case.state.correction_statistics()[1]
     try:
         return renorm.moving_std(spread, average=other, eps=cfg.eps, sigma_floor=cfg.sigma_floor)
     except ValueError:
@@ -328,7 +333,7 @@ def expect_inference_output(
     if sigma is None:
         mean, sigma = inference_statistics(case)
     else:
-        mean = case.moving.mean
+        mean = case.state.mean
     expected = renorm.inference_forward(
         case.x, mean, sigma, gamma, beta, feature_axis=cfg.feature_axis
     )
@@ -349,7 +354,7 @@ def expect_moving_update(
     """Every set of moving statistics after one training step (renorm.moving.*) against the
     reference update, under renorm.accuracy.moving's bounds."""
     cfg = case.renorm
-    _, expected = renorm.training_step(cfg, reference_params(case), case.moving, case.x)
+    _, expected = renorm.training_step(cfg, reference_params(case), case.state, case.x)
     ctx.require(
         after.separate == expected.separate,
         f"the layer reports {'two sets' if after.separate else 'one set'} of moving "
@@ -360,8 +365,8 @@ def expect_moving_update(
     sets: list[tuple[str, Array, Array, Array, Array, Any, Any, float]] = [
         (
             "moving",
-            case.moving.mean,
-            case.moving.spread,
+            case.state.mean,
+            case.state.spread,
             expected.mean,
             expected.spread,
             after.mean,
@@ -370,7 +375,7 @@ def expect_moving_update(
         )
     ]
     if expected.separate:
-        before_c = case.moving.correction_statistics()
+        before_c = case.state.correction_statistics()
         expected_c = expected.correction_statistics()
         after_c = after.correction_statistics()
         assert cfg.correction_rate is not None
@@ -454,12 +459,12 @@ def expect_gradients(
         ctx.expect(compare("dbeta", dbeta, expected.dbeta, limits.dbeta, dtype, feature_mask))
 
 
-def _train(ctx: CheckContext, case: RenormCase) -> tuple[Layer, Any]:
+def train_once(ctx: CheckContext, case: RenormCase) -> tuple[Layer, Any]:
     layer = build(ctx, case)
     return layer, ctx.call("train_step", layer.train_step, case.x)
 
 
-def _vjp(ctx: CheckContext, case: RenormCase, *, training: bool) -> Gradients:
+def fresh_vjp(ctx: CheckContext, case: RenormCase, *, training: bool) -> Gradients:
     """The gradients of a fresh layer set to the case (the state after a call is unspecified)."""
     layer = build(ctx, case)
     grads: Gradients = ctx.call("vjp", layer.vjp, case.x, case.dy, training=training)
@@ -498,7 +503,7 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
         bounds=None if batchnorm else WIDE_BOUNDS,
         regime="exact" if batchnorm else "near",
     )
-    _, y = _train(ctx, case)
+    _, y = train_once(ctx, case)
     expect_train_output_either_reading(ctx, case, y)
 
 
@@ -506,7 +511,8 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
 def train_correction(ctx: CheckContext, data: Any) -> None:
     """Observed through the training output only (the gradients are renorm.backward.*'s),
     with two to four features whose moving statistics each lie near the batch (clipping
-    mostly inactive) or far from it (clipped on either side), rates 0, and affine parameters
+    mostly inactive), far from it (clipped on either side) or just beyond one bound, rates
+    0, and affine parameters
     only where the implementation needs them (a ``gamma`` of 0 hides ``r`` and ``d``).
     ``y = gamma * (zhat * r + d) + beta`` shows ``r`` and ``d`` each: ``zhat`` has mean 0
     and is not 0 where the feature varies."""
@@ -519,9 +525,9 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
         rate=0.0,
         correction_rate=0.0,
         same_sets=True,
-        regime=("far", "near"),
+        regime=("far", "near", *ONE_BOUND),
     )
-    _, y = _train(ctx, case)
+    _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
 
@@ -529,7 +535,7 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
 def train_pre_update(ctx: CheckContext, data: Any) -> None:
     """Rates of 0.5 to 1: a correction from the updated statistics gives another output."""
     case = draw_renorm(ctx, data, affine=None, rates=LARGE_RATES, same_sets=True)
-    _, y = _train(ctx, case)
+    _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
 
@@ -539,7 +545,7 @@ def train_pre_update(ctx: CheckContext, data: Any) -> None:
 )
 def train_output(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, affine=None, same_sets=True)
-    _, y = _train(ctx, case)
+    _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
 
@@ -563,11 +569,11 @@ def train_reduces_to_bn(ctx: CheckContext, data: Any) -> None:
     """Bounds that force ``r = 1, d = 0`` (constant, or a warm-up before it ends): batch
     norm's output and gradients within bn.accuracy.*; the moving statistics still move."""
     case = draw_renorm(ctx, data, affine=None, batchnorm_bounds=True, same_sets=True)
-    layer, y = _train(ctx, case)
+    layer, y = train_once(ctx, case)
     bn_checks.expect_train_output(ctx, case, y)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
     if ctx.capabilities.backward:
-        grads = _vjp(ctx, case, training=True)
+        grads = fresh_vjp(ctx, case, training=True)
         bn_checks.expect_gradients(ctx, case, grads, training=True)
 
 
@@ -604,14 +610,14 @@ def moving_initial(ctx: CheckContext, data: Any) -> None:
 @renorm_check("renorm.moving.mean", depends_on=("renorm.train.statistics",))
 def moving_mean(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, same_sets=True)
-    layer, _ = _train(ctx, case)
+    layer, _ = train_once(ctx, case)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"), ("mean",))
 
 
 @renorm_check("renorm.moving.average", depends_on=("renorm.train.statistics",))
 def moving_average(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, same_sets=True)
-    layer, _ = _train(ctx, case)
+    layer, _ = train_once(ctx, case)
     state = moving_state(ctx, layer, "after a training step")
     expect_moving_update(ctx, case, state, ("spread",))
 
@@ -633,7 +639,7 @@ def moving_separate(ctx: CheckContext, data: Any) -> None:
     rate = data.draw(st.sampled_from(rates), label="rate")
     correction_rate = data.draw(st.sampled_from([r for r in rates if r != rate]), label="alpha_c")
     case = draw_renorm(ctx, data, rate=rate, correction_rate=correction_rate)
-    layer, y = _train(ctx, case)
+    layer, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
     layer = build(ctx, case)
@@ -644,7 +650,7 @@ def moving_separate(ctx: CheckContext, data: Any) -> None:
 def moving_steps(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, same_sets=True)
     layer = build(ctx, case)
-    start = case.moving.steps
+    start = case.state.steps
     counts = [("after set_state", start)]
     seen = [moving_state(ctx, layer, "after set_state").steps]
     ctx.call("train_step", layer.train_step, case.x)
@@ -664,7 +670,9 @@ def moving_steps(ctx: CheckContext, data: Any) -> None:
         )
 
 
-def _same_state(before: RenormStatistics, after: RenormStatistics, *, counter: bool = True) -> bool:
+def same_moving_state(
+    before: RenormStatistics, after: RenormStatistics, *, counter: bool = True
+) -> bool:
     """Whether two states are equal (NaN equal to NaN), the step counter only if ``counter``."""
 
     def same(a: Any, b: Any) -> bool:
@@ -689,7 +697,7 @@ def moving_no_inference_update(ctx: CheckContext, data: Any) -> None:
     ctx.call("infer", layer.infer, case.x)
     after = moving_state(ctx, layer, "after inference")
     ctx.require(
-        _same_state(before, after, counter=ctx.capabilities.step_counter),
+        same_moving_state(before, after, counter=ctx.capabilities.step_counter),
         f"inference changed the state from {before} to {after}",
     )
 
@@ -714,7 +722,7 @@ def backward_train_dx(ctx: CheckContext, data: Any) -> None:
     """Moving statistics near the batch leave the clipping inactive wherever the bounds are
     not batch norm's: a gradient through ``r`` and ``d`` differs there."""
     case = draw_renorm(ctx, data, affine=None, regime="near")
-    grads = _vjp(ctx, case, training=True)
+    grads = fresh_vjp(ctx, case, training=True)
     expect_gradients(ctx, case, grads, training=True, which=("dx",))
 
 
@@ -725,7 +733,7 @@ def backward_train_dx(ctx: CheckContext, data: Any) -> None:
 )
 def backward_train_dparams(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data)
-    grads = _vjp(ctx, case, training=True)
+    grads = fresh_vjp(ctx, case, training=True)
     expect_gradients(ctx, case, grads, training=True, which=("dgamma", "dbeta"))
 
 
@@ -736,514 +744,8 @@ def backward_train_dparams(ctx: CheckContext, data: Any) -> None:
 )
 def backward_infer(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data)
-    grads = _vjp(ctx, case, training=False)
+    grads = fresh_vjp(ctx, case, training=False)
     expect_gradients(ctx, case, grads, training=False)
-
-
-# --------------------------------------------------------------------------------------
-# Schedules
-
-
-def _schedule_check(ctx: CheckContext, data: Any, kind: ScheduleKind) -> None:
-    """One training step from a counter around the schedule's change points, with moving
-    statistics far from the batch so that the bounds themselves show in the output.
-
-    The output may be that of the bounds at the counter ``t`` or at ``t + 1``: which counter
-    a step reads is renorm.schedule.step's business (checked after this clause), the values
-    of the schedule this clause's.
-    """
-    case = draw_renorm(ctx, data, affine=None, schedule_kinds=(kind,), regime="far", counter="any")
-    bounds = case.bounds
-    ctx.notes["bounds at the step"] = [bounds.r_min, bounds.r_max, bounds.d_max]
-    layer = build(ctx, case, offered=SCHEDULE_NAMES[kind])
-    y = ctx.call("train_step", layer.train_step, case.x)
-    try:
-        expect_train_output(ctx, case, y)
-    except Violation:
-        following = replace(case, moving=case.moving.replace(steps=case.moving.steps + 1))
-        if following.bounds == bounds:
-            raise
-        expect_train_output(ctx, following, y)  # the bounds of t + 1: not this clause's
-
-
-@renorm_check("renorm.schedule.constant", depends_on=("renorm.train.output",))
-def schedule_constant(ctx: CheckContext, data: Any) -> None:
-    _schedule_check(ctx, data, "constant")
-
-
-@renorm_check(
-    "renorm.schedule.paper",
-    needs=RENORM_COUNTER,
-    depends_on=("renorm.train.output",),
-    applies=offers("paper"),
-)
-def schedule_paper(ctx: CheckContext, data: Any) -> None:
-    _schedule_check(ctx, data, "paper")
-
-
-@renorm_check(
-    "renorm.schedule.switch",
-    needs=RENORM_COUNTER,
-    depends_on=("renorm.train.output",),
-    applies=offers("switch"),
-)
-def schedule_switch(ctx: CheckContext, data: Any) -> None:
-    _schedule_check(ctx, data, "switch")
-
-
-def _usable(case: RenormCase, state: RenormStatistics) -> bool:
-    """Whether the reference can go on from a state: a positive sigma without a floor."""
-    cfg = case.renorm
-    if cfg.average != "std" or cfg.sigma_floor != "none":
-        return True
-    spreads = [state.spread, state.correction_spread]
-    return not any(s is not None and np.any(np.asarray(s) <= 0) for s in spreads)
-
-
-def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
-    """A machine that drives one renorm layer through training and inference calls.
-
-    The layer starts from a step counter around the points where its schedule's bounds
-    change (the paper's ramps, a switch, or constant bounds) and sees a new batch at every
-    call. After every call the output and the whole state (both sets, the counter) are
-    compared with the reference applied to the state the layer reported before the call:
-    rounding never accumulates into a false failure, and a schedule evaluated at the wrong
-    counter, an inference call that counts, or a wrong update rule shows where it happens.
-    """
-    offered = offered_schedules(ctx.dialect)
-    first_case = renorm_cases(
-        ctx.capabilities,
-        ctx.dialect,
-        ctx.dtypes,
-        affine=None,
-        schedule_kinds=[k for k in offered if k != "constant"] or offered,
-        counter="changing",
-    )
-
-    class RenormSequenceMachine(RuleBasedStateMachine):
-        case: RenormCase
-
-        @initialize(case=first_case)
-        def build(self, case: RenormCase) -> None:
-            ctx.examples += 1
-            ctx.notes = {}
-            self.case = case
-            ctx.use_case(case)
-            self.layer = build(ctx, case)
-            self.calls: list[str] = []
-
-        def _next_input(self, data: Any) -> RenormCase:
-            cfg = self.case.config
-            x = data.draw(
-                batches(cfg.rank, cfg.feature_axis, cfg.num_features, cfg.dtype), label="batch"
-            )
-            state = moving_state(ctx, self.layer, "during the sequence")
-            if not _usable(self.case, state):
-                # within renorm.accuracy.moving (S >> sigma_B, alpha near 1) but no state to
-                # go on from (renorm.params.sigma): this sequence ends here
-                reject()
-            step = replace(self.case, x=x, dy=x, moving=state)
-            ctx.use_case(step)
-            return step
-
-        def _log(self, call: str, step: RenormCase) -> None:
-            self.calls.append(f"{call}{list(step.x.shape)} at t={step.moving.steps}")
-            ctx.notes["calls"] = list(self.calls)
-
-        @rule(data=st.data())
-        def train(self, data: Any) -> None:
-            step = self._next_input(data)
-            self._log("train", step)
-            y = ctx.call("train_step", self.layer.train_step, step.x)
-            expect_train_output(ctx, step, y)
-            after = moving_state(ctx, self.layer, "after a training step")
-            expect_moving_update(ctx, step, after)
-            ctx.require(
-                after.steps == step.moving.steps + 1,
-                f"step counter {step.moving.steps} -> {after.steps} in one training step",
-            )
-
-        @rule(data=st.data())
-        def infer(self, data: Any) -> None:
-            step = self._next_input(data)
-            self._log("infer", step)
-            y = ctx.call("infer", self.layer.infer, step.x)
-            expect_inference_output(ctx, step, y)
-            after = moving_state(ctx, self.layer, "after an inference call")
-            ctx.require(
-                _same_state(step.moving, after, counter=ctx.capabilities.step_counter),
-                f"an inference call changed the state from {step.moving} to {after}",
-            )
-
-        @invariant()
-        def has_state(self) -> None:
-            if hasattr(self, "layer"):
-                moving_state(ctx, self.layer, "during the sequence")
-
-    return RenormSequenceMachine
-
-
-@renorm_check(
-    "renorm.schedule.step",
-    needs=RENORM_COUNTER,
-    stateful=True,
-    depends_on=(
-        "renorm.schedule.constant",
-        "renorm.schedule.paper",
-        "renorm.schedule.switch",
-        "renorm.train.output",
-        "renorm.infer.output",
-        "renorm.moving.mean",
-        "renorm.moving.average",
-        "renorm.moving.separate",
-        "renorm.moving.steps",
-        "renorm.moving.no_inference_update",
-    ),
-)
-def schedule_step(ctx: CheckContext, data: Any) -> Any:
-    return renorm_sequence_machine(ctx)
-
-
-# --------------------------------------------------------------------------------------
-# Degenerate input
-
-
-def _feature_slice(case: RenormCase, feature: int) -> tuple[Any, ...]:
-    index: list[Any] = [slice(None)] * case.x.ndim
-    index[case.config.feature_axis] = feature
-    return tuple(index)
-
-
-def _nan_free(ctx: CheckContext, state: RenormStatistics, when: str) -> None:
-    arrays = [state.mean, state.spread, state.correction_mean, state.correction_spread]
-    ctx.require(
-        not any(a is not None and np.any(np.isnan(np.asarray(a, np.float64))) for a in arrays),
-        f"{when} the moving statistics hold NaN: {state}",
-    )
-
-
-@renorm_check("renorm.degenerate.single_value", depends_on=("renorm.train.output",))
-def single_value(ctx: CheckContext, data: Any) -> None:
-    """n = 1: an error, or ``y = gamma * d + beta`` (the reference's output) and ``dx = 0``."""
-    case = draw_renorm(ctx, data, affine=None, min_count=1, max_batch=1, max_spatial=1)
-    layer = build(ctx, case)
-    raised, y = ctx.attempt("train_step", layer.train_step, case.x)
-    if not raised:
-        expect_train_output(ctx, case, y)
-        _nan_free(ctx, moving_state(ctx, layer, "after"), "after a step on one value per feature")
-    if ctx.capabilities.backward:
-        layer = build(ctx, case)
-        raised, grads = ctx.attempt("vjp", lambda: layer.vjp(case.x, case.dy, training=True))
-        if not raised:
-            expect_gradients(ctx, case, grads, training=True, which=("dx",))
-
-
-@renorm_check("renorm.degenerate.zero_variance", depends_on=("renorm.train.output",))
-def zero_variance(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, affine=None)
-    feature = data.draw(st.integers(0, case.config.num_features - 1), label="constant feature")
-    x = case.x.copy()
-    where = _feature_slice(case, feature)
-    x[where] = x[where].flat[0]
-    case = replace(case, x=x)
-    ctx.use_case(case)
-    _, y = _train(ctx, case)
-    expect_train_output(ctx, case, y)
-    if ctx.capabilities.backward:
-        grads = _vjp(ctx, case, training=True)
-        expect_gradients(ctx, case, grads, training=True)
-
-
-@renorm_check("renorm.degenerate.empty_batch")
-def empty_batch(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data)
-    shape = list(case.x.shape)
-    shape[0] = 0
-    empty = np.zeros(shape)
-    case = replace(case, x=empty, dy=empty.copy())
-    ctx.use_case(case)
-    layer = build(ctx, case)
-    before = moving_state(ctx, layer, "before an empty batch")
-    raised, y = ctx.attempt("train_step", layer.train_step, case.x)
-    if not raised:
-        ctx.shape_of("training output y", y, tuple(shape))
-    after = moving_state(ctx, layer, "after an empty batch")
-    ctx.require(
-        _same_state(before, after, counter=ctx.capabilities.step_counter),
-        f"an empty batch changed the state from {before} to {after}",
-    )
-
-
-def _poison_state(
-    state: RenormStatistics, where: str, feature: int, value: float
-) -> RenormStatistics:
-    field = {
-        "mean": "mean",
-        "spread": "spread",
-        "correction mean": "correction_mean",
-        "correction spread": "correction_spread",
-    }[where]
-    array = np.array(getattr(state, field), dtype=np.float64)
-    array[feature] = value
-    return state.replace(**{field: array})
-
-
-@renorm_check("renorm.degenerate.nonfinite_isolated", depends_on=("renorm.train.output",))
-def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
-    """A NaN or infinity in one feature's input or one feature's moving statistic (either
-    set): the other features' outputs, gradients and moving statistics are the reference's."""
-    features = data.draw(st.integers(2, 4), label="features")
-    case = draw_renorm(ctx, data, num_features=features)
-    feature = data.draw(st.integers(0, features - 1), label="poisoned feature")
-    places = ["input", "mean", "spread"]
-    if case.moving.separate:
-        places += ["correction mean", "correction spread"]
-    place = data.draw(st.sampled_from(places), label="poisoned")
-    # a spread is non-negative: +inf or NaN there
-    values = [np.nan, np.inf] if place.endswith("spread") else [np.nan, np.inf, -np.inf]
-    value = data.draw(st.sampled_from(values), label="value")
-    if place == "input":
-        x = case.x.copy()
-        where = _feature_slice(case, feature)
-        poisoned = x[where]
-        poisoned.flat[data.draw(st.integers(0, poisoned.size - 1), label="position")] = value
-        x[where] = poisoned
-        case = replace(case, x=x)
-    else:
-        case = replace(case, moving=_poison_state(case.moving, place, feature, value))
-    ctx.use_case(case)
-    clean = np.ones(features, bool)
-    clean[feature] = False
-    shape = [1] * case.x.ndim
-    shape[case.config.feature_axis] = features
-    mask = clean.reshape(shape)
-    layer, y = _train(ctx, case)
-    expect_train_output(ctx, case, y, mask)
-    expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"), mask=clean)
-    layer = build(ctx, case)
-    expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x), mask)
-    if ctx.capabilities.backward:
-        grads = _vjp(ctx, case, training=True)
-        expect_gradients(ctx, case, grads, training=True, mask=mask, feature_mask=clean)
-
-
-# --------------------------------------------------------------------------------------
-# Invalid parameters
-
-
-def _resized(array: Any, length: int) -> Any:
-    return None if array is None else np.resize(np.asarray(array, dtype=np.float64), length)
-
-
-@renorm_check("renorm.params.shape")
-def params_shape(ctx: CheckContext, data: Any) -> None:
-    """An input with more features, parameters or moving statistics of another length (one
-    value where a broadcast would accept it): an error, never a broadcast."""
-    which = data.draw(st.sampled_from(["input", "state", "parameters"]), label="wrong")
-    case = draw_renorm(ctx, data, affine=True if which == "parameters" else None)
-    features = case.config.num_features
-    extra = data.draw(st.integers(1, 3), label="extra features")
-    lengths = [features + extra] + ([1] if features >= 2 else [])
-    length = data.draw(st.sampled_from(lengths), label="length")
-    if which == "input":
-        shape = list(case.x.shape)
-        shape[case.config.feature_axis] += extra
-        wrong = np.zeros(shape)
-        layer = build(ctx, case)
-        for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
-            raised, _ = ctx.attempt(operation, function, wrong)
-            ctx.require(
-                raised,
-                f"{operation} accepted an input with {shape[case.config.feature_axis]} features "
-                f"for a layer of {features}",
-            )
-        return
-    if which == "parameters":
-        layer = build(ctx, case, set_parameters=False)
-        assert case.params is not None
-        gamma, beta = (np.resize(p, length) for p in case.params)
-        raised, _ = ctx.attempt("set_parameters", layer.set_parameters, gamma, beta)
-        subject = f"gamma and beta of length {length}"
-    else:
-        moving = case.moving
-        bad = RenormStatistics(
-            _resized(moving.mean, length),
-            _resized(moving.spread, length),
-            moving.steps,
-            _resized(moving.correction_mean, length),
-            _resized(moving.correction_spread, length),
-        )
-        layer = build(ctx, case, set_state=False)
-        raised, _ = ctx.attempt("set_state", layer.set_state, bad)
-        subject = f"moving statistics of length {length}"
-    if raised:
-        return
-    for operation, function in (("train_step", layer.train_step), ("infer", layer.infer)):
-        raised, _ = ctx.attempt(operation, function, case.x)
-        ctx.require(raised, f"{operation} accepted {subject} for a layer of {features} features")
-
-
-def _invalid_bounds(data: Any, dialect: Dialect) -> tuple[str, RenormBounds]:
-    """Bounds the clause says to reject, in the dialect's form, built without validation."""
-    assert dialect.renorm is not None
-    nan = float("nan")
-    if dialect.renorm.clipping == "symmetric":
-        options = [("r_max", 0.5, 2.0), ("r_max", 0.99, 0.0), ("d_max", 3.0, -1.0)]
-        options += [("d_max", 1.0, -1e-3), ("r_max", nan, 1.0), ("d_max", 2.0, nan)]
-        name, r_max, d_max = data.draw(st.sampled_from(options), label="invalid bound")
-        return name, _unchecked(RenormBounds, r_min=1.0 / r_max, r_max=r_max, d_max=d_max)
-    independent = [
-        ("rmin", -0.5, 3.0, 5.0),
-        ("rmax", 2.0, 1.0, 5.0),
-        ("dmax", 0.5, 3.0, -1.0),
-        ("rmin", nan, 3.0, 5.0),
-        ("rmax", 0.5, nan, 5.0),
-        ("dmax", 0.5, 3.0, nan),
-    ]
-    name, r_min, r_max, d_max = data.draw(st.sampled_from(independent), label="invalid bound")
-    return name, _unchecked(RenormBounds, r_min=r_min, r_max=r_max, d_max=d_max)
-
-
-def _library_momentum(dialect: Dialect, rate: float) -> float:
-    """The library momentum of a canonical rate, valid or not."""
-    return rate if dialect.update_rate == "rate" else 1.0 - rate
-
-
-def _invalid_case(ctx: CheckContext, data: Any, case: RenormCase, which: str) -> tuple[str, Any]:
-    """The case with one invalid parameter; (description, value)."""
-    cfg = case.renorm
-    if which == "bounds":
-        name, bounds = _invalid_bounds(data, ctx.dialect)
-        renorm_cfg = _unchecked_replace(cfg, schedule=ConstantSchedule(bounds))
-        return name, (replace(case.config, renorm=renorm_cfg), bounds)
-    if which == "eps":
-        eps = data.draw(st.sampled_from(INVALID_EPS), label="eps")
-        renorm_cfg = _unchecked_replace(cfg, eps=eps)
-        return "eps", (replace(case.config, eps=eps, renorm=renorm_cfg), eps)
-    rate = data.draw(st.sampled_from(INVALID_RATES), label=which)
-    if which == "correction_rate":
-        renorm_cfg = _unchecked_replace(cfg, correction_rate=rate)
-        return "correction rate", (replace(case.config, renorm=renorm_cfg), rate)
-    momentum = _library_momentum(ctx.dialect, rate)
-    renorm_cfg = _unchecked_replace(cfg, rate=rate)
-    return "update rate", (replace(case.config, momentum=momentum, renorm=renorm_cfg), rate)
-
-
-def _parameter_kinds(case: RenormCase) -> list[str]:
-    kinds = ["bounds", "eps", "rate"]
-    if case.renorm.statistics == "separate":
-        kinds.append("correction_rate")
-    return kinds
-
-
-@renorm_check("renorm.params.invalid", depends_on=())
-def params_invalid(ctx: CheckContext, data: Any) -> None:
-    """Invalid bounds in the dialect's form, ``eps <= 0``, a rate outside [0, 1]: an error at
-    construction or at the first training step."""
-    case = draw_renorm(ctx, data)
-    which = data.draw(st.sampled_from(_parameter_kinds(case)), label="invalid parameter")
-    name, (config, value) = _invalid_case(ctx, data, case, which)
-    case = replace(case, config=config)
-    ctx.use_case(case)
-    try:
-        layer = ctx.call("build", ctx.implementation.build, config)
-    except ImplementationLost:
-        raise
-    except ImplementationError as problem:
-        if isinstance(problem.__cause__, UnsupportedConfig):
-            reject()
-        return
-    raised, _ = ctx.attempt("set_state", layer.set_state, case.moving)
-    if not raised:
-        raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
-    ctx.require(raised, f"{name}={value!r} was accepted without an error")
-
-
-def _invalid_spread(data: Any, case: RenormCase) -> float:
-    cfg = case.renorm
-    if cfg.average == "std":
-        return float(data.draw(st.sampled_from([0.0, -1.0, -1e-3]), label="sigma"))
-    return float(data.draw(st.sampled_from([-1.0, -0.5 * cfg.eps, -2.0 * cfg.eps]), label="var"))
-
-
-@renorm_check("renorm.params.sigma", depends_on=("renorm.train.output", "renorm.infer.output"))
-def params_sigma(ctx: CheckContext, data: Any) -> None:
-    """A moving sigma <= 0 (or a negative moving variance) in the set an operation reads:
-    that operation, or set_state, raises, unless the dialect's floor makes sigma positive
-    (then a zero sigma is a valid state: the output is the reference's with
-    ``sigma = sqrt(eps)``; a negative one may raise)."""
-    case = draw_renorm(ctx, data, affine=None)
-    cfg = case.renorm
-    places = ["spread", "correction spread"] if case.moving.separate else ["spread"]
-    place = data.draw(st.sampled_from(places), label="invalid set")
-    feature = data.draw(st.integers(0, cfg.num_features - 1), label="feature")
-    value = _invalid_spread(data, case)
-    field = "spread" if place == "spread" else "correction_spread"
-    array = np.array(getattr(case.moving, field), dtype=np.float64)
-    array[feature] = value
-    bad_state = _unchecked_replace(case.moving, **{field: array})
-    case = replace(case, moving=bad_state)
-    ctx.use_case(case)
-    floored = cfg.sigma_floor == "sqrt_eps" and cfg.average == "std"
-    reads = {"train_step"} if place == "correction spread" else {"train_step", "infer"}
-    if case.moving.separate and place == "spread":
-        reads = {"infer"}
-    for operation in sorted(reads):
-        layer = build(ctx, case, set_state=False)
-        raised, _ = ctx.attempt("set_state", layer.set_state, bad_state)
-        if raised:
-            ctx.require(
-                not (floored and value == 0.0),
-                "set_state rejected a moving sigma of 0, which the floor on sigma makes "
-                f"sqrt(eps) = {np.sqrt(cfg.eps)!r}",
-            )
-            continue
-        function = layer.train_step if operation == "train_step" else layer.infer
-        raised, y = ctx.attempt(operation, function, case.x)
-        if not floored:
-            ctx.require(
-                raised,
-                f"{operation} accepted a moving {'sigma' if cfg.average == 'std' else 'variance'}"
-                f" of {value!r} ({place}, feature {feature})",
-            )
-            continue
-        if raised:
-            ctx.require(
-                value < 0.0,
-                f"{operation} rejected a moving sigma of 0, which the floor on sigma makes "
-                f"sqrt(eps) = {np.sqrt(cfg.eps)!r}",
-            )
-            continue
-        sigma = np.maximum(array, np.sqrt(cfg.eps))
-        if operation == "train_step":
-            expect_train_output(ctx, case, y, sigma=sigma)
-        else:
-            expect_inference_output(ctx, case, y, sigma=sigma)
-
-
-@renorm_check("renorm.params.no_nan_state")
-def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
-    """Valid and invalid eps, rates and bounds (NaN included): a training step from a finite
-    state on a finite input raises or leaves no NaN in any moving statistic."""
-    case = draw_renorm(ctx, data)
-    kinds = ["valid", *_parameter_kinds(case)]
-    which = data.draw(st.sampled_from(kinds), label="parameter")
-    if which != "valid":
-        _, (config, _) = _invalid_case(ctx, data, case, which)
-        case = replace(case, config=config)
-        ctx.use_case(case)
-    try:
-        layer = ctx.call("build", ctx.implementation.build, case.config)
-    except ImplementationLost:
-        raise
-    except ImplementationError:
-        return
-    raised, _ = ctx.attempt("set_state", layer.set_state, case.moving)
-    if raised:
-        return
-    raised, _ = ctx.attempt("train_step", layer.train_step, case.x)
-    if not raised:
-        _nan_free(ctx, moving_state(ctx, layer, "after"), f"with {which} parameters")
 
 
 # --------------------------------------------------------------------------------------
@@ -1253,7 +755,7 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
 @renorm_check("renorm.accuracy.forward", depends_on=("renorm.train.output",))
 def accuracy_forward(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
-    _, y = _train(ctx, case)
+    _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
 
@@ -1269,7 +771,7 @@ def accuracy_inference(ctx: CheckContext, data: Any) -> None:
 )
 def accuracy_backward(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
-    grads = _vjp(ctx, case, training=True)
+    grads = fresh_vjp(ctx, case, training=True)
     expect_gradients(ctx, case, grads, training=True)
 
 
@@ -1279,17 +781,25 @@ def accuracy_backward(ctx: CheckContext, data: Any) -> None:
 )
 def accuracy_moving(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
-    layer, _ = _train(ctx, case)
+    layer, _ = train_once(ctx, case)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
 
 
 __all__ = [
+    "RENORM_COUNTER",
+    "SCHEDULE_NAMES",
     "build",
     "draw_renorm",
     "expect_gradients",
     "expect_inference_output",
     "expect_moving_update",
     "expect_train_output",
-    "offered_schedules",
-    "renorm_sequence_machine",
+    "fresh_vjp",
+    "moving_state",
+    "offers",
+    "renorm_check",
+    "same_moving_state",
+    "train_once",
+    "unchecked",
+    "unchecked_replace",
 ]

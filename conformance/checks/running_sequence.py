@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from normspec.conformance.checks import check
 from normspec.conformance.checks.batchnorm import expect_running_update
 from normspec.conformance.context import CheckContext
-from normspec.conformance.strategies import Case, cases, feature_values, shapes
+from normspec.conformance.strategies import BatchNormCase, cases, feature_values, shapes
 
 
 def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
@@ -29,16 +29,16 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
     )
 
     class RunningStatisticsMachine(RuleBasedStateMachine):
-        case: Case
+        case: BatchNormCase
 
         @initialize(case=first_case)
-        def build(self, case: Case) -> None:
+        def build(self, case: BatchNormCase) -> None:
             ctx.examples += 1
             self.case = ctx.use_case(case)
             self.layer = ctx.build(case)
             self.calls: list[str] = []
 
-        def _next_input(self, data: Any) -> Case:
+        def _next_input(self, data: Any) -> BatchNormCase:
             cfg = self.case.config
             # the first batch's shape again, or another (a smaller last batch, a new size):
             # as in training, where most batches have one shape (a compiling implementation

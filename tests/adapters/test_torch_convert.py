@@ -8,16 +8,16 @@ import pytest
 pytest.importorskip("torch")
 import torch
 
-from normspec.adapters import ALL_DTYPES, DTypeName, WrongOutput
+from normspec.adapters import ALL_DTYPES, DTypeName, LayerConfig, WrongOutput
 from normspec.adapters._torch import (
     BatchNormTensors,
+    TorchLayer,
+    differentiable,
     from_torch,
     parameter_dtype,
-    read_state,
     restored,
     to_torch,
     torch_dtype,
-    write_state,
 )
 from normspec.conformance.dtypes import round_to
 from normspec.reference import RunningStatistics
@@ -123,33 +123,63 @@ def _tensors(counter: bool = True) -> BatchNormTensors:
     )
 
 
+class _Held(TorchLayer):
+    """A layer over given tensors (its state only: no forward)."""
+
+    def __init__(self, tensors: BatchNormTensors, num_features: int = 3) -> None:
+        config = LayerConfig(num_features, 2, 1, "float64", 1e-5, 0.1)
+        super().__init__(config, CPU, torch.float32)
+        self.held = tensors
+
+    def tensors(self) -> BatchNormTensors:
+        return self.held
+
+    def forward(self, x: torch.Tensor, *, training: bool) -> object:
+        raise NotImplementedError
+
+
 def test_state_round_trip_through_buffers() -> None:
     tensors = _tensors()
+    layer = _Held(tensors)
     state = RunningStatistics(np.array([0.5, -1.0, 2.0]), np.array([1.5, 0.25, 4.0]), 7)
-    write_state(tensors, state, 3)
+    layer.set_state(state)
     assert tensors.running_mean is not None and tensors.running_mean.dtype == torch.float32
     assert tensors.num_batches_tracked is not None and int(tensors.num_batches_tracked) == 7
-    back = read_state(tensors, 3, steps=0)
+    back = layer.state()
+    assert back is not None
     np.testing.assert_array_equal(back.mean, state.mean)
     np.testing.assert_array_equal(back.var, state.var)
     assert back.steps == 7
 
 
-def test_state_without_a_counter_reports_the_given_steps() -> None:
-    tensors = _tensors(counter=False)
-    assert read_state(tensors, 3, steps=4).steps == 4
+def test_state_without_a_counter_reports_the_steps_last_set() -> None:
+    layer = _Held(_tensors(counter=False))
+    layer.set_state(RunningStatistics(np.zeros(3), np.ones(3), 4))
+    back = layer.state()
+    assert back is not None and back.steps == 4
 
 
-def test_malformed_state_is_wrong_output() -> None:
+def test_the_state_is_reported_as_held_and_malformed_tensors_are_wrong_output() -> None:
+    """A negative or NaN variance is the clauses' to judge (bn.params.no_nan_state), never
+    a malformed state; a tensor of the wrong shape, or none, is."""
     tensors = _tensors()
     assert tensors.running_var is not None
-    tensors.running_var.fill_(-1.0)
-    with pytest.raises(WrongOutput, match="non-negative"):
-        read_state(tensors, 3, steps=0)
+    tensors.running_var.copy_(torch.tensor([-1.0, float("nan"), 2.0]))
+    back = _Held(tensors).state()
+    assert back is not None and back.var[0] == -1.0 and np.isnan(back.var[1])
     with pytest.raises(WrongOutput, match=r"expected a floating-point vector of shape \(4,\)"):
-        read_state(tensors, 4, steps=0)
+        _Held(tensors, num_features=4).state()
     with pytest.raises(WrongOutput, match="no running_mean"):
-        read_state(BatchNormTensors(None, None, None, None, None), 3, steps=0)
+        _Held(BatchNormTensors(None, None, None, None, None)).state()
+
+
+def test_buffers_are_differentiated_and_given_back_as_they_were() -> None:
+    buffer, parameter = torch.ones(2), torch.nn.Parameter(torch.ones(2))
+    with differentiable([buffer, parameter]):
+        assert buffer.requires_grad and parameter.requires_grad
+        (grad,) = torch.autograd.grad((buffer * 3.0).sum(), [buffer])
+    assert grad.tolist() == [3.0, 3.0]
+    assert not buffer.requires_grad and parameter.requires_grad
 
 
 def test_restored_puts_tensors_back_even_after_an_error() -> None:

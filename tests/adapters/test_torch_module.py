@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 import numpy as np
@@ -10,16 +11,19 @@ import pytest
 pytest.importorskip("torch")
 import torch
 from adapter_cases import FIXTURES, torch_layout_config
+from thirdparty_bn import BufferAffineBatchNorm2d, BufferDtypeBatchNorm2d
 from torch import nn
 
 from normspec.adapters import Layer, UnsupportedConfig, WrongOutput
-from normspec.adapters.registry import load_target
+from normspec.adapters.registry import TargetError, load_target
 from normspec.adapters.torch_module import (
     TorchModuleImplementation,
     TorchModuleLayer,
     recognise,
 )
+from normspec.cli import main
 from normspec.conformance.dtypes import round_to
+from normspec.conformance.runner import CheckOptions, check_implementation
 from normspec.reference import RunningStatistics
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
@@ -337,3 +341,199 @@ def test_cuda_layers_run_in_every_dtype(dtype: str) -> None:
     assert RecordingBatchNorm2d.seen[0][0] == tuple(s // 8 for s in x.strides)
     np.testing.assert_array_equal(round_to(y, dtype), y)
     layer.vjp(x, x, training=True)
+
+
+# -- ranks probed with inputs that cannot broadcast -------------------------------------------
+
+
+class _BroadcastingBatchNorm2d(_ProbedRanks):
+    """Written for (N, C, H, W) with no _check_input_dim: it reduces over the flattened
+    spatial axes and shapes its vectors (1, C, 1, 1), which broadcasts against a rank-5
+    input whose sizes happen to fit (every size 2, say)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1, 1, 1)
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        mean, var = flat.mean(dim=1), flat.var(dim=1, unbiased=False)
+        y = (x - mean.reshape(view)) / torch.sqrt(var.reshape(view) + self.eps)
+        return y * self.weight.reshape(view) + self.bias.reshape(view)
+
+
+def test_ranks_are_probed_with_inputs_that_cannot_broadcast() -> None:
+    impl = recognise(_BroadcastingBatchNorm2d, "torch")
+    assert impl is not None and impl.capabilities().ranks == {4}
+    assert _BroadcastingBatchNorm2d(2).train()(torch.ones(3, 2, 2, 2, 2)).shape == (3, 2, 2, 2, 2)
+
+
+# -- the arrangement of half-precision layers ------------------------------------------------
+
+
+def test_the_half_arrangement_a_module_supports_is_detected() -> None:
+    """A module returning its output in its parameters' dtype gives float32 for a half input
+    beside float32 parameters: it is checked after module.half(), and the report says so."""
+    impl = load_target("thirdparty_bn:BufferDtypeBatchNorm2d", "torch")
+    assert isinstance(impl, TorchModuleImplementation)
+    caps = impl.capabilities()
+    assert caps.dtypes == {"float64", "float32", "float16", "bfloat16"}
+    assert impl.policy("float16") == impl.policy("bfloat16") == "input"
+    assert any(
+        w.startswith(
+            "float16 is checked with parameters and running statistics in the input's dtype (module.half()): with float32 parameters"
+        )
+        for w in caps.warnings
+    )
+    assert "float32 parameters" not in impl.name
+    layer = impl.build(torch_layout_config(dtype="float16"))
+    assert isinstance(layer, TorchModuleLayer) and layer.module.weight.dtype == torch.float16
+    x = _input((4, 3, 2, 2), "float16")
+    np.testing.assert_array_equal(round_to(layer.train_step(x), "float16"), layer.train_step(x))
+    report = check_implementation(
+        impl,
+        CheckOptions(
+            profile="torch",
+            dtypes=["float16"],
+            clauses="conv.io.*,bn.train.output,bn.running.var,bn.infer.output",
+            max_examples=10,
+        ),
+    )
+    assert {r.outcome for r in report.results} == {"pass"}
+    assert report.warnings == list(caps.warnings)
+
+
+def test_an_arrangement_given_or_working_is_kept() -> None:
+    given = TorchModuleImplementation(BufferDtypeBatchNorm2d, parameters="float32")
+    assert given.capabilities().dtypes == {"float64", "float32", "float16", "bfloat16"}
+    with pytest.raises(WrongOutput, match=r"dtype torch\.float32, expected torch\.float16"):
+        given.build(torch_layout_config(dtype="float16")).train_step(_input((4, 3, 2, 2)))
+    builtin = load_target("torch.nn:BatchNorm2d", "torch")
+    assert isinstance(builtin, TorchModuleImplementation)
+    assert not builtin.capabilities().warnings and builtin.policy("float16") == "float32"
+
+
+# -- frozen (inference-only) BatchNorm -------------------------------------------------------
+
+
+def test_a_frozen_batchnorm_is_recognised_and_checked_for_what_it_promises() -> None:
+    impl = load_target("thirdparty_bn:FrozenBatchNorm2d", "torch")
+    assert isinstance(impl, TorchModuleImplementation) and impl.kind == "frozen"
+    caps = impl.capabilities()
+    assert not caps.training and not caps.untracked and not caps.without_affine
+    assert caps.ranks == {4} and "float64" in caps.dtypes
+    clauses = "conv.io.*,bn.infer.output,bn.backward.infer,bn.running.initial,bn.train.output,bn.running.mean,bn.backward.train.dx"
+    report = check_implementation(
+        impl,
+        CheckOptions(
+            profile="torch", dtypes=["float64", "float32"], clauses=clauses, max_examples=10
+        ),
+    )
+    found = {r.clause_id: r for r in report.results}
+    for clause in (
+        "conv.io.shape_dtype",
+        "bn.infer.output",
+        "bn.backward.infer",
+        "bn.running.initial",
+    ):
+        assert found[clause].outcome == "pass", found[clause].message
+    for clause in ("bn.train.output", "bn.running.mean", "bn.backward.train.dx"):
+        assert found[clause].outcome == "not_applicable"
+        assert "training (a frozen BatchNorm" in found[clause].message
+
+
+def test_a_frozen_layer_gives_the_gradients_in_its_buffers() -> None:
+    impl = load_target("thirdparty_bn:FrozenBatchNorm2d", "torch")
+    layer = impl.build(torch_layout_config())
+    layer.set_parameters(np.array([2.0, -1.0, 0.5]), np.array([0.0, 1.0, 2.0]))
+    layer.set_state(_state())
+    x = _input((4, 3, 2, 2))
+    grads = layer.vjp(x, x, training=False)
+    reference = load_target("reference", "torch").build(torch_layout_config())
+    reference.set_parameters(np.array([2.0, -1.0, 0.5]), np.array([0.0, 1.0, 2.0]))
+    reference.set_state(_state())
+    want = reference.vjp(x, x, training=False)
+    for name in ("dx", "dgamma", "dbeta"):
+        np.testing.assert_allclose(getattr(grads, name), getattr(want, name), rtol=1e-12)
+    assert isinstance(layer, TorchModuleLayer) and not layer.module.weight.requires_grad
+
+
+# -- why a class is not recognised; constructor arguments ------------------------------------
+
+
+class _StatisticsAsParameters(nn.BatchNorm2d):
+    def __init__(self, num_features: int, **kwargs: Any) -> None:
+        super().__init__(num_features, **kwargs)
+        self.running_var = nn.Parameter(torch.ones(num_features))
+        del self.running_mean
+
+
+@pytest.mark.parametrize(
+    ("cls", "reasons"),
+    [
+        (
+            BufferAffineBatchNorm2d,
+            [
+                "as a BatchNorm",
+                "its constructor takes no momentum, affine, track_running_stats; weight is a buffer; bias is a buffer;",
+                "as a frozen BatchNorm",
+                "it has a training mode: a training-mode call returned another output",
+            ],
+        ),
+        (_StatisticsAsParameters, ["it has no running_mean", "weight is a parameter"]),
+        (nn.Linear, ["its constructor takes no num_features, eps, momentum"]),
+    ],
+)
+def test_an_unrecognised_class_says_which_requirement_failed_and_what_to_do(
+    cls: type, reasons: list[str]
+) -> None:
+    with pytest.raises(TargetError) as raised:
+        load_target(f"{cls.__module__}:{cls.__qualname__}", "torch")
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1
+    for reason in [*reasons, "Pass other constructor arguments in the target", "FrameworkAdapter"]:
+        assert reason in message
+
+
+def test_a_target_passes_constructor_arguments_and_unset_ones_are_a_warning() -> None:
+    plain = load_target("thirdparty_bn:BatchNormAct2d", "torch")
+    (warning,) = plain.capabilities().warnings
+    assert "apply_act=True, inplace=False" in warning
+    assert "'thirdparty_bn:BatchNormAct2d(apply_act=...)'" in warning
+    impl = load_target("thirdparty_bn:BatchNormAct2d(apply_act=False, inplace=True)", "torch")
+    assert isinstance(impl, TorchModuleImplementation)
+    assert impl.arguments == {"apply_act": False, "inplace": True}
+    assert "BatchNormAct2d(apply_act=False, inplace=True)" in impl.name
+    assert not impl.capabilities().warnings
+    layer = impl.build(torch_layout_config())
+    assert isinstance(layer, TorchModuleLayer) and isinstance(layer.module.act, nn.Identity)
+    options = CheckOptions(
+        profile="torch", dtypes=["float32"], clauses="bn.train.output", max_examples=10
+    )
+    assert check_implementation(plain, options).results[0].outcome == "fail"  # the ReLU
+    assert check_implementation(impl, options).results[0].outcome == "pass"
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("thirdparty_bn:BatchNormAct2d(eps=0.1)", "eps is set by normspec for every layer"),
+        ("thirdparty_bn:BatchNormAct2d(True)", "keyword arguments"),
+        ("thirdparty_bn:BatchNormAct2d(**{'apply_act': False})", "keyword arguments"),
+        (
+            "thirdparty_bn:BatchNormAct2d(apply_act=__import__('os').getcwd())",
+            "not a Python literal",
+        ),
+        ("thirdparty_bn:BatchNormAct2d(apply_act=False", "keyword arguments"),
+        ("thirdparty_bn:BatchNormAct2d(colour='red')", "unexpected keyword argument 'colour'"),
+    ],
+)
+def test_bad_constructor_arguments_are_a_usage_error(target: str, message: str) -> None:
+    with pytest.raises(TargetError, match=re.escape(message)):
+        load_target(target, "torch")
+
+
+def test_the_command_line_says_why_in_one_line_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["check", "thirdparty_bn:BufferAffineBatchNorm2d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "weight is a buffer" in err and "it has a training mode" in err

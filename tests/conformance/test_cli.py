@@ -32,6 +32,9 @@ def test_spec_prints_one_clause(capsys: pytest.CaptureFixture[str]) -> None:
         (["check", "no_such_module:x"], "cannot import"),
         (["check", "json:dumps"], "not an implementation"),
         (["check", "missing_colon"], "must have the form"),
+        (["check", "reference(dialect='torch')"], "built-in targets take no constructor"),
+        (["check", "json:dumps(1)"], "constructor arguments are keyword arguments"),
+        (["check", "json:dumps(indent=print)"], "the value of indent is not a Python literal"),
         (["check", "reference", "--profile", "nope"], "unknown profile"),
         (["check", "reference", "--dtype", "float8"], "unknown dtype"),
         (["check", "reference", "--clauses", "zz.*"], "matches no checked clause"),
@@ -117,3 +120,13 @@ def test_a_failing_check_exits_1_with_a_valid_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "r.json").read_text())
     jsonschema.validate(report, schema())
     assert report["results"][0]["details"]["comparison"]["max_rel_error"] > 1e-4
+
+
+def test_a_check_that_checked_nothing_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    """Every selected clause not applicable (renorm under a profile without it): no pass."""
+    code = main(["check", "reference", "--profile", "torch", "--clauses", "renorm.train.*"])
+    out = capsys.readouterr().out
+    assert code == 3
+    assert "NOTHING APPLICABLE under profile torch" in out
+    assert "nothing was checked" in out and "(exit code 3)" in out
+    assert main(["check", "reference", "--profile", "torch", "--clauses", "bn.train.output"]) == 0

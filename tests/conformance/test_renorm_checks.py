@@ -165,24 +165,24 @@ def test_renorm_cases_keep_their_promises(
             affine=None,
         )
     )
-    cfg, t = case.renorm, case.moving.steps
+    cfg, t = case.renorm, case.state.steps
     assert case.config.momentum == implementation.dialect.momentum_from_rate(case.rate)
     assert (cfg.average, cfg.statistics, cfg.sigma_floor) == (
         "std",
         "shared" if profile == "paper" else "separate",
         "none" if profile == "paper" else "sqrt_eps",
     )
-    assert case.moving.separate == (profile == "tf_keras")
-    if same_sets and case.moving.separate:
+    assert case.state.separate == (profile == "tf_keras")
+    if same_sets and case.state.separate:
         assert cfg.correction_rate == cfg.rate
-        np.testing.assert_array_equal(case.moving.correction_mean, case.moving.mean)
+        np.testing.assert_array_equal(case.state.correction_mean, case.state.mean)
     if batchnorm:
         assert cfg.schedule.bounds(t).is_batchnorm and cfg.schedule.bounds(t + 1).is_batchnorm
     if counter == "steady":
         assert cfg.schedule.bounds(t) == cfg.schedule.bounds(t + 1)
     np.testing.assert_array_equal(round_to(case.x, "float32"), case.x)
-    np.testing.assert_array_equal(round_to(case.moving.spread, "float32"), case.moving.spread)
-    y, _ = renorm.training_step(cfg, None, case.moving, case.x)
+    np.testing.assert_array_equal(round_to(case.state.spread, "float32"), case.state.spread)
+    y, _ = renorm.training_step(cfg, None, case.state, case.x)
     assert np.all(np.isfinite(y))
     assert case.summary()["bounds"]["r_max"] == cfg.schedule.bounds(t).r_max
 

@@ -160,3 +160,20 @@ def test_results_cross_processes_as_json() -> None:
     result = ClauseResult("bn.train.output", "MUST", "s", "declared", "m", {"seed": 0}, 3, 0.5)
     result.deviation = {"category": "known_bug", "reason": "r", "outcome": "fail", "source": "f"}
     assert result_from_json(result.to_json()) == result
+
+
+def test_a_run_that_checked_nothing_is_no_pass(project: Path) -> None:
+    """Every selected clause not applicable (tinybn has no backward): exit status 5, as
+    pytest's own "no tests ran", and the summary says why."""
+    done = _pytest(
+        project,
+        f"--normspec-target={TARGET}",
+        "--normspec-profile=torch",
+        "--normspec-clauses=bn.backward.*",
+        "-q",
+        "tests/test_tinybn.py",
+    )
+    out = done.stdout
+    assert done.returncode == 5, out[-3000:]
+    assert "2 passed" in out  # the library's own tests ran and passed
+    assert "NOTHING APPLICABLE: " in out and "nothing was checked" in out

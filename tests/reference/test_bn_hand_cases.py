@@ -157,6 +157,16 @@ def test_inference_hand_case() -> None:
     assert_close(grads.dbeta, [1.0, 12.0])
 
 
+def test_a_reported_state_holds_any_value_and_inference_refuses_a_negative_variance() -> None:
+    """A state is also what an adapter reports: a negative or NaN variance is held for the
+    clauses to judge (bn.params.no_nan_state); inference from a negative one is refused."""
+    state = RunningStatistics(RUNNING_MEAN, np.array([-1.0, np.nan]), 2)
+    assert state.var[0] == -1.0 and np.isnan(state.var[1])
+    config = BatchNormConfig(num_features=2, feature_axis=1, eps=EPS)
+    with pytest.raises(ValueError, match="non-negative"):
+        inference(config, Affine(GAMMA, BETA), state, X)
+
+
 # Running statistics, one feature, n = 4 values per feature (N=2, H=1, W=2):
 #   batch 1: x = (1, 2, 3, 4): mu = 2.5, var_B = 1.25, unbiased 4/3 * 1.25 = 5/3
 #   batch 2: x = (0, 0, 4, 4): mu = 2,   var_B = 4,    unbiased 16/3

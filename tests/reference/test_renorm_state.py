@@ -398,11 +398,24 @@ def test_nonfinite_values_stay_in_their_feature() -> None:
         (lambda: RenormConfig(2, sigma_floor="eps"), "sigma_floor"),  # type: ignore[arg-type]
         (lambda: RenormConfig(2, schedule=RenormBounds.symmetric(2, 1)), "schedule"),  # type: ignore[arg-type]
         (lambda: RenormConfig(0), "num_features"),
-        (lambda: RenormStatistics([0.0], [-1.0]), "non-negative"),
+        (
+            lambda: renorm.inference(
+                RenormConfig(1), None, RenormStatistics([0.0], [-1.0]), [[1.0]]
+            ),
+            "non-negative",
+        ),
         (lambda: RenormStatistics([0.0], [1.0], -1), "steps"),
         (lambda: RenormStatistics([0.0, 1.0], [1.0]), "shape"),
         (lambda: RenormStatistics([0.0], [1.0], 0, [0.0]), "together"),
-        (lambda: RenormStatistics([0.0], [1.0], 0, [0.0], [-1.0]), "non-negative"),
+        (
+            lambda: renorm.training_step(
+                RenormConfig(1, statistics="separate", correction_rate=0.1),
+                None,
+                RenormStatistics([0.0], [1.0], 0, [0.0], [-1.0]),
+                np.ones((2, 1)),
+            ),
+            "non-negative",
+        ),
         (
             lambda: renorm.train_forward(
                 np.ones((3, 1)), [0.0], [0.0], bounds=RenormBounds.symmetric(2, 1)
@@ -458,6 +471,14 @@ def test_invalid_parameters_raise_naming_the_parameter(make, name: str) -> None:
     """renorm.params.invalid, renorm.params.sigma, renorm.params.shape."""
     with pytest.raises(ValueError, match=name):
         make()
+
+
+def test_a_state_holds_what_a_library_reports() -> None:
+    """A negative or NaN spread is a value to judge (renorm.moving.*), not a malformed state:
+    the state holds it; the reference refuses it only where it computes sigma from it."""
+    state = RenormStatistics([0.0, np.nan], [-1.0, np.nan], 3, [1.0, 0.0], [-2.0, 1.0])
+    assert state.spread[0] == -1.0 and np.isnan(state.spread[1])
+    assert state.correction_spread is not None and state.correction_spread[0] == -2.0
 
 
 def test_a_floor_on_sigma_accepts_a_zero_moving_standard_deviation() -> None:

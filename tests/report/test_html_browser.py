@@ -80,6 +80,12 @@ def test_the_page_renders_with_the_matrix(page: tuple[Path, str], tmp_path: Path
     path, _ = page
     dom = _dom(tmp_path, path.as_uri())
     assert '<table class="matrix" id="matrix">' in dom
+    # the first screen: the matrix opens the page, each run's verdict under its heading
+    main = dom.split("<main>", 1)[1]
+    assert main.startswith('<section id="first-screen">'), main[:200]
+    head = main.split("<tbody>", 1)[0]
+    verdicts = re.findall(r'<th class="verdict (ok|bad|none)"', head)
+    assert verdicts == ["ok", "bad", "bad"], verdicts  # reference, scaled, raising
     assert re.search(r'<td class="cell fail"[^>]*><a href="#finding-\d+-\d+">FAIL', dom)
     assert "<svg" in dom and "normspec reference" in dom
     shot = tmp_path / "shot.png"

@@ -92,6 +92,9 @@ def test_matrix_cells_and_schema(built: Any) -> None:
     assert columns["normspec reference"]["cells"]["bn.train.output"]["outcome"] == "pass"
     scaled = columns["scaled"]["cells"]["bn.train.output"]
     assert scaled["outcome"] == "fail" and scaled["max_ulps"] > 1e9  # 0.1% in float64
+    assert scaled["ulp_dtype"] == "float64"
+    reference = columns["normspec reference"]["cells"]["bn.train.output"]
+    assert reference["ulp_dtype"] in ("float64", None)
     raising = {k: v["outcome"] for k, v in columns["raising"]["cells"].items()}
     assert raising["conv.io.shape_dtype"] == "error" and raising["bn.train.output"] == "skipped"
     assert columns["raising"]["report"]["profile"] == "torch"
@@ -119,6 +122,7 @@ def test_markdown_is_a_table_with_failures_and_escapes(built: Any) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == 3 and all(line.count(" | ") == 4 for line in rows)
     assert "| `bn.train.output` | MUST | ✅" in text and "❌ fail" in text
+    assert re.search(r"❌ fail [0-9.e+]+ float64 ulps", text)
     assert "reproduce: `normspec check" in text
     assert "<script>" not in text and "&lt;script&gt;" in text
     assert "no\\_such\\_framework\\_zz is not installed" in text
