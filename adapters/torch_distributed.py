@@ -8,14 +8,17 @@ replicas, one process each, synchronized by torch.distributed with the gloo back
 machine (``MASTER_ADDR=127.0.0.1`` and a free port).
 
 Process start-up is slow (seconds), so one :class:`ProcessPool` of :data:`WORLD_SIZE`
-workers serves every replicated layer of every implementation in this process: the workers join one process
-group and create the subgroups of the first K ranks for K = 1 .. WORLD_SIZE once; a layer on
-K replicas is built on workers 0 .. K-1 with ``process_group=subgroup[K]``. The parent
-drives them through pipes: every worker holds a
+workers serves every replicated layer of every implementation in this process: the workers
+(:class:`normspec.worker.Worker`, started with ``MASTER_ADDR`` and ``MASTER_PORT`` in their
+environment) join one process group and create the subgroups of the first K ranks for K =
+1 .. WORLD_SIZE once; a layer on K replicas is built on workers 0 .. K-1 with
+``process_group=subgroup[K]``. Every worker (:class:`ReplicaHost`) holds a
 :class:`~normspec.adapters.torch_module.TorchModuleLayer` around its module and runs the
 protocol's operations on it (conversion, output checks and state handling are that
-adapter's). A worker that raises, or replicas that do not answer in time (a collective that
-never completes), end the pool; the next layer starts a fresh one.
+adapter's). A worker that crashes (:class:`ReplicaCrashed`, reported crashed), or replicas
+that do not answer in time (:class:`ReplicasHung`: a collective that never completes, reported
+hung), end the pool; the next layer starts a fresh one. A replica that raises is an
+error, and the pool goes on.
 
 ``torch.nn.SyncBatchNorm`` refuses CPU tensors once a process group exists ("SyncBatchNorm
 expected input tensor to be on GPU"): on the CPU its ``sync.*`` clauses are reported not
@@ -26,22 +29,18 @@ worker uses ``cuda:rank % device_count``.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import datetime
 import importlib
 import inspect
-import os
 import socket
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from normspec.adapters._common import ParameterPolicy
@@ -59,12 +58,18 @@ from normspec.adapters.torch_module import (
     _construct,
     recognisable,
 )
+from normspec.messages import exception_name
 from normspec.reference import Gradients
+from normspec.worker import Worker, WorkerCrashed, WorkerHung, WorkerLost, WorkerSetup
 
 #: Processes in a pool: the largest K the sync.* checks draw.
 WORLD_SIZE = 4
 #: Seconds a replicated operation may take before the pool is declared hung and ended.
 REPLY_TIMEOUT = 45.0
+#: Seconds the workers may take to start and join the group.
+START_TIMEOUT = 120.0
+#: Seconds to read an answer that has begun to arrive.
+ANSWER_SECONDS = 5.0
 #: The constructor argument that makes a BatchNorm-like class synchronized.
 GROUP_ARGUMENT = "process_group"
 
@@ -83,107 +88,112 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-# -- the worker ---------------------------------------------------------------------------
+# -- the workers ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Setup:
-    """What a worker needs to join the group: rank, size, port, device."""
+    """What a worker needs to join the group: rank, size, device, collective time limit."""
 
     rank: int
     world_size: int
-    port: int
     device: str
     timeout: float
 
 
-def _worker(setup: _Setup, conn: Connection) -> None:
-    """A worker process: join the group, make the subgroups, serve commands until ``close``."""
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(setup.port)
-    torch.set_num_threads(1)
-    try:
+class ReplicaHost:
+    """A worker of the pool (the service of a :class:`normspec.worker.Worker`): it joins the
+    group (``MASTER_ADDR`` and ``MASTER_PORT`` are in its environment), makes the subgroups
+    of the first K ranks, and serves one layer at a time."""
+
+    def __init__(self, setup: _Setup) -> None:
+        torch.set_num_threads(1)
         dist.init_process_group(
             "gloo",
             rank=setup.rank,
             world_size=setup.world_size,
             timeout=datetime.timedelta(seconds=setup.timeout),
         )
-        groups = {k: dist.new_group(list(range(k))) for k in range(1, setup.world_size + 1)}
-        conn.send(("ready", None))
-    except BaseException as problem:  # pragma: no cover - start-up failure is reported
-        conn.send(("error", f"{type(problem).__name__}: {problem}"))
-        return
-    device = torch.device(setup.device)
-    if device.type == "cuda":
-        device = torch.device("cuda", setup.rank % max(1, torch.cuda.device_count()))
-    layer: TorchModuleLayer | None = None
-    while True:
-        command, arguments, options = conn.recv()
-        if command == "close":
-            break
-        try:
-            if command == "build":
-                layer = _build_layer(arguments, groups, device)
-                result: Any = None
-            else:
-                assert layer is not None, "no layer built"
-                result = getattr(layer, command)(*arguments, **options)
-            conn.send(("ok", result))
-        except BaseException as problem:
-            message = f"{type(problem).__name__}: {problem}"
-            conn.send(("error", message + "\n" + traceback.format_exc(limit=6)))
-    dist.destroy_process_group()
+        self.groups = {k: dist.new_group(list(range(k))) for k in range(1, setup.world_size + 1)}
+        device = torch.device(setup.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", setup.rank % max(1, torch.cuda.device_count()))
+        self.device = device
+        self.layer: TorchModuleLayer | None = None
 
+    def build(self, target: str, config: LayerConfig, replicas: int, policy: Any) -> None:
+        module_name, _, qualname = target.partition(":")
+        cls: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        module = _construct(
+            cls,
+            num_features=config.num_features,
+            eps=config.eps,
+            momentum=config.momentum,
+            affine=config.affine,
+            track_running_stats=config.track_running_stats,
+            process_group=self.groups[replicas],
+        )
+        dtype = parameter_dtype(config.dtype, policy)
+        module.to(device=self.device, dtype=dtype)
+        self.layer = TorchModuleLayer(module, config, self.device, dtype)
 
-def _build_layer(arguments: Any, groups: dict[int, Any], device: torch.device) -> TorchModuleLayer:
-    target, config, replicas, policy = arguments
-    module_name, _, qualname = target.partition(":")
-    cls: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        cls = getattr(cls, part)
-    module = _construct(
-        cls,
-        num_features=config.num_features,
-        eps=config.eps,
-        momentum=config.momentum,
-        affine=config.affine,
-        track_running_stats=config.track_running_stats,
-        process_group=groups[replicas],
-    )
-    dtype = parameter_dtype(config.dtype, policy)
-    module.to(device=device, dtype=dtype)
-    return TorchModuleLayer(module, config, device, dtype)
+    def call(self, command: str, arguments: tuple[Any, ...], options: dict[str, Any]) -> Any:
+        """``command`` of the layer's protocol operations."""
+        assert self.layer is not None, "no layer built"
+        return getattr(self.layer, command)(*arguments, **options)
+
+    def close(self) -> None:
+        dist.destroy_process_group()
 
 
 # -- the pool -----------------------------------------------------------------------------
 
 
 class ReplicaError(RuntimeError):
-    """A replica raised, or the replicas did not answer in time."""
+    """A replica raised, or a replica's worker was lost."""
+
+
+class ReplicaCrashed(WorkerCrashed, ReplicaError):
+    """A replica's worker died (the pool is ended)."""
+
+
+class ReplicasHung(WorkerHung, ReplicaError):
+    """Replicas did not answer in time (a collective that never completes; the pool is
+    ended)."""
 
 
 class ProcessPool:
-    """``world_size`` worker processes in one gloo process group, driven through pipes."""
+    """``world_size`` workers (:class:`normspec.worker.Worker`) in one gloo process group."""
 
     def __init__(self, world_size: int = WORLD_SIZE, *, device: str = "cpu") -> None:
         self.world_size = world_size
         self.device = device
         self.started = time.perf_counter()
-        context = mp.get_context("spawn")
-        port = _free_port()
-        self._conns: list[Connection] = []
-        self._processes: list[Any] = []
-        for rank in range(world_size):
-            parent, child = context.Pipe()
-            setup = _Setup(rank, world_size, port, device, REPLY_TIMEOUT)
-            process = context.Process(target=_worker, args=(setup, child), daemon=True)
-            process.start()
-            self._conns.append(parent)
-            self._processes.append(process)
+        environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        self._workers = [
+            Worker(
+                WorkerSetup(
+                    f"{__name__}:ReplicaHost",
+                    (_Setup(rank, world_size, device, REPLY_TIMEOUT),),
+                    environment,
+                    start_timeout=START_TIMEOUT,
+                ),
+                timeout=REPLY_TIMEOUT,
+            )
+            for rank in range(world_size)
+        ]
+        for worker in self._workers:
+            worker.launch()  # all at once: each waits in the group for the others
         self.alive = True
-        self._collect(range(world_size), "start-up", timeout=120.0)
-        #: seconds from the first spawn until every worker had joined the group
+        for rank, worker in enumerate(self._workers):
+            try:
+                worker.ready()
+            except Exception as problem:
+                self.close()
+                raise ReplicaError(f"start-up: replica {rank} {_failure(problem)}") from None
+        #: seconds from the first start until every worker had joined the group
         self.startup_seconds = time.perf_counter() - self.started
         atexit.register(self.close)
 
@@ -192,53 +202,74 @@ class ProcessPool:
     ) -> list[Any]:
         """Send ``command`` with per-replica ``arguments`` (and the same keyword ``options``)
         to workers 0 .. replicas-1 at once (a collective needs them all) and return their
-        results in rank order."""
+        results in rank order. ``build`` builds each worker's layer; any other command is
+        one of the layer's operations."""
         if not self.alive:
             raise ReplicaError("the process pool has ended")
         for rank in range(replicas):
-            self._conns[rank].send((command, tuple(arguments[rank]), options))
-        return self._collect(range(replicas), command, timeout=REPLY_TIMEOUT)
+            if command == "build":
+                self._workers[rank].send("build", *arguments[rank])
+            else:
+                self._workers[rank].send("call", command, tuple(arguments[rank]), options)
+        return self._collect(range(replicas), command)
 
-    def _collect(self, ranks: range, what: str, *, timeout: float) -> list[Any]:
-        """Every rank's answer; after a first error the others get 2 s (they may be waiting
-        for the failed one in a collective), then the pool is ended."""
-        pending = {self._conns[rank]: rank for rank in ranks}
+    def _collect(self, ranks: range, what: str) -> list[Any]:
+        """Every rank's answer; after a first problem the others get 2 s (they may be
+        waiting for the failed one in a collective). A lost worker, or replicas that do not
+        answer in time, end the pool."""
+        pending: dict[Any, int] = {self._workers[rank].connection: rank for rank in ranks}
         results: dict[int, Any] = {}
-        errors: list[str] = []
-        deadline = time.monotonic() + timeout
+        problems: list[str] = []  # a lost replica's first: the others fail because of it
+        lost: WorkerLost | None = None
+        deadline = time.monotonic() + REPLY_TIMEOUT
         while pending:
             remaining = deadline - time.monotonic()
             ready = wait(list(pending), timeout=max(0.0, remaining)) if remaining > 0 else []
             if not ready:
                 self.close()
-                problem = errors[0] if errors else f"no answer within {timeout:g} s"
                 late = ", ".join(str(r) for r in sorted(pending.values()))
-                raise ReplicaError(f"{what}: {problem} (no answer from replica(s) {late})")
-            for conn in ready:
-                assert isinstance(conn, Connection)
-                rank = pending.pop(conn)
-                status, value = conn.recv()
-                if status == "error":
-                    errors.append(f"replica {rank} raised {value}")
+                if lost is not None:
+                    raise ReplicaCrashed(
+                        f"{problems[0]} (no answer from replica(s) {late})", lost.output
+                    )
+                if problems:
+                    raise ReplicaError(f"{what}: {problems[0]} (no answer from replica(s) {late})")
+                raise ReplicasHung(
+                    f"hung after {REPLY_TIMEOUT:g} s: no answer from replica(s) {late}"
+                )
+            for connection in ready:
+                rank = pending.pop(connection)
+                try:
+                    results[rank] = self._workers[rank].reply(ANSWER_SECONDS)
+                except WorkerLost as problem:
+                    problems.insert(
+                        0 if lost is None else len(problems), f"replica {rank} {problem}"
+                    )
+                    lost = lost or problem
+                except Exception as problem:
+                    problems.append(f"replica {rank} {_failure(problem)}")
+                if problems:
                     deadline = min(deadline, time.monotonic() + 2.0)
-                results[rank] = value
-        if errors:
-            raise ReplicaError(f"{what}: {errors[0]}")
+        if lost is not None:
+            self.close()
+            raise ReplicaCrashed(problems[0], lost.output)
+        if problems:
+            raise ReplicaError(f"{what}: {problems[0]}")
         return [results[rank] for rank in ranks]
 
     def close(self) -> None:
-        """End the workers (a hung one is terminated)."""
+        """End the workers (a hung one is killed)."""
         if not self.alive:
             return
         self.alive = False
-        for conn in self._conns:
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(("close", (), {}))
-        for process in self._processes:
-            process.join(timeout=2.0)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=2.0)
+        for worker in self._workers:
+            worker.close()
+
+
+def _failure(problem: Exception) -> str:
+    """What a replica's exception says: ``raised Type: message`` and its traceback."""
+    trace = getattr(problem, "worker_trace", "")
+    return f"raised {exception_name(problem)}: {problem}" + (f"\n{trace}" if trace else "")
 
 
 #: The live pools, by size and device: every implementation of this process shares them
@@ -380,7 +411,10 @@ __all__ = [
     "DistributedLayer",
     "DistributedTorchImplementation",
     "ProcessPool",
+    "ReplicaCrashed",
     "ReplicaError",
+    "ReplicaHost",
+    "ReplicasHung",
     "recognise",
     "shared_pool",
     "takes_process_group",

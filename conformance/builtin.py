@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from normspec.adapters.protocol import Implementation
+
+if TYPE_CHECKING:
+    from normspec.conformance.isolation import Isolation
 
 #: The profile every implementation is also checked under: the paper's semantics.
 PAPER = "paper"
@@ -93,16 +97,24 @@ def unavailable_reason(entry: BuiltinTarget) -> str | None:
     return None
 
 
-def load_builtin(entry: BuiltinTarget, profile: str) -> Implementation:
-    """The implementation of ``entry`` checked under ``profile``; ``TargetError`` otherwise."""
-    from normspec.adapters.registry import TargetError, load_target
+def load_builtin(
+    entry: BuiltinTarget,
+    profile: str,
+    isolation: Isolation | None = None,
+    *,
+    timeout: float = 60.0,
+) -> Implementation:
+    """The implementation of ``entry`` checked under ``profile``, in a worker process started
+    as ``isolation`` says (``None``: in this process); ``TargetError`` otherwise."""
+    from normspec.adapters.registry import TargetError
+    from normspec.conformance.isolation import load_implementation
 
     if entry.target.partition(":")[1] == "":
         from normspec.adapters.registry import ALIASES
 
         if entry.target not in ALIASES:
             raise TargetError(f"this normspec has no adapter for {entry.title} yet")
-    return load_target(entry.target, profile)
+    return load_implementation(entry.target, profile, isolation, timeout=timeout)
 
 
 def find_builtin(name: str) -> BuiltinTarget | None:

@@ -17,10 +17,12 @@ from normspec.adapters.protocol import (
     Layer,
     WrongOutput,
 )
-from normspec.conformance.guard import Guard, ImplementationError, ImplementationHung
+from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
+from normspec.conformance.isolation import IsolatedImplementation
 from normspec.conformance.menu import Menu
 from normspec.conformance.strategies import Case, cases
 from normspec.conformance.tolerance import Comparison, Precision
+from normspec.messages import strided_copy
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
 from normspec.reference.dialects import Dialect
 
@@ -37,13 +39,7 @@ def layout_copy(array: NDArray[Any]) -> NDArray[Any]:
     """A copy of ``array`` with the same strides (a strided view stays a strided view)."""
     if array.flags.c_contiguous or array.flags.f_contiguous or array.size == 0:
         return array.copy(order="K")
-    if any(s < 0 or s % array.itemsize for s in array.strides):
-        return array.copy()
-    span = sum((n - 1) * s for n, s in zip(array.shape, array.strides, strict=True))
-    buffer = np.zeros(span // array.itemsize + 1, dtype=array.dtype)
-    view = np.lib.stride_tricks.as_strided(buffer, array.shape, array.strides)
-    view[...] = array
-    return view
+    return strided_copy(array, array.strides)
 
 
 class Violation(Exception):
@@ -121,10 +117,10 @@ class CheckContext:
     def attempt(self, operation: str, function: Any, *args: Any) -> tuple[bool, Any]:
         """:meth:`call` where raising is an allowed answer (degenerate input, invalid
         parameters): ``(True, None)`` if the implementation raised, else ``(False, result)``.
-        A hang is never an answer: it propagates."""
+        A crash or a hang is never an answer: it propagates."""
         try:
             return False, self.call(operation, function, *args)
-        except ImplementationHung:
+        except ImplementationLost:
             raise
         except ImplementationError:
             return True, None
@@ -137,12 +133,24 @@ class CheckContext:
         set_state: bool = True,
         copy_inputs: bool = True,
     ) -> Layer:
-        """Build a layer for the case and give it the case's parameters and state."""
+        """Build a layer for the case and give it the case's parameters and state (three
+        operations; for an implementation in a worker process, one request)."""
+        params = case.params if set_parameters else None
+        state = case.state if set_state else None
+        if isinstance(self.implementation, IsolatedImplementation):
+            if copy_inputs and params is not None:
+                params = (layout_copy(params[0]), layout_copy(params[1]))
+            built = self.implementation.build_set
+            remote, failure = self.call("build", built, case.config, params, state)
+            if failure is not None:
+                operation, problem = failure
+                self.call(operation, _raise, problem)
+            return remote
         layer: Layer = self.call("build", self.implementation.build, case.config)
-        if set_parameters and case.params is not None:
-            self.call("set_parameters", layer.set_parameters, *case.params, copy_inputs=copy_inputs)
-        if set_state and case.state is not None:
-            self.call("set_state", layer.set_state, case.state)
+        if params is not None:
+            self.call("set_parameters", layer.set_parameters, *params, copy_inputs=copy_inputs)
+        if state is not None:
+            self.call("set_state", layer.set_state, state)
         return layer
 
     def expect(self, comparison: Comparison) -> None:
@@ -167,6 +175,11 @@ class CheckContext:
         if array.shape != tuple(shape):
             raise Violation(f"{name} has shape {array.shape}, expected {tuple(shape)}")
         return array
+
+
+def _raise(problem: Exception) -> None:
+    """Raise what an operation raised in a worker, as if it raised it now."""
+    raise problem
 
 
 def reference_config(case: Case[Any], dialect: Dialect) -> BatchNormConfig:

@@ -2,9 +2,9 @@
 
 A library author keeps such a file in their repository; ``normspec check --deviations FILE``,
 ``normspec report --deviations FILE`` and the pytest plugin (``--normspec-deviations FILE``)
-read it with :func:`load_deviations`. A listed clause that fails or errors is reported as
-*declared* (its own outcome, with the reason and category) and does not fail the run; a
-clause skipped only because it depends on a declared one does not fail the run either. An
+read it with :func:`load_deviations`. A listed clause that fails, errors, crashes or hangs is
+reported as *declared* (its own outcome, with the reason and category) and does not fail the
+run; a clause skipped only because it depends on a declared one does not fail the run either. An
 entry that matches no clause of the specification, or a declared clause that now passes, is
 warned about.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from normspec import spec
-from normspec.conformance.results import ClauseResult, Report
+from normspec.conformance.results import PROBLEMS, ClauseResult, Report
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -227,7 +227,7 @@ class DeviationApplier:
     def __call__(self, result: ClauseResult) -> ClauseResult:
         self._outcomes[result.clause_id] = result
         entry = self.deviations.find(result.clause_id)
-        if entry is not None and result.outcome in ("fail", "error"):
+        if entry is not None and result.outcome in PROBLEMS:
             result.deviation = {
                 "category": entry.category,
                 "reason": entry.reason,

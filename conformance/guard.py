@@ -1,4 +1,5 @@
-"""Calling an implementation under test: time limits, exceptions, malformed results."""
+"""Calling an implementation under test: time limits, exceptions, malformed results, and
+calls that never come back (a crashed or hung worker process)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from normspec.adapters.protocol import WrongOutput
+from normspec.messages import exception_name
+from normspec.worker import Worker, WorkerHung, WorkerLost
 
 T = TypeVar("T")
 
@@ -24,8 +27,39 @@ class ImplementationError(Exception):
         self.trace = trace
 
 
-class ImplementationHung(ImplementationError):
-    """A call exceeded the per-call time limit; the implementation is not called again."""
+class ImplementationLost(ImplementationError):
+    """A call never returned: it crashed its worker process, or hung. It is a failing
+    example like any other (shrunk, each retry on a fresh worker); ``outcome`` is the
+    clause's outcome it makes, ``trace`` the end of the worker's output."""
+
+    outcome: ClassVar[Literal["crashed", "hung"]]
+
+
+class ImplementationCrashed(ImplementationLost):
+    """The worker died during the call (a signal, an exit, its memory limit)."""
+
+    outcome = "crashed"
+
+
+class ImplementationHung(ImplementationLost):
+    """A call exceeded the per-call time limit."""
+
+    outcome = "hung"
+
+
+def as_implementation_error(
+    operation: str, problem: BaseException, trace: str
+) -> ImplementationError | WrongOutput:
+    """What the checks see of ``problem``, raised by a call to ``operation``."""
+    if isinstance(problem, WorkerLost):
+        kind = ImplementationHung if isinstance(problem, WorkerHung) else ImplementationCrashed
+        return kind(operation, str(problem), problem.output)
+    if isinstance(problem, (ImplementationError, WrongOutput)):
+        return problem  # already says what went wrong
+    reason = f"raised {exception_name(problem)}: {problem}"
+    error = ImplementationError(operation, reason, getattr(problem, "worker_trace", trace))
+    error.__cause__ = problem
+    return error
 
 
 class _Call:
@@ -54,7 +88,7 @@ def _serve(calls: queue.SimpleQueue[_Call | None]) -> None:
         call.run()
 
 
-class _Worker:
+class _CallThread:
     """A guard's worker thread and how to end it."""
 
     def __init__(self) -> None:
@@ -81,54 +115,66 @@ class _Worker:
 class Guard:
     """Runs calls into the implementation with a per-call time limit.
 
-    The calls run one at a time on one daemon worker thread (started with the first call:
-    a thread per call would cost milliseconds each, and libraries such as TensorFlow set up
-    per-thread state on every new one); the thread ends, and is waited for, when the guard
-    is closed, collected, or at the latest when the interpreter exits. A call that does not
-    return in time is abandoned with its thread and the guard is marked hung: every later
-    call fails at once, so one hanging clause cannot stall the run.
+    With ``worker`` (an implementation isolated in a worker process,
+    ``conformance.isolation``) the calls run on the caller's thread and are requests to
+    that worker, under its time limit, set to ``timeout`` here: a hang or a crash ends the
+    worker, a fresh one serves the next call.
+
+    In-process, the calls run one at a time on one daemon worker thread (started with the
+    first call: a thread per call would cost milliseconds each, and libraries such as
+    TensorFlow set up per-thread state on every new one); the thread ends, and is waited
+    for, when the guard is closed, collected, or at the latest when the interpreter exits.
+    A call that does not return in time is abandoned with its thread and the guard is
+    marked hung: every later call fails at once, so one hanging clause cannot stall the run.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, worker: Worker | None = None) -> None:
         self.timeout = timeout
         self.hung: str | None = None
-        self._worker: _Worker | None = None
+        self.isolated = worker is not None
+        if worker is not None:
+            worker.timeout = timeout
+        self._thread: _CallThread | None = None
         self._stop: weakref.finalize[[], Guard] | None = None
 
     def close(self) -> None:
         """End the worker thread now (a later call starts another)."""
         if self._stop is not None:
             self._stop()
-        self._worker = self._stop = None
+        self._thread = self._stop = None
 
     def call(self, operation: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.isolated:
+            try:
+                return function(*args, **kwargs)
+            except Exception as problem:
+                raise as_implementation_error(operation, problem, "")  # noqa: B904  (its cause)
         call = _Call(function, args, kwargs)
         if self.hung is None:
             self._run(operation, call)
         # one place raises for the hung call and every later one: Hypothesis tells failures
         # apart by where they are raised
         if self.hung is not None:
-            raise ImplementationHung(operation, f"no result within {self.hung}")
+            raise ImplementationHung(operation, self.hung)
         value: T = call.value
         return value
 
-    def _submit(self, call: _Call) -> _Worker:
-        if self._worker is None:
-            self._worker = _Worker()
+    def _submit(self, call: _Call) -> _CallThread:
+        if self._thread is None:
+            self._thread = _CallThread()
             # also at exit (finalize runs its callbacks then): stop() waits for the thread
-            self._stop = weakref.finalize(self, self._worker.stop)
-        self._worker.calls.put(call)
-        return self._worker
+            self._stop = weakref.finalize(self, self._thread.stop)
+        self._thread.calls.put(call)
+        return self._thread
 
     def _run(self, operation: str, call: _Call) -> None:
-        worker = self._submit(call)
+        thread = self._submit(call)
         if not call.done.wait(self.timeout):
-            worker.stuck = True
-            self.hung = f"{self.timeout:g} s (a call to {operation}; not called since)"
+            thread.stuck = True
+            self.hung = (
+                f"hung after {self.timeout:g} s (a call to {operation}; in-process, its thread "
+                "cannot be stopped: the implementation is not called again in this run)"
+            )
             return
         if call.error is not None:
-            problem = call.error
-            if isinstance(problem, (ImplementationError, WrongOutput)):
-                raise problem  # already says what went wrong
-            reason = f"raised {type(problem).__name__}: {problem}"
-            raise ImplementationError(operation, reason, call.trace) from problem
+            raise as_implementation_error(operation, call.error, call.trace)

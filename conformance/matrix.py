@@ -38,6 +38,7 @@ from normspec.conformance.builtin import (
 )
 from normspec.conformance.deviations import DeviationApplier, DeviationSet
 from normspec.conformance.dtypes import Ulps
+from normspec.conformance.isolation import IsolatedImplementation, Isolation
 from normspec.conformance.report_json import json_safe, report_to_json, write_atomically
 from normspec.conformance.results import ClauseResult, Report
 from normspec.conformance.runner import (
@@ -73,6 +74,8 @@ class MatrixOptions:
     menu: int | None = None
     #: Also check each implementation under the paper's semantics.
     paper: bool = True
+    #: how each implementation's worker process is started; ``None``: in this process
+    isolation: Isolation | None = field(default_factory=Isolation)
 
 
 @dataclass
@@ -408,7 +411,9 @@ def _run_one(
     from normspec.adapters.registry import TargetError
 
     try:
-        implementation: Implementation = load_builtin(entry, profile_name)
+        implementation: Implementation = load_builtin(
+            entry, profile_name, options.isolation, timeout=options.timeout
+        )
     except TargetError as problem:
         matrix.unavailable.append(
             Unavailable(entry.target, entry.title, profile_name, str(problem))
@@ -429,6 +434,7 @@ def _run_one(
                 f"{counter} {entry.title} [{profile_name}]: the same dialect parameters as "
                 f"{own.profile} for this implementation: the {own.profile} run stands for both"
             )
+            _close(implementation)
             return None
     progress.line(f"{counter} {entry.title} under profile {profile_name}")
     applier = DeviationApplier(deviations.for_run(entry.target, profile(profile_name).name))
@@ -458,7 +464,10 @@ def _run_one(
         menu=options.menu,
     )
     recorder.take()
-    report = check_implementation(implementation, check_options, progress=on_result)
+    try:
+        report = check_implementation(implementation, check_options, progress=on_result)
+    finally:
+        _close(implementation)
     applier.finish(report)
     for warning in report.warnings:
         progress.line(f"  warning: {warning}")
@@ -474,6 +483,12 @@ def _run_one(
         verdict += " (interrupted)"
     progress.line(f"  {verdict} under {profile_name}: {summary} in {report.seconds:.1f} s")
     return column
+
+
+def _close(implementation: Implementation) -> None:
+    """End an implementation's worker process, if it has one."""
+    if isinstance(implementation, IsolatedImplementation):
+        implementation.close()
 
 
 def _progress_line(result: ClauseResult, ulps: Ulps | None) -> str:
@@ -495,6 +510,8 @@ OUTCOME_TITLES = {
     "declared": "declared deviation",
     "not_applicable": "not applicable",
     "error": "error",
+    "crashed": "crashed",
+    "hung": "hung",
     "skipped": "skipped",
     "not_run": "not run",
 }
@@ -553,6 +570,9 @@ def matrix_to_json(matrix: Matrix) -> dict[str, Any]:
             "shrink_seconds": matrix.options.shrink_seconds,
             "menu": matrix.options.menu,
             "paper": matrix.options.paper,
+            "isolation": "in-process"
+            if matrix.options.isolation is None
+            else matrix.options.isolation.describe(),
         },
         "environment": matrix.environment,
         "clauses": [

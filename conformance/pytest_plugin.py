@@ -41,7 +41,7 @@ from normspec.conformance.deviations import (
     DeviationSet,
     load_deviations,
 )
-from normspec.conformance.results import ClauseResult
+from normspec.conformance.results import PROBLEMS, ClauseResult
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS
 
 RESULT_PROPERTY = "normspec_result"
@@ -141,6 +141,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="settings drawn from a per-run menu of N entries per dtype; 0: freely (default: "
         "a menu for implementations that compile per shape)",
     )
+    group.addoption(
+        "--normspec-in-process",
+        action="store_true",
+        help="call the implementation in the test process instead of a worker process",
+    )
     group.addoption("--normspec-json", metavar="PATH", help="write a normspec JSON report")
     group.addoption(
         "--normspec-strict", action="store_true", help="a failed SHOULD clause fails too"
@@ -176,6 +181,7 @@ class NormspecPlugin:
         self.menu: int | None = config.getoption("normspec_menu")
         self.strict: bool = config.getoption("normspec_strict")
         self.json_path: str | None = config.getoption("normspec_json")
+        self.in_process: bool = config.getoption("normspec_in_process")
         try:
             self.dialect = profile(self.profile)
         except KeyError as problem:
@@ -233,14 +239,20 @@ class NormspecPlugin:
 
     def implementation(self) -> Any:
         if self._implementation is None:
-            from normspec.adapters.registry import TargetError, load_target
+            from normspec.adapters.registry import TargetError
+            from normspec.conformance.isolation import Isolation, load_implementation
 
             rootdir = str(self.config.rootpath)
             for path in (os.getcwd(), rootdir):
                 if path not in sys.path:
                     sys.path.insert(0, path)
             try:
-                self._implementation = load_target(self.target, self.profile)
+                self._implementation = load_implementation(
+                    self.target,
+                    self.profile,
+                    None if self.in_process else Isolation(),
+                    timeout=self.timeout,
+                )
             except TargetError as problem:
                 raise pytest.UsageError(f"--normspec-target: {problem}") from None
         return self._implementation
@@ -311,6 +323,7 @@ class NormspecPlugin:
             "dtypes": list(report.dtypes),
             "environment": report.environment,
             "menu": report.menu,
+            "isolation": report.isolation,
         }
         result = next(r for r in report.results if r.clause_id == clause_id)
         DeviationApplier(self.deviations)(result)
@@ -352,6 +365,7 @@ class NormspecPlugin:
             seed=self.seed,
             max_examples=self.max_examples,
             menu=int(self._meta.get("menu", 0)),
+            isolation=str(self._meta.get("isolation", "in-process")),
             versions=dict(self._meta.get("versions", {})),
             environment=dict(self._meta.get("environment", environment())),
             normspec_version=normspec.__version__,
@@ -465,7 +479,7 @@ class NormspecItem(pytest.Item):
                 f"declared deviation ({CATEGORY_TITLES.get(result.deviation['category'], '')}): "
                 f"{result.deviation['reason']}"
             )
-        if outcome in ("fail", "error") and result.level != "MUST" and not self.plugin.strict:
+        if outcome in PROBLEMS and result.level != "MUST" and not self.plugin.strict:
             pytest.xfail(
                 f"{result.level} clause not met (--normspec-strict fails it): {result.message}"
             )

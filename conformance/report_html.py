@@ -20,7 +20,7 @@ from normspec.conformance.matrix import (
     cell_outcome,
 )
 from normspec.conformance.report_json import json_safe
-from normspec.conformance.results import ClauseResult
+from normspec.conformance.results import PROBLEMS, ClauseResult
 
 SHORT = {
     "pass": "pass",
@@ -28,6 +28,8 @@ SHORT = {
     "declared": "declared",
     "not_applicable": "n/a",
     "error": "ERROR",
+    "crashed": "CRASHED",
+    "hung": "HUNG",
     "skipped": "skipped",
     "not_run": "·",
 }
@@ -66,7 +68,8 @@ td.cell { white-space: nowrap; font-variant-numeric: tabular-nums; }
 td.cell a { color: inherit; text-decoration: underline dotted; }
 td.pass { color: var(--pass); }
 td.fail { color: #fff; background: var(--fail) !important; font-weight: 600; }
-td.error { color: #fff; background: var(--error) !important; font-weight: 600; }
+td.error, td.crashed, td.hung { color: #fff; background: var(--error) !important;
+  font-weight: 600; }
 td.declared { color: #1f2328; background: #fff1c2 !important; }
 td.not_applicable { color: var(--na); }
 td.skipped { color: var(--skipped); font-style: italic; }
@@ -81,7 +84,8 @@ details.finding[open] { padding-bottom: 10px; }
 details.finding > summary { cursor: pointer; padding: 6px 0; }
 details.finding:target { box-shadow: 0 0 0 2px #0969da; }
 .tag { display: inline-block; min-width: 64px; font-weight: 600; }
-.tag.fail { color: var(--fail); } .tag.error { color: var(--error); }
+.tag.fail { color: var(--fail); }
+.tag.error, .tag.crashed, .tag.hung { color: var(--error); }
 .tag.declared { color: var(--declared); }
 pre { background: var(--bg-alt); padding: 8px; overflow-x: auto; border-radius: 6px; margin: 4px 0;
   white-space: pre-wrap; word-break: break-word; }
@@ -137,7 +141,7 @@ def _cell(column: Column, column_index: int, clause_index: int, clause_id: str) 
     title = OUTCOME_TITLES[outcome]
     if result is not None and result.message:
         title += ": " + result.message
-    if outcome in ("fail", "error", "declared"):
+    if outcome in (*PROBLEMS, "declared"):
         text = f'<a href="#{_finding_id(column_index, clause_index)}">{text}</a>'
     return f'<td class="cell {outcome}" title="{esc(title[:500])}">{text}</td>'
 
@@ -169,7 +173,7 @@ def _matrix_table(matrix: Matrix) -> str:
     )
     for clause_index, (clause_id, level, summary) in enumerate(matrix.clauses):
         outcomes = {cell_outcome(c, clause_id) for c in matrix.columns}
-        clean = not outcomes & {"fail", "error", "declared", "skipped"}
+        clean = not outcomes & {*PROBLEMS, "declared", "skipped"}
         cells = "".join(
             _cell(c, ci, clause_index, clause_id) for ci, c in enumerate(matrix.columns)
         )
@@ -195,7 +199,7 @@ def _implementations(matrix: Matrix) -> str:
             f"<td>{report.seconds:.1f} s</td>"
             f"<td>{esc(report.implementation)}; {esc(versions)}"
             + (f"; {esc(report.menu_note)}" if report.menu else "")
-            + "</td></tr>"
+            + f"; calls {esc(report.isolation)}</td></tr>"
         )
     return (
         '<table class="implementations"><thead><tr><th>implementation</th><th>profile</th>'
@@ -361,7 +365,8 @@ def _finding(column: Column, column_index: int, clause_index: int, result: Claus
     if "notes" in details:
         body.append("<h4>Notes</h4>" + _json_block(details["notes"]))
     if "traceback" in details:
-        body.append(f"<h4>Traceback</h4><pre>{esc(details['traceback'])}</pre>")
+        title = "Traceback" if outcome in ("fail", "error") else "End of the worker's output"
+        body.append(f"<h4>{title}</h4><pre>{esc(details['traceback'])}</pre>")
     if "reproduce" in details:
         body.append(f"<h4>Reproduce</h4><pre class='reproduce'>{esc(details['reproduce'])}</pre>")
     ulps = column.ulps.get(result.clause_id)
@@ -379,7 +384,7 @@ def _findings(matrix: Matrix) -> str:
     parts = []
     for ci, column in enumerate(matrix.columns):
         for result in column.report.results:
-            if result.outcome in ("fail", "error", "declared"):
+            if result.outcome in (*PROBLEMS, "declared"):
                 parts.append(_finding(column, ci, clause_index.get(result.clause_id, 0), result))
     if not parts:
         return "<p>No clause failed.</p>"

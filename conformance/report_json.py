@@ -35,6 +35,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "seed": report.seed,
         "max_examples": report.max_examples,
         "menu": report.menu,
+        "isolation": report.isolation,
         "environment": report.environment,
         "started": report.started,
         "seconds": round(report.seconds, 3),

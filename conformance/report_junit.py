@@ -17,7 +17,7 @@ def junit_xml(report: Report) -> str:
         name=f"normspec {report.target} [{report.profile}]",
         tests=str(len(report.results)),
         failures=str(counts["fail"]),
-        errors=str(counts["error"]),
+        errors=str(counts["error"] + counts["crashed"] + counts["hung"]),
         skipped=str(counts["not_applicable"] + counts["skipped"] + counts["declared"]),
         time=f"{report.seconds:.3f}",
         timestamp=report.started,
@@ -33,8 +33,8 @@ def junit_xml(report: Report) -> str:
         detail = json.dumps(json_safe(result.details), indent=2)
         if result.outcome == "fail":
             ET.SubElement(case, "failure", message=result.message).text = detail
-        elif result.outcome == "error":
-            ET.SubElement(case, "error", message=result.message).text = detail
+        elif result.outcome in ("error", "crashed", "hung"):
+            ET.SubElement(case, "error", message=result.message, type=result.outcome).text = detail
         elif result.outcome == "declared" and result.deviation is not None:
             deviation = result.deviation
             ET.SubElement(

@@ -8,6 +8,7 @@ from normspec.conformance.matrix import (
     Matrix,
     cell_outcome,
 )
+from normspec.conformance.results import PROBLEMS
 
 SYMBOLS = {
     "pass": "✅",
@@ -15,6 +16,8 @@ SYMBOLS = {
     "declared": "📝",
     "not_applicable": "➖",
     "error": "💥",
+    "crashed": "☠️",
+    "hung": "⏳",
     "skipped": "⏭️",
     "not_run": "·",
 }
@@ -53,7 +56,7 @@ def _shorten(text: str, limit: int = MESSAGE_LIMIT) -> str:
 def cell_text(column: Column, clause_id: str) -> str:
     outcome = cell_outcome(column, clause_id)
     text = SYMBOLS[outcome]
-    if outcome in ("fail", "error", "declared", "skipped", "not_applicable"):
+    if outcome != "pass" and outcome != "not_run":
         text += " " + OUTCOME_TITLES[outcome]
     ulps = column.ulps.get(clause_id)
     if ulps is not None and outcome in ("pass", "fail", "declared"):
@@ -89,6 +92,7 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
         lines.append("")
         lines.append(
             "✅ pass · ❌ fail · 📝 declared deviation · ➖ not applicable · 💥 error · "
+            "☠️ crashed (a call killed the implementation's worker process) · ⏳ hung · "
             "⏭️ skipped (a clause it depends on did not pass) · · not run. A number is the "
             "worst error seen against the reference, in ulps of the dtype it names at the "
             "expected value, over the values whose bound is not far larger than the value; for "
@@ -112,7 +116,7 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
             lines.append(
                 f"- {escape(column.label)} under {escape(' = '.join(column.profiles))}: "
                 f"{verdict}; {summary} ({escape(versions)}; {column.report.seconds:.0f} s"
-                f"{escape(menu)})"
+                f"{escape(menu)}; calls {escape(column.report.isolation)})"
             )
         lines.append("")
     else:
@@ -127,7 +131,7 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
         (column, result)
         for column in matrix.columns
         for result in column.report.results
-        if result.outcome in ("fail", "error", "declared")
+        if result.outcome in (*PROBLEMS, "declared")
     ]
     if problems:
         lines.append(f"{h}# Failures and declared deviations")

@@ -6,12 +6,17 @@ import json
 from typing import TextIO
 
 from normspec.conformance.report_json import json_safe
-from normspec.conformance.results import ClauseResult, Report
+from normspec.conformance.results import PROBLEMS, ClauseResult, Report
+
+#: Lines of a lost worker's output the summary shows (the JSON report has the end of it).
+OUTPUT_LINES = 12
 
 SYMBOLS = {
     "pass": "pass",
     "fail": "FAIL",
     "error": "ERROR",
+    "crashed": "CRASHED",
+    "hung": "HUNG",
     "not_applicable": "n/a",
     "skipped": "skipped",
     "declared": "declared",
@@ -39,13 +44,14 @@ def print_header(report: Report, stream: TextIO) -> None:
         f"  profile {report.profile_label}; dtypes {', '.join(report.dtypes) or 'none'}; seed "
         f"{report.seed}; {report.max_examples} examples per clause; "
         + (f"{report.menu_note}; " if report.menu else "")
+        + f"calls {report.isolation}; "
         + versions,
         file=stream,
     )
 
 
 def print_summary(report: Report, stream: TextIO) -> None:
-    problems = [r for r in report.results if r.outcome in ("fail", "error")]
+    problems = [r for r in report.results if r.outcome in PROBLEMS]
     for result in problems:
         print(
             f"\n{SYMBOLS[result.outcome]} {result.clause_id} ({result.level}): {result.summary}",
@@ -61,6 +67,11 @@ def print_summary(report: Report, stream: TextIO) -> None:
             print(f"  notes: {json.dumps(json_safe(result.details['notes']))}", file=stream)
         if "shrinking" in result.details:
             print(f"  shrinking: {result.details['shrinking']}", file=stream)
+        output = str(result.details.get("traceback", "")).strip()
+        if result.outcome in ("crashed", "hung") and output:
+            print("  the worker's output ended with:", file=stream)
+            for line in output.splitlines()[-OUTPUT_LINES:]:
+                print(f"    {line}", file=stream)
         if "reproduce" in result.details:
             print(f"  reproduce: {result.details['reproduce']}", file=stream)
     declared = [r for r in report.results if r.outcome == "declared"]
@@ -84,8 +95,10 @@ def print_summary(report: Report, stream: TextIO) -> None:
         verdict += " (interrupted: partial results)"
     print(
         f"\n{verdict} under profile {report.profile_label}: {counts['pass']} passed, "
-        f"{counts['fail']} failed, {counts['error']} errors, {counts['not_applicable']} not "
-        f"applicable, {counts['skipped']} skipped"
+        f"{counts['fail']} failed, {counts['error']} errors, "
+        + (f"{counts['crashed']} crashed, " if counts["crashed"] else "")
+        + (f"{counts['hung']} hung, " if counts["hung"] else "")
+        + f"{counts['not_applicable']} not applicable, {counts['skipped']} skipped"
         + (f", {counts['declared']} declared" if counts["declared"] else "")
         + f" in {report.seconds:.1f} s",
         file=stream,

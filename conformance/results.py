@@ -6,10 +6,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-#: ``declared``: the clause failed or errored, and the implementation's deviation file lists
-#: it (an intended divergence or a known bug); it does not make the run non-conformant.
-Outcome = Literal["pass", "fail", "error", "not_applicable", "skipped", "declared"]
-OUTCOMES: tuple[Outcome, ...] = ("pass", "fail", "error", "not_applicable", "skipped", "declared")
+#: ``crashed``: a call on an example killed the implementation's worker process (a signal,
+#: an exit, its memory limit); ``hung``: a call did not return within the time limit.
+#: ``declared``: the clause failed, errored, crashed or hung, and the implementation's
+#: deviation file lists it (an intended divergence or a known bug); it does not make the run
+#: non-conformant.
+Outcome = Literal[
+    "pass", "fail", "error", "crashed", "hung", "not_applicable", "skipped", "declared"
+]
+OUTCOMES: tuple[Outcome, ...] = (
+    "pass",
+    "fail",
+    "error",
+    "crashed",
+    "hung",
+    "not_applicable",
+    "skipped",
+    "declared",
+)
+#: The outcomes of a clause the implementation did not meet (a deviation file may declare).
+PROBLEMS: tuple[Outcome, ...] = ("fail", "error", "crashed", "hung")
 
 
 def plain_versions(versions: Mapping[Any, Any]) -> dict[str, str]:
@@ -22,13 +38,14 @@ def plain_versions(versions: Mapping[Any, Any]) -> dict[str, str]:
 class ClauseResult:
     """What checking one clause found.
 
-    ``details`` holds, for a failure or error, the minimal example (``example``), the
-    comparison (``comparison``: expected, actual, errors in absolute, relative and ulps)
-    and the command that reproduces it (``reproduce``).
+    ``details`` holds, for a failure, error, crash or hang, the minimal example
+    (``example``), the comparison (``comparison``: expected, actual, errors in absolute,
+    relative and ulps), the implementation's traceback or the end of its worker's output
+    (``traceback``) and the command that reproduces it (``reproduce``).
 
     ``deviation`` is set when a deviation file covers the clause: for a ``declared`` result
-    ``{"category", "reason", "outcome", "source"}`` with the outcome the check had (``fail``
-    or ``error``); for a ``skipped`` result behind a declared clause ``{"category", "reason",
+    ``{"category", "reason", "outcome", "source"}`` with the outcome the check had (one of
+    :data:`PROBLEMS`); for a ``skipped`` result behind a declared clause ``{"category", "reason",
     "outcome": "skipped", "source", "behind"}`` (such a skip does not fail the run).
     """
 
@@ -61,10 +78,10 @@ class ClauseResult:
     def failing(self) -> bool:
         """Whether this result makes a run non-conformant at a MUST level.
 
-        A fail or an error, or a skip behind one; never a declared deviation or a skip
-        behind a declared deviation.
+        A fail, an error, a crash or a hang, or a skip behind one; never a declared
+        deviation or a skip behind a declared deviation.
         """
-        if self.outcome in ("fail", "error"):
+        if self.outcome in PROBLEMS:
             return True
         return self.outcome == "skipped" and self.deviation is None
 
@@ -89,6 +106,9 @@ class Report:
     menu: int = 0
     #: the profile file the profile was read from (``None``: a built-in profile)
     profile_source: str | None = None
+    #: where the implementation's calls ran: ``in-process``, or ``in a worker process (...)``
+    #: (conformance.isolation)
+    isolation: str = "in-process"
     results: list[ClauseResult] = field(default_factory=list)
     interrupted: bool = False
     #: Things a reader should know that are not clause outcomes, e.g. a deviation-file entry
@@ -123,14 +143,14 @@ class Report:
         )
 
     def failed_clauses(self) -> set[str]:
-        return {r.clause_id for r in self.results if r.outcome in ("fail", "error")}
+        return {r.clause_id for r in self.results if r.outcome in PROBLEMS}
 
     def counts(self) -> dict[str, int]:
         return {name: sum(r.outcome == name for r in self.results) for name in OUTCOMES}
 
     @property
     def conformant(self) -> bool:
-        """No MUST clause failed, errored or was skipped behind a failure.
+        """No MUST clause failed, errored, crashed, hung or was skipped behind one.
 
         Declared deviations (and skips behind them) do not count against conformance.
         """

@@ -24,9 +24,10 @@ from normspec import spec
 from normspec.adapters.protocol import ALL_DTYPES, Capabilities, DTypeName, Implementation
 from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, Violation
-from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
+from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
-from normspec.conformance.results import ClauseResult, Report, plain_versions
+from normspec.conformance.results import PROBLEMS, ClauseResult, Report, plain_versions
 from normspec.conformance.seeded_draws import seeded_draws
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
 from normspec.reference.dialects import Dialect
@@ -36,6 +37,8 @@ from normspec.reference.dialects import profile as find_profile
 DEFAULT_MAX_EXAMPLES = 40
 #: Steps per run of a state machine.
 STATEFUL_STEPS = 8
+#: Seconds a call into the implementation may take.
+DEFAULT_TIMEOUT = 60.0
 #: How far apart the Hypothesis seeds of one check's per-dtype runs lie (see :func:`dtype_seed`).
 DTYPE_SEED_STRIDE = 1_000_003
 
@@ -54,7 +57,7 @@ class CheckOptions:
     clauses: str | None = None
     max_examples: int | None = None
     seed: int = 0
-    timeout: float = 60.0
+    timeout: float = DEFAULT_TIMEOUT
     target: str | None = None
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS
     #: entries per dtype of the settings menu (conformance.menu); 0: settings drawn freely;
@@ -139,7 +142,11 @@ def menus(
     }
 
 
-def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[str]) -> str:
+def reproduce_command(
+    options: CheckOptions, clause_id: str, dtypes: Sequence[str], flags: str = ""
+) -> str:
+    """The ``normspec check`` command that runs one clause as this run did; ``flags`` say
+    where the implementation ran (``--in-process``, ``--memory-limit``)."""
     target = options.target or "TARGET"
     return (
         f"normspec check {target} --profile {shlex.quote(options.profile)} --clauses {clause_id} "
@@ -151,6 +158,8 @@ def reproduce_command(options: CheckOptions, clause_id: str, dtypes: Sequence[st
             else ""
         )
         + (f" --menu {options.menu}" if options.menu is not None else "")
+        + (f" --timeout {options.timeout:g}" if options.timeout != DEFAULT_TIMEOUT else "")
+        + flags
     )
 
 
@@ -237,10 +246,26 @@ def _caused_by_interrupt(problem: BaseException) -> bool:
     return False
 
 
+def _lost_call(problem: BaseException) -> ImplementationLost | None:
+    """The crash or hang among what a flaky failure grouped (one that did not recur on
+    every run of its example: a memory limit reached or not, a hang near the limit)."""
+    for member in getattr(problem, "exceptions", ()):
+        if isinstance(member, ImplementationLost):
+            return member
+    return None
+
+
 def _record_problem(result: ClauseResult, ctx: CheckContext, problem: Exception) -> None:
     """The outcome and message of a clause whose run raised ``problem``."""
+    lost = _lost_call(problem) if isinstance(problem, FlakyFailure) else None
     if isinstance(problem, Violation):
         result.outcome, result.message = "fail", str(problem)
+    elif isinstance(problem, ImplementationLost):
+        result.outcome, result.message = problem.outcome, str(problem)
+    elif lost is not None:
+        result.outcome = lost.outcome
+        result.message = f"{lost} (not on every run of the example)"
+        problem = lost
     elif isinstance(problem, ImplementationError):
         result.outcome, result.message = "error", str(problem)
     elif isinstance(problem, FlakyFailure):
@@ -258,9 +283,14 @@ def _record_problem(result: ClauseResult, ctx: CheckContext, problem: Exception)
 
 
 def check_clause(
-    item: Check, ctx: CheckContext, options: CheckOptions, blocked_by: str | None
+    item: Check,
+    ctx: CheckContext,
+    options: CheckOptions,
+    blocked_by: str | None,
+    flags: str = "",
 ) -> ClauseResult:
-    """Check one clause; never raises for anything the implementation does."""
+    """Check one clause; never raises for anything the implementation does. ``flags``: of
+    the reproduce command (:func:`reproduce_command`)."""
     clause = spec.clause(item.clause_id)
     result = ClauseResult(item.clause_id, clause.level, clause.summary, "pass")
     reason = item.not_applicable(ctx.capabilities, ctx.dialect, ctx.dtypes)
@@ -273,6 +303,13 @@ def check_clause(
     if blocked_by is not None:
         result.outcome = "skipped"
         result.message = f"depends on {blocked_by}, which did not pass"
+        return result
+    if ctx.guard.hung is not None:
+        result.outcome = "error"
+        result.message = (
+            "not checked: a call of an earlier clause hung, and in-process its thread cannot "
+            "be stopped (in a worker process, without --in-process, the run goes on)"
+        )
         return result
     ctx.examples, ctx.case, ctx.notes = 0, None, {}
     started = time.perf_counter()
@@ -292,9 +329,9 @@ def check_clause(
         _record_problem(result, ctx, problem)
     result.seconds = time.perf_counter() - started
     result.examples = ctx.examples
-    if result.outcome in ("fail", "error"):
+    if result.outcome in PROBLEMS:
         result.details["seed"] = options.seed
-        result.details["reproduce"] = reproduce_command(options, item.clause_id, ctx.dtypes)
+        result.details["reproduce"] = reproduce_command(options, item.clause_id, ctx.dtypes, flags)
         if watch.stopped_early:
             result.details["shrinking"] = (
                 f"stopped after {options.shrink_seconds:g} s: the example may not be minimal "
@@ -319,7 +356,12 @@ def check_implementation(
     progress: Callable[[ClauseResult], None] | None = None,
     on_start: Callable[[Report], None] | None = None,
 ) -> Report:
-    """Check every selected clause against ``implementation`` under ``options.profile``."""
+    """Check every selected clause against ``implementation`` under ``options.profile``.
+
+    An :class:`~normspec.conformance.isolation.IsolatedImplementation` is called in its
+    worker process (a crash or a hang ends the worker and the run goes on); any other
+    implementation in this process. The report says which (``Report.isolation``).
+    """
     try:
         dialect = find_profile(options.profile)
     except KeyError as problem:
@@ -337,6 +379,7 @@ def check_implementation(
         seed=options.seed,
         max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,
         menu=menu_size(options, capabilities),
+        isolation=isolation_of(implementation),
         versions=plain_versions(implementation.versions()),
         environment=environment(),
         normspec_version=normspec.__version__,
@@ -344,7 +387,9 @@ def check_implementation(
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         warnings=list(capabilities.warnings),
     )
-    guard = Guard(options.timeout)
+    worker = implementation.worker if isinstance(implementation, IsolatedImplementation) else None
+    guard = Guard(options.timeout, worker)
+    flags = command_flags(implementation)
     not_passed: set[str] = set()
     if on_start is not None:
         on_start(report)
@@ -356,8 +401,8 @@ def check_implementation(
             blocked = next((d for d in item.depends_on if d in not_passed), None)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)
-                result = check_clause(item, ctx, options, blocked)
-            if result.outcome in ("fail", "error", "skipped"):
+                result = check_clause(item, ctx, options, blocked, flags)
+            if result.outcome in (*PROBLEMS, "skipped"):
                 not_passed.add(item.clause_id)
             report.results.append(result)
             if progress is not None:

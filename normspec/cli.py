@@ -51,6 +51,8 @@ def _spec_command(args: argparse.Namespace) -> int:
 def _check_limits(args: argparse.Namespace) -> None:
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
+    if args.memory_limit is not None and args.memory_limit < 0:
+        raise UsageError("--memory-limit takes a number of GiB, 0 for none")
     if args.shrink_seconds <= 0:
         raise UsageError("--shrink-seconds must be positive")
     if args.menu is not None and args.menu < 0:
@@ -71,6 +73,37 @@ def _add_menu(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_isolation(parser: argparse.ArgumentParser) -> None:
+    from normspec.worker import default_memory_limit, format_bytes
+
+    default = default_memory_limit()
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="call the implementation in this process instead of a worker process (for "
+        "debugging: a crash then ends normspec, and after a hang nothing is called again)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=float,
+        metavar="GIB",
+        help="the worker process's resident memory limit, GiB; a call that exceeds it is "
+        "reported crashed (default: half this machine's memory, "
+        f"{format_bytes(default) if default else 'unknown here'}; 0: none; Linux only)",
+    )
+
+
+def _isolation(args: argparse.Namespace) -> Any:
+    """The Isolation the options ask for, ``None`` for --in-process."""
+    from normspec.conformance.isolation import Isolation
+
+    if args.in_process:
+        return None
+    if args.memory_limit is None:
+        return Isolation()
+    return Isolation(memory_limit=int(args.memory_limit * 2**30) or None)
+
+
 def _add_shrink_seconds(parser: argparse.ArgumentParser) -> None:
     from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS
 
@@ -84,12 +117,13 @@ def _add_shrink_seconds(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_command(args: argparse.Namespace) -> int:
-    from normspec.adapters.registry import TargetError, load_target
+    from normspec.adapters.registry import TargetError
     from normspec.conformance.deviations import (
         DeviationApplier,
         DeviationFileError,
         load_deviations,
     )
+    from normspec.conformance.isolation import IsolatedImplementation, load_implementation
     from normspec.conformance.report_json import write_json
     from normspec.conformance.report_junit import write_junit
     from normspec.conformance.report_terminal import print_header, print_summary, progress_line
@@ -113,21 +147,19 @@ def _check_command(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # targets in the current project, as `python -m` does
     try:
+        from normspec.conformance.runner import select_checks
         from normspec.reference.dialects import profile
 
         dialect = profile(args.profile)
-        implementation = load_target(args.target, args.profile)
-        from normspec.conformance.runner import select_checks
-
         select_checks(args.clauses)
-    except (TargetError, OptionsError) as problem:
+        deviations = load_deviations(args.deviations)
+        implementation = load_implementation(
+            args.target, args.profile, _isolation(args), timeout=args.timeout
+        )
+    except (TargetError, OptionsError, DeviationFileError) as problem:
         raise UsageError(str(problem)) from None
     except KeyError as problem:
         raise UsageError(str(problem.args[0])) from None
-    try:
-        deviations = load_deviations(args.deviations)
-    except DeviationFileError as problem:
-        raise UsageError(str(problem)) from None
     applier = DeviationApplier(deviations.for_run(args.target, dialect.name))
     stream = sys.stdout
 
@@ -141,6 +173,9 @@ def _check_command(args: argparse.Namespace) -> int:
         )
     except OptionsError as problem:
         raise UsageError(str(problem)) from None
+    finally:
+        if isinstance(implementation, IsolatedImplementation):
+            implementation.close()
     applier.finish(report)
     print_summary(report, stream)
     if args.json:
@@ -229,6 +264,7 @@ def _report_command(args: argparse.Namespace) -> int:
         shrink_seconds=args.shrink_seconds,
         menu=args.menu,
         paper=not args.no_paper,
+        isolation=_isolation(args),
     )
     out = args.out
 
@@ -303,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     checking = commands.add_parser(
         "check",
         help="check an implementation against the specification",
-        description="Check TARGET (package.module:attr, or 'reference') clause by clause. "
-        "Exit code 0: conformant; 1: not conformant; 2: usage error; 3: nothing checked (no "
-        "selected clause applies to TARGET).",
+        description="Check TARGET (package.module:attr, or 'reference') clause by clause, "
+        "its calls in a worker process (a crash or a hang is reported and the run goes on). "
+        "Exit code 0: conformant; 1: not conformant (a clause failed, errored, crashed or "
+        "hung); 2: usage error; 3: nothing checked (no selected clause applies to TARGET).",
     )
     checking.add_argument("target", help="package.module:attr, or reference")
     checking.add_argument(
@@ -319,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--max-examples", type=int, help="examples per clause (default 40)")
     checking.add_argument("--seed", type=int, default=0, help="Hypothesis seed (default 0)")
     checking.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
+    _add_isolation(checking)
     _add_shrink_seconds(checking)
     _add_menu(checking)
     checking.add_argument("--json", help="write the JSON report here")
@@ -364,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     reporting.add_argument("--dtype", help="comma-separated dtypes (default: all supported)")
     reporting.add_argument("--clauses", help="comma-separated clause ID patterns")
     reporting.add_argument("--timeout", type=float, default=60.0, help="per-call limit, seconds")
+    _add_isolation(reporting)
     _add_shrink_seconds(reporting)
     _add_menu(reporting)
     reporting.add_argument(

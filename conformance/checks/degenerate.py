@@ -16,7 +16,7 @@ from normspec.conformance.checks.batchnorm import (
     expect_train_output,
 )
 from normspec.conformance.context import CheckContext
-from normspec.conformance.guard import ImplementationError, ImplementationHung
+from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies import BatchNormCase
 from normspec.reference.dialects import Dialect
 from normspec.reference.state import RunningStatistics
@@ -166,7 +166,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
     case = ctx.use_case(replace(case, config=config))
     try:
         layer = ctx.call("build", ctx.implementation.build, config)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError:
         return
@@ -185,7 +185,7 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
     case = ctx.use_case(replace(case, config=config))
     try:
         layer = ctx.build(case)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError:
         return

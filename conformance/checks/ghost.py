@@ -23,7 +23,7 @@ from normspec.conformance.checks.batchnorm import (
 )
 from normspec.conformance.context import CheckContext
 from normspec.conformance.dtypes import round_to
-from normspec.conformance.guard import ImplementationError, ImplementationHung
+from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies import (
     BatchNormCase,
     arrange,
@@ -299,7 +299,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
     ctx.notes["virtual_batch_size"] = value
     try:
         layer = ctx.call("build", ctx.implementation.build, config)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError:
         return

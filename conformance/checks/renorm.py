@@ -50,7 +50,7 @@ from normspec.adapters.protocol import Capabilities, DTypeName, Layer, Unsupport
 from normspec.conformance.checks import Body, check
 from normspec.conformance.checks import batchnorm as bn_checks
 from normspec.conformance.context import CheckContext, Violation
-from normspec.conformance.guard import ImplementationError, ImplementationHung
+from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies_renorm import (
     ONE_BOUND,
     RenormCase,
@@ -186,7 +186,7 @@ def build(
     counts: dict[str, int] = vars(ctx).setdefault("_renorm_builds", {"built": 0, "refused": 0})
     try:
         layer = ctx.build(case, set_parameters=set_parameters, set_state=False)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError as problem:
         if isinstance(problem.__cause__, UnsupportedConfig):

@@ -31,7 +31,7 @@ from normspec.conformance.checks.renorm import (
     unchecked_replace,
 )
 from normspec.conformance.context import CheckContext
-from normspec.conformance.guard import ImplementationError, ImplementationHung
+from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies_renorm import (
     RenormCase,
 )
@@ -282,7 +282,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
     ctx.use_case(case)
     try:
         layer = ctx.call("build", ctx.implementation.build, config)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError as problem:
         if isinstance(problem.__cause__, UnsupportedConfig):
@@ -369,7 +369,7 @@ def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
         ctx.use_case(case)
     try:
         layer = ctx.call("build", ctx.implementation.build, case.config)
-    except ImplementationHung:
+    except ImplementationLost:
         raise
     except ImplementationError:
         return

@@ -28,15 +28,22 @@ from normspec.adapters.protocol import Implementation, LayerConfig, ReplicatedIm
 from normspec.adapters.registry import load_target
 from normspec.adapters.torch_distributed import (
     DistributedTorchImplementation,
+    ReplicaCrashed,
     shared_pool,
 )
+from normspec.conformance.guard import Guard, ImplementationCrashed
 from normspec.conformance.runner import CheckOptions, check_implementation
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 if str(FIXTURES) not in sys.path:
     sys.path.insert(0, str(FIXTURES))
 
-from cpu_sync_bn import CpuSyncBatchNorm, LocalCountSyncBatchNorm, UnsyncedBatchNorm  # noqa: E402
+from cpu_sync_bn import (  # noqa: E402
+    CpuSyncBatchNorm,
+    LocalCountSyncBatchNorm,
+    SegfaultOnSecondReplica,
+    UnsyncedBatchNorm,
+)
 
 #: A small budget: each example is a few round trips to the workers.
 EXAMPLES = 8
@@ -128,3 +135,23 @@ def test_known_bad_torch_modules_are_caught(
     outcomes = _outcomes(implementation, clause, max_examples=20)
     # an unsynchronized module may also raise (one value per channel on a replica): error
     assert outcomes[clause].startswith(("fail", "error")), outcomes
+
+
+def test_a_replica_that_crashes_ends_the_pool_and_the_next_layer_starts_another(
+    pool_timing: dict[str, float],
+) -> None:
+    config = LayerConfig(1, 2, 1, "float64", 1e-5, 0.1)
+    xs = [np.array([[0.0], [2.0]]), np.array([[3.0], [4.0]])]
+    crashing = DistributedTorchImplementation(SegfaultOnSecondReplica)
+    layer = crashing.build_replicated(config, 2)
+    pool = crashing.pool
+    with pytest.raises(ReplicaCrashed, match=r"^replica 1 crashed: SIGSEGV") as lost:
+        layer.train_step(xs)
+    assert "in forward" in lost.value.output  # the Python stack of the crash
+    assert pool is not None and not pool.alive
+    # what the checks see: the clause's crash, not an error
+    layer = crashing.build_replicated(config, 2)
+    with pytest.raises(ImplementationCrashed, match=r"train_step: replica 1 crashed: SIGSEGV"):
+        Guard(timeout=60.0).call("train_step", layer.train_step, xs)
+    healthy = DistributedTorchImplementation(CpuSyncBatchNorm).build_replicated(config, 2)
+    assert len(healthy.train_step(xs)) == 2
