@@ -62,6 +62,11 @@ BUILTIN_TARGETS: tuple[BuiltinTarget, ...] = (
     BuiltinTarget(
         "tf.nn.fused_batch_norm", "torch", ("tensorflow",), "tf.compat.v1.nn.fused_batch_norm"
     ),
+    # -- ONNX (normspec.adapters.onnx_op): BatchNormalization-15; "onnxruntime(opset=9)" --
+    BuiltinTarget(
+        "onnx.reference", "onnx", ("onnx",), "onnx.reference.ReferenceEvaluator (opset 15)"
+    ),
+    BuiltinTarget("onnxruntime", "onnx", ("onnx", "onnxruntime"), "onnxruntime CPU (opset 15)"),
 )
 
 

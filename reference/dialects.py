@@ -140,6 +140,17 @@ PROFILES: dict[str, Dialect] = {
             default_eps=1e-3,
             default_momentum=0.99,
         ),
+        Dialect(
+            name="onnx",
+            description="ONNX BatchNormalization (opsets 6 to 15): momentum is 1 - alpha, "
+            "biased running variance (training_mode=1, or the training outputs of opsets 6 to "
+            "9), epsilon 1e-5, momentum 0.9",
+            update_rate="decay",
+            running_variance="biased",
+            cumulative_average=False,
+            default_eps=1e-5,
+            default_momentum=0.9,
+        ),
     )
 }
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from normspec import reference
-from normspec.adapters.protocol import SecondOrderLayer
+from normspec.adapters.protocol import Capabilities, DTypeName, SecondOrderLayer
 from normspec.conformance.checks import check
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.dtypes import round_to
@@ -25,6 +25,7 @@ from normspec.conformance.tolerance import (
     second_order_bounds,
     train_output_bound,
 )
+from normspec.reference.dialects import Dialect
 from normspec.reference.second_order import train_second_order_differences
 
 Array = np.ndarray
@@ -177,7 +178,7 @@ def train_output(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-@check("bn.train.statistics", depends_on=("conv.io.shape_dtype",))
+@check("bn.train.statistics", needs=("chosen_settings",), depends_on=("conv.io.shape_dtype",))
 def train_statistics(ctx: CheckContext, data: Any) -> None:
     """Observed through the running statistics of a step with alpha = 1: mu_B, and var_B up to
     the estimator factor n / (n - 1), which is the business of bn.running.var, as the rate
@@ -228,9 +229,22 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
     ctx.expect(failures[0])
 
 
-@check("bn.train.affine", depends_on=("bn.train.output",))
+def _affine_applies(
+    caps: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+) -> str | None:
+    """bn.train.affine checks a fresh layer's parameters, or a layer without them."""
+    if caps.fresh_layers or caps.without_affine:
+        return None
+    note = caps.notes.get("fresh_layers", "it starts from no library's initial values")
+    return f"a layer always has affine parameters, and {note}"
+
+
+@check("bn.train.affine", depends_on=("bn.train.output",), applies=_affine_applies)
 def train_affine(ctx: CheckContext, data: Any) -> None:
-    fresh = not ctx.capabilities.without_affine or data.draw(st.booleans(), label="fresh layer")
+    caps = ctx.capabilities
+    fresh = caps.fresh_layers and (
+        not caps.without_affine or data.draw(st.booleans(), label="fresh layer")
+    )
     case = ctx.draw_case(data, affine=fresh)
     if fresh:
         ctx.notes["parameters"] = "initial (not set)"
@@ -246,7 +260,7 @@ def _with_params(case: Case, params: tuple[Array, Array]) -> Case:
     return replace(case, params=params)
 
 
-@check("bn.running.initial", training=False)
+@check("bn.running.initial", needs=("fresh_layers",), training=False)
 def running_initial(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case, set_parameters=False, set_state=False)

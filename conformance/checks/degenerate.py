@@ -146,7 +146,7 @@ INVALID_EPS = (0.0, -1e-5, -1.0)
 INVALID_RATES = (-0.5, 1.5, -1e-3, 2.0)
 
 
-@check("bn.params.invalid")
+@check("bn.params.invalid", needs=("chosen_settings",))
 def params_invalid(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     which = data.draw(st.sampled_from(["eps", "momentum"]), label="invalid parameter")
@@ -167,7 +167,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
     ctx.require(raised, f"{which}={value!r} was accepted without an error")
 
 
-@check("bn.params.no_nan_state")
+@check("bn.params.no_nan_state", needs=("chosen_settings",))
 def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     eps = data.draw(st.sampled_from([case.config.eps, *INVALID_EPS]), label="eps")
