@@ -35,8 +35,6 @@ from onnx import numpy_helper
 
 from normspec.adapters.onnx_op import (
     DTYPE_OF_ELEMENT,
-    FLOAT32_SETTINGS,
-    NUMPY_TYPES,
     BatchNormNode,
     OnnxBatchNormalization,
     Runtime,
@@ -48,6 +46,8 @@ from normspec.adapters.protocol import Capabilities, DTypeName, LayerConfig, Uns
 
 #: The target's constructor arguments.
 ARGUMENTS = ("eps", "momentum", "runtime")
+#: The node's inputs after ``X``, as the operator names them.
+VECTOR_ROLES = ("scale", "B", "input_mean", "input_var")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _ai_onnx_opset(model: onnx.ModelProto) -> int:
 
 def _element_types(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]:
     """Each typed value's element type and rank (``None`` if unknown), after shape
-    inference where it succeeds."""
+    inference where it succeeds: what the file says of the node's input."""
     with contextlib.suppress(Exception):  # where inference fails, the declared types serve
         model = onnx.shape_inference.infer_shapes(model)
     graph = model.graph
@@ -89,6 +89,28 @@ def _element_types(model: onnx.ModelProto) -> dict[str, tuple[int, int | None]]:
     for initializer in graph.initializer:
         types[initializer.name] = (initializer.data_type, len(initializer.dims))
     return types
+
+
+def _held_tensor(graph: onnx.GraphProto, name: str, what: str) -> onnx.TensorProto:
+    """The tensor the file holds as the value ``name``: an initializer, or a Constant
+    node's value, through Identity nodes (torch's exporter shares equal initializers so)."""
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    seen = name
+    while seen not in initializers:
+        producer = producers.get(seen)
+        if producer is not None and producer.op_type == "Identity":
+            seen = producer.input[0]
+            continue
+        if producer is not None and producer.op_type == "Constant":
+            value = next((a for a in producer.attribute if a.name == "value"), None)
+            if value is not None:
+                return value.t
+        raise ValueError(
+            f"{what}, which the file computes instead of holding (an initializer or a "
+            "Constant): normspec checks a node whose parameters the file holds"
+        )
+    return initializers[seen]
 
 
 def _dtype(element: int, what: str) -> DTypeName:
@@ -139,20 +161,14 @@ def read_node(location: str, name: str) -> FileNode:
     node = _choose(nodes, name, location)
     opset = _ai_onnx_opset(model)
     types = _element_types(model)
-    initializers = {i.name: i for i in model.graph.initializer}
-    initial = []
-    for role, input_name in zip(
-        ("scale", "B", "input_mean", "input_var"), node.input[1:5], strict=True
-    ):
-        if input_name not in initializers:
-            raise ValueError(
-                f"node {node.name!r} takes its {role} from {input_name!r}, which is no "
-                "initializer of the file: normspec checks a node whose parameters the file holds"
-            )
-        initial.append(numpy_helper.to_array(initializers[input_name]))
+    roles = list(zip(VECTOR_ROLES, node.input[1:5], strict=True))
+    held = [
+        _held_tensor(model.graph, value, f"node {node.name!r} takes its {role} from {value!r}")
+        for role, value in roles
+    ]
     vector_dtypes = tuple(
-        _dtype(types[n][0], f"{role} {n!r}")
-        for role, n in zip(("scale", "B", "input_mean", "input_var"), node.input[1:5], strict=True)
+        _dtype(tensor.data_type, f"{role} {value!r}")
+        for (role, value), tensor in zip(roles, held, strict=True)
     )
     x_type, rank = types.get(node.input[0], (0, None))
     dtype = _dtype(x_type, f"input {node.input[0]!r}") if x_type else vector_dtypes[0]
@@ -163,9 +179,7 @@ def read_node(location: str, name: str) -> FileNode:
         name=node.name,
         node=BatchNormNode(opset, dtype, vector_dtypes, kept),
         training=training,
-        initial=tuple(
-            v.astype(NUMPY_TYPES[t]) for v, t in zip(initial, vector_dtypes, strict=True)
-        ),
+        initial=tuple(numpy_helper.to_array(tensor) for tensor in held),
         rank=rank,
     )
 
@@ -208,14 +222,16 @@ class OnnxFileNode(OnnxBatchNormalization):
         found = self.found
         eps, momentum = self.held
         notes = dict(self.supports.notes)
-        warnings = [FLOAT32_SETTINGS]
         node_eps, node_momentum = found.attribute("epsilon"), found.attribute("momentum")
-        if (node_eps, node_momentum) != self.held:
-            warnings.append(
-                f"{self.library} is checked against eps {eps!r} and momentum {momentum!r}, as "
-                f"the target states; the node holds epsilon {node_eps!r} and momentum "
-                f"{node_momentum!r}"
+        held = f"eps {eps!r} and momentum {momentum!r}"
+        if (node_eps, node_momentum) == self.held:
+            setting = f"{self.library} is checked with the float32 attributes it holds: {held}"
+        else:
+            setting = (
+                f"{self.library} is checked against {held}, as the target states (float32); "
+                f"the node holds epsilon {node_eps!r} and momentum {node_momentum!r}"
             )
+        warnings = [setting]
         if found.training:
             warnings.append(
                 f"{self.library} runs in training mode in its file; its inference is checked "

@@ -143,13 +143,10 @@ class BatchNormNode:
         """The one-node model of a training or inference call."""
         outputs = self.output_dtypes(training)
         node = helper.make_node(
-            "BatchNormalization",
-            list(INPUTS),
-            list(outputs),
-            name="BatchNormalization",
-            **dict(self.attributes),
-            **mode_attributes(self.opset, training),
+            "BatchNormalization", list(INPUTS), list(outputs), name="BatchNormalization"
         )
+        attributes = {**dict(self.attributes), **mode_attributes(self.opset, training)}
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in attributes.items())
         graph = helper.make_graph(
             [node],
             f"BatchNormalization-{self.opset}",
@@ -189,7 +186,13 @@ class ReferenceRuntime(Runtime):
         from onnx.reference import ReferenceEvaluator
 
         evaluator = ReferenceEvaluator(model)
-        return lambda feeds: evaluator.run(None, dict(feeds))
+
+        def run(feeds: Mapping[str, np.ndarray]) -> Sequence[Any]:
+            outputs = evaluator.run(None, dict(feeds))
+            assert isinstance(outputs, list), "the evaluator returns a list for every output"
+            return outputs
+
+        return run
 
     def versions(self) -> dict[str, str]:
         return {"onnx": onnx.__version__, "numpy": np.__version__}
@@ -319,11 +322,16 @@ class OnnxBatchNormalization(FrameworkAdapter):
             for values, dtype in zip((ones, zeros, zeros, ones), node.vector_dtypes, strict=True)
         ]
 
+    def model(self, node: BatchNormNode, training: bool) -> onnx.ModelProto:
+        """The model a call in the mode runs: the node alone (a subclass may write another
+        graph that computes it, as an exporter that decomposes the operator would)."""
+        return node.model(training)
+
     def loaded(self, node: BatchNormNode, training: bool) -> Run:
-        """The node's model for a mode, loaded once by the runtime."""
+        """The model of a call in the mode, loaded once by the runtime."""
         key = (node, training)
         if key not in self._loaded:
-            self._loaded[key] = self.runtime.load(node.model(training))
+            self._loaded[key] = self.runtime.load(self.model(node, training))
         return self._loaded[key]
 
     # -- FrameworkAdapter --

@@ -93,13 +93,10 @@ def unavailable_reason(entry: BuiltinTarget) -> str | None:
 
 def load_builtin(entry: BuiltinTarget, profile: str) -> Implementation:
     """The implementation of ``entry`` checked under ``profile``; ``TargetError`` otherwise."""
-    from normspec.adapters.registry import TargetError, load_target
+    from normspec.adapters.registry import TargetError, load_target, looks_like_target
 
-    if entry.target.partition(":")[1] == "":
-        from normspec.adapters.registry import ALIASES
-
-        if entry.target not in ALIASES:
-            raise TargetError(f"this normspec has no adapter for {entry.title} yet")
+    if not looks_like_target(entry.target):
+        raise TargetError(f"this normspec has no adapter for {entry.title} yet")
     return load_target(entry.target, profile)
 
 

@@ -51,13 +51,15 @@ def agree(
     inference_tol: float | None = None,
     rounded_statistics: bool = False,
     steps: bool = False,
+    gradients: bool = True,
 ) -> None:
     """Train step, state, inference and both vjps of ``impl`` against ``reference``.
 
     ``statistics_tol``: the running statistics' tolerance, ``inference_tol``: that of the
     inference output and vjp (both ``tol`` if not given). ``rounded_statistics``: widen the
     inference scales by the rounding of the running statistics themselves (float32
-    statistics in a float64 layer). ``steps``: compare the step counters too. Without
+    statistics in a float64 layer). ``steps``: compare the step counters too; ``gradients``:
+    compare the vjps (an implementation without backward has none). Without
     ``track_running_stats`` the layer must have no state and infers with batch statistics.
     The state is set before every call that reads it (after a vjp it is unspecified).
     """
@@ -102,6 +104,8 @@ def agree(
     infer_scale = (1 + gamma * s_infer * (x_max + 3) + beta) * rounding
     close(ours.infer(case.x), theirs.infer(case.x), infer_scale, "inference y", i_tol)
 
+    if not gradients:
+        return
     for training, s in ((True, s_batch), (False, s_infer)):
         mode = "train" if training else "inference"
         mode_tol = tol if training else i_tol
