@@ -10,13 +10,16 @@ modules that targets name (``thirdparty_bn:ThirdPartyBatchNorm2d``) live.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
-from normspec.adapters import Implementation, LayerConfig
+from normspec.adapters import Capabilities, Implementation, LayerConfig
 from normspec.reference import RunningStatistics, batch_statistics
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -132,3 +135,63 @@ def torch_layout_config(rank: int = 4, dtype: Any = "float64", **changes: Any) -
         "momentum": 0.1,
     }
     return LayerConfig(**{**options, **changes})
+
+
+def layout_view(draw: st.DrawFn, array: np.ndarray) -> np.ndarray:
+    """``array`` as a contiguous, strided, Fortran-ordered or channels-last view."""
+    layout = draw(st.sampled_from(["contiguous", "strided", "fortran", "channels_last"]))
+    if layout == "strided":
+        wide = np.zeros((2 * array.shape[0], *array.shape[1:]))
+        wide[::2] = array
+        strided: np.ndarray = wide[::2]
+        return strided
+    if layout == "fortran":
+        return np.asfortranarray(array)
+    if layout == "channels_last" and array.ndim >= 3:
+        order = (0, *range(2, array.ndim), 1)
+        back = (0, array.ndim - 1, *range(1, array.ndim - 1))
+        channels_last: np.ndarray = np.ascontiguousarray(array.transpose(order)).transpose(back)
+        return channels_last
+    return array
+
+
+@st.composite
+def float64_cases(
+    draw: st.DrawFn,
+    caps: Capabilities,
+    eps: Sequence[float] = (1e-5, 1e-3, 0.5),
+    momenta: Sequence[float] = (0.0, 0.1, 0.5, 1.0),
+) -> Case:
+    """A float64 case at the features-first axis in the capabilities' ranks, its layouts
+    drawn (:func:`layout_view`); momentum ``None`` too with the cumulative average, affine
+    and tracking drawn where both are supported."""
+    rank = draw(st.sampled_from(sorted(caps.ranks)))
+    features = draw(st.integers(1, 4))
+    spatial = draw(st.lists(st.integers(1, 3), min_size=rank - 2, max_size=rank - 2))
+    shape = (draw(st.integers(2, 5)), features, *spatial)
+    values = st.floats(-8.0, 8.0, allow_subnormal=False)
+    momentum: list[float | None] = [*momenta, *([None] if caps.cumulative_average else [])]
+    config = LayerConfig(
+        num_features=features,
+        rank=rank,
+        feature_axis=1,
+        dtype="float64",
+        eps=draw(st.sampled_from(eps)),
+        momentum=draw(st.sampled_from(momentum)),
+        affine=draw(st.booleans()) if caps.without_affine else True,
+        track_running_stats=draw(st.booleans()) if caps.untracked else True,
+    )
+    vector = arrays(np.float64, (features,), elements=st.floats(-3.0, 3.0))
+    state = RunningStatistics(
+        draw(vector),
+        draw(arrays(np.float64, (features,), elements=st.floats(0.0, 4.0))),
+        draw(st.integers(0, 6)),
+    )
+    return Case(
+        config=config,
+        x=layout_view(draw, draw(arrays(np.float64, shape, elements=values))),
+        dy=layout_view(draw, draw(arrays(np.float64, shape, elements=values))),
+        gamma=draw(vector),
+        beta=draw(vector),
+        state=state,
+    )
