@@ -275,6 +275,8 @@ NOTES = {
     "fresh_layers": "an ONNX node starts from the values its model holds, which its exporter "
     "wrote, not from a constructor's",
 }
+#: How many loaded models an implementation keeps.
+LOADED_MODELS = 64
 #: How the float32 attributes are accounted for, in every report.
 FLOAT32_SETTINGS = (
     "ONNX keeps epsilon and momentum as float32 attributes: each case's eps and momentum are "
@@ -328,11 +330,14 @@ class OnnxBatchNormalization(FrameworkAdapter):
         return node.model(training)
 
     def loaded(self, node: BatchNormNode, training: bool) -> Run:
-        """The model of a call in the mode, loaded once by the runtime."""
+        """The model of a call in the mode, loaded by the runtime once while it is among the
+        :data:`LOADED_MODELS` used last (cases draw many momenta)."""
         key = (node, training)
-        if key not in self._loaded:
-            self._loaded[key] = self.runtime.load(self.model(node, training))
-        return self._loaded[key]
+        run = self._loaded.pop(key, None) or self.runtime.load(self.model(node, training))
+        self._loaded[key] = run
+        if len(self._loaded) > LOADED_MODELS:
+            del self._loaded[next(iter(self._loaded))]
+        return run
 
     # -- FrameworkAdapter --
 
