@@ -69,7 +69,12 @@ def test_float64_layers_pass_because_the_configuration_is_what_the_model_holds()
     assert any("float32 attributes" in w for w in impl.capabilities().warnings)
     found = outcomes(impl, VALUE_CLAUSES, dtypes=["float64"])
     assert set(found.values()) == {"pass"}
-    unaccounted = outcomes(Float64Settings(impl.runtime), VALUE_CLAUSES, dtypes=["float64"])
+    unaccounted = outcomes(
+        Float64Settings(impl.runtime),
+        "bn.train.output,bn.infer.output",
+        dtypes=["float64"],
+        shrink_seconds=0.5,
+    )
     assert unaccounted["bn.train.output"] == unaccounted["bn.infer.output"] == "fail"
 
 
@@ -201,7 +206,8 @@ def test_a_wrong_epsilon_attribute_fails_against_the_stated_configuration(
     assert outcomes(load_target(path, "onnx"), "bn.infer.output")["bn.infer.output"] == "pass"
     stated = load_target(path + "#bn1(eps=1e-5)", "onnx")
     assert any("the node holds epsilon 0.00999" in w for w in stated.capabilities().warnings)
-    assert outcomes(stated, "bn.infer.output")["bn.infer.output"] == "fail"
+    found = outcomes(stated, "bn.infer.output", shrink_seconds=0.5)
+    assert found["bn.infer.output"] == "fail"
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "onnx.reference"])
@@ -246,5 +252,5 @@ def test_a_decomposed_graph_is_checked_and_eps_outside_the_root_is_caught() -> N
     fixture = importlib.import_module("onnx_decomposed_bn")
     found = outcomes(fixture.decomposed, VALUE_CLAUSES)
     assert set(found.values()) == {"pass"}
-    buggy = outcomes(fixture.eps_outside_root, VALUE_CLAUSES)
+    buggy = outcomes(fixture.eps_outside_root, VALUE_CLAUSES, shrink_seconds=0.5)
     assert buggy["bn.train.output"] == buggy["bn.infer.output"] == "fail"
