@@ -112,8 +112,10 @@ def probe_case(base: Capabilities, name: DTypeName) -> tuple[LayerConfig, Array]
     """The tiny layer and input a dtype is probed with.
 
     Two features at the first feature axis ``base`` declares, its smallest rank, four
-    samples, spatial size 2; momentum 0.5, eps 1e-5, affine, tracked.
+    samples, spatial size 2; momentum 0.5, eps 1e-5 (those it holds, if it holds its own),
+    affine, tracked.
     """
+    eps, momentum = base.held_setting or (1e-5, 0.5)
     rank = min(base.ranks)
     position = base.feature_axes[0] if base.feature_axes else "first"
     feature_axis = 1 if position == "first" else rank - 1
@@ -122,8 +124,8 @@ def probe_case(base: Capabilities, name: DTypeName) -> tuple[LayerConfig, Array]
         rank=rank,
         feature_axis=feature_axis,
         dtype=name,
-        eps=1e-5,
-        momentum=0.5,
+        eps=eps,
+        momentum=momentum,
         affine=True,
         track_running_stats=True,
     )

@@ -115,11 +115,27 @@ class Capabilities:
     #: statistics and affine parameters are only ever set (``set_state``,
     #: ``set_parameters``): the clauses that need a training step are not applicable
     training: bool = True
+    #: the dtype the layer keeps eps and momentum in (ONNX's float32 attributes): a case's
+    #: eps and momentum are values of it, the configuration the layer holds
+    setting_dtype: DTypeName = "float64"
+    #: ``(eps, momentum)`` of a layer that holds its own (a BN node of a model file; momentum
+    #: in the profile's convention): every case takes them, and the clauses that choose
+    #: others (bn.train.statistics, bn.params.invalid, bn.params.no_nan_state) do not apply
+    held_setting: tuple[float, float] | None = None
+    #: a new layer starts from its library's initial parameters and statistics
+    #: (bn.running.initial, bn.train.affine); false for one that starts from the trained
+    #: values a model file holds
+    fresh_layers: bool = True
     #: free text per capability that is missing, shown in the report's not-applicable reason
     notes: Mapping[str, str] = field(default_factory=dict)
     #: what a report should say about how the implementation is checked (constructor
     #: arguments left at their defaults, an arrangement chosen for a dtype): its warnings
     warnings: tuple[str, ...] = ()
+
+    @property
+    def chosen_settings(self) -> bool:
+        """Whether a check may choose a layer's eps and momentum (it holds none of its own)."""
+        return self.held_setting is None
 
 
 @runtime_checkable

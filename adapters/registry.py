@@ -68,7 +68,16 @@ ALIASES: dict[str, str] = {
     "equinox": "normspec.adapters.equinox_module:equinox_batchnorm",
     "equinox.ema": "normspec.adapters.equinox_module:equinox_batchnorm_ema",
     # end of issue 13, haiku and equinox
+    # -- ONNX (normspec.adapters.onnx_op): BatchNormalization-15; onnxruntime(opset=9) --
+    "onnx.reference": "normspec.adapters.onnx_op:reference_evaluator",
+    "onnxruntime": "normspec.adapters.onnx_op:onnxruntime_cpu",
 }
+
+#: (file suffix, "module:function"): a target naming a file, ``path/model.onnx#Node``; the
+#: loader takes (the target's path, profile name, constructor arguments).
+FILE_TARGETS: list[tuple[str, str]] = [
+    (".onnx", "normspec.adapters.onnx_file:load_node"),  # ONNX (normspec.adapters.onnx_file)
+]
 
 
 class TargetError(ValueError):
@@ -163,14 +172,62 @@ def _made(factory: Any, arguments: Mapping[str, Any]) -> Implementation | None:
     return made if isinstance(made, Implementation) else None
 
 
+def _keywords(factory: Callable[..., Any]) -> set[str]:
+    """The keyword-only arguments a built-in target's factory takes."""
+    parameters = inspect.signature(factory).parameters.values()
+    return {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _built_in(target: str, path: str, profile: str, arguments: Mapping[str, Any]) -> Any:
+    """What the alias ``path`` makes, with the keyword arguments its factory takes
+    (``onnxruntime(opset=9)``)."""
+    factory: Callable[..., Any] = _import_attr(ALIASES[path])
+    taken = _keywords(factory)
+    if not taken and arguments:
+        raise TargetError(f"target {target!r}: built-in targets take no constructor arguments")
+    unknown = sorted(set(arguments) - taken)
+    if unknown:
+        raise TargetError(
+            f"target {target!r}: built-in target {path} takes {', '.join(sorted(taken))}, "
+            f"not {', '.join(unknown)}"
+        )
+    try:
+        return factory(profile, **arguments)
+    except (TypeError, ValueError) as problem:
+        raise TargetError(f"target {target!r}: {problem}") from None
+
+
+def _file_target(target: str, path: str, profile: str, arguments: Mapping[str, Any]) -> Any:
+    """The implementation a file target makes (``path/model.onnx#Node``), or ``None``."""
+    location = path.partition("#")[0]
+    for suffix, loader_path in FILE_TARGETS:
+        if location.endswith(suffix):
+            loader: Callable[..., Implementation] = _import_attr(loader_path)
+            try:
+                return loader(path, profile, arguments)
+            except (OSError, TypeError, ValueError) as problem:
+                raise TargetError(f"target {target!r}: {problem}") from None
+    return None
+
+
+def looks_like_target(target: str) -> bool:
+    """Whether ``target`` has a target's form: ``package.module:attr``, an alias, or a file."""
+    path = parse_target(target)[0]
+    location = path.partition("#")[0]
+    return ":" in path or path in ALIASES or location.endswith(tuple(s for s, _ in FILE_TARGETS))
+
+
 def load_target(target: str, profile: str) -> Implementation:
     """The implementation a target names, checked under ``profile``."""
     path, arguments = parse_target(target)
-    if arguments and path in ALIASES:
-        raise TargetError(f"target {target!r}: built-in targets take no constructor arguments")
-    value = _import_attr(ALIASES.get(path, path))
     if path in ALIASES:
-        value = value(profile)
+        value = _built_in(target, path, profile, arguments)
+        arguments = {}
+    else:
+        value = _file_target(target, path, profile, arguments)
+        if value is not None:
+            return value
+        value = _import_attr(path)
     if isinstance(value, Implementation) and not isinstance(value, type):
         if arguments:
             raise TargetError(f"target {target!r}: {path} is an instance, built already")

@@ -73,6 +73,11 @@ BUILTIN_TARGETS: tuple[BuiltinTarget, ...] = (
     BuiltinTarget(
         "tf.nn.fused_batch_norm", "torch", ("tensorflow",), "tf.compat.v1.nn.fused_batch_norm"
     ),
+    # -- ONNX (normspec.adapters.onnx_op): BatchNormalization-15; "onnxruntime(opset=9)" --
+    BuiltinTarget(
+        "onnx.reference", "onnx", ("onnx",), "onnx.reference.ReferenceEvaluator (opset 15)"
+    ),
+    BuiltinTarget("onnxruntime", "onnx", ("onnx", "onnxruntime"), "onnxruntime CPU (opset 15)"),
 )
 
 
@@ -106,14 +111,11 @@ def load_builtin(
 ) -> Implementation:
     """The implementation of ``entry`` checked under ``profile``, in a worker process started
     as ``isolation`` says (``None``: in this process); ``TargetError`` otherwise."""
-    from normspec.adapters.registry import TargetError
+    from normspec.adapters.registry import TargetError, looks_like_target
     from normspec.conformance.isolation import load_implementation
 
-    if entry.target.partition(":")[1] == "":
-        from normspec.adapters.registry import ALIASES
-
-        if entry.target not in ALIASES:
-            raise TargetError(f"this normspec has no adapter for {entry.title} yet")
+    if not looks_like_target(entry.target):
+        raise TargetError(f"this normspec has no adapter for {entry.title} yet")
     return load_implementation(entry.target, profile, isolation, timeout=timeout)
 
 

@@ -391,6 +391,24 @@ def settings(
     return free_settings(capabilities, dialect, wanted)
 
 
+def held_setting(
+    capabilities: Capabilities, dialect: Dialect, eps: float, rate: float | None
+) -> tuple[float, float | None, float | None]:
+    """``(eps, momentum, rate)`` a layer holds for a drawn eps and canonical rate: its own
+    (``Capabilities.held_setting``), or the drawn ones as values of
+    ``Capabilities.setting_dtype``, the rate being then the one the held momentum means."""
+    momentum = None if rate is None else dialect.momentum_from_rate(rate)
+    if capabilities.held_setting is None and capabilities.setting_dtype == "float64":
+        return eps, momentum, rate
+    if capabilities.held_setting is not None:
+        eps, momentum = capabilities.held_setting
+    else:
+        eps = float(round_to(eps, capabilities.setting_dtype))
+        if momentum is not None:
+            momentum = float(round_to(momentum, capabilities.setting_dtype))
+    return eps, momentum, dialect.rate_from_momentum(momentum) if momentum is not None else None
+
+
 def case_of(
     draw: st.DrawFn,
     setting: Setting,
@@ -399,8 +417,10 @@ def case_of(
     *,
     conditioning: Conditioning = "well",
     layout: Layout | None = None,
+    capabilities: Capabilities | None = None,
 ) -> BatchNormCase:
-    """The case of a setting: its input, parameters, state and cotangent drawn."""
+    """The case of a setting: its input, parameters, state and cotangent drawn; eps and
+    momentum those the layer holds (:func:`held_setting`, given its ``capabilities``)."""
     shape, feature_axis, features = setting.shape, setting.feature_axis, setting.features
     x = draw(feature_values(shape, feature_axis, dtype, conditioning))
     params = draw(affine_parameters(features, dtype)) if setting.affine else None
@@ -414,17 +434,20 @@ def case_of(
             state = draw(zero_debiased_state(state, setting.rate, dtype))
     dy = round_to(draw(standard_values(shape, stream=1)), dtype)
     chosen: Layout = layout or "contiguous"
+    eps, momentum, rate = held_setting(
+        capabilities or Capabilities(), dialect, setting.eps, setting.rate
+    )
     config = LayerConfig(
         num_features=features,
         rank=setting.rank,
         feature_axis=feature_axis,
         dtype=dtype,
-        eps=setting.eps,
-        momentum=None if setting.rate is None else dialect.momentum_from_rate(setting.rate),
+        eps=eps,
+        momentum=momentum,
         affine=setting.affine,
         track_running_stats=setting.tracked,
     )
-    return Case(config, setting.rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)
+    return Case(config, rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)
 
 
 @st.composite
@@ -506,4 +529,12 @@ def cases(
         max_features=max_features,
     )
     setting = draw(settings(capabilities, dialect, wanted, menu))
-    return case_of(draw, setting, dialect, dtype, conditioning=conditioning, layout=layout)
+    return case_of(
+        draw,
+        setting,
+        dialect,
+        dtype,
+        conditioning=conditioning,
+        layout=layout,
+        capabilities=capabilities,
+    )

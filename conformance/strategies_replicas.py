@@ -161,7 +161,9 @@ def replica_cases(
         enough = [o for o in offered if o[1] >= smallest] or [max(offered, key=lambda o: o[1])]
         setting, k, most = draw(st.sampled_from(enough))
         k = max(k, smallest)
-    base = case_of(draw, setting, dialect, dtype, conditioning=conditioning)
+    base = case_of(
+        draw, setting, dialect, dtype, conditioning=conditioning, capabilities=capabilities
+    )
     per_sample = base.x[0].size // base.config.num_features
     need = -(-2 // per_sample)  # samples for two values per feature
     if all_empty:

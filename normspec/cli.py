@@ -195,6 +195,7 @@ def exit_code(report: Any) -> int:
 def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
     """``--implementations``: built-in targets by name, or TARGET[@PROFILE] (default paper);
     PROFILE is a built-in profile's name or a profile file's path."""
+    from normspec.adapters.registry import looks_like_target
     from normspec.conformance.builtin import BUILTIN_TARGETS, BuiltinTarget, find_builtin
     from normspec.reference.dialects import ProfileError, profile
 
@@ -216,13 +217,13 @@ def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
                     builtin.target, profile_name, builtin.frameworks, builtin.label
                 )
             chosen.append(builtin)
-        elif ":" in target:
+        elif looks_like_target(target):
             chosen.append(BuiltinTarget(target, profile_name or "paper"))
         else:
             known = ", ".join(e.target for e in BUILTIN_TARGETS)
             raise UsageError(
                 f"unknown implementation {target!r}: a built-in one ({known}) or "
-                "package.module:attr[@PROFILE]"
+                "TARGET[@PROFILE] (package.module:attr, model.onnx#Node, onnxruntime(opset=9))"
             )
     return chosen
 

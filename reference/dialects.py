@@ -56,6 +56,7 @@ BUILTIN_NAMES: tuple[str, ...] = (
     "tf_keras_fused",
     "haiku",
     "equinox_batch",
+    "onnx",
 )
 
 

@@ -232,7 +232,12 @@ def train_output(ctx: CheckContext, data: Any) -> None:
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
 
-@check("bn.train.statistics", depends_on=("conv.io.shape_dtype",), applies=rate_allowed(1.0))
+@check(
+    "bn.train.statistics",
+    needs=("chosen_settings",),
+    depends_on=("conv.io.shape_dtype",),
+    applies=rate_allowed(1.0),
+)
 def train_statistics(ctx: CheckContext, data: Any) -> None:
     """Observed through the running statistics of a step with alpha = 1: mu_B, and var_B up to
     the estimator factor n / (n - 1), which is the business of bn.running.var, as the rate
@@ -283,9 +288,22 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
     ctx.expect(failures[0])
 
 
-@check("bn.train.affine", depends_on=("bn.train.output",))
+def _affine_applies(
+    caps: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+) -> str | None:
+    """bn.train.affine checks a fresh layer's parameters, or a layer without them."""
+    if caps.fresh_layers or caps.without_affine:
+        return None
+    note = caps.notes.get("fresh_layers", "it starts from no library's initial values")
+    return f"a layer always has affine parameters, and {note}"
+
+
+@check("bn.train.affine", depends_on=("bn.train.output",), applies=_affine_applies)
 def train_affine(ctx: CheckContext, data: Any) -> None:
-    fresh = not ctx.capabilities.without_affine or data.draw(st.booleans(), label="fresh layer")
+    caps = ctx.capabilities
+    fresh = caps.fresh_layers and (
+        not caps.without_affine or data.draw(st.booleans(), label="fresh layer")
+    )
     case = ctx.draw_case(data, affine=fresh)
     if fresh:
         ctx.notes["parameters"] = "initial (not set)"
@@ -301,7 +319,7 @@ def _with_params(case: BatchNormCase, params: tuple[Array, Array]) -> BatchNormC
     return replace(case, params=params)
 
 
-@check("bn.running.initial", training=False)
+@check("bn.running.initial", needs=("fresh_layers",), training=False)
 def running_initial(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     layer = ctx.build(case, set_parameters=False, set_state=False)

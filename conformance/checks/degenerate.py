@@ -153,7 +153,7 @@ def invalid_momenta(dialect: Dialect) -> tuple[float, ...]:
     return (*INVALID_RATES, *dialect.excluded_momenta())
 
 
-@check("bn.params.invalid")
+@check("bn.params.invalid", needs=("chosen_settings",))
 def params_invalid(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     which = data.draw(st.sampled_from(["eps", "momentum"]), label="invalid parameter")
@@ -174,7 +174,7 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
     ctx.require(raised, f"{which}={value!r} was accepted without an error")
 
 
-@check("bn.params.no_nan_state")
+@check("bn.params.no_nan_state", needs=("chosen_settings",))
 def params_no_nan_state(ctx: CheckContext, data: Any) -> None:
     case = ctx.draw_case(data)
     eps = data.draw(st.sampled_from([case.config.eps, *INVALID_EPS]), label="eps")

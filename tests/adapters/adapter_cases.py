@@ -10,6 +10,7 @@ modules that targets name (``thirdparty_bn:ThirdPartyBatchNorm2d``) live.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from normspec.adapters import Implementation, LayerConfig
+from normspec.adapters import Capabilities, Implementation, LayerConfig
 from normspec.reference import RunningStatistics, batch_statistics
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -53,13 +54,15 @@ def agree(
     inference_tol: float | None = None,
     rounded_statistics: bool = False,
     steps: bool = False,
+    gradients: bool = True,
 ) -> None:
     """Train step, state, inference and both vjps of ``impl`` against ``reference``.
 
     ``statistics_tol``: the running statistics' tolerance, ``inference_tol``: that of the
     inference output and vjp (both ``tol`` if not given). ``rounded_statistics``: widen the
     inference scales by the rounding of the running statistics themselves (float32
-    statistics in a float64 layer). ``steps``: compare the step counters too. Without
+    statistics in a float64 layer). ``steps``: compare the step counters too; ``gradients``:
+    compare the vjps (an implementation without backward has none). Without
     ``track_running_stats`` the layer must have no state and infers with batch statistics.
     The state is set before every call that reads it (after a vjp it is unspecified).
     """
@@ -104,6 +107,8 @@ def agree(
     infer_scale = (1 + gamma * s_infer * (x_max + 3) + beta) * rounding
     close(ours.infer(case.x), theirs.infer(case.x), infer_scale, "inference y", i_tol)
 
+    if not gradients:
+        return
     for training, s in ((True, s_batch), (False, s_infer)):
         mode = "train" if training else "inference"
         mode_tol = tol if training else i_tol
@@ -120,7 +125,7 @@ def agree(
 
 
 @st.composite
-def float64_cases(draw: st.DrawFn) -> Case:
+def float64_cases_few_shapes(draw: st.DrawFn) -> Case:
     """Float64 cases from small sets of shapes and configurations (features first or last,
     with and without affine parameters, state at step 0), so that the compilations of a JAX
     adapter are shared."""
@@ -166,3 +171,63 @@ def torch_layout_config(rank: int = 4, dtype: Any = "float64", **changes: Any) -
         "momentum": 0.1,
     }
     return LayerConfig(**{**options, **changes})
+
+
+def layout_view(draw: st.DrawFn, array: np.ndarray) -> np.ndarray:
+    """``array`` as a contiguous, strided, Fortran-ordered or channels-last view."""
+    layout = draw(st.sampled_from(["contiguous", "strided", "fortran", "channels_last"]))
+    if layout == "strided":
+        wide = np.zeros((2 * array.shape[0], *array.shape[1:]))
+        wide[::2] = array
+        strided: np.ndarray = wide[::2]
+        return strided
+    if layout == "fortran":
+        return np.asfortranarray(array)
+    if layout == "channels_last" and array.ndim >= 3:
+        order = (0, *range(2, array.ndim), 1)
+        back = (0, array.ndim - 1, *range(1, array.ndim - 1))
+        channels_last: np.ndarray = np.ascontiguousarray(array.transpose(order)).transpose(back)
+        return channels_last
+    return array
+
+
+@st.composite
+def float64_cases(
+    draw: st.DrawFn,
+    caps: Capabilities,
+    eps: Sequence[float] = (1e-5, 1e-3, 0.5),
+    momenta: Sequence[float] = (0.0, 0.1, 0.5, 1.0),
+) -> Case:
+    """A float64 case at the features-first axis in the capabilities' ranks, its layouts
+    drawn (:func:`layout_view`); momentum ``None`` too with the cumulative average, affine
+    and tracking drawn where both are supported."""
+    rank = draw(st.sampled_from(sorted(caps.ranks)))
+    features = draw(st.integers(1, 4))
+    spatial = draw(st.lists(st.integers(1, 3), min_size=rank - 2, max_size=rank - 2))
+    shape = (draw(st.integers(2, 5)), features, *spatial)
+    values = st.floats(-8.0, 8.0, allow_subnormal=False)
+    momentum: list[float | None] = [*momenta, *([None] if caps.cumulative_average else [])]
+    config = LayerConfig(
+        num_features=features,
+        rank=rank,
+        feature_axis=1,
+        dtype="float64",
+        eps=draw(st.sampled_from(eps)),
+        momentum=draw(st.sampled_from(momentum)),
+        affine=draw(st.booleans()) if caps.without_affine else True,
+        track_running_stats=draw(st.booleans()) if caps.untracked else True,
+    )
+    vector = arrays(np.float64, (features,), elements=st.floats(-3.0, 3.0))
+    state = RunningStatistics(
+        draw(vector),
+        draw(arrays(np.float64, (features,), elements=st.floats(0.0, 4.0))),
+        draw(st.integers(0, 6)),
+    )
+    return Case(
+        config=config,
+        x=layout_view(draw, draw(arrays(np.float64, shape, elements=values))),
+        dy=layout_view(draw, draw(arrays(np.float64, shape, elements=values))),
+        gamma=draw(vector),
+        beta=draw(vector),
+        state=state,
+    )

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 
 pytest.importorskip("haiku")
 import haiku as hk
-from adapter_cases import Case, agree, float64_cases
+from adapter_cases import Case, agree, float64_cases_few_shapes
 
 from normspec.adapters import Implementation, LayerConfig
 from normspec.adapters.haiku_module import HaikuImplementation
@@ -47,7 +47,7 @@ def test_agrees_with_the_reference_in_float64(target: str) -> None:
     reference = ReferenceImplementation("flax")
 
     @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(float64_cases())
+    @given(float64_cases_few_shapes())
     def run(case: Case) -> None:
         agree(impl, reference, case, TOLERANCE)
 
