@@ -577,9 +577,9 @@ def identify(
     ghost = Finding("ghost_batches", "supported" if capabilities.ghost_batches else "no")
     ghost.evidence.append("as the adapter declares (not probed)")
     findings += [renorm, ghost]
-    candidates = dict(PROFILES)
-    if also is not None:
-        candidates[also.name] = also
+    # The profile the user gave comes first: among equal matches, it is the one to recommend.
+    candidates = {also.name: also} if also is not None else {}
+    candidates.update((name, d) for name, d in PROFILES.items() if name not in candidates)
     profiles, closest = match_profiles(findings, candidates)
     return Identification(
         target=target,

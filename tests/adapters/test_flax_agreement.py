@@ -39,6 +39,8 @@ TARGETS = [
 ]
 #: Targets whose running statistics are float32 in a float64 layer.
 FLOAT32_STATISTICS = {"flax.nnx", "flax.nnx.two_pass"}
+#: Targets whose batch variance is ``E[x^2] - E[x]^2`` (flax's default fast variance).
+RAW_MOMENTS = {"flax.linen", "flax.nnx"}
 TOLERANCE = 1e-12
 FLOAT32_TOLERANCE = 2.0**-22
 

@@ -23,10 +23,18 @@ from normspec.reference.dialects import profile
 GALLERY_PROFILE = Path(__file__).parents[1] / "gallery" / "zero_debiased.toml"
 FIXTURE = """import sys
 sys.path.insert(0, {tests!r})
-from gallery.base import ZeroDebiasedNumpyBatchNorm
+from gallery.base import NumpyBatchNorm, ZeroDebiasedNumpyBatchNorm
 from gallery.bugs import ZeroDebiasedPowerOffByOne
 impl = ZeroDebiasedNumpyBatchNorm()
 buggy = ZeroDebiasedPowerOffByOne()
+
+
+# zero-debiased averages of the unbiased variance: a dialect no built-in profile has
+class UnbiasedZeroDebiased(ZeroDebiasedNumpyBatchNorm):
+    running_variance = NumpyBatchNorm.running_variance
+
+
+unbiased = UnbiasedZeroDebiased()
 """
 
 
@@ -128,33 +136,36 @@ def test_report_checks_target_at_file_and_names_the_file(
 def test_identify_writes_the_profile_no_builtin_one_has(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The fixture's dialect (zero-debiased, decay in [0, 1)) is no built-in profile's:
-    identify writes ./normspec-profile.toml, which the fixture then passes under, keeps an
-    existing file, and writes elsewhere (JSON too) when told."""
-    assert main(["identify", "zd_fixture:impl"]) == 0
+    """The fixture's dialect (zero-debiased averages of the unbiased variance, decay in
+    [0, 1)) is no built-in profile's: identify writes ./normspec-profile.toml, which the
+    fixture then passes under, keeps an existing file, and writes elsewhere (JSON too) when
+    told."""
+    assert main(["identify", "zd_fixture:unbiased"]) == 0
     out = capsys.readouterr().out
     assert "running_average: zero_debiased" in out and "momentum_domain: [0, 1)" in out
-    assert "no profile matches; the closest: keras (differs in running_average" in out
+    assert "running_variance: unbiased" in out
+    assert "no profile matches; the closest: haiku (differs in running_variance)" in out
     assert (
-        "wrote the profile it measured to normspec-profile.toml (profile zd_fixture.impl): check "
-        "it with: normspec check zd_fixture:impl --profile normspec-profile.toml"
+        "wrote the profile it measured to normspec-profile.toml (profile zd_fixture.unbiased): "
+        "check it with: normspec check zd_fixture:unbiased --profile normspec-profile.toml"
     ) in out
     written = profile("normspec-profile.toml")
     expected = profile("zd.toml")
-    for parameter in ("update_rate", "running_variance", "running_average", "momentum_domain"):
+    assert written.running_variance == "unbiased"
+    for parameter in ("update_rate", "running_average", "momentum_domain"):
         assert getattr(written, parameter) == getattr(expected, parameter), parameter
     assert (written.renorm, written.ghost, written.cumulative_average) == (None, None, False)
     text = (workdir / "normspec-profile.toml").read_text()
     assert 'running_average = "zero_debiased"  # measured' in text
-    assert "default_eps = 0.001  # not measured: keras's" in text
-    check = ["check", "zd_fixture:impl", "--profile", "normspec-profile.toml", "--clauses", "bn.*"]
+    assert "default_eps = 1e-05  # not measured: haiku's" in text
+    check = ["check", "zd_fixture:unbiased", "--profile", "normspec-profile.toml", "--clauses", "bn.*"]
     assert main([*check, "--max-examples", "8"]) == 0
     capsys.readouterr()
     (workdir / "normspec-profile.toml").write_text("# mine\n")
-    assert main(["identify", "zd_fixture:impl"]) == 0
+    assert main(["identify", "zd_fixture:unbiased"]) == 0
     assert "normspec-profile.toml exists: not overwritten" in capsys.readouterr().out
     assert (workdir / "normspec-profile.toml").read_text() == "# mine\n"
-    assert main(["identify", "zd_fixture:impl", "--write-profile", "p.json", "--json"]) == 0
+    assert main(["identify", "zd_fixture:unbiased", "--write-profile", "p.json", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["matching_profiles"] == [] and "p.json" in document["profile_file"]
     assert profile("p.json").running_average == "zero_debiased"
@@ -165,6 +176,6 @@ def test_identify_matches_the_profile_file_it_is_given(
 ) -> None:
     assert main(["identify", "zd_fixture:impl", "--profile", "zd.toml"]) == 0
     out = capsys.readouterr().out
-    assert "matching profiles: gallery_zero_debiased" in out
+    assert "matching profiles: gallery_zero_debiased, haiku, equinox_batch" in out
     assert "check it with: normspec check zd_fixture:impl --profile zd.toml" in out
     assert not (workdir / "normspec-profile.toml").exists()
