@@ -21,63 +21,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from normspec.adapters._quiet import quiet_startup
+from normspec.adapters.declarations import Adapters, collected
 from normspec.adapters.protocol import Implementation
 
-#: (framework module that must be loaded, "module:function" of the recogniser).
-#: A recogniser takes (object, profile name) and returns an Implementation or None; one that
-#: builds classes with the target's constructor arguments also takes ``arguments``.
-RECOGNISERS: list[tuple[str, str]] = [
-    ("torch", "normspec.adapters.torch_distributed:recognise"),
-    ("torch", "normspec.adapters.torch_module:recognise"),
-    ("keras", "normspec.adapters.keras_layer:recognise"),
-    ("tf_keras", "normspec.adapters.keras_layer:recognise"),
-    ("flax", "normspec.adapters.flax_linen:recognise"),
-    ("flax", "normspec.adapters.flax_nnx:recognise"),
-    # issue 13, haiku and equinox (to move into their adapter modules with the others)
-    ("haiku", "normspec.adapters.haiku_module:recognise"),
-    ("equinox", "normspec.adapters.equinox_module:recognise"),
-    # end of issue 13, haiku and equinox
-    ("jax", "normspec.adapters.jax_functional:recognise"),
-]
+#: What the adapter packages declare (:mod:`normspec.adapters.declarations`).
+DECLARED: Adapters = collected()
 
-#: (framework module, "module:function"): why an object of that framework is recognised by
-#: none of its recognisers, and what to do (``None``: not its framework's), for the error.
-EXPLAINERS: list[tuple[str, str]] = [
-    ("torch", "normspec.adapters.torch_module:explain"),
-]
-
-#: Short names for built-in targets.
-ALIASES: dict[str, str] = {
-    "reference": "normspec.adapters.reference:ReferenceImplementation",
-    "torch.functional": "normspec.adapters.torch_functional:FunctionalBatchNorm",
-    "keras": "normspec.adapters.keras_layer:keras_batchnorm",
-    "keras.renorm": "normspec.adapters.keras_layer:keras_renorm",
-    "tf_keras": "normspec.adapters.keras_layer:tf_keras_nonfused",
-    "tf_keras.nonfused": "normspec.adapters.keras_layer:tf_keras_nonfused",
-    "tf_keras.fused": "normspec.adapters.keras_layer:tf_keras_fused",
-    "tf_keras.renorm": "normspec.adapters.keras_layer:tf_keras_renorm",
-    "tf.nn": "normspec.adapters.tf_nn:BatchNormalizationFunctional",
-    "tf.nn.batch_normalization": "normspec.adapters.tf_nn:BatchNormalizationFunctional",
-    "tf.nn.fused_batch_norm": "normspec.adapters.tf_nn:FusedBatchNormFunctional",
-    "flax.linen": "normspec.adapters.flax_linen:linen_batchnorm",
-    "flax.linen.two_pass": "normspec.adapters.flax_linen:linen_batchnorm_two_pass",
-    "flax.nnx": "normspec.adapters.flax_nnx:nnx_batchnorm",
-    "flax.nnx.two_pass": "normspec.adapters.flax_nnx:nnx_batchnorm_two_pass",
-    # issue 13, haiku and equinox (to move into their adapter modules with the others)
-    "haiku": "normspec.adapters.haiku_module:haiku_batchnorm",
-    "equinox": "normspec.adapters.equinox_module:equinox_batchnorm",
-    "equinox.ema": "normspec.adapters.equinox_module:equinox_batchnorm_ema",
-    # end of issue 13, haiku and equinox
-    # -- ONNX (normspec.adapters.onnx_op): BatchNormalization-15; onnxruntime(opset=9) --
-    "onnx.reference": "normspec.adapters.onnx_op:reference_evaluator",
-    "onnxruntime": "normspec.adapters.onnx_op:onnxruntime_cpu",
-}
-
-#: (file suffix, "module:function"): a target naming a file, ``path/model.onnx#Node``; the
-#: loader takes (the target's path, profile name, constructor arguments).
-FILE_TARGETS: list[tuple[str, str]] = [
-    (".onnx", "normspec.adapters.onnx_file:load_node"),  # ONNX (normspec.adapters.onnx_file)
-]
+#: Short names for built-in targets, and the factory (``"module:function"``) of each.
+ALIASES: dict[str, str] = {t.target: t.factory for t in DECLARED.targets if t.factory}
 
 
 class TargetError(ValueError):
@@ -138,10 +89,10 @@ def _takes_arguments(recogniser: Callable[..., Any]) -> bool:
 def _recognise(
     value: Any, profile: str, arguments: Mapping[str, Any] | None = None
 ) -> Implementation | None:
-    for framework, path in RECOGNISERS:
-        if framework not in sys.modules:
+    for declared in DECLARED.recognisers:
+        if declared.framework not in sys.modules:
             continue
-        recogniser: Callable[..., Implementation | None] = _import_attr(path)
+        recogniser: Callable[..., Implementation | None] = _import_attr(declared.function)
         if not arguments:
             found = recogniser(value, profile)
         elif _takes_arguments(recogniser):
@@ -154,9 +105,11 @@ def _recognise(
 
 
 def _explain(value: Any, arguments: Mapping[str, Any]) -> str | None:
-    for framework, path in EXPLAINERS:
-        if framework in sys.modules:
-            explainer: Callable[[Any, Mapping[str, Any]], str | None] = _import_attr(path)
+    for declared in DECLARED.explainers:
+        if declared.framework in sys.modules:
+            explainer: Callable[[Any, Mapping[str, Any]], str | None] = _import_attr(
+                declared.function
+            )
             found = explainer(value, arguments)
             if found is not None:
                 return found
@@ -200,7 +153,7 @@ def _built_in(target: str, path: str, profile: str, arguments: Mapping[str, Any]
 def _file_target(target: str, path: str, profile: str, arguments: Mapping[str, Any]) -> Any:
     """The implementation a file target makes (``path/model.onnx#Node``), or ``None``."""
     location = path.partition("#")[0]
-    for suffix, loader_path in FILE_TARGETS:
+    for suffix, loader_path in DECLARED.file_loaders:
         if location.endswith(suffix):
             loader: Callable[..., Implementation] = _import_attr(loader_path)
             try:
@@ -214,7 +167,11 @@ def looks_like_target(target: str) -> bool:
     """Whether ``target`` has a target's form: ``package.module:attr``, an alias, or a file."""
     path = parse_target(target)[0]
     location = path.partition("#")[0]
-    return ":" in path or path in ALIASES or location.endswith(tuple(s for s, _ in FILE_TARGETS))
+    return (
+        ":" in path
+        or path in ALIASES
+        or location.endswith(tuple(s for s, _ in DECLARED.file_loaders))
+    )
 
 
 def load_target(target: str, profile: str) -> Implementation:

@@ -34,7 +34,7 @@ LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """One cold check in this process: its figures."""
-    from normspec import jax_devices
+    from normspec.adapters.jax import devices as jax_devices
 
     jax_devices.enable()  # the sync.* clauses' devices, as the command line asks for them
     from jax import monitoring

@@ -6,7 +6,7 @@
 Targets default to the built-in TF targets, each under the profile it claims. For each:
 wall and CPU seconds of the check (the TF import and the capability probes are timed
 apart), examples checked, examples per second, the traces of the adapters' ``tf.function``
-wrappers (:data:`normspec.adapters._tf.TRACES`) and the outcome counts. ``--compiled``
+wrappers (:data:`normspec.adapters.tensorflow._tf.TRACES`) and the outcome counts. ``--compiled``
 also runs the Keras targets with each layer called through ``tf.function`` (one trace per
 layer and mode) to compare with the default eager calls. Failing clauses cost their
 shrinking time too: compare runs with the same outcomes.
@@ -36,9 +36,9 @@ def _clock() -> tuple[float, float]:
 
 
 def measure(target: str, profile: str, options: argparse.Namespace, compiled: bool) -> str:
-    from normspec.adapters import _tf
-    from normspec.adapters.keras_layer import KerasImplementation
+    from normspec.adapters.keras.keras_layer import KerasImplementation
     from normspec.adapters.registry import load_target
+    from normspec.adapters.tensorflow import _tf
     from normspec.conformance.runner import CheckOptions, check_implementation
 
     wall, cpu = _clock()
@@ -76,7 +76,7 @@ def main() -> None:
     options = parser.parse_args()
 
     started = time.perf_counter()
-    from normspec.adapters import _tf  # noqa: F401  (imports TensorFlow and Keras)
+    from normspec.adapters.tensorflow import _tf  # noqa: F401  (imports TensorFlow and Keras)
 
     print(f"import of TensorFlow and Keras: {time.perf_counter() - started:.1f} s wall")
     print(

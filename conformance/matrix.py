@@ -29,10 +29,10 @@ from typing import Any, TextIO
 
 import normspec
 from normspec import spec
+from normspec.adapters.declarations import BuiltinTarget
 from normspec.adapters.protocol import Capabilities, Implementation
 from normspec.conformance.builtin import (
     PAPER,
-    BuiltinTarget,
     load_builtin,
     unavailable_reason,
 )

@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from normspec import compile_cache, jax_devices, spec, storage
+from normspec import spec, storage
+from normspec.adapters.jax import compile_cache
+from normspec.adapters.jax import devices as jax_devices
 
 EXIT_OK = 0
 EXIT_NOT_CONFORMANT = 1
@@ -195,8 +197,9 @@ def exit_code(report: Any) -> int:
 def _parse_implementations(items: Sequence[str] | None) -> list[Any]:
     """``--implementations``: built-in targets by name, or TARGET[@PROFILE] (default paper);
     PROFILE is a built-in profile's name or a profile file's path."""
+    from normspec.adapters.declarations import BuiltinTarget
     from normspec.adapters.registry import looks_like_target
-    from normspec.conformance.builtin import BUILTIN_TARGETS, BuiltinTarget, find_builtin
+    from normspec.conformance.builtin import BUILTIN_TARGETS, find_builtin
     from normspec.reference.dialects import ProfileError, profile
 
     if not items:

@@ -1,7 +1,7 @@
 """Where normspec keeps the files it writes besides its reports: ``~/.cache/normspec``.
 
 ``$XDG_CACHE_HOME/normspec`` (``~/.cache/normspec`` without XDG_CACHE_HOME) holds JAX's
-compiled programs (:mod:`normspec.compile_cache`) and Hypothesis's files. Hypothesis keeps
+compiled programs (:mod:`normspec.adapters.jax.compile_cache`) and Hypothesis's files. Hypothesis keeps
 its files (a cache of the constants it found in the source code it runs) in a
 ``.hypothesis/`` folder of the current directory unless told otherwise, so ``normspec
 check`` run in a user's project would leave one there: the command line points Hypothesis

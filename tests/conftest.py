@@ -9,9 +9,10 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
-from normspec import jax_devices, storage  # import no framework
+from normspec import storage
+from normspec.adapters.jax import devices as jax_devices  # imports no framework
 
-# The command line's persistent compilation cache (normspec.compile_cache) stays out of the
+# The command line's persistent compilation cache (normspec.adapters.jax.compile_cache) stays out of the
 # test runs: tests that run the CLI in-process must not write into the home directory.
 os.environ.setdefault("NORMSPEC_COMPILATION_CACHE", "off")
 # Nor Hypothesis's files (normspec.storage): they stay in the checkout's .hypothesis/.

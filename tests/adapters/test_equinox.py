@@ -23,7 +23,7 @@ from adapter_cases import Case, agree, float64_cases_few_shapes
 from hypothesis import strategies as st
 
 from normspec.adapters import Implementation, LayerConfig
-from normspec.adapters.equinox_module import EquinoxImplementation
+from normspec.adapters.jax.equinox_module import EquinoxImplementation
 from normspec.adapters.reference import ReferenceImplementation
 from normspec.adapters.registry import TargetError, _recognise, load_target
 from normspec.conformance.menu import DEFAULT_MENU_SIZE

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from normspec.adapters import ALL_DTYPES, DTypeName, WrongOutput
 from normspec.adapters._common import parameter_dtype_name
-from normspec.adapters._jax import (
+from normspec.adapters.jax._jax import (
     from_jax,
     jax_dtype,
     leaf,

@@ -23,7 +23,7 @@ from thirdparty_flax_bn import (
     _validate,
 )
 
-from normspec.adapters.flax_linen import FlaxLinenImplementation
+from normspec.adapters.jax.flax_linen import FlaxLinenImplementation
 from normspec.conformance.menu import DEFAULT_MENU_SIZE
 from normspec.conformance.runner import CheckOptions, check_implementation
 

@@ -24,9 +24,9 @@ from flax import linen as nn
 from flax import nnx
 
 from normspec.adapters import Implementation, LayerConfig, UnsupportedConfig
-from normspec.adapters.flax_linen import FlaxLinenImplementation
-from normspec.adapters.flax_nnx import FlaxNnxImplementation
-from normspec.adapters.jax_functional import JaxFunctionalImplementation, recognise
+from normspec.adapters.jax.flax_linen import FlaxLinenImplementation
+from normspec.adapters.jax.flax_nnx import FlaxNnxImplementation
+from normspec.adapters.jax.functional import JaxFunctionalImplementation, recognise
 from normspec.adapters.registry import TargetError, load_target
 from normspec.reference import RunningStatistics
 

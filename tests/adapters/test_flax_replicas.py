@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from normspec import jax_devices
 from normspec.adapters import LayerConfig, UnsupportedConfig
-from normspec.adapters._jax import replica_devices_missing
-from normspec.adapters.flax_linen import FlaxLinenImplementation, linen_batchnorm
-from normspec.adapters.flax_nnx import nnx_batchnorm
+from normspec.adapters.jax import devices as jax_devices
+from normspec.adapters.jax._jax import replica_devices_missing
+from normspec.adapters.jax.flax_linen import FlaxLinenImplementation, linen_batchnorm
+from normspec.adapters.jax.flax_nnx import nnx_batchnorm
 from normspec.adapters.registry import load_target
 from normspec.conformance.runner import CheckOptions, check_implementation
 from normspec.reference import RunningStatistics

@@ -21,7 +21,7 @@ import haiku as hk
 from adapter_cases import Case, agree, float64_cases_few_shapes
 
 from normspec.adapters import Implementation, LayerConfig
-from normspec.adapters.haiku_module import HaikuImplementation
+from normspec.adapters.jax.haiku_module import HaikuImplementation
 from normspec.adapters.reference import ReferenceImplementation
 from normspec.adapters.registry import TargetError, _recognise, load_target
 from normspec.conformance.menu import DEFAULT_MENU_SIZE

@@ -24,7 +24,7 @@ from adapter_cases import FIXTURES  # noqa: F401  (puts tests/fixtures on sys.pa
 from onnx import TensorProto, helper, numpy_helper
 
 from normspec.adapters import Capabilities
-from normspec.adapters.onnx_op import OnnxBatchNormalization, onnxruntime_cpu
+from normspec.adapters.onnx.op import OnnxBatchNormalization, onnxruntime_cpu
 from normspec.adapters.registry import TargetError, load_target
 from normspec.cli import main
 from normspec.conformance.builtin import find_builtin

@@ -1,4 +1,4 @@
-"""The shared TensorFlow mechanism (adapters/_tf.py): dtypes, conversion, checks, tracing."""
+"""The shared TensorFlow mechanism (adapters/tensorflow/_tf.py): dtypes, conversion, checks, tracing."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ pytest.importorskip("tensorflow")
 
 from normspec.adapters import ALL_DTYPES, Capabilities, LayerConfig, UnsupportedConfig, WrongOutput
 from normspec.adapters._common import check_config, probe_dtypes
-from normspec.adapters._tf import (
+from normspec.adapters.tensorflow._tf import (
     Compiled,
     from_tf,
     parameter_dtype,

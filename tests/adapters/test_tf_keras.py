@@ -22,10 +22,10 @@ pytest.importorskip("tf_keras")
 from adapter_cases import Case, agree
 
 from normspec.adapters import Implementation, LayerConfig, UnsupportedConfig
-from normspec.adapters import keras_layer as kl
-from normspec.adapters._tf import tf
+from normspec.adapters.keras import keras_layer as kl
 from normspec.adapters.reference import ReferenceImplementation
 from normspec.adapters.registry import load_target
+from normspec.adapters.tensorflow._tf import tf
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.runner import CheckOptions, check_implementation
 from normspec.reference import RunningStatistics, batch_statistics

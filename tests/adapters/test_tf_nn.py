@@ -14,7 +14,10 @@ from test_tf_keras import TOLERANCE, cases
 from normspec.adapters import LayerConfig, UnsupportedConfig
 from normspec.adapters.reference import ReferenceImplementation
 from normspec.adapters.registry import load_target
-from normspec.adapters.tf_nn import BatchNormalizationFunctional, FusedBatchNormFunctional
+from normspec.adapters.tensorflow.tf_nn import (
+    BatchNormalizationFunctional,
+    FusedBatchNormFunctional,
+)
 from normspec.conformance.dtypes import round_to
 from normspec.reference import RunningStatistics, batch_statistics
 

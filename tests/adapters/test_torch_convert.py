@@ -9,7 +9,7 @@ pytest.importorskip("torch")
 import torch
 
 from normspec.adapters import ALL_DTYPES, DTypeName, LayerConfig, WrongOutput
-from normspec.adapters._torch import (
+from normspec.adapters.torch._torch import (
     BatchNormTensors,
     TorchLayer,
     differentiable,

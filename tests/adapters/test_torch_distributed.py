@@ -1,4 +1,4 @@
-"""Synchronized torch modules on K processes (adapters/torch_distributed.py; sync.*).
+"""Synchronized torch modules on K processes (adapters/torch/distributed.py; sync.*).
 
 One pool of worker processes (gloo, this machine) serves the whole module: it is started
 once, by the first replicated layer, and reused by every implementation here. The fixture
@@ -26,7 +26,7 @@ if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
 
 from normspec.adapters.protocol import Implementation, LayerConfig, ReplicatedImplementation
 from normspec.adapters.registry import load_target
-from normspec.adapters.torch_distributed import (
+from normspec.adapters.torch.distributed import (
     DistributedTorchImplementation,
     ReplicaCrashed,
     shared_pool,

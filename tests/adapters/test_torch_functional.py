@@ -13,7 +13,7 @@ from adapter_cases import torch_layout_config
 
 from normspec.adapters import UnsupportedConfig
 from normspec.adapters.registry import load_target
-from normspec.adapters.torch_functional import FunctionalBatchNorm, FunctionalLayer
+from normspec.adapters.torch.functional import FunctionalBatchNorm, FunctionalLayer
 from normspec.conformance.dtypes import round_to
 from normspec.reference import RunningStatistics
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from normspec.adapters import Layer, UnsupportedConfig, WrongOutput
 from normspec.adapters.registry import TargetError, load_target
-from normspec.adapters.torch_module import (
+from normspec.adapters.torch.module import (
     TorchModuleImplementation,
     TorchModuleLayer,
     recognise,

@@ -15,8 +15,8 @@ from torch import nn
 
 from normspec.adapters import DTypeName, LayerConfig
 from normspec.adapters.protocol import SecondOrderLayer
-from normspec.adapters.torch_functional import FunctionalBatchNorm
-from normspec.adapters.torch_module import TorchModuleImplementation
+from normspec.adapters.torch.functional import FunctionalBatchNorm
+from normspec.adapters.torch.module import TorchModuleImplementation
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.runner import CheckOptions, check_implementation
 from normspec.conformance.tolerance import Precision, second_order_bounds

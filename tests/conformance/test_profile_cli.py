@@ -158,7 +158,14 @@ def test_identify_writes_the_profile_no_builtin_one_has(
     text = (workdir / "normspec-profile.toml").read_text()
     assert 'running_average = "zero_debiased"  # measured' in text
     assert "default_eps = 1e-05  # not measured: haiku's" in text
-    check = ["check", "zd_fixture:unbiased", "--profile", "normspec-profile.toml", "--clauses", "bn.*"]
+    check = [
+        "check",
+        "zd_fixture:unbiased",
+        "--profile",
+        "normspec-profile.toml",
+        "--clauses",
+        "bn.*",
+    ]
     assert main([*check, "--max-examples", "8"]) == 0
     capsys.readouterr()
     (workdir / "normspec-profile.toml").write_text("# mine\n")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from normspec.adapters.declarations import BuiltinTarget
 from normspec.cli import main
-from normspec.conformance.builtin import BUILTIN_TARGETS, BuiltinTarget, missing_frameworks
+from normspec.conformance.builtin import BUILTIN_TARGETS, missing_frameworks
 from normspec.conformance.report_json import schema
 
 #: Clauses whose verdicts differ between the targets: pass, fail (flax's empty batch), a

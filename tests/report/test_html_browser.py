@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from normspec.conformance.builtin import BuiltinTarget
+from normspec.adapters.declarations import BuiltinTarget
 from normspec.conformance.matrix import MatrixOptions, run_matrix, write_matrix
 
 CHROMIUM = next(

@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 from report_fakes import PAYLOAD
 
+from normspec.adapters.declarations import BuiltinTarget
 from normspec.cli import main
 from normspec.conformance import matrix as matrix_module
-from normspec.conformance.builtin import BUILTIN_TARGETS, BuiltinTarget, unavailable_reason
+from normspec.conformance.builtin import BUILTIN_TARGETS, unavailable_reason
 from normspec.conformance.deviations import load_deviations
 from normspec.conformance.matrix import (
     MatrixOptions,

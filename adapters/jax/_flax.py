@@ -2,7 +2,7 @@
 
 ``flax_linen`` and ``flax_nnx`` differ in how a module is told its arguments (dataclass
 fields or constructor keywords), how it is recognised, and how it runs as pure functions
-(:class:`normspec.adapters._jax.JaxProgram`); everything else is here.
+(:class:`normspec.adapters.jax._jax.JaxProgram`); everything else is here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import flax
 
 from normspec.adapters._common import ParameterPolicy
-from normspec.adapters._jax import (
+from normspec.adapters.jax._jax import (
     BIAS,
     FLAX_NOTES,
     MEAN,
@@ -72,9 +72,9 @@ class FlaxImplementation(JaxImplementation):
     class is recognised, which arguments it accepts, and how its program is made.
 
     A class that takes ``axis_name`` is also checked synchronized (sync.*): on K devices
-    with ``axis_name`` the mesh axis (:class:`~normspec.adapters._jax.ShardedProgram`), with
+    with ``axis_name`` the mesh axis (:class:`~normspec.adapters.jax._jax.ShardedProgram`), with
     ``mask=`` where its ``__call__`` takes one (sync.train.mask), replicas of one batch size
-    otherwise (:class:`~normspec.adapters._jax.ReplicatedJaxLayer`).
+    otherwise (:class:`~normspec.adapters.jax._jax.ReplicatedJaxLayer`).
     """
 
     #: What a recognised class must offer, for the error on one that does not.
@@ -146,7 +146,7 @@ class FlaxImplementation(JaxImplementation):
 
     @classmethod
     def recognise(cls, obj: object, profile: str) -> FlaxImplementation | None:
-        """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``."""
+        """The recogniser this package declares (``ADAPTERS``)."""
         if not isinstance(obj, type) or not cls.recognisable(obj):
             return None
         return cls(obj, profile)

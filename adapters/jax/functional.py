@@ -42,7 +42,7 @@ from typing import Any
 
 import jax
 
-from normspec.adapters._jax import (
+from normspec.adapters.jax._jax import (
     BIAS,
     MEAN,
     SCALE,
@@ -194,7 +194,7 @@ class JaxFunctionalImplementation(JaxImplementation):
 
 
 def recognise(obj: object, profile: str) -> JaxFunctionalImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``.
+    """The recogniser this package declares (``ADAPTERS``).
 
     Besides the signatures, ``init(2, dtype=float32)`` must return ``(params, state)``
     holding ``scale``, ``bias`` and ``mean``, ``var``.

@@ -29,8 +29,8 @@ from typing import Any
 import jax
 from flax import nnx
 
-from normspec.adapters._flax import FlaxImplementation
-from normspec.adapters._jax import (
+from normspec.adapters.jax._flax import FlaxImplementation
+from normspec.adapters.jax._jax import (
     JaxProgram,
     Tree,
     abstract,
@@ -181,5 +181,5 @@ def nnx_batchnorm_two_pass(profile: str = "flax") -> FlaxNnxImplementation:
     return FlaxNnxImplementation(profile=profile, use_fast_variance=False)
 
 
-#: The recogniser named in ``normspec.adapters.registry.RECOGNISERS``.
+#: The recogniser this package declares (``ADAPTERS``).
 recognise = FlaxNnxImplementation.recognise

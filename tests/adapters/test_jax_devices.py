@@ -1,6 +1,6 @@
-"""normspec.jax_devices: the command line asks XLA for four host devices (sync.*)."""
+"""normspec.adapters.jax.devices: the command line asks XLA for four host devices (sync.*)."""
 
-from normspec import jax_devices
+from normspec.adapters.jax import devices as jax_devices
 
 
 def test_the_flag_is_added_to_the_users_own() -> None:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from normspec.adapters._common import ParameterPolicy
-from normspec.adapters._torch import BatchNormTensors, TorchImplementation, TorchLayer
 from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.torch._torch import BatchNormTensors, TorchImplementation, TorchLayer
 
 
 class FunctionalLayer(TorchLayer):
@@ -57,7 +57,7 @@ class FunctionalBatchNorm(TorchImplementation):
     """``normspec check torch.functional --profile torch``: ``F.batch_norm`` under test.
 
     ``device`` defaults to ``$NORMSPEC_TORCH_DEVICE`` or the CPU; ``parameters`` as for
-    :class:`normspec.adapters.torch_module.TorchModuleImplementation`.
+    :class:`normspec.adapters.torch.module.TorchModuleImplementation`.
     """
 
     def __init__(

@@ -1,10 +1,10 @@
-"""normspec.compile_cache: when the command line turns JAX's persistent cache on, and where."""
+"""normspec.adapters.jax.compile_cache: when the command line turns JAX's persistent cache on, and where."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from normspec import compile_cache
+from normspec.adapters.jax import compile_cache
 
 
 def test_the_default_directory_is_under_the_xdg_cache() -> None:

@@ -1,6 +1,6 @@
 """What the JAX adapters share: dtypes and x64 mode, conversion, variable trees, the layer.
 
-Imported only by the JAX adapters (``flax_linen``, ``flax_nnx``, ``jax_functional``,
+Imported only by the JAX adapters (``flax_linen``, ``flax_nnx``, ``functional``,
 ``haiku_module``, ``equinox_module``), never by normspec at start-up. An adapter specialises :class:`JaxProgram` (one configured layer
 as pure functions over a parameter tree and a statistics tree) and
 :class:`JaxImplementation` (what it supports, how a program is made); conversion, output
@@ -34,7 +34,7 @@ would hold them.
 :class:`ShardedProgram` runs its training step and vjp under ``shard_map`` over a 1-d mesh
 of the first K devices whose axis is the module's ``axis_name``, each replica's batch on
 its own device (the CPU has several when ``XLA_FLAGS`` asks for them:
-:mod:`normspec.jax_devices`). Every device takes a block of one shape: replicas of
+:mod:`normspec.adapters.jax.devices`). Every device takes a block of one shape: replicas of
 different batch sizes run only with masks, padded (:class:`ReplicatedJaxLayer`).
 """
 
@@ -54,7 +54,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from normspec import jax_devices
 from normspec.adapters._common import (
     ParameterPolicy,
     check_config,
@@ -62,6 +61,7 @@ from normspec.adapters._common import (
     running_statistics,
 )
 from normspec.adapters.framework import ProbedImplementation
+from normspec.adapters.jax import devices as jax_devices
 from normspec.adapters.protocol import (
     Array,
     Capabilities,

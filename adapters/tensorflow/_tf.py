@@ -1,6 +1,6 @@
 """What the TensorFlow adapters share: dtypes, conversion, variables, gradients, tracing.
 
-Imported only by the TensorFlow adapters (``keras_layer``, ``tf_nn``), never by normspec at
+Imported only by the TensorFlow adapters (``keras.keras_layer``, ``tensorflow.tf_nn``), never by normspec at
 start-up. Importing it imports TensorFlow, which imports Keras 3: unless Keras is already
 loaded, ``KERAS_BACKEND`` is set to ``tensorflow`` first (the Keras adapters run on the
 TensorFlow backend), and TensorFlow's C++ log level to warnings (``TF_CPP_MIN_LOG_LEVEL``,

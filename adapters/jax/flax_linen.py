@@ -32,8 +32,8 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from normspec.adapters._flax import FlaxImplementation
-from normspec.adapters._jax import (
+from normspec.adapters.jax._flax import FlaxImplementation
+from normspec.adapters.jax._jax import (
     JaxProgram,
     Tree,
     probe_input,
@@ -149,5 +149,5 @@ def linen_batchnorm_two_pass(profile: str = "flax") -> FlaxLinenImplementation:
     return FlaxLinenImplementation(profile=profile, use_fast_variance=False)
 
 
-#: The recogniser named in ``normspec.adapters.registry.RECOGNISERS``.
+#: The recogniser this package declares (``ADAPTERS``).
 recognise = FlaxLinenImplementation.recognise

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from normspec.adapters._tf import (
+from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.tensorflow._tf import (
     BatchNormVariables,
     Compiled,
     TFImplementation,
@@ -44,7 +45,6 @@ from normspec.adapters._tf import (
     tf,
     tf_dtype,
 )
-from normspec.adapters.protocol import Capabilities, LayerConfig
 
 # -- tf.nn.batch_normalization --------------------------------------------------------------
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from normspec.adapters._common import running_statistics
-from normspec.adapters._jax import (
+from normspec.adapters.jax._jax import (
     BIAS,
     SCALE,
     JaxProgram,
@@ -50,7 +50,7 @@ from normspec.adapters._jax import (
     jax_dtype,
     vector_to_jax,
 )
-from normspec.adapters._jax_module import (
+from normspec.adapters.jax._module import (
     ModuleImplementation,
     constructor_parameters,
     takes_keywords,
@@ -241,7 +241,7 @@ def equinox_batchnorm_ema(profile: str = "flax") -> EquinoxImplementation:
     return EquinoxImplementation(profile=profile, arguments={"mode": "ema"})
 
 
-#: The recogniser named in ``normspec.adapters.registry.RECOGNISERS``.
+#: The recogniser this package declares (``ADAPTERS``).
 recognise = EquinoxImplementation.recognise
 
 __all__ = ["EquinoxImplementation", "equinox_batchnorm", "equinox_batchnorm_ema", "recognise"]

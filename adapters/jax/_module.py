@@ -8,7 +8,7 @@ Flax's separate ``param_dtype``). :class:`ModuleImplementation` is the implement
 around such a class: a user's class recognised by its constructor and by the variables an
 instance holds (its program builds without error), the target's other constructor
 arguments (``equinox.nn:BatchNorm(mode="batch")``), a warning naming those left at their
-defaults, one program per configuration (:class:`~normspec.adapters._jax.JaxImplementation`).
+defaults, one program per configuration (:class:`~normspec.adapters.jax._jax.JaxImplementation`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from normspec.adapters._jax import PROBE_CONFIG, JaxImplementation, JaxProgram
+from normspec.adapters.jax._jax import PROBE_CONFIG, JaxImplementation, JaxProgram
 from normspec.adapters.protocol import Capabilities, FeatureAxisPosition, LayerConfig
 
 #: What every haiku and equinox layer lacks, for the report's not-applicable reasons.
@@ -146,7 +146,7 @@ class ModuleImplementation(JaxImplementation):
     def recognise(
         cls, obj: object, profile: str, arguments: Mapping[str, Any] | None = None
     ) -> ModuleImplementation | None:
-        """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``; ``arguments``:
+        """The recogniser this package declares (``ADAPTERS``); ``arguments``:
         the target's constructor arguments (``ValueError`` for one normspec sets, on a
         class of this library only)."""
         if not isinstance(obj, type) or not cls.shaped_like_batchnorm(obj):

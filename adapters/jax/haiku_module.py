@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from normspec.adapters._common import running_statistics
-from normspec.adapters._jax import (
+from normspec.adapters.jax._jax import (
     BIAS,
     SCALE,
     JaxProgram,
@@ -51,7 +51,7 @@ from normspec.adapters._jax import (
     probe_input,
     vector_to_jax,
 )
-from normspec.adapters._jax_module import ModuleImplementation, takes_keywords
+from normspec.adapters.jax._module import ModuleImplementation, takes_keywords
 from normspec.adapters.protocol import Array, Capabilities, LayerConfig, WrongOutput
 from normspec.reference import RunningStatistics
 
@@ -308,7 +308,7 @@ def haiku_batchnorm(profile: str = "flax") -> HaikuImplementation:
     return HaikuImplementation(profile=profile)
 
 
-#: The recogniser named in ``normspec.adapters.registry.RECOGNISERS``.
+#: The recogniser this package declares (``ADAPTERS``).
 recognise = HaikuImplementation.recognise
 
 __all__ = ["HaikuImplementation", "haiku_batchnorm", "recognise"]

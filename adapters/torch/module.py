@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from normspec.adapters._common import ParameterPolicy
-from normspec.adapters._torch import BatchNormTensors, TorchImplementation, TorchLayer
 from normspec.adapters.protocol import Capabilities, LayerConfig, UnsupportedConfig
+from normspec.adapters.torch._torch import BatchNormTensors, TorchImplementation, TorchLayer
 
 #: The class attribute a third-party module may set to declare its input ranks.
 RANKS_ATTRIBUTE = "normspec_ranks"
@@ -446,7 +446,7 @@ class TorchModuleImplementation(TorchImplementation):
 def recognise(
     obj: object, profile: str, arguments: Mapping[str, Any] | None = None
 ) -> TorchModuleImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``; ``arguments``:
+    """The recogniser this package declares (``ADAPTERS``); ``arguments``:
     the target's constructor arguments."""
     if kind_of(obj, checked_arguments(arguments)) is None:
         return None

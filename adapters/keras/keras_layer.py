@@ -54,15 +54,6 @@ from typing import Any
 
 import numpy as np
 
-from normspec.adapters._tf import (
-    BatchNormVariables,
-    ParameterPolicy,
-    TFImplementation,
-    TFLayer,
-    read_variable,
-    tf,
-    write_variable,
-)
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
@@ -71,6 +62,15 @@ from normspec.adapters.protocol import (
     State,
     UnsupportedConfig,
     WrongOutput,
+)
+from normspec.adapters.tensorflow._tf import (
+    BatchNormVariables,
+    ParameterPolicy,
+    TFImplementation,
+    TFLayer,
+    read_variable,
+    tf,
+    write_variable,
 )
 from normspec.reference.dialects import PROFILES, Dialect, renorm_config
 from normspec.reference.renorm import RenormConfig, RenormStatistics
@@ -504,7 +504,7 @@ def _is_variable(value: object) -> bool:
 def recognise(
     obj: object, profile: str, arguments: Mapping[str, Any] | None = None
 ) -> KerasImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``; ``arguments``:
+    """The recogniser this package declares (``ADAPTERS``); ``arguments``:
     the target's constructor arguments."""
     if not recognisable(obj, arguments):
         return None
@@ -512,7 +512,7 @@ def recognise(
     return KerasImplementation(obj, profile, arguments=arguments)
 
 
-# -- the built-in targets (normspec.adapters.registry.ALIASES) ------------------------------
+# -- the built-in targets (declared in normspec.adapters.keras) ------------------------------
 
 _EVERY_RANK = frozenset(_ALL_RANKS)
 _AXES: tuple[FeatureAxisPosition, ...] = ("last", "first")

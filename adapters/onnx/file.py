@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from normspec.adapters.onnx_op import (
+from normspec.adapters.onnx.op import (
     DTYPE_OF_ELEMENT,
     BatchNormNode,
     OnnxBatchNormalization,
@@ -258,8 +258,8 @@ class OnnxFileNode(OnnxBatchNormalization):
 
 
 def load_node(path: str, profile: str, arguments: Mapping[str, Any]) -> OnnxFileNode:
-    """The target ``path/model.onnx#Node(eps=..., momentum=..., runtime=...)`` (registry
-    ``FILE_TARGETS``); ``ValueError`` for a file or node it cannot check."""
+    """The target ``path/model.onnx#Node(eps=..., momentum=..., runtime=...)`` (declared in
+    :mod:`normspec.adapters.onnx`); ``ValueError`` for a file or node it cannot check."""
     unknown = sorted(set(arguments) - set(ARGUMENTS))
     if unknown:
         raise ValueError(f"an ONNX node takes {', '.join(ARGUMENTS)}, not {', '.join(unknown)}")

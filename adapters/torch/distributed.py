@@ -2,7 +2,7 @@
 
 A module class with the constructor of ``torch.nn.SyncBatchNorm`` (BatchNorm's arguments
 and ``process_group``) is checked twice over: the ``bn.*`` clauses in this process, as
-:class:`~normspec.adapters.torch_module.TorchModuleImplementation` does (without a process
+:class:`~normspec.adapters.torch.module.TorchModuleImplementation` does (without a process
 group such a module is plain BatchNorm), and the ``sync.*`` clauses (replicas.md) on K
 replicas, one process each, synchronized by torch.distributed with the gloo backend on this
 machine (``MASTER_ADDR=127.0.0.1`` and a free port).
@@ -13,7 +13,7 @@ workers serves every replicated layer of every implementation in this process: t
 environment) join one process group and create the subgroups of the first K ranks for K =
 1 .. WORLD_SIZE once; a layer on K replicas is built on workers 0 .. K-1 with
 ``process_group=subgroup[K]``. Every worker (:class:`ReplicaHost`) holds a
-:class:`~normspec.adapters.torch_module.TorchModuleLayer` around its module and runs the
+:class:`~normspec.adapters.torch.module.TorchModuleLayer` around its module and runs the
 protocol's operations on it (conversion, output checks and state handling are that
 adapter's). A worker that crashes (:class:`ReplicaCrashed`, reported crashed), or replicas
 that do not answer in time (:class:`ReplicasHung`: a collective that never completes, reported
@@ -44,7 +44,6 @@ import torch.distributed as dist
 from torch import nn
 
 from normspec.adapters._common import ParameterPolicy
-from normspec.adapters._torch import parameter_dtype
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
@@ -52,7 +51,8 @@ from normspec.adapters.protocol import (
     State,
     UnsupportedConfig,
 )
-from normspec.adapters.torch_module import (
+from normspec.adapters.torch._torch import parameter_dtype
+from normspec.adapters.torch.module import (
     TorchModuleImplementation,
     TorchModuleLayer,
     _construct,
@@ -399,7 +399,7 @@ class DistributedTorchImplementation(TorchModuleImplementation):
 
 
 def recognise(obj: object, profile: str) -> DistributedTorchImplementation | None:
-    """The recogniser named in ``normspec.adapters.registry.RECOGNISERS``: a BatchNorm-like
+    """The recogniser this package declares (``ADAPTERS``): a BatchNorm-like
     module class whose constructor also takes ``process_group``."""
     if not (recognisable(obj) and isinstance(obj, type) and takes_process_group(obj)):
         return None

@@ -1,6 +1,6 @@
 """What the PyTorch adapters share: arrays and layouts, dtypes, devices, state, the layer.
 
-Imported only by the PyTorch adapters (``torch_module``, ``torch_functional``), never by
+Imported only by the PyTorch adapters (``module``, ``functional``, ``distributed``), never by
 normspec at start-up. An adapter specialises :class:`TorchLayer` (how one forward is called
 and where the tensors live) and :class:`TorchImplementation` (what it supports); everything
 else -- conversion, checking of outputs (conv.io.shape_dtype), state, gradients, the

@@ -1,0 +1,27 @@
+"""The PyTorch adapters: ``torch.nn`` modules (``module``), ``F.batch_norm`` (``functional``),
+synchronized modules on K processes (``distributed``). Declared here without importing
+torch (:mod:`normspec.adapters.declarations`)."""
+
+from normspec.adapters.declarations import Adapters, BuiltinTarget, Recogniser
+
+_HERE = "normspec.adapters.torch"
+
+ADAPTERS = Adapters(
+    targets=(
+        BuiltinTarget("torch.nn:BatchNorm2d", "torch", ("torch",)),
+        BuiltinTarget(
+            "torch.functional",
+            "torch",
+            ("torch",),
+            "torch.nn.functional.batch_norm",
+            factory=f"{_HERE}.functional:FunctionalBatchNorm",
+        ),
+        # its sync.* clauses run on K processes on GPUs, and are not applicable on the CPU
+        BuiltinTarget("torch.nn:SyncBatchNorm", "torch", ("torch",), "torch.nn.SyncBatchNorm"),
+    ),
+    recognisers=(
+        Recogniser("torch", f"{_HERE}.distributed:recognise"),
+        Recogniser("torch", f"{_HERE}.module:recognise"),
+    ),
+    explainers=(Recogniser("torch", f"{_HERE}.module:explain"),),
+)
