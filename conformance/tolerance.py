@@ -365,22 +365,41 @@ def second_order_bounds(
 
 @dataclass(frozen=True)
 class StateBounds:
+    """Elementwise bounds of a per-feature mean and spread."""
+
     mean: Array
     var: Array
 
 
+@dataclass(frozen=True)
+class Moments:
+    """A per-feature mean and spread (a variance, or renorm's moving standard deviation)."""
+
+    mean: Array
+    var: Array
+
+
+@dataclass(frozen=True)
+class StatisticsUpdate:
+    """One update of running (or moving) statistics, as the accuracy clauses bound it: the
+    batch ``x`` and its feature axis, the canonical rate ``alpha`` (the weight of the batch),
+    the statistics before it and those expected after it."""
+
+    x: Array
+    feature_axis: int
+    alpha: float
+    before: Moments
+    after: Moments
+
+
 def running_bounds(
-    precision: Precision,
-    x: Array,
-    feature_axis: int,
-    alpha: float,
-    unbiased: bool,
-    before_mean: Array,
-    before_var: Array,
-    after_mean: Array,
-    after_var: Array,
+    precision: Precision, update: StatisticsUpdate, *, unbiased: bool
 ) -> StateBounds:
-    """Bounds of bn.accuracy.running for one update with canonical rate ``alpha``."""
+    """Bounds of bn.accuracy.running for one ``update``; ``unbiased``: the running variance
+    moves towards the unbiased batch variance."""
+    x, feature_axis, alpha = update.x, update.feature_axis, update.alpha
+    before_mean, before_var = update.before.mean, update.before.var
+    after_mean, after_var = update.after.mean, update.after.var
     stats = batch_statistics(x, feature_axis)
     n = stats.count
     c = n / (n - 1) if unbiased and n > 1 else 1.0
@@ -741,16 +760,7 @@ def renorm_inference_backward_bounds(
 
 
 def renorm_moving_bounds(
-    precision: Precision,
-    x: Array,
-    feature_axis: int,
-    eps: float,
-    alpha: float,
-    average: str,
-    before_mean: Array,
-    before_spread: Array,
-    after_mean: Array,
-    after_spread: Array,
+    precision: Precision, update: StatisticsUpdate, *, eps: float, average: str
 ) -> StateBounds:
     """Bounds of renorm.accuracy.moving for one set of moving statistics and its rate.
 
@@ -758,20 +768,11 @@ def renorm_moving_bounds(
     ``average = "std"``, else a variance (the bound of bn.accuracy.running, biased or
     unbiased as ``average`` says).
     """
-    unbiased = average == "variance_unbiased"
-    running = running_bounds(
-        precision,
-        x,
-        feature_axis,
-        alpha,
-        unbiased,
-        before_mean,
-        before_spread,
-        after_mean,
-        after_spread,
-    )
+    running = running_bounds(precision, update, unbiased=average == "variance_unbiased")
     if average != "std":
         return running
+    x, feature_axis, alpha = update.x, update.feature_axis, update.alpha
+    before_spread, after_spread = update.before.var, update.after.var
     axis = feature_axis % x.ndim
     stats = batch_statistics(x, axis)
     n = stats.count

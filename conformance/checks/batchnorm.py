@@ -18,7 +18,9 @@ from normspec.conformance.dtypes import round_to
 from normspec.conformance.strategies import BatchNormCase, Case, standard_values
 from normspec.conformance.tolerance import (
     Debias,
+    Moments,
     StateBounds,
+    StatisticsUpdate,
     backward_bounds,
     compare,
     inference_output_bound,
@@ -135,17 +137,15 @@ def update_bounds(
     """bn.accuracy.running's bounds for one update of ``case.state`` from the batch ``x``
     to ``expected``."""
     assert case.state is not None
-    return running_bounds(
-        ctx.precision(case.config.dtype),
+    update = StatisticsUpdate(
         x,
         case.config.feature_axis,
-        reference.step_rate(case.state, case.rate),
-        ctx.dialect.running_variance == "unbiased",
-        case.state.mean,
-        case.state.var,
-        expected.mean,
-        expected.var,
+        alpha=reference.step_rate(case.state, case.rate),
+        before=Moments(case.state.mean, case.state.var),
+        after=Moments(expected.mean, expected.var),
     )
+    unbiased = ctx.dialect.running_variance == "unbiased"
+    return running_bounds(ctx.precision(case.config.dtype), update, unbiased=unbiased)
 
 
 def expect_running_update(
@@ -256,16 +256,15 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
     failures = []
     for estimator in ("biased", "unbiased"):
         expected_var = batch.var * factors[estimator]
-        bounds = running_bounds(
-            ctx.precision(case.config.dtype),
+        update = StatisticsUpdate(
             case.x,
             case.config.feature_axis,
-            1.0,
-            estimator == "unbiased",
-            case.state.mean,
-            case.state.var,
-            batch.mean,
-            expected_var,
+            alpha=1.0,
+            before=Moments(case.state.mean, case.state.var),
+            after=Moments(batch.mean, expected_var),
+        )
+        bounds = running_bounds(
+            ctx.precision(case.config.dtype), update, unbiased=estimator == "unbiased"
         )
         features = (case.config.num_features,)
         mean = compare(

@@ -32,6 +32,8 @@ from normspec.conformance.strategies import (
 )
 from normspec.conformance.tolerance import (
     Comparison,
+    Moments,
+    StatisticsUpdate,
     backward_bounds,
     compare,
     running_bounds,
@@ -177,17 +179,14 @@ def running(ctx: CheckContext, data: Any) -> None:
     mean_bound = np.zeros(cfg.num_features)
     var_bound = np.zeros(cfg.num_features)
     for rows in _rows(case, dialect.groups):
-        bounds = running_bounds(
-            ctx.precision(cfg.dtype),
+        update = StatisticsUpdate(
             case.x[rows],
             cfg.feature_axis,
-            case.rate,
-            estimator == "unbiased",
-            case.state.mean,
-            case.state.var,
-            expected.mean,
-            expected.var,
+            alpha=case.rate,
+            before=Moments(case.state.mean, case.state.var),
+            after=Moments(expected.mean, expected.var),
         )
+        bounds = running_bounds(ctx.precision(cfg.dtype), update, unbiased=estimator == "unbiased")
         mean_bound += bounds.mean
         var_bound += bounds.var
     features = (cfg.num_features,)

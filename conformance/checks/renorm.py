@@ -59,6 +59,8 @@ from normspec.conformance.strategies_renorm import (
     renorm_cases,
 )
 from normspec.conformance.tolerance import (
+    Moments,
+    StatisticsUpdate,
     compare,
     renorm_backward_bounds,
     renorm_inference_backward_bounds,
@@ -383,17 +385,15 @@ def expect_moving_update(
     features = (cfg.num_features,)
     dtype = case.config.dtype
     for name, b_mean, b_spread, e_mean, e_spread, a_mean, a_spread, alpha in sets:
-        bounds = renorm_moving_bounds(
-            ctx.precision(dtype),
+        update = StatisticsUpdate(
             case.x,
             cfg.feature_axis,
-            cfg.eps,
-            alpha,
-            cfg.average,
-            b_mean,
-            b_spread,
-            e_mean,
-            e_spread,
+            alpha=alpha,
+            before=Moments(b_mean, b_spread),
+            after=Moments(e_mean, e_spread),
+        )
+        bounds = renorm_moving_bounds(
+            ctx.precision(dtype), update, eps=cfg.eps, average=cfg.average
         )
         if "mean" in which:
             actual = ctx.shape_of(f"{name} mean", a_mean, features)

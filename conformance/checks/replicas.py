@@ -23,6 +23,8 @@ from normspec.conformance.checks.batchnorm import expect_state_kept, rate_allowe
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.strategies_replicas import ReplicaCase, replica_cases
 from normspec.conformance.tolerance import (
+    Moments,
+    StatisticsUpdate,
     backward_bounds,
     compare,
     running_bounds,
@@ -230,17 +232,14 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
         failures = []
         for unbiased in (False, True):
             expected_var = batch.var * (n / (n - 1) if unbiased and n > 1 else 1.0)
-            bounds = running_bounds(
-                ctx.precision(case.config.dtype),
+            update = StatisticsUpdate(
                 counted.x,
                 case.config.feature_axis,
-                1.0,
-                unbiased,
-                case.state.mean,
-                case.state.var,
-                batch.mean,
-                expected_var,
+                alpha=1.0,
+                before=Moments(case.state.mean, case.state.var),
+                after=Moments(batch.mean, expected_var),
             )
+            bounds = running_bounds(ctx.precision(case.config.dtype), update, unbiased=unbiased)
             found = [
                 compare(
                     f"running {name} of replica {k} (the global {stat})",
