@@ -41,14 +41,13 @@ from normspec.conformance.dtypes import Ulps
 from normspec.conformance.isolation import IsolatedImplementation, Isolation
 from normspec.conformance.report_json import json_safe, report_to_json, write_atomically
 from normspec.conformance.results import ClauseResult, Report
+from normspec.conformance.run_settings import OptionsError, RunSettings, shared_settings
 from normspec.conformance.runner import (
     CheckOptions,
-    OptionsError,
     check_implementation,
     environment,
     select_checks,
 )
-from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS
 from normspec.reference.dialects import Dialect, profile
 
 #: Examples per clause for ``normspec report`` (``normspec check`` uses 40): the report runs
@@ -60,21 +59,14 @@ OUTPUT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.
 
 
 @dataclass(frozen=True)
-class MatrixOptions:
-    """How each run of the matrix is checked."""
+class MatrixOptions(RunSettings):
+    """How each run of the matrix is checked: the run's settings (validated when built;
+    ``menu=None``: each implementation's default), whether each implementation is also
+    checked under the paper's semantics, and how its worker process is started (``None``:
+    in this process)."""
 
-    max_examples: int = DEFAULT_REPORT_MAX_EXAMPLES
-    seed: int = 0
-    dtypes: Sequence[str] | None = None
-    clauses: str | None = None
-    timeout: float = 60.0
-    shrink_seconds: float = DEFAULT_SHRINK_SECONDS
-    #: entries per dtype of the settings menu (conformance.menu); ``None``: each
-    #: implementation's default
-    menu: int | None = None
-    #: Also check each implementation under the paper's semantics.
+    max_examples: int | None = DEFAULT_REPORT_MAX_EXAMPLES
     paper: bool = True
-    #: how each implementation's worker process is started; ``None``: in this process
     isolation: Isolation | None = field(default_factory=Isolation)
 
 
@@ -453,15 +445,7 @@ def _run_one(
         progress.line(_progress_line(result, worst))
 
     check_options = CheckOptions(
-        profile=profile_name,
-        dtypes=options.dtypes,
-        clauses=options.clauses,
-        max_examples=options.max_examples,
-        seed=options.seed,
-        timeout=options.timeout,
-        target=entry.target,
-        shrink_seconds=options.shrink_seconds,
-        menu=options.menu,
+        **shared_settings(options), profile=profile_name, target=entry.target
     )
     recorder.take()
     try:

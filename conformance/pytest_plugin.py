@@ -161,8 +161,8 @@ class NormspecPlugin:
     """Everything the plugin does when ``--normspec-target`` is given."""
 
     def __init__(self, config: pytest.Config) -> None:
-        from normspec.adapters.protocol import ALL_DTYPES
-        from normspec.conformance.runner import OptionsError, select_checks
+        from normspec.conformance.run_settings import OptionsError, RunSettings
+        from normspec.conformance.runner import select_checks
         from normspec.reference.dialects import profile
 
         self.config = config
@@ -170,15 +170,10 @@ class NormspecPlugin:
         self.target: str = config.getoption("normspec_target")
         self.profile: str = config.getoption("normspec_profile")
         self.check_profile = CHECK_PROFILES[config.getoption("normspec_hypothesis_profile")]
+        dtype = config.getoption("normspec_dtype")
         self.max_examples: int = (
             config.getoption("normspec_max_examples") or self.check_profile.max_examples
         )
-        self.clauses: str | None = config.getoption("normspec_clauses")
-        dtype = config.getoption("normspec_dtype")
-        self.dtypes = [d.strip() for d in dtype.split(",")] if dtype else None
-        self.timeout: float = config.getoption("normspec_timeout")
-        self.shrink_seconds: float = config.getoption("normspec_shrink_seconds")
-        self.menu: int | None = config.getoption("normspec_menu")
         self.strict: bool = config.getoption("normspec_strict")
         self.json_path: str | None = config.getoption("normspec_json")
         self.in_process: bool = config.getoption("normspec_in_process")
@@ -186,21 +181,23 @@ class NormspecPlugin:
             self.dialect = profile(self.profile)
         except KeyError as problem:
             raise pytest.UsageError(f"--normspec-profile: {problem.args[0]}") from None
-        if self.max_examples < 1:
-            raise pytest.UsageError("--normspec-max-examples must be at least 1")
-        if self.timeout <= 0 or self.shrink_seconds <= 0:
-            raise pytest.UsageError("--normspec-timeout and --normspec-shrink-seconds: positive")
-        if self.menu is not None and self.menu < 0:
-            raise pytest.UsageError("--normspec-menu takes 0 (no menu) or a number of entries")
         try:
-            self.checks = select_checks(self.clauses)
-            for name in self.dtypes or ():
-                if name not in ALL_DTYPES:
-                    raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")
+            self.settings = RunSettings(
+                dtypes=[d.strip() for d in dtype.split(",")] if dtype else None,
+                clauses=config.getoption("normspec_clauses"),
+                max_examples=self.max_examples,
+                timeout=config.getoption("normspec_timeout"),
+                shrink_seconds=config.getoption("normspec_shrink_seconds"),
+                menu=config.getoption("normspec_menu"),
+            )
+            self.checks = select_checks(self.settings.clauses)
             self.deviations: DeviationSet = load_deviations(
                 config.getoption("normspec_deviations")
             ).for_run(self.target, self.dialect.name)
-        except (OptionsError, DeviationFileError) as problem:
+        except OptionsError as problem:
+            option = f"--normspec-{(problem.setting or '').replace('_', '-')}"
+            raise pytest.UsageError(f"normspec: {problem.spelled(option)}") from None
+        except DeviationFileError as problem:
             raise pytest.UsageError(f"normspec: {problem}") from None
         self.seed = self._seed()
         self._implementation: Any = None
@@ -251,7 +248,7 @@ class NormspecPlugin:
                     self.target,
                     self.profile,
                     None if self.in_process else Isolation(),
-                    timeout=self.timeout,
+                    timeout=self.settings.timeout,
                 )
             except TargetError as problem:
                 raise pytest.UsageError(f"--normspec-target: {problem}") from None
@@ -267,7 +264,7 @@ class NormspecPlugin:
 
         capabilities = implementation.capabilities()
         dialect = self.dialect
-        wanted = self.dtypes or ALL_DTYPES
+        wanted = self.settings.dtypes or ALL_DTYPES
         dtypes = tuple(d for d in ALL_DTYPES if d in wanted and d in capabilities.dtypes)
         meta = {
             "implementation": implementation.name,
@@ -300,20 +297,12 @@ class NormspecPlugin:
     # -- running one clause ---------------------------------------------------------------------
 
     def run_clause(self, clause_id: str) -> ClauseResult:
+        from normspec.conformance.run_settings import shared_settings
         from normspec.conformance.runner import CheckOptions, check_implementation
 
         implementation = self.implementation()
-        options = CheckOptions(
-            profile=self.profile,
-            dtypes=self.dtypes,
-            clauses=clause_id,
-            max_examples=self.max_examples,
-            seed=self.seed,
-            timeout=self.timeout,
-            target=self.target,
-            shrink_seconds=self.shrink_seconds,
-            menu=self.menu,
-        )
+        shared = shared_settings(self.settings) | {"clauses": clause_id, "seed": self.seed}
+        options = CheckOptions(**shared, profile=self.profile, target=self.target)
         report = check_implementation(implementation, options)
         if report.interrupted:
             raise KeyboardInterrupt

@@ -28,6 +28,7 @@ from normspec.conformance.guard import Guard, ImplementationError, Implementatio
 from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
 from normspec.conformance.results import PROBLEMS, ClauseResult, Report, plain_versions
+from normspec.conformance.run_settings import DEFAULT_TIMEOUT, OptionsError, RunSettings
 from normspec.conformance.seeded_draws import seeded_draws
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
 from normspec.reference.dialects import Dialect
@@ -37,32 +38,25 @@ from normspec.reference.dialects import profile as find_profile
 DEFAULT_MAX_EXAMPLES = 40
 #: Steps per run of a state machine.
 STATEFUL_STEPS = 8
-#: Seconds a call into the implementation may take.
-DEFAULT_TIMEOUT = 60.0
 #: How far apart the Hypothesis seeds of one check's per-dtype runs lie (see :func:`dtype_seed`).
 DTYPE_SEED_STRIDE = 1_000_003
 
 
-class OptionsError(ValueError):
-    """An unknown profile, dtype or clause pattern: a usage error."""
-
-
 @dataclass(frozen=True)
-class CheckOptions:
-    """How to check: the profile claimed, dtypes, clause patterns, example budget, seed,
-    the per-call time limit and the time limit on shrinking one failure."""
+class CheckOptions(RunSettings):
+    """How to check one implementation: the run's settings (validated when built), the
+    profile claimed (a built-in name or a profile file) and the target, for the reproduce
+    commands."""
 
     profile: str = "paper"
-    dtypes: Sequence[str] | None = None
-    clauses: str | None = None
-    max_examples: int | None = None
-    seed: int = 0
-    timeout: float = DEFAULT_TIMEOUT
     target: str | None = None
-    shrink_seconds: float = DEFAULT_SHRINK_SECONDS
-    #: entries per dtype of the settings menu (conformance.menu); 0: settings drawn freely;
-    #: ``None``: a menu of DEFAULT_MENU_SIZE for an implementation that compiles per shape
-    menu: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            find_profile(self.profile)
+        except KeyError as problem:
+            raise OptionsError(str(problem.args[0])) from None
 
 
 def select_checks(pattern: str | None) -> list[Check]:
@@ -101,9 +95,6 @@ def order_by_dependencies(checks: list[Check]) -> list[Check]:
 def _dtypes(
     requested: Sequence[str] | None, supported: frozenset[DTypeName]
 ) -> tuple[DTypeName, ...]:
-    for name in requested or ():
-        if name not in ALL_DTYPES:
-            raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")
     wanted = requested or ALL_DTYPES
     return tuple(d for d in ALL_DTYPES if d in wanted and d in supported)
 
@@ -116,10 +107,6 @@ def menu_size(options: CheckOptions, capabilities: Capabilities) -> int:
     same share of compilation), at least DEFAULT_MENU_SIZE.
     """
     if options.menu is not None:
-        if options.menu < 0:
-            raise OptionsError(
-                f"--menu takes 0 (no menu) or a number of entries, not {options.menu}"
-            )
         return options.menu
     if not capabilities.compiles_per_shape:
         return 0
@@ -362,10 +349,7 @@ def check_implementation(
     worker process (a crash or a hang ends the worker and the run goes on); any other
     implementation in this process. The report says which (``Report.isolation``).
     """
-    try:
-        dialect = find_profile(options.profile)
-    except KeyError as problem:
-        raise OptionsError(str(problem.args[0])) from None
+    dialect = find_profile(options.profile)
     checks = select_checks(options.clauses)
     capabilities = implementation.capabilities()
     dtypes = _dtypes(options.dtypes, capabilities.dtypes)

@@ -50,15 +50,13 @@ def _spec_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _check_limits(args: argparse.Namespace) -> None:
-    if args.timeout <= 0:
-        raise UsageError("--timeout must be positive")
-    if args.memory_limit is not None and args.memory_limit < 0:
-        raise UsageError("--memory-limit takes a number of GiB, 0 for none")
-    if args.shrink_seconds <= 0:
-        raise UsageError("--shrink-seconds must be positive")
-    if args.menu is not None and args.menu < 0:
-        raise UsageError("--menu takes 0 (settings drawn freely) or a number of entries")
+def _dtypes(args: argparse.Namespace) -> list[str] | None:
+    return [d.strip() for d in args.dtype.split(",")] if args.dtype else None
+
+
+def _options_error(problem: Any) -> UsageError:
+    """An invalid setting (``OptionsError``) as the usage error naming its option."""
+    return UsageError(problem.spelled(f"--{(problem.setting or '').replace('_', '-')}"))
 
 
 def _add_menu(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +99,8 @@ def _isolation(args: argparse.Namespace) -> Any:
 
     if args.in_process:
         return None
+    if args.memory_limit is not None and args.memory_limit < 0:
+        raise UsageError("--memory-limit takes a number of GiB, 0 for none")
     if args.memory_limit is None:
         return Isolation()
     return Isolation(memory_limit=int(args.memory_limit * 2**30) or None)
@@ -129,39 +129,35 @@ def _check_command(args: argparse.Namespace) -> int:
     from normspec.conformance.report_json import write_json
     from normspec.conformance.report_junit import write_junit
     from normspec.conformance.report_terminal import print_header, print_summary, progress_line
-    from normspec.conformance.runner import CheckOptions, OptionsError, check_implementation
+    from normspec.conformance.run_settings import OptionsError
+    from normspec.conformance.runner import CheckOptions, check_implementation
+    from normspec.reference.dialects import profile
 
-    if args.max_examples is not None and args.max_examples < 1:
-        raise UsageError("--max-examples must be at least 1")
-    _check_limits(args)
-    dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
-    options = CheckOptions(
-        profile=args.profile,
-        dtypes=dtypes,
-        clauses=args.clauses,
-        max_examples=args.max_examples,
-        seed=args.seed,
-        timeout=args.timeout,
-        target=args.target,
-        shrink_seconds=args.shrink_seconds,
-        menu=args.menu,
-    )
+    try:
+        options = CheckOptions(
+            profile=args.profile,
+            dtypes=_dtypes(args),
+            clauses=args.clauses,
+            max_examples=args.max_examples,
+            seed=args.seed,
+            timeout=args.timeout,
+            target=args.target,
+            shrink_seconds=args.shrink_seconds,
+            menu=args.menu,
+        )
+    except OptionsError as problem:
+        raise _options_error(problem) from None
+    isolation = _isolation(args)
+    dialect = profile(args.profile)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # targets in the current project, as `python -m` does
     try:
-        from normspec.conformance.runner import select_checks
-        from normspec.reference.dialects import profile
-
-        dialect = profile(args.profile)
-        select_checks(args.clauses)
         deviations = load_deviations(args.deviations)
         implementation = load_implementation(
-            args.target, args.profile, _isolation(args), timeout=args.timeout
+            args.target, args.profile, isolation, timeout=args.timeout
         )
-    except (TargetError, OptionsError, DeviationFileError) as problem:
+    except (TargetError, DeviationFileError) as problem:
         raise UsageError(str(problem)) from None
-    except KeyError as problem:
-        raise UsageError(str(problem.args[0])) from None
     applier = DeviationApplier(deviations.for_run(args.target, dialect.name))
     stream = sys.stdout
 
@@ -174,7 +170,7 @@ def _check_command(args: argparse.Namespace) -> int:
             implementation, options, progress=progress, on_start=lambda r: print_header(r, stream)
         )
     except OptionsError as problem:
-        raise UsageError(str(problem)) from None
+        raise _options_error(problem) from None
     finally:
         if isinstance(implementation, IsolatedImplementation):
             implementation.close()
@@ -240,36 +236,29 @@ def _report_command(args: argparse.Namespace) -> int:
         run_matrix,
         write_matrix,
     )
-    from normspec.conformance.runner import OptionsError, select_checks
+    from normspec.conformance.run_settings import OptionsError
 
-    if args.max_examples < 1:
-        raise UsageError("--max-examples must be at least 1")
-    _check_limits(args)
-    entries = _parse_implementations(args.implementations)
-    dtypes = [d.strip() for d in args.dtype.split(",")] if args.dtype else None
     try:
-        select_checks(args.clauses)
+        options = MatrixOptions(
+            max_examples=args.max_examples,
+            seed=args.seed,
+            dtypes=_dtypes(args),
+            clauses=args.clauses,
+            timeout=args.timeout,
+            shrink_seconds=args.shrink_seconds,
+            menu=args.menu,
+            paper=not args.no_paper,
+            isolation=_isolation(args),
+        )
+    except OptionsError as problem:
+        raise _options_error(problem) from None
+    entries = _parse_implementations(args.implementations)
+    try:
         deviations = load_deviations(args.deviations)
-        from normspec.adapters.protocol import ALL_DTYPES
-
-        for name in dtypes or ():
-            if name not in ALL_DTYPES:
-                raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")
-    except (OptionsError, DeviationFileError) as problem:
+    except DeviationFileError as problem:
         raise UsageError(str(problem)) from None
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    options = MatrixOptions(
-        max_examples=args.max_examples,
-        seed=args.seed,
-        dtypes=dtypes,
-        clauses=args.clauses,
-        timeout=args.timeout,
-        shrink_seconds=args.shrink_seconds,
-        menu=args.menu,
-        paper=not args.no_paper,
-        isolation=_isolation(args),
-    )
     out = args.out
 
     def write(matrix: Matrix) -> None:
@@ -285,7 +274,7 @@ def _report_command(args: argparse.Namespace) -> int:
             entries, options, deviations=deviations, stream=sys.stdout, on_update=write
         )
     except OptionsError as problem:
-        raise UsageError(str(problem)) from None
+        raise _options_error(problem) from None
     print()
     for column in matrix.columns:
         report = column.report

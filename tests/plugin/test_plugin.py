@@ -140,6 +140,25 @@ def test_a_target_that_does_not_load_is_a_usage_error(project: Path) -> None:
     assert "cannot import 'no_such_module_zz'" in done.stderr + done.stdout
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--normspec-timeout=0", "--normspec-timeout must be positive, not 0"),
+        ("--normspec-menu=-2", "--normspec-menu takes 0 (settings drawn freely)"),
+        ("--normspec-dtype=float8", "unknown dtype 'float8'"),
+        ("--normspec-clauses=zz.*", "clause pattern 'zz.*' matches no checked clause"),
+    ],
+)
+def test_invalid_settings_are_usage_errors_naming_the_option(
+    project: Path, option: str, message: str
+) -> None:
+    """The plugin's settings are validated as the command line's are (one RunSettings),
+    spelled as its own options."""
+    done = _pytest(project, f"--normspec-target={TARGET}", option, "-q")
+    assert done.returncode == 4, done.stdout[-2000:]
+    assert message in done.stderr + done.stdout
+
+
 def test_an_invalid_profile_file_is_a_usage_error(project: Path) -> None:
     text = (project / "normspec-profile.toml").read_text()
     (project / "bad-profile.toml").write_text(text.replace('"unbiased"', '"bessel"'))
