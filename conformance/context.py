@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+from hypothesis import reject
+from hypothesis.errors import Unsatisfiable
+from hypothesis.strategies import SearchStrategy
 from numpy.typing import NDArray
 
 from normspec.adapters.protocol import (
@@ -15,6 +18,7 @@ from normspec.adapters.protocol import (
     DTypeName,
     Implementation,
     Layer,
+    UnsupportedConfig,
     WrongOutput,
 )
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
@@ -25,6 +29,12 @@ from normspec.conformance.tolerance import Comparison, Precision
 from normspec.messages import strided_copy
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
 from normspec.reference.dialects import Dialect
+
+#: Unsupported configurations in a row, none built, after which a check whose every case
+#: has what it offers in common (see CheckContext.build) reports its clause not applicable.
+UNSUPPORTED_IN_A_ROW = 3
+
+CaseT = TypeVar("CaseT", bound=Case[Any])
 
 #: The bounds a clause holds results to (see CheckContext.bounds).
 Bounds = Literal["value", "accuracy", "gross"]
@@ -62,6 +72,9 @@ class CheckContext:
     examples: int = 0
     case: Case[Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: layers built in this check, and configurations the implementation refused
+    built: int = 0
+    refused: int = 0
     #: the bounds results are held to: ``value`` (the value clauses: the dtype's own
     #: precision, raw moments admitted), ``accuracy`` (the accuracy clauses: float32
     #: working precision for reduced dtypes) or ``gross`` (bn.accuracy.no_gross_error)
@@ -84,14 +97,29 @@ class CheckContext:
         """
         return PRECISIONS[self.bounds](dtype)
 
-    def draw_case(self, data: Any, **options: Any) -> Case[Any]:
-        """Draw a case for this implementation (see :func:`strategies.cases`)."""
+    def begin_check(self) -> None:
+        """Forget the previous check's examples, case, notes and builds."""
+        self.examples, self.case, self.notes = 0, None, {}
+        self.built = self.refused = 0
+
+    def start(self, case: CaseT) -> CaseT:
+        """A new example with ``case``: counted, its notes empty, its case recorded."""
         self.examples += 1
         self.notes = {}
-        self.case = data.draw(
-            cases(self.capabilities, self.dialect, self.dtypes, menu=self.menu, **options)
-        )
-        return self.case
+        self.case = case
+        return case
+
+    def draw(
+        self, data: Any, strategy: Callable[..., SearchStrategy[CaseT]], **options: Any
+    ) -> CaseT:
+        """Start an example with a case drawn from its chapter's ``strategy`` (called with
+        the capabilities, the dialect, the dtypes and ``options``)."""
+        drawn: CaseT = data.draw(strategy(self.capabilities, self.dialect, self.dtypes, **options))
+        return self.start(drawn)
+
+    def draw_case(self, data: Any, **options: Any) -> Case[Any]:
+        """Draw a BN case for this implementation (see :func:`strategies.cases`)."""
+        return self.draw(data, cases, menu=self.menu, **options)
 
     def use_case(self, case: Case[Any]) -> Case[Any]:
         """Record a case a check derived from a drawn one (for the report)."""
@@ -132,9 +160,39 @@ class CheckContext:
         set_parameters: bool = True,
         set_state: bool = True,
         copy_inputs: bool = True,
+        may_refuse: bool = False,
+        offered: str | None = None,
     ) -> Layer:
         """Build a layer for the case and give it the case's parameters and state (three
-        operations; for an implementation in a worker process, one request)."""
+        operations; for an implementation in a worker process, one request).
+
+        With ``may_refuse`` (a chapter whose cases the capabilities cannot fully describe,
+        renorm's schedules) the implementation may refuse the configuration
+        (``UnsupportedConfig``): the example is discarded. With ``offered`` as well (what
+        every case of the check has in common, say the paper's schedule), a check that has
+        built nothing yet and met :data:`UNSUPPORTED_IN_A_ROW` refusals ends at once: its
+        clause does not apply.
+        """
+        if not may_refuse:
+            return self._build(case, set_parameters, set_state, copy_inputs)
+        try:
+            layer = self._build(case, set_parameters, set_state, copy_inputs)
+        except ImplementationLost:
+            raise
+        except ImplementationError as problem:
+            if isinstance(problem.__cause__, UnsupportedConfig):
+                self.refused += 1
+                if offered and not self.built and self.refused >= UNSUPPORTED_IN_A_ROW:
+                    raise Unsatisfiable(
+                        f"the implementation does not offer {offered} ({problem.reason})"
+                    ) from None
+                reject()
+            raise
+        return layer
+
+    def _build(
+        self, case: Case[Any], set_parameters: bool, set_state: bool, copy_inputs: bool
+    ) -> Layer:
         params = case.params if set_parameters else None
         state = case.state if set_state else None
         if isinstance(self.implementation, IsolatedImplementation):
@@ -142,11 +200,13 @@ class CheckContext:
                 params = (layout_copy(params[0]), layout_copy(params[1]))
             built = self.implementation.build_set
             remote, failure = self.call("build", built, case.config, params, state)
+            self.built += 1
             if failure is not None:
                 operation, problem = failure
                 self.call(operation, _raise, problem)
             return remote
         layer: Layer = self.call("build", self.implementation.build, case.config)
+        self.built += 1
         if params is not None:
             self.call("set_parameters", layer.set_parameters, *params, copy_inputs=copy_inputs)
         if state is not None:

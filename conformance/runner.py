@@ -298,7 +298,7 @@ def check_clause(
             "be stopped (in a worker process, without --in-process, the run goes on)"
         )
         return result
-    ctx.examples, ctx.case, ctx.notes = 0, None, {}
+    ctx.begin_check()
     started = time.perf_counter()
     all_dtypes = ctx.dtypes
     budget = options.max_examples or DEFAULT_MAX_EXAMPLES

@@ -17,7 +17,7 @@ The schedule clauses apply to the schedules the dialect's warm-up form can expre
 or a ramp warm-up, the paper's ramps under a ramp warm-up). An implementation declares a
 configuration it cannot express by raising :class:`UnsupportedConfig` when a layer is
 built: that example is discarded, and a check left without a usable example is inconclusive
-(a schedule check says so after :data:`UNSUPPORTED_IN_A_ROW` refusals).
+(a schedule check says so after ``context.UNSUPPORTED_IN_A_ROW`` refusals).
 
 Attribution. The clauses that define one ingredient are checked first, on cases where the
 other ingredients cannot show: renorm.train.statistics and renorm.train.correction with
@@ -42,15 +42,12 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
-from hypothesis import reject
 from hypothesis import strategies as st
-from hypothesis.errors import Unsatisfiable
 
-from normspec.adapters.protocol import Capabilities, DTypeName, Layer, UnsupportedConfig
+from normspec.adapters.protocol import Capabilities, DTypeName, Layer
 from normspec.conformance.checks import Body, check
 from normspec.conformance.checks import batchnorm as bn_checks
 from normspec.conformance.context import CheckContext, Violation
-from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies_renorm import (
     ONE_BOUND,
     RenormCase,
@@ -157,17 +154,8 @@ def draw_renorm(ctx: CheckContext, data: Any, **options: Any) -> RenormCase:
     and the next agree: a schedule evaluated at the wrong counter is renorm.schedule.step's
     business, and shows there first.
     """
-    ctx.examples += 1
-    ctx.notes = {}
     options.setdefault("counter", "steady")
-    case = data.draw(renorm_cases(ctx.capabilities, ctx.dialect, ctx.dtypes, **options))
-    ctx.use_case(case)
-    return case
-
-
-#: Unsupported configurations in a row, none built, after which a check whose every case
-#: has the same kind of schedule reports its clause not applicable at once.
-UNSUPPORTED_IN_A_ROW = 3
+    return ctx.draw(data, renorm_cases, **options)
 
 
 def build(
@@ -178,28 +166,11 @@ def build(
     set_state: bool = True,
     offered: str | None = None,
 ) -> Layer:
-    """A layer for the case with its parameters and moving statistics.
-
-    A configuration the implementation declares unsupported discards the example. With
-    ``offered`` (what every case of the check has in common, say the paper's schedule), a
-    check that has built nothing yet and met :data:`UNSUPPORTED_IN_A_ROW` unsupported
-    configurations ends at once: its clause does not apply to the implementation.
-    """
-    counts: dict[str, int] = vars(ctx).setdefault("_renorm_builds", {"built": 0, "refused": 0})
-    try:
-        layer = ctx.build(case, set_parameters=set_parameters, set_state=False)
-    except ImplementationLost:
-        raise
-    except ImplementationError as problem:
-        if isinstance(problem.__cause__, UnsupportedConfig):
-            counts["refused"] += 1
-            if offered and not counts["built"] and counts["refused"] >= UNSUPPORTED_IN_A_ROW:
-                raise Unsatisfiable(
-                    f"the implementation does not offer {offered} ({problem.reason})"
-                ) from None
-            reject()
-        raise
-    counts["built"] += 1
+    """A layer for the case with its parameters and moving statistics; the implementation
+    may refuse the configuration (:meth:`CheckContext.build`: ``may_refuse``, ``offered``)."""
+    layer = ctx.build(
+        case, set_parameters=set_parameters, set_state=False, may_refuse=True, offered=offered
+    )
     if set_state:
         ctx.call("set_state", layer.set_state, case.state)
     return layer

@@ -122,10 +122,7 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
 
         @initialize(case=first_case)
         def build(self, case: RenormCase) -> None:
-            ctx.examples += 1
-            ctx.notes = {}
-            self.case = case
-            ctx.use_case(case)
+            self.case = ctx.start(case)
             self.layer = build(ctx, case)
             self.calls: list[str] = []
 

@@ -44,13 +44,7 @@ def sync_check(
 
 def draw(ctx: CheckContext, data: Any, **options: Any) -> ReplicaCase:
     """Draw a replica case for this implementation (see :func:`replica_cases`)."""
-    ctx.examples += 1
-    ctx.notes = {}
-    case = data.draw(
-        replica_cases(ctx.capabilities, ctx.dialect, ctx.dtypes, menu=ctx.menu, **options)
-    )
-    ctx.case = case
-    return case
+    return ctx.draw(data, replica_cases, menu=ctx.menu, **options)
 
 
 def build(ctx: CheckContext, case: ReplicaCase) -> ReplicatedLayer:

@@ -33,8 +33,7 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
 
         @initialize(case=first_case)
         def build(self, case: BatchNormCase) -> None:
-            ctx.examples += 1
-            self.case = ctx.use_case(case)
+            self.case = ctx.start(case)
             self.layer = ctx.build(case)
             self.calls: list[str] = []
 
