@@ -46,7 +46,6 @@ accepts.
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 from collections.abc import Mapping
 from dataclasses import replace
@@ -54,6 +53,16 @@ from typing import Any
 
 import numpy as np
 
+from normspec.adapters._keras import (
+    CONSTRUCTOR_ARGUMENTS,
+    RENORM_ARGUMENTS,
+    RENORM_WEIGHTS,
+    WEIGHTS,
+    capability_notes,
+    dtype_policy,
+    keras_on,
+    renorm_arguments,
+)
 from normspec.adapters._tf import (
     BatchNormVariables,
     ParameterPolicy,
@@ -72,19 +81,13 @@ from normspec.adapters.protocol import (
     UnsupportedConfig,
     WrongOutput,
 )
-from normspec.reference.dialects import PROFILES, Dialect, renorm_config
-from normspec.reference.renorm import RenormConfig, RenormStatistics
-from normspec.reference.schedules import ConstantSchedule
+from normspec.reference.dialects import PROFILES, renorm_config
+from normspec.reference.renorm import RenormStatistics
 
 #: The class attributes a third-party layer may set to declare its input ranks and the
 #: feature-axis positions (``"first"``, ``"last"``) it takes.
 RANKS_ATTRIBUTE = "normspec_ranks"
 FEATURE_AXES_ATTRIBUTE = "normspec_feature_axes"
-
-CONSTRUCTOR_ARGUMENTS = ("axis", "momentum", "epsilon", "center", "scale")
-RENORM_ARGUMENTS = ("renorm", "renorm_clipping", "renorm_momentum")
-WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
-RENORM_WEIGHTS = ("moving_stddev", "renorm_mean", "renorm_stddev")
 
 _ALL_RANKS = (2, 3, 4, 5)
 
@@ -128,62 +131,6 @@ def library_version(kind: str) -> dict[str, str]:
 
 
 # -- arguments ------------------------------------------------------------------------------
-
-
-def dtype_policy(dtype: str, parameters: ParameterPolicy) -> str:
-    """The Keras dtype policy for inputs of ``dtype`` (see the module docstring)."""
-    if dtype in ("float16", "bfloat16") and parameters == "float32":
-        return f"mixed_{dtype}"
-    return dtype
-
-
-def _library_momentum(dialect: Dialect | None, rate: float) -> float:
-    """A canonical rate in the profile's convention, valid or not (no validation here)."""
-    if dialect is not None and dialect.update_rate == "rate":
-        return rate
-    return 1.0 - rate
-
-
-def renorm_arguments(renorm: RenormConfig, dialect: Dialect | None) -> dict[str, Any]:
-    """``renorm``, ``renorm_clipping`` and ``renorm_momentum`` for a canonical renorm config.
-
-    Raises :class:`UnsupportedConfig` for what the Keras layers cannot express; passes
-    invalid bounds and rates through (whether the layer rejects them is what
-    renorm.params.invalid checks).
-    """
-    if renorm.average != "std":
-        raise UnsupportedConfig(
-            f"average={renorm.average!r}: the Keras renorm layers average the batch standard "
-            "deviation"
-        )
-    if renorm.statistics != "separate" or renorm.correction_rate is None:
-        raise UnsupportedConfig(
-            "statistics='shared': the Keras renorm layers keep a separate correction set "
-            "(renorm_mean, renorm_stddev) updated with renorm_momentum"
-        )
-    if renorm.sigma_floor != "sqrt_eps":
-        raise UnsupportedConfig(
-            f"sigma_floor={renorm.sigma_floor!r}: the Keras renorm layers floor the correction "
-            "sigma at sqrt(epsilon)"
-        )
-    if not isinstance(renorm.schedule, ConstantSchedule):
-        raise UnsupportedConfig(
-            f"schedule {type(renorm.schedule).__name__}: renorm_clipping is fixed at "
-            "construction, the Keras renorm layers have no warm-up"
-        )
-    bounds = renorm.schedule.value
-    clipping: dict[str, float] = {}
-    if bounds.r_min != 0.0:  # NaN passes through: an invalid bound for the layer to reject
-        clipping["rmin"] = float(bounds.r_min)
-    if bounds.r_max != math.inf:
-        clipping["rmax"] = float(bounds.r_max)
-    if bounds.d_max != math.inf:
-        clipping["dmax"] = float(bounds.d_max)
-    return {
-        "renorm": True,
-        "renorm_clipping": clipping,
-        "renorm_momentum": _library_momentum(dialect, renorm.correction_rate),
-    }
 
 
 def _takes(cls: type, names: tuple[str, ...]) -> bool:
@@ -403,14 +350,7 @@ class KerasImplementation(TFImplementation):
         return library_version(self.kind)
 
     def base_capabilities(self) -> Capabilities:
-        notes = {
-            "untracked": "a Keras BatchNormalization always keeps moving statistics; "
-            "trainable=False freezes it and makes it normalize with the moving statistics "
-            "even with training=True (inference behaviour), which is not an untracked mode",
-            "cumulative_average": "Keras takes a float momentum: no cumulative average",
-            "step_counter": "Keras keeps no step counter",
-            "feature_axes": "Keras takes any axis; axis=1 and the last axis are checked",
-        }
+        notes = capability_notes()
         renorm = self.takes_renorm and self.arguments.get("fused") is not True
         if not renorm:
             notes["renorm"] = (
@@ -519,15 +459,7 @@ _AXES: tuple[FeatureAxisPosition, ...] = ("last", "first")
 
 
 def _keras3_class() -> type:
-    found = keras3()
-    if found is None:
-        import keras
-
-        raise RuntimeError(
-            f"Keras runs on the {keras.backend.backend()} backend; this adapter needs the "
-            "TensorFlow backend (set KERAS_BACKEND=tensorflow before Keras is imported)"
-        )
-    cls: type = found.layers.BatchNormalization
+    cls: type = keras_on("tensorflow").layers.BatchNormalization
     return cls
 
 

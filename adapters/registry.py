@@ -52,6 +52,10 @@ ALIASES: dict[str, str] = {
     "torch.functional": "normspec.adapters.torch_functional:FunctionalBatchNorm",
     "keras": "normspec.adapters.keras_layer:keras_batchnorm",
     "keras.renorm": "normspec.adapters.keras_layer:keras_renorm",
+    "keras.tensorflow": "normspec.adapters.keras_layer:keras_batchnorm",
+    "keras.jax": "normspec.adapters.keras_backend:keras_jax",
+    "keras.torch": "normspec.adapters.keras_backend:keras_torch",
+    "keras.numpy": "normspec.adapters.keras_backend:keras_numpy",
     "tf_keras": "normspec.adapters.keras_layer:tf_keras_nonfused",
     "tf_keras.nonfused": "normspec.adapters.keras_layer:tf_keras_nonfused",
     "tf_keras.fused": "normspec.adapters.keras_layer:tf_keras_fused",
@@ -71,6 +75,13 @@ ALIASES: dict[str, str] = {
     # -- ONNX (normspec.adapters.onnx_op): BatchNormalization-15; onnxruntime(opset=9) --
     "onnx.reference": "normspec.adapters.onnx_op:reference_evaluator",
     "onnxruntime": "normspec.adapters.onnx_op:onnxruntime_cpu",
+}
+
+#: The environment a built-in target's worker process starts with: Keras 3's backend is
+#: fixed when Keras is imported (in-process, the factory sets it or refuses a Keras imported
+#: on another backend: normspec.adapters._keras.keras_on).
+TARGET_ENVIRONMENTS: dict[str, dict[str, str]] = {
+    f"keras.{backend}": {"KERAS_BACKEND": backend} for backend in ("jax", "torch", "numpy")
 }
 
 #: (file suffix, "module:function"): a target naming a file, ``path/model.onnx#Node``; the
@@ -208,6 +219,11 @@ def _file_target(target: str, path: str, profile: str, arguments: Mapping[str, A
             except (OSError, TypeError, ValueError) as problem:
                 raise TargetError(f"target {target!r}: {problem}") from None
     return None
+
+
+def target_environment(target: str) -> dict[str, str]:
+    """The variables the worker process of ``target`` needs in its environment."""
+    return dict(TARGET_ENVIRONMENTS.get(parse_target(target)[0], {}))
 
 
 def looks_like_target(target: str) -> bool:
