@@ -21,6 +21,7 @@ capabilities with that reason, rather than reporting float32 values as wrong flo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
@@ -172,18 +173,55 @@ class KerasBackendImplementation(FrameworkAdapter):
         )
 
     def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
-        """A dtype the backend computes in a narrower one is not applicable, with the reason;
-        otherwise the tiny layer's calls (a failure means the dtype is not supported)."""
+        """A float64 layer the backend computes in float32 is not applicable, with the
+        reason (:meth:`float64_narrowed`); otherwise the tiny layer's calls (a failure means
+        the dtype is not supported)."""
+        narrowed = self.float64_narrowed() if config.dtype == "float64" else None
+        return narrowed or super().probe(config, x, base)
+
+    def float64_narrowed(self) -> str | None:
+        """Why a float64 layer computes in float32 here, or ``None`` if it computes in float64.
+
+        Measured: one feature, ``x = [0, 1]``, ``epsilon = 1e-3``, no affine parameters; the
+        training output's first value in float64 is ``-0.5 / sqrt(0.251)``, and rounds to
+        float32's otherwise. The causes known are named: float32 variables (JAX without
+        ``jax_enable_x64``, the NumPy backend) and ``BatchNormalization.call`` computing in
+        ``keras.backend.result_type(dtype, "float32")``, float32 for float64 on every backend
+        but TensorFlow's.
+        """
+        config = LayerConfig(
+            num_features=1,
+            rank=2,
+            feature_axis=1,
+            dtype="float64",
+            eps=1e-3,
+            momentum=0.5,
+            affine=False,
+            track_running_stats=True,
+        )
         layer = self.create(config)
-        wanted = parameter_dtype_name(config.dtype, self.parameters)
-        held = self.keras.backend.standardize_dtype(layer.gamma.value.dtype)
-        if held != wanted:
-            why = NARROWED_FLOAT64.get(self.backend) if wanted == "float64" else None
-            return (
-                f"Keras on the {self.backend} backend computes a {config.dtype} layer in "
-                f"{held}: its variables hold {held} values" + (f" ({why})" if why else "")
+        held = self.keras.backend.standardize_dtype(layer.moving_mean.value.dtype)
+        x = np.array([[0.0], [1.0]])
+        y = self.forward(layer, self.to_framework(x, "float64"), training=True)
+        got = float(np.asarray(self.to_numpy(y), dtype=np.float64)[0, 0])
+        want = -0.5 / math.sqrt(0.25 + 1e-3)
+        if abs(got - want) <= 1e-12:
+            return None
+        causes = []
+        if held != "float64":
+            why = NARROWED_FLOAT64.get(self.backend)
+            causes.append(f"its variables hold {held} values" + (f" ({why})" if why else ""))
+        promoted = self.keras.backend.result_type("float64", "float32")
+        if promoted != "float64":
+            causes.append(
+                "BatchNormalization.call computes in keras.backend.result_type(dtype, "
+                f"'float32'), which is {promoted} for float64"
             )
-        return super().probe(config, x, base)
+        return (
+            f"Keras on the {self.backend} backend computes a float64 layer in float32: the "
+            f"training output at x = [0, 1], epsilon = 1e-3 is {got!r}, float64 gives "
+            f"{want!r}" + (f"; {'; '.join(causes)}" if causes else "")
+        )
 
     def probed(self, base: Capabilities) -> Capabilities:
         """The probed capabilities; a dtype left out is a warning of the report too (the
