@@ -54,6 +54,12 @@ BUILTIN_TARGETS: tuple[BuiltinTarget, ...] = (
     ),
     BuiltinTarget("equinox.ema", "flax", ("jax", "equinox"), 'equinox.nn.BatchNorm(mode="ema")'),
     BuiltinTarget("keras", "keras", ("tensorflow", "keras"), "keras.layers.BatchNormalization"),
+    # Keras 3 on its other backends, each in a worker started with KERAS_BACKEND set
+    BuiltinTarget("keras.jax", "keras", ("keras", "jax"), "keras.layers.BatchNormalization (jax)"),
+    BuiltinTarget(
+        "keras.torch", "keras", ("keras", "torch"), "keras.layers.BatchNormalization (torch)"
+    ),
+    BuiltinTarget("keras.numpy", "keras", ("keras",), "keras.layers.BatchNormalization (numpy)"),
     BuiltinTarget(
         "tf_keras", "tf_keras", ("tensorflow", "tf_keras"), "tf_keras.layers.BatchNormalization"
     ),
