@@ -13,12 +13,16 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from normspec.adapters._common import ParameterPolicy
-from normspec.adapters.protocol import UnsupportedConfig
-from normspec.reference.dialects import Dialect
-from normspec.reference.renorm import RenormConfig
+from normspec.adapters.protocol import Array, LayerConfig, State, UnsupportedConfig, WrongOutput
+from normspec.reference.dialects import PROFILES, Dialect, renorm_config
+from normspec.reference.renorm import RenormConfig, RenormStatistics
 from normspec.reference.schedules import ConstantSchedule
 
 CONSTRUCTOR_ARGUMENTS = ("axis", "momentum", "epsilon", "center", "scale")
@@ -109,6 +113,53 @@ def renorm_arguments(renorm: RenormConfig, dialect: Dialect | None) -> dict[str,
     }
 
 
+def write_renorm_state(write: Callable[[str, Array], None], state: State, eps: float) -> int:
+    """Write renorm statistics into a Keras renorm layer's variables, by ``write(name,
+    values)``; the step count set. The layer keeps ``moving_variance`` derived from
+    ``moving_stddev`` (``relu(moving_stddev^2 - epsilon)``, used by inference): written so."""
+    if not isinstance(state, RenormStatistics):
+        raise TypeError(f"a renorm layer keeps RenormStatistics, not {state!r}")
+    spread = np.asarray(state.spread, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        variance = np.maximum(spread * spread - eps, 0.0)
+    c_mean, c_spread = state.correction_statistics()
+    for name, values in (
+        ("moving_mean", state.mean),
+        ("moving_stddev", spread),
+        ("moving_variance", variance),
+        ("renorm_mean", c_mean),
+        ("renorm_stddev", c_spread),
+    ):
+        write(name, values)
+    return state.steps
+
+
+def read_renorm_state(read: Callable[[str], Array], steps: int) -> RenormStatistics:
+    """A Keras renorm layer's statistics, read by ``read(name)``; :class:`WrongOutput` if
+    they cannot be renorm statistics."""
+    names = ("moving_mean", "moving_stddev", "renorm_mean", "renorm_stddev")
+    mean, spread, c_mean, c_spread = (read(name) for name in names)
+    try:
+        return RenormStatistics(mean, spread, steps, c_mean, c_spread)
+    except ValueError as problem:
+        raise WrongOutput(f"the moving statistics are malformed: {problem}") from None
+
+
+def renorm_probe_config(config: LayerConfig, dialect: Dialect | None) -> LayerConfig:
+    """The renorm layer a renorm-only target's dtypes are probed with (constant bounds, no
+    clipping), in the profile's renorm dialect (tf_keras' if it has none)."""
+    found = dialect if dialect is not None and dialect.renorm else PROFILES["tf_keras"]
+    momentum = config.momentum if config.momentum is not None else 0.5
+    renorm = renorm_config(
+        found,
+        config.num_features,
+        momentum=found.momentum_from_rate(0.5),
+        eps=config.eps,
+        feature_axis=config.feature_axis,
+    )
+    return replace(config, momentum=momentum, renorm=renorm)
+
+
 def capability_notes() -> dict[str, str]:
     """Why a Keras BatchNormalization lacks what it lacks, on every backend."""
     return {
@@ -132,5 +183,8 @@ __all__ = [
     "dtype_policy",
     "keras_on",
     "library_momentum",
+    "read_renorm_state",
     "renorm_arguments",
+    "renorm_probe_config",
+    "write_renorm_state",
 ]

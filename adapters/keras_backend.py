@@ -12,7 +12,9 @@ The layer is built as on TensorFlow (the constructor arguments and dtype policie
 backend-neutral calls: arrays in by ``keras.ops.convert_to_tensor`` and out by
 ``keras.ops.convert_to_numpy``, variables written by ``Variable.assign``. Gradients are the
 backend's own: ``jax.vjp`` of ``layer.stateless_call``, ``torch.autograd.grad``; the NumPy
-backend has none (the backward clauses are not applicable).
+backend has none (the backward clauses are not applicable). ``renorm=True`` layers are checked
+as on TensorFlow (their state through ``_keras``'s renorm variables); ``keras.renorm.jax``
+and the like check the renorm clauses only.
 
 A float64 layer that a backend computes in float32 (Keras on JAX without
 ``jax_enable_x64``: the variables and outputs are float32) leaves float64 out of the
@@ -33,16 +35,24 @@ from normspec.adapters._keras import (
     capability_notes,
     dtype_policy,
     keras_on,
+    read_renorm_state,
+    renorm_arguments,
+    renorm_probe_config,
+    write_renorm_state,
 )
-from normspec.adapters.framework import FrameworkAdapter, VectorName
+from normspec.adapters.framework import FrameworkAdapter, FrameworkLayer, VectorName
 from normspec.adapters.protocol import (
     ALL_DTYPES,
     Array,
     Capabilities,
     DTypeName,
+    Layer,
     LayerConfig,
+    State,
     UnsupportedConfig,
+    WrongOutput,
 )
+from normspec.reference.dialects import Dialect, find_profile
 
 #: The gradients of one call: (layer, x, dy, training) -> (dx, dgamma, dbeta).
 GradientFunction = Callable[[Any, Any, Any, bool], tuple[Any, Any | None, Any | None]]
@@ -116,7 +126,12 @@ class KerasBackendImplementation(FrameworkAdapter):
     }
 
     def __init__(
-        self, backend: Backend, profile: str = "keras", *, parameters: ParameterPolicy = "float32"
+        self,
+        backend: Backend,
+        profile: str = "keras",
+        *,
+        batchnorm: bool = True,
+        parameters: ParameterPolicy = "float32",
     ) -> None:
         if backend not in GRADIENTS:
             raise ValueError(f"backend must be one of {', '.join(GRADIENTS)}, got {backend!r}")
@@ -125,9 +140,11 @@ class KerasBackendImplementation(FrameworkAdapter):
         self.profile = profile
         parameter_dtype_name("float16", parameters)  # validates the policy
         self.parameters = parameters
+        self.batchnorm = batchnorm
+        renorm = "" if batchnorm else "(renorm=True) "
         self.name = (
-            f"keras.layers.BatchNormalization (Keras {self.keras.__version__} on {backend} "
-            f"{self._backend_version()})"
+            f"keras.layers.BatchNormalization {renorm}(Keras {self.keras.__version__} on "
+            f"{backend} {self._backend_version()})"
         )
         self.library = self.name
 
@@ -145,10 +162,8 @@ class KerasBackendImplementation(FrameworkAdapter):
 
     def base_capabilities(self) -> Capabilities:
         notes = capability_notes()
-        notes["renorm"] = (
-            f"renorm=True on the {self.backend} backend is not adapted yet (its renorm state is "
-            "read and written on TensorFlow only: keras.renorm)"
-        )
+        if not self.batchnorm:
+            notes["batchnorm"] = "this target checks the renorm clauses only"
         notes["ghost_batches"] = "Keras 3 takes no virtual_batch_size"
         backward = GRADIENTS[self.backend] is not None
         if not backward:
@@ -160,7 +175,8 @@ class KerasBackendImplementation(FrameworkAdapter):
             ranks=frozenset({2, 3, 4, 5}),
             feature_axes=("last", "first"),
             backward=backward,
-            renorm=False,
+            batchnorm=self.batchnorm,
+            renorm=True,
             cumulative_average=False,
             untracked=False,
             without_affine=True,
@@ -177,7 +193,11 @@ class KerasBackendImplementation(FrameworkAdapter):
         reason (:meth:`float64_narrowed`); otherwise the tiny layer's calls (a failure means
         the dtype is not supported)."""
         narrowed = self.float64_narrowed() if config.dtype == "float64" else None
-        return narrowed or super().probe(config, x, base)
+        if narrowed is not None:
+            return narrowed
+        if not self.batchnorm:  # a renorm-only target is probed with renorm layers
+            config = renorm_probe_config(config, self.dialect)
+        return super().probe(config, x, base)
 
     def float64_narrowed(self) -> str | None:
         """Why a float64 layer computes in float32 here, or ``None`` if it computes in float64.
@@ -233,11 +253,26 @@ class KerasBackendImplementation(FrameworkAdapter):
         warning = f"{', '.join(left_out)} not checked ({found.notes['dtypes']})"
         return replace(found, warnings=(*found.warnings, warning))
 
+    @property
+    def dialect(self) -> Dialect | None:
+        """The profile's dialect, ``None`` for a name normspec does not know."""
+        return find_profile(self.profile)
+
+    def build(self, config: LayerConfig) -> Layer:
+        if config.renorm is None and not self.batchnorm:
+            raise UnsupportedConfig(
+                "plain batch normalization is not checked here: this target checks the "
+                "renorm clauses only"
+            )
+        return super().build(config)
+
     # -- FrameworkAdapter --
 
+    def make_layer(self, config: LayerConfig) -> KerasBackendLayer:
+        return KerasBackendLayer(self, config, self.create(config))
+
     def create(self, config: LayerConfig) -> Any:
-        if config.renorm is not None:  # pragma: no cover - refused by the capabilities
-            raise UnsupportedConfig(self.base_capabilities().notes["renorm"])
+        renorm = {} if config.renorm is None else renorm_arguments(config.renorm, self.dialect)
         layer = self.keras.layers.BatchNormalization(
             axis=config.feature_axis,
             momentum=config.momentum,
@@ -245,6 +280,7 @@ class KerasBackendImplementation(FrameworkAdapter):
             center=config.affine,
             scale=config.affine,
             dtype=dtype_policy(config.dtype, self.parameters),
+            **renorm,
         )
         shape = [1] * config.rank
         shape[config.feature_axis] = config.num_features
@@ -284,6 +320,34 @@ class KerasBackendImplementation(FrameworkAdapter):
         getattr(layer, self.attribute(name)).assign(value)
 
 
+class KerasBackendLayer(FrameworkLayer):
+    """A Keras layer; a renorm layer's state is its renorm variables (``_keras``)."""
+
+    adapter: KerasBackendImplementation
+
+    def _write(self, name: str, values: Array) -> None:
+        variable = getattr(self.layer, name)
+        dtype = np.asarray(self.adapter.to_numpy(variable)).dtype.name
+        variable.assign(self.adapter.to_framework(np.asarray(values), dtype))
+
+    def _read(self, name: str) -> Array:
+        variable = getattr(self.layer, name, None)
+        if variable is None:
+            raise WrongOutput(f"the layer has no {name}")
+        return self._numpy(variable, name, (self.config.num_features,), None)
+
+    def set_state(self, state: State) -> None:
+        if self.config.renorm is None:
+            super().set_state(state)
+            return
+        self._steps = write_renorm_state(self._write, state, self.config.eps)
+
+    def state(self) -> State | None:
+        if self.config.renorm is None:
+            return super().state()
+        return read_renorm_state(self._read, self._steps)
+
+
 def _numpy_type(dtype: DTypeName) -> Any:
     if dtype == "bfloat16":
         import ml_dtypes
@@ -311,10 +375,29 @@ def keras_numpy(profile: str = "keras") -> KerasBackendImplementation:
     return KerasBackendImplementation("numpy", profile)
 
 
+def keras_renorm_jax(profile: str = "tf_keras") -> KerasBackendImplementation:
+    """``keras.renorm.jax``: Keras 3's ``BatchNormalization(renorm=True)`` on JAX."""
+    return KerasBackendImplementation("jax", profile, batchnorm=False)
+
+
+def keras_renorm_torch(profile: str = "tf_keras") -> KerasBackendImplementation:
+    """``keras.renorm.torch``: Keras 3's ``BatchNormalization(renorm=True)`` on PyTorch."""
+    return KerasBackendImplementation("torch", profile, batchnorm=False)
+
+
+def keras_renorm_numpy(profile: str = "tf_keras") -> KerasBackendImplementation:
+    """``keras.renorm.numpy``: Keras 3's ``BatchNormalization(renorm=True)`` on NumPy."""
+    return KerasBackendImplementation("numpy", profile, batchnorm=False)
+
+
 __all__ = [
     "GRADIENTS",
     "KerasBackendImplementation",
+    "KerasBackendLayer",
     "keras_jax",
     "keras_numpy",
+    "keras_renorm_jax",
+    "keras_renorm_numpy",
+    "keras_renorm_torch",
     "keras_torch",
 ]

@@ -48,7 +48,6 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -61,7 +60,10 @@ from normspec.adapters._keras import (
     capability_notes,
     dtype_policy,
     keras_on,
+    read_renorm_state,
     renorm_arguments,
+    renorm_probe_config,
+    write_renorm_state,
 )
 from normspec.adapters._tf import (
     BatchNormVariables,
@@ -79,10 +81,7 @@ from normspec.adapters.protocol import (
     LayerConfig,
     State,
     UnsupportedConfig,
-    WrongOutput,
 )
-from normspec.reference.dialects import PROFILES, renorm_config
-from normspec.reference.renorm import RenormStatistics
 
 #: The class attributes a third-party layer may set to declare its input ranks and the
 #: feature-axis positions (``"first"``, ``"last"``) it takes.
@@ -253,40 +252,20 @@ class KerasLayer(TFLayer):
         if self.config.renorm is None:
             super().set_state(state)
             return
-        if not isinstance(state, RenormStatistics):
-            raise TypeError(f"a renorm layer keeps RenormStatistics, not {state!r}")
-        n = self.config.num_features
-        spread = np.asarray(state.spread, dtype=np.float64)
-        with np.errstate(all="ignore"):
-            variance = np.maximum(spread * spread - self.config.eps, 0.0)
-        layer = self.layer
-        write_variable(layer.moving_mean, state.mean, n, "moving_mean")
-        write_variable(getattr(layer, "moving_stddev", None), spread, n, "moving_stddev")
-        write_variable(layer.moving_variance, variance, n, "moving_variance")
-        c_mean, c_spread = state.correction_statistics()
-        write_variable(getattr(layer, "renorm_mean", None), c_mean, n, "renorm_mean")
-        write_variable(getattr(layer, "renorm_stddev", None), c_spread, n, "renorm_stddev")
-        self._steps = state.steps
+        n, layer = self.config.num_features, self.layer
+
+        def write(name: str, values: Array) -> None:
+            write_variable(getattr(layer, name, None), values, n, name)
+
+        self._steps = write_renorm_state(write, state, self.config.eps)
 
     def state(self) -> State | None:
         if self.config.renorm is None:
             return super().state()
-        n = self.config.num_features
-        layer = self.layer
-        read = {
-            name: read_variable(getattr(layer, name, None), n, name)
-            for name in ("moving_mean", "moving_stddev", "renorm_mean", "renorm_stddev")
-        }
-        try:
-            return RenormStatistics(
-                read["moving_mean"],
-                read["moving_stddev"],
-                self._steps,
-                read["renorm_mean"],
-                read["renorm_stddev"],
-            )
-        except ValueError as problem:
-            raise WrongOutput(f"the moving statistics are malformed: {problem}") from None
+        n, layer = self.config.num_features, self.layer
+        return read_renorm_state(
+            lambda name: read_variable(getattr(layer, name, None), n, name), self._steps
+        )
 
 
 # -- the implementation ---------------------------------------------------------------------
@@ -384,16 +363,7 @@ class KerasImplementation(TFImplementation):
     def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
         """A renorm-only target is probed with renorm layers (constant bounds, no clipping)."""
         if not self.batchnorm:
-            dialect = self.dialect if self.dialect and self.dialect.renorm else PROFILES["tf_keras"]
-            momentum = config.momentum if config.momentum is not None else 0.5
-            renorm = renorm_config(
-                dialect,
-                config.num_features,
-                momentum=dialect.momentum_from_rate(0.5),
-                eps=config.eps,
-                feature_axis=config.feature_axis,
-            )
-            config = replace(config, momentum=momentum, renorm=renorm)
+            config = renorm_probe_config(config, self.dialect)
         return super().probe(config, x, base)
 
     def make_layer(self, config: LayerConfig) -> KerasLayer:

@@ -56,6 +56,9 @@ ALIASES: dict[str, str] = {
     "keras.jax": "normspec.adapters.keras_backend:keras_jax",
     "keras.torch": "normspec.adapters.keras_backend:keras_torch",
     "keras.numpy": "normspec.adapters.keras_backend:keras_numpy",
+    "keras.renorm.jax": "normspec.adapters.keras_backend:keras_renorm_jax",
+    "keras.renorm.torch": "normspec.adapters.keras_backend:keras_renorm_torch",
+    "keras.renorm.numpy": "normspec.adapters.keras_backend:keras_renorm_numpy",
     "tf_keras": "normspec.adapters.keras_layer:tf_keras_nonfused",
     "tf_keras.nonfused": "normspec.adapters.keras_layer:tf_keras_nonfused",
     "tf_keras.fused": "normspec.adapters.keras_layer:tf_keras_fused",
@@ -81,7 +84,9 @@ ALIASES: dict[str, str] = {
 #: fixed when Keras is imported (in-process, the factory sets it or refuses a Keras imported
 #: on another backend: normspec.adapters._keras.keras_on).
 TARGET_ENVIRONMENTS: dict[str, dict[str, str]] = {
-    f"keras.{backend}": {"KERAS_BACKEND": backend} for backend in ("jax", "torch", "numpy")
+    f"keras.{kind}{backend}": {"KERAS_BACKEND": backend}
+    for backend in ("jax", "torch", "numpy")
+    for kind in ("", "renorm.")
 }
 
 #: (file suffix, "module:function"): a target naming a file, ``path/model.onnx#Node``; the
