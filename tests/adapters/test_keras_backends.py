@@ -24,6 +24,9 @@ from normspec.adapters.registry import target_environment
 from normspec.conformance.builtin import find_builtin
 from normspec.conformance.isolation import IsolatedImplementation, isolate
 from normspec.reference import RunningStatistics
+from normspec.reference import renorm as rn
+from normspec.reference.dialects import renorm_config
+from normspec.reference.layer import Affine
 
 BACKENDS = ("jax", "torch", "numpy")
 #: float32 against the float64 reference, relative to each quantity's natural scale
@@ -138,3 +141,69 @@ def test_in_process_keras_is_imported_on_the_targets_backend() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "on numpy" in done.stdout and "1 passed" in done.stdout
+
+
+def test_renorm_agrees_with_the_reference_in_float32(
+    keras_backend: IsolatedImplementation,
+) -> None:
+    """renorm=True through the same adapter: its state is the renorm variables, written and
+    read as on TensorFlow; clipping active (rmax 1.5, dmax 0.5)."""
+    assert keras_backend.capabilities().renorm
+    rng = np.random.default_rng(7)
+    shape, features = (5, 2, 3), 3
+
+    def exact(values: np.ndarray) -> np.ndarray:
+        return values.astype(np.float32).astype(np.float64)
+
+    cfg = rn_config(features)
+    config = LayerConfig(
+        num_features=features,
+        rank=3,
+        feature_axis=2,
+        dtype="float32",
+        eps=cfg.eps,
+        momentum=1.0 - cfg.rate,
+        renorm=cfg,
+    )
+    x, dy = exact(rng.normal(0.5, 2.0, shape)), exact(rng.normal(0.0, 1.0, shape))
+    params = Affine(exact(rng.uniform(0.5, 2.0, features)), exact(rng.uniform(-1, 1, features)))
+    spread = exact(rng.uniform(0.5, 3.0, features))
+    state = rn.RenormStatistics(
+        exact(rng.uniform(-1, 1, features)),
+        spread,
+        0,
+        exact(rng.uniform(-1, 1, features)),
+        spread * 0.5,
+    )
+    layer = keras_backend.build(config)
+    layer.set_parameters(params.gamma, params.beta)
+    layer.set_state(state)
+    y, after = rn.training_step(cfg, params, state, x)
+    np.testing.assert_allclose(layer.train_step(x), y, rtol=TOLERANCE, atol=TOLERANCE * 10)
+    got = layer.state()
+    assert isinstance(got, rn.RenormStatistics) and got.separate
+    for name in ("mean", "spread", "correction_mean", "correction_spread"):
+        np.testing.assert_allclose(getattr(got, name), getattr(after, name), rtol=TOLERANCE)
+    layer.set_state(state)
+    want_y = rn.inference(cfg, params, state, x)
+    np.testing.assert_allclose(layer.infer(x), want_y, rtol=TOLERANCE, atol=TOLERANCE * 10)
+    if keras_backend.capabilities().backward:
+        layer.set_state(state)
+        got_g = layer.vjp(x, dy, training=True)
+        want = rn.backward(cfg, params, state, x, dy, training=True)
+        for name in ("dx", "dgamma", "dbeta"):
+            np.testing.assert_allclose(
+                getattr(got_g, name), getattr(want, name), rtol=1e-4, atol=1e-4
+            )
+
+
+def rn_config(features: int) -> rn.RenormConfig:
+    return renorm_config(
+        "tf_keras",
+        features,
+        momentum=0.9,
+        renorm_momentum=0.75,
+        eps=1e-3,
+        clipping={"rmax": 1.5, "rmin": 0.5, "dmax": 0.5},
+        feature_axis=2,
+    )
