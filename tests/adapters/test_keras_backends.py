@@ -104,6 +104,7 @@ def test_the_worker_starts_with_the_targets_keras_backend(
     assert keras_backend.isolation.env["KERAS_BACKEND"] == backend
     assert f"KERAS_BACKEND={backend}" in keras_backend.isolation.describe()
     assert target_environment(f"keras.{backend}") == {"KERAS_BACKEND": backend}
+    assert target_environment(f"keras.renorm.{backend}") == {"KERAS_BACKEND": backend}
     assert target_environment("keras") == {}
 
 
