@@ -10,7 +10,8 @@ them from there (:func:`collected`): an adapter is added in one place.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 #: The adapter packages, in the order their targets are listed and their recognisers tried.
 PACKAGES = ("torch", "jax", "keras", "tensorflow", "onnx")
@@ -23,7 +24,9 @@ class BuiltinTarget:
     ``target`` is what a user types (an alias, or ``package.module:attr`` of a class a
     recogniser takes); ``factory`` (``"module:function"``, called with the profile and the
     target's keyword arguments) makes an alias's implementation; ``reported``: among the
-    targets ``normspec report`` checks (others are spellings or variants of those).
+    targets ``normspec report`` checks (others are spellings or variants of those);
+    ``environment``: variables its worker process starts with (Keras 3's backend, fixed when
+    Keras is imported).
     """
 
     target: str
@@ -32,6 +35,7 @@ class BuiltinTarget:
     label: str = ""
     factory: str = ""
     reported: bool = True
+    environment: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def title(self) -> str:

@@ -163,6 +163,13 @@ def _file_target(target: str, path: str, profile: str, arguments: Mapping[str, A
     return None
 
 
+def target_environment(target: str) -> dict[str, str]:
+    """The variables the worker process of ``target`` needs in its environment."""
+    path = parse_target(target)[0]
+    declared = next((t for t in DECLARED.targets if t.target == path), None)
+    return dict(declared.environment) if declared is not None else {}
+
+
 def looks_like_target(target: str) -> bool:
     """Whether ``target`` has a target's form: ``package.module:attr``, an alias, or a file."""
     path = parse_target(target)[0]

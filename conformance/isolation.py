@@ -25,7 +25,7 @@ import itertools
 import os
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ from normspec.adapters.protocol import (
     LayerConfig,
     State,
 )
-from normspec.adapters.registry import TargetError, load_target
+from normspec.adapters.registry import TargetError, load_target, target_environment
 from normspec.conformance.isolation_host import Description, Path
 from normspec.reference import Gradients
 from normspec.reference.second_order import SecondOrderGradients
@@ -258,6 +258,7 @@ def isolate(
     ``TargetError`` where the target does not load there (or the worker is lost loading it).
     """
     isolation = isolation or Isolation()
+    isolation = replace(isolation, env={**target_environment(target), **isolation.env})
     setup = WorkerSetup(HOST, (target, profile), isolation.env, isolation.memory_limit)
     worker = Worker(setup, timeout=timeout)
     try:

@@ -285,7 +285,9 @@ def check_clause(
         result.outcome, result.message = "not_applicable", reason
         return result
     if not ctx.dtypes:
-        result.outcome, result.message = "not_applicable", "no requested dtype is supported"
+        note = ctx.capabilities.notes.get("dtypes")
+        message = "no requested dtype is supported" + (f" ({note})" if note else "")
+        result.outcome, result.message = "not_applicable", message
         return result
     if blocked_by is not None:
         result.outcome = "skipped"

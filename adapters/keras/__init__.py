@@ -1,12 +1,43 @@
-"""The Keras adapters: Keras 3's and tf_keras' layers (``keras_layer``), on TensorFlow's
-mechanism (:mod:`normspec.adapters.tensorflow`). Declared here without importing Keras
+"""The Keras adapters: Keras 3's and tf_keras' layers on TensorFlow (``keras_layer``, on
+TensorFlow's mechanism, :mod:`normspec.adapters.tensorflow`), Keras 3 on its JAX, PyTorch
+and NumPy backends (``backend``, each in a worker started with its ``KERAS_BACKEND``), and
+what both share (``_keras``). Declared here without importing Keras
 (:mod:`normspec.adapters.declarations`)."""
 
 from normspec.adapters.declarations import Adapters, BuiltinTarget, Recogniser
 
 _LAYER = "normspec.adapters.keras.keras_layer"
+_BACKEND = "normspec.adapters.keras.backend"
 _KERAS = ("tensorflow", "keras")
 _TF_KERAS = ("tensorflow", "tf_keras")
+#: Keras 3's other backends: (backend, the library it needs besides keras).
+_BACKENDS = (("jax", ("jax",)), ("torch", ("torch",)), ("numpy", ()))
+
+
+def _on_backend(backend: str, needs: tuple[str, ...]) -> tuple[BuiltinTarget, ...]:
+    """``keras.BACKEND`` (reported) and ``keras.renorm.BACKEND``: Keras 3's layer in a worker
+    started with ``KERAS_BACKEND=BACKEND``."""
+    environment = {"KERAS_BACKEND": backend}
+    return (
+        BuiltinTarget(
+            f"keras.{backend}",
+            "keras",
+            ("keras", *needs),
+            f"keras.layers.BatchNormalization ({backend})",
+            factory=f"{_BACKEND}:keras_{backend}",
+            environment=environment,
+        ),
+        BuiltinTarget(
+            f"keras.renorm.{backend}",
+            "tf_keras",
+            ("keras", *needs),
+            f"keras.layers.BatchNormalization(renorm=True) ({backend})",
+            factory=f"{_BACKEND}:keras_renorm_{backend}",
+            reported=False,
+            environment=environment,
+        ),
+    )
+
 
 ADAPTERS = Adapters(
     targets=(
@@ -18,6 +49,14 @@ ADAPTERS = Adapters(
             factory=f"{_LAYER}:keras_batchnorm",
         ),
         BuiltinTarget(
+            "keras.tensorflow",
+            "keras",
+            _KERAS,
+            "keras.layers.BatchNormalization (tensorflow)",
+            factory=f"{_LAYER}:keras_batchnorm",
+            reported=False,
+        ),
+        BuiltinTarget(
             "keras.renorm",
             "tf_keras",
             _KERAS,
@@ -25,6 +64,7 @@ ADAPTERS = Adapters(
             factory=f"{_LAYER}:keras_renorm",
             reported=False,
         ),
+        *(target for backend, needs in _BACKENDS for target in _on_backend(backend, needs)),
         BuiltinTarget(
             "tf_keras",
             "tf_keras",

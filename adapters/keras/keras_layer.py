@@ -46,14 +46,25 @@ accepts.
 from __future__ import annotations
 
 import inspect
-import math
 import sys
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
+from normspec.adapters.keras._keras import (
+    CONSTRUCTOR_ARGUMENTS,
+    RENORM_ARGUMENTS,
+    RENORM_WEIGHTS,
+    WEIGHTS,
+    capability_notes,
+    dtype_policy,
+    keras_on,
+    read_renorm_state,
+    renorm_arguments,
+    renorm_probe_config,
+    write_renorm_state,
+)
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
@@ -61,7 +72,6 @@ from normspec.adapters.protocol import (
     LayerConfig,
     State,
     UnsupportedConfig,
-    WrongOutput,
 )
 from normspec.adapters.tensorflow._tf import (
     BatchNormVariables,
@@ -72,19 +82,11 @@ from normspec.adapters.tensorflow._tf import (
     tf,
     write_variable,
 )
-from normspec.reference.dialects import PROFILES, Dialect, renorm_config
-from normspec.reference.renorm import RenormConfig, RenormStatistics
-from normspec.reference.schedules import ConstantSchedule
 
 #: The class attributes a third-party layer may set to declare its input ranks and the
 #: feature-axis positions (``"first"``, ``"last"``) it takes.
 RANKS_ATTRIBUTE = "normspec_ranks"
 FEATURE_AXES_ATTRIBUTE = "normspec_feature_axes"
-
-CONSTRUCTOR_ARGUMENTS = ("axis", "momentum", "epsilon", "center", "scale")
-RENORM_ARGUMENTS = ("renorm", "renorm_clipping", "renorm_momentum")
-WEIGHTS = ("gamma", "beta", "moving_mean", "moving_variance")
-RENORM_WEIGHTS = ("moving_stddev", "renorm_mean", "renorm_stddev")
 
 _ALL_RANKS = (2, 3, 4, 5)
 
@@ -128,62 +130,6 @@ def library_version(kind: str) -> dict[str, str]:
 
 
 # -- arguments ------------------------------------------------------------------------------
-
-
-def dtype_policy(dtype: str, parameters: ParameterPolicy) -> str:
-    """The Keras dtype policy for inputs of ``dtype`` (see the module docstring)."""
-    if dtype in ("float16", "bfloat16") and parameters == "float32":
-        return f"mixed_{dtype}"
-    return dtype
-
-
-def _library_momentum(dialect: Dialect | None, rate: float) -> float:
-    """A canonical rate in the profile's convention, valid or not (no validation here)."""
-    if dialect is not None and dialect.update_rate == "rate":
-        return rate
-    return 1.0 - rate
-
-
-def renorm_arguments(renorm: RenormConfig, dialect: Dialect | None) -> dict[str, Any]:
-    """``renorm``, ``renorm_clipping`` and ``renorm_momentum`` for a canonical renorm config.
-
-    Raises :class:`UnsupportedConfig` for what the Keras layers cannot express; passes
-    invalid bounds and rates through (whether the layer rejects them is what
-    renorm.params.invalid checks).
-    """
-    if renorm.average != "std":
-        raise UnsupportedConfig(
-            f"average={renorm.average!r}: the Keras renorm layers average the batch standard "
-            "deviation"
-        )
-    if renorm.statistics != "separate" or renorm.correction_rate is None:
-        raise UnsupportedConfig(
-            "statistics='shared': the Keras renorm layers keep a separate correction set "
-            "(renorm_mean, renorm_stddev) updated with renorm_momentum"
-        )
-    if renorm.sigma_floor != "sqrt_eps":
-        raise UnsupportedConfig(
-            f"sigma_floor={renorm.sigma_floor!r}: the Keras renorm layers floor the correction "
-            "sigma at sqrt(epsilon)"
-        )
-    if not isinstance(renorm.schedule, ConstantSchedule):
-        raise UnsupportedConfig(
-            f"schedule {type(renorm.schedule).__name__}: renorm_clipping is fixed at "
-            "construction, the Keras renorm layers have no warm-up"
-        )
-    bounds = renorm.schedule.value
-    clipping: dict[str, float] = {}
-    if bounds.r_min != 0.0:  # NaN passes through: an invalid bound for the layer to reject
-        clipping["rmin"] = float(bounds.r_min)
-    if bounds.r_max != math.inf:
-        clipping["rmax"] = float(bounds.r_max)
-    if bounds.d_max != math.inf:
-        clipping["dmax"] = float(bounds.d_max)
-    return {
-        "renorm": True,
-        "renorm_clipping": clipping,
-        "renorm_momentum": _library_momentum(dialect, renorm.correction_rate),
-    }
 
 
 def _takes(cls: type, names: tuple[str, ...]) -> bool:
@@ -306,40 +252,20 @@ class KerasLayer(TFLayer):
         if self.config.renorm is None:
             super().set_state(state)
             return
-        if not isinstance(state, RenormStatistics):
-            raise TypeError(f"a renorm layer keeps RenormStatistics, not {state!r}")
-        n = self.config.num_features
-        spread = np.asarray(state.spread, dtype=np.float64)
-        with np.errstate(all="ignore"):
-            variance = np.maximum(spread * spread - self.config.eps, 0.0)
-        layer = self.layer
-        write_variable(layer.moving_mean, state.mean, n, "moving_mean")
-        write_variable(getattr(layer, "moving_stddev", None), spread, n, "moving_stddev")
-        write_variable(layer.moving_variance, variance, n, "moving_variance")
-        c_mean, c_spread = state.correction_statistics()
-        write_variable(getattr(layer, "renorm_mean", None), c_mean, n, "renorm_mean")
-        write_variable(getattr(layer, "renorm_stddev", None), c_spread, n, "renorm_stddev")
-        self._steps = state.steps
+        n, layer = self.config.num_features, self.layer
+
+        def write(name: str, values: Array) -> None:
+            write_variable(getattr(layer, name, None), values, n, name)
+
+        self._steps = write_renorm_state(write, state, self.config.eps)
 
     def state(self) -> State | None:
         if self.config.renorm is None:
             return super().state()
-        n = self.config.num_features
-        layer = self.layer
-        read = {
-            name: read_variable(getattr(layer, name, None), n, name)
-            for name in ("moving_mean", "moving_stddev", "renorm_mean", "renorm_stddev")
-        }
-        try:
-            return RenormStatistics(
-                read["moving_mean"],
-                read["moving_stddev"],
-                self._steps,
-                read["renorm_mean"],
-                read["renorm_stddev"],
-            )
-        except ValueError as problem:
-            raise WrongOutput(f"the moving statistics are malformed: {problem}") from None
+        n, layer = self.config.num_features, self.layer
+        return read_renorm_state(
+            lambda name: read_variable(getattr(layer, name, None), n, name), self._steps
+        )
 
 
 # -- the implementation ---------------------------------------------------------------------
@@ -403,14 +329,7 @@ class KerasImplementation(TFImplementation):
         return library_version(self.kind)
 
     def base_capabilities(self) -> Capabilities:
-        notes = {
-            "untracked": "a Keras BatchNormalization always keeps moving statistics; "
-            "trainable=False freezes it and makes it normalize with the moving statistics "
-            "even with training=True (inference behaviour), which is not an untracked mode",
-            "cumulative_average": "Keras takes a float momentum: no cumulative average",
-            "step_counter": "Keras keeps no step counter",
-            "feature_axes": "Keras takes any axis; axis=1 and the last axis are checked",
-        }
+        notes = capability_notes()
         renorm = self.takes_renorm and self.arguments.get("fused") is not True
         if not renorm:
             notes["renorm"] = (
@@ -444,16 +363,7 @@ class KerasImplementation(TFImplementation):
     def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
         """A renorm-only target is probed with renorm layers (constant bounds, no clipping)."""
         if not self.batchnorm:
-            dialect = self.dialect if self.dialect and self.dialect.renorm else PROFILES["tf_keras"]
-            momentum = config.momentum if config.momentum is not None else 0.5
-            renorm = renorm_config(
-                dialect,
-                config.num_features,
-                momentum=dialect.momentum_from_rate(0.5),
-                eps=config.eps,
-                feature_axis=config.feature_axis,
-            )
-            config = replace(config, momentum=momentum, renorm=renorm)
+            config = renorm_probe_config(config, self.dialect)
         return super().probe(config, x, base)
 
     def make_layer(self, config: LayerConfig) -> KerasLayer:
@@ -519,15 +429,7 @@ _AXES: tuple[FeatureAxisPosition, ...] = ("last", "first")
 
 
 def _keras3_class() -> type:
-    found = keras3()
-    if found is None:
-        import keras
-
-        raise RuntimeError(
-            f"Keras runs on the {keras.backend.backend()} backend; this adapter needs the "
-            "TensorFlow backend (set KERAS_BACKEND=tensorflow before Keras is imported)"
-        )
-    cls: type = found.layers.BatchNormalization
+    cls: type = keras_on("tensorflow").layers.BatchNormalization
     return cls
 
 

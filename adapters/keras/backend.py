@@ -1,0 +1,403 @@
+"""Keras 3's ``BatchNormalization`` on the JAX, PyTorch and NumPy backends.
+
+Keras 3's backend is fixed per process when Keras is imported (``KERAS_BACKEND``): the
+targets ``keras.jax``, ``keras.torch`` and ``keras.numpy`` load Keras on their backend
+(:func:`normspec.adapters.keras._keras.keras_on`), and their worker process starts with
+``KERAS_BACKEND`` set (its declaration in :mod:`normspec.adapters.keras`); in a process
+that imported Keras on another backend they are a usage error. ``keras`` (TensorFlow) is
+:mod:`normspec.adapters.keras.keras_layer`.
+
+The layer is built as on TensorFlow (the constructor arguments and dtype policies of
+:mod:`normspec.adapters.keras._keras`) and driven through :class:`FrameworkAdapter` with Keras'
+backend-neutral calls: arrays in by ``keras.ops.convert_to_tensor`` and out by
+``keras.ops.convert_to_numpy``, variables written by ``Variable.assign``. Gradients are the
+backend's own: ``jax.vjp`` of ``layer.stateless_call``, ``torch.autograd.grad``; the NumPy
+backend has none (the backward clauses are not applicable). ``renorm=True`` layers are checked
+as on TensorFlow (their state through ``_keras``'s renorm variables); ``keras.renorm.jax``
+and the like check the renorm clauses only.
+
+A float64 layer that a backend computes in float32 (Keras on JAX without
+``jax_enable_x64``: the variables and outputs are float32) leaves float64 out of the
+capabilities with that reason, rather than reporting float32 values as wrong float64 ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from normspec.adapters._common import ParameterPolicy, parameter_dtype_name
+from normspec.adapters.framework import FrameworkAdapter, FrameworkLayer, VectorName
+from normspec.adapters.keras._keras import (
+    capability_notes,
+    dtype_policy,
+    keras_on,
+    read_renorm_state,
+    renorm_arguments,
+    renorm_probe_config,
+    write_renorm_state,
+)
+from normspec.adapters.protocol import (
+    ALL_DTYPES,
+    Array,
+    Capabilities,
+    DTypeName,
+    Layer,
+    LayerConfig,
+    State,
+    UnsupportedConfig,
+    WrongOutput,
+)
+from normspec.reference.dialects import Dialect, find_profile
+
+#: The gradients of one call: (layer, x, dy, training) -> (dx, dgamma, dbeta).
+GradientFunction = Callable[[Any, Any, Any, bool], tuple[Any, Any | None, Any | None]]
+
+Backend = Literal["jax", "torch", "numpy"]
+
+
+def _jax_gradients(
+    layer: Any, x: Any, dy: Any, training: bool
+) -> tuple[Any, Any | None, Any | None]:
+    """``jax.vjp`` of ``layer.stateless_call``: the batch statistics are differentiated."""
+    import jax
+
+    trainable = list(layer.trainable_variables)
+    fixed = [v.value for v in layer.non_trainable_variables]
+
+    def call(inputs: Any, values: list[Any]) -> Any:
+        return layer.stateless_call(values, fixed, inputs, training=training)[0]
+
+    _, pullback = jax.vjp(call, x, [v.value for v in trainable])
+    dx, dvalues = pullback(dy)
+    return dx, *(_of(layer, name, trainable, dvalues) for name in ("gamma", "beta"))
+
+
+def _of(layer: Any, name: str, trainable: list[Any], values: list[Any]) -> Any | None:
+    """The entry of ``values`` for the layer's variable ``name`` (``None``: it has none)."""
+    variable = getattr(layer, name, None)
+    found = [value for v, value in zip(trainable, values, strict=True) if v is variable]
+    return found[0] if found else None
+
+
+def _torch_gradients(
+    layer: Any, x: Any, dy: Any, training: bool
+) -> tuple[Any, Any | None, Any | None]:
+    """``torch.autograd.grad`` through the whole call (an unused input: zero gradient)."""
+    import torch
+
+    inputs = x.detach().requires_grad_(True)
+    parameters = [getattr(layer, name, None) for name in ("gamma", "beta")]
+    tensors = [p.value for p in parameters if p is not None]
+    y = layer(inputs, training=training)
+    grads = torch.autograd.grad(y, [inputs, *tensors], grad_outputs=dy, allow_unused=True)
+    wrt = [inputs, *tensors]
+    filled = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt, strict=True)]
+    dx, rest = filled[0], iter(filled[1:])
+    dgamma, dbeta = (None if p is None else next(rest) for p in parameters)
+    return dx, dgamma, dbeta
+
+
+#: Each backend's gradients; a backend without (NumPy) is checked without backward clauses.
+GRADIENTS: dict[Backend, GradientFunction | None] = {
+    "jax": _jax_gradients,
+    "torch": _torch_gradients,
+    "numpy": None,
+}
+
+#: Why a float64 layer is computed in float32, per backend (the probe finds that it is).
+NARROWED_FLOAT64: dict[Backend, str] = {
+    "jax": "JAX computes float64 only with jax_enable_x64, which Keras leaves off",
+}
+
+
+class KerasBackendImplementation(FrameworkAdapter):
+    """``keras.layers.BatchNormalization`` of Keras 3 on ``backend`` (jax, torch, numpy)."""
+
+    vectors: ClassVar[Mapping[VectorName, str]] = {
+        "gamma": "gamma",
+        "beta": "beta",
+        "mean": "moving_mean",
+        "var": "moving_variance",
+    }
+
+    def __init__(
+        self,
+        backend: Backend,
+        profile: str = "keras",
+        *,
+        batchnorm: bool = True,
+        parameters: ParameterPolicy = "float32",
+    ) -> None:
+        if backend not in GRADIENTS:
+            raise ValueError(f"backend must be one of {', '.join(GRADIENTS)}, got {backend!r}")
+        self.keras = keras_on(backend)
+        self.backend = backend
+        self.profile = profile
+        parameter_dtype_name("float16", parameters)  # validates the policy
+        self.parameters = parameters
+        self.batchnorm = batchnorm
+        renorm = "" if batchnorm else "(renorm=True) "
+        self.name = (
+            f"keras.layers.BatchNormalization {renorm}(Keras {self.keras.__version__} on "
+            f"{backend} {self._backend_version()})"
+        )
+        self.library = self.name
+
+    def _backend_version(self) -> str:
+        module = __import__(self.backend)
+        return str(getattr(module, "__version__", ""))
+
+    def versions(self) -> Mapping[str, str]:
+        return {
+            "numpy": np.__version__,
+            "keras": self.keras.__version__,
+            "keras_backend": self.backend,
+            self.backend: self._backend_version(),
+        }
+
+    def base_capabilities(self) -> Capabilities:
+        notes = capability_notes()
+        if not self.batchnorm:
+            notes["batchnorm"] = "this target checks the renorm clauses only"
+        notes["ghost_batches"] = "Keras 3 takes no virtual_batch_size"
+        backward = GRADIENTS[self.backend] is not None
+        if not backward:
+            notes["backward"] = (
+                f"Keras' {self.backend} backend has no automatic differentiation: a layer "
+                "cannot be differentiated there"
+            )
+        return Capabilities(
+            ranks=frozenset({2, 3, 4, 5}),
+            feature_axes=("last", "first"),
+            backward=backward,
+            batchnorm=self.batchnorm,
+            renorm=True,
+            cumulative_average=False,
+            untracked=False,
+            without_affine=True,
+            step_counter=False,
+            strided_input=True,
+            ghost_batches=False,
+            # every jnp operation of an eager call compiles for each new shape
+            compiles_per_shape=self.backend == "jax",
+            notes=notes,
+        )
+
+    def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
+        """A float64 layer the backend computes in float32 is not applicable, with the
+        reason (:meth:`float64_narrowed`); otherwise the tiny layer's calls (a failure means
+        the dtype is not supported)."""
+        narrowed = self.float64_narrowed() if config.dtype == "float64" else None
+        if narrowed is not None:
+            return narrowed
+        if not self.batchnorm:  # a renorm-only target is probed with renorm layers
+            config = renorm_probe_config(config, self.dialect)
+        return super().probe(config, x, base)
+
+    def float64_narrowed(self) -> str | None:
+        """Why a float64 layer computes in float32 here, or ``None`` if it computes in float64.
+
+        Measured: one feature, ``x = [0, 1]``, ``epsilon = 1e-3``, no affine parameters; the
+        training output's first value in float64 is ``-0.5 / sqrt(0.251)``, and rounds to
+        float32's otherwise. The causes known are named: float32 variables (JAX without
+        ``jax_enable_x64``, the NumPy backend) and ``BatchNormalization.call`` computing in
+        ``keras.backend.result_type(dtype, "float32")``, float32 for float64 on every backend
+        but TensorFlow's.
+        """
+        config = LayerConfig(
+            num_features=1,
+            rank=2,
+            feature_axis=1,
+            dtype="float64",
+            eps=1e-3,
+            momentum=0.5,
+            affine=False,
+            track_running_stats=True,
+        )
+        layer = self.create(config)
+        held = self.keras.backend.standardize_dtype(layer.moving_mean.value.dtype)
+        x = np.array([[0.0], [1.0]])
+        y = self.forward(layer, self.to_framework(x, "float64"), training=True)
+        got = float(np.asarray(self.to_numpy(y), dtype=np.float64)[0, 0])
+        want = -0.5 / math.sqrt(0.25 + 1e-3)
+        if abs(got - want) <= 1e-12:
+            return None
+        causes = []
+        if held != "float64":
+            why = NARROWED_FLOAT64.get(self.backend)
+            causes.append(f"its variables hold {held} values" + (f" ({why})" if why else ""))
+        promoted = self.keras.backend.result_type("float64", "float32")
+        if promoted != "float64":
+            causes.append(
+                "BatchNormalization.call computes in keras.backend.result_type(dtype, "
+                f"'float32'), which is {promoted} for float64"
+            )
+        return (
+            f"Keras on the {self.backend} backend computes a float64 layer in float32: the "
+            f"training output at x = [0, 1], epsilon = 1e-3 is {got!r}, float64 gives "
+            f"{want!r}" + (f"; {'; '.join(causes)}" if causes else "")
+        )
+
+    def probed(self, base: Capabilities) -> Capabilities:
+        """The probed capabilities; a dtype left out is a warning of the report too (the
+        dtypes it checks are listed, those it does not would go unsaid)."""
+        found = super().probed(base)
+        left_out = [d for d in ALL_DTYPES if d in base.dtypes and d not in found.dtypes]
+        if not left_out:
+            return found
+        warning = f"{', '.join(left_out)} not checked ({found.notes['dtypes']})"
+        return replace(found, warnings=(*found.warnings, warning))
+
+    @property
+    def dialect(self) -> Dialect | None:
+        """The profile's dialect, ``None`` for a name normspec does not know."""
+        return find_profile(self.profile)
+
+    def build(self, config: LayerConfig) -> Layer:
+        if config.renorm is None and not self.batchnorm:
+            raise UnsupportedConfig(
+                "plain batch normalization is not checked here: this target checks the "
+                "renorm clauses only"
+            )
+        return super().build(config)
+
+    # -- FrameworkAdapter --
+
+    def make_layer(self, config: LayerConfig) -> KerasBackendLayer:
+        return KerasBackendLayer(self, config, self.create(config))
+
+    def create(self, config: LayerConfig) -> Any:
+        renorm = {} if config.renorm is None else renorm_arguments(config.renorm, self.dialect)
+        layer = self.keras.layers.BatchNormalization(
+            axis=config.feature_axis,
+            momentum=config.momentum,
+            epsilon=config.eps,
+            center=config.affine,
+            scale=config.affine,
+            dtype=dtype_policy(config.dtype, self.parameters),
+            **renorm,
+        )
+        shape = [1] * config.rank
+        shape[config.feature_axis] = config.num_features
+        layer.build(tuple(shape))
+        return layer
+
+    def to_framework(self, array: Array, dtype: DTypeName) -> Any:
+        """Given ``dtype``'s NumPy type first (exact), keeping its layout where NumPy does,
+        then converted as a user's NumPy array is."""
+        typed = np.asarray(array).astype(_numpy_type(dtype), order="K")
+        return self.keras.ops.convert_to_tensor(typed, dtype=dtype)
+
+    def to_numpy(self, value: Any) -> np.ndarray:
+        """Keras' conversion; a bfloat16 tensor by way of float32 (exact), as ``ml_dtypes``."""
+        if isinstance(value, self.keras.Variable):
+            value = value.value
+        ops = self.keras.ops
+        dtype = self.keras.backend.standardize_dtype(value.dtype)
+        if dtype == "bfloat16":
+            widened = np.asarray(ops.convert_to_numpy(ops.cast(value, "float32")))
+            return widened.astype(_numpy_type("bfloat16"))
+        return np.asarray(ops.convert_to_numpy(value))
+
+    def forward(self, layer: Any, x: Any, *, training: bool) -> Any:
+        return layer(x, training=training)
+
+    def gradients(
+        self, layer: Any, x: Any, dy: Any, *, training: bool
+    ) -> tuple[Any, Any | None, Any | None]:
+        found = GRADIENTS[self.backend]
+        if found is None:  # pragma: no cover - refused by the capabilities
+            raise UnsupportedConfig(self.base_capabilities().notes["backward"])
+        return found(layer, x, dy, training)
+
+    def write(self, layer: Any, name: VectorName | Literal["steps"], value: Any) -> None:
+        """``Variable.assign``: the layer keeps its variable (and its dtype)."""
+        getattr(layer, self.attribute(name)).assign(value)
+
+
+class KerasBackendLayer(FrameworkLayer):
+    """A Keras layer; a renorm layer's state is its renorm variables (``_keras``)."""
+
+    adapter: KerasBackendImplementation
+
+    def _write(self, name: str, values: Array) -> None:
+        variable = getattr(self.layer, name)
+        dtype = np.asarray(self.adapter.to_numpy(variable)).dtype.name
+        variable.assign(self.adapter.to_framework(np.asarray(values), dtype))
+
+    def _read(self, name: str) -> Array:
+        variable = getattr(self.layer, name, None)
+        if variable is None:
+            raise WrongOutput(f"the layer has no {name}")
+        return self._numpy(variable, name, (self.config.num_features,), None)
+
+    def set_state(self, state: State) -> None:
+        if self.config.renorm is None:
+            super().set_state(state)
+            return
+        self._steps = write_renorm_state(self._write, state, self.config.eps)
+
+    def state(self) -> State | None:
+        if self.config.renorm is None:
+            return super().state()
+        return read_renorm_state(self._read, self._steps)
+
+
+def _numpy_type(dtype: DTypeName) -> Any:
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(dtype)
+
+
+# -- the built-in targets (normspec.adapters.registry.ALIASES) ------------------------------
+
+
+def keras_jax(profile: str = "keras") -> KerasBackendImplementation:
+    """``keras.jax``: ``keras.layers.BatchNormalization`` of Keras 3 on JAX."""
+    return KerasBackendImplementation("jax", profile)
+
+
+def keras_torch(profile: str = "keras") -> KerasBackendImplementation:
+    """``keras.torch``: ``keras.layers.BatchNormalization`` of Keras 3 on PyTorch."""
+    return KerasBackendImplementation("torch", profile)
+
+
+def keras_numpy(profile: str = "keras") -> KerasBackendImplementation:
+    """``keras.numpy``: ``keras.layers.BatchNormalization`` of Keras 3 on NumPy (no
+    gradients: the backward clauses are not applicable)."""
+    return KerasBackendImplementation("numpy", profile)
+
+
+def keras_renorm_jax(profile: str = "tf_keras") -> KerasBackendImplementation:
+    """``keras.renorm.jax``: Keras 3's ``BatchNormalization(renorm=True)`` on JAX."""
+    return KerasBackendImplementation("jax", profile, batchnorm=False)
+
+
+def keras_renorm_torch(profile: str = "tf_keras") -> KerasBackendImplementation:
+    """``keras.renorm.torch``: Keras 3's ``BatchNormalization(renorm=True)`` on PyTorch."""
+    return KerasBackendImplementation("torch", profile, batchnorm=False)
+
+
+def keras_renorm_numpy(profile: str = "tf_keras") -> KerasBackendImplementation:
+    """``keras.renorm.numpy``: Keras 3's ``BatchNormalization(renorm=True)`` on NumPy."""
+    return KerasBackendImplementation("numpy", profile, batchnorm=False)
+
+
+__all__ = [
+    "GRADIENTS",
+    "KerasBackendImplementation",
+    "KerasBackendLayer",
+    "keras_jax",
+    "keras_numpy",
+    "keras_renorm_jax",
+    "keras_renorm_numpy",
+    "keras_renorm_torch",
+    "keras_torch",
+]
