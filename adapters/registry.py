@@ -28,6 +28,7 @@ from normspec.adapters.protocol import Implementation
 #: builds classes with the target's constructor arguments also takes ``arguments``.
 RECOGNISERS: list[tuple[str, str]] = [
     ("torch", "normspec.adapters.torch_distributed:recognise"),
+    ("torch", "normspec.adapters.torch_renorm:recognise"),
     ("torch", "normspec.adapters.torch_module:recognise"),
     ("keras", "normspec.adapters.keras_layer:recognise"),
     ("tf_keras", "normspec.adapters.keras_layer:recognise"),
