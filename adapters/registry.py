@@ -32,6 +32,7 @@ RECOGNISERS: list[tuple[str, str]] = [
     ("torch", "normspec.adapters.torch_module:recognise"),
     ("keras", "normspec.adapters.keras_layer:recognise"),
     ("tf_keras", "normspec.adapters.keras_layer:recognise"),
+    ("flax", "normspec.adapters.flax_renorm:recognise"),
     ("flax", "normspec.adapters.flax_linen:recognise"),
     ("flax", "normspec.adapters.flax_nnx:recognise"),
     # issue 13, haiku and equinox (to move into their adapter modules with the others)
