@@ -107,10 +107,12 @@ class TorchRenormLayer(TorchModuleLayer):
         """Through ``load_state_dict``, as a user restores a layer: vectors of another length
         are refused by torch (renorm.params.shape), never broadcast."""
         names = [*values, *([self.roles.steps] if steps is not None else [])]
-        held = {name: getattr(self.module, name, None) for name in names}
-        for name, tensor in held.items():
+        held: dict[str, torch.Tensor] = {}
+        for name in names:
+            tensor = getattr(self.module, name, None)
             if not isinstance(tensor, torch.Tensor):
                 raise WrongOutput(f"the layer has no {name} tensor")
+            held[name] = tensor
         loaded = {name: vector_to_torch(value, held[name]) for name, value in values.items()}
         if steps is not None:
             loaded[self.roles.steps] = torch.full_like(held[self.roles.steps], steps)
