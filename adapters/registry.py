@@ -45,6 +45,7 @@ RECOGNISERS: list[tuple[str, str]] = [
 #: (framework module, "module:function"): why an object of that framework is recognised by
 #: none of its recognisers, and what to do (``None``: not its framework's), for the error.
 EXPLAINERS: list[tuple[str, str]] = [
+    ("torch", "normspec.adapters.torch_renorm:explain"),
     ("torch", "normspec.adapters.torch_module:explain"),
 ]
 

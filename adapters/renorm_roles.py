@@ -104,33 +104,48 @@ def state_roles(names: Iterable[str]) -> StateRoles | None:
     return StateRoles(mean, spread, "std" if std is not None else "variance", steps)
 
 
-def describe(arguments: ArgumentRoles, state: StateRoles) -> str:
-    """``r_max=..., d_max=..., warm-up=..., mean=..., spread=..., steps=...``: the names found."""
-    pairs = (
-        ("r_max", arguments.r_max),
-        ("d_max", arguments.d_max),
-        ("clipping", arguments.clipping),
-        ("warm-up", arguments.warmup),
-        ("mean", state.mean),
-        ("spread", state.spread),
-        ("steps", state.steps),
-    )
+def _pairs(pairs: Iterable[tuple[str, str | None]]) -> str:
     return ", ".join(f"{role}={name}" for role, name in pairs if name is not None)
 
 
-def missing_roles(arguments: ArgumentRoles | None, state: StateRoles | None) -> list[str]:
-    """What a renorm-shaped class lacks, for an explanation (empty: nothing)."""
+def describe_arguments(arguments: ArgumentRoles) -> str:
+    """``r_max=..., d_max=..., warm-up=...``: the argument names found."""
+    return _pairs(
+        (
+            ("r_max", arguments.r_max),
+            ("d_max", arguments.d_max),
+            ("clipping", arguments.clipping),
+            ("warm-up", arguments.warmup),
+        )
+    )
+
+
+def describe(arguments: ArgumentRoles, state: StateRoles) -> str:
+    """``r_max=..., d_max=..., warm-up=..., mean=..., spread=..., steps=...``: the names found."""
+    state_names = (("mean", state.mean), ("spread", state.spread), ("steps", state.steps))
+    return ", ".join((describe_arguments(arguments), _pairs(state_names)))
+
+
+def missing_roles(arguments: ArgumentRoles | None, state_names: Iterable[str]) -> list[str]:
+    """What a renorm-shaped class lacks among its bounds and its state entries
+    ``state_names``, for an explanation (empty: nothing)."""
     problems = []
     if arguments is None:
         problems.append(
             f"no bounds among its arguments ({'/'.join(R_MAX_NAMES[:2])} and "
             f"{'/'.join(D_MAX_NAMES[:2])}, or {'/'.join(CLIPPING_NAMES)})"
         )
-    if state is None:
-        problems.append(
-            f"no moving mean ({'/'.join(MEAN_NAMES)}), spread ({'/'.join(STD_NAMES)} or "
-            f"{'/'.join(VAR_NAMES)}) and step counter ({'/'.join(STEP_NAMES)}) in its state"
-        )
+    listed = list(state_names)
+    wanted = (
+        ("moving mean", MEAN_NAMES),
+        ("moving spread", STD_NAMES + VAR_NAMES),
+        ("step counter", STEP_NAMES),
+    )
+    problems += [
+        f"no {role} in its state ({'/'.join(names)})"
+        for role, names in wanted
+        if _first(listed, names) is None
+    ]
     return problems
 
 
@@ -242,6 +257,7 @@ __all__ = [
     "StateRoles",
     "argument_roles",
     "describe",
+    "describe_arguments",
     "library_arguments",
     "missing_roles",
     "probe_arguments",

@@ -215,6 +215,45 @@ class TorchRenormImplementation(TorchImplementation):
         return TorchRenormLayer(module, config, self.device, dtype, self.state_roles)
 
 
+def explain(obj: object, arguments: Mapping[str, Any] | None = None) -> str | None:
+    """Why a module class whose constructor takes renorm bounds is not recognised as a
+    renorm layer, and what to do (``None`` for any other object): one line."""
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        return None
+    names = _argument_names(obj)
+    found = renorm_roles.argument_roles(names)
+    if found is None:
+        return None
+    problems = [
+        f"its constructor takes no {name}" for name in CONSTRUCTOR_ARGUMENTS if name not in names
+    ]
+    if not problems:
+        try:
+            probe = obj(
+                num_features=2,
+                eps=1e-3,
+                momentum=0.1,
+                **renorm_roles.probe_arguments(found),
+                **dict(arguments or {}),
+            )
+        except Exception as error:  # a constructor that needs more
+            problems.append(f"building it raised {type(error).__name__}: {error}")
+        else:
+            problems += renorm_roles.missing_roles(found, _buffer_names(probe))
+            parameters = dict(probe.named_parameters(recurse=False))
+            problems += [
+                f"it has no parameter {p}" for p in ("weight", "bias") if p not in parameters
+            ]
+    if not problems:
+        return None
+    return (
+        f"{obj.__qualname__} takes renorm bounds ({renorm_roles.describe_arguments(found)}) "
+        f"but normspec does not recognise it as a renorm layer: {'; '.join(problems)}. Pass "
+        "other constructor arguments in the target (module:Class(name=value)), or write an "
+        "adapter (README: Renorm layers outside Keras, Writing an adapter)"
+    )
+
+
 def recognise(
     obj: object, profile: str, arguments: Mapping[str, Any] | None = None
 ) -> TorchRenormImplementation | None:

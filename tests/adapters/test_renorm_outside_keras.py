@@ -131,17 +131,45 @@ def test_the_fixtures_resolve_as_renorm_layers_with_no_glue() -> None:
 
 
 def test_batchnorm_shaped_classes_stay_batchnorms() -> None:
-    import flax.linen
-    import torch.nn
     from fixtures.thirdparty_bn import ThirdPartyBatchNorm2d
 
-    for target in (ThirdPartyBatchNorm2d, torch.nn.BatchNorm2d):
-        assert renorm_roles.argument_roles(["num_features", "eps"]) is None
-        assert type(
-            load_target(f"{target.__module__}:{target.__qualname__}", "torch")
-        ).__name__ == ("TorchModuleImplementation")
-    assert type(load_target("flax.linen:BatchNorm", "flax")).__name__ == "FlaxLinenImplementation"
-    assert flax.linen.BatchNorm is not flax_fixtures.BatchRenorm
+    from normspec.adapters.flax_linen import FlaxLinenImplementation
+    from normspec.adapters.torch_module import TorchModuleImplementation
+    from normspec.adapters.torch_renorm import explain
+
+    for target in ("torch.nn:BatchNorm2d", "fixtures.thirdparty_bn:ThirdPartyBatchNorm2d"):
+        assert isinstance(load_target(target, "torch"), TorchModuleImplementation)
+    assert renorm_roles.argument_roles(["num_features", "eps", "momentum"]) is None
+    assert explain(ThirdPartyBatchNorm2d) is None  # no bounds: not a renorm class at all
+    assert isinstance(load_target("flax.linen:BatchNorm", "flax"), FlaxLinenImplementation)
+
+
+def test_a_renorm_class_missing_a_role_is_explained() -> None:
+    import torch
+    from torch import nn
+
+    class NoCounter(nn.Module):
+        def __init__(
+            self,
+            num_features: int,
+            eps: float,
+            momentum: float,
+            r_max: float = 3.0,
+            d_max: float = 5.0,
+        ) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+            self.register_buffer("running_mean", torch.zeros(num_features))
+            self.register_buffer("running_std", torch.ones(num_features))
+
+    from normspec.adapters.torch_renorm import explain
+
+    message = explain(NoCounter)
+    assert message is not None and "no step counter in its state" in message
+    assert "r_max=r_max, d_max=d_max" in message
+    assert explain(torch_fixtures.BatchRenorm2d) is None  # recognised: nothing to explain
+    assert explain(nn.BatchNorm2d) is None
 
 
 @pytest.mark.parametrize(
