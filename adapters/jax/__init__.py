@@ -1,4 +1,5 @@
-"""The JAX adapters: Flax linen and nnx, haiku, equinox, and functions written in JAX
+"""The JAX adapters: Flax linen and nnx (and renorm-shaped linen modules, ``flax_renorm``),
+haiku, equinox, and functions written in JAX
 (``functional``), on one mechanism (``_jax``); with what only they need: the host devices
 the ``sync.*`` clauses ask XLA for (``devices``) and JAX's persistent compilation cache
 (``compile_cache``). Declared here without importing JAX
@@ -65,6 +66,7 @@ ADAPTERS = Adapters(
         ),
     ),
     recognisers=(
+        Recogniser("flax", f"{_HERE}.flax_renorm:recognise"),
         Recogniser("flax", f"{_HERE}.flax_linen:recognise"),
         Recogniser("flax", f"{_HERE}.flax_nnx:recognise"),
         Recogniser("haiku", f"{_HERE}.haiku_module:recognise"),

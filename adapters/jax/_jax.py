@@ -461,7 +461,7 @@ class JaxLayer:
             self._stats = self.program.with_statistics(template, state, others)
             self._steps = state.steps
 
-    def state(self) -> RunningStatistics:
+    def state(self) -> State:
         _, stats = self._trees()
         return self.program.statistics(stats, self._steps)
 

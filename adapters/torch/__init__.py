@@ -1,5 +1,6 @@
-"""The PyTorch adapters: ``torch.nn`` modules (``module``), ``F.batch_norm`` (``functional``),
-synchronized modules on K processes (``distributed``). Declared here without importing
+"""The PyTorch adapters: ``torch.nn`` modules (``module``), renorm-shaped modules
+(``renorm``), ``F.batch_norm`` (``functional``), synchronized modules on K processes
+(``distributed``). Declared here without importing
 torch (:mod:`normspec.adapters.declarations`)."""
 
 from normspec.adapters.declarations import Adapters, BuiltinTarget, Recogniser
@@ -21,7 +22,11 @@ ADAPTERS = Adapters(
     ),
     recognisers=(
         Recogniser("torch", f"{_HERE}.distributed:recognise"),
+        Recogniser("torch", f"{_HERE}.renorm:recognise"),
         Recogniser("torch", f"{_HERE}.module:recognise"),
     ),
-    explainers=(Recogniser("torch", f"{_HERE}.module:explain"),),
+    explainers=(
+        Recogniser("torch", f"{_HERE}.renorm:explain"),
+        Recogniser("torch", f"{_HERE}.module:explain"),
+    ),
 )
