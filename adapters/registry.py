@@ -27,6 +27,7 @@ from normspec.adapters.protocol import Implementation
 #: A recogniser takes (object, profile name) and returns an Implementation or None; one that
 #: builds classes with the target's constructor arguments also takes ``arguments``.
 RECOGNISERS: list[tuple[str, str]] = [
+    ("torch", "normspec.adapters.torch_family:recognise"),  # LayerNorm, RMSNorm (layernorm.md)
     ("torch", "normspec.adapters.torch_distributed:recognise"),
     ("torch", "normspec.adapters.torch_module:recognise"),
     ("keras", "normspec.adapters.keras_layer:recognise"),
