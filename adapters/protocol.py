@@ -117,6 +117,8 @@ class Capabilities:
     rmsnorm: bool = False
     #: the RMSNorm scale dialects the layer can be built with (``FamilyConfig.scale_offset``)
     rms_scale_offsets: tuple[float, ...] = (0.0,)
+    #: a LayerNorm/RMSNorm layer can carry a bias beside its weight (``FamilyConfig.bias``)
+    elementwise_bias: bool = True
     cumulative_average: bool = False
     untracked: bool = False
     without_affine: bool = True

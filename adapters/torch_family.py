@@ -163,6 +163,7 @@ class TorchFamily:
             training=False,
             untracked=True,
             without_affine=True,
+            elementwise_bias=self.takes_bias,
             notes={"batchnorm": f"it is a {self.kind} layer", "renorm": f"a {self.kind} layer"},
         )
 

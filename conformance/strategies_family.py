@@ -142,7 +142,8 @@ def family_cases(
     """A whole LayerNorm or RMSNorm case within the capabilities.
 
     ``affine``: with elementwise weight and bias, without, or ``None`` to draw it (where the
-    implementation supports both); the bias is drawn on or off where there are parameters.
+    implementation supports both); the bias is drawn on or off where there are parameters
+    and the implementation offers one (``Capabilities.elementwise_bias``).
     ``layout``: the memory layout of ``x`` and ``dy``, else drawn. ``min_slices``: the
     fewest slices (leading indices) of the input.
     """
@@ -160,7 +161,7 @@ def family_cases(
     with_affine = draw(st.booleans()) if affine is None and capabilities.without_affine else (
         affine is not False
     )
-    bias = with_affine and (kind == "layernorm" or draw(st.booleans()))
+    bias = with_affine and capabilities.elementwise_bias and draw(st.booleans())
     offset = draw(st.sampled_from(capabilities.rms_scale_offsets)) if kind == "rmsnorm" else 0.0
     config = family_config(
         kind,
