@@ -45,7 +45,7 @@ MODULE_ARGUMENTS = ("normalized_shape", "eps", "elementwise_affine")
 
 def _parameter_names(obj: Any) -> list[str] | None:
     try:
-        target = obj.__init__ if isinstance(obj, type) else obj
+        target = getattr(obj, "__init__") if isinstance(obj, type) else obj  # noqa: B009
         names = list(inspect.signature(target).parameters)
     except (TypeError, ValueError):
         return None
@@ -179,8 +179,10 @@ class TorchFamily:
         if family.bias and not self.takes_bias:
             raise UnsupportedConfig("the layer takes no bias")
         dtype = dtype_of(config.dtype)
-        return self._module_layer(config, dtype) if self.module else self._function_layer(
-            config, dtype
+        return (
+            self._module_layer(config, dtype)
+            if self.module
+            else self._function_layer(config, dtype)
         )
 
     def _module_layer(self, config: LayerConfig, dtype: torch.dtype) -> FamilyLayer:

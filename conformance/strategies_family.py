@@ -158,8 +158,10 @@ def family_cases(
     while int(np.prod(leading, dtype=np.int64)) < min_slices:
         leading.append(min_slices)
     shape = (*leading, *normalized_shape)
-    with_affine = draw(st.booleans()) if affine is None and capabilities.without_affine else (
-        affine is not False
+    with_affine = (
+        draw(st.booleans())
+        if affine is None and capabilities.without_affine
+        else (affine is not False)
     )
     bias = with_affine and capabilities.elementwise_bias and draw(st.booleans())
     offset = draw(st.sampled_from(capabilities.rms_scale_offsets)) if kind == "rmsnorm" else 0.0
@@ -181,7 +183,7 @@ def family_cases(
         params = (weight.reshape(normalized_shape), shift.reshape(normalized_shape))
     x = draw(slice_values(shape, normalized_shape, dtype, conditioning))
     dy = round_to(draw(standard_values(shape, stream=1)), dtype)
-    chosen = layout or draw(st.sampled_from(LAYOUTS))
+    chosen: Layout = draw(st.sampled_from(LAYOUTS)) if layout is None else layout
     last = len(shape) - 1
     return FamilyCase(
         config, None, params, None, arrange(x, chosen, last), arrange(dy, chosen, last), chosen

@@ -51,7 +51,6 @@ class Slices:
         return np.ascontiguousarray(matrix.T).reshape(self.shape)
 
 
-
 @dataclass(frozen=True)
 class RmsTerms:
     """The exact per-slice quantities of RMSNorm's bounds, on the ``(n, slices)`` matrix."""
@@ -99,9 +98,7 @@ def rms_output_bound(
 
     def bound(p: Precision) -> Array:
         ax = np.abs(t.xhat)
-        return (
-            p.u_w * (t.n + 3) * g * ax + p.u_o * (2 * g * ax + b) + p.tiny * (1 + g * t.s)
-        )
+        return p.u_w * (t.n + 3) * g * ax + p.u_o * (2 * g * ax + b) + p.tiny * (1 + g * t.s)
 
     return view.back(_both(bound, precision))
 
@@ -149,14 +146,10 @@ def layernorm_backward_bounds(
     g = view.columns(dy) * signed
     dx_star = view.columns(expected.dx)
     zeros = np.zeros(columns.shape[1])
-    dx = backward_bounds(
-        precision, columns, g, None, eps, 1, Gradients(dx_star, zeros, zeros)
-    ).dx
+    dx = backward_bounds(precision, columns, g, None, eps, 1, Gradients(dx_star, zeros, zeros)).dx
     terms = FeatureTerms.of(columns, 1, eps)
     xhat_bound = normalized_output_bound(precision, terms, np.ones_like(w), np.zeros_like(w))
-    dw, db = _dparams_bounds(
-        precision, view, view.columns(dy), terms.xhat, xhat_bound, expected
-    )
+    dw, db = _dparams_bounds(precision, view, view.columns(dy), terms.xhat, xhat_bound, expected)
     shape = tuple(normalized_shape)
     return GradientBounds(view.back(dx), dw.reshape(shape), db.reshape(shape))
 
@@ -193,9 +186,7 @@ def rms_backward_bounds(
         precision, view, view.columns(dy), t.xhat, _both(xhat, precision), expected
     )
     shape = tuple(normalized_shape)
-    return GradientBounds(
-        view.back(_both(dx, precision)), dw.reshape(shape), db.reshape(shape)
-    )
+    return GradientBounds(view.back(_both(dx, precision)), dw.reshape(shape), db.reshape(shape))
 
 
 __all__ = [

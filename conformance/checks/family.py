@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from normspec.adapters.protocol import Array, FamilyKind
 from normspec.conformance.checks import Body, check
 from normspec.conformance.context import CheckContext, Violation
+from normspec.conformance.dtypes import float_format
 from normspec.conformance.strategies import arrange
 from normspec.conformance.strategies_family import FamilyCase
-from normspec.conformance.dtypes import float_format
 from normspec.conformance.tolerance import Comparison, GradientBounds, compare
 from normspec.conformance.tolerance_family import (
     layernorm_backward_bounds,
@@ -92,8 +92,12 @@ def output_bound(ctx: CheckContext, case: FamilyCase, x: Array) -> Array:
     precision = ctx.precision(case.config.dtype)
     weight, bias = _parameters(case)
     if case.family.kind == "layernorm":
-        return layernorm_output_bound(precision, x, case.normalized_shape, weight, bias, case.config.eps)
-    return rms_output_bound(precision, x, case.normalized_shape, _scale(case), bias, case.config.eps)
+        return layernorm_output_bound(
+            precision, x, case.normalized_shape, weight, bias, case.config.eps
+        )
+    return rms_output_bound(
+        precision, x, case.normalized_shape, _scale(case), bias, case.config.eps
+    )
 
 
 def gradient_bounds(
@@ -126,7 +130,8 @@ def forward(ctx: CheckContext, case: FamilyCase) -> Array:
 def backward(ctx: CheckContext, case: FamilyCase) -> Gradients:
     """The layer's dx, dweight, dbias for the case's cotangent."""
     layer = ctx.build(case)
-    return ctx.call("vjp", layer.vjp, case.x, case.dy, training=False)  # type: ignore[no-any-return]
+    grads: Gradients = ctx.call("vjp", layer.vjp, case.x, case.dy, training=False)
+    return grads
 
 
 def expect_output(
@@ -177,8 +182,9 @@ def _compare(
 ) -> Comparison:
     """:func:`compare` over the elements whose exact value the dtype can hold (conv.io.finite:
     beyond its largest finite number an infinity is the rounded result)."""
-    held = np.abs(expected) <= float_format(dtype).max
-    return compare(quantity, actual, expected, bound, dtype, held if mask is None else held & mask)
+    held = (np.abs(expected) <= float_format(dtype).max).astype(np.float64)
+    chosen = held if mask is None else held * mask
+    return compare(quantity, actual, expected, bound, dtype, chosen)
 
 
 def slice_mask(case: FamilyCase, index: int) -> Array:
