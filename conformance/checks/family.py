@@ -182,8 +182,10 @@ def _compare(
 ) -> Comparison:
     """:func:`compare` over the elements whose exact value the dtype can hold (conv.io.finite:
     beyond its largest finite number an infinity is the rounded result)."""
-    held = (np.abs(expected) <= float_format(dtype).max).astype(np.float64)
-    chosen = held if mask is None else held * mask
+    chosen = np.ones(np.shape(expected), bool)
+    chosen &= np.abs(expected) <= float_format(dtype).max
+    if mask is not None:
+        chosen &= mask
     return compare(quantity, actual, expected, bound, dtype, chosen)
 
 
