@@ -26,6 +26,7 @@ from normspec.adapters.protocol import Array, FamilyKind
 from normspec.conformance.checks import Body, check
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.dtypes import float_format
+from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies import arrange
 from normspec.conformance.strategies_family import FamilyCase
 from normspec.conformance.tolerance import Comparison, GradientBounds, compare
@@ -313,6 +314,28 @@ def params_shape(kind: FamilyKind) -> Body:
     return body
 
 
+#: eps values that are not positive finite numbers (ln.params.eps).
+_INVALID_EPS = st.sampled_from([0.0, -1e-5, np.nan, np.inf])
+
+
+def params_eps(kind: FamilyKind) -> Body:
+    def body(ctx: CheckContext, data: Any) -> None:
+        case = draw(ctx, data, kind, affine=None)
+        eps = float(data.draw(_INVALID_EPS, label="eps"))
+        case = ctx.use_case(replace(case, config=replace(case.config, eps=eps)))  # type: ignore[assignment]
+        try:
+            layer = ctx.build(case)
+        except ImplementationLost:
+            raise
+        except ImplementationError:
+            return
+        raised, _ = ctx.attempt("infer", layer.infer, case.x)
+        if not raised:
+            raise Violation(f"eps = {eps!r} was accepted: a layer built with it returned an output")
+
+    return body
+
+
 def _register() -> None:
     for kind in KINDS:
         p = PREFIX[kind]
@@ -334,6 +357,7 @@ def _register() -> None:
             nonfinite_isolated(kind)
         )
         check(f"{p}.params.shape", training=False)(params_shape(kind))
+        check(f"{p}.params.eps", training=False)(params_eps(kind))
 
 
 _register()

@@ -5,10 +5,14 @@ mykernels:layer_norm`` (run from this directory) checks it with no glue code.
 always taken in float32 (``x.float()``), float64 inputs included.
 """
 
+import math
+
 import torch
 
 
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a positive finite number, got {eps}")
     if tuple(x.shape[x.dim() - len(normalized_shape) :]) != tuple(normalized_shape):
         raise ValueError(f"x of shape {tuple(x.shape)} does not end in {normalized_shape}")
     dims = tuple(range(-len(normalized_shape), 0))

@@ -12,8 +12,14 @@ import math
 import numpy as np
 
 from gallery.bugs import raw_memory
-from gallery.family_base import GemmaNumpyRMSNorm, NumpyLayerNorm, NumpyRMSNorm, Work
-from normspec.adapters.protocol import Array, DTypeName, FamilyConfig
+from gallery.family_base import (
+    FamilyNumpyLayer,
+    GemmaNumpyRMSNorm,
+    NumpyLayerNorm,
+    NumpyRMSNorm,
+    Work,
+)
+from normspec.adapters.protocol import Array, DTypeName, FamilyConfig, LayerConfig
 from normspec.conformance.dtypes import round_to
 
 
@@ -71,6 +77,16 @@ class ReshapesToFit(NumpyLayerNorm):
     def rows(self, x: Array, family: FamilyConfig, dtype: DTypeName) -> Work:
         n = math.prod(family.normalized_shape)
         return self.read(x).reshape(-1, n).astype(self.working(dtype))
+
+
+class AcceptsAnyEps(NumpyRMSNorm):
+    """eps is never validated: 0, a negative number, NaN or infinity is used as given."""
+
+    expected_clauses = ("rms.params.eps",)
+
+    def build(self, config: LayerConfig) -> FamilyNumpyLayer:
+        assert config.family is not None
+        return FamilyNumpyLayer(self, config, config.family)
 
 
 class GlobalMaxRescale(NumpyRMSNorm):
@@ -131,6 +147,7 @@ FAMILY_BUGS: tuple[type[NumpyLayerNorm], ...] = (
     BackwardMissingMeanTerm,
     IgnoresCotangentStrides,
     ReshapesToFit,
+    AcceptsAnyEps,
     GlobalMaxRescale,
     EpsOutsideRoot,
     WeightWithoutOffset,
