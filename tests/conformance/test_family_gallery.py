@@ -111,3 +111,18 @@ def test_torch_targets_are_recognised_and_pass(
     eps_outcome = "pass" if target.startswith("mykernels") else "fail"
     assert results.pop(f"{prefix}params.eps") == eps_outcome, _summary(report)
     assert results and set(results.values()) == {"pass"}, _summary(report)
+
+
+def test_the_command_line_checks_torch_layernorm_in_a_worker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from normspec.cli import main
+
+    clauses = ["--clauses", "ln.train.*,ln.backward.*", "--max-examples", "8"]
+    assert main(["check", "torch.nn:LayerNorm", *clauses]) == 0
+    out = capsys.readouterr().out
+    assert "calls in a worker process" in out and "4 passed, 0 failed" in out
+    # float16: the gradient of a constant slice with eps 1e-12 is NaN (README)
+    failing = ["--clauses", "ln.degenerate.constant", "--dtype", "float16"]
+    assert main(["check", "torch.nn:LayerNorm", *failing]) == 1
+    assert "non-finite where the reference is finite" in capsys.readouterr().out
