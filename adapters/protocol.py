@@ -46,6 +46,26 @@ class WrongOutput(Exception):
     """
 
 
+#: The members of the normalization family checked beside batch normalization (layernorm.md).
+FamilyKind = Literal["layernorm", "rmsnorm"]
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """A LayerNorm or RMSNorm layer (spec: layernorm.md): what it normalizes and its affine.
+
+    ``normalized_shape``: the trailing axes each slice spans (ln.train.statistics);
+    ``bias``: an additive bias beside the weight (only with ``LayerConfig.affine``);
+    ``scale_offset``: RMSNorm's scale dialect, the output multiplied by ``scale_offset + w``
+    (0: ``w``, torch, flax, keras; 1: Gemma's ``1 + w``, rms.dialect.scale).
+    """
+
+    kind: FamilyKind
+    normalized_shape: tuple[int, ...]
+    bias: bool = True
+    scale_offset: float = 0.0
+
+
 @dataclass(frozen=True)
 class LayerConfig:
     """What an adapter builds a layer from.
@@ -71,6 +91,9 @@ class LayerConfig:
     #: Ghost batch normalization (spec: ghost.md): training normalizes each ghost batch of
     #: this many samples on its own; ``None``: the whole batch.
     virtual_batch_size: int | None = None
+    #: A LayerNorm or RMSNorm layer (layernorm.md); ``None``: batch normalization. Its
+    #: ``num_features`` is then the size of ``normalized_shape``, ``feature_axis`` the last.
+    family: FamilyConfig | None = None
 
     @property
     def feature_position(self) -> FeatureAxisPosition | None:
@@ -89,6 +112,13 @@ class Capabilities:
     backward: bool = True
     batchnorm: bool = True
     renorm: bool = False
+    #: LayerNorm and RMSNorm layers (``LayerConfig.family``; spec: layernorm.md)
+    layernorm: bool = False
+    rmsnorm: bool = False
+    #: the RMSNorm scale dialects the layer can be built with (``FamilyConfig.scale_offset``)
+    rms_scale_offsets: tuple[float, ...] = (0.0,)
+    #: a LayerNorm/RMSNorm layer can carry a bias beside its weight (``FamilyConfig.bias``)
+    elementwise_bias: bool = True
     cumulative_average: bool = False
     untracked: bool = False
     without_affine: bool = True

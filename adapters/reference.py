@@ -22,6 +22,7 @@ from normspec.adapters.protocol import (
     State,
     UnsupportedConfig,
 )
+from normspec.adapters.reference_family import ReferenceFamilyLayer
 from normspec.reference import (
     Affine,
     BatchNormConfig,
@@ -185,7 +186,8 @@ class ReferenceImplementation:
     ``statistics`` or ``sigma_floor`` unsupported. It offers every schedule. Under a
     profile with a ghost dialect (``paper``, ``tf_keras``) it builds ghost layers of that
     dialect for a ``virtual_batch_size`` (rejecting one that is not a positive integer,
-    ghost.params.invalid).
+    ghost.params.invalid). It builds the reference's LayerNorm and RMSNorm (both RMSNorm
+    scales, ``w`` and ``1 + w``) under every profile (layernorm.md).
     """
 
     def __init__(self, dialect: str = "torch") -> None:
@@ -205,6 +207,9 @@ class ReferenceImplementation:
             replica_masks=True,
             double_backward=True,
             ghost_batches=self.dialect.ghost is not None,
+            layernorm=True,
+            rmsnorm=True,
+            rms_scale_offsets=(0.0, 1.0),
             notes={
                 name: f"profile {self.dialect.name} has none"
                 for name, present in (("renorm", has_renorm), ("ghost_batches", has_ghost))
@@ -216,6 +221,8 @@ class ReferenceImplementation:
         return {"numpy": np.__version__}
 
     def build(self, config: LayerConfig) -> Layer:
+        if config.family is not None:
+            return ReferenceFamilyLayer(config)
         if config.renorm is not None:
             if config.virtual_batch_size is not None:
                 raise UnsupportedConfig("ghost batches with batch renormalization")

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/gallery_seeds.py [BUG ...] [--weak] [--seeds 10]
         [--dtype float32] [--max-examples N] [--all-clauses] [--menu N]
 
-For each bug of the gallery (tests/gallery/bugs.py; BUG names select some, ``--weak`` the
+For each bug of the gallery (tests/gallery/bugs.py and family_bugs.py; BUG names select some, ``--weak`` the
 ones tests/conformance/test_gallery.py lists in KNOWN_WEAK_DETECTION) and each seed 0 to
 N - 1, this runs the check the gallery's catch test runs: the default example budget, the
 bug's profile, its primary clause (the first of ``expected_clauses``) with the clauses it
@@ -27,6 +27,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS), str(TESTS / "conformance")]
 
 from gallery.bugs import BUGS, RENORM_BUGS  # noqa: E402
+from gallery.family_bugs import FAMILY_BUGS  # noqa: E402
 from test_gallery import KNOWN_WEAK_DETECTION, with_dependencies  # noqa: E402
 
 from normspec.conformance.runner import CheckOptions, check_implementation  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--all-clauses", action="store_true")
     parser.add_argument("--menu", type=int, default=None, help="a settings menu of N entries")
     args = parser.parse_args()
-    gallery = {bug.__name__: bug for bug in BUGS + RENORM_BUGS}
+    gallery = {bug.__name__: bug for bug in (*BUGS, *RENORM_BUGS, *FAMILY_BUGS)}
     names = list(args.bugs) + (list(KNOWN_WEAK_DETECTION) if args.weak else [])
     unknown = [n for n in names if n not in gallery]
     if unknown:

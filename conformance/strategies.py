@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 from hypothesis import strategies as st
 
-from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
+from normspec.adapters.protocol import Array, Capabilities, DTypeName, FamilyKind, LayerConfig
 from normspec.conformance.dtypes import round_to, round_to_normal
 from normspec.conformance.menu import (
     COMMON_RATES,
@@ -472,6 +472,8 @@ def cases(
     min_features: int = 1,
     max_features: int = 4,
     renorm: bool = False,
+    family: FamilyKind | None = None,
+    min_slices: int = 1,
     menu: Menu | None = None,
 ) -> Case[Any]:
     """A whole case for a capability set and a dialect.
@@ -489,7 +491,27 @@ def cases(
     :class:`normspec.conformance.strategies_renorm.RenormCase` drawn by
     :func:`~normspec.conformance.strategies_renorm.renorm_cases` (``track`` and
     ``cumulative`` do not apply: a renorm layer always keeps its moving statistics).
+    ``family``: a LayerNorm or RMSNorm case (``layernorm``, ``rmsnorm``), a
+    :class:`normspec.conformance.strategies_family.FamilyCase` drawn by
+    :func:`~normspec.conformance.strategies_family.family_cases` (``conditioning``,
+    ``long_reductions``, ``layout``, ``affine`` and ``min_slices``, the fewest slices,
+    apply; the others are batch norm's).
     """
+    if family is not None:
+        from normspec.conformance.strategies_family import family_cases
+
+        return draw(
+            family_cases(
+                capabilities,
+                allowed_dtypes,
+                family,
+                conditioning=conditioning,
+                long_reductions=long_reductions,
+                layout=layout,
+                affine=affine,
+                min_slices=min_slices,
+            )
+        )
     if renorm:
         if cumulative:
             raise ValueError("a renorm layer has no cumulative-average mode")

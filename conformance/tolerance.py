@@ -169,6 +169,15 @@ def train_output_bound(
     feature_axis: int,
 ) -> Array:
     """Elementwise bound of bn.accuracy.forward for the training output."""
+    terms = FeatureTerms.of(x, feature_axis, eps)
+    g, b = _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
+    return normalized_output_bound(precision, terms, g, b)
+
+
+def normalized_output_bound(precision: Precision, terms: FeatureTerms, g: Array, b: Array) -> Array:
+    """bn.accuracy.forward's bound of ``g * xhat + b`` for the batch-statistics ``terms``
+    of each feature, ``g`` and ``b`` the absolute scale and shift broadcastable to ``x``
+    (per feature for BN, elementwise per slice for LayerNorm, ln.train.output)."""
 
     def bound(p: Precision, t: FeatureTerms, g: Array, b: Array) -> Array:
         ax = np.abs(t.xhat)
@@ -180,8 +189,6 @@ def train_output_bound(
             + p.tiny * (1 + g * t.s + t.a / t.s)
         )
 
-    terms = FeatureTerms.of(x, feature_axis, eps)
-    g, b = _gamma(gamma, x, feature_axis), _beta(beta, x, feature_axis)
     scale = g * (np.abs(terms.xhat) + terms.rms_xhat) + b
     return precision.floored(_both(bound, precision, terms, g, b), scale)
 

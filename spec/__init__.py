@@ -31,6 +31,7 @@ CHAPTERS: tuple[str, ...] = (
     "renorm.md",
     "replicas.md",
     "ghost.md",
+    "layernorm.md",
     "dialects.md",
 )
 

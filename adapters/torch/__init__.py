@@ -1,5 +1,5 @@
 """The PyTorch adapters: ``torch.nn`` modules (``module``), renorm-shaped modules
-(``renorm``), ``F.batch_norm`` (``functional``), synchronized modules on K processes
+(``renorm``), LayerNorm- and RMSNorm-shaped modules and functions (``family``), ``F.batch_norm`` (``functional``), synchronized modules on K processes
 (``distributed``). Declared here without importing
 torch (:mod:`normspec.adapters.declarations`)."""
 
@@ -21,6 +21,7 @@ ADAPTERS = Adapters(
         BuiltinTarget("torch.nn:SyncBatchNorm", "torch", ("torch",), "torch.nn.SyncBatchNorm"),
     ),
     recognisers=(
+        Recogniser("torch", f"{_HERE}.family:recognise"),  # LayerNorm, RMSNorm (layernorm.md)
         Recogniser("torch", f"{_HERE}.distributed:recognise"),
         Recogniser("torch", f"{_HERE}.renorm:recognise"),
         Recogniser("torch", f"{_HERE}.module:recognise"),

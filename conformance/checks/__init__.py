@@ -44,7 +44,8 @@ class Check:
         self, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
     ) -> str | None:
         """Why the clause does not apply to this implementation, or ``None`` if it does."""
-        kind = "renorm" if self.clause_id.startswith("renorm.") else "batchnorm"
+        prefix = self.clause_id.partition(".")[0]
+        kind = CHAPTER_CAPABILITY.get(prefix, "batchnorm")
         for flag in (kind, *self.needs, *(("training",) if self.training else ())):
             if not getattr(capabilities, flag):
                 note = capabilities.notes.get(flag, "")
@@ -53,6 +54,9 @@ class Check:
                 )
         return self.applies(capabilities, dialect, dtypes) if self.applies else None
 
+
+#: The capability a clause's chapter needs, by the clause ID's first part (else batchnorm).
+CHAPTER_CAPABILITY: dict[str, str] = {"renorm": "renorm", "ln": "layernorm", "rms": "rmsnorm"}
 
 CHECKS: dict[str, Check] = {}
 
@@ -88,6 +92,7 @@ def load_builtin_checks() -> dict[str, Check]:
         batchnorm,
         conventions,
         degenerate,
+        family,
         ghost,
         renorm,
         renorm_degenerate,

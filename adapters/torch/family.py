@@ -1,0 +1,226 @@
+"""LayerNorm and RMSNorm on torch, with no glue code (spec: layernorm.md).
+
+Recognised, by :func:`recognise`:
+
+* a ``torch.nn.Module`` class whose constructor takes ``normalized_shape``, ``eps`` and
+  ``elementwise_affine`` (``torch.nn.LayerNorm``, ``torch.nn.RMSNorm`` and clones), with the
+  parameters ``weight`` (and ``bias``, where its constructor takes ``bias``);
+* a function with ``F.layer_norm``'s signature, ``(input, normalized_shape, weight, bias,
+  eps)``, or ``F.rms_norm``'s, ``(input, normalized_shape, weight, eps)``: the kernel
+  author's ``normspec check mykernels:layer_norm``. The second parameter must be named
+  ``normalized_shape``.
+
+The layer is RMSNorm when the class or function name contains ``rms`` or it takes no
+``bias``; LayerNorm otherwise. Parameters are kept in the input's dtype (``module.half()``),
+the scale dialect is ``w`` (``Capabilities.rms_scale_offsets``: 0 only). The layers have no
+mode and no state: ``infer`` and ``train_step`` are the same forward.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from normspec.adapters.protocol import (
+    ALL_DTYPES,
+    Array,
+    Capabilities,
+    FamilyConfig,
+    FamilyKind,
+    LayerConfig,
+    State,
+    UnsupportedConfig,
+)
+from normspec.adapters.torch._torch import device_versions, from_torch, resolve_device, to_torch
+from normspec.adapters.torch._torch import torch_dtype as dtype_of
+from normspec.reference import Gradients
+
+MODULE_ARGUMENTS = ("normalized_shape", "eps", "elementwise_affine")
+
+
+def _parameter_names(obj: Any) -> list[str] | None:
+    try:
+        target = getattr(obj, "__init__") if isinstance(obj, type) else obj  # noqa: B009
+        names = list(inspect.signature(target).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names[1:] if isinstance(obj, type) and names[:1] == ["self"] else names
+
+
+def kind_of(obj: object) -> tuple[FamilyKind, bool] | None:
+    """``(kind, is_module)`` of a LayerNorm/RMSNorm module class or function, else ``None``."""
+    names = _parameter_names(obj)
+    if names is None:
+        return None
+    is_module = isinstance(obj, type) and issubclass(obj, nn.Module)
+    if is_module:
+        if not all(n in names for n in MODULE_ARGUMENTS):
+            return None
+    elif not (callable(obj) and len(names) >= 4 and names[1] == "normalized_shape"):
+        return None
+    title = getattr(obj, "__name__", "").lower()
+    rms = "rms" in title or "bias" not in names
+    return ("rmsnorm" if rms else "layernorm"), is_module
+
+
+class FamilyLayer:
+    """One LayerNorm or RMSNorm layer: its weight and bias tensors and the call."""
+
+    def __init__(
+        self,
+        call: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], object],
+        config: LayerConfig,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+    ) -> None:
+        self.call, self.config = call, config
+        self.weight, self.bias = weight, bias
+        self.dtype = dtype_of(config.dtype)
+        self.device = weight.device if weight is not None else torch.device("cpu")
+
+    @property
+    def family(self) -> FamilyConfig:
+        assert self.config.family is not None
+        return self.config.family
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        with torch.no_grad():
+            if self.weight is not None:
+                self.weight.copy_(torch.from_numpy(np.array(gamma, dtype=np.float64)))
+            if self.bias is not None:
+                self.bias.copy_(torch.from_numpy(np.array(beta, dtype=np.float64)))
+
+    def set_state(self, state: State) -> None:
+        raise UnsupportedConfig("a LayerNorm or RMSNorm layer keeps no statistics")
+
+    def state(self) -> State | None:
+        return None
+
+    def infer(self, x: Array) -> Array:
+        with torch.no_grad():
+            y = self.call(to_torch(x, self.dtype, self.device), self.weight, self.bias)
+        return from_torch(y, shape=x.shape, dtype=self.dtype, what="the output")
+
+    train_step = infer
+
+    def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
+        inputs = to_torch(x, self.dtype, self.device).requires_grad_(True)
+        cotangent = to_torch(dy, self.dtype, self.device)
+        params = [p for p in (self.weight, self.bias) if p is not None]
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            y = self.call(inputs, self.weight, self.bias)
+            from_torch(y, shape=x.shape, dtype=self.dtype, what="the output")
+            assert isinstance(y, torch.Tensor)
+            grads = torch.autograd.grad(y, [inputs, *params], cotangent, allow_unused=True)
+        found = dict(zip(("dx", *("dweight", "dbias")[: len(params)]), grads, strict=True))
+        shape = self.family.normalized_shape
+
+        def gradient(name: str, of: torch.Tensor | None) -> Array:
+            if of is None:
+                return np.zeros(shape)
+            grad = found.get(name)
+            value = torch.zeros_like(of) if grad is None else grad
+            return from_torch(value, shape=of.shape, dtype=of.dtype, what=name)
+
+        return Gradients(
+            gradient("dx", inputs), gradient("dweight", self.weight), gradient("dbias", self.bias)
+        )
+
+
+class TorchFamily:
+    """A torch LayerNorm/RMSNorm module class or function under test."""
+
+    def __init__(
+        self,
+        target: Any,
+        kind: FamilyKind,
+        *,
+        module: bool,
+        arguments: Mapping[str, Any] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.target, self.kind, self.module = target, kind, module
+        self.arguments = dict(arguments or {})
+        self.device = resolve_device(device)
+        what = "class" if module else "function"
+        title = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
+        self.name = f"{title} ({kind} {what}, torch {torch.__version__}, {self.device})"
+        self.takes_bias = "bias" in (_parameter_names(target) or [])
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            dtypes=frozenset(ALL_DTYPES),
+            batchnorm=False,
+            layernorm=self.kind == "layernorm",
+            rmsnorm=self.kind == "rmsnorm",
+            training=False,
+            untracked=True,
+            without_affine=True,
+            elementwise_bias=self.takes_bias,
+            notes={"batchnorm": f"it is a {self.kind} layer", "renorm": f"a {self.kind} layer"},
+        )
+
+    def versions(self) -> Mapping[str, str]:
+        return device_versions(self.device)
+
+    def build(self, config: LayerConfig) -> FamilyLayer:
+        family = config.family
+        if family is None or family.kind != self.kind:
+            raise UnsupportedConfig(f"only {self.kind} layers")
+        if family.scale_offset != 0.0:
+            raise UnsupportedConfig("torch multiplies by w (scale_offset 0)")
+        if family.bias and not self.takes_bias:
+            raise UnsupportedConfig("the layer takes no bias")
+        dtype = dtype_of(config.dtype)
+        return (
+            self._module_layer(config, dtype)
+            if self.module
+            else self._function_layer(config, dtype)
+        )
+
+    def _module_layer(self, config: LayerConfig, dtype: torch.dtype) -> FamilyLayer:
+        family = config.family
+        assert family is not None
+        given: dict[str, Any] = {**self.arguments, "elementwise_affine": config.affine}
+        if self.takes_bias:
+            given["bias"] = family.bias
+        module = self.target(list(family.normalized_shape), eps=config.eps, **given)
+        module.to(device=self.device, dtype=dtype)
+        weight = getattr(module, "weight", None)
+        bias = getattr(module, "bias", None) if family.bias else None
+        return FamilyLayer(lambda x, w, b: module(x), config, weight, bias)
+
+    def _function_layer(self, config: LayerConfig, dtype: torch.dtype) -> FamilyLayer:
+        family = config.family
+        assert family is not None
+        shape, eps, function = list(family.normalized_shape), config.eps, self.target
+
+        def tensor(value: float) -> torch.Tensor | None:
+            if not config.affine:
+                return None
+            return torch.full(family.normalized_shape, value, dtype=dtype, device=self.device)
+
+        weight, bias = tensor(1.0), tensor(0.0) if family.bias else None
+        if self.kind == "layernorm":
+            return FamilyLayer(lambda x, w, b: function(x, shape, w, b, eps), config, weight, bias)
+        return FamilyLayer(lambda x, w, b: function(x, shape, w, eps), config, weight, bias)
+
+
+def recognise(
+    obj: object, profile: str, arguments: Mapping[str, Any] | None = None
+) -> TorchFamily | None:
+    """The recogniser this package declares (``ADAPTERS``)."""
+    found = kind_of(obj)
+    if found is None:
+        return None
+    kind, module = found
+    if arguments and not module:
+        raise ValueError("a function takes no constructor arguments")
+    return TorchFamily(obj, kind, module=module, arguments=arguments)
