@@ -196,16 +196,16 @@ def recognise(
     if not isinstance(obj, type):  # an instance, a function: none of these adapters'
         return None
     keras = sys.modules.get("keras")
-    backend = keras.backend.backend() if keras is not None else "tensorflow"
-    if backend == "tensorflow":
+    on_tensorflow = keras is None or keras.backend.backend() == "tensorflow"
+    if keras is not None and not on_tensorflow and issubclass(obj, keras.layers.Layer):
+        from normspec.adapters.keras import backend
+
+        return backend.recognise(obj, profile, arguments)
+    if on_tensorflow or "tf_keras" in sys.modules:  # TensorFlow imported for these only
         from normspec.adapters.keras import keras_layer
 
         return keras_layer.recognise(obj, profile, arguments)
-    if not issubclass(obj, keras.layers.Layer):  # e.g. a tf_keras class, recognised there
-        return None
-    from normspec.adapters.keras import backend as on_backend
-
-    return on_backend.recognise(obj, profile, arguments)
+    return None
 
 
 def construct(cls: type, **arguments: Any) -> Any:
