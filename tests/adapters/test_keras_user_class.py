@@ -87,6 +87,9 @@ def test_the_planted_bug_is_caught_under_its_clause(
     report = _check(buggy, "bn.train.output,bn.running.var", seed)
     assert report.outcome("bn.train.output") == "pass", report.results
     assert report.outcome("bn.running.var") == "fail", report.results
+    failed = next(r for r in report.results if r.clause_id == "bn.running.var")
+    backend = buggy.versions()["keras_backend"]
+    assert failed.details["reproduce"].startswith(f"KERAS_BACKEND={backend} normspec check")
 
 
 def test_a_keras_class_with_renorm_arguments_is_checked_as_renorm_too() -> None:
