@@ -16,6 +16,12 @@ backend has none (the backward clauses are not applicable). ``renorm=True`` laye
 as on TensorFlow (their state through ``_keras``'s renorm variables); ``keras.renorm.jax``
 and the like check the renorm clauses only.
 
+A user's BatchNormalization-like Keras 3 class is checked here too, on the backend Keras runs
+on (``KERAS_BACKEND=jax normspec check my_package.layers:MyBatchNorm``: the worker inherits
+it): the package's one recogniser, :func:`normspec.adapters.keras._keras.recognise`,
+dispatches on ``keras.backend.backend()`` to :func:`recognise` here, or to ``keras_layer``
+on TensorFlow.
+
 A float64 layer that a backend computes in float32 (Keras on JAX without
 ``jax_enable_x64``: the variables and outputs are float32) leaves float64 out of the
 capabilities with that reason, rather than reporting float32 values as wrong float64 ones.

@@ -3,7 +3,7 @@
 Keras 3 (``keras.layers.BatchNormalization``, on the TensorFlow backend) and Keras 2
 (``tf_keras.layers.BatchNormalization``) are driven the same way. A layer class is
 recognised when it derives from ``keras.layers.Layer`` (Keras 3 with the TensorFlow
-backend) or ``tf_keras.layers.Layer``, its constructor takes ``axis, momentum, epsilon,
+backend; on the others, :mod:`normspec.adapters.keras.backend`) or ``tf_keras.layers.Layer``, its constructor takes ``axis, momentum, epsilon,
 center, scale`` (and the base layer's ``dtype``), and a built instance has the variables
 ``gamma``, ``beta``, ``moving_mean`` and ``moving_variance``. A class that also takes
 ``renorm, renorm_clipping, renorm_momentum`` is checked as a batch-renormalization layer
