@@ -9,7 +9,7 @@ import shlex
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from hypothesis.stateful import run_state_machine_as_test
 import normspec
 from normspec import spec
 from normspec.adapters.protocol import ALL_DTYPES, Capabilities, DTypeName, Implementation
+from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
@@ -129,14 +130,25 @@ def menus(
     }
 
 
+def environment_prefix(versions: Mapping[str, str], target: str | None) -> str:
+    """What a reproduce command sets before ``normspec check`` for the run to recur: the
+    Keras backend a user's Keras 3 class ran on (``KERAS_BACKEND=jax``, inherited by its
+    worker; built-in targets declare theirs, and TensorFlow is Keras' default)."""
+    backend = versions.get("keras_backend")
+    if backend in (None, "tensorflow") or "KERAS_BACKEND" in target_environment(target or ""):
+        return ""
+    return f"KERAS_BACKEND={backend} "
+
+
 def reproduce_command(
-    options: CheckOptions, clause_id: str, dtypes: Sequence[str], flags: str = ""
+    options: CheckOptions, clause_id: str, dtypes: Sequence[str], flags: str = "", prefix: str = ""
 ) -> str:
     """The ``normspec check`` command that runs one clause as this run did; ``flags`` say
-    where the implementation ran (``--in-process``, ``--memory-limit``)."""
+    where the implementation ran (``--in-process``, ``--memory-limit``), ``prefix`` the
+    environment it needs (:func:`environment_prefix`)."""
     target = options.target or "TARGET"
     return (
-        f"normspec check {target} --profile {shlex.quote(options.profile)} --clauses {clause_id} "
+        f"{prefix}normspec check {target} --profile {shlex.quote(options.profile)} --clauses {clause_id} "
         f"--dtype {','.join(dtypes)} --seed {options.seed}"
         + (f" --max-examples {options.max_examples}" if options.max_examples else "")
         + (
@@ -275,9 +287,10 @@ def check_clause(
     options: CheckOptions,
     blocked_by: str | None,
     flags: str = "",
+    prefix: str = "",
 ) -> ClauseResult:
-    """Check one clause; never raises for anything the implementation does. ``flags``: of
-    the reproduce command (:func:`reproduce_command`)."""
+    """Check one clause; never raises for anything the implementation does. ``flags`` and
+    ``prefix``: of the reproduce command (:func:`reproduce_command`)."""
     clause = spec.clause(item.clause_id)
     result = ClauseResult(item.clause_id, clause.level, clause.summary, "pass")
     reason = item.not_applicable(ctx.capabilities, ctx.dialect, ctx.dtypes)
@@ -320,7 +333,9 @@ def check_clause(
     result.examples = ctx.examples
     if result.outcome in PROBLEMS:
         result.details["seed"] = options.seed
-        result.details["reproduce"] = reproduce_command(options, item.clause_id, ctx.dtypes, flags)
+        result.details["reproduce"] = reproduce_command(
+            options, item.clause_id, ctx.dtypes, flags, prefix
+        )
         if watch.stopped_early:
             result.details["shrinking"] = (
                 f"stopped after {options.shrink_seconds:g} s: the example may not be minimal "
@@ -376,6 +391,7 @@ def check_implementation(
     worker = implementation.worker if isinstance(implementation, IsolatedImplementation) else None
     guard = Guard(options.timeout, worker)
     flags = command_flags(implementation)
+    prefix = environment_prefix(report.versions, options.target)
     not_passed: set[str] = set()
     if on_start is not None:
         on_start(report)
@@ -387,7 +403,7 @@ def check_implementation(
             blocked = next((d for d in item.depends_on if d in not_passed), None)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)
-                result = check_clause(item, ctx, options, blocked, flags)
+                result = check_clause(item, ctx, options, blocked, flags, prefix)
             if result.outcome in (*PROBLEMS, "skipped"):
                 not_passed.add(item.clause_id)
             report.results.append(result)

@@ -8,6 +8,8 @@ from normspec.adapters.declarations import Adapters, BuiltinTarget, Recogniser
 
 _LAYER = "normspec.adapters.keras.keras_layer"
 _BACKEND = "normspec.adapters.keras.backend"
+#: The one recogniser: dispatches on Keras' backend (keras_layer or backend).
+_RECOGNISE = "normspec.adapters.keras._keras:recognise"
 _KERAS = ("tensorflow", "keras")
 _TF_KERAS = ("tensorflow", "tf_keras")
 #: Keras 3's other backends: (backend, the library it needs besides keras).
@@ -96,7 +98,7 @@ ADAPTERS = Adapters(
         ),
     ),
     recognisers=(
-        Recogniser("keras", f"{_LAYER}:recognise"),
-        Recogniser("tf_keras", f"{_LAYER}:recognise"),
+        Recogniser("keras", _RECOGNISE),
+        Recogniser("tf_keras", _RECOGNISE),
     ),
 )

@@ -10,17 +10,26 @@ backend.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from normspec.adapters._common import ParameterPolicy
-from normspec.adapters.protocol import Array, LayerConfig, State, UnsupportedConfig, WrongOutput
+from normspec.adapters.protocol import (
+    Array,
+    FeatureAxisPosition,
+    Implementation,
+    LayerConfig,
+    State,
+    UnsupportedConfig,
+    WrongOutput,
+)
 from normspec.reference.dialects import PROFILES, Dialect, renorm_config
 from normspec.reference.renorm import RenormConfig, RenormStatistics
 from normspec.reference.schedules import ConstantSchedule
@@ -32,6 +41,19 @@ RENORM_WEIGHTS = ("moving_stddev", "renorm_mean", "renorm_stddev")
 
 #: The Keras 3 backends normspec checks, as ``KERAS_BACKEND`` names them.
 BACKENDS = ("tensorflow", "jax", "torch", "numpy")
+
+#: The class attributes a third-party layer may set to declare its input ranks and the
+#: feature-axis positions (``"first"``, ``"last"``) it takes.
+RANKS_ATTRIBUTE = "normspec_ranks"
+FEATURE_AXES_ATTRIBUTE = "normspec_feature_axes"
+ALL_RANKS = (2, 3, 4, 5)
+_DEFAULTS = {"axis": -1, "momentum": 0.99, "epsilon": 1e-3, "center": True, "scale": True}
+
+#: Whether an attribute of a built layer is one of its framework's variables.
+IsVariable = Callable[[object], bool]
+#: Whether a training call of a class built with these arguments takes an input of this
+#: rank with its features on this axis: (class, rank, axis, arguments) -> bool.
+Accepts = Callable[[type, int, int, Mapping[str, Any]], bool]
 
 
 class BackendError(ValueError):
@@ -160,6 +182,148 @@ def renorm_probe_config(config: LayerConfig, dialect: Dialect | None) -> LayerCo
     return replace(config, momentum=momentum, renorm=renorm)
 
 
+# -- a user's layer class (any backend) -----------------------------------------------------
+
+
+def recognise(
+    obj: object, profile: str, arguments: Mapping[str, Any] | None = None
+) -> Implementation | None:
+    """The recogniser the package declares (``ADAPTERS``) for Keras 3 and tf_keras classes,
+    on the backend Keras runs on (``keras.backend.backend()``, from ``KERAS_BACKEND``):
+    TensorFlow's classes and tf_keras' by :mod:`normspec.adapters.keras.keras_layer`, a Keras 3
+    class on jax, torch or numpy by :mod:`normspec.adapters.keras.backend`. ``arguments``:
+    the target's constructor arguments."""
+    if not isinstance(obj, type):  # an instance, a function: none of these adapters'
+        return None
+    keras = sys.modules.get("keras")
+    on_tensorflow = keras is None or keras.backend.backend() == "tensorflow"
+    if keras is not None and not on_tensorflow and issubclass(obj, keras.layers.Layer):
+        from normspec.adapters.keras import backend
+
+        return backend.recognise(obj, profile, arguments)
+    if on_tensorflow or "tf_keras" in sys.modules:  # TensorFlow imported for these only
+        from normspec.adapters.keras import keras_layer
+
+        return keras_layer.recognise(obj, profile, arguments)
+    return None
+
+
+def construct(cls: type, **arguments: Any) -> Any:
+    """An instance of ``cls`` with BatchNormalization's defaults under ``arguments``."""
+    return cls(**{**_DEFAULTS, **arguments})
+
+
+def probe_input(rank: int, axis: int, num_features: int = 2) -> np.ndarray:
+    """A small float32 input of ``rank`` with ``num_features`` on ``axis``."""
+    shape = [3] + [2] * (rank - 1)
+    shape[axis] = num_features
+    return np.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape).astype(np.float32)
+
+
+def has_variables(layer: object, names: tuple[str, ...], is_variable: IsVariable) -> bool:
+    """Whether ``layer`` keeps a variable under each of ``names``."""
+    return all(is_variable(getattr(layer, name, None)) for name in names)
+
+
+def recognisable_class(
+    obj: object, arguments: Mapping[str, Any] | None, is_variable: IsVariable
+) -> bool:
+    """Whether the layer class ``obj`` (its framework already known) is BatchNormalization-
+    like: it takes :data:`CONSTRUCTOR_ARGUMENTS`, and an instance built on some rank keeps
+    the variables :data:`WEIGHTS`."""
+    if not isinstance(obj, type):
+        return False
+    try:
+        inspect.signature(obj).bind_partial(**{name: None for name in CONSTRUCTOR_ARGUMENTS})
+    except (TypeError, ValueError):
+        return False
+    for rank in (2, 4, 3, 5):
+        try:
+            probe = construct(obj, **(arguments or {}))
+            probe.build((2,) * rank)
+        except Exception:  # a constructor that needs more, or a rank it does not take
+            continue
+        return has_variables(probe, WEIGHTS, is_variable)
+    return False
+
+
+def takes_renorm(cls: type, arguments: Mapping[str, Any] | None, is_variable: IsVariable) -> bool:
+    """Whether ``renorm=True`` (with ``renorm_clipping`` and ``renorm_momentum``) builds a
+    layer with the renorm variables ``moving_stddev``, ``renorm_mean``, ``renorm_stddev``.
+
+    Tried rather than read from the signature: tf_keras passes ``renorm`` on through
+    ``**kwargs``, and a third-party layer's ``**kwargs`` may go to the base layer, which
+    rejects it.
+    """
+    given = dict(arguments or {})
+    if "fused" in given:  # the question is whether the class takes renorm at all
+        given["fused"] = False
+    renorm = dict(zip(RENORM_ARGUMENTS, (True, {}, 0.99), strict=True))
+    try:
+        probe = construct(cls, **given, **renorm)
+        probe.build((2, 2))
+    except Exception:  # no renorm arguments, or they are not taken
+        return False
+    return has_variables(probe, (*WEIGHTS, *RENORM_WEIGHTS), is_variable)
+
+
+def layer_ranks(cls: type, arguments: Mapping[str, Any], accepts: Accepts) -> frozenset[int]:
+    """The input ranks a BatchNormalization-like class takes: its ``normspec_ranks`` class
+    attribute, else those a training call on a tiny input accepts (every rank if none)."""
+    declared = getattr(cls, RANKS_ATTRIBUTE, None)
+    if declared is not None:
+        return frozenset(int(rank) for rank in declared)
+    accepted = frozenset(r for r in ALL_RANKS if accepts(cls, r, r - 1, arguments))
+    # A class that takes no rank at all is checked on every rank: its errors are reported.
+    return accepted or frozenset(ALL_RANKS)
+
+
+def layer_feature_axes(
+    cls: type, ranks: frozenset[int], arguments: Mapping[str, Any], accepts: Accepts
+) -> tuple[FeatureAxisPosition, ...]:
+    """Its ``normspec_feature_axes``, else ``("last", "first")`` (Keras' default first), less
+    a position no accepted rank takes."""
+    declared = getattr(cls, FEATURE_AXES_ATTRIBUTE, None)
+    if declared is not None:
+        return tuple(declared)
+    rank = max(ranks)
+    if rank < 3 or accepts(cls, rank, 1, arguments):
+        return ("last", "first")
+    return ("last",)
+
+
+def layer_arguments(
+    config: LayerConfig,
+    parameters: ParameterPolicy,
+    dialect: Dialect | None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The constructor arguments of the layer ``config`` describes: ``axis``, ``momentum``,
+    ``epsilon``, ``center = scale = affine``, the dtype policy (:func:`dtype_policy`), the
+    target's ``extra`` arguments, and a renorm config's (:func:`renorm_arguments`)."""
+    arguments: dict[str, Any] = {
+        "axis": config.feature_axis,
+        "momentum": config.momentum,
+        "epsilon": config.eps,
+        "center": config.affine,
+        "scale": config.affine,
+        "dtype": dtype_policy(config.dtype, parameters),
+        **(extra or {}),
+    }
+    if config.renorm is not None:
+        arguments.update(renorm_arguments(config.renorm, dialect))
+    return arguments
+
+
+def built(cls: type, config: LayerConfig, arguments: Mapping[str, Any]) -> Any:
+    """An instance of ``cls`` with ``arguments``, built for ``config``'s input shape."""
+    layer = cls(**arguments)
+    shape = [1] * config.rank
+    shape[config.feature_axis] = config.num_features
+    layer.build(tuple(shape))
+    return layer
+
+
 def capability_notes() -> dict[str, str]:
     """Why a Keras BatchNormalization lacks what it lacks, on every backend."""
     return {
@@ -173,18 +337,31 @@ def capability_notes() -> dict[str, str]:
 
 
 __all__ = [
+    "ALL_RANKS",
     "BACKENDS",
     "CONSTRUCTOR_ARGUMENTS",
+    "FEATURE_AXES_ATTRIBUTE",
+    "RANKS_ATTRIBUTE",
     "RENORM_ARGUMENTS",
     "RENORM_WEIGHTS",
     "WEIGHTS",
     "BackendError",
+    "built",
     "capability_notes",
+    "construct",
     "dtype_policy",
+    "has_variables",
     "keras_on",
+    "layer_arguments",
+    "layer_feature_axes",
+    "layer_ranks",
     "library_momentum",
+    "probe_input",
     "read_renorm_state",
+    "recognisable_class",
+    "recognise",
     "renorm_arguments",
     "renorm_probe_config",
+    "takes_renorm",
     "write_renorm_state",
 ]

@@ -16,6 +16,12 @@ backend has none (the backward clauses are not applicable). ``renorm=True`` laye
 as on TensorFlow (their state through ``_keras``'s renorm variables); ``keras.renorm.jax``
 and the like check the renorm clauses only.
 
+A user's BatchNormalization-like Keras 3 class is checked here too, on the backend Keras runs
+on (``KERAS_BACKEND=jax normspec check my_package.layers:MyBatchNorm``: the worker inherits
+it): the package's one recogniser, :func:`normspec.adapters.keras._keras.recognise`,
+dispatches on ``keras.backend.backend()`` to :func:`recognise` here, or to ``keras_layer``
+on TensorFlow.
+
 A float64 layer that a backend computes in float32 (Keras on JAX without
 ``jax_enable_x64``: the variables and outputs are float32) leaves float64 out of the
 capabilities with that reason, rather than reporting float32 values as wrong float64 ones.
@@ -32,12 +38,15 @@ import numpy as np
 
 from normspec.adapters._common import ParameterPolicy, parameter_dtype_name
 from normspec.adapters.framework import FrameworkAdapter, FrameworkLayer, VectorName
+from normspec.adapters.keras import _keras
 from normspec.adapters.keras._keras import (
+    ALL_RANKS,
     capability_notes,
-    dtype_policy,
+    construct,
     keras_on,
+    layer_arguments,
+    probe_input,
     read_renorm_state,
-    renorm_arguments,
     renorm_probe_config,
     write_renorm_state,
 )
@@ -46,6 +55,7 @@ from normspec.adapters.protocol import (
     Array,
     Capabilities,
     DTypeName,
+    FeatureAxisPosition,
     Layer,
     LayerConfig,
     State,
@@ -116,7 +126,10 @@ NARROWED_FLOAT64: dict[Backend, str] = {
 
 
 class KerasBackendImplementation(FrameworkAdapter):
-    """``keras.layers.BatchNormalization`` of Keras 3 on ``backend`` (jax, torch, numpy)."""
+    """``keras.layers.BatchNormalization`` of Keras 3 on ``backend`` (jax, torch, numpy), or
+    a user's BatchNormalization-like ``layer_class`` (built as on TensorFlow, with the
+    target's ``arguments``; its ranks, feature axes and renorm arguments detected as there,
+    :mod:`normspec.adapters.keras._keras`)."""
 
     vectors: ClassVar[Mapping[VectorName, str]] = {
         "gamma": "gamma",
@@ -132,6 +145,8 @@ class KerasBackendImplementation(FrameworkAdapter):
         *,
         batchnorm: bool = True,
         parameters: ParameterPolicy = "float32",
+        layer_class: type | None = None,
+        arguments: Mapping[str, Any] | None = None,
     ) -> None:
         if backend not in GRADIENTS:
             raise ValueError(f"backend must be one of {', '.join(GRADIENTS)}, got {backend!r}")
@@ -141,12 +156,38 @@ class KerasBackendImplementation(FrameworkAdapter):
         parameter_dtype_name("float16", parameters)  # validates the policy
         self.parameters = parameters
         self.batchnorm = batchnorm
-        renorm = "" if batchnorm else "(renorm=True) "
-        self.name = (
-            f"keras.layers.BatchNormalization {renorm}(Keras {self.keras.__version__} on "
-            f"{backend} {self._backend_version()})"
-        )
+        self.builtin = layer_class is None
+        self.layer_class: type = layer_class or self.keras.layers.BatchNormalization
+        self.arguments = dict(arguments or {})
+        self.ranks = frozenset(ALL_RANKS)
+        self.feature_axes: tuple[FeatureAxisPosition, ...] = ("last", "first")
+        self.takes_renorm = True
+        what = "keras.layers.BatchNormalization"
+        if not self.builtin:
+            cls, found = self.layer_class, self.arguments
+            self.ranks = _keras.layer_ranks(cls, found, self._accepts)
+            self.feature_axes = _keras.layer_feature_axes(cls, self.ranks, found, self._accepts)
+            self.takes_renorm = _keras.takes_renorm(cls, found, self._is_variable)
+            what = f"{cls.__module__}.{cls.__qualname__}"
+        extra = [f"{k}={v!r}" for k, v in self.arguments.items()]
+        extra += [] if batchnorm else ["renorm=True"]
+        what += f"({', '.join(extra)}) " if extra else " "
+        self.name = f"{what}(Keras {self.keras.__version__} on {backend} {self._backend_version()})"
         self.library = self.name
+
+    def _is_variable(self, value: object) -> bool:
+        return isinstance(value, self.keras.Variable)
+
+    def _accepts(self, cls: type, rank: int, axis: int, arguments: Mapping[str, Any]) -> bool:
+        """Whether a training call takes an input of ``rank`` with its features on ``axis``."""
+        try:
+            x = probe_input(rank, axis)
+            y = construct(cls, axis=axis, **arguments)(
+                self.to_framework(x, "float32"), training=True
+            )
+        except Exception:  # a rejected rank or axis, whatever the error
+            return False
+        return tuple(self.keras.ops.shape(y)) == x.shape
 
     def _backend_version(self) -> str:
         module = __import__(self.backend)
@@ -164,6 +205,8 @@ class KerasBackendImplementation(FrameworkAdapter):
         notes = capability_notes()
         if not self.batchnorm:
             notes["batchnorm"] = "this target checks the renorm clauses only"
+        if not self.takes_renorm:
+            notes["renorm"] = f"{self.layer_class.__name__} takes no renorm arguments"
         notes["ghost_batches"] = "Keras 3 takes no virtual_batch_size"
         backward = GRADIENTS[self.backend] is not None
         if not backward:
@@ -172,11 +215,11 @@ class KerasBackendImplementation(FrameworkAdapter):
                 "cannot be differentiated there"
             )
         return Capabilities(
-            ranks=frozenset({2, 3, 4, 5}),
-            feature_axes=("last", "first"),
+            ranks=self.ranks,
+            feature_axes=self.feature_axes,
             backward=backward,
             batchnorm=self.batchnorm,
-            renorm=True,
+            renorm=self.takes_renorm,
             cumulative_average=False,
             untracked=False,
             without_affine=True,
@@ -232,7 +275,7 @@ class KerasBackendImplementation(FrameworkAdapter):
             why = NARROWED_FLOAT64.get(self.backend)
             causes.append(f"its variables hold {held} values" + (f" ({why})" if why else ""))
         promoted = self.keras.backend.result_type("float64", "float32")
-        if promoted != "float64":
+        if self.builtin and promoted != "float64":
             causes.append(
                 "BatchNormalization.call computes in keras.backend.result_type(dtype, "
                 f"'float32'), which is {promoted} for float64"
@@ -272,20 +315,8 @@ class KerasBackendImplementation(FrameworkAdapter):
         return KerasBackendLayer(self, config, self.create(config))
 
     def create(self, config: LayerConfig) -> Any:
-        renorm = {} if config.renorm is None else renorm_arguments(config.renorm, self.dialect)
-        layer = self.keras.layers.BatchNormalization(
-            axis=config.feature_axis,
-            momentum=config.momentum,
-            epsilon=config.eps,
-            center=config.affine,
-            scale=config.affine,
-            dtype=dtype_policy(config.dtype, self.parameters),
-            **renorm,
-        )
-        shape = [1] * config.rank
-        shape[config.feature_axis] = config.num_features
-        layer.build(tuple(shape))
-        return layer
+        arguments = layer_arguments(config, self.parameters, self.dialect, self.arguments)
+        return _keras.built(self.layer_class, config, arguments)
 
     def to_framework(self, array: Array, dtype: DTypeName) -> Any:
         """Given ``dtype``'s NumPy type first (exact), keeping its layout where NumPy does,
@@ -356,6 +387,23 @@ def _numpy_type(dtype: DTypeName) -> Any:
     return np.dtype(dtype)
 
 
+def recognise(
+    obj: object, profile: str, arguments: Mapping[str, Any] | None = None
+) -> KerasBackendImplementation | None:
+    """A user's BatchNormalization-like Keras 3 layer class on the backend Keras runs on
+    (jax, torch, numpy), as :func:`normspec.adapters.keras._keras.recognise` dispatches it."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend not in GRADIENTS or not isinstance(obj, type):
+        return None
+    if not issubclass(obj, keras.layers.Layer):
+        return None
+    if not _keras.recognisable_class(obj, arguments, lambda v: isinstance(v, keras.Variable)):
+        return None
+    return KerasBackendImplementation(backend, profile, layer_class=obj, arguments=arguments)
+
+
 # -- the built-in targets (normspec.adapters.registry.ALIASES) ------------------------------
 
 
@@ -400,4 +448,5 @@ __all__ = [
     "keras_renorm_numpy",
     "keras_renorm_torch",
     "keras_torch",
+    "recognise",
 ]

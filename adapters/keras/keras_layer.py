@@ -3,7 +3,7 @@
 Keras 3 (``keras.layers.BatchNormalization``, on the TensorFlow backend) and Keras 2
 (``tf_keras.layers.BatchNormalization``) are driven the same way. A layer class is
 recognised when it derives from ``keras.layers.Layer`` (Keras 3 with the TensorFlow
-backend) or ``tf_keras.layers.Layer``, its constructor takes ``axis, momentum, epsilon,
+backend; on the others, :mod:`normspec.adapters.keras.backend`) or ``tf_keras.layers.Layer``, its constructor takes ``axis, momentum, epsilon,
 center, scale`` (and the base layer's ``dtype``), and a built instance has the variables
 ``gamma``, ``beta``, ``moving_mean`` and ``moving_variance``. A class that also takes
 ``renorm, renorm_clipping, renorm_momentum`` is checked as a batch-renormalization layer
@@ -45,21 +45,22 @@ accepts.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
+from normspec.adapters.keras import _keras
 from normspec.adapters.keras._keras import (
+    ALL_RANKS,
     CONSTRUCTOR_ARGUMENTS,
-    RENORM_ARGUMENTS,
-    RENORM_WEIGHTS,
     WEIGHTS,
     capability_notes,
+    construct,
     dtype_policy,
+    has_variables,
     keras_on,
+    layer_arguments,
+    probe_input,
     read_renorm_state,
     renorm_arguments,
     renorm_probe_config,
@@ -82,14 +83,6 @@ from normspec.adapters.tensorflow._tf import (
     tf,
     write_variable,
 )
-
-#: The class attributes a third-party layer may set to declare its input ranks and the
-#: feature-axis positions (``"first"``, ``"last"``) it takes.
-RANKS_ATTRIBUTE = "normspec_ranks"
-FEATURE_AXES_ATTRIBUTE = "normspec_feature_axes"
-
-_ALL_RANKS = (2, 3, 4, 5)
-
 
 # -- the frameworks -------------------------------------------------------------------------
 
@@ -132,32 +125,9 @@ def library_version(kind: str) -> dict[str, str]:
 # -- arguments ------------------------------------------------------------------------------
 
 
-def _takes(cls: type, names: tuple[str, ...]) -> bool:
-    try:
-        inspect.signature(cls).bind_partial(**{name: None for name in names})
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
 def takes_renorm(cls: type, arguments: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``renorm=True`` (with ``renorm_clipping`` and ``renorm_momentum``) builds a
-    layer with the renorm variables ``moving_stddev``, ``renorm_mean``, ``renorm_stddev``.
-
-    Tried rather than read from the signature: tf_keras passes ``renorm`` on through
-    ``**kwargs``, and a third-party layer's ``**kwargs`` may go to the base layer, which
-    rejects it.
-    """
-    given = dict(arguments or {})
-    if "fused" in given:  # the question is whether the class takes renorm at all
-        given["fused"] = False
-    renorm = dict(zip(RENORM_ARGUMENTS, (True, {}, 0.99), strict=True))
-    try:
-        probe = _construct(cls, **given, **renorm)
-        probe.build((2, 2))
-    except Exception:  # no renorm arguments, or they are not taken
-        return False
-    return all(_is_variable(getattr(probe, name, None)) for name in (*WEIGHTS, *RENORM_WEIGHTS))
+    """Whether ``renorm=True`` builds a renorm layer (:func:`_keras.takes_renorm`)."""
+    return _keras.takes_renorm(cls, arguments, _is_variable)
 
 
 def takes_ghost(cls: type, arguments: Mapping[str, Any] | None = None) -> bool:
@@ -167,31 +137,18 @@ def takes_ghost(cls: type, arguments: Mapping[str, Any] | None = None) -> bool:
     ``**kwargs`` to the base layer rejects it there.
     """
     try:
-        probe = _construct(cls, **dict(arguments or {}), virtual_batch_size=2)
+        probe = construct(cls, **dict(arguments or {}), virtual_batch_size=2)
         probe.build((4, 2))
-        y = probe(tf.constant(_probe_input(2, 1)[:2]), training=True)
+        y = probe(tf.constant(probe_input(2, 1)[:2]), training=True)
     except Exception:  # no virtual_batch_size, or not taken with these arguments
         return False
-    return isinstance(y, tf.Tensor) and all(
-        _is_variable(getattr(probe, name, None)) for name in WEIGHTS
-    )
-
-
-def _probe_input(rank: int, axis: int, num_features: int = 2) -> np.ndarray:
-    shape = [3] + [2] * (rank - 1)
-    shape[axis] = num_features
-    return np.linspace(-1.0, 1.0, int(np.prod(shape))).reshape(shape).astype(np.float32)
-
-
-def _construct(cls: type, **arguments: Any) -> Any:
-    defaults = {"axis": -1, "momentum": 0.99, "epsilon": 1e-3, "center": True, "scale": True}
-    return cls(**{**defaults, **arguments})
+    return isinstance(y, tf.Tensor) and has_variables(probe, WEIGHTS, _is_variable)
 
 
 def _accepts(cls: type, rank: int, axis: int, arguments: Mapping[str, Any]) -> bool:
     try:
-        layer = _construct(cls, axis=axis, **arguments)
-        x = tf.constant(_probe_input(rank, axis))
+        layer = construct(cls, axis=axis, **arguments)
+        x = tf.constant(probe_input(rank, axis))
         y = layer(x, training=True)
     except Exception:  # a rejected rank or axis, whatever the error
         return False
@@ -199,26 +156,15 @@ def _accepts(cls: type, rank: int, axis: int, arguments: Mapping[str, Any]) -> b
 
 
 def layer_ranks(cls: type, arguments: Mapping[str, Any]) -> frozenset[int]:
-    """The input ranks a BatchNormalization-like class takes (see the module docstring)."""
-    declared = getattr(cls, RANKS_ATTRIBUTE, None)
-    if declared is not None:
-        return frozenset(int(rank) for rank in declared)
-    accepted = frozenset(r for r in _ALL_RANKS if _accepts(cls, r, r - 1, arguments))
-    # A class that takes no rank at all is checked on every rank: its errors are reported.
-    return accepted or frozenset(_ALL_RANKS)
+    """The input ranks a BatchNormalization-like class takes (:func:`_keras.layer_ranks`)."""
+    return _keras.layer_ranks(cls, arguments, _accepts)
 
 
 def layer_feature_axes(
     cls: type, ranks: frozenset[int], arguments: Mapping[str, Any]
 ) -> tuple[FeatureAxisPosition, ...]:
-    """``("last", "first")`` (Keras' default first), less a position no accepted rank takes."""
-    declared = getattr(cls, FEATURE_AXES_ATTRIBUTE, None)
-    if declared is not None:
-        return tuple(declared)
-    rank = max(ranks)
-    if rank < 3 or _accepts(cls, rank, 1, arguments):
-        return ("last", "first")
-    return ("last",)
+    """The feature-axis positions it takes (:func:`_keras.layer_feature_axes`)."""
+    return _keras.layer_feature_axes(cls, ranks, arguments, _accepts)
 
 
 # -- the layer ------------------------------------------------------------------------------
@@ -367,42 +313,22 @@ class KerasImplementation(TFImplementation):
         return super().probe(config, x, base)
 
     def make_layer(self, config: LayerConfig) -> KerasLayer:
-        arguments: dict[str, Any] = {
-            "axis": config.feature_axis,
-            "momentum": config.momentum,
-            "epsilon": config.eps,
-            "center": config.affine,
-            "scale": config.affine,
-            "dtype": dtype_policy(config.dtype, self.parameters),
-            **self.arguments,
-        }
-        if config.renorm is not None:
-            arguments.update(renorm_arguments(config.renorm, self.dialect))
+        arguments = layer_arguments(config, self.parameters, self.dialect, self.arguments)
         if config.virtual_batch_size is not None:
             if config.renorm is not None:
                 raise UnsupportedConfig("ghost batches with batch renormalization are not checked")
             arguments["virtual_batch_size"] = config.virtual_batch_size
-        layer = self.layer_class(**arguments)
-        shape = [1] * config.rank
-        shape[config.feature_axis] = config.num_features
-        layer.build(tuple(shape))
-        return KerasLayer(layer, config, compiled=self.compiled)
+        return KerasLayer(
+            _keras.built(self.layer_class, config, arguments), config, compiled=self.compiled
+        )
 
 
 def recognisable(obj: object, arguments: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``obj`` is a BatchNormalization-like Keras layer class (not an instance)."""
+    """Whether ``obj`` is a BatchNormalization-like Keras layer class (not an instance) of
+    Keras 3 on TensorFlow or tf_keras."""
     if not isinstance(obj, type) or flavour(obj) is None:
         return False
-    if not _takes(obj, CONSTRUCTOR_ARGUMENTS):
-        return False
-    for rank in (2, 4, 3, 5):
-        try:
-            probe = _construct(obj, **(arguments or {}))
-            probe.build((2,) * rank)
-        except Exception:  # a constructor that needs more, or a rank it does not take
-            continue
-        return all(_is_variable(getattr(probe, name, None)) for name in WEIGHTS)
-    return False
+    return _keras.recognisable_class(obj, arguments, _is_variable)
 
 
 def _is_variable(value: object) -> bool:
@@ -414,8 +340,9 @@ def _is_variable(value: object) -> bool:
 def recognise(
     obj: object, profile: str, arguments: Mapping[str, Any] | None = None
 ) -> KerasImplementation | None:
-    """The recogniser this package declares (``ADAPTERS``); ``arguments``:
-    the target's constructor arguments."""
+    """A Keras 3 class on TensorFlow or a tf_keras class (the package's recogniser,
+    :func:`normspec.adapters.keras._keras.recognise`, dispatches here); ``arguments``: the
+    target's constructor arguments."""
     if not recognisable(obj, arguments):
         return None
     assert isinstance(obj, type)
@@ -424,7 +351,7 @@ def recognise(
 
 # -- the built-in targets (declared in normspec.adapters.keras) ------------------------------
 
-_EVERY_RANK = frozenset(_ALL_RANKS)
+_EVERY_RANK = frozenset(ALL_RANKS)
 _AXES: tuple[FeatureAxisPosition, ...] = ("last", "first")
 
 
