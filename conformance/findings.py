@@ -108,8 +108,9 @@ def finding(
 def dtype_run(
     problem: BaseException | None, make_finding: Callable[[BaseException], Finding]
 ) -> DtypeRun:
-    """The verdict of a dtype whose run raised ``problem`` (``None``: it passed); the worst
-    of its findings' outcomes, the findings ordered worst first (stable)."""
+    """The verdict of a dtype whose run raised ``problem`` (``None``: it passed): the worst
+    of its findings' outcomes, the findings ordered worst first (stable: else in the order
+    Hypothesis reported them, the smallest example first)."""
     if problem is None:
         return DtypeRun("pass")
     if isinstance(problem, Unsatisfiable):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
 import normspec
@@ -208,6 +209,8 @@ def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: in
     def property_test(data: Any) -> None:
         try:
             item.body(ctx, data)
+        except HypothesisException:
+            raise  # its own flow (an assumption not met, a draw refused): no failure
         except Exception as problem:
             observe(problem, ctx)  # the example it was raised on, where no ctx method kept it
             raise
@@ -284,9 +287,10 @@ def check_clause(
     result.examples = ctx.examples
     result.worst = ctx.worst
     result.dtype_outcomes = {dtype: run.outcome for dtype, run in runs.items()}
-    result.findings = [f for run in runs.values() for f in run.findings]
+    found = [f for run in runs.values() for f in run.findings]
+    result.findings = sorted(found, key=lambda f: -SEVERITY[f.outcome])  # worst first, stable
     result.outcome = worst_outcome(result.dtype_outcomes.values())
-    result.message = _summary_message(runs, blocked_by)
+    result.message = _summary_message(result, runs, blocked_by)
     return result
 
 
@@ -324,13 +328,16 @@ def _run_dtype(
     return dtype_run(problem, make)
 
 
-def _summary_message(runs: Mapping[str, DtypeRun], blocked_by: Mapping[str, str]) -> str:
-    """The clause's message: its worst dtype's (a finding's, or why it was skipped); a skip
-    in every dtype behind one clause says so as one line."""
-    if runs and all(run.outcome == "skipped" for run in runs.values()):
-        behind = set(blocked_by.values())
-        if len(behind) == 1 and set(blocked_by) == set(runs):
-            return f"depends on {behind.pop()}, which did not pass"
+def _summary_message(
+    result: ClauseResult, runs: Mapping[str, DtypeRun], blocked_by: Mapping[str, str]
+) -> str:
+    """The clause's message: its first finding's (the worst), else why its worst dtype was
+    not checked; a skip in every dtype behind one clause says so in one line."""
+    if result.findings:
+        return result.findings[0].message
+    behind = set(blocked_by.values())
+    if len(behind) == 1 and set(blocked_by) == set(runs):
+        return f"depends on {behind.pop()}, which did not pass"
     worst = max(runs.values(), key=lambda run: SEVERITY[run.outcome], default=None)
     return "" if worst is None or worst.outcome == "pass" else worst.message
 
