@@ -88,8 +88,10 @@ class Observed:
 def observe(problem: BaseException, ctx: CheckContext) -> BaseException:
     """Keep the current example and notes on ``problem`` (once: the innermost raise wins)."""
     if getattr(problem, "normspec_observed", None) is None:
-        example = None if ctx.case is None else ctx.case.summary()
-        problem.normspec_observed = Observed(example, dict(ctx.notes))  # type: ignore[attr-defined]
+        case = getattr(ctx, "case", None)  # (a context a test built without its fields)
+        example = None if case is None else case.summary()
+        notes = dict(getattr(ctx, "notes", None) or {})
+        problem.normspec_observed = Observed(example, notes)  # type: ignore[attr-defined]
     return problem
 
 
