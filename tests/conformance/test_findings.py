@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from normspec.adapters.protocol import LayerConfig
 from normspec.adapters.reference import ReferenceImplementation, ReferenceLayer
 from normspec.conformance.report_json import report_text, schema
+from normspec.conformance.report_junit import junit_xml
 from normspec.conformance.report_terminal import print_summary
 from normspec.conformance.results import ClauseResult, Report
 from normspec.conformance.runner import CheckOptions, check_implementation
@@ -124,3 +126,11 @@ def test_a_passing_clause_reports_how_close_it_was() -> None:
     raw = json.loads(report_text(report))["results"][0]
     assert raw["worst_ulps"]["ulp_dtype"] == "float32"
     assert raw["details"] == {} and raw["findings"] == []
+
+
+def test_junit_carries_every_finding(two_bugs: Report) -> None:
+    failure = ET.fromstring(junit_xml(two_bugs)).find("testcase/failure")
+    assert failure is not None and failure.text is not None
+    detail = json.loads(failure.text)
+    assert detail["kind"] == two_bugs.results[0].findings[0].kind
+    assert sorted(f["kind"] for f in detail["findings"]) == ["non_finite", "out_of_bound"]
