@@ -20,7 +20,7 @@ from normspec.conformance.matrix import (
     cell_outcome,
 )
 from normspec.conformance.report_json import json_safe
-from normspec.conformance.report_terminal import KIND_TITLES, dtype_line
+from normspec.conformance.report_terminal import dtype_line, kind_title
 from normspec.conformance.results import PROBLEMS, ClauseResult, Finding
 
 SHORT = {
@@ -380,7 +380,7 @@ def _finding(column: Column, column_index: int, clause_index: int, result: Claus
         body.append(f"<h4>Dtypes</h4><p>{esc(dtype_line(result))}</p>")
     for number, finding in enumerate(result.findings):
         if len(result.findings) > 1:
-            kind = KIND_TITLES.get(finding.kind, finding.kind)
+            kind = kind_title(finding.kind)
             heading = f"Finding {number + 1} of {len(result.findings)}: {finding.dtype}, {kind}"
             body.append(f"<h3>{esc(heading)}</h3><pre>{esc(finding.message)}</pre>")
         body += _finding_body(finding)

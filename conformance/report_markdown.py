@@ -8,7 +8,7 @@ from normspec.conformance.matrix import (
     Matrix,
     cell_outcome,
 )
-from normspec.conformance.report_terminal import KIND_TITLES, dtype_line
+from normspec.conformance.report_terminal import dtype_line, kind_title
 from normspec.conformance.results import PROBLEMS
 
 SYMBOLS = {
@@ -154,7 +154,7 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
             for number, finding in enumerate(result.findings):
                 if number:
                     lines.append(
-                        f"  - also {finding.dtype}, {KIND_TITLES.get(finding.kind, finding.kind)}: "
+                        f"  - also {finding.dtype}, {kind_title(finding.kind)}: "
                         f"{escape(_shorten(finding.message))}"
                     )
                 if finding.shrinking:

@@ -35,6 +35,11 @@ KIND_TITLES = {
 }
 
 
+def kind_title(kind: str) -> str:
+    """A finding's kind as reports name it."""
+    return KIND_TITLES.get(kind, kind)
+
+
 def progress_line(result: ClauseResult) -> str:
     timing = f"{result.examples:4d} ex {result.seconds:6.2f}s" if result.examples else " " * 16
     text = f"  {SYMBOLS[result.outcome]:<8} {result.clause_id:<34} {result.level:<6} {timing}"
@@ -74,9 +79,7 @@ def dtype_line(result: ClauseResult) -> str:
 def finding_lines(finding: Finding, *, traceback: bool = False) -> list[str]:
     """A finding in full: what broke, the minimal example, notes, the worker's output (for a
     crash or a hang; every traceback with ``traceback``) and the reproduce command."""
-    lines = [
-        f"  [{finding.dtype}, {KIND_TITLES.get(finding.kind, finding.kind)}] {finding.message}"
-    ]
+    lines = [f"  [{finding.dtype}, {kind_title(finding.kind)}] {finding.message}"]
     if finding.example:
         lines.append("  minimal example:")
         lines += [f"    {k}: {json.dumps(v)}" for k, v in json_safe(finding.example).items()]
@@ -99,7 +102,7 @@ def finding_lines(finding: Finding, *, traceback: bool = False) -> list[str]:
 def also_line(finding: Finding) -> str:
     """A further finding in one line (the files have it in full)."""
     first = finding.message.splitlines()[0] if finding.message else ""
-    return f"  also [{finding.dtype}, {KIND_TITLES.get(finding.kind, finding.kind)}] {first}"
+    return f"  also [{finding.dtype}, {kind_title(finding.kind)}] {first}"
 
 
 def result_lines(result: ClauseResult, *, traceback: bool = False) -> list[str]:
