@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -21,6 +22,7 @@ from normspec.adapters.protocol import (
     UnsupportedConfig,
     WrongOutput,
 )
+from normspec.conformance.dtypes import Ulps
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
 from normspec.conformance.isolation import IsolatedImplementation
 from normspec.conformance.menu import Menu
@@ -53,11 +55,60 @@ def layout_copy(array: NDArray[Any]) -> NDArray[Any]:
 
 
 class Violation(Exception):
-    """The implementation broke the clause being checked on the current example."""
+    """The implementation broke the clause being checked on the current example.
+
+    ``kind`` names the way it broke it in a report's findings (conformance.results.KINDS);
+    each kind is its own class, so that Hypothesis shrinks each separately.
+    """
+
+    kind = "requirement_not_met"
 
     def __init__(self, message: str, comparison: Comparison | None = None) -> None:
         super().__init__(message)
         self.comparison = comparison
+
+
+class OutOfBound(Violation):
+    """A compared value is outside its error bound (``ctx.expect``)."""
+
+    kind = "out_of_bound"
+
+
+class NonFinite(Violation):
+    """A NaN or an infinity where the reference is finite (``ctx.expect``)."""
+
+    kind = "non_finite"
+
+
+class RequirementNotMet(Violation):
+    """A condition the clause requires does not hold (``ctx.require``)."""
+
+    kind = "requirement_not_met"
+
+
+@dataclass
+class Observed:
+    """What a check had drawn when something was raised: its example and notes, kept on the
+    exception (:func:`observe`), since Hypothesis replays several failures one after another."""
+
+    example: dict[str, Any] | None
+    notes: dict[str, Any]
+
+
+def observe(problem: BaseException, ctx: CheckContext) -> BaseException:
+    """Keep the current example and notes on ``problem`` (once: the innermost raise wins)."""
+    if getattr(problem, "normspec_observed", None) is None:
+        case = getattr(ctx, "case", None)  # (a context a test built without its fields)
+        example = None if case is None else case.summary()
+        notes = dict(getattr(ctx, "notes", None) or {})
+        problem.normspec_observed = Observed(example, notes)  # type: ignore[attr-defined]
+    return problem
+
+
+def observed(problem: BaseException) -> Observed | None:
+    """The example and notes kept on ``problem`` by :func:`observe`, if any."""
+    found = getattr(problem, "normspec_observed", None)
+    return found if isinstance(found, Observed) else None
 
 
 @dataclass
@@ -82,6 +133,8 @@ class CheckContext:
     #: the settings cases are drawn from (an implementation that compiles per shape), per
     #: dtype; empty: drawn freely
     menus: dict[str, Menu] = field(default_factory=dict)
+    #: the worst error in ulps over the comparisons that passed (Comparison.significant)
+    worst: Ulps | None = None
 
     @property
     def menu(self) -> Menu | None:
@@ -98,8 +151,8 @@ class CheckContext:
         return PRECISIONS[self.bounds](dtype)
 
     def begin_check(self) -> None:
-        """Forget the previous check's examples, case, notes and builds."""
-        self.examples, self.case, self.notes = 0, None, {}
+        """Forget the previous check's examples, case, notes, builds and worst error."""
+        self.examples, self.case, self.notes, self.worst = 0, None, {}, None
         self.built = self.refused = 0
 
     def start(self, case: CaseT) -> CaseT:
@@ -140,7 +193,10 @@ class CheckContext:
         try:
             return self.guard.call(operation, function, *args, **kwargs)
         except WrongOutput as problem:
-            raise Violation(f"{operation}: {problem}") from problem
+            raise observe(Violation(f"{operation}: {problem}"), self) from problem
+        except ImplementationError as problem:
+            observe(problem, self)
+            raise
 
     def attempt(self, operation: str, function: Any, *args: Any) -> tuple[bool, Any]:
         """:meth:`call` where raising is an allowed answer (degenerate input, invalid
@@ -214,16 +270,29 @@ class CheckContext:
         return layer
 
     def expect(self, comparison: Comparison) -> None:
-        """Raise a Violation unless the comparison is within its bound."""
+        """Raise :class:`NonFinite` or :class:`OutOfBound` unless the comparison is within
+        its bound; a comparison that passes counts towards :attr:`worst`."""
         __tracebackhide__ = True  # a pytest traceback starts at the check
-        if not comparison.ok:
-            raise Violation(comparison.describe(), comparison)
+        if comparison.ok:
+            self.passed(comparison)
+        elif comparison.nonfinite:
+            raise observe(NonFinite(comparison.describe(), comparison), self)
+        else:
+            raise observe(OutOfBound(comparison.describe(), comparison), self)
+
+    def passed(self, comparison: Comparison) -> None:
+        """Count a passing comparison's significant error towards :attr:`worst`."""
+        figure = comparison.significant
+        if not comparison.ok or figure is None or math.isnan(figure.value):
+            return
+        if self.worst is None or figure.value > self.worst.value:
+            self.worst = figure
 
     def require(self, condition: bool, message: str) -> None:
-        """Raise a Violation with ``message`` unless ``condition`` holds."""
+        """Raise :class:`RequirementNotMet` with ``message`` unless ``condition`` holds."""
         __tracebackhide__ = True  # a pytest traceback starts at the check
         if not condition:
-            raise Violation(message)
+            raise observe(RequirementNotMet(message), self)
 
     def state_of(self, layer: Layer) -> RunningStatistics | None:
         state: RunningStatistics | None = self.call("state", layer.state)
@@ -233,7 +302,8 @@ class CheckContext:
         """``value`` as a float64 array of the given shape, else a Violation."""
         array = np.asarray(value, dtype=np.float64)
         if array.shape != tuple(shape):
-            raise Violation(f"{name} has shape {array.shape}, expected {tuple(shape)}")
+            message = f"{name} has shape {array.shape}, expected {tuple(shape)}"
+            raise observe(Violation(message), self)
         return array
 
 
@@ -263,7 +333,12 @@ def reference_params(case: Case[Any]) -> Affine | None:
 __all__ = [
     "CheckContext",
     "ImplementationError",
+    "NonFinite",
+    "OutOfBound",
+    "RequirementNotMet",
     "Violation",
+    "observe",
+    "observed",
     "reference_config",
     "reference_params",
 ]

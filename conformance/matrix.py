@@ -20,8 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -168,122 +167,16 @@ def equivalent_profiles(first: Dialect, second: Dialect, capabilities: Capabilit
 
 
 # ---------------------------------------------------------------------------------------------
-# The worst error in ulps of passing clauses
-
-
-#: Elements whose bound allows more ulps of their value than this are left out of the figure.
-SIGNIFICANT_BOUND_ULPS = 2.0**20
-
-
-def significant_ulps(
-    actual: Any, expected: Any, bound: Any, dtype: str, mask: Any = None
-) -> float | None:
-    """The worst elementwise error in ulps of the dtype at each expected value (as a failure's
-    comparison counts them, :class:`~normspec.conformance.dtypes.Ulps`), over the values that
-    matter.
-
-    Only elements whose error bound is at most :data:`SIGNIFICANT_BOUND_ULPS` ulps of their
-    reference value count: where the bound is far larger than the value (a gradient that
-    cancels to zero, an output equal to a zero beta, a statistic recovered from a state
-    update by cancellation) its absolute terms allow errors that are any number of ulps of
-    that value, and a figure such as 1e14 ulps would say nothing. ``None`` when no element
-    counts; infinity for a non-finite result where the expected value is finite.
-    """
-    import numpy as np
-
-    from normspec.conformance.dtypes import ulp
-
-    try:
-        a = np.asarray(actual, dtype=np.float64)
-        e = np.asarray(expected, dtype=np.float64)
-        if a.shape != e.shape:
-            return None
-        b = np.broadcast_to(np.asarray(bound, dtype=np.float64), e.shape)
-        selected = np.ones(e.shape, bool) if mask is None else np.broadcast_to(mask, e.shape)
-    except (TypeError, ValueError):
-        return None
-    with np.errstate(invalid="ignore", over="ignore"):
-        finite = selected & np.isfinite(e)
-        units = ulp(np.where(finite, e, 0.0), dtype)
-        counted = finite & (b <= SIGNIFICANT_BOUND_ULPS * units)
-    if not np.any(counted):
-        return None
-    if not np.all(np.isfinite(a[counted])):
-        return math.inf
-    error = np.abs(a[counted] - e[counted])
-    return float(np.max(error / units[counted]))
-
-
-class UlpsRecorder:
-    """Records the worst error in ulps of a passing clause (:func:`significant_ulps`).
-
-    The runner keeps the comparison of a failure only; for the matrix's "worst error in
-    ulps" of a passing clause this wraps the checks' ``compare`` (of
-    ``normspec.conformance.tolerance``) while a report runs, returning its result unchanged,
-    and keeps the worst figure of the passing comparisons. Best effort: a check that
-    compares otherwise leaves no figure.
-    """
-
-    def __init__(self) -> None:
-        self.worst: Ulps | None = None
-
-    def record(self, comparison: Any, value: float | None, dtype: str) -> None:
-        if value is None or math.isnan(value) or not getattr(comparison, "ok", False):
-            return
-        if self.worst is None or value > self.worst.value:
-            self.worst = Ulps(value, dtype)
-
-    def take(self) -> Ulps | None:
-        """The worst figure since the last call, and start afresh."""
-        value, self.worst = self.worst, None
-        return value
-
-    @contextmanager
-    def installed(self) -> Iterator[UlpsRecorder]:
-        import sys
-
-        from normspec.conformance import tolerance
-
-        original = tolerance.compare
-        recorder = self
-
-        def compare(
-            quantity: str,
-            actual: Any,
-            expected: Any,
-            bound: Any,
-            dtype: str,
-            mask: Any = None,
-        ) -> Any:
-            comparison = original(quantity, actual, expected, bound, dtype, mask)
-            with suppress(Exception):  # the figure is a by-product: never disturb a check
-                figure = significant_ulps(actual, expected, bound, dtype, mask)
-                recorder.record(comparison, figure, dtype)
-            return comparison
-
-        patched = [
-            module
-            for name, module in list(sys.modules.items())
-            if name.startswith("normspec.conformance")
-            and getattr(module, "compare", None) is original
-        ]
-        for module in patched:
-            module.compare = compare  # type: ignore[attr-defined]
-        try:
-            yield self
-        finally:
-            for module in patched:
-                module.compare = original  # type: ignore[attr-defined]
+# The worst error in ulps of a failure (a passing clause's is its ClauseResult.worst)
 
 
 def _failure_ulps(result: ClauseResult) -> Ulps | None:
-    """The ulps of a failure's comparison, as ``normspec check`` reports it."""
-    comparison = result.details.get("comparison")
-    if isinstance(comparison, dict):
-        value, dtype = comparison.get("ulps"), comparison.get("ulp_dtype")
-        if isinstance(value, (int, float)) and not math.isnan(value) and isinstance(dtype, str):
-            return Ulps(float(value), dtype)
-    return None
+    """The ulps of a failure's comparison (its first finding's), as ``normspec check``
+    reports it."""
+    figures = None if result.finding is None else result.finding.figures
+    if figures is None or math.isnan(figures.ulps):
+        return None
+    return Ulps(figures.ulps, figures.ulp_dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,7 +225,6 @@ def run_matrix(
     matrix.pending = [(e.target, p) for e, p in runs]
     numbers = {e.target: i for i, e in enumerate(entries, start=1)}
     started = time.perf_counter()
-    recorder = UlpsRecorder()
     own_columns: dict[str, Column] = {}
     skipped_entries: set[str] = set()
 
@@ -342,41 +234,38 @@ def run_matrix(
             on_update(matrix)
 
     try:
-        with recorder.installed():
-            for number, (entry, profile_name) in enumerate(runs, start=1):
-                matrix.pending = [(e.target, p) for e, p in runs[number:]]
-                if entry.target in skipped_entries:
-                    continue
-                reason = unavailable_reason(entry)
-                if reason is not None:
-                    skipped_entries.add(entry.target)
-                    matrix.unavailable.append(
-                        Unavailable(entry.target, entry.title, entry.profile, reason)
-                    )
-                    progress.line(
-                        f"[{numbers[entry.target]}/{len(entries)}] {entry.title}: not checked: "
-                        f"{reason}"
-                    )
-                    continue
-                column = _run_one(
-                    entry,
-                    profile_name,
-                    options,
-                    deviations,
-                    own_columns,
-                    matrix,
-                    progress,
-                    recorder,
-                    f"[{numbers[entry.target]}/{len(entries)}]",
+        for number, (entry, profile_name) in enumerate(runs, start=1):
+            matrix.pending = [(e.target, p) for e, p in runs[number:]]
+            if entry.target in skipped_entries:
+                continue
+            reason = unavailable_reason(entry)
+            if reason is not None:
+                skipped_entries.add(entry.target)
+                matrix.unavailable.append(
+                    Unavailable(entry.target, entry.title, entry.profile, reason)
                 )
-                if column is None:
-                    if entry.target not in own_columns:
-                        skipped_entries.add(entry.target)
-                    continue
-                update()
-                if column.report.interrupted:
-                    matrix.interrupted = True
-                    break
+                progress.line(
+                    f"[{numbers[entry.target]}/{len(entries)}] {entry.title}: not checked: {reason}"
+                )
+                continue
+            column = _run_one(
+                entry,
+                profile_name,
+                options,
+                deviations,
+                own_columns,
+                matrix,
+                progress,
+                f"[{numbers[entry.target]}/{len(entries)}]",
+            )
+            if column is None:
+                if entry.target not in own_columns:
+                    skipped_entries.add(entry.target)
+                continue
+            update()
+            if column.report.interrupted:
+                matrix.interrupted = True
+                break
     except KeyboardInterrupt:
         matrix.interrupted = True
     if matrix.interrupted:
@@ -395,7 +284,6 @@ def _run_one(
     own_columns: dict[str, Column],
     matrix: Matrix,
     progress: Progress,
-    recorder: UlpsRecorder,
     counter: str,
 ) -> Column | None:
     """Check one entry under one profile; ``None`` when it was not run (not loadable, or
@@ -434,10 +322,9 @@ def _run_one(
 
     def on_result(result: ClauseResult) -> None:
         applier(result)
-        passing = recorder.take()
         worst: Ulps | None = None
         if result.outcome == "pass":
-            worst = passing
+            worst = result.worst
         elif result.outcome in ("fail", "declared"):
             worst = _failure_ulps(result)
         if worst is not None:
@@ -447,7 +334,6 @@ def _run_one(
     check_options = CheckOptions(
         **shared_settings(options), profile=profile_name, target=entry.target
     )
-    recorder.take()
     try:
         report = check_implementation(implementation, check_options, progress=on_result)
     finally:

@@ -418,17 +418,7 @@ def attach(item: pytest.Item, name: str, value: Any) -> None:
 
 def result_from_json(raw: dict[str, Any]) -> ClauseResult:
     """A :class:`ClauseResult` from its JSON form (``ClauseResult.to_json``)."""
-    return ClauseResult(
-        clause_id=raw["clause"],
-        level=raw["level"],
-        summary=raw["summary"],
-        outcome=raw["outcome"],
-        message=raw.get("message", ""),
-        details=dict(raw.get("details", {})),
-        examples=int(raw.get("examples", 0)),
-        seconds=float(raw.get("seconds", 0.0)),
-        deviation=raw.get("deviation"),
-    )
+    return ClauseResult.from_json(raw)
 
 
 class NormspecItem(pytest.Item):
@@ -486,24 +476,10 @@ class NormspecItem(pytest.Item):
 
 
 def describe_failure(result: ClauseResult) -> str:
-    """A failed clause as the terminal report prints it."""
-    import json
+    """A failed clause as the terminal report prints it, with the implementation's
+    traceback."""
+    from normspec.conformance.report_terminal import result_lines
 
-    from normspec.conformance.report_json import json_safe
-
-    lines = [
-        f"{result.outcome.upper()} {result.clause_id} ({result.level}): {result.summary}",
-        f"  {result.message}",
-    ]
-    example = result.details.get("example")
-    if example:
-        lines.append("  minimal example:")
-        lines += [f"    {k}: {json.dumps(v)}" for k, v in json_safe(example).items()]
-    if "notes" in result.details:
-        lines.append(f"  notes: {json.dumps(json_safe(result.details['notes']))}")
-    if "traceback" in result.details:
-        lines.append("  traceback of the implementation:")
-        lines += [f"    {line}" for line in str(result.details["traceback"]).splitlines()]
-    if "reproduce" in result.details:
-        lines.append(f"  reproduce: {result.details['reproduce']}")
+    lines = result_lines(result, traceback=True)
+    lines[0] = f"{result.outcome.upper()} {result.clause_id} ({result.level}): {result.summary}"
     return "\n".join(lines)

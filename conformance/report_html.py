@@ -20,7 +20,8 @@ from normspec.conformance.matrix import (
     cell_outcome,
 )
 from normspec.conformance.report_json import json_safe
-from normspec.conformance.results import PROBLEMS, ClauseResult
+from normspec.conformance.report_terminal import dtype_line, kind_title
+from normspec.conformance.results import PROBLEMS, ClauseResult, Finding
 
 SHORT = {
     "pass": "pass",
@@ -328,6 +329,31 @@ def _json_block(value: Any) -> str:
     return f"<pre>{esc(text)}</pre>"
 
 
+def _finding_body(finding: Finding) -> list[str]:
+    """One finding's parts: its comparison, minimal example, notes, traceback, reproduce."""
+    body = []
+    if finding.figures is not None:
+        rows = "".join(
+            f"<dt>{esc(k)}</dt><dd>{esc(json.dumps(json_safe(v)))}</dd>"
+            for k, v in finding.figures.to_json().items()
+        )
+        body.append(f"<h4>Comparison</h4><dl class='kv'>{rows}</dl>")
+    if finding.example is not None:
+        body.append("<h4>Minimal example</h4>" + _json_block(finding.example))
+    if finding.shrinking:
+        body.append(f"<p class='shrinking'>Shrinking {esc(finding.shrinking)}</p>")
+    if finding.notes:
+        body.append("<h4>Notes</h4>" + _json_block(finding.notes))
+    if finding.traceback:
+        title = (
+            "Traceback" if finding.outcome in ("fail", "error") else "End of the worker's output"
+        )
+        body.append(f"<h4>{title}</h4><pre>{esc(finding.traceback)}</pre>")
+    if finding.reproduce:
+        body.append(f"<h4>Reproduce</h4><pre class='reproduce'>{esc(finding.reproduce)}</pre>")
+    return body
+
+
 def _finding(column: Column, column_index: int, clause_index: int, result: ClauseResult) -> str:
     outcome = result.outcome
     first_line = result.message.splitlines()[0] if result.message else ""
@@ -350,25 +376,14 @@ def _finding(column: Column, column_index: int, clause_index: int, result: Claus
             f"<dt>outcome of the check</dt><dd>{esc(result.deviation.get('outcome', ''))}</dd>"
             f"<dt>declared in</dt><dd>{esc(result.deviation.get('source', ''))}</dd></dl>"
         )
-    details = result.details
-    comparison = details.get("comparison")
-    if isinstance(comparison, dict):
-        rows = "".join(
-            f"<dt>{esc(k)}</dt><dd>{esc(json.dumps(json_safe(v)))}</dd>"
-            for k, v in comparison.items()
-        )
-        body.append(f"<h4>Comparison</h4><dl class='kv'>{rows}</dl>")
-    if "example" in details:
-        body.append("<h4>Minimal example</h4>" + _json_block(details["example"]))
-    if "shrinking" in details:
-        body.append(f"<p class='shrinking'>Shrinking {esc(details['shrinking'])}</p>")
-    if "notes" in details:
-        body.append("<h4>Notes</h4>" + _json_block(details["notes"]))
-    if "traceback" in details:
-        title = "Traceback" if outcome in ("fail", "error") else "End of the worker's output"
-        body.append(f"<h4>{title}</h4><pre>{esc(details['traceback'])}</pre>")
-    if "reproduce" in details:
-        body.append(f"<h4>Reproduce</h4><pre class='reproduce'>{esc(details['reproduce'])}</pre>")
+    if len(set(result.dtype_outcomes.values())) > 1:
+        body.append(f"<h4>Dtypes</h4><p>{esc(dtype_line(result))}</p>")
+    for number, finding in enumerate(result.findings):
+        if len(result.findings) > 1:
+            kind = kind_title(finding.kind)
+            heading = f"Finding {number + 1} of {len(result.findings)}: {finding.dtype}, {kind}"
+            body.append(f"<h3>{esc(heading)}</h3><pre>{esc(finding.message)}</pre>")
+        body += _finding_body(finding)
     ulps = column.ulps.get(result.clause_id)
     ulps_text = f" ({esc(str(ulps))})" if ulps is not None else ""
     return (

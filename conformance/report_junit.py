@@ -30,7 +30,7 @@ def junit_xml(report: Report) -> str:
             name=f"{result.clause_id} ({result.level})",
             time=f"{result.seconds:.3f}",
         )
-        detail = json.dumps(json_safe(result.details), indent=2)
+        detail = json.dumps(json_safe(result.problem_json()), indent=2)
         if result.outcome == "fail":
             ET.SubElement(case, "failure", message=result.message).text = detail
         elif result.outcome in ("error", "crashed", "hung"):

@@ -8,6 +8,7 @@ from normspec.conformance.matrix import (
     Matrix,
     cell_outcome,
 )
+from normspec.conformance.report_terminal import dtype_line, kind_title
 from normspec.conformance.results import PROBLEMS
 
 SYMBOLS = {
@@ -148,11 +149,18 @@ def render_markdown(matrix: Matrix, *, heading_level: int = 2) -> str:
                     f"  - declared ({escape(result.deviation.get('category', ''))}): "
                     f"{escape(result.deviation.get('reason', ''))}"
                 )
-            if "shrinking" in result.details:
-                lines.append(f"  - shrinking {escape(result.details['shrinking'])}")
-            reproduce = result.details.get("reproduce")
-            if reproduce:
-                lines.append(f"  - reproduce: {code(reproduce)}")
+            if len(set(result.dtype_outcomes.values())) > 1:
+                lines.append(f"  - dtypes: {escape(dtype_line(result))}")
+            for number, finding in enumerate(result.findings):
+                if number:
+                    lines.append(
+                        f"  - also {finding.dtype}, {kind_title(finding.kind)}: "
+                        f"{escape(_shorten(finding.message))}"
+                    )
+                if finding.shrinking:
+                    lines.append(f"  - shrinking {escape(finding.shrinking)}")
+                if finding.reproduce:
+                    lines.append(f"  - reproduce: {code(finding.reproduce)}")
         lines.append("")
     if matrix.warnings:
         lines.append(f"{h}# Warnings")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from normspec.conformance.dtypes import Ulps
 
 #: ``crashed``: a call on an example killed the implementation's worker process (a signal,
 #: an exit, its memory limit); ``hung``: a call did not return within the time limit.
@@ -34,14 +37,154 @@ def plain_versions(versions: Mapping[Any, Any]) -> dict[str, str]:
     return {str(name): str(version) for name, version in versions.items()}
 
 
+#: How severe an outcome is, for the summary of a clause over its dtypes (the worst).
+SEVERITY: dict[str, int] = {
+    "not_applicable": 0,
+    "pass": 1,
+    "skipped": 2,
+    "fail": 3,
+    "error": 4,
+    "hung": 5,
+    "crashed": 6,
+}
+
+
+def worst_outcome(outcomes: Iterable[Outcome]) -> Outcome:
+    """The most severe of ``outcomes`` (:data:`SEVERITY`); ``pass`` where there are none."""
+    return max(outcomes, key=SEVERITY.__getitem__, default="pass")
+
+
+#: How a finding broke its clause: a value outside its bound, a non-finite result where the
+#: reference is finite, a requirement not met (a state, an exception that should have been
+#: raised, a shape), an exception of the implementation, a crash or a hang, a result that
+#: changed between runs of one example, or an error of normspec itself.
+KINDS: tuple[str, ...] = (
+    "out_of_bound",
+    "non_finite",
+    "requirement_not_met",
+    "implementation_error",
+    "crashed",
+    "hung",
+    "nondeterministic",
+    "internal_error",
+)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The comparison a failure was found by: where the error most exceeds its bound, the
+    values and the bound there, the largest errors, and the error in ulps of ``ulp_dtype``
+    at the expected value (:class:`~normspec.conformance.dtypes.Ulps`)."""
+
+    quantity: str
+    index: tuple[int, ...] | None
+    expected: float | None
+    actual: float | None
+    bound: float | None
+    max_abs_error: float
+    max_rel_error: float
+    ulps: float
+    ulp_dtype: str
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["index"] = None if self.index is None else list(self.index)
+        return document
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Figures:
+        """Figures from their JSON form (non-finite numbers spelt "nan", "inf", "-inf")."""
+
+        def number(name: str) -> float | None:
+            value = raw.get(name)
+            return None if value is None else float(value)
+
+        index = raw.get("index")
+        return cls(
+            quantity=str(raw.get("quantity", "")),
+            index=None if index is None else tuple(int(i) for i in index),
+            expected=number("expected"),
+            actual=number("actual"),
+            bound=number("bound"),
+            max_abs_error=float(raw.get("max_abs_error", math.nan)),
+            max_rel_error=float(raw.get("max_rel_error", math.nan)),
+            ulps=float(raw.get("ulps", math.nan)),
+            ulp_dtype=str(raw.get("ulp_dtype", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One distinct failure of a clause: in one dtype, of one kind (a value outside its
+    bound, a non-finite result, a requirement not met, an exception, a crash, a hang), with
+    its minimal example and the command that reproduces it."""
+
+    dtype: str
+    outcome: Outcome
+    kind: str
+    message: str
+    example: dict[str, Any] | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    figures: Figures | None = None
+    #: the implementation's traceback, or the end of its worker's output
+    traceback: str = ""
+    reproduce: str = ""
+    seed: int | None = None
+    #: why the example may not be minimal ("" where shrinking ran to its end)
+    shrinking: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """The finding as the ``details`` of the JSON report name its parts."""
+        document: dict[str, Any] = {"dtype": self.dtype, "outcome": self.outcome}
+        document["kind"] = self.kind
+        document["message"] = self.message
+        if self.example is not None:
+            document["example"] = self.example
+        if self.notes:
+            document["notes"] = dict(self.notes)
+        if self.figures is not None:
+            document["comparison"] = self.figures.to_json()
+        if self.traceback:
+            document["traceback"] = self.traceback
+        if self.seed is not None:
+            document["seed"] = self.seed
+        if self.reproduce:
+            document["reproduce"] = self.reproduce
+        if self.shrinking:
+            document["shrinking"] = self.shrinking
+        return document
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Finding:
+        """A finding from its JSON form (:meth:`to_json`; a report's ``details`` of before
+        findings: its dtype and kind unknown, "")."""
+        comparison = raw.get("comparison")
+        return cls(
+            dtype=raw.get("dtype", ""),
+            outcome=raw.get("outcome", "fail"),
+            kind=raw.get("kind", ""),
+            message=raw.get("message", ""),
+            example=raw.get("example"),
+            notes=dict(raw.get("notes", {})),
+            figures=None if comparison is None else Figures.from_json(comparison),
+            traceback=raw.get("traceback", ""),
+            reproduce=raw.get("reproduce", ""),
+            seed=raw.get("seed"),
+            shrinking=raw.get("shrinking", ""),
+        )
+
+
 @dataclass
 class ClauseResult:
-    """What checking one clause found.
+    """What checking one clause found, per dtype and in all.
 
-    ``details`` holds, for a failure, error, crash or hang, the minimal example
-    (``example``), the comparison (``comparison``: expected, actual, errors in absolute,
-    relative and ulps), the implementation's traceback or the end of its worker's output
-    (``traceback``) and the command that reproduces it (``reproduce``).
+    ``dtype_outcomes`` is the verdict in each dtype checked (a clause is skipped in a dtype
+    where a clause it depends on did not pass in that dtype); ``outcome`` is the worst of
+    them (:data:`SEVERITY`). ``findings`` holds every distinct failure, each with its minimal
+    example, figures and reproduce command: at least one per failing dtype, and one per kind
+    where a dtype fails in several ways; ``message`` is the first one's (or why the clause
+    was skipped or not applicable). ``worst`` is the largest error in ulps among the
+    comparisons that passed (``None``: no numeric comparison).
 
     ``deviation`` is set when a deviation file covers the clause: for a ``declared`` result
     ``{"category", "reason", "outcome", "source"}`` with the outcome the check had (one of
@@ -54,10 +197,32 @@ class ClauseResult:
     summary: str
     outcome: Outcome
     message: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    dtype_outcomes: dict[str, Outcome] = field(default_factory=dict)
     examples: int = 0
     seconds: float = 0.0
     deviation: dict[str, str] | None = None
+    worst: Ulps | None = None
+
+    @property
+    def finding(self) -> Finding | None:
+        """The first finding (the one a terminal shows in full), if any."""
+        return self.findings[0] if self.findings else None
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The first finding as the JSON report's ``details`` (its parts by name)."""
+        return {} if self.finding is None else self.finding.to_json()
+
+    def problem_json(self) -> dict[str, Any]:
+        """What a failure's text in a file shows: the first finding's parts by name and, where
+        there are several dtypes or findings, the outcome per dtype and every finding."""
+        document = self.details
+        if len(self.dtype_outcomes) > 1:
+            document["dtypes"] = dict(self.dtype_outcomes)
+        if len(self.findings) > 1:
+            document["findings"] = [finding.to_json() for finding in self.findings]
+        return document
 
     def to_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {
@@ -69,10 +234,32 @@ class ClauseResult:
             "examples": self.examples,
             "seconds": round(self.seconds, 4),
             "details": self.details,
+            "dtypes": dict(self.dtype_outcomes),
+            "findings": [finding.to_json() for finding in self.findings],
         }
+        if self.worst is not None:
+            document["worst_ulps"] = {"ulps": self.worst.value, "ulp_dtype": self.worst.dtype}
         if self.deviation is not None:
             document["deviation"] = dict(self.deviation)
         return document
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ClauseResult:
+        """A result from its JSON form (:meth:`to_json`), as the pytest plugin's workers send it."""
+        worst = raw.get("worst_ulps")
+        return cls(
+            clause_id=raw["clause"],
+            level=raw["level"],
+            summary=raw["summary"],
+            outcome=raw["outcome"],
+            message=raw.get("message", ""),
+            findings=[Finding.from_json(f) for f in _raw_findings(raw)],
+            dtype_outcomes=dict(raw.get("dtypes", {})),
+            examples=int(raw.get("examples", 0)),
+            seconds=float(raw.get("seconds", 0.0)),
+            deviation=raw.get("deviation"),
+            worst=None if worst is None else Ulps(float(worst["ulps"]), worst["ulp_dtype"]),
+        )
 
     @property
     def failing(self) -> bool:
@@ -84,6 +271,16 @@ class ClauseResult:
         if self.outcome in PROBLEMS:
             return True
         return self.outcome == "skipped" and self.deviation is None
+
+
+def _raw_findings(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A JSON result's findings; for a report of before findings, its ``details`` as one."""
+    if "findings" in raw:
+        return list(raw["findings"])
+    details = raw.get("details") or {}
+    if not details:
+        return []
+    return [{"outcome": raw["outcome"], "message": raw.get("message", ""), **details}]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from hypothesis.errors import FlakyFailure, Unsatisfiable
+from hypothesis.errors import HypothesisException
 from hypothesis.stateful import run_state_machine_as_test
 
 import normspec
@@ -24,14 +24,23 @@ from normspec import spec
 from normspec.adapters.protocol import ALL_DTYPES, Capabilities, DTypeName, Implementation
 from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check, load_builtin_checks
-from normspec.conformance.context import CheckContext, Violation
-from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
+from normspec.conformance.context import CheckContext, observe
+from normspec.conformance.findings import DtypeRun, dtype_run, finding, members
+from normspec.conformance.guard import Guard
 from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
-from normspec.conformance.results import PROBLEMS, ClauseResult, Report, plain_versions
+from normspec.conformance.results import (
+    PROBLEMS,
+    SEVERITY,
+    ClauseResult,
+    Finding,
+    Report,
+    plain_versions,
+    worst_outcome,
+)
 from normspec.conformance.run_settings import DEFAULT_TIMEOUT, OptionsError, RunSettings
 from normspec.conformance.seeded_draws import seeded_draws
-from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, ShrinkWatch, shrink_limit
+from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, shrink_limit
 from normspec.reference.dialects import Dialect
 from normspec.reference.dialects import profile as find_profile
 
@@ -178,7 +187,7 @@ def _hypothesis_settings(max_examples: int) -> settings:
         database=None,
         deadline=None,
         derandomize=False,
-        report_multiple_bugs=False,
+        report_multiple_bugs=True,
         print_blob=False,
         stateful_step_count=STATEFUL_STEPS,
         suppress_health_check=list(HealthCheck),
@@ -197,34 +206,15 @@ def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: in
     @configured
     @given(st.data())
     def property_test(data: Any) -> None:
-        item.body(ctx, data)
+        try:
+            item.body(ctx, data)
+        except HypothesisException:
+            raise  # its own flow (an assumption not met, a draw refused): no failure
+        except Exception as problem:
+            observe(problem, ctx)  # the example it was raised on, where no ctx method kept it
+            raise
 
     property_test()
-
-
-def _failure_details(ctx: CheckContext, problem: BaseException) -> dict[str, Any]:
-    details: dict[str, Any] = {}
-    if ctx.case is not None:
-        details["example"] = ctx.case.summary()
-    if ctx.notes:
-        details["notes"] = dict(ctx.notes)
-    comparison = getattr(problem, "comparison", None)
-    if comparison is not None:
-        details["comparison"] = {
-            "quantity": comparison.quantity,
-            "index": list(comparison.worst_index) if comparison.worst_index else None,
-            "expected": comparison.expected_at_worst,
-            "actual": comparison.actual_at_worst,
-            "bound": comparison.bound_at_worst,
-            "max_abs_error": comparison.max_abs_error,
-            "max_rel_error": comparison.max_rel_error,
-            "ulps": comparison.ulps.value,
-            "ulp_dtype": comparison.ulps.dtype,
-        }
-    trace = getattr(problem, "trace", "")
-    if trace:
-        details["traceback"] = trace
-    return details
 
 
 def _caused_by_interrupt(problem: BaseException) -> bool:
@@ -245,52 +235,24 @@ def _caused_by_interrupt(problem: BaseException) -> bool:
     return False
 
 
-def _lost_call(problem: BaseException) -> ImplementationLost | None:
-    """The crash or hang among what a flaky failure grouped (one that did not recur on
-    every run of its example: a memory limit reached or not, a hang near the limit)."""
-    for member in getattr(problem, "exceptions", ()):
-        if isinstance(member, ImplementationLost):
-            return member
-    return None
-
-
-def _record_problem(result: ClauseResult, ctx: CheckContext, problem: Exception) -> None:
-    """The outcome and message of a clause whose run raised ``problem``."""
-    lost = _lost_call(problem) if isinstance(problem, FlakyFailure) else None
-    if isinstance(problem, Violation):
-        result.outcome, result.message = "fail", str(problem)
-    elif isinstance(problem, ImplementationLost):
-        result.outcome, result.message = problem.outcome, str(problem)
-    elif lost is not None:
-        result.outcome = lost.outcome
-        result.message = f"{lost} (not on every run of the example)"
-        problem = lost
-    elif isinstance(problem, ImplementationError):
-        result.outcome, result.message = "error", str(problem)
-    elif isinstance(problem, FlakyFailure):
-        result.outcome = "error"
-        result.message = f"the implementation is not deterministic: {problem}"
-        return
-    elif isinstance(problem, Unsatisfiable):
-        result.outcome = "skipped"
-        result.message = f"inconclusive: no example was usable ({problem})"
-        return
-    else:
-        result.outcome = "error"
-        result.message = f"normspec internal error ({type(problem).__name__}: {problem})"
-    result.details = _failure_details(ctx, problem)
+NOT_CHECKED_AFTER_HANG = (
+    "not checked: a call of an earlier clause hung, and in-process its thread cannot "
+    "be stopped (in a worker process, without --in-process, the run goes on)"
+)
 
 
 def check_clause(
     item: Check,
     ctx: CheckContext,
     options: CheckOptions,
-    blocked_by: str | None,
+    blocked_by: Mapping[str, str] | None = None,
     flags: str = "",
     prefix: str = "",
 ) -> ClauseResult:
-    """Check one clause; never raises for anything the implementation does. ``flags`` and
-    ``prefix``: of the reproduce command (:func:`reproduce_command`)."""
+    """Check one clause in each of ``ctx.dtypes``; never raises for anything the
+    implementation does. ``blocked_by`` maps a dtype to a clause this one depends on that did
+    not pass in it (the clause is skipped in that dtype); ``flags`` and ``prefix``: of the
+    reproduce command (:func:`reproduce_command`)."""
     clause = spec.clause(item.clause_id)
     result = ClauseResult(item.clause_id, clause.level, clause.summary, "pass")
     reason = item.not_applicable(ctx.capabilities, ctx.dialect, ctx.dtypes)
@@ -302,47 +264,107 @@ def check_clause(
         message = "no requested dtype is supported" + (f" ({note})" if note else "")
         result.outcome, result.message = "not_applicable", message
         return result
-    if blocked_by is not None:
-        result.outcome = "skipped"
-        result.message = f"depends on {blocked_by}, which did not pass"
-        return result
-    if ctx.guard.hung is not None:
-        result.outcome = "error"
-        result.message = (
-            "not checked: a call of an earlier clause hung, and in-process its thread cannot "
-            "be stopped (in a worker process, without --in-process, the run goes on)"
-        )
-        return result
+    blocked_by = blocked_by or {}
     ctx.begin_check()
     started = time.perf_counter()
     all_dtypes = ctx.dtypes
     budget = options.max_examples or DEFAULT_MAX_EXAMPLES
-    watch = ShrinkWatch()
+    runs: dict[str, DtypeRun] = {}
     try:
-        # One run per dtype, so every dtype gets its share of the examples and its own shrink.
+        # One run per dtype, so every dtype gets its share of the examples, its own shrink
+        # and its own verdict.
         for dtype in all_dtypes:
+            if dtype in blocked_by:
+                message = f"depends on {blocked_by[dtype]}, which did not pass in {dtype}"
+                runs[dtype] = DtypeRun("skipped", message)
+                continue
+            if ctx.guard.hung is not None:
+                runs[dtype] = DtypeRun("error", NOT_CHECKED_AFTER_HANG)
+                continue
             ctx.dtypes = (dtype,)
-            per_dtype = max(1, -(-budget // len(all_dtypes)))
-            with shrink_limit(options.shrink_seconds) as watch, seeded_draws():
-                _run_check(item, ctx, per_dtype, dtype_seed(options.seed, dtype))
-    except Exception as problem:
-        if _caused_by_interrupt(problem):
-            raise KeyboardInterrupt from problem  # a Ctrl-C is never an outcome
-        _record_problem(result, ctx, problem)
+            runs[dtype] = _run_dtype(
+                item, ctx, options, dtype, flags, prefix, len(all_dtypes), budget
+            )
+    finally:
+        ctx.dtypes = all_dtypes
     result.seconds = time.perf_counter() - started
     result.examples = ctx.examples
-    if result.outcome in PROBLEMS:
-        result.details["seed"] = options.seed
-        result.details["reproduce"] = reproduce_command(
-            options, item.clause_id, ctx.dtypes, flags, prefix
-        )
-        if watch.stopped_early:
-            result.details["shrinking"] = (
-                f"stopped after {options.shrink_seconds:g} s: the example may not be minimal "
-                "(--shrink-seconds allows longer)"
-            )
-    ctx.dtypes = all_dtypes
+    result.worst = ctx.worst
+    result.dtype_outcomes = {dtype: run.outcome for dtype, run in runs.items()}
+    found = [f for run in runs.values() for f in run.findings]
+    result.findings = sorted(found, key=lambda f: -SEVERITY[f.outcome])  # worst first, stable
+    result.outcome = worst_outcome(result.dtype_outcomes.values())
+    result.message = _summary_message(result, runs, blocked_by)
     return result
+
+
+def _run_dtype(
+    item: Check,
+    ctx: CheckContext,
+    options: CheckOptions,
+    dtype: DTypeName,
+    flags: str,
+    prefix: str,
+    dtypes: int,
+    budget: int,
+) -> DtypeRun:
+    """One dtype's run of a check: its share of the examples, its findings each shrunk."""
+    problem: Exception | None = None
+    with shrink_limit(options.shrink_seconds) as watch, seeded_draws():
+        try:
+            _run_check(item, ctx, max(1, -(-budget // dtypes)), dtype_seed(options.seed, dtype))
+        except Exception as raised:
+            if _caused_by_interrupt(raised):
+                raise KeyboardInterrupt from raised  # a Ctrl-C is never an outcome
+            problem = raised
+            for member in members(raised):
+                observe(member, ctx)  # where nothing kept its example: the last one drawn
+    shrinking = (
+        f"stopped after {options.shrink_seconds:g} s: the example may not be minimal "
+        "(--shrink-seconds allows longer)"
+        if watch.stopped_early
+        else ""
+    )
+    reproduce = reproduce_command(options, item.clause_id, (dtype,), flags, prefix)
+
+    def make(member: BaseException) -> Finding:
+        return finding(member, dtype, reproduce, options.seed, shrinking)
+
+    return dtype_run(problem, make)
+
+
+def _summary_message(
+    result: ClauseResult, runs: Mapping[str, DtypeRun], blocked_by: Mapping[str, str]
+) -> str:
+    """The clause's message: its first finding's (the worst), else why its worst dtype was
+    not checked; a skip in every dtype behind one clause says so in one line."""
+    if result.findings:
+        return result.findings[0].message
+    behind = set(blocked_by.values())
+    if len(behind) == 1 and set(blocked_by) == set(runs):
+        return f"depends on {behind.pop()}, which did not pass"
+    worst = max(runs.values(), key=lambda run: SEVERITY[run.outcome], default=None)
+    return "" if worst is None or worst.outcome == "pass" else worst.message
+
+
+def not_passing_dtypes(result: ClauseResult, dtypes: Sequence[str]) -> set[str]:
+    """The dtypes a clause did not pass in (a fail, an error, a crash, a hang or a skip):
+    per dtype where it ran per dtype, else all of them where the clause as a whole did not."""
+    if result.dtype_outcomes:
+        return {d for d, o in result.dtype_outcomes.items() if o in (*PROBLEMS, "skipped")}
+    return set(dtypes) if result.outcome in (*PROBLEMS, "skipped") else set()
+
+
+def blocked_dtypes(
+    depends_on: Sequence[str], not_passed: Mapping[str, set[str]], dtypes: Sequence[str]
+) -> dict[str, str]:
+    """Per dtype, the first clause of ``depends_on`` that did not pass in it."""
+    blocked: dict[str, str] = {}
+    for dtype in dtypes:
+        behind = next((d for d in depends_on if dtype in not_passed.get(d, ())), None)
+        if behind is not None:
+            blocked[dtype] = behind
+    return blocked
 
 
 def environment() -> dict[str, str]:
@@ -392,7 +414,8 @@ def check_implementation(
     guard = Guard(options.timeout, worker)
     flags = command_flags(implementation)
     prefix = environment_prefix(report.versions, options.target)
-    not_passed: set[str] = set()
+    #: per clause, the dtypes it did not pass in (its dependents are skipped in those)
+    not_passed: dict[str, set[str]] = {}
     if on_start is not None:
         on_start(report)
     started = time.perf_counter()
@@ -400,12 +423,11 @@ def check_implementation(
         for item in checks:
             ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard, menus=menu_of)
             ctx.bounds = item.bounds
-            blocked = next((d for d in item.depends_on if d in not_passed), None)
+            blocked = blocked_dtypes(item.depends_on, not_passed, dtypes)
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore", RuntimeWarning)
                 result = check_clause(item, ctx, options, blocked, flags, prefix)
-            if result.outcome in (*PROBLEMS, "skipped"):
-                not_passed.add(item.clause_id)
+            not_passed[item.clause_id] = not_passing_dtypes(result, dtypes)
             report.results.append(result)
             if progress is not None:
                 progress(result)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from normspec.conformance.dtypes import FORMATS, Ulps, float_format
+from normspec.conformance.dtypes import FORMATS, Ulps, float_format, ulp
 from normspec.reference import batch_statistics, train_backward
 from normspec.reference._arrays import per_feature, reduction_axes
 from normspec.reference.schedules import RenormBounds
@@ -456,6 +456,14 @@ class Comparison:
     expected_at_worst: float | None
     actual_at_worst: float | None
     bound_at_worst: float | None
+    #: the worst error in ulps over the elements that matter (:func:`significant_ulps`),
+    #: the figure the matrix shows for a clause that passed; ``None``: no element counts
+    significant: Ulps | None = None
+
+    @property
+    def nonfinite(self) -> bool:
+        """Whether it failed on a NaN or an infinity where the reference is finite."""
+        return not self.ok and self.reason.startswith("non-finite")
 
     def describe(self) -> str:
         if self.worst_index is None:
@@ -533,6 +541,7 @@ def compare(
             "non-finite where the reference is finite" if nonfinite else "error exceeds the bound"
         )
     )
+    figure = significant_ulps(actual, expected, bound, dtype, mask)
     return Comparison(
         quantity=quantity,
         ok=ok,
@@ -544,7 +553,44 @@ def compare(
         expected_at_worst=float(expected[worst]),
         actual_at_worst=float(actual[worst]),
         bound_at_worst=float(bound[worst]),
+        significant=None if figure is None else Ulps(figure, dtype),
     )
+
+
+#: Elements whose bound allows more ulps of their value than this are left out of the figure.
+SIGNIFICANT_BOUND_ULPS = 2.0**20
+
+
+def significant_ulps(
+    actual: Array, expected: Array, bound: Array, dtype: str, mask: Array | None = None
+) -> float | None:
+    """The worst elementwise error in ulps of the dtype at each expected value (as a failure's
+    comparison counts them, :class:`~normspec.conformance.dtypes.Ulps`), over the values that
+    matter.
+
+    Only elements whose error bound is at most :data:`SIGNIFICANT_BOUND_ULPS` ulps of their
+    reference value count: where the bound is far larger than the value (a gradient that
+    cancels to zero, an output equal to a zero beta, a statistic recovered from a state
+    update by cancellation) its absolute terms allow errors that are any number of ulps of
+    that value, and a figure such as 1e14 ulps would say nothing. ``None`` when no element
+    counts; infinity for a non-finite result where the expected value is finite.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    b = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
+    selected = (
+        np.ones(expected.shape, bool) if mask is None else np.broadcast_to(mask, expected.shape)
+    )
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = selected & np.isfinite(expected)
+        units = ulp(np.where(finite, expected, 0.0), dtype)
+        counted = finite & (b <= SIGNIFICANT_BOUND_ULPS * units)
+    if not np.any(counted):
+        return None
+    if not np.all(np.isfinite(actual[counted])):
+        return math.inf
+    error = np.abs(actual[counted] - expected[counted])
+    return float(np.max(error / units[counted]))
 
 
 # --------------------------------------------------------------------------------------

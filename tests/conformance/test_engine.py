@@ -261,6 +261,6 @@ def test_expectations_hide_themselves_from_pytest_tracebacks(tmp_path: Path) -> 
         check=False,
     )
     assert done.returncode == 1
-    assert "Violation: arithmetic broke" in done.stdout
+    assert "RequirementNotMet: arithmetic broke" in done.stdout
     assert "ctx.require(1 + 1 == 3" in done.stdout
     assert "context.py" not in done.stdout

@@ -68,10 +68,13 @@ def test_a_crash_or_hang_is_a_shrunk_failure_and_the_run_goes_on(
         assert np.prod(first.details["example"]["shape"]) > 4
         return
     # shrunk as any failure is: example for example, the one of the same defect raising in
-    # this process what a lost worker raises (Hypothesis drew the same cases in both)
+    # this process what a lost worker raises (Hypothesis drew the same cases in both). The
+    # counts of examples may differ: after a first failure Hypothesis looks for others for
+    # at most 10 s of wall time (report_multiple_bugs), and a real hang costs TIMEOUT each.
     settings = CheckOptions(profile="torch", clauses=cls.clauses, **options)
     in_process = check_implementation(raising_twin(cls), settings).results[0]
-    assert (in_process.outcome, in_process.examples) == (outcome, first.examples)
+    assert in_process.outcome == outcome
+    assert in_process.dtype_outcomes == first.dtype_outcomes
     assert json.dumps(in_process.details["example"]) == json.dumps(first.details["example"])
     assert "shrinking" not in first.details
 

@@ -26,12 +26,12 @@ from normspec.conformance.matrix import (
     equivalent_profiles,
     matrix_to_json,
     run_matrix,
-    significant_ulps,
     validate_matrix,
     write_matrix,
 )
 from normspec.conformance.report_html import render_html
 from normspec.conformance.report_markdown import render_markdown
+from normspec.conformance.tolerance import significant_ulps
 from normspec.reference.dialects import profile
 
 QUICK = MatrixOptions(
