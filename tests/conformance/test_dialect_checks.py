@@ -110,7 +110,12 @@ def test_the_checks_tell_the_running_averages_apart(implementation: Any, claimed
             profile=claimed, clauses="bn.running.initial,bn.infer.output", max_examples=20
         ),
     )
-    assert report.outcome("bn.running.initial") == "fail"
+    # the initial statistics tell them apart (under keras's profile the zero-debiased layer
+    # also raises on momentum 1, which keras allows and it does not: an error beside the fail)
+    initial = next(r for r in report.results if r.clause_id == "bn.running.initial")
+    assert any(
+        f.outcome == "fail" and f.message.startswith("initial ") for f in initial.findings
+    ), initial.findings
     if claimed == ZeroDebiasedNumpyBatchNorm.profile:
         assert report.outcome("bn.infer.output") == "fail"
 
