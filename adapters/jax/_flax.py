@@ -191,17 +191,6 @@ class FlaxImplementation(JaxImplementation):
     def library_versions(self) -> Mapping[str, str]:
         return {"flax": flax.__version__}
 
-    def program_key(self, config: LayerConfig) -> Any:
-        return (
-            config.num_features,
-            config.rank,
-            config.feature_position,
-            config.dtype,
-            config.eps,
-            config.momentum,
-            config.affine,
-        )
-
     def arguments(self, config: LayerConfig) -> dict[str, Any]:
         """The module's arguments for ``config`` (:func:`flax_arguments`)."""
         module_class = self.module_class

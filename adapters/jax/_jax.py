@@ -764,9 +764,18 @@ class JaxImplementation(ProbedImplementation):
         self._sharded: dict[Any, ShardedProgram] = {}
         self._lock = threading.Lock()
 
-    @abc.abstractmethod
     def program_key(self, config: LayerConfig) -> Any:
-        """A hashable key: configurations with equal keys share one program."""
+        """A hashable key: configurations with equal keys share one program (a module's
+        settings; an adapter whose program depends on more extends it)."""
+        return (
+            config.num_features,
+            config.rank,
+            config.feature_position,
+            config.dtype,
+            config.eps,
+            config.momentum,
+            config.affine,
+        )
 
     @abc.abstractmethod
     def make_program(self, config: LayerConfig) -> JaxProgram:

@@ -199,17 +199,6 @@ class ModuleImplementation(JaxImplementation):
     def base_capabilities(self) -> Capabilities:
         return self.module_capabilities(self.program(PROBE_CONFIG))
 
-    def program_key(self, config: LayerConfig) -> Any:
-        return (
-            config.num_features,
-            config.rank,
-            config.feature_position,
-            config.dtype,
-            config.eps,
-            config.momentum,
-            config.affine,
-        )
-
     def make_program(self, config: LayerConfig) -> JaxProgram:
         arguments = {**self.module_arguments(config), **self.arguments}
         return self.program_for(self.module_class, arguments, config)

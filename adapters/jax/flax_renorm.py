@@ -202,16 +202,7 @@ class FlaxLinenRenormImplementation(JaxImplementation):
 
     def program_key(self, config: LayerConfig) -> Any:
         renorm = sorted(self._renorm_arguments(config).items())
-        return (
-            config.num_features,
-            config.rank,
-            config.feature_position,
-            config.dtype,
-            config.eps,
-            config.momentum,
-            config.affine,
-            repr(renorm),
-        )
+        return (*super().program_key(config), repr(renorm))
 
     def make_program(self, config: LayerConfig) -> LinenRenormProgram:
         arguments = {
