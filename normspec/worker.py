@@ -54,16 +54,22 @@ OUTPUT_TAIL_BYTES = 4096
 #: 20 s instead of 5 s on two cores). The wait policy changes no result.
 WAITING_ENVIRONMENT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-#: What the new interpreter runs: the parent's ``sys.path`` arrives first (before it can
-#: import normspec from where the parent does), then :func:`normspec.worker_serve.serve`.
+#: What the new interpreter runs: the parent's ``sys.path`` arrives first, with the folder
+#: the parent imported normspec from, which comes first while normspec is imported (the
+#: parent's path may start with a project folder holding a ``normspec`` folder of its own, a
+#: checkout of normspec's sources), then :func:`normspec.worker_serve.serve`.
 BOOTSTRAP = (
     "import sys\n"
     "from multiprocessing.connection import Connection\n"
     "connection = Connection(int(sys.argv[1]))\n"
-    "sys.path[:] = connection.recv()\n"
+    "path, home = connection.recv()\n"
+    "sys.path[:] = [home, *path]\n"
     "from normspec.worker_serve import serve\n"
+    "sys.path[:] = path\n"
     "serve(connection)\n"
 )
+#: The folder this process imported normspec from.
+NORMSPEC_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def default_memory_limit() -> int | None:
@@ -159,7 +165,7 @@ class _Process:
         finally:
             theirs.close()
         self.connection = Connection(ours.detach())
-        self.connection.send(list(sys.path))
+        self.connection.send((list(sys.path), NORMSPEC_HOME))
         messages.send(self.connection, setup)
         self.ready = False
 
