@@ -209,6 +209,17 @@ class CheckContext:
         except ImplementationError:
             return True, None
 
+    def attempt_build(self, case: Case[Any]) -> Layer | None:
+        """:meth:`build` where refusing is an allowed answer (invalid parameters): the layer,
+        or ``None`` if the implementation raised. A crash or a hang is never an answer: it
+        propagates."""
+        try:
+            return self.build(case)
+        except ImplementationLost:
+            raise
+        except ImplementationError:
+            return None
+
     def build(
         self,
         case: Case[Any],
