@@ -9,7 +9,7 @@ no framework: the TensorFlow (``_tf``), JAX (``_jax``) and PyTorch adapters and 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Literal
 
@@ -20,6 +20,7 @@ from normspec.adapters.protocol import (
     ALL_DTYPES,
     Array,
     Capabilities,
+    Chapter,
     DTypeName,
     LayerConfig,
     UnsupportedConfig,
@@ -40,6 +41,51 @@ HALF_DTYPES: frozenset[DTypeName] = frozenset({"float16", "bfloat16"})
 #: the config on ``x``; returns why the dtype is unusable, or ``None``. An exception it
 #: raises also marks the dtype unusable (see :func:`probe_dtypes`).
 Probe = Callable[[LayerConfig, Array], "str | None"]
+
+#: The tiny layer of a chapter made from the BN probe's config (:func:`probe_case`), or
+#: ``None`` where the adapter has no probe for that chapter (its dtypes are then not probed
+#: apart: the chapter's clauses run in every dtype of ``Capabilities.dtypes``).
+ChapterConfig = Callable[[Chapter, LayerConfig], "LayerConfig | None"]
+
+#: The chapters whose dtypes are probed apart, in the order their reasons are reported.
+PROBED_CHAPTERS: tuple[Chapter, ...] = ("batchnorm", "renorm", "ghost_batches")
+
+#: The chapter's layer in the messages about a dtype it fails in.
+CHAPTER_LAYERS: dict[Chapter, str] = {
+    "batchnorm": "batch-normalization layer",
+    "renorm": "batch-renormalization layer",
+    "ghost_batches": "ghost-batch layer",
+    "replicas": "replicated layer",
+    "layernorm": "LayerNorm layer",
+    "rmsnorm": "RMSNorm layer",
+}
+
+
+def chapter_of(config: LayerConfig) -> Chapter:
+    """The chapter whose layer ``config`` describes."""
+    if config.family is not None:
+        return config.family.kind
+    if config.renorm is not None:
+        return "renorm"
+    return "ghost_batches" if config.virtual_batch_size is not None else "batchnorm"
+
+
+def default_chapter_config(chapter: Chapter, config: LayerConfig) -> LayerConfig | None:
+    """A chapter's tiny layer where the adapter needs nothing of its own: BN as probed,
+    ghost batches of two samples (the probe's batch holds four); no other chapter."""
+    if chapter == "batchnorm":
+        return config
+    if chapter == "ghost_batches":
+        return replace(config, virtual_batch_size=2)
+    return None
+
+
+def _probed_chapters(base: Capabilities) -> list[Chapter]:
+    """The chapters of ``base`` to probe: those it declares (ghost batches with BN only)."""
+    declared = [c for c in PROBED_CHAPTERS if getattr(base, c)]
+    if "ghost_batches" in declared and not base.batchnorm:
+        declared.remove("ghost_batches")
+    return declared or ["batchnorm"]  # nothing declared: the dtypes as a BN layer has them
 
 
 def parameter_dtype_name(name: DTypeName, policy: ParameterPolicy) -> DTypeName:
@@ -93,6 +139,9 @@ def check_config(caps: Capabilities, config: LayerConfig, *, library: str | None
         raise UnsupportedConfig(
             f"dtype {config.dtype} is not supported by {who}" + (f" ({note})" if note else "")
         )
+    refusal = refused_dtype(caps, chapter_of(config), config.dtype)
+    if refusal is not None:
+        raise UnsupportedConfig(refusal)
     if config.rank not in caps.ranks:
         raise UnsupportedConfig(f"rank {config.rank} is not one of {sorted(caps.ranks)}")
     if config.feature_position not in caps.feature_axes:
@@ -135,30 +184,70 @@ def probe_case(base: Capabilities, name: DTypeName) -> tuple[LayerConfig, Array]
     return config, x
 
 
-def probe_dtypes(base: Capabilities, probe: Probe, *, where: str | None = None) -> Capabilities:
-    """``base`` less the dtypes the probe fails in; the reasons go to ``notes["dtypes"]``.
+def refused_dtype(caps: Capabilities, chapter: Chapter, dtype: DTypeName) -> str | None:
+    """Why ``chapter``'s layers do not work in ``dtype`` (``Capabilities.refused_dtypes``),
+    or ``None`` where nothing says they do not."""
+    reason = caps.refused_dtypes.get(chapter, {}).get(dtype)
+    if reason is None:
+        return None
+    return f"a tiny {CHAPTER_LAYERS[chapter]} fails in {dtype}: {reason}"
+
+
+def _probe_one(probe: Probe, config: LayerConfig, x: Array) -> str | None:
+    """Why the probe finds ``config``'s dtype unusable, or ``None``."""
+    try:
+        with quiet_startup():  # a library's first-use notices (tf_keras' mixed precision)
+            return probe(config, x)
+    except WrongOutput:
+        return None
+    except Exception as error:  # any failure of the library means "not supported"
+        return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+def probe_dtypes(
+    base: Capabilities,
+    probe: Probe,
+    *,
+    where: str | None = None,
+    chapter_config: ChapterConfig = default_chapter_config,
+) -> Capabilities:
+    """``base`` probed per chapter: the dtypes a tiny layer of each chapter ``base`` declares
+    (``chapter_config``) fails in, with the reasons, go to ``refused_dtypes``; ``dtypes``
+    keeps those at least one chapter works in, and ``notes["dtypes"]`` says why the others
+    are left out (the first chapter's reason).
 
     A malformed result (:class:`WrongOutput`) is no reason to leave a dtype out: the engine
     reports it as a failure. Any other exception of the probe is.
     """
     dtypes: set[DTypeName] = set()
     failures = []
+    refused: dict[Chapter, dict[DTypeName, str]] = {}
     for name in ALL_DTYPES:
         if name not in base.dtypes:
             continue
         config, x = probe_case(base, name)
-        try:
-            with quiet_startup():  # a library's first-use notices (tf_keras' mixed precision)
-                problem = probe(config, x)
-        except WrongOutput:
-            problem = None
-        except Exception as error:  # any failure of the library means "not supported"
-            problem = f"{type(error).__name__}: {error}".splitlines()[0]
-        if problem is None:
+        found: dict[Chapter, str] = {}
+        probed = 0
+        for chapter in _probed_chapters(base):
+            tiny = chapter_config(chapter, config)
+            if tiny is None:
+                continue
+            probed += 1
+            problem = _probe_one(probe, tiny, x)
+            if problem is not None:
+                found[chapter] = problem
+        if probed == 0:  # no chapter has a probe of its own: the dtypes as BN has them
+            problem = _probe_one(probe, config, x)
+            found = {} if problem is None else {"batchnorm": problem}
+            probed = 1
+        if len(found) < probed:
             dtypes.add(name)
+            for chapter, problem in found.items():
+                refused.setdefault(chapter, {})[name] = problem
         else:
-            failures.append(f"{name}: {problem}")
+            failures.append(f"{name}: {next(iter(found.values()))}")
     notes = dict(base.notes)
     if failures:
         notes["dtypes"] = f"fails{f' on {where}' if where else ''}: " + "; ".join(failures)
-    return replace(base, dtypes=frozenset(dtypes), notes=notes)
+    chapters: Mapping[Chapter, Mapping[DTypeName, str]] = {**base.refused_dtypes, **refused}
+    return replace(base, dtypes=frozenset(dtypes), notes=notes, refused_dtypes=chapters)

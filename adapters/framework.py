@@ -25,10 +25,16 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from normspec.adapters._common import check_config, probe_dtypes, running_statistics
+from normspec.adapters._common import (
+    check_config,
+    default_chapter_config,
+    probe_dtypes,
+    running_statistics,
+)
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
+    Chapter,
     DTypeName,
     Layer,
     LayerConfig,
@@ -112,7 +118,8 @@ class ArrayLayer(abc.ABC):
 class ProbedImplementation(abc.ABC):
     """An :class:`Implementation` whose capabilities are probed: the declared ones
     (:meth:`base_capabilities`) less the dtypes in which a tiny layer fails a training
-    step, an inference and a backward (:meth:`probe`), the reasons in ``notes["dtypes"]``.
+    step, an inference and a backward (:meth:`probe`), probed per chapter
+    (:meth:`chapter_config`), the reasons in ``refused_dtypes`` and ``notes["dtypes"]``.
     :meth:`build` refuses a configuration outside them, naming :attr:`library`.
     """
 
@@ -144,9 +151,20 @@ class ProbedImplementation(abc.ABC):
             layer.vjp(x, np.ones_like(x), training=base.training)
         return None
 
+    def chapter_config(self, chapter: Chapter, config: LayerConfig) -> LayerConfig | None:
+        """The tiny layer a chapter's dtypes are probed with, made from the BN probe's
+        ``config``; ``None``: the chapter has no probe of its own here (BN's and ghost
+        batches' by default, :func:`~normspec.adapters._common.default_chapter_config`)."""
+        return default_chapter_config(chapter, config)
+
     def probed(self, base: Capabilities) -> Capabilities:
-        """``base`` less the dtypes :meth:`probe` fails in."""
-        return probe_dtypes(base, lambda config, x: self.probe(config, x, base), where=self.where())
+        """``base`` less the dtypes :meth:`probe` fails in, per chapter (``refused_dtypes``)."""
+        return probe_dtypes(
+            base,
+            lambda config, x: self.probe(config, x, base),
+            where=self.where(),
+            chapter_config=self.chapter_config,
+        )
 
     def capabilities(self) -> Capabilities:
         if self._capabilities is None:

@@ -32,6 +32,9 @@ State = RunningStatistics | RenormStatistics
 #: ``partial``: a replica's dgamma, dbeta are sums over its own values; ``reduced``: the
 #: totals over every replica (dialects.md: replica_param_gradients).
 ReplicaParamGradients = Literal["partial", "reduced"]
+#: A chapter of the specification by the capability flag its layers need: the dtypes an
+#: implementation supports are probed per chapter (``Capabilities.refused_dtypes``).
+Chapter = Literal["batchnorm", "renorm", "ghost_batches", "replicas", "layernorm", "rmsnorm"]
 
 
 class UnsupportedConfig(Exception):
@@ -156,6 +159,10 @@ class Capabilities:
     #: (bn.running.initial, bn.train.affine); false for one that starts from the trained
     #: values a model file holds
     fresh_layers: bool = True
+    #: per chapter, the dtypes of ``dtypes`` a tiny layer of that chapter fails in, each with
+    #: the reason (the exception's one line): the chapter's clauses are not applicable in them
+    #: (``dtypes`` holds the dtypes at least one chapter works in)
+    refused_dtypes: Mapping[Chapter, Mapping[DTypeName, str]] = field(default_factory=dict)
     #: free text per capability that is missing, shown in the report's not-applicable reason
     notes: Mapping[str, str] = field(default_factory=dict)
     #: what a report should say about how the implementation is checked (constructor

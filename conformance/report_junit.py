@@ -7,6 +7,7 @@ import os
 import xml.etree.ElementTree as ET
 
 from normspec.conformance.report_json import json_safe, write_atomically
+from normspec.conformance.report_terminal import dtype_line, partly_applicable
 from normspec.conformance.results import Report
 
 
@@ -44,6 +45,8 @@ def junit_xml(report: Report) -> str:
             ).text = f"{deviation['outcome']}: {result.message}\n{detail}"
         elif result.outcome in ("not_applicable", "skipped", "declared"):
             ET.SubElement(case, "skipped", message=f"{result.outcome}: {result.message}")
+        elif partly_applicable(result):  # passed where it applied
+            ET.SubElement(case, "system-out").text = f"{result.message} ({dtype_line(result)})"
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 

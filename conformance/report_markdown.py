@@ -8,7 +8,7 @@ from normspec.conformance.matrix import (
     Matrix,
     cell_outcome,
 )
-from normspec.conformance.report_terminal import dtype_line, kind_title
+from normspec.conformance.report_terminal import dtype_line, kind_title, partly_applicable
 from normspec.conformance.results import PROBLEMS
 
 SYMBOLS = {
@@ -62,6 +62,10 @@ def cell_text(column: Column, clause_id: str) -> str:
     ulps = column.ulps.get(clause_id)
     if ulps is not None and outcome in ("pass", "fail", "declared"):
         text += f" {ulps}"
+    result = column.result(clause_id)
+    if result is not None and partly_applicable(result):
+        missing = [d for d, o in result.dtype_outcomes.items() if o == "not_applicable"]
+        text += f" (n/a in {', '.join(missing)})"
     return text
 
 

@@ -43,7 +43,7 @@ def kind_title(kind: str) -> str:
 def progress_line(result: ClauseResult) -> str:
     timing = f"{result.examples:4d} ex {result.seconds:6.2f}s" if result.examples else " " * 16
     text = f"  {SYMBOLS[result.outcome]:<8} {result.clause_id:<34} {result.level:<6} {timing}"
-    if result.outcome in ("not_applicable", "skipped"):
+    if result.outcome in ("not_applicable", "skipped") or partly_applicable(result):
         text += f"  {result.message}"
     elif result.outcome == "declared" and result.deviation is not None:
         text += f"  {result.deviation['category']}: {result.deviation['reason']}"
@@ -67,6 +67,12 @@ def print_header(report: Report, stream: TextIO) -> None:
         + versions,
         file=stream,
     )
+
+
+def partly_applicable(result: ClauseResult) -> bool:
+    """Whether a clause passed where it applied and did not apply in some dtype (its
+    message says in which, and why)."""
+    return result.outcome == "pass" and "not_applicable" in result.dtype_outcomes.values()
 
 
 def dtype_line(result: ClauseResult) -> str:

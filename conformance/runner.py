@@ -265,6 +265,7 @@ def check_clause(
         result.outcome, result.message = "not_applicable", message
         return result
     blocked_by = blocked_by or {}
+    not_applicable_in = item.dtype_reasons(ctx.capabilities, ctx.dialect, ctx.dtypes)
     ctx.begin_check()
     started = time.perf_counter()
     all_dtypes = ctx.dtypes
@@ -274,6 +275,9 @@ def check_clause(
         # One run per dtype, so every dtype gets its share of the examples, its own shrink
         # and its own verdict.
         for dtype in all_dtypes:
+            if dtype in not_applicable_in:
+                runs[dtype] = DtypeRun("not_applicable", not_applicable_in[dtype])
+                continue
             if dtype in blocked_by:
                 message = f"depends on {blocked_by[dtype]}, which did not pass in {dtype}"
                 runs[dtype] = DtypeRun("skipped", message)
@@ -337,14 +341,23 @@ def _summary_message(
     result: ClauseResult, runs: Mapping[str, DtypeRun], blocked_by: Mapping[str, str]
 ) -> str:
     """The clause's message: its first finding's (the worst), else why its worst dtype was
-    not checked; a skip in every dtype behind one clause says so in one line."""
+    not checked; a skip in every dtype behind one clause says so in one line; a clause that
+    passed where it applied says in which dtypes it did not apply, and why."""
     if result.findings:
         return result.findings[0].message
     behind = set(blocked_by.values())
     if len(behind) == 1 and set(blocked_by) == set(runs):
         return f"depends on {behind.pop()}, which did not pass"
     worst = max(runs.values(), key=lambda run: SEVERITY[run.outcome], default=None)
-    return "" if worst is None or worst.outcome == "pass" else worst.message
+    if worst is None or worst.outcome != "pass":
+        return "" if worst is None else worst.message
+    reasons: dict[str, list[str]] = {}
+    for dtype, run in runs.items():
+        if run.outcome == "not_applicable":
+            reasons.setdefault(run.message, []).append(dtype)
+    return "; ".join(
+        f"not applicable in {', '.join(dtypes)}: {reason}" for reason, dtypes in reasons.items()
+    )
 
 
 def not_passing_dtypes(result: ClauseResult, dtypes: Sequence[str]) -> set[str]:

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from normspec.adapters._common import ParameterPolicy
+from normspec.adapters._common import ParameterPolicy, default_chapter_config
 from normspec.adapters.protocol import (
     Array,
+    Chapter,
     FeatureAxisPosition,
     Implementation,
     LayerConfig,
@@ -168,7 +169,7 @@ def read_renorm_state(read: Callable[[str], Array], steps: int) -> RenormStatist
 
 
 def renorm_probe_config(config: LayerConfig, dialect: Dialect | None) -> LayerConfig:
-    """The renorm layer a renorm-only target's dtypes are probed with (constant bounds, no
+    """The renorm layer the renorm chapter's dtypes are probed with (constant bounds, no
     clipping), in the profile's renorm dialect (tf_keras' if it has none)."""
     found = dialect if dialect is not None and dialect.renorm else PROFILES["tf_keras"]
     momentum = config.momentum if config.momentum is not None else 0.5
@@ -180,6 +181,16 @@ def renorm_probe_config(config: LayerConfig, dialect: Dialect | None) -> LayerCo
         feature_axis=config.feature_axis,
     )
     return replace(config, momentum=momentum, renorm=renorm)
+
+
+def chapter_config(
+    chapter: Chapter, config: LayerConfig, dialect: Dialect | None
+) -> LayerConfig | None:
+    """The tiny layer a Keras layer's chapter is probed with: renorm's
+    (:func:`renorm_probe_config`), else the default (:func:`default_chapter_config`)."""
+    if chapter == "renorm":
+        return renorm_probe_config(config, dialect)
+    return default_chapter_config(chapter, config)
 
 
 # -- a user's layer class (any backend) -----------------------------------------------------
@@ -348,6 +359,7 @@ __all__ = [
     "BackendError",
     "built",
     "capability_notes",
+    "chapter_config",
     "construct",
     "dtype_policy",
     "has_variables",

@@ -42,18 +42,19 @@ from normspec.adapters.keras import _keras
 from normspec.adapters.keras._keras import (
     ALL_RANKS,
     capability_notes,
+    chapter_config,
     construct,
     keras_on,
     layer_arguments,
     probe_input,
     read_renorm_state,
-    renorm_probe_config,
     write_renorm_state,
 )
 from normspec.adapters.protocol import (
     ALL_DTYPES,
     Array,
     Capabilities,
+    Chapter,
     DTypeName,
     FeatureAxisPosition,
     Layer,
@@ -238,9 +239,11 @@ class KerasBackendImplementation(FrameworkAdapter):
         narrowed = self.float64_narrowed() if config.dtype == "float64" else None
         if narrowed is not None:
             return narrowed
-        if not self.batchnorm:  # a renorm-only target is probed with renorm layers
-            config = renorm_probe_config(config, self.dialect)
         return super().probe(config, x, base)
+
+    def chapter_config(self, chapter: Chapter, config: LayerConfig) -> LayerConfig | None:
+        """The renorm chapter is probed with renorm layers (constant bounds, no clipping)."""
+        return chapter_config(chapter, config, self.dialect)
 
     def float64_narrowed(self) -> str | None:
         """Why a float64 layer computes in float32 here, or ``None`` if it computes in float64.

@@ -55,6 +55,7 @@ from normspec.adapters.keras._keras import (
     CONSTRUCTOR_ARGUMENTS,
     WEIGHTS,
     capability_notes,
+    chapter_config,
     construct,
     dtype_policy,
     has_variables,
@@ -63,12 +64,12 @@ from normspec.adapters.keras._keras import (
     probe_input,
     read_renorm_state,
     renorm_arguments,
-    renorm_probe_config,
     write_renorm_state,
 )
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
+    Chapter,
     FeatureAxisPosition,
     LayerConfig,
     State,
@@ -306,11 +307,9 @@ class KerasImplementation(TFImplementation):
             notes=notes,
         )
 
-    def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
-        """A renorm-only target is probed with renorm layers (constant bounds, no clipping)."""
-        if not self.batchnorm:
-            config = renorm_probe_config(config, self.dialect)
-        return super().probe(config, x, base)
+    def chapter_config(self, chapter: Chapter, config: LayerConfig) -> LayerConfig | None:
+        """The renorm chapter is probed with renorm layers (constant bounds, no clipping)."""
+        return chapter_config(chapter, config, self.dialect)
 
     def make_layer(self, config: LayerConfig) -> KerasLayer:
         arguments = layer_arguments(config, self.parameters, self.dialect, self.arguments)

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from normspec.adapters.protocol import Capabilities, DTypeName
+from normspec.adapters._common import refused_dtype
+from normspec.adapters.protocol import Capabilities, Chapter, DTypeName
 from normspec.conformance.context import Bounds, CheckContext
 from normspec.reference.dialects import Dialect
 
@@ -40,10 +41,16 @@ class Check:
     training: bool = True
     bounds: Bounds = "value"
 
+    @property
+    def chapter(self) -> Chapter:
+        """The chapter whose layers the clause is checked on (its dtypes probed apart)."""
+        return CHAPTERS.get(self.clause_id.partition(".")[0], "batchnorm")
+
     def not_applicable(
         self, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
     ) -> str | None:
-        """Why the clause does not apply to this implementation, or ``None`` if it does."""
+        """Why the clause does not apply to this implementation in any of ``dtypes`` (the
+        reason where all dtypes share one), or ``None`` if it applies in one at least."""
         prefix = self.clause_id.partition(".")[0]
         kind = CHAPTER_CAPABILITY.get(prefix, "batchnorm")
         for flag in (kind, *self.needs, *(("training",) if self.training else ())):
@@ -52,11 +59,41 @@ class Check:
                 return f"the implementation does not support {flag.replace('_', ' ')}" + (
                     f" ({note})" if note else ""
                 )
-        return self.applies(capabilities, dialect, dtypes) if self.applies else None
+        if not dtypes:
+            return self.applies(capabilities, dialect, dtypes) if self.applies else None
+        reasons = self.dtype_reasons(capabilities, dialect, dtypes)
+        if len(reasons) < len(dtypes):
+            return None
+        if len(set(reasons.values())) == 1:
+            return next(iter(reasons.values()))
+        return "; ".join(f"{dtype}: {reason}" for dtype, reason in reasons.items())
+
+    def dtype_reasons(
+        self, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+    ) -> dict[DTypeName, str]:
+        """Per dtype of ``dtypes`` where the clause cannot be exercised, why: its chapter's
+        layers fail in it (``Capabilities.refused_dtypes``), or ``applies`` says so of that
+        dtype alone. The clause is judged on the other dtypes (not applicable per dtype)."""
+        reasons: dict[DTypeName, str] = {}
+        for dtype in dtypes:
+            reason = refused_dtype(capabilities, self.chapter, dtype)
+            if reason is None and self.applies is not None:
+                reason = self.applies(capabilities, dialect, (dtype,))
+            if reason is not None:
+                reasons[dtype] = reason
+        return reasons
 
 
 #: The capability a clause's chapter needs, by the clause ID's first part (else batchnorm).
 CHAPTER_CAPABILITY: dict[str, str] = {"renorm": "renorm", "ln": "layernorm", "rms": "rmsnorm"}
+#: The chapter a clause's layers belong to, by the clause ID's first part (else batchnorm).
+CHAPTERS: dict[str, Chapter] = {
+    "renorm": "renorm",
+    "ghost": "ghost_batches",
+    "sync": "replicas",
+    "ln": "layernorm",
+    "rms": "rmsnorm",
+}
 
 CHECKS: dict[str, Check] = {}
 

@@ -260,13 +260,16 @@ def renorm_cases(draw: st.DrawFn, rank: int = 3, dtype: str = "float64") -> tupl
 def test_tf_keras_renorm_fails_in_float64() -> None:
     """A tf_keras bug (not of the adapter): ``tf.maximum(self.renorm_stddev,
     tf.sqrt(self.epsilon))`` takes the square root of a Python float as a float32 tensor,
-    which a float64 layer cannot combine: renorm=True raises in float64. The renorm target
-    leaves float64 out, saying why; the non-fused target (probed without renorm) keeps it,
-    so its renorm clauses report the error."""
+    which a float64 layer cannot combine: renorm=True raises in float64. The dtypes are
+    probed per chapter: the renorm target (renorm layers only) leaves float64 out, saying
+    why; the non-fused target keeps it for BN, and its renorm clauses are not applicable in
+    float64, for that reason."""
     renorm = load_target("tf_keras.renorm", "tf_keras").capabilities()
     assert "float64" not in renorm.dtypes
     assert "float64: InvalidArgumentError" in renorm.notes["dtypes"]
-    assert "float64" in load_target("tf_keras.nonfused", "tf_keras").capabilities().dtypes
+    nonfused = load_target("tf_keras.nonfused", "tf_keras").capabilities()
+    assert "float64" in nonfused.dtypes
+    assert nonfused.refused_dtypes["renorm"]["float64"].startswith("InvalidArgumentError")
 
 
 @KERAS3
