@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -290,6 +290,18 @@ class CheckContext:
             raise observe(NonFinite(comparison.describe(), comparison), self)
         else:
             raise observe(OutOfBound(comparison.describe(), comparison), self)
+
+    def expect_one_of(self, alternatives: Sequence[Sequence[Comparison]]) -> None:
+        """:meth:`expect` where several readings are accepted (either variance estimator):
+        pass where every comparison of one alternative is within its bound, those counting
+        towards :attr:`worst`; else raise the first failure of the first alternative."""
+        __tracebackhide__ = True  # a pytest traceback starts at the check
+        for comparisons in alternatives:
+            if all(comparison.ok for comparison in comparisons):
+                for comparison in comparisons:
+                    self.passed(comparison)
+                return
+        self.expect(next(c for c in alternatives[0] if not c.ok))
 
     def passed(self, comparison: Comparison) -> None:
         """Count a passing comparison's significant error towards :attr:`worst`."""

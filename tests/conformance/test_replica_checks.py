@@ -27,6 +27,10 @@ def test_the_reference_passes_every_sync_clause(profile: str) -> None:
     report = check_implementation(implementation, options)
     assert len(report.results) == 10
     assert all(r.outcome == "pass" for r in report.results), _summary(report)
+    # every numeric comparison flows through the context, sync.train.statistics' two
+    # readings of the variance included (sync.degenerate.all_empty compares no number)
+    unmeasured = {r.clause_id for r in report.results if r.worst is None}
+    assert unmeasured == {"sync.degenerate.all_empty"}, unmeasured
 
 
 @pytest.mark.parametrize("seed", range(3))
