@@ -270,6 +270,7 @@ def check_clause(
     started = time.perf_counter()
     all_dtypes = ctx.dtypes
     budget = options.max_examples or DEFAULT_MAX_EXAMPLES
+    shares = len(all_dtypes) - len(not_applicable_in)  # the dtypes the examples go to
     runs: dict[str, DtypeRun] = {}
     try:
         # One run per dtype, so every dtype gets its share of the examples, its own shrink
@@ -286,9 +287,7 @@ def check_clause(
                 runs[dtype] = DtypeRun("error", NOT_CHECKED_AFTER_HANG)
                 continue
             ctx.dtypes = (dtype,)
-            runs[dtype] = _run_dtype(
-                item, ctx, options, dtype, flags, prefix, len(all_dtypes), budget
-            )
+            runs[dtype] = _run_dtype(item, ctx, options, dtype, flags, prefix, shares, budget)
     finally:
         ctx.dtypes = all_dtypes
     result.seconds = time.perf_counter() - started
