@@ -1,4 +1,4 @@
-"""The JAX adapters: Flax linen and nnx (and renorm-shaped linen modules, ``flax_renorm``),
+"""The JAX adapters: Flax linen and nnx (and renorm-shaped linen and nnx modules, ``flax_renorm``),
 haiku, equinox, and functions written in JAX
 (``functional``), on one mechanism (``_jax``); with what only they need: the host devices
 the ``sync.*`` clauses ask XLA for (``devices``) and JAX's persistent compilation cache

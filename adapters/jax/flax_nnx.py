@@ -71,6 +71,17 @@ def _accepts(cls: type, name: str) -> bool:
     )
 
 
+def constructor_keywords(cls: type) -> frozenset[str]:
+    """The names of the constructor's keyword arguments (``self`` left out)."""
+    signature = _constructor(cls)
+    if signature is None:
+        return frozenset()
+    keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(
+        name for name, p in list(signature.parameters.items())[1:] if p.kind in keywords
+    )
+
+
 def takes_batchnorm_arguments(cls: type) -> bool:
     """Whether ``cls(num_features, use_running_average=..., axis=..., ..., rngs=...)`` binds."""
     signature = _constructor(cls)

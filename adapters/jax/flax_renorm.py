@@ -1,29 +1,34 @@
-"""Batch-renormalization ``flax.linen`` modules of third parties, with no glue code.
+"""Batch-renormalization ``flax.linen`` and ``flax.nnx`` modules of third parties, with no glue.
 
-A linen Module class is recognised as a renorm layer when it has the fields
-``use_running_average, axis, momentum, epsilon`` and bounds (``r_max`` and ``d_max``, or a
-clipping mapping; a warm-up field such as ``warm_up_steps`` optional), and its variables,
-created by ``init`` on a small input, hold ``scale`` and ``bias`` among its ``params`` and a
-moving mean, a moving spread and a step counter among its other collections (``mean``,
+A Module class is recognised as a renorm layer when it takes the arguments
+``use_running_average, axis, momentum, epsilon`` (``rngs`` too for nnx) and bounds
+(``r_max`` and ``d_max``, or a clipping mapping; a warm-up argument such as
+``warm_up_steps`` optional), and its initial variables hold ``scale`` and ``bias`` among its
+parameters and a moving mean, a moving spread and a step counter among the rest (``mean``,
 ``var`` or ``std``, ``steps``): the names and their roles are
-:mod:`normspec.adapters.renorm_roles`', shared with torch.
+:mod:`normspec.adapters.renorm_roles`', shared with torch. The two APIs differ only in
+where the arguments are (a linen module's fields, an nnx module's constructor keywords)
+and in the program that runs the module (:class:`FlaxApi`: ``LinenProgram``,
+``NnxProgram``).
 
 It is checked under the profile that describes its dialect (the renorm clauses only): a
 layer config becomes the module a user writes (:func:`normspec.adapters.jax._flax.flax_arguments`:
 ``momentum`` in the profile's convention, ``epsilon``, ``axis``, ``use_scale = use_bias``,
 ``dtype``, ``param_dtype``) with the config's bounds and warm-up step. One program is
-compiled per configuration (bounds, warm-up, eps and momentum are static fields).
+compiled per configuration (bounds, warm-up, eps and momentum are static).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import flax
 import jax
 import numpy as np
 from flax import linen as nn
+from flax import nnx
 
 from normspec.adapters import renorm_roles
 from normspec.adapters.jax._flax import flax_arguments
@@ -33,6 +38,7 @@ from normspec.adapters.jax._jax import (
     SCALE,
     JaxImplementation,
     JaxLayer,
+    JaxProgram,
     Tree,
     has_variables,
     leaf,
@@ -43,28 +49,59 @@ from normspec.adapters.jax._jax import (
     vector_to_jax,
 )
 from normspec.adapters.jax.flax_linen import LinenProgram, module_fields
+from normspec.adapters.jax.flax_nnx import NnxProgram, constructor_keywords
 from normspec.adapters.protocol import Array, Capabilities, LayerConfig, State, UnsupportedConfig
 from normspec.reference.renorm import RenormStatistics
 
-#: The fields every recognised class has (``use_scale``, ``use_bias``, ``dtype``,
+#: The arguments every recognised class takes (``use_scale``, ``use_bias``, ``dtype``,
 #: ``param_dtype`` are used where present).
-REQUIRED_FIELDS = ("use_running_average", "axis", "momentum", "epsilon")
+REQUIRED_ARGUMENTS = ("use_running_average", "axis", "momentum", "epsilon")
 
 
-def roles_of(cls: object) -> tuple[renorm_roles.ArgumentRoles, renorm_roles.StateRoles] | None:
-    """The field and variable roles of a renorm-shaped linen class; ``None`` otherwise."""
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+@dataclass(frozen=True)
+class FlaxApi:
+    """What differs between Flax's APIs for a renorm module: the base class, the arguments
+    a class takes (beyond :data:`REQUIRED_ARGUMENTS`, those it ``requires``) and the
+    program that runs it."""
+
+    library: str
+    base: type
+    arguments: Callable[[type], frozenset[str]]
+    program: Callable[[Any, Mapping[str, Any], LayerConfig], JaxProgram]
+    requires: tuple[str, ...] = ()
+
+
+LINEN = FlaxApi("flax.linen", nn.Module, module_fields, LinenProgram)
+NNX = FlaxApi("flax.nnx", nnx.Module, constructor_keywords, NnxProgram, ("rngs",))
+
+
+def api_of(cls: object) -> FlaxApi | None:
+    """The Flax API a module class is written in; ``None`` for anything else."""
+    if not isinstance(cls, type):
         return None
-    fields = module_fields(cls)
-    found = renorm_roles.argument_roles(fields)
-    if found is None or not set(REQUIRED_FIELDS) <= fields:
+    return next((api for api in (LINEN, NNX) if issubclass(cls, api.base)), None)
+
+
+Roles = tuple[FlaxApi, renorm_roles.ArgumentRoles, renorm_roles.StateRoles]
+
+
+def roles_of(cls: object) -> Roles | None:
+    """The API and the argument and variable roles of a renorm-shaped Flax module class;
+    ``None`` otherwise."""
+    api = api_of(cls)
+    if api is None:
+        return None
+    assert isinstance(cls, type)
+    names = api.arguments(cls)
+    found = renorm_roles.argument_roles(names)
+    if found is None or not {*REQUIRED_ARGUMENTS, *api.requires} <= names:
         return None
     arguments = {
-        **_arguments(cls, PROBE_CONFIG, "float32"),
+        **_arguments(api, cls, PROBE_CONFIG, "float32"),
         **renorm_roles.probe_arguments(found),
     }
     try:
-        params, stats = LinenProgram(cls, arguments, PROBE_CONFIG).abstract_initial()
+        params, stats = api.program(cls, arguments, PROBE_CONFIG).abstract_initial()
     except Exception:  # a module that cannot be built or initialised like one
         return None
     state = renorm_roles.state_roles(leaves_named(stats))
@@ -72,15 +109,15 @@ def roles_of(cls: object) -> tuple[renorm_roles.ArgumentRoles, renorm_roles.Stat
         return None
     if not has_variables(stats, (state.mean, state.spread, state.steps)):
         return None
-    return found, state
+    return api, found, state
 
 
-def _arguments(cls: type, config: LayerConfig, parameters: Any) -> dict[str, Any]:
+def _arguments(api: FlaxApi, cls: type, config: LayerConfig, parameters: Any) -> dict[str, Any]:
     return flax_arguments(
         config,
         parameters=parameters,
         use_fast_variance=None,
-        accepts=lambda name: name in module_fields(cls),
+        accepts=lambda name: name in api.arguments(cls),
     )
 
 
@@ -96,43 +133,15 @@ def with_leaves(tree: Tree, values: Mapping[str, Array]) -> Tree:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-class LinenRenormProgram(LinenProgram):
-    """A renorm linen module's program: its moving statistics read and set by role."""
+class JaxRenormLayer(JaxLayer):
+    """A :class:`JaxLayer` whose state is :class:`RenormStatistics`, step counter included,
+    read and set by the variables' ``roles``."""
 
     def __init__(
-        self,
-        cls: type[nn.Module],
-        arguments: Mapping[str, Any],
-        config: LayerConfig,
-        roles: renorm_roles.StateRoles,
+        self, program: JaxProgram, config: LayerConfig, roles: renorm_roles.StateRoles
     ) -> None:
+        super().__init__(program, config)
         self.roles = roles
-        super().__init__(cls, arguments, config)
-
-    def renorm_statistics(self, stats: Tree) -> RenormStatistics:
-        n, roles = self.config.num_features, self.roles
-        return renorm_roles.statistics(
-            read_vector(stats, roles.mean, n, "statistics"),
-            read_vector(stats, roles.spread, n, "statistics"),
-            leaf(stats, roles.steps, "statistics"),
-        )
-
-    def with_renorm_statistics(
-        self, template: Tree, state: RenormStatistics, others: Callable[[], Tree]
-    ) -> Tree:
-        """The statistics tree holding ``state`` (:func:`with_leaves`)."""
-        values = {
-            self.roles.mean: np.asarray(state.mean),
-            self.roles.spread: np.asarray(state.spread),
-            self.roles.steps: np.asarray(state.steps),
-        }
-        return with_leaves(replace_leaves(template, {}, others), values)
-
-
-class JaxRenormLayer(JaxLayer):
-    """A :class:`JaxLayer` whose state is :class:`RenormStatistics`, step counter included."""
-
-    program: LinenRenormProgram
 
     def set_parameters(self, gamma: Array, beta: Array) -> None:
         with precision(self.config.dtype):
@@ -150,25 +159,35 @@ class JaxRenormLayer(JaxLayer):
             def others() -> Tree:
                 return self.program.initial()[1] if current is None else current
 
-            self._stats = self.program.with_renorm_statistics(template, state, others)
+            values = {
+                self.roles.mean: np.asarray(state.mean),
+                self.roles.spread: np.asarray(state.spread),
+                self.roles.steps: np.asarray(state.steps),
+            }
+            self._stats = with_leaves(replace_leaves(template, {}, others), values)
 
     def state(self) -> State:
         _, stats = self._trees()
-        return self.program.renorm_statistics(stats)
+        n, roles = self.config.num_features, self.roles
+        return renorm_roles.statistics(
+            read_vector(stats, roles.mean, n, "statistics"),
+            read_vector(stats, roles.spread, n, "statistics"),
+            leaf(stats, roles.steps, "statistics"),
+        )
 
 
-class FlaxLinenRenormImplementation(JaxImplementation):
-    """A renorm ``flax.linen.Module`` class under test (see the module docstring)."""
-
-    library = "flax.linen"
+class FlaxRenormImplementation(JaxImplementation):
+    """A renorm ``flax.linen`` or ``flax.nnx`` Module class under test (see the module
+    docstring)."""
 
     def __init__(self, module_class: type, profile: str) -> None:
         super().__init__(profile)
         found = roles_of(module_class)
         if found is None:
-            raise TypeError(f"{module_class!r} is not a renorm-shaped flax.linen.Module class")
+            raise TypeError(f"{module_class!r} is not a renorm-shaped Flax Module class")
         self.module_class = module_class
-        self.argument_roles, self.state_roles = found
+        self.api, self.argument_roles, self.state_roles = found
+        self.library = self.api.library
         self.name = self.describe(f"{module_class.__module__}.{module_class.__qualname__}")
 
     def library_versions(self) -> Mapping[str, str]:
@@ -183,7 +202,7 @@ class FlaxLinenRenormImplementation(JaxImplementation):
             batchnorm=False,
             renorm=True,
             untracked=False,
-            without_affine="use_scale" in module_fields(self.module_class),
+            without_affine="use_scale" in self.api.arguments(self.module_class),
             step_counter=True,
             strided_input=False,
             notes={
@@ -204,17 +223,15 @@ class FlaxLinenRenormImplementation(JaxImplementation):
         renorm = sorted(self._renorm_arguments(config).items())
         return (*super().program_key(config), repr(renorm))
 
-    def make_program(self, config: LayerConfig) -> LinenRenormProgram:
+    def make_program(self, config: LayerConfig) -> JaxProgram:
         arguments = {
-            **_arguments(self.module_class, config, self.parameters),
+            **_arguments(self.api, self.module_class, config, self.parameters),
             **self._renorm_arguments(config),
         }
-        return LinenRenormProgram(self.module_class, arguments, config, self.state_roles)
+        return self.api.program(self.module_class, arguments, config)
 
     def make_layer(self, config: LayerConfig) -> JaxRenormLayer:
-        program = self.program(config)
-        assert isinstance(program, LinenRenormProgram)
-        return JaxRenormLayer(program, config)
+        return JaxRenormLayer(self.program(config), config, self.state_roles)
 
     def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
         """A training-mode backward of a tiny renorm layer (one compilation per dtype)."""
@@ -227,9 +244,9 @@ class FlaxLinenRenormImplementation(JaxImplementation):
         return None
 
 
-def recognise(obj: object, profile: str) -> FlaxLinenRenormImplementation | None:
+def recognise(obj: object, profile: str) -> FlaxRenormImplementation | None:
     """The recogniser this package declares (``ADAPTERS``)."""
     if roles_of(obj) is None:
         return None
     assert isinstance(obj, type)
-    return FlaxLinenRenormImplementation(obj, profile)
+    return FlaxRenormImplementation(obj, profile)

@@ -5,8 +5,10 @@ mypkg.layers:MyBN`` does: the worker inherits the environment), and the one Kera
 dispatches on ``keras.backend.backend()``: the fixture's backend-neutral class
 (tests/fixtures/thirdparty_keras3_bn.py) passes the core clauses under several seeds, its
 planted bug (the moving variance averages the unbiased batch variance) is caught under
-bn.running.var, and Keras' own BatchNormalization named as a class is checked as a renorm
-layer too.
+bn.running.var, a subclass of Keras' own BatchNormalization with a planted bug (the
+Bessel-corrected batch variance) is caught under bn.train.output on the jax, torch and numpy
+backends, and Keras' own BatchNormalization named as a class is checked as a renorm layer
+too.
 """
 
 from __future__ import annotations
@@ -90,6 +92,17 @@ def test_the_planted_bug_is_caught_under_its_clause(
     failed = next(r for r in report.results if r.clause_id == "bn.running.var")
     backend = buggy.versions()["keras_backend"]
     assert failed.details["reproduce"].startswith(f"KERAS_BACKEND={backend} normspec check")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch", "numpy"])
+def test_a_planted_bug_in_a_batchnormalization_subclass_is_caught_on_each_backend(
+    backend: str,
+) -> None:
+    for impl in _on(backend, f"{FIXTURE}:BesselCorrectedBatchNormalization"):
+        assert f"on {backend}" in impl.name
+        for seed in SEEDS:
+            report = _check(impl, "bn.train.output", seed)
+            assert report.outcome("bn.train.output") == "fail", (seed, report.results)
 
 
 def test_a_keras_class_with_renorm_arguments_is_checked_as_renorm_too() -> None:

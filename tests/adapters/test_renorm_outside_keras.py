@@ -3,8 +3,8 @@
 * The names a third-party renorm layer gives its bounds, warm-up and state map onto the
   renorm chapter's roles (adapters/renorm_roles.py), and a canonical renorm config is
   expressed in them; what such a layer cannot express is unsupported.
-* A torch ``BatchRenorm2d`` and a ``flax.linen`` ``BatchRenorm`` written as third parties
-  write them (tests/fixtures) resolve through the registry as renorm layers, with no glue,
+* A torch ``BatchRenorm2d`` and a ``flax.linen`` and a ``flax.nnx`` ``BatchRenorm`` written
+  as third parties write them (tests/fixtures) resolve through the registry as renorm layers, with no glue,
   under the profile files that describe their dialects; BatchNorm-shaped classes stay
   BatchNorms.
 * Each correct fixture passes its renorm clauses under 20 seeds (at a reduced budget: two
@@ -26,11 +26,12 @@ pytest.importorskip("torch")
 pytest.importorskip("flax")
 
 from fixtures import thirdparty_flax_renorm as flax_fixtures
+from fixtures import thirdparty_nnx_renorm as nnx_fixtures
 from fixtures import thirdparty_torch_renorm as torch_fixtures
 
 from normspec.adapters import renorm_roles
 from normspec.adapters._common import probe_case
-from normspec.adapters.jax.flax_renorm import FlaxLinenRenormImplementation
+from normspec.adapters.jax.flax_renorm import FlaxRenormImplementation
 from normspec.adapters.protocol import Implementation, UnsupportedConfig
 from normspec.adapters.registry import load_target
 from normspec.adapters.torch.renorm import TorchRenormImplementation
@@ -49,6 +50,7 @@ TORCH_PROFILE = str(PROFILES / "torch_batchrenorm.toml")
 FLAX_PROFILE = str(PROFILES / "sbx_batchrenorm.toml")
 TORCH_TARGET = "tests.fixtures.thirdparty_torch_renorm:BatchRenorm2d"
 FLAX_TARGET = "tests.fixtures.thirdparty_flax_renorm:BatchRenorm"
+NNX_TARGET = "tests.fixtures.thirdparty_nnx_renorm:BatchRenorm"
 
 #: The clauses each seed runs: the output with its correction, the moving statistics and
 #: the step counter (what the dialects differ in: a moving standard deviation or a biased
@@ -118,9 +120,12 @@ def test_the_fixtures_resolve_as_renorm_layers_with_no_glue() -> None:
     assert torch_impl.state_roles.spread == "running_std"
     assert torch_impl.argument_roles.warmup == "warmup_steps"
     flax_impl = load_target(FLAX_TARGET, FLAX_PROFILE)
-    assert isinstance(flax_impl, FlaxLinenRenormImplementation)
-    assert flax_impl.state_roles == renorm_roles.StateRoles("mean", "var", "variance", "steps")
-    for impl in (torch_impl, flax_impl):
+    nnx_impl = load_target(NNX_TARGET, FLAX_PROFILE)
+    for impl, library in ((flax_impl, "flax.linen"), (nnx_impl, "flax.nnx")):
+        assert isinstance(impl, FlaxRenormImplementation) and impl.library == library
+        assert impl.state_roles == renorm_roles.StateRoles("mean", "var", "variance", "steps")
+        assert impl.argument_roles.warmup == "warm_up_steps"
+    for impl in (torch_impl, flax_impl, nnx_impl):
         caps = impl.capabilities()
         assert caps.renorm and not caps.batchnorm and caps.step_counter
         assert "float32" in caps.dtypes and "float64" in caps.dtypes
@@ -134,6 +139,7 @@ def test_batchnorm_shaped_classes_stay_batchnorms() -> None:
     from fixtures.thirdparty_bn import ThirdPartyBatchNorm2d
 
     from normspec.adapters.jax.flax_linen import FlaxLinenImplementation
+    from normspec.adapters.jax.flax_nnx import FlaxNnxImplementation
     from normspec.adapters.torch.module import TorchModuleImplementation
     from normspec.adapters.torch.renorm import explain
 
@@ -142,6 +148,7 @@ def test_batchnorm_shaped_classes_stay_batchnorms() -> None:
     assert renorm_roles.argument_roles(["num_features", "eps", "momentum"]) is None
     assert explain(ThirdPartyBatchNorm2d) is None  # no bounds: not a renorm class at all
     assert isinstance(load_target("flax.linen:BatchNorm", "flax"), FlaxLinenImplementation)
+    assert isinstance(load_target("flax.nnx:BatchNorm", "flax"), FlaxNnxImplementation)
 
 
 def test_a_renorm_class_missing_a_role_is_explained() -> None:
@@ -173,7 +180,8 @@ def test_a_renorm_class_missing_a_role_is_explained() -> None:
 
 
 @pytest.mark.parametrize(
-    "target,profile", [(TORCH_TARGET, TORCH_PROFILE), (FLAX_TARGET, FLAX_PROFILE)]
+    "target,profile",
+    [(TORCH_TARGET, TORCH_PROFILE), (FLAX_TARGET, FLAX_PROFILE), (NNX_TARGET, FLAX_PROFILE)],
 )
 def test_state_round_trips_and_a_step_moves_it(target: str, profile: str) -> None:
     impl = load_target(target, profile)
@@ -225,8 +233,12 @@ def implementation(cls: type, profile: str) -> Implementation:
 @pytest.mark.parametrize("seed", range(20))
 @pytest.mark.parametrize(
     "cls,profile",
-    [(torch_fixtures.BatchRenorm2d, TORCH_PROFILE), (flax_fixtures.BatchRenorm, FLAX_PROFILE)],
-    ids=["torch", "flax"],
+    [
+        (torch_fixtures.BatchRenorm2d, TORCH_PROFILE),
+        (flax_fixtures.BatchRenorm, FLAX_PROFILE),
+        (nnx_fixtures.BatchRenorm, FLAX_PROFILE),
+    ],
+    ids=["torch", "flax", "nnx"],
 )
 def test_a_correct_fixture_passes(cls: type, profile: str, seed: int) -> None:
     report = _check(implementation(cls, profile), profile, SEED_CLAUSES, seed, 2)
@@ -240,8 +252,9 @@ def test_a_correct_fixture_passes(cls: type, profile: str, seed: int) -> None:
         (torch_fixtures.BatchRenorm2d, TORCH_PROFILE, set()),
         # a jitted module cannot raise on a negative moving variance (a SHOULD)
         (flax_fixtures.BatchRenorm, FLAX_PROFILE, {"renorm.params.sigma"}),
+        (nnx_fixtures.BatchRenorm, FLAX_PROFILE, {"renorm.params.sigma"}),
     ],
-    ids=["torch", "flax"],
+    ids=["torch", "flax", "nnx"],
 )
 def test_a_correct_fixture_meets_every_renorm_must(
     cls: type, profile: str, expected: set[str]
@@ -260,8 +273,13 @@ def test_a_correct_fixture_meets_every_renorm_must(
     [
         (torch_fixtures.GradThroughCorrection2d, TORCH_PROFILE, "renorm.backward.train.dx"),
         (flax_fixtures.UnbiasedVarianceRenorm, FLAX_PROFILE, "renorm.moving.average"),
+        (nnx_fixtures.LateSwitchRenorm, FLAX_PROFILE, "renorm.schedule.step"),
     ],
-    ids=["torch-gradient-through-r-and-d", "flax-unbiased-moving-variance"],
+    ids=[
+        "torch-gradient-through-r-and-d",
+        "flax-unbiased-moving-variance",
+        "nnx-switch-one-step-late",
+    ],
 )
 def test_a_planted_bug_is_caught_under_its_clause(
     bug: type, profile: str, clause: str, seed: int
