@@ -261,7 +261,8 @@ class KerasFamily(FamilyImplementation):
                 given["center"] = family.bias
             given["dtype"] = dtype_policy(config.dtype, "float32")
             layer = self.cls(**given, **self.arguments)
-            layer.build((2, *family.normalized_shape))
+            leading = (2,) * (config.rank - len(family.normalized_shape))
+            layer.build((*leading, *family.normalized_shape))  # tf_keras: axes of this rank
             found = KerasFamilyComputation(self.flavour, self.entry, layer, config)
             self._layers[config] = found
         return found
