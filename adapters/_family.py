@@ -71,7 +71,7 @@ def constructor_names(cls: object) -> list[str]:
     try:
         names = list(inspect.signature(cls).parameters)  # type: ignore[arg-type]
         if isinstance(cls, type) and names == ["args", "kwargs"]:
-            names = list(inspect.signature(cls.__init__).parameters)[1:]
+            names = list(inspect.signature(getattr(cls, "__init__")).parameters)[1:]  # noqa: B009
     except (TypeError, ValueError):
         return []
     return names

@@ -46,6 +46,7 @@ from normspec.adapters._family import (
 )
 from normspec.adapters.jax._jax import (
     Tree,
+    abstract,
     describe_device,
     from_jax,
     jax_dtype,
@@ -70,7 +71,7 @@ ProgramMaker = Callable[
 def _probe(config: LayerConfig, family: FamilyConfig, dtype: Any) -> jax.ShapeDtypeStruct:
     """An input of the configuration's rank (haiku's parameters have the input's rank)."""
     leading = (2,) * (config.rank - len(family.normalized_shape))
-    return jax.ShapeDtypeStruct((*leading, *family.normalized_shape), dtype)
+    return abstract((*leading, *family.normalized_shape), dtype)
 
 
 def _flax_arguments(
@@ -140,7 +141,9 @@ def _haiku(
     if "create_offset" in constructor_names(cls):
         given["create_offset"] = family.bias
     factory: Any = cls
-    transformed = hk.without_apply_rng(hk.transform(lambda x: factory(**given, **arguments)(x)))
+    transformed: Any = hk.without_apply_rng(
+        hk.transform(lambda x: factory(**given, **arguments)(x))
+    )
     tree = jax.eval_shape(transformed.init, jax.random.key(0), _probe(config, family, dtype))
     return tree, transformed.apply
 

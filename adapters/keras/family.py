@@ -107,7 +107,7 @@ class Flavour:
     def module(self) -> Any:
         return keras_on(self.backend) if self.package == "keras" else _tf_keras()
 
-    def to_tensor(self, array: Array, dtype: DTypeName) -> Any:
+    def to_tensor(self, array: Array, dtype: str) -> Any:
         typed = np.asarray(array, dtype=np.float64).astype(_numpy_type(dtype), order="K")
         if self.package == "keras":
             return self.module().ops.convert_to_tensor(typed, dtype=dtype)
@@ -148,7 +148,7 @@ def _tf_keras() -> Any:
     return importlib.import_module("tf_keras")
 
 
-def _numpy_type(dtype: DTypeName) -> Any:
+def _numpy_type(dtype: str) -> Any:
     if dtype == "bfloat16":
         import ml_dtypes
 
@@ -174,7 +174,8 @@ class KerasFamilyComputation(Computation):
             if variable is None:
                 continue
             dtype = self.flavour.dtype_of(variable)
-            variable.assign(self.flavour.to_tensor(np.reshape(values, variable.shape), dtype))
+            shaped = np.reshape(np.asarray(values), variable.shape)
+            variable.assign(self.flavour.to_tensor(shaped, dtype))
             held.append(variable)
         return held
 
