@@ -8,6 +8,14 @@ the ``sync.*`` clauses ask XLA for (``devices``) and JAX's persistent compilatio
 from normspec.adapters.declarations import Adapters, BuiltinTarget, Recogniser
 
 _HERE = "normspec.adapters.jax"
+#: The LayerNorm/RMSNorm targets: (module, package, profile) (``family``).
+_FAMILY = (
+    ("flax.linen", "flax", "flax"),
+    ("flax.nnx", "flax", "flax"),
+    ("haiku", "haiku", "haiku"),
+    ("equinox.nn", "equinox", "flax"),
+)
+_FAMILY_PACKAGES = ("flax", "haiku", "equinox")
 
 ADAPTERS = Adapters(
     targets=(
@@ -64,8 +72,15 @@ ADAPTERS = Adapters(
             'equinox.nn.BatchNorm(mode="ema")',
             factory=f"{_HERE}.equinox_module:equinox_batchnorm_ema",
         ),
+        # LayerNorm and RMSNorm (layernorm.md), recognised by their constructors
+        *(
+            BuiltinTarget(f"{library}:{name}", profile, ("jax", package))
+            for library, package, profile in _FAMILY
+            for name in ("LayerNorm", "RMSNorm")
+        ),
     ),
     recognisers=(
+        *(Recogniser(package, f"{_HERE}.family:recognise") for package in _FAMILY_PACKAGES),
         Recogniser("flax", f"{_HERE}.flax_renorm:recognise"),
         Recogniser("flax", f"{_HERE}.flax_linen:recognise"),
         Recogniser("flax", f"{_HERE}.flax_nnx:recognise"),

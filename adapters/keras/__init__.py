@@ -14,6 +14,26 @@ _KERAS = ("tensorflow", "keras")
 _TF_KERAS = ("tensorflow", "tf_keras")
 #: Keras 3's other backends: (backend, the library it needs besides keras).
 _BACKENDS = (("jax", ("jax",)), ("torch", ("torch",)), ("numpy", ()))
+_FAMILY = "normspec.adapters.keras.family"
+
+
+def _family_on(backend: str, needs: tuple[str, ...]) -> tuple[BuiltinTarget, ...]:
+    """``keras.layernorm.BACKEND`` and ``keras.rmsnorm.BACKEND`` (layernorm.md): Keras 3's
+    layers in a worker started with ``KERAS_BACKEND=BACKEND``."""
+    return tuple(
+        BuiltinTarget(
+            f"keras.{kind}.{backend}",
+            "keras",
+            ("keras", *needs),
+            f"keras.layers.{name} ({backend})",
+            factory=f"{_FAMILY}:{factory}",
+            environment={"KERAS_BACKEND": backend},
+        )
+        for kind, name, factory in (
+            ("layernorm", "LayerNormalization", "layer_normalization"),
+            ("rmsnorm", "RMSNormalization", "rms_normalization"),
+        )
+    )
 
 
 def _on_backend(backend: str, needs: tuple[str, ...]) -> tuple[BuiltinTarget, ...]:
@@ -96,8 +116,13 @@ ADAPTERS = Adapters(
             "tf_keras.layers.BatchNormalization(renorm=True)",
             factory=f"{_LAYER}:tf_keras_renorm",
         ),
+        *_family_on("tensorflow", ("tensorflow",)),
+        *(target for backend, needs in _BACKENDS for target in _family_on(backend, needs)),
+        BuiltinTarget("tf_keras.layers:LayerNormalization", "tf_keras", _TF_KERAS),
     ),
     recognisers=(
+        Recogniser("keras", f"{_FAMILY}:recognise"),  # LayerNorm, RMSNorm (layernorm.md)
+        Recogniser("tf_keras", f"{_FAMILY}:recognise"),
         Recogniser("keras", _RECOGNISE),
         Recogniser("tf_keras", _RECOGNISE),
     ),

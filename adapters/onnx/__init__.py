@@ -6,6 +6,8 @@ a user's model file, ``model.onnx#Node`` (``file``). Declared here without impor
 from normspec.adapters.declarations import Adapters, BuiltinTarget
 
 _OP = "normspec.adapters.onnx.op"
+_FAMILY = "normspec.adapters.onnx.family"
+_RUNTIME = ("onnx", "onnxruntime")
 
 ADAPTERS = Adapters(
     targets=(
@@ -22,6 +24,21 @@ ADAPTERS = Adapters(
             ("onnx", "onnxruntime"),
             "onnxruntime CPU (opset 15)",
             factory=f"{_OP}:onnxruntime_cpu",
+        ),
+        # LayerNormalization-17 and RMSNormalization-23 (layernorm.md)
+        *(
+            BuiltinTarget(
+                f"{runtime}.{kind}",
+                "onnx",
+                needs,
+                f"{label} ({runtime})",
+                factory=f"{_FAMILY}:{runtime.replace('onnx.', '')}_{kind}",
+            )
+            for runtime, needs in (("onnx.reference", ("onnx",)), ("onnxruntime", _RUNTIME))
+            for kind, label in (
+                ("layernorm", "LayerNormalization-17"),
+                ("rmsnorm", "RMSNormalization-23"),
+            )
         ),
     ),
     file_loaders=((".onnx", "normspec.adapters.onnx.file:load_node"),),

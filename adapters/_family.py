@@ -1,0 +1,222 @@
+"""What every LayerNorm/RMSNorm adapter outside torch shares (spec: layernorm.md).
+
+A framework's family adapter is a table and one :class:`Computation`:
+
+* the table has one :class:`FamilyClass` per layer class it knows (a layer kind, the class,
+  the names of its weight and bias variables, the constructor arguments that state a
+  dialect): a new kind (GroupNorm, InstanceNorm) is a new row;
+* the computation runs a configured layer of that class in the framework: the forward of
+  given parameters and, where the framework differentiates, their vjp.
+
+:class:`FamilyImplementation` is the implementation around them (capabilities, the checks
+of a configuration, the name) and :class:`FamilyLayer` the protocol layer (the parameters a
+check sets, held in float64 and handed to the computation on every call). The layers have
+no mode and no state: ``infer`` and ``train_step`` are the same forward.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from normspec.adapters.protocol import (
+    ALL_DTYPES,
+    Array,
+    Capabilities,
+    DTypeName,
+    FamilyConfig,
+    FamilyKind,
+    LayerConfig,
+    State,
+    UnsupportedConfig,
+)
+from normspec.reference import Gradients
+
+
+@dataclass(frozen=True)
+class FamilyClass:
+    """One row of a framework's table: a layer class and its conventions.
+
+    ``path``: ``"module:Class"``; ``weight``/``bias``: the names its variables are stored
+    under (``bias`` ``None``: the class has none); ``optional_affine``: it can be built
+    without parameters (else a layer without affine parameters is one whose weight is 1); ``dialect``: constructor arguments normspec passes to every layer
+    (the variance evaluation, ...), where the library's default is not the one checked.
+    """
+
+    kind: FamilyKind
+    path: str
+    weight: str
+    bias: str | None = None
+    optional_affine: bool = True
+    dialect: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return self.path.replace(":", ".")
+
+    def load(self) -> Any:
+        module, _, name = self.path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def constructor_names(cls: object) -> list[str]:
+    """The parameter names of a class's constructor (``self`` left out; its ``__init__``'s
+    where a metaclass hides them behind ``*args, **kwargs``); none if unreadable."""
+    try:
+        names = list(inspect.signature(cls).parameters)  # type: ignore[arg-type]
+        if isinstance(cls, type) and names == ["args", "kwargs"]:
+            names = list(inspect.signature(getattr(cls, "__init__")).parameters)[1:]  # noqa: B009
+    except (TypeError, ValueError):
+        return []
+    return names
+
+
+def kind_of(cls: object, takes_bias: bool) -> FamilyKind:
+    """RMSNorm when the class name says so or it takes no bias, else LayerNorm (the rule
+    :mod:`normspec.adapters.torch.family` follows too)."""
+    rms = "rms" in getattr(cls, "__name__", "").lower() or not takes_bias
+    return "rmsnorm" if rms else "layernorm"
+
+
+def axes_of(family: FamilyConfig) -> tuple[int, ...]:
+    """The trailing axes a slice spans, negative (``(-2, -1)`` for two)."""
+    return tuple(range(-len(family.normalized_shape), 0))
+
+
+class Computation(abc.ABC):
+    """One configured layer in its framework, run on given parameters (float64 arrays of
+    ``normalized_shape``; ``None`` where the layer has none)."""
+
+    @abc.abstractmethod
+    def forward(self, x: Array, weight: Array | None, bias: Array | None) -> Array:
+        """The output, checked for shape and dtype (conv.io.shape_dtype), as float64."""
+
+    def gradients(
+        self, x: Array, dy: Array, weight: Array | None, bias: Array | None
+    ) -> tuple[Array, Array | None, Array | None]:
+        """``(dx, dweight, dbias)`` of ``sum(dy * y)``; ``None`` for an absent parameter."""
+        raise UnsupportedConfig("the framework computes no gradients")
+
+
+class FamilyLayer:
+    """A LayerNorm/RMSNorm protocol layer on a :class:`Computation`."""
+
+    def __init__(
+        self, config: LayerConfig, computation: Computation, *, weighted: bool = False
+    ) -> None:
+        assert config.family is not None
+        self.config, self.family, self.computation = config, config.family, computation
+        shape = self.family.normalized_shape
+        weight = config.affine or weighted  # ``weighted``: the layer always holds a weight
+        self.weight: Array | None = np.ones(shape) if weight else None
+        self.bias: Array | None = np.zeros(shape) if config.affine and self.family.bias else None
+
+    def set_parameters(self, gamma: Array, beta: Array) -> None:
+        self.weight = np.array(gamma, dtype=np.float64)
+        self.bias = np.array(beta, dtype=np.float64) if self.family.bias else None
+
+    def set_state(self, state: State) -> None:
+        raise UnsupportedConfig("a LayerNorm or RMSNorm layer keeps no statistics")
+
+    def state(self) -> State | None:
+        return None
+
+    def infer(self, x: Array) -> Array:
+        return self.computation.forward(x, self.weight, self.bias)
+
+    train_step = infer
+
+    def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
+        dx, dweight, dbias = self.computation.gradients(x, dy, self.weight, self.bias)
+        zeros = np.zeros(self.family.normalized_shape)
+        return Gradients(
+            dx,
+            zeros if dweight is None else dweight,
+            zeros if dbias is None else dbias,
+        )
+
+
+class FamilyImplementation(abc.ABC):
+    """A layer class of a framework's table under test (``arguments``: the target's other
+    constructor arguments, passed to every layer after the table's dialect)."""
+
+    #: The framework, for the name and the messages.
+    library: str = ""
+    #: Whether the framework differentiates the layer (the backward clauses).
+    backward: bool = True
+    #: The dtype the layer holds eps in (ONNX's float32 attributes).
+    setting_dtype: DTypeName = "float64"
+
+    def __init__(
+        self,
+        entry: FamilyClass,
+        cls: type | None = None,
+        arguments: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.entry = entry
+        self.cls = entry.load() if cls is None else cls
+        self.arguments = {**entry.dialect, **(arguments or {})}
+        given = "".join(f", {k}={v!r}" for k, v in (arguments or {}).items())
+        self.name = f"{entry.title}{given} ({entry.kind}, {self.describe()})"
+
+    def describe(self) -> str:
+        """The library, its version and the device, for the name."""
+        return self.library
+
+    def dtypes(self) -> frozenset[DTypeName]:
+        return frozenset(ALL_DTYPES)
+
+    def notes(self) -> dict[str, str]:
+        kind = self.entry.kind
+        notes = {"batchnorm": f"it is a {kind} layer", "renorm": f"a {kind} layer"}
+        if not self.backward:
+            notes["backward"] = f"{self.library} computes no gradients"
+        return notes
+
+    def capabilities(self) -> Capabilities:
+        kind = self.entry.kind
+        return Capabilities(
+            dtypes=self.dtypes(),
+            batchnorm=False,
+            layernorm=kind == "layernorm",
+            rmsnorm=kind == "rmsnorm",
+            training=False,
+            untracked=True,
+            backward=self.backward,
+            elementwise_bias=self.entry.bias is not None,
+            setting_dtype=self.setting_dtype,
+            notes=self.notes(),
+        )
+
+    @abc.abstractmethod
+    def versions(self) -> Mapping[str, str]: ...
+
+    @abc.abstractmethod
+    def computation(self, config: LayerConfig, family: FamilyConfig) -> Computation:
+        """The layer of a configuration within the capabilities."""
+
+    def build(self, config: LayerConfig) -> FamilyLayer:
+        family = config.family
+        if family is None or family.kind != self.entry.kind:
+            raise UnsupportedConfig(f"only {self.entry.kind} layers")
+        if family.scale_offset != 0.0:
+            raise UnsupportedConfig(f"{self.entry.title} multiplies by w (scale_offset 0)")
+        if family.bias and self.entry.bias is None:
+            raise UnsupportedConfig("the layer takes no bias")
+        if config.dtype not in self.dtypes():
+            raise UnsupportedConfig(f"{config.dtype} is not supported")
+        weighted = not self.entry.optional_affine
+        return FamilyLayer(config, self.computation(config, family), weighted=weighted)
+
+
+def as_float64(value: Any, shape: tuple[int, ...]) -> Array:
+    """A framework's gradient of a parameter as a float64 array of ``shape`` (a library may
+    keep its parameters flat: the same values, another shape)."""
+    array = np.asarray(value, dtype=np.float64)
+    return np.array(array.reshape(shape) if array.size == int(np.prod(shape)) else array)

@@ -1,0 +1,195 @@
+"""ONNX ``LayerNormalization`` (opset 17) and ``RMSNormalization`` (opset 23), run by
+``onnx.reference`` and ``onnxruntime`` (spec: layernorm.md).
+
+One adapter (:mod:`normspec.adapters._family`) on the runtimes of
+:mod:`normspec.adapters.onnx.op`: a layer is one node in a one-node model whose inputs
+(``X``, the scale, ``B`` where the layer has a bias) are fed at every call, as a graph
+feeds them. ``axis`` is the first normalized axis (``-k``), ``epsilon`` a float32
+attribute (the configuration the model holds: ``Capabilities.setting_dtype``) and
+``stash_type`` the default, float32 statistics. The operators always take a scale: a layer
+without affine parameters is fed ones. There is no backward (an inference graph has no
+gradient). float64 is left out (:data:`FLOAT64`). The element types are those the schema allows; those a runtime has no kernel
+for are left out, with its error. A model is built and loaded once per configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from onnx import defs, helper
+
+from normspec.adapters._family import Computation, FamilyClass, FamilyImplementation, axes_of
+from normspec.adapters.onnx.op import (
+    ELEMENT_TYPES,
+    NUMPY_TYPES,
+    SCHEMA_TYPES,
+    Run,
+    Runtime,
+    runtime_named,
+)
+from normspec.adapters.protocol import (
+    ALL_DTYPES,
+    Array,
+    DTypeName,
+    FamilyConfig,
+    FamilyKind,
+    LayerConfig,
+    WrongOutput,
+)
+
+#: Why float64 is left out: the model holds epsilon as float32, and the family's cases
+#: draw float64 eps values (unlike BN's, they are not rounded to ``setting_dtype``), whose
+#: difference shows in a float64 output (1e-5 vs float32(1e-5): 1138 ulps).
+FLOAT64 = (
+    "the model holds epsilon as a float32 attribute, and the LayerNorm/RMSNorm cases draw "
+    "eps values float32 cannot hold (not rounded to Capabilities.setting_dtype)"
+)
+
+
+@dataclass(frozen=True)
+class Operator:
+    """A row of the table: the operator of a layer kind, its opset and its scale input."""
+
+    row: FamilyClass
+    opset: int
+
+    @property
+    def name(self) -> str:
+        return self.row.path.partition(":")[2]
+
+
+OPERATORS: dict[FamilyKind, Operator] = {
+    "layernorm": Operator(
+        FamilyClass("layernorm", "ai.onnx:LayerNormalization", "Scale", "B", optional_affine=False),
+        17,
+    ),
+    "rmsnorm": Operator(
+        FamilyClass("rmsnorm", "ai.onnx:RMSNormalization", "scale", optional_affine=False), 23
+    ),
+}
+
+
+def model(operator: Operator, config: LayerConfig, family: FamilyConfig) -> Any:
+    """The one-node model of a configuration."""
+    element = ELEMENT_TYPES[config.dtype]
+    inputs = ["X", operator.row.weight] + ([str(operator.row.bias)] if family.bias else [])
+    node = helper.make_node(
+        operator.name,
+        inputs,
+        ["Y"],
+        axis=axes_of(family)[0],
+        epsilon=float(np.float32(config.eps)),
+    )
+    graph = helper.make_graph(
+        [node],
+        operator.name,
+        [helper.make_tensor_value_info(name, element, None) for name in inputs],
+        [helper.make_tensor_value_info("Y", element, None)],
+    )
+    opsets = [helper.make_opsetid("", operator.opset)]
+    built = helper.make_model(graph, opset_imports=opsets, producer_name="normspec")
+    built.ir_version = helper.find_min_ir_version_for(opsets)
+    return built
+
+
+class OnnxFamilyComputation(Computation):
+    """A loaded one-node model, fed the parameters at every call."""
+
+    def __init__(self, operator: Operator, run: Run, config: LayerConfig) -> None:
+        self.operator, self.run, self.config = operator, run, config
+        self.type = NUMPY_TYPES[config.dtype]
+
+    def forward(self, x: Array, weight: Array | None, bias: Array | None) -> Array:
+        row, typed = self.operator.row, self.type
+        assert weight is not None, "the operators always take a scale"
+        feeds = {"X": np.asarray(x).astype(typed), row.weight: np.asarray(weight).astype(typed)}
+        if bias is not None and row.bias:
+            feeds[row.bias] = np.asarray(bias).astype(typed)
+        y = np.asarray(self.run(feeds)[0])
+        if y.dtype != np.dtype(typed):
+            raise WrongOutput(f"the output has dtype {y.dtype}, expected {np.dtype(typed)}")
+        if y.shape != np.shape(x):
+            raise WrongOutput(f"the output has shape {y.shape}, expected {np.shape(x)}")
+        return np.array(y, dtype=np.float64)
+
+
+class OnnxFamily(FamilyImplementation):
+    """An ONNX normalization operator under a runtime."""
+
+    backward = False
+    setting_dtype: DTypeName = "float32"
+
+    def __init__(self, runtime: Runtime, kind: FamilyKind) -> None:
+        self.runtime, self.operator = runtime, OPERATORS[kind]
+        self.library = runtime.name
+        self._loaded: dict[LayerConfig, OnnxFamilyComputation] = {}
+        self._refused: dict[DTypeName, str] = {}
+        super().__init__(self.operator.row, cls=object)  # the operator is no Python class
+        self._refused = self._probe()
+
+    def describe(self) -> str:
+        return f"{self.runtime.name}, opset {self.operator.opset}"
+
+    def versions(self) -> Mapping[str, str]:
+        return self.runtime.versions()
+
+    def _schema_dtypes(self) -> frozenset[DTypeName]:
+        schema = defs.get_schema(self.operator.name, self.operator.opset)
+        constraint = next(c for c in schema.type_constraints if c.type_param_str == "T")
+        allowed = constraint.allowed_type_strs
+        return frozenset(SCHEMA_TYPES[t] for t in allowed if t in SCHEMA_TYPES)
+
+    def _probe(self) -> dict[DTypeName, str]:
+        """Why each dtype the runtime cannot run is left out (its error)."""
+        refused: dict[DTypeName, str] = {}
+        family = FamilyConfig(self.entry.kind, (2,), bias=self.entry.bias is not None)
+        for dtype in ALL_DTYPES:
+            if dtype == "float64":
+                refused[dtype] = FLOAT64
+                continue
+            if dtype not in self._schema_dtypes():
+                refused[dtype] = f"the {self.operator.name} schema takes no {dtype}"
+                continue
+            config = LayerConfig(2, 2, 1, dtype, 1e-5, None, family=family)
+            try:
+                self.computation(config, family).forward(np.ones((1, 2)), np.ones(2), np.zeros(2))
+            except Exception as error:
+                refused[dtype] = f"{self.runtime.name} cannot run it: {error}".splitlines()[0]
+        return refused
+
+    def dtypes(self) -> frozenset[DTypeName]:
+        return frozenset(d for d in ALL_DTYPES if d not in self._refused)
+
+    def notes(self) -> dict[str, str]:
+        return {**super().notes(), **{str(k): v for k, v in self._refused.items()}}
+
+    def computation(self, config: LayerConfig, family: FamilyConfig) -> OnnxFamilyComputation:
+        found = self._loaded.get(config)
+        if found is None:
+            run = self.runtime.load(model(self.operator, config, family))
+            found = OnnxFamilyComputation(self.operator, run, config)
+            self._loaded[config] = found
+        return found
+
+
+def reference_layernorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnx.reference.layernorm``: LayerNormalization-17 by ``ReferenceEvaluator``."""
+    return OnnxFamily(runtime_named("onnx.reference"), "layernorm")
+
+
+def reference_rmsnorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnx.reference.rmsnorm``: RMSNormalization-23 by ``ReferenceEvaluator``."""
+    return OnnxFamily(runtime_named("onnx.reference"), "rmsnorm")
+
+
+def onnxruntime_layernorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnxruntime.layernorm``: LayerNormalization-17 on onnxruntime's CPU provider."""
+    return OnnxFamily(runtime_named("onnxruntime"), "layernorm")
+
+
+def onnxruntime_rmsnorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnxruntime.rmsnorm``: RMSNormalization-23 on onnxruntime's CPU provider."""
+    return OnnxFamily(runtime_named("onnxruntime"), "rmsnorm")
