@@ -60,7 +60,8 @@ class FamilyConfig:
     ``normalized_shape``: the trailing axes each slice spans (ln.train.statistics);
     ``bias``: an additive bias beside the weight (only with ``LayerConfig.affine``);
     ``scale_offset``: RMSNorm's scale dialect, the output multiplied by ``scale_offset + w``
-    (0: ``w``, torch, flax, keras; 1: Gemma's ``1 + w``, rms.dialect.scale).
+    (0: ``w``, torch, flax, keras; 1: Gemma's ``1 + w``): the profile's ``rmsnorm.scale``
+    (dialects.md), which the layer is claimed to follow.
     """
 
     kind: FamilyKind
@@ -118,8 +119,6 @@ class Capabilities:
     #: LayerNorm and RMSNorm layers (``LayerConfig.family``; spec: layernorm.md)
     layernorm: bool = False
     rmsnorm: bool = False
-    #: the RMSNorm scale dialects the layer can be built with (``FamilyConfig.scale_offset``)
-    rms_scale_offsets: tuple[float, ...] = (0.0,)
     #: a LayerNorm/RMSNorm layer can carry a bias beside its weight (``FamilyConfig.bias``)
     elementwise_bias: bool = True
     cumulative_average: bool = False

@@ -209,7 +209,6 @@ class ReferenceImplementation:
             ghost_batches=self.dialect.ghost is not None,
             layernorm=True,
             rmsnorm=True,
-            rms_scale_offsets=(0.0, 1.0),
             notes={
                 name: f"profile {self.dialect.name} has none"
                 for name, present in (("renorm", has_renorm), ("ghost_batches", has_ghost))

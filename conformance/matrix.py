@@ -48,6 +48,7 @@ from normspec.conformance.runner import (
     select_checks,
 )
 from normspec.reference.dialects import Dialect, profile
+from normspec.reference.family_dialect import FAMILY_KINDS
 
 #: Examples per clause for ``normspec report`` (``normspec check`` uses 40): the report runs
 #: several implementations, and its default (reference + torch) should take minutes.
@@ -152,10 +153,18 @@ def new_matrix(options: MatrixOptions) -> Matrix:
 def equivalent_profiles(first: Dialect, second: Dialect, capabilities: Capabilities) -> bool:
     """Whether checking under ``first`` and ``second`` is the same check for an
     implementation with ``capabilities``: every dialect parameter is equal (names aside), the
-    renorm parameters only when the implementation has batch renormalization, the ghost-batch
-    ones only when it has ghost batches."""
+    batch-normalization ones only when it has batch normalization, the renorm parameters
+    only when it has batch renormalization, the ghost-batch ones only when it has ghost
+    batches, and of the family's those of the layer kinds it has (``FAMILY_KINDS``)."""
     for item in fields(Dialect):
         if item.name in ("name", "description", "source"):
+            continue
+        if item.name == "family":
+            kinds = [kind for kind in FAMILY_KINDS if getattr(capabilities, kind, False)]
+            if any(first.family_dialect(k) != second.family_dialect(k) for k in kinds):
+                return False
+            continue
+        if not capabilities.batchnorm:
             continue
         if item.name == "renorm" and not capabilities.renorm:
             continue

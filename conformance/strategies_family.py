@@ -4,9 +4,9 @@
 or up to two, batch size 1 often), a ``normalized_shape`` of one to three trailing axes (sizes
 1 included, so one value per slice is reachable; long slices with ``long_reductions``), each
 slice with its own spread and mean (``ill``: a mean many spreads from zero, where a one-pass
-variance loses its digits), elementwise weight and bias, eps, the RMSNorm scale offset the
-implementation offers, a cotangent, and one memory layout for both ``x`` and ``dy``.
-``strategies.cases(..., family=KIND)`` draws through it. Every array value is exactly
+variance loses its digits), elementwise weight and bias, eps, a cotangent, and one memory
+layout for both ``x`` and ``dy``. ``strategies.cases(..., family=KIND)`` draws through it
+(the RMSNorm scale is the profile's: ``checks.family.draw``). Every array value is exactly
 representable in the drawn dtype.
 """
 
@@ -164,7 +164,6 @@ def family_cases(
         else (affine is not False)
     )
     bias = with_affine and capabilities.elementwise_bias and draw(st.booleans())
-    offset = draw(st.sampled_from(capabilities.rms_scale_offsets)) if kind == "rmsnorm" else 0.0
     config = family_config(
         kind,
         dtype,
@@ -173,7 +172,6 @@ def family_cases(
         draw(EPS_VALUES),
         affine=with_affine,
         bias=bias,
-        scale_offset=offset,
     )
     params = None
     if with_affine:

@@ -56,13 +56,16 @@ class RmsTerms:
     """The exact per-slice quantities of RMSNorm's bounds, on the ``(n, slices)`` matrix."""
 
     n: int
-    s: Array  # (1, slices): 1 / sqrt(mean(x^2) + eps)
+    s: Array  # (1, slices): 1 / sqrt(mean(x^2) + eps), or 1 / (sqrt(mean(x^2)) + eps)
     xhat: Array  # (n, slices)
 
     @classmethod
-    def of(cls, matrix: Array, eps: float) -> RmsTerms:
+    def of(cls, matrix: Array, eps: float, *, outside_root: bool = False) -> RmsTerms:
+        """``outside_root``: the dialect rmsnorm.eps = outside_root (dialects.md)."""
         mean_square = np.mean(matrix * matrix, axis=0, keepdims=True)
-        s = 1.0 / np.sqrt(mean_square + eps)
+        with np.errstate(invalid="ignore"):
+            root = np.sqrt(mean_square) + eps if outside_root else np.sqrt(mean_square + eps)
+        s = 1.0 / root
         return cls(matrix.shape[0], s, matrix * s)
 
 
@@ -89,16 +92,23 @@ def rms_output_bound(
     scale: Array | None,
     bias: Array | None,
     eps: float,
+    *,
+    outside_root: bool = False,
+    roundings: int = 2,
 ) -> Array:
-    """Elementwise bound of rms.train.output: ``K * (u_w (n + 3) g |xhat| + u_o (2 g |xhat|
-    + |b|) + tiny (1 + g s))``, ``scale`` the factor ``c + w`` (``None``: 1)."""
+    """Elementwise bound of rms.train.output: ``K * (u_w (n + 3) g |xhat| + u_o (r g |xhat|
+    + |b|) + tiny (1 + g s))``, ``scale`` the factor ``c + w`` (``None``: 1), ``r`` the
+    ``roundings`` of the product in the output dtype (dialects.md: rmsnorm.cast, 2 for
+    ``before_weight``, 1 for ``after_weight``)."""
     view = Slices.of(x.shape, normalized_shape)
-    t = RmsTerms.of(view.columns(x), eps)
+    t = RmsTerms.of(view.columns(x), eps, outside_root=outside_root)
     g, b = view.elementwise(scale, 1.0), view.elementwise(bias, 0.0)
 
     def bound(p: Precision) -> Array:
         ax = np.abs(t.xhat)
-        return p.u_w * (t.n + 3) * g * ax + p.u_o * (2 * g * ax + b) + p.tiny * (1 + g * t.s)
+        return (
+            p.u_w * (t.n + 3) * g * ax + p.u_o * (roundings * g * ax + b) + p.tiny * (1 + g * t.s)
+        )
 
     return view.back(_both(bound, precision))
 
@@ -162,10 +172,12 @@ def rms_backward_bounds(
     scale: Array | None,
     eps: float,
     expected: Gradients,
+    *,
+    outside_root: bool = False,
 ) -> GradientBounds:
     """Bounds of rms.backward.dx and rms.backward.dparams, ``scale`` the factor ``c + w``."""
     view = Slices.of(x.shape, normalized_shape)
-    t = RmsTerms.of(view.columns(x), eps)
+    t = RmsTerms.of(view.columns(x), eps, outside_root=outside_root)
     signed = 1.0 if scale is None else np.asarray(scale, dtype=np.float64).reshape(view.n, 1)
     g = np.abs(view.columns(dy) * signed)
     ax = np.abs(t.xhat)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from normspec.reference._arrays import check_rate
+from normspec.reference.family_dialect import CANONICAL, FamilyDialect
 from normspec.reference.ghost import GhostDialect
 from normspec.reference.profile_files import (
     MOMENTUM_DOMAINS,
@@ -64,7 +65,7 @@ BUILTIN_NAMES: tuple[str, ...] = (
 class Dialect:
     """The dialect parameters of the BN chapter (dialect.update_rate, dialect.running_variance,
     dialect.cumulative_average, dialect.default_eps, dialect.running_average,
-    dialect.momentum_domain), with the renorm and ghost ones.
+    dialect.momentum_domain), with the renorm, ghost and family ones.
 
     ``source`` is the profile file a user's profile was read from (``None`` for a built-in
     one): reports name the profile and say where it came from.
@@ -87,6 +88,9 @@ class Dialect:
     #: The values the library's momentum argument may take, in its own convention: the
     #: value clauses draw only these, bn.params.invalid the others.
     momentum_domain: str = "[0, 1]"
+    #: The normalization family's dialects (dialects.md: family.*), one per layer kind the
+    #: library has; a kind left out is checked under the specification's own dialect.
+    family: tuple[FamilyDialect, ...] = ()
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +107,14 @@ class Dialect:
     def label(self) -> str:
         """The profile as reports name it: its name, and the file it came from."""
         return self.name if self.source is None else f"{self.name} (profile file {self.source})"
+
+    def family_dialect(self, kind: str) -> FamilyDialect:
+        """The dialect of the family layer ``kind`` (``layernorm``, ``rmsnorm``, ...): the
+        profile's, else the specification's own (``w``, eps inside the root)."""
+        for found in self.family:
+            if found.kind == kind:
+                return found
+        return CANONICAL.get(kind, FamilyDialect(kind, default_eps=1e-5))
 
     def allows_momentum(self, momentum: float) -> bool:
         """Whether the library's momentum ``momentum`` lies in the dialect's domain."""

@@ -8,6 +8,7 @@ A profile file gives every dialect parameter of the BN, renorm and ghost chapter
     description = "mylib.BatchNorm: decay, biased variance, zero-debiased averages"
     renorm = false                  # or a [renorm] table
     ghost = false                   # or a [ghost] table
+    layernorm = false               # or a [layernorm] table: the library has none
 
     [batchnorm]
     update_rate = "decay"           # rate | decay
@@ -17,6 +18,12 @@ A profile file gives every dialect parameter of the BN, renorm and ghost chapter
     cumulative_average = false
     default_eps = 1e-5
     default_momentum = 0.99
+
+    [rmsnorm]
+    default_eps = 1e-6              # a number, or "machine_epsilon" (of the input's dtype)
+    scale = "1 + w"                 # w | 1 + w
+    eps = "inside_root"             # inside_root | outside_root
+    cast = "after_weight"           # after_weight | before_weight
 
 The built-in profiles are files of this format shipped in ``normspec/reference/profiles``
 and read by the same code. :func:`dialect_fields` validates a parsed document like code: an
@@ -36,6 +43,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from normspec.reference.family_dialect import FAMILY_KINDS, MACHINE_EPSILON, FamilyDialect
 from normspec.reference.ghost import GhostDialect
 from normspec.reference.renorm import RenormDialect
 from normspec.reference.state import RUNNING_AVERAGES
@@ -62,6 +70,7 @@ TOP_KEYS: dict[str, Any] = {
     "batchnorm": "table",
     "renorm": "table",
     "ghost": "table",
+    **{kind: "table" for kind in FAMILY_KINDS},
 }
 BATCHNORM_KEYS: dict[str, Any] = {
     "update_rate": ("rate", "decay"),
@@ -79,6 +88,16 @@ RENORM_KEYS: dict[str, Any] = {
     "sigma_floor": ("none", "sqrt_eps"),
     "warmup": ("ramp", "switch", "none"),
     "default_renorm_momentum": float,
+}
+#: The keys of each family layer's table (dialects.md: family.*).
+FAMILY_KEYS: dict[str, dict[str, Any]] = {
+    "layernorm": {"default_eps": "eps"},
+    "rmsnorm": {
+        "default_eps": "eps",
+        "scale": ("w", "1 + w"),
+        "eps": ("inside_root", "outside_root"),
+        "cast": ("after_weight", "before_weight"),
+    },
 }
 GHOST_KEYS: dict[str, Any] = {
     "groups": ("consecutive", "strided"),
@@ -159,7 +178,9 @@ class _Reader:
         name, accepts = _KINDS[kind]
         if not accepts(value):
             raise self.fail(key, f"must be {name}, got {_shown(value)}")
-        return float(value) if kind is float else value
+        return (
+            float(value) if kind is float or (kind == "eps" and value != MACHINE_EPSILON) else value
+        )
 
 
 #: What a key of each kind accepts, and how a message names it (a boolean is no number).
@@ -168,6 +189,18 @@ _KINDS: dict[Any, tuple[str, Callable[[Any], bool]]] = {
     float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
     int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     str: ("a string", lambda v: isinstance(v, str)),
+    "eps": (
+        f'a positive finite number or "{MACHINE_EPSILON}"',
+        lambda v: (
+            v == MACHINE_EPSILON
+            or (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v > 0
+            )
+        ),
+    ),
 }
 
 
@@ -238,6 +271,9 @@ def dialect_fields(
         "ghost": ghost,
         "running_average": bn["running_average"],
         "momentum_domain": domain,
+        "family": tuple(
+            found for kind in FAMILY_KINDS if (found := _family(read, kind, top[kind])) is not None
+        ),
     }
 
 
@@ -283,6 +319,16 @@ def _ghost(read: _Reader, raw: Any) -> GhostDialect | None:
     return GhostDialect(**read.table(raw, "ghost.", GHOST_KEYS, optional=set()))
 
 
+def _family(read: _Reader, kind: str, raw: Any) -> FamilyDialect | None:
+    if raw is False:
+        return None
+    if not isinstance(raw, dict):
+        raise read.fail(
+            kind, f"must be a [{kind}] table, or false for a library without one, got {_shown(raw)}"
+        )
+    return FamilyDialect(kind, **read.table(raw, f"{kind}.", FAMILY_KEYS[kind], optional=set()))
+
+
 def _zero_debiased(
     read: _Reader, bn: Mapping[str, Any], renorm: RenormDialect | None, ghost: GhostDialect | None
 ) -> None:
@@ -322,7 +368,15 @@ def profile_document(fields: Mapping[str, Any]) -> dict[str, Any]:
         "batchnorm": {key: fields[key] for key in BATCHNORM_KEYS},
         "renorm": renorm_table,
         "ghost": False if ghost is None else {key: getattr(ghost, key) for key in GHOST_KEYS},
+        **{kind: _family_table(kind, fields["family"]) for kind in FAMILY_KINDS},
     }
+
+
+def _family_table(kind: str, dialects: tuple[FamilyDialect, ...]) -> dict[str, Any] | bool:
+    for found in dialects:
+        if found.kind == kind:
+            return {key: getattr(found, key) for key in FAMILY_KEYS[kind]}
+    return False
 
 
 def _toml_value(value: Any) -> str:

@@ -19,6 +19,9 @@ ADAPTERS = Adapters(
         ),
         # its sync.* clauses run on K processes on GPUs, and are not applicable on the CPU
         BuiltinTarget("torch.nn:SyncBatchNorm", "torch", ("torch",), "torch.nn.SyncBatchNorm"),
+        # the normalization family (layernorm.md), in the report beside BN
+        BuiltinTarget("torch.nn:LayerNorm", "torch", ("torch",), "torch.nn.LayerNorm"),
+        BuiltinTarget("torch.nn:RMSNorm", "torch", ("torch",), "torch.nn.RMSNorm"),
     ),
     recognisers=(
         Recogniser("torch", f"{_HERE}.family:recognise"),  # LayerNorm, RMSNorm (layernorm.md)

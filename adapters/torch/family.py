@@ -11,8 +11,9 @@ Recognised, by :func:`recognise`:
   ``normalized_shape``.
 
 The layer is RMSNorm when the class or function name contains ``rms`` or it takes no
-``bias``; LayerNorm otherwise. Parameters are kept in the input's dtype (``module.half()``),
-the scale dialect is ``w`` (``Capabilities.rms_scale_offsets``: 0 only). The layers have no
+``bias``; LayerNorm otherwise. Parameters are kept in the input's dtype (``module.half()``);
+the weights are set as they are stored, so a Gemma-style module (``(1 + w) * xhat``) is
+checked under a profile whose ``rmsnorm.scale`` is ``1 + w``, with no code. The layers have no
 mode and no state: ``infer`` and ``train_step`` are the same forward.
 """
 
@@ -174,8 +175,6 @@ class TorchFamily:
         family = config.family
         if family is None or family.kind != self.kind:
             raise UnsupportedConfig(f"only {self.kind} layers")
-        if family.scale_offset != 0.0:
-            raise UnsupportedConfig("torch multiplies by w (scale_offset 0)")
         if family.bias and not self.takes_bias:
             raise UnsupportedConfig("the layer takes no bias")
         dtype = dtype_of(config.dtype)

@@ -36,6 +36,11 @@ from normspec.conformance.tolerance_family import (
     rms_output_bound,
 )
 from normspec.reference import Gradients, family
+from normspec.reference.family_dialect import (
+    FamilyDialect,
+    rms_norm_outside,
+    rms_norm_outside_backward,
+)
 
 #: The clause prefix of each layer.
 PREFIX: dict[FamilyKind, str] = {"layernorm": "ln", "rmsnorm": "rms"}
@@ -44,6 +49,8 @@ _NONFINITE = st.sampled_from([np.nan, np.inf, -np.inf])
 _BOOLEANS = st.booleans()
 #: Long slices in three draws of four (shrinking towards short ones).
 _MOSTLY_LONG = st.sampled_from([False, True, True, True])
+#: The profile's default eps in one case of four (dialects.md: *.default_eps).
+_DEFAULT_EPS = st.sampled_from([False, False, False, True])
 
 
 # --------------------------------------------------------------------------------------
@@ -66,18 +73,24 @@ def _scale(case: FamilyCase) -> Array | None:
     return offset + weight
 
 
-def expected_output(case: FamilyCase, x: Array | None = None) -> Array:
-    """The reference's output for the case (or for ``x`` in its place)."""
+def _outside(form: FamilyDialect) -> bool:
+    return form.eps == "outside_root"
+
+
+def expected_output(case: FamilyCase, form: FamilyDialect, x: Array | None = None) -> Array:
+    """The reference's output for the case (or for ``x`` in its place) under the profile's
+    dialect of the layer (``form``)."""
     values = case.x if x is None else x
     weight, bias = _parameters(case)
     shape, eps = case.normalized_shape, case.config.eps
     if case.family.kind == "layernorm":
         return family.layer_norm(values, shape, weight, bias, eps=eps)
     offset = case.family.scale_offset
-    return family.rms_norm(values, shape, weight, bias, eps=eps, scale_offset=offset)
+    rms = rms_norm_outside if _outside(form) else family.rms_norm
+    return rms(values, shape, weight, bias, eps=eps, scale_offset=offset)
 
 
-def expected_gradients(case: FamilyCase, x: Array | None = None) -> Gradients:
+def expected_gradients(case: FamilyCase, form: FamilyDialect, x: Array | None = None) -> Gradients:
     """The reference's dx, dweight, dbias for the case's cotangent."""
     values = case.x if x is None else x
     weight, _ = _parameters(case)
@@ -85,40 +98,64 @@ def expected_gradients(case: FamilyCase, x: Array | None = None) -> Gradients:
     if case.family.kind == "layernorm":
         return family.layer_norm_backward(case.dy, values, shape, weight, eps=eps)
     offset = case.family.scale_offset
-    return family.rms_norm_backward(case.dy, values, shape, weight, eps=eps, scale_offset=offset)
+    rms = rms_norm_outside_backward if _outside(form) else family.rms_norm_backward
+    return rms(case.dy, values, shape, weight, eps=eps, scale_offset=offset)
 
 
-def output_bound(ctx: CheckContext, case: FamilyCase, x: Array) -> Array:
+def output_bound(ctx: CheckContext, case: FamilyCase, form: FamilyDialect, x: Array) -> Array:
     precision = ctx.precision(case.config.dtype)
     weight, bias = _parameters(case)
     if case.family.kind == "layernorm":
         return layernorm_output_bound(
             precision, x, case.normalized_shape, weight, bias, case.config.eps
         )
+    roundings = 1 if form.cast == "after_weight" else 2
     return rms_output_bound(
-        precision, x, case.normalized_shape, _scale(case), bias, case.config.eps
+        precision,
+        x,
+        case.normalized_shape,
+        _scale(case),
+        bias,
+        case.config.eps,
+        outside_root=_outside(form),
+        roundings=roundings,
     )
 
 
 def gradient_bounds(
-    ctx: CheckContext, case: FamilyCase, x: Array, expected: Gradients
+    ctx: CheckContext, case: FamilyCase, form: FamilyDialect, x: Array, expected: Gradients
 ) -> GradientBounds:
     precision = ctx.precision(case.config.dtype)
     shape, eps = case.normalized_shape, case.config.eps
     if case.family.kind == "layernorm":
         weight, _ = _parameters(case)
         return layernorm_backward_bounds(precision, x, case.dy, shape, weight, eps, expected)
-    return rms_backward_bounds(precision, x, case.dy, shape, _scale(case), eps, expected)
+    return rms_backward_bounds(
+        precision, x, case.dy, shape, _scale(case), eps, expected, outside_root=_outside(form)
+    )
 
 
 # --------------------------------------------------------------------------------------
 # Calling the layer, comparing
 
 
-def draw(ctx: CheckContext, data: Any, kind: FamilyKind, **options: Any) -> FamilyCase:
+def draw(
+    ctx: CheckContext, data: Any, kind: FamilyKind, *, default_eps: bool = False, **options: Any
+) -> FamilyCase:
+    """A case of the layer under the profile's dialect of it: its scale (``w``, ``1 + w``),
+    and with ``default_eps`` (the value clauses) the profile's default eps in one case of
+    four (dialects.md: family.*)."""
     case = ctx.draw_case(data, family=kind, **options)
     assert isinstance(case, FamilyCase)
-    return case
+    form = ctx.dialect.family_dialect(kind)
+    eps = case.config.eps
+    if default_eps and data.draw(_DEFAULT_EPS, label="the profile's default eps"):
+        eps = form.default_eps_for(case.config.dtype)
+    layer = replace(case.family, scale_offset=form.scale_offset if kind == "rmsnorm" else 0.0)
+    config = replace(case.config, eps=eps, family=layer)
+    found = ctx.use_case(replace(case, config=config))
+    assert isinstance(found, FamilyCase)
+    return found
 
 
 def forward(ctx: CheckContext, case: FamilyCase) -> Array:
@@ -145,8 +182,9 @@ def expect_output(
     """``y`` within the bound of the clause being checked (``clean``: the input whose
     expectation stands for the case's where ``mask`` selects)."""
     x = case.x if clean is None else clean
-    expected = expected_output(case, x)
-    bound = output_bound(ctx, case, x)
+    form = ctx.dialect.family_dialect(case.family.kind)
+    expected = expected_output(case, form, x)
+    bound = output_bound(ctx, case, form, x)
     ctx.expect(_compare("y", y, expected, bound, case.config.dtype, mask))
 
 
@@ -162,8 +200,9 @@ def expect_gradients(
 ) -> None:
     """The gradients asked for within their bounds."""
     x = case.x if clean is None else clean
-    expected = expected_gradients(case, x)
-    bounds = gradient_bounds(ctx, case, x, expected)
+    form = ctx.dialect.family_dialect(case.family.kind)
+    expected = expected_gradients(case, form, x)
+    bounds = gradient_bounds(ctx, case, form, x, expected)
     dtype = case.config.dtype
     if dx:
         actual = ctx.shape_of("dx", grads.dx, case.x.shape)
@@ -216,7 +255,7 @@ def _slice_index(data: Any, case: FamilyCase, label: str) -> int:
 
 def statistics(kind: FamilyKind) -> Body:
     def body(ctx: CheckContext, data: Any) -> None:
-        case = draw(ctx, data, kind, affine=False)
+        case = draw(ctx, data, kind, affine=False, default_eps=True)
         expect_output(ctx, case, forward(ctx, case))
 
     return body
@@ -224,7 +263,7 @@ def statistics(kind: FamilyKind) -> Body:
 
 def output(kind: FamilyKind) -> Body:
     def body(ctx: CheckContext, data: Any) -> None:
-        case = draw(ctx, data, kind)
+        case = draw(ctx, data, kind, default_eps=True)
         expect_output(ctx, case, forward(ctx, case))
 
     return body

@@ -56,12 +56,26 @@ def _invalid(workdir: Path, old: str, new: str) -> str:
     return "bad.toml"
 
 
+_RMS = 'default_eps = 1e-6, scale = "1 + w", eps = "inside_root", cast = "after_weight"'
 INVALID = [
     ("[batchnorm]\n", "[batchnorm]\ncolour = 1\n", "bad.toml: batchnorm.colour: unknown key"),
     ("renorm = false\n", "", "bad.toml: renorm: missing (a table, or false)"),
     ('"[0, 1)"', '"[0, 1]"', "bad.toml: batchnorm.momentum_domain: [0, 1] holds momentum 1"),
     ("default_eps = 1e-05", "default_eps = -1.0", "bad.toml: batchnorm.default_eps: must be"),
     ("format = 1", "format = ", "bad.toml is not valid TOML"),
+    ("rmsnorm = false\n", "", "bad.toml: rmsnorm: missing (a table, or false)"),
+    (
+        "rmsnorm = false",
+        f"rmsnorm = {{ {_RMS}, colour = 1 }}",
+        "bad.toml: rmsnorm.colour: unknown key",
+    ),
+    ("rmsnorm = false", "rmsnorm = { default_eps = 1e-6 }", "bad.toml: rmsnorm.scale: missing"),
+    (
+        "rmsnorm = false",
+        f"rmsnorm = {{ {_RMS.replace('1 + w', '2 * w')} }}",
+        "rmsnorm.scale: must be",
+    ),
+    ("layernorm = false", "layernorm = { default_eps = 0 }", "layernorm.default_eps: must be"),
 ]
 COMMANDS = [
     ["check", "zd_fixture:impl", "--profile", "{file}"],

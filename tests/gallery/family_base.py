@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,6 +34,8 @@ from normspec.conformance.dtypes import round_to
 from normspec.reference import Gradients
 
 Work = NDArray[Any]
+#: The profile file of a Gemma-style RMSNorm (``rmsnorm.scale = "1 + w"``, dialects.md).
+GEMMA_PROFILE = str(Path(__file__).parents[2] / "examples" / "profiles" / "gemma_rmsnorm.toml")
 
 
 class NumpyLayerNorm:
@@ -55,7 +58,6 @@ class NumpyLayerNorm:
             rmsnorm=self.kind == "rmsnorm",
             training=False,
             untracked=True,
-            rms_scale_offsets=(self.scale_offset,),
         )
 
     def versions(self) -> Mapping[str, str]:
@@ -175,6 +177,7 @@ class GemmaNumpyRMSNorm(NumpyRMSNorm):
     """The correct Gemma-style RMSNorm: zero-centred weights, ``(1 + w) * xhat``."""
 
     scale_offset = 1.0
+    profile = GEMMA_PROFILE
 
 
 CORRECT: tuple[type[NumpyLayerNorm], ...] = (NumpyLayerNorm, NumpyRMSNorm, GemmaNumpyRMSNorm)

@@ -58,6 +58,20 @@ def test_equivalent_profiles_ignore_renorm_without_renorm() -> None:
     assert not equivalent_profiles(profile("keras"), profile("paper"), Capabilities())
 
 
+def test_equivalent_profiles_of_a_family_layer_compare_its_kind_only() -> None:
+    from normspec.adapters.protocol import Capabilities
+
+    layernorm = Capabilities(batchnorm=False, layernorm=True)
+    rmsnorm = Capabilities(batchnorm=False, rmsnorm=True)
+    # keras's BN parameters differ from the paper's; its LayerNorm default eps (1e-3) too
+    assert equivalent_profiles(profile("torch"), profile("paper"), layernorm)
+    assert not equivalent_profiles(profile("keras"), profile("paper"), layernorm)
+    # the paper profile takes torch's default eps where the papers give none
+    assert equivalent_profiles(profile("torch"), profile("paper"), rmsnorm)
+    assert not equivalent_profiles(profile("flax"), profile("paper"), rmsnorm)
+    assert equivalent_profiles(profile("haiku"), profile("equinox_batch"), rmsnorm)
+
+
 def test_significant_ulps_ignores_values_their_bound_dwarfs() -> None:
     assert significant_ulps([1.0 + 2**-52 * 3], [1.0], [1e-12], "float64") == pytest.approx(3)
     assert significant_ulps([1e-20], [0.0], [1e-10], "float64") is None
