@@ -212,9 +212,9 @@ def probe_dtypes(
     chapter_config: ChapterConfig = default_chapter_config,
 ) -> Capabilities:
     """``base`` probed per chapter: the dtypes a tiny layer of each chapter ``base`` declares
-    (``chapter_config``) fails in, with the reasons, go to ``refused_dtypes``; ``dtypes``
-    keeps those at least one chapter works in, and ``notes["dtypes"]`` says why the others
-    are left out (the first chapter's reason).
+    (``chapter_config``) fails in, with the reasons, go to ``refused_dtypes`` (unless it
+    fails in all of them); ``dtypes`` keeps those at least one chapter works in, and
+    ``notes["dtypes"]`` says why the others are left out (the first chapter's reason).
 
     A malformed result (:class:`WrongOutput`) is no reason to leave a dtype out: the engine
     reports it as a failure. Any other exception of the probe is.
@@ -249,5 +249,9 @@ def probe_dtypes(
     notes = dict(base.notes)
     if failures:
         notes["dtypes"] = f"fails{f' on {where}' if where else ''}: " + "; ".join(failures)
-    chapters: Mapping[Chapter, Mapping[DTypeName, str]] = {**base.refused_dtypes, **refused}
+    # a chapter whose layer fails in every dtype another works in fails for its
+    # configuration (a dialect the adapter cannot express), not for a dtype: its clauses
+    # say so themselves
+    kept = {c: found for c, found in refused.items() if set(found) != dtypes}
+    chapters: Mapping[Chapter, Mapping[DTypeName, str]] = {**base.refused_dtypes, **kept}
     return replace(base, dtypes=frozenset(dtypes), notes=notes, refused_dtypes=chapters)

@@ -423,6 +423,10 @@ def _probe_renorm(probe: _Probe, update_rate: str | None) -> Finding:
     # The library momentum that means alpha = MOMENTUM; with the convention unknown (a
     # renorm-only layer) MOMENTUM itself, and alpha is read off the moving mean.
     momentum = MOMENTUM if update_rate in (None, "rate") else 1 - MOMENTUM
+    refused = probe.capabilities.refused_dtypes.get("renorm", {})
+    if probe.dtype in refused:  # in a dtype its renorm layers work in (probed per chapter)
+        usable = [d for d in ALL_DTYPES if d in probe.capabilities.dtypes and d not in refused]
+        probe = dataclasses.replace(probe, dtype=usable[0]) if usable else probe
     mean_b, biased, unbiased = _batch_stats()
     targets = {
         "std": np.sqrt(biased + EPS),

@@ -21,6 +21,7 @@ import tf_keras
 
 from normspec.adapters.keras.keras_layer import KerasImplementation
 from normspec.adapters.protocol import ALL_DTYPES
+from normspec.conformance.identify import identify
 from normspec.conformance.runner import CheckOptions, check_implementation
 
 CLAUSES = "renorm.train.statistics,renorm.train.correction"
@@ -81,3 +82,10 @@ def test_a_planted_renorm_bug_is_caught_under_its_clause_with_the_default_dtypes
     assert correction.dtype_outcomes["float64"] == "not_applicable"
     assert {f.dtype for f in correction.findings} <= {"float32", "float16", "bfloat16"}
     assert correction.dtype_outcomes["float32"] == "fail"
+
+
+def test_identify_probes_renorm_in_a_dtype_its_renorm_layers_work_in() -> None:
+    """``normspec identify``'s first dtype is float64, where tf_keras' renorm raises: its
+    renorm probe moves to float32, and finds tf_keras' dialect."""
+    found = identify(KerasImplementation(DerivedBatchNormalization, "tf_keras"), "derived")
+    assert found.value("renorm") == "separate/std"

@@ -63,6 +63,11 @@ def test_each_chapter_is_probed_apart() -> None:
     }
     assert "bfloat16: TypeError: no bfloat16 at all" in probed.notes["dtypes"]
     assert ("float32", 2) in calls and ("float32", None) in calls  # the BN and ghost layers
+    # a chapter failing wherever BN works fails for its configuration, not for a dtype
+    everywhere = probe_dtypes(
+        base, lambda c, x: "no" if c.virtual_batch_size else None, chapter_config=_marked
+    )
+    assert everywhere.dtypes == set(ALL_DTYPES) and not everywhere.refused_dtypes
     ghost = LayerConfig(2, 2, 1, "float16", 1e-5, 0.1, virtual_batch_size=2)
     with pytest.raises(UnsupportedConfig, match="ghost-batch layer fails in float16: ValueError"):
         check_config(probed, ghost)
