@@ -30,7 +30,8 @@ capabilities with that reason, rather than reporting float32 values as wrong flo
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar, Literal
 
@@ -74,18 +75,150 @@ Backend = Literal["jax", "torch", "numpy"]
 def _jax_gradients(
     layer: Any, x: Any, dy: Any, training: bool
 ) -> tuple[Any, Any | None, Any | None]:
-    """``jax.vjp`` of ``layer.stateless_call``: the batch statistics are differentiated."""
+    """``jax.vjp`` of the layer's stateless call: the batch statistics are differentiated."""
+    trainable = list(layer.trainable_variables)
+    dx, dvalues = _jax_pullback(layer, training)(
+        [v.value for v in trainable], [v.value for v in layer.non_trainable_variables], x, dy
+    )
+    return dx, *(_of(layer, name, trainable, dvalues) for name in ("gamma", "beta"))
+
+
+def _stateless_call(layer: Any, values: list[Any], fixed: list[Any], x: Any, training: bool) -> Any:
+    """``layer.stateless_call`` through the layer's ``__call__`` (which checks the input
+    against the layer's ``input_spec`` and casts it, as a user's call does; ``stateless_call``
+    runs ``call`` alone): ``(y, the new non-trainable values)``."""
+    import keras
+
+    variables = (*layer.trainable_variables, *layer.non_trainable_variables)
+    mapping = list(zip(variables, (*values, *fixed), strict=True))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        y = layer(x, training=training)
+    return y, [scope.get_current_value(v) for v in layer.non_trainable_variables]
+
+
+def _jax_pullback(layer: Any, training: bool) -> Callable[[Any, Any, Any, Any], Any]:
+    """``(trainable values, non-trainable values, x, dy) -> (dx, trainable gradients)``."""
     import jax
 
-    trainable = list(layer.trainable_variables)
-    fixed = [v.value for v in layer.non_trainable_variables]
+    def pullback(values: list[Any], fixed: list[Any], x: Any, dy: Any) -> Any:
+        def call(inputs: Any, trainable: list[Any]) -> Any:
+            return _stateless_call(layer, trainable, fixed, inputs, training)[0]
 
-    def call(inputs: Any, values: list[Any]) -> Any:
-        return layer.stateless_call(values, fixed, inputs, training=training)[0]
+        _, vjp = jax.vjp(call, x, values)
+        return vjp(dy)
 
-    _, pullback = jax.vjp(call, x, [v.value for v in trainable])
-    dx, dvalues = pullback(dy)
-    return dx, *(_of(layer, name, trainable, dvalues) for name in ("gamma", "beta"))
+    return pullback
+
+
+def _jax_forward(layer: Any, training: bool) -> Callable[[Any, Any, Any], Any]:
+    """``(trainable values, non-trainable values, x) -> (y, new non-trainable values)``."""
+
+    def forward(values: list[Any], fixed: list[Any], x: Any) -> Any:
+        return _stateless_call(layer, values, fixed, x, training)
+
+    return forward
+
+
+class TracedCalls:
+    """A Keras layer's calls on JAX traced and compiled once per layer configuration
+    (``jax.jit`` of its stateless call, :func:`_stateless_call`, and of its ``jax.vjp``, as
+    Keras' own trainer runs a layer on JAX), rather than run operation by operation, which compiles every
+    operation anew for each input shape. A configuration's key is the layer's class and
+    constructor arguments (:meth:`register`); the first layer of a key is traced, and every
+    layer of that key runs the compiled program on its own variables' values (a training
+    call's new moving statistics assigned to them). A layer whose call cannot be traced (a
+    Python branch on a value) runs eagerly, as it would without this.
+    """
+
+    def __init__(self) -> None:
+        self._keys: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
+        self._programs: dict[Hashable, Callable[..., Any]] = {}
+        self._eager: set[Hashable] = set()
+
+    def register(self, layer: Any, key: Hashable) -> None:
+        """``layer`` runs the program of ``key`` (its configuration)."""
+        self._keys[layer] = key
+
+    def _program(
+        self, layer: Any, what: str, training: bool, make: Callable[[Any, bool], Any]
+    ) -> Callable[..., Any] | None:
+        key = self._keys.get(layer)
+        if key is None or (key, what, training) in self._eager:
+            return None
+        found = self._programs.get((key, what, training))
+        if found is None:
+            import jax
+
+            found = self._programs.setdefault((key, what, training), jax.jit(make(layer, training)))
+        return found
+
+    def _run(
+        self,
+        layer: Any,
+        what: str,
+        training: bool,
+        eager: Callable[[], Any],
+        program: Callable[..., Any] | None,
+        *args: Any,
+    ) -> tuple[Any, bool]:
+        """``(program(*args), True)``, or ``(eager(), False)`` where there is no program or
+        it fails: a call that fails eagerly too raises the layer's own error; one that runs
+        eagerly marks the configuration eager (its call cannot be traced: a Python branch on
+        a value, whose error Keras rewrites into another type)."""
+        if program is not None:
+            try:
+                return program(*args), True
+            except Exception:  # untraceable, or the layer's own error: eager tells which
+                found = eager()
+                self._eager.add((self._keys[layer], what, training))
+                return found, False
+        return eager(), False
+
+    def forward(self, layer: Any, x: Any, training: bool) -> Any:
+        """One call, its new non-trainable values assigned to the layer's variables."""
+        program = self._program(layer, "forward", training, _jax_forward)
+        fixed = layer.non_trainable_variables
+        values = [v.value for v in layer.trainable_variables]
+        found, traced = self._run(
+            layer,
+            "forward",
+            training,
+            lambda: layer(x, training=training),
+            program,
+            values,
+            [v.value for v in fixed],
+            x,
+        )
+        if not traced:
+            return found
+        y, updated = found
+        for variable, value in zip(fixed, updated, strict=True):
+            variable.assign(value)
+        return y
+
+    def gradients(
+        self, layer: Any, x: Any, dy: Any, training: bool
+    ) -> tuple[Any, Any | None, Any | None]:
+        """:func:`_jax_gradients`, compiled."""
+        program = self._program(layer, "gradients", training, _jax_pullback)
+        trainable = list(layer.trainable_variables)
+        fixed = [v.value for v in layer.non_trainable_variables]
+        values = [v.value for v in trainable]
+        found, traced = self._run(
+            layer,
+            "gradients",
+            training,
+            lambda: _jax_gradients(layer, x, dy, training),
+            program,
+            values,
+            fixed,
+            x,
+            dy,
+        )
+        if not traced:
+            return found
+        dx, dvalues = found
+        return dx, *(_of(layer, name, trainable, dvalues) for name in ("gamma", "beta"))
 
 
 def _of(layer: Any, name: str, trainable: list[Any], values: list[Any]) -> Any | None:
@@ -160,6 +293,7 @@ class KerasBackendImplementation(FrameworkAdapter):
         self.builtin = layer_class is None
         self.layer_class: type = layer_class or self.keras.layers.BatchNormalization
         self.arguments = dict(arguments or {})
+        self.traced = TracedCalls() if backend == "jax" else None
         self.ranks = frozenset(ALL_RANKS)
         self.feature_axes: tuple[FeatureAxisPosition, ...] = ("last", "first")
         self.takes_renorm = True
@@ -318,8 +452,13 @@ class KerasBackendImplementation(FrameworkAdapter):
         return KerasBackendLayer(self, config, self.create(config))
 
     def create(self, config: LayerConfig) -> Any:
+        """The layer (on JAX registered with its configuration's compiled calls)."""
         arguments = layer_arguments(config, self.parameters, self.dialect, self.arguments)
-        return _keras.built(self.layer_class, config, arguments)
+        layer = _keras.built(self.layer_class, config, arguments)
+        if self.traced is not None:
+            shape = (config.rank, config.num_features)
+            self.traced.register(layer, (shape, repr(sorted(arguments.items()))))
+        return layer
 
     def to_framework(self, array: Array, dtype: DTypeName) -> Any:
         """Given ``dtype``'s NumPy type first (exact), keeping its layout where NumPy does,
@@ -339,6 +478,8 @@ class KerasBackendImplementation(FrameworkAdapter):
         return np.asarray(ops.convert_to_numpy(value))
 
     def forward(self, layer: Any, x: Any, *, training: bool) -> Any:
+        if self.traced is not None:
+            return self.traced.forward(layer, x, training)
         return layer(x, training=training)
 
     def gradients(
@@ -347,6 +488,8 @@ class KerasBackendImplementation(FrameworkAdapter):
         found = GRADIENTS[self.backend]
         if found is None:  # pragma: no cover - refused by the capabilities
             raise UnsupportedConfig(self.base_capabilities().notes["backward"])
+        if self.traced is not None:
+            return self.traced.gradients(layer, x, dy, training)
         return found(layer, x, dy, training)
 
     def write(self, layer: Any, name: VectorName | Literal["steps"], value: Any) -> None:

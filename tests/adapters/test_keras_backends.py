@@ -208,3 +208,49 @@ def rn_config(features: int) -> rn.RenormConfig:
         clipping={"rmax": 1.5, "rmin": 0.5, "dmax": 0.5},
         feature_axis=2,
     )
+
+
+#: Run with KERAS_BACKEND=jax: two layers of one configuration share one compiled program,
+#: agree with the eager call, and a class that branches on a value runs eagerly (its configuration marked so).
+TRACED = """
+import keras, numpy as np
+from normspec.adapters.keras.backend import KerasBackendImplementation, keras_jax
+from normspec.adapters.protocol import LayerConfig
+
+config = LayerConfig(num_features=2, rank=2, feature_axis=1, dtype="float32", eps=1e-3, momentum=0.9)
+x = np.array([[0.0, 1.0], [2.0, 5.0], [1.0, -1.0]])
+impl = keras_jax()
+impl.capabilities()  # the dtype probes compile their own configurations
+before = len(impl.traced._programs)
+traced = [impl.build(config) for _ in range(2)]
+want = np.asarray(impl.create(config)(keras.ops.convert_to_tensor(x, "float32"), training=True))
+for layer in traced:  # the second layer runs the first one's program on its own variables
+    np.testing.assert_allclose(layer.train_step(x), want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(layer.read_vector("mean"), 0.1 * x.mean(axis=0), rtol=1e-6)
+    layer.vjp(x, np.ones_like(x), training=True)
+assert len(impl.traced._programs) == before + 2, impl.traced._programs  # forward, gradients
+
+class Branching(keras.layers.BatchNormalization):
+    def call(self, inputs, training=None, mask=None):
+        if not training and float(keras.ops.max(inputs)) > 1e30:  # eager only
+            raise ValueError("too large")
+        return super().call(inputs, training=training, mask=mask)
+
+branching = KerasBackendImplementation("jax", layer_class=Branching)
+branching.capabilities()
+eager = len(branching.traced._eager)
+layer = branching.build(config)
+layer.train_step(x)
+layer.infer(x)
+assert len(branching.traced._eager) == eager + 1, branching.traced._eager  # inference
+print("ok")
+"""
+
+
+def test_on_jax_a_configuration_is_compiled_once_and_untraceable_layers_run_eagerly() -> None:
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run(
+        [sys.executable, "-c", TRACED], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
