@@ -27,6 +27,7 @@ def _family_on(backend: str, needs: tuple[str, ...]) -> tuple[BuiltinTarget, ...
             ("keras", *needs),
             f"keras.layers.{name} ({backend})",
             factory=f"{_FAMILY}:{factory}",
+            reported=False,  # `normspec report`'s matrix is batch normalization's
             environment={"KERAS_BACKEND": backend},
         )
         for kind, name, factory in (
@@ -118,7 +119,7 @@ ADAPTERS = Adapters(
         ),
         *_family_on("tensorflow", ("tensorflow",)),
         *(target for backend, needs in _BACKENDS for target in _family_on(backend, needs)),
-        BuiltinTarget("tf_keras.layers:LayerNormalization", "tf_keras", _TF_KERAS),
+        BuiltinTarget("tf_keras.layers:LayerNormalization", "tf_keras", _TF_KERAS, reported=False),
     ),
     recognisers=(
         Recogniser("keras", f"{_FAMILY}:recognise"),  # LayerNorm, RMSNorm (layernorm.md)
