@@ -9,6 +9,7 @@ exact, and compares its output with what each value of a parameter predicts:
 - ``scale``: with ``w = 1/2`` the output is ``w * xhat`` or ``(1 + w) * xhat``;
 - ``eps``: ``x = [1/2, -1/2, 1/2, -1/2]`` with eps 1/4: ``x / sqrt(ms + eps)`` is ``0.707``,
   ``x / (sqrt(ms) + eps)`` is ``0.667``;
+- ``cast`` (float16): the weight applied before one rounding, or after ``xhat`` is rounded;
 - ``default_eps``: where the adapter can build the layer with the library's default eps
   (``build_with_default_eps``), ``x = a * [1, -1, 1, -1]`` gives eps back from the output;
   the same in float64 and float32, or each dtype's machine epsilon.
@@ -161,6 +162,39 @@ def _default_eps(layer: _Layer, found: dict[str, Any]) -> tuple[str | None, list
     return f"{rounded:g}", evidence
 
 
+#: The cast probe's slice: 64 values exact in float16, whose normalized values the weight
+#: rounds differently with one rounding and with two.
+CAST_SLICE = np.round(np.sin(np.arange(1, 65) * 0.7) * 64) / 8
+CAST_WEIGHT = 0.7001953125  # float16(0.7)
+
+
+def _cast(layer: _Layer, found: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """In float16: ``(c + w) * xhat`` rounded once (``after_weight``), or ``xhat`` rounded
+    and then multiplied in float16 (``before_weight``); decided where the two differ."""
+    if "float16" not in layer.implementation.capabilities().dtypes:
+        return None, ["not measured: the layer takes no float16 input"]
+    x, factor = CAST_SLICE, _offset(found) + CAST_WEIGHT
+    xhat = family.rms_norm(x, (x.size,), eps=EPS)
+    options = {
+        "after_weight": np.float16(xhat * factor).astype(np.float64),
+        "before_weight": (np.float16(xhat) * np.float16(factor)).astype(np.float64),
+    }
+    y = layer.output(x, EPS, CAST_WEIGHT, dtype="float16")
+    if y is None or y.shape != xhat.shape:
+        return None, ["cast: the layer could not be built or called in float16"]
+    differ = options["after_weight"] != options["before_weight"]
+    agree = {name: int(np.sum(y[differ] == value[differ])) for name, value in options.items()}
+    evidence = [
+        f"float16, {x.size} values, w = {CAST_WEIGHT:g}: the two casts differ at "
+        f"{int(differ.sum())}; agrees with " + ", ".join(f"{k} at {v}" for k, v in agree.items())
+    ]
+    best = max(agree, key=lambda name: agree[name])
+    others = [v for name, v in agree.items() if name != best]
+    if agree[best] >= 0.9 * differ.sum() > max(others, default=0):
+        return best, evidence
+    return None, evidence
+
+
 #: The probes of each kind, in order (a later probe reads the earlier findings).
 PROBES: dict[str, tuple[tuple[str, Callable[[_Layer, dict[str, Any]], Any]], ...]] = {
     "layernorm": (("centering", _centering), ("default_eps", _default_eps)),
@@ -169,6 +203,7 @@ PROBES: dict[str, tuple[tuple[str, Callable[[_Layer, dict[str, Any]], Any]], ...
         ("scale", _scale),
         ("eps", _eps),
         ("default_eps", _default_eps),
+        ("cast", _cast),
     ),
 }
 

@@ -119,6 +119,21 @@ class GemmaRMSNorm(nn.Module):
         return out.type_as(x)
 
 
+class LlamaRMSNorm(nn.Module):
+    """Hugging Face transformers' LlamaRMSNorm: xhat cast to the input dtype, then the weight."""
+
+    def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True):
+        super().__init__()
+        self.shape, self.eps = tuple(normalized_shape), eps
+        self.weight = nn.Parameter(torch.ones(self.shape)) if elementwise_affine else None
+
+    def forward(self, x):
+        dims = tuple(range(-len(self.shape), 0))
+        wide = x.double() if x.dtype == torch.float64 else x.float()
+        out = (wide * torch.rsqrt(wide.pow(2).mean(dims, keepdim=True) + self.eps)).to(x.dtype)
+        return out if self.weight is None else self.weight * out
+
+
 class PaperRMSNorm(nn.Module):
     """github.com/bzhangGo/rmsnorm's layer: x / (rms + eps), eps outside the root."""
 
@@ -198,6 +213,7 @@ def test_identify_tells_torch_rmsnorm_dialect(capsys: pytest.CaptureFixture[str]
     assert values["rmsnorm.scale"] == "w"
     assert values["rmsnorm.eps"] == "inside_root"
     assert values["rmsnorm.default_eps"] == "machine_epsilon"
+    assert values["rmsnorm.cast"] == "after_weight"
     assert "torch" in found["matching_profiles"] and "flax" not in found["matching_profiles"]
     assert found["profile_file"] is None
 
@@ -221,6 +237,11 @@ def test_identify_writes_the_profile_of_a_gemma_style_rmsnorm(
     clauses = "rms.train.statistics,rms.train.output"
     command = ["check", "famrep_gemma:GemmaRMSNorm", "--profile", "normspec-profile.toml"]
     assert main([*command, "--clauses", clauses, "--max-examples", "8"]) == 0
+    # Llama casts xhat before the weight: identify measures it in float16
+    assert main(["identify", "famrep_gemma:LlamaRMSNorm", "--write-profile", "l.toml"]) == 0
+    assert "rmsnorm.cast: before_weight" in capsys.readouterr().out
+    llama = ["check", "famrep_gemma:LlamaRMSNorm", "--profile", "l.toml", "--dtype", "float16"]
+    assert main([*llama, "--clauses", clauses, "--max-examples", "8"]) == 0
     # the paper RMSNorm's eps sits outside the root: identify says so
     assert main(["identify", "famrep_gemma:PaperRMSNorm", "--write-profile", "p.toml"]) == 0
     assert "rmsnorm.eps: outside_root" in capsys.readouterr().out
