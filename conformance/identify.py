@@ -15,7 +15,9 @@ dialect parameter predicts (spec: dialects.md):
   them divided by ``1 - (1 - alpha)^1 = alpha``;
 - ``momentum_domain``: whether a training step with the momenta 0 and 1 is accepted;
 - for a renorm layer, which moving spreads (a standard deviation or a variance, one set or
-  two) the adapter can express, and whether one step moves the spread as that says.
+  two) the adapter can express, and whether one step moves the spread as that says;
+- for a LayerNorm or RMSNorm, its centering, scale (``w`` or ``1 + w``), where eps sits and
+  its default eps (:mod:`identify_family`).
 
 The profiles whose parameters agree are the ones to check it under; where none does,
 :func:`measured_profile` is the profile of what was measured, the rest taken from the
@@ -41,6 +43,12 @@ from normspec.adapters.protocol import (
     UnsupportedConfig,
 )
 from normspec.conformance.guard import Guard, ImplementationError
+from normspec.conformance.identify_family import (
+    family_differences,
+    family_kinds,
+    measured_family,
+    probe_family,
+)
 from normspec.conformance.results import plain_versions
 from normspec.reference import RunningStatistics
 from normspec.reference.dialects import PROFILES, Dialect, renorm_config
@@ -531,6 +539,7 @@ def match_profiles(
                 differs.append(parameter)
         if _rejects_what_it_allows(values.get("momentum_domain"), dialect):
             differs.append("momentum_domain")
+        differs += family_differences(values, dialect)
         renorm = values.get("renorm")
         has_renorm = bool(renorm) and renorm != "not supported"
         if has_renorm and renorm and dialect.renorm is not None:
@@ -581,6 +590,14 @@ def identify(
     ghost = Finding("ghost_batches", "supported" if capabilities.ghost_batches else "no")
     ghost.evidence.append("as the adapter declares (not probed)")
     findings += [renorm, ghost]
+    if family_kinds(capabilities):
+        family_dtype: DTypeName = "float64" if "float64" in capabilities.dtypes else "float32"
+        for parameter, value, evidence in probe_family(
+            implementation, capabilities, family_dtype, probe.guard
+        ):
+            findings.append(Finding(parameter, value, evidence))
+        if not capabilities.batchnorm:
+            setup = f"{family_dtype}, one slice of 4 values (dialects.md: family.*)"
     # The profile the user gave comes first: among equal matches, it is the one to recommend.
     candidates = {also.name: also} if also is not None else {}
     candidates.update((name, d) for name, d in PROFILES.items() if name not in candidates)
@@ -642,6 +659,7 @@ def measured_profile(found: Identification, name: str) -> tuple[Dialect, dict[st
         description=f"{found.implementation}: measured by normspec identify {found.target}",
         source=None,
         renorm=_measured_renorm(found, base, measured, notes),
+        family=measured_family({f.parameter: f.value for f in found.findings}, base, notes),
         ghost=None if found.value("ghost_batches") != "supported" else base.ghost,
         **measured,
     )

@@ -184,13 +184,30 @@ class TorchFamily:
             else self._function_layer(config, dtype)
         )
 
-    def _module_layer(self, config: LayerConfig, dtype: torch.dtype) -> FamilyLayer:
+    def build_with_default_eps(self, config: LayerConfig) -> FamilyLayer:
+        """The layer built without an eps: the library's default (``normspec identify``
+        measures it; ``config.eps`` is ignored)."""
+        layer = self.build(config)
+        if self.module:
+            return self._module_layer(config, dtype_of(config.dtype), default_eps=True)
+        shape, function = list(layer.family.normalized_shape), self.target
+        if self.kind == "layernorm":
+            return FamilyLayer(
+                lambda x, w, b: function(x, shape, w, b), config, layer.weight, layer.bias
+            )
+        return FamilyLayer(lambda x, w, b: function(x, shape, w), config, layer.weight, layer.bias)
+
+    def _module_layer(
+        self, config: LayerConfig, dtype: torch.dtype, *, default_eps: bool = False
+    ) -> FamilyLayer:
         family = config.family
         assert family is not None
         given: dict[str, Any] = {**self.arguments, "elementwise_affine": config.affine}
         if self.takes_bias:
             given["bias"] = family.bias
-        module = self.target(list(family.normalized_shape), eps=config.eps, **given)
+        if not default_eps:
+            given["eps"] = config.eps
+        module = self.target(list(family.normalized_shape), **given)
         module.to(device=self.device, dtype=dtype)
         weight = getattr(module, "weight", None)
         bias = getattr(module, "bias", None) if family.bias else None

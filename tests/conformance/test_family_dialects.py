@@ -119,6 +119,21 @@ class GemmaRMSNorm(nn.Module):
         return out.type_as(x)
 
 
+class LlamaRMSNorm(nn.Module):
+    """Hugging Face transformers' LlamaRMSNorm: xhat cast to the input dtype, then the weight."""
+
+    def __init__(self, normalized_shape, eps=1e-6, elementwise_affine=True):
+        super().__init__()
+        self.shape, self.eps = tuple(normalized_shape), eps
+        self.weight = nn.Parameter(torch.ones(self.shape)) if elementwise_affine else None
+
+    def forward(self, x):
+        dims = tuple(range(-len(self.shape), 0))
+        wide = x.double() if x.dtype == torch.float64 else x.float()
+        out = (wide * torch.rsqrt(wide.pow(2).mean(dims, keepdim=True) + self.eps)).to(x.dtype)
+        return out if self.weight is None else self.weight * out
+
+
 class PaperRMSNorm(nn.Module):
     """github.com/bzhangGo/rmsnorm's layer: x / (rms + eps), eps outside the root."""
 
@@ -184,3 +199,50 @@ def test_eps_outside_the_root_is_a_dialect_of_the_profile(layers: None, tmp_path
     assert found and set(found.values()) == {"pass"}, found
     under_torch = _outcomes("famrep_layers:PaperRMSNorm", "torch", "rms.train.statistics")
     assert under_torch["rms.train.statistics"] == "fail"
+
+
+def test_identify_tells_torch_rmsnorm_dialect(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from normspec.cli import main
+
+    assert main(["identify", "torch.nn:RMSNorm", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    values = {f["parameter"]: f["value"] for f in found["findings"]}
+    assert values["rmsnorm.centering"] == "uncentered"
+    assert values["rmsnorm.scale"] == "w"
+    assert values["rmsnorm.eps"] == "inside_root"
+    assert values["rmsnorm.default_eps"] == "machine_epsilon"
+    assert values["rmsnorm.cast"] == "after_weight"
+    assert "torch" in found["matching_profiles"] and "flax" not in found["matching_profiles"]
+    assert found["profile_file"] is None
+
+
+def test_identify_writes_the_profile_of_a_gemma_style_rmsnorm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from normspec.cli import main
+
+    (tmp_path / "famrep_gemma.py").write_text(LAYERS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "famrep_gemma", raising=False)
+    assert main(["identify", "famrep_gemma:GemmaRMSNorm"]) == 0
+    out = capsys.readouterr().out
+    assert "rmsnorm.scale: 1 + w" in out and "rmsnorm.centering: uncentered" in out, out
+    assert "no profile matches" in out, out
+    assert "wrote the profile it measured to normspec-profile.toml" in out, out
+    written = profile(str(tmp_path / "normspec-profile.toml")).family_dialect("rmsnorm")
+    assert (written.scale, written.eps, written.default_eps) == ("1 + w", "inside_root", 1e-6)
+    clauses = "rms.train.statistics,rms.train.output"
+    command = ["check", "famrep_gemma:GemmaRMSNorm", "--profile", "normspec-profile.toml"]
+    assert main([*command, "--clauses", clauses, "--max-examples", "8"]) == 0
+    # Llama casts xhat before the weight: identify measures it in float16
+    assert main(["identify", "famrep_gemma:LlamaRMSNorm", "--write-profile", "l.toml"]) == 0
+    assert "rmsnorm.cast: before_weight" in capsys.readouterr().out
+    llama = ["check", "famrep_gemma:LlamaRMSNorm", "--profile", "l.toml", "--dtype", "float16"]
+    assert main([*llama, "--clauses", clauses, "--max-examples", "8"]) == 0
+    # the paper RMSNorm's eps sits outside the root: identify says so
+    assert main(["identify", "famrep_gemma:PaperRMSNorm", "--write-profile", "p.toml"]) == 0
+    assert "rmsnorm.eps: outside_root" in capsys.readouterr().out
+    assert profile(str(tmp_path / "p.toml")).family_dialect("rmsnorm").default_eps == 1e-8
