@@ -46,8 +46,9 @@ class WrongOutput(Exception):
     """
 
 
-#: The members of the normalization family checked beside batch normalization (layernorm.md).
-FamilyKind = Literal["layernorm", "rmsnorm"]
+#: The members of the normalization family checked beside batch normalization (layernorm.md,
+#: groupnorm.md).
+FamilyKind = Literal["layernorm", "rmsnorm", "groupnorm", "instancenorm"]
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,16 @@ class FamilyConfig:
     ``bias``: an additive bias beside the weight (only with ``LayerConfig.affine``);
     ``scale_offset``: RMSNorm's scale dialect, the output multiplied by ``scale_offset + w``
     (0: ``w``, torch, flax, keras; 1: Gemma's ``1 + w``, rms.dialect.scale).
+    A GroupNorm or InstanceNorm layer (groupnorm.md) has no ``normalized_shape`` (``()``):
+    it normalizes ``num_groups`` groups of consecutive channels of ``LayerConfig.num_features``
+    (InstanceNorm: one per channel), its parameters per channel.
     """
 
     kind: FamilyKind
     normalized_shape: tuple[int, ...]
     bias: bool = True
     scale_offset: float = 0.0
+    num_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ class Capabilities:
     #: LayerNorm and RMSNorm layers (``LayerConfig.family``; spec: layernorm.md)
     layernorm: bool = False
     rmsnorm: bool = False
+    #: GroupNorm and InstanceNorm layers (``LayerConfig.family``; spec: groupnorm.md)
+    groupnorm: bool = False
+    instancenorm: bool = False
+    #: InstanceNorm with running statistics (``LayerConfig.track_running_stats``: in.running.*)
+    instance_running_stats: bool = False
     #: the RMSNorm scale dialects the layer can be built with (``FamilyConfig.scale_offset``)
     rms_scale_offsets: tuple[float, ...] = (0.0,)
     #: a LayerNorm/RMSNorm layer can carry a bias beside its weight (``FamilyConfig.bias``)

@@ -56,7 +56,13 @@ class Check:
 
 
 #: The capability a clause's chapter needs, by the clause ID's first part (else batchnorm).
-CHAPTER_CAPABILITY: dict[str, str] = {"renorm": "renorm", "ln": "layernorm", "rms": "rmsnorm"}
+CHAPTER_CAPABILITY: dict[str, str] = {
+    "renorm": "renorm",
+    "ln": "layernorm",
+    "rms": "rmsnorm",
+    "gn": "groupnorm",
+    "in": "instancenorm",
+}
 
 CHECKS: dict[str, Check] = {}
 
