@@ -274,6 +274,7 @@ def group_cases(
     min_slices: int = 1,
     batch: int | None = None,
     track: bool = False,
+    min_group_values: int = 2,
 ) -> FamilyCase:
     """A whole GroupNorm or InstanceNorm case within the capabilities.
 
@@ -283,6 +284,8 @@ def group_cases(
     ``long_reductions``). ``affine`` and ``layout`` as :func:`family_cases`; ``min_slices``:
     the fewest (sample, group) slices. ``track``: an InstanceNorm layer with running
     statistics, drawn near the batch's, and the profile's rate (``Case.rate``).
+    ``min_group_values``: the fewest values of a slice (1: one value per group, a
+    degenerate input of its own clause; InstanceNorm draws two at least).
     """
     dtype = draw(st.sampled_from(list(allowed_dtypes)))
     instance = kind == "instancenorm"
@@ -292,8 +295,12 @@ def group_cases(
     spatial = [draw(_SIZES) for _ in range(draw(st.sampled_from(ranks)))]
     if long_reductions and spatial:
         spatial[draw(st.integers(0, len(spatial) - 1))] = draw(_LONG_SIZES)
-    if instance and int(np.prod(spatial)) < 2:
-        spatial[-1] = 2
+    width = channels // groups
+    if width * int(np.prod(spatial)) < (2 if instance else min_group_values):
+        if spatial:
+            spatial[-1] = 2
+        else:
+            width, channels = 2, 2 * groups
     rate = draw(_RATES) if track else None
     n = draw(_LEADING_SIZES) if batch is None else batch
     while batch is None and n * groups < min_slices:
@@ -319,7 +326,7 @@ def group_cases(
     if with_affine:
         weight = round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype)
         params = (weight, round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype))
-    slice_shape = (channels // groups, *spatial)
+    slice_shape = (width, *spatial)
     x = draw(slice_values(shape, slice_shape, dtype, conditioning))
     dy = round_to(draw(standard_values(shape, stream=1)), dtype)
     state = draw(running_statistics(channels, dtype)) if track else None
