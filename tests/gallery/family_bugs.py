@@ -3,7 +3,8 @@ with one realistic bug.
 
 Each class overrides one hook of :class:`~gallery.family_base.NumpyLayerNorm` (or its
 RMSNorm variants) and declares ``expected_clauses``, the first being the clause the bug is
-attributed to. ``FAMILY_BUGS`` lists them all.
+attributed to. ``FAMILY_BUGS`` lists the LayerNorm and RMSNorm ones, ``GROUP_BUGS`` the
+GroupNorm and InstanceNorm ones, ``ALL_FAMILY_BUGS`` both.
 """
 
 from __future__ import annotations
@@ -358,6 +359,9 @@ FAMILY_BUGS: tuple[type[NumpyLayerNorm], ...] = (
     EpsOutsideRoot,
     WeightWithoutOffset,
     HalfPrecisionAccumulation,
+)
+#: The GroupNorm and InstanceNorm ones (groupnorm.md).
+GROUP_BUGS: tuple[type[NumpyGroupNorm], ...] = (
     StridedGroups,
     PerChannelStatistics,
     BatchStatisticsInstanceNorm,
@@ -373,3 +377,4 @@ FAMILY_BUGS: tuple[type[NumpyLayerNorm], ...] = (
     RunningStatisticsNotUpdated,
     MomentumInverted,
 )
+ALL_FAMILY_BUGS: tuple[type[NumpyLayerNorm], ...] = FAMILY_BUGS + GROUP_BUGS
