@@ -58,6 +58,9 @@ PREFIX: dict[FamilyKind, str] = {
 KINDS: tuple[FamilyKind, ...] = ("layernorm", "rmsnorm", "groupnorm", "instancenorm")
 _NONFINITE = st.sampled_from([np.nan, np.inf, -np.inf])
 _BOOLEANS = st.booleans()
+#: The degenerate slice's eps: the case's, or half the time the smallest drawn (where
+#: ``1 / sqrt(eps)`` is largest: BERT's 1e-12, 0 in float16).
+_DEGENERATE_EPS = st.sampled_from([None, 1e-12])
 #: Long slices in three draws of four (shrinking towards short ones).
 _MOSTLY_LONG = st.sampled_from([False, True, True, True])
 
@@ -292,7 +295,9 @@ def degenerate(kind: FamilyKind) -> Body:
         single = {"min_group_values": 1} if kind == "groupnorm" else {}
         case = draw(ctx, data, kind, affine=None, **single)
         index = _slice_index(data, case, "degenerate slice")
-        case = ctx.use_case(replace(case, x=with_slice(case, index, flatten)))  # type: ignore[assignment]
+        eps = data.draw(_DEGENERATE_EPS, label="eps") or case.config.eps
+        config = replace(case.config, eps=eps)
+        case = ctx.use_case(replace(case, config=config, x=with_slice(case, index, flatten)))  # type: ignore[assignment]
         expect_output(ctx, case, forward(ctx, case))
         if ctx.capabilities.backward:
             expect_gradients(ctx, case, backward(ctx, case))
