@@ -108,7 +108,7 @@ class GroupedLayer(FamilyLayer):
         )
         return RunningStatistics(mean, var)
 
-    def train_step(self, x: Array) -> Array:  # type: ignore[override]
+    def train_step(self, x: Array) -> Array:
         with torch.no_grad():
             y = self.mode_call(to_torch(x, self.dtype, self.device), self.weight, self.bias, True)
         return from_torch(y, shape=x.shape, dtype=self.dtype, what="the output")
