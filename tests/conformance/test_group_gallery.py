@@ -134,10 +134,10 @@ def test_torch_instancenorm_with_affine_fails_the_empty_batch() -> None:
 
     options = CheckOptions(
         profile="torch",
-        clauses="in.degenerate.empty_batch,gn.degenerate.empty_batch,in.train.*,gn.train.*",
+        clauses="in.degenerate.empty_batch,gn.degenerate.empty_batch",
         dtypes=("float32",),
         max_examples=10,
-        shrink_seconds=1.0,
+        shrink_seconds=0.5,
     )
     outcomes = {}
     for target in ("torch.nn:InstanceNorm2d", "torch.nn:GroupNorm"):
@@ -147,3 +147,14 @@ def test_torch_instancenorm_with_affine_fails_the_empty_batch() -> None:
         )
     assert outcomes["in.degenerate.empty_batch"] == "error"
     assert outcomes["gn.degenerate.empty_batch"] == "pass"
+
+
+def test_the_command_line_checks_torch_groupnorm_in_a_worker(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from normspec.cli import main
+
+    clauses = ["--clauses", "gn.train.*,gn.params.groups", "--max-examples", "4"]
+    assert main(["check", "torch.nn:GroupNorm", "--profile", "torch", *clauses]) == 0
+    out = capsys.readouterr().out
+    assert "calls in a worker process" in out and "3 passed, 0 failed" in out
