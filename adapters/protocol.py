@@ -53,7 +53,8 @@ FamilyKind = Literal["layernorm", "rmsnorm", "groupnorm", "instancenorm"]
 
 @dataclass(frozen=True)
 class FamilyConfig:
-    """A LayerNorm or RMSNorm layer (spec: layernorm.md): what it normalizes and its affine.
+    """A normalization-family layer (spec: layernorm.md, groupnorm.md): what it normalizes
+    and its affine.
 
     ``normalized_shape``: the trailing axes each slice spans (ln.train.statistics);
     ``bias``: an additive bias beside the weight (only with ``LayerConfig.affine``);
@@ -97,7 +98,8 @@ class LayerConfig:
     #: this many samples on its own; ``None``: the whole batch.
     virtual_batch_size: int | None = None
     #: A LayerNorm or RMSNorm layer (layernorm.md); ``None``: batch normalization. Its
-    #: ``num_features`` is then the size of ``normalized_shape``, ``feature_axis`` the last.
+    #: ``num_features`` is then the size of ``normalized_shape``, ``feature_axis`` the last;
+    #: for GroupNorm and InstanceNorm (groupnorm.md) the channels, ``feature_axis`` 1.
     family: FamilyConfig | None = None
 
     @property
