@@ -34,7 +34,16 @@ State = RunningStatistics | RenormStatistics
 ReplicaParamGradients = Literal["partial", "reduced"]
 #: A chapter of the specification by the capability flag its layers need: the dtypes an
 #: implementation supports are probed per chapter (``Capabilities.refused_dtypes``).
-Chapter = Literal["batchnorm", "renorm", "ghost_batches", "replicas", "layernorm", "rmsnorm"]
+Chapter = Literal[
+    "batchnorm",
+    "renorm",
+    "ghost_batches",
+    "replicas",
+    "layernorm",
+    "rmsnorm",
+    "groupnorm",
+    "instancenorm",
+]
 
 
 class UnsupportedConfig(Exception):
@@ -49,25 +58,31 @@ class WrongOutput(Exception):
     """
 
 
-#: The members of the normalization family checked beside batch normalization (layernorm.md).
-FamilyKind = Literal["layernorm", "rmsnorm"]
+#: The members of the normalization family checked beside batch normalization (layernorm.md,
+#: groupnorm.md).
+FamilyKind = Literal["layernorm", "rmsnorm", "groupnorm", "instancenorm"]
 
 
 @dataclass(frozen=True)
 class FamilyConfig:
-    """A LayerNorm or RMSNorm layer (spec: layernorm.md): what it normalizes and its affine.
+    """A normalization-family layer (spec: layernorm.md, groupnorm.md): what it normalizes
+    and its affine.
 
     ``normalized_shape``: the trailing axes each slice spans (ln.train.statistics);
     ``bias``: an additive bias beside the weight (only with ``LayerConfig.affine``);
     ``scale_offset``: RMSNorm's scale dialect, the output multiplied by ``scale_offset + w``
     (0: ``w``, torch, flax, keras; 1: Gemma's ``1 + w``): the profile's ``rmsnorm.scale``
     (dialects.md), which the layer is claimed to follow.
+    A GroupNorm or InstanceNorm layer (groupnorm.md) has no ``normalized_shape`` (``()``):
+    it normalizes ``num_groups`` groups of consecutive channels of ``LayerConfig.num_features``
+    (InstanceNorm: one per channel), its parameters per channel.
     """
 
     kind: FamilyKind
     normalized_shape: tuple[int, ...]
     bias: bool = True
     scale_offset: float = 0.0
+    num_groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -96,7 +111,8 @@ class LayerConfig:
     #: this many samples on its own; ``None``: the whole batch.
     virtual_batch_size: int | None = None
     #: A LayerNorm or RMSNorm layer (layernorm.md); ``None``: batch normalization. Its
-    #: ``num_features`` is then the size of ``normalized_shape``, ``feature_axis`` the last.
+    #: ``num_features`` is then the size of ``normalized_shape``, ``feature_axis`` the last;
+    #: for GroupNorm and InstanceNorm (groupnorm.md) the channels, ``feature_axis`` 1.
     family: FamilyConfig | None = None
 
     @property
@@ -119,6 +135,11 @@ class Capabilities:
     #: LayerNorm and RMSNorm layers (``LayerConfig.family``; spec: layernorm.md)
     layernorm: bool = False
     rmsnorm: bool = False
+    #: GroupNorm and InstanceNorm layers (``LayerConfig.family``; spec: groupnorm.md)
+    groupnorm: bool = False
+    instancenorm: bool = False
+    #: InstanceNorm with running statistics (``LayerConfig.track_running_stats``: in.running.*)
+    instance_running_stats: bool = False
     #: a LayerNorm/RMSNorm layer can carry a bias beside its weight (``FamilyConfig.bias``)
     elementwise_bias: bool = True
     cumulative_average: bool = False

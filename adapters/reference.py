@@ -187,7 +187,8 @@ class ReferenceImplementation:
     profile with a ghost dialect (``paper``, ``tf_keras``) it builds ghost layers of that
     dialect for a ``virtual_batch_size`` (rejecting one that is not a positive integer,
     ghost.params.invalid). It builds the reference's LayerNorm and RMSNorm (both RMSNorm
-    scales, ``w`` and ``1 + w``) under every profile (layernorm.md).
+    scales, ``w`` and ``1 + w``) under every profile (layernorm.md), and its GroupNorm
+    and InstanceNorm, with running statistics of the profile's dialect (groupnorm.md).
     """
 
     def __init__(self, dialect: str = "torch") -> None:
@@ -209,6 +210,9 @@ class ReferenceImplementation:
             ghost_batches=self.dialect.ghost is not None,
             layernorm=True,
             rmsnorm=True,
+            groupnorm=True,
+            instancenorm=True,
+            instance_running_stats=True,
             notes={
                 name: f"profile {self.dialect.name} has none"
                 for name, present in (("renorm", has_renorm), ("ghost_batches", has_ghost))
@@ -221,7 +225,7 @@ class ReferenceImplementation:
 
     def build(self, config: LayerConfig) -> Layer:
         if config.family is not None:
-            return ReferenceFamilyLayer(config)
+            return ReferenceFamilyLayer(config, self.dialect)
         if config.renorm is not None:
             if config.virtual_batch_size is not None:
                 raise UnsupportedConfig("ghost batches with batch renormalization")

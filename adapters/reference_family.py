@@ -1,47 +1,82 @@
-"""The reference's LayerNorm and RMSNorm (:mod:`normspec.reference.family`) as a protocol
-layer: ``normspec check reference`` checks them too (layernorm.md)."""
+"""The reference's normalization family (:mod:`normspec.reference.family`) as a protocol
+layer: ``normspec check reference`` checks them too (layernorm.md, groupnorm.md)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from normspec.adapters.protocol import Array, FamilyConfig, LayerConfig, State, UnsupportedConfig
-from normspec.reference import Gradients, family
+from normspec.reference import Gradients, RunningStatistics, family
+from normspec.reference.dialects import Dialect
 
 
 class ReferenceFamilyLayer:
-    """A float64 LayerNorm or RMSNorm layer (``LayerConfig.family``): no mode, no state."""
+    """A float64 LayerNorm, RMSNorm, GroupNorm or InstanceNorm layer
+    (``LayerConfig.family``): no mode and no state, but an InstanceNorm layer that tracks
+    running statistics (``LayerConfig.track_running_stats``, in.running.update), under
+    the ``dialect``'s update rate and variance estimator."""
 
-    def __init__(self, config: LayerConfig) -> None:
+    def __init__(self, config: LayerConfig, dialect: Dialect) -> None:
         if config.family is None:
-            raise UnsupportedConfig("not a LayerNorm or RMSNorm configuration")
-        self.config = config
+            raise UnsupportedConfig("not a normalization-family configuration")
+        self.config, self.dialect = config, dialect
         self.family: FamilyConfig = config.family
         self.weight: Array | None = None
         self.bias: Array | None = None
+        self.tracks = config.track_running_stats and self.family.kind == "instancenorm"
+        if config.track_running_stats and not self.tracks:
+            raise UnsupportedConfig(f"a {self.family.kind} layer keeps no statistics")
+        channels = config.num_features
+        self.running = RunningStatistics(np.zeros(channels), np.ones(channels))
 
     def set_parameters(self, gamma: Array, beta: Array) -> None:
         self.weight = np.array(gamma, dtype=np.float64)
         self.bias = np.array(beta, dtype=np.float64) if self.family.bias else None
 
     def set_state(self, state: State) -> None:
-        raise UnsupportedConfig("a LayerNorm or RMSNorm layer keeps no statistics")
+        if not self.tracks or not isinstance(state, RunningStatistics):
+            raise UnsupportedConfig(f"a {self.family.kind} layer keeps no running statistics")
+        self.running = RunningStatistics(
+            np.array(state.mean, dtype=np.float64), np.array(state.var, dtype=np.float64)
+        )
 
     def state(self) -> State | None:
-        return None
+        return self.running if self.tracks else None
 
-    def infer(self, x: Array) -> Array:
-        shape, eps = self.family.normalized_shape, self.config.eps
-        if self.family.kind == "layernorm":
+    def _forward(self, x: Array) -> Array:
+        eps, kind = self.config.eps, self.family.kind
+        if kind in ("groupnorm", "instancenorm"):
+            groups = self.family.num_groups if kind == "groupnorm" else np.shape(x)[1]
+            return family.group_norm(x, groups, self.weight, self.bias, eps=eps)
+        shape = self.family.normalized_shape
+        if kind == "layernorm":
             return family.layer_norm(x, shape, self.weight, self.bias, eps=eps)
         offset = self.family.scale_offset
         return family.rms_norm(x, shape, self.weight, self.bias, eps=eps, scale_offset=offset)
 
-    train_step = infer
+    def infer(self, x: Array) -> Array:
+        if not self.tracks:
+            return self._forward(x)
+        mean, var = self.running.mean, self.running.var
+        eps = self.config.eps
+        return family.instance_norm_inference(x, mean, var, self.weight, self.bias, eps=eps)
+
+    def train_step(self, x: Array) -> Array:
+        y = self._forward(x)
+        if self.tracks:
+            rate = self.dialect.rate_from_momentum(self.config.momentum)
+            assert rate is not None
+            estimator = self.dialect.running_variance
+            self.running = family.instance_running_update(self.running, x, rate, estimator)
+        return y
 
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
-        shape, eps = self.family.normalized_shape, self.config.eps
-        if self.family.kind == "layernorm":
+        eps, kind = self.config.eps, self.family.kind
+        if kind in ("groupnorm", "instancenorm"):
+            groups = self.family.num_groups if kind == "groupnorm" else np.shape(x)[1]
+            return family.group_norm_backward(dy, x, groups, self.weight, eps=eps)
+        shape = self.family.normalized_shape
+        if kind == "layernorm":
             return family.layer_norm_backward(dy, x, shape, self.weight, eps=eps)
         offset = self.family.scale_offset
         return family.rms_norm_backward(dy, x, shape, self.weight, eps=eps, scale_offset=offset)

@@ -1,4 +1,5 @@
-"""Hypothesis strategies for LayerNorm and RMSNorm cases (layernorm.md).
+"""Hypothesis strategies for LayerNorm, RMSNorm, GroupNorm and InstanceNorm cases
+(layernorm.md, groupnorm.md).
 
 :func:`family_cases` draws a whole situation, a :class:`FamilyCase`: the leading axes (none,
 or up to two, batch size 1 often), a ``normalized_shape`` of one to three trailing axes (sizes
@@ -8,6 +9,11 @@ variance loses its digits), elementwise weight and bias, eps, a cotangent, and o
 layout for both ``x`` and ``dy``. ``strategies.cases(..., family=KIND)`` draws through it
 (the RMSNorm scale is the profile's: ``checks.family.draw``). Every array value is exactly
 representable in the drawn dtype.
+
+:func:`group_cases` draws a GroupNorm or InstanceNorm case the same way: ``(N, C, *spatial)``
+with ``G`` groups of consecutive channels (``G = C`` for InstanceNorm), each (sample, group)
+slice with its own spread and mean, per-channel weight and bias, the channels-last layout
+beside the others, and for InstanceNorm with running statistics a state and a rate.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from normspec.conformance.strategies import (
     arrange,
     feature_values,
     listed,
+    running_statistics,
     standard_values,
     values_of,
 )
+from normspec.reference.dialects import Dialect
 
 #: eps as users pass it: the libraries' defaults, and values that meet a slice's variance
 #: (where eps outside the root or a missing eps shows).
@@ -65,7 +73,41 @@ class FamilyCase(Case[Any]):
     def normalized_shape(self) -> tuple[int, ...]:
         return self.family.normalized_shape
 
+    @property
+    def grouped(self) -> bool:
+        """A GroupNorm or InstanceNorm case (channel axis 1, parameters per channel)."""
+        return self.family.kind in GROUPED
+
+    @property
+    def slice_size(self) -> int:
+        """The values of one slice; a slice is a run of that many in the input's C order."""
+        if not self.grouped:
+            return int(np.prod(self.normalized_shape, dtype=np.int64))
+        channels = self.config.num_features // self.family.num_groups
+        return channels * int(np.prod(self.x.shape[2:], dtype=np.int64))
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """The shape of the weight and the bias."""
+        return (self.config.num_features,) if self.grouped else self.normalized_shape
+
+    @property
+    def param_axes(self) -> tuple[int, ...]:
+        """The input axes the weight and the bias span."""
+        if self.grouped:
+            return (1,)
+        return tuple(range(self.x.ndim - len(self.normalized_shape), self.x.ndim))
+
+    def broadcast(self, values: Array) -> Array:
+        """A parameter shaped to multiply the input."""
+        shape = [1] * self.x.ndim
+        for axis in self.param_axes:
+            shape[axis] = self.x.shape[axis]
+        return np.asarray(values, dtype=np.float64).reshape(shape)
+
     def summary(self) -> dict[str, Any]:
+        if self.grouped:
+            return self._grouped_summary()
         small = self.x.size <= 64
         family = self.family
         return {
@@ -80,6 +122,24 @@ class FamilyCase(Case[Any]):
             **({"scale_offset": family.scale_offset} if family.kind == "rmsnorm" else {}),
             "weight": listed(self.params[0]) if self.params else None,
             "bias_values": listed(self.params[1]) if self.params and family.bias else None,
+            "x": listed(self.x) if small else f"{self.x.size} values, omitted",
+            "dy": listed(self.dy) if small else f"{self.dy.size} values, omitted",
+        }
+
+    def _grouped_summary(self) -> dict[str, Any]:
+        small = self.x.size <= 64
+        family = self.family
+        return {
+            "layer": family.kind,
+            "dtype": self.config.dtype,
+            "shape": list(self.x.shape),
+            "num_groups": family.num_groups,
+            "layout": self.layout,
+            "eps": self.config.eps,
+            "affine": self.config.affine,
+            "weight": listed(self.params[0]) if self.params else None,
+            "bias_values": listed(self.params[1]) if self.params and family.bias else None,
+            **self.state_summary(),
             "x": listed(self.x) if small else f"{self.x.size} values, omitted",
             "dy": listed(self.dy) if small else f"{self.dy.size} values, omitted",
         }
@@ -188,4 +248,107 @@ def family_cases(
     )
 
 
-__all__ = ["EPS_VALUES", "LAYOUTS", "FamilyCase", "family_cases", "family_config", "slice_values"]
+#: The members whose slices are groups of channels (groupnorm.md).
+GROUPED: tuple[FamilyKind, ...] = ("groupnorm", "instancenorm")
+#: The layouts of a grouped case's ``x`` and ``dy``.
+GROUPED_LAYOUTS: tuple[Layout, ...] = (*LAYOUTS, "channels_last")
+_GROUPS = st.integers(1, 4)
+_GROUP_WIDTHS = st.one_of(st.just(1), st.integers(1, 3))
+_RATES = st.sampled_from([0.1, 0.5, 1.0])
+
+
+@st.composite
+def group_cases(
+    draw: st.DrawFn,
+    capabilities: Capabilities,
+    dialect: Dialect,
+    allowed_dtypes: Sequence[DTypeName],
+    kind: FamilyKind,
+    *,
+    conditioning: Conditioning = "well",
+    long_reductions: bool = False,
+    layout: Layout | None = None,
+    affine: bool | None = True,
+    min_slices: int = 1,
+    batch: int | None = None,
+    track: bool = False,
+    min_group_values: int = 2,
+) -> FamilyCase:
+    """A whole GroupNorm or InstanceNorm case within the capabilities.
+
+    ``(N, C, *spatial)``: ``N`` from 1 to 3 (``batch`` fixes it, 0 included), ``G`` groups
+    of ``C / G`` consecutive channels (InstanceNorm: ``G = C``), zero to three spatial axes
+    (InstanceNorm: one to three, at least two spatial values; one of 64 to 512 values with
+    ``long_reductions``). ``affine`` and ``layout`` as :func:`family_cases`; ``min_slices``:
+    the fewest (sample, group) slices. ``track``: an InstanceNorm layer with running
+    statistics, drawn near the batch's, and the profile's rate (``Case.rate``).
+    ``min_group_values``: the fewest values of a slice (1: one value per group, a
+    degenerate input of its own clause; InstanceNorm draws two at least).
+    """
+    dtype = draw(st.sampled_from(list(allowed_dtypes)))
+    instance = kind == "instancenorm"
+    groups = draw(_GROUPS)
+    channels = groups * (1 if instance else draw(_GROUP_WIDTHS))
+    ranks = sorted(r - 2 for r in capabilities.ranks if r >= (3 if instance else 2))
+    spatial = [draw(_SIZES) for _ in range(draw(st.sampled_from(ranks)))]
+    if long_reductions and spatial:
+        spatial[draw(st.integers(0, len(spatial) - 1))] = draw(_LONG_SIZES)
+    width = channels // groups
+    if width * int(np.prod(spatial)) < (2 if instance else min_group_values):
+        if spatial:
+            spatial[-1] = 2
+        else:
+            width, channels = 2, 2 * groups
+    rate = draw(_RATES) if track else None
+    n = draw(_LEADING_SIZES) if batch is None else batch
+    while batch is None and n * groups < min_slices:
+        n += 1
+    shape = (n, channels, *spatial)
+    with_affine = (
+        draw(st.booleans())
+        if affine is None and capabilities.without_affine
+        else (affine is not False)
+    )
+    config = LayerConfig(
+        num_features=channels,
+        rank=len(shape),
+        feature_axis=1,
+        dtype=dtype,
+        eps=draw(EPS_VALUES),
+        momentum=dialect.momentum_from_rate(rate) if track else None,
+        affine=with_affine,
+        track_running_stats=track,
+        family=FamilyConfig(kind, (), with_affine, num_groups=groups),
+    )
+    params = None
+    if with_affine:
+        weight = round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype)
+        params = (weight, round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype))
+    slice_shape = (width, *spatial)
+    x = draw(slice_values(shape, slice_shape, dtype, conditioning))
+    dy = round_to(draw(standard_values(shape, stream=1)), dtype)
+    state = draw(running_statistics(channels, dtype)) if track else None
+    usable = GROUPED_LAYOUTS if len(shape) > 2 else LAYOUTS
+    chosen: Layout = draw(st.sampled_from(usable)) if layout is None else layout
+    return FamilyCase(
+        config,
+        rate,
+        params,
+        state,
+        arrange(x, chosen, 1),
+        arrange(dy, chosen, 1),
+        chosen,
+    )
+
+
+__all__ = [
+    "EPS_VALUES",
+    "GROUPED",
+    "GROUPED_LAYOUTS",
+    "LAYOUTS",
+    "FamilyCase",
+    "family_cases",
+    "family_config",
+    "group_cases",
+    "slice_values",
+]

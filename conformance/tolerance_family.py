@@ -1,10 +1,13 @@
-"""Tolerances of the LayerNorm and RMSNorm clauses (layernorm.md), derived like BN's.
+"""Tolerances of the family's clauses (layernorm.md, groupnorm.md), derived like BN's.
 
 A LayerNorm input is batch normalization's on a matrix: its slices (the trailing
 ``normalized_shape`` values of one leading index) are the columns of a ``(n, slices)``
 matrix, so the LayerNorm bounds are the BN ones (:mod:`tolerance`) evaluated per column, the
-weight and bias elementwise along a column. RMSNorm's uncentred bounds are written here
-(rms.train.output, rms.backward.dx). Nothing here is a fixed atol/rtol.
+weight and bias elementwise along a column. GroupNorm's and InstanceNorm's slices (one group
+of consecutive channels of one sample) are runs of the input in C order too: the same
+bounds, with the per-channel weight and bias spread over the column. RMSNorm's uncentred
+bounds are written here (rms.train.output, rms.backward.dx), and InstanceNorm's running
+statistics' (in.running.update). Nothing here is a fixed atol/rtol.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from normspec.conformance.tolerance import (
     Array,
     FeatureTerms,
     GradientBounds,
+    Moments,
     Precision,
+    StateBounds,
     _both,
     backward_bounds,
     normalized_output_bound,
@@ -27,28 +32,58 @@ from normspec.reference import Gradients
 
 @dataclass(frozen=True)
 class Slices:
-    """An input of shape ``shape`` whose trailing values, ``n`` per slice, are normalized."""
+    """An input of shape ``shape`` cut into slices of ``n`` values, each a run of ``n``
+    values in C order (the trailing ``normalized_shape`` values of one leading index, or one
+    group of consecutive channels of one sample), its parameters spanning ``param_axes``."""
 
     shape: tuple[int, ...]
     n: int
+    param_axes: tuple[int, ...]
 
     @classmethod
     def of(cls, shape: tuple[int, ...], normalized_shape: tuple[int, ...]) -> Slices:
-        return cls(tuple(shape), int(np.prod(normalized_shape, dtype=np.int64)))
+        """LayerNorm's and RMSNorm's slices: the trailing ``normalized_shape`` axes."""
+        n = int(np.prod(normalized_shape, dtype=np.int64))
+        return cls(tuple(shape), n, tuple(range(len(shape) - len(normalized_shape), len(shape))))
+
+    @classmethod
+    def grouped(cls, shape: tuple[int, ...], num_groups: int) -> Slices:
+        """GroupNorm's slices (InstanceNorm: one group per channel), parameters per channel."""
+        n = int(np.prod(shape, dtype=np.int64)) // max(shape[0] * num_groups, 1)
+        return cls(tuple(shape), n, (1,))
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[a] for a in self.param_axes)
 
     def columns(self, values: Array) -> Array:
-        """``values`` (shaped as the input) as the ``(n, slices)`` matrix of its slices."""
-        return np.asarray(values, dtype=np.float64).reshape(-1, self.n).T
+        """``values`` (broadcastable to the input) as the ``(n, slices)`` matrix of its
+        slices."""
+        full = np.broadcast_to(np.asarray(values, dtype=np.float64), self.shape)
+        return full.reshape(-1, self.n).T
 
-    def elementwise(self, values: Array | None, default: float) -> Array:
-        """A parameter of shape ``normalized_shape`` as an ``(n, 1)`` column (absolute)."""
+    def parameter(self, values: Array | None, default: float) -> Array:
+        """A parameter (shaped ``param_shape``, or ``None``) as ``(n, slices)`` absolute
+        values."""
         if values is None:
             return np.full((self.n, 1), default)
-        return np.abs(np.asarray(values, dtype=np.float64)).reshape(self.n, 1)
+        return np.abs(self.columns(self.spread(values)))
+
+    def spread(self, values: Array) -> Array:
+        """A parameter of shape ``param_shape`` shaped to multiply the input."""
+        shape = [1] * len(self.shape)
+        for axis in self.param_axes:
+            shape[axis] = self.shape[axis]
+        return np.asarray(values, dtype=np.float64).reshape(shape)
 
     def back(self, matrix: Array) -> Array:
         """A ``(n, slices)`` matrix in the input's shape."""
         return np.ascontiguousarray(matrix.T).reshape(self.shape)
+
+    def outside(self, values: Array) -> Array:
+        """Sums of input-shaped ``values`` over every axis but ``param_axes``."""
+        others = tuple(a for a in range(len(self.shape)) if a not in self.param_axes)
+        return np.sum(values, axis=others).reshape(self.param_shape)
 
 
 @dataclass(frozen=True)
@@ -72,23 +107,22 @@ class RmsTerms:
 def layernorm_output_bound(
     precision: Precision,
     x: Array,
-    normalized_shape: tuple[int, ...],
+    view: Slices,
     weight: Array | None,
     bias: Array | None,
     eps: float,
 ) -> Array:
-    """Elementwise bound of ln.train.output / ln.accuracy.forward (bn.accuracy.forward per
-    slice, ``|w|`` and ``|b|`` elementwise)."""
-    view = Slices.of(x.shape, normalized_shape)
+    """Elementwise bound of ln.train.output / ln.accuracy.forward and of gn.* / in.*
+    (bn.accuracy.forward per slice, ``|w|`` and ``|b|`` as the layer applies them)."""
     terms = FeatureTerms.of(view.columns(x), 1, eps)
-    g, b = view.elementwise(weight, 1.0), view.elementwise(bias, 0.0)
+    g, b = view.parameter(weight, 1.0), view.parameter(bias, 0.0)
     return view.back(normalized_output_bound(precision, terms, g, b))
 
 
 def rms_output_bound(
     precision: Precision,
     x: Array,
-    normalized_shape: tuple[int, ...],
+    view: Slices,
     scale: Array | None,
     bias: Array | None,
     eps: float,
@@ -100,9 +134,8 @@ def rms_output_bound(
     + |b|) + tiny (1 + g s))``, ``scale`` the factor ``c + w`` (``None``: 1), ``r`` the
     ``roundings`` of the product in the output dtype (dialects.md: rmsnorm.cast, 2 for
     ``before_weight``, 1 for ``after_weight``)."""
-    view = Slices.of(x.shape, normalized_shape)
     t = RmsTerms.of(view.columns(x), eps, outside_root=outside_root)
-    g, b = view.elementwise(scale, 1.0), view.elementwise(bias, 0.0)
+    g, b = view.parameter(scale, 1.0), view.parameter(bias, 0.0)
 
     def bound(p: Precision) -> Array:
         ax = np.abs(t.xhat)
@@ -121,13 +154,14 @@ def _dparams_bounds(
     xhat_bound: Array,
     expected: Gradients,
 ) -> tuple[Array, Array]:
-    """ln.backward.dparams: sums over the ``m`` slices of ``dy * xhat`` and of ``dy``."""
-    m = int(np.prod(view.shape, dtype=np.int64)) // view.n
-    weighted = np.sum(np.abs(dy * xhat), axis=1)
-    totals = np.sum(np.abs(dy), axis=1)
-    propagated = np.sum(np.abs(dy) * xhat_bound, axis=1)
-    dw_star = np.abs(np.asarray(expected.dgamma)).reshape(-1)
-    db_star = np.abs(np.asarray(expected.dbeta)).reshape(-1)
+    """ln.backward.dparams (gn.backward.dparams): sums of ``dy * xhat`` and of ``dy`` over
+    the ``m`` values each parameter sees; ``dy``, ``xhat``, ``xhat_bound`` ``(n, slices)``."""
+    m = int(np.prod(view.shape, dtype=np.int64)) // max(int(np.prod(view.param_shape)), 1)
+    weighted = view.outside(view.back(np.abs(dy * xhat)))
+    totals = view.outside(view.back(np.abs(dy)))
+    propagated = view.outside(view.back(np.abs(dy) * xhat_bound))
+    dw_star = np.abs(np.asarray(expected.dgamma)).reshape(view.param_shape)
+    db_star = np.abs(np.asarray(expected.dbeta)).reshape(view.param_shape)
 
     def dw(p: Precision) -> Array:
         return p.u_w * (m + 1) * weighted + p.u_o * dw_star + p.tiny
@@ -142,33 +176,31 @@ def layernorm_backward_bounds(
     precision: Precision,
     x: Array,
     dy: Array,
-    normalized_shape: tuple[int, ...],
+    view: Slices,
     weight: Array | None,
     eps: float,
     expected: Gradients,
 ) -> GradientBounds:
     """Bounds of ln.backward.dx (bn.accuracy.backward per slice, ``w * dy`` the cotangent
-    of ``xhat``) and ln.backward.dparams, shaped as ``dx``, ``dw``, ``db``."""
-    view = Slices.of(x.shape, normalized_shape)
+    of ``xhat``) and ln.backward.dparams (gn.*, in.* alike), shaped as ``dx``, ``dw``,
+    ``db``."""
     columns = view.columns(x)
-    w = view.elementwise(None if weight is None else np.asarray(weight), 1.0)
-    signed = 1.0 if weight is None else np.asarray(weight, dtype=np.float64).reshape(view.n, 1)
-    g = view.columns(dy) * signed
+    w = view.parameter(weight, 1.0)
+    g = view.columns(dy) * (1.0 if weight is None else view.columns(view.spread(weight)))
     dx_star = view.columns(expected.dx)
     zeros = np.zeros(columns.shape[1])
     dx = backward_bounds(precision, columns, g, None, eps, 1, Gradients(dx_star, zeros, zeros)).dx
     terms = FeatureTerms.of(columns, 1, eps)
     xhat_bound = normalized_output_bound(precision, terms, np.ones_like(w), np.zeros_like(w))
     dw, db = _dparams_bounds(precision, view, view.columns(dy), terms.xhat, xhat_bound, expected)
-    shape = tuple(normalized_shape)
-    return GradientBounds(view.back(dx), dw.reshape(shape), db.reshape(shape))
+    return GradientBounds(view.back(dx), dw, db)
 
 
 def rms_backward_bounds(
     precision: Precision,
     x: Array,
     dy: Array,
-    normalized_shape: tuple[int, ...],
+    view: Slices,
     scale: Array | None,
     eps: float,
     expected: Gradients,
@@ -176,10 +208,8 @@ def rms_backward_bounds(
     outside_root: bool = False,
 ) -> GradientBounds:
     """Bounds of rms.backward.dx and rms.backward.dparams, ``scale`` the factor ``c + w``."""
-    view = Slices.of(x.shape, normalized_shape)
     t = RmsTerms.of(view.columns(x), eps, outside_root=outside_root)
-    signed = 1.0 if scale is None else np.asarray(scale, dtype=np.float64).reshape(view.n, 1)
-    g = np.abs(view.columns(dy) * signed)
+    g = np.abs(view.columns(dy)) * view.parameter(scale, 1.0)
     ax = np.abs(t.xhat)
     spread = np.mean(g * (1 + ax), axis=0, keepdims=True)
     dx_star = np.abs(view.columns(expected.dx))
@@ -197,13 +227,60 @@ def rms_backward_bounds(
     dw, db = _dparams_bounds(
         precision, view, view.columns(dy), t.xhat, _both(xhat, precision), expected
     )
-    shape = tuple(normalized_shape)
-    return GradientBounds(view.back(_both(dx, precision)), dw.reshape(shape), db.reshape(shape))
+    return GradientBounds(view.back(_both(dx, precision)), dw, db)
+
+
+def instance_running_bounds(
+    precision: Precision,
+    x: Array,
+    alpha: float,
+    before: Moments,
+    after: Moments,
+    *,
+    unbiased: bool,
+) -> StateBounds:
+    """Bounds of in.running.update per channel: bn.running.*'s (:func:`tolerance.running_bounds`)
+    with each of the ``N`` averaged terms one instance's statistic over its ``S`` values."""
+    samples, channels = x.shape[0], x.shape[1]
+    rows = np.asarray(x, dtype=np.float64).reshape(samples, channels, -1)
+    size = rows.shape[2]
+    c = size / (size - 1) if unbiased and size > 1 else 1.0
+    means = np.mean(rows, axis=2)
+    variances = np.mean((rows - means[..., np.newaxis]) ** 2, axis=2)
+    mean_abs = np.mean(np.abs(rows), axis=(0, 2))
+    top_abs = np.max(np.mean(np.abs(rows), axis=2), axis=0)
+    var, mean = np.mean(variances, axis=0), np.mean(means, axis=0)
+    terms = size + samples
+
+    def mean_bound(p: Precision) -> Array:
+        return (
+            alpha * p.u_w * (terms + 1) * mean_abs
+            + p.u_w * np.abs(mean - before.mean)
+            + p.u_o * (np.abs(before.mean) + np.abs(after.mean))
+            + p.tiny
+        )
+
+    def var_bound(p: Precision) -> Array:
+        raw = p.u_w * (size + 3) * np.mean(variances + means**2, axis=0) if p.raw_moments else 0
+        return (
+            alpha * c * (p.u_w * (terms + 3) * var + (p.u_w * (size + 1) * top_abs) ** 2 + raw)
+            + p.u_w * np.abs(c * var - before.var)
+            + p.u_o * (np.abs(before.var) + np.abs(after.var))
+            + p.tiny
+        )
+
+    mean_scale = np.abs(before.mean) + np.abs(after.mean) + alpha * mean_abs
+    var_scale = np.abs(before.var) + np.abs(after.var) + alpha * c * var
+    return StateBounds(
+        mean=precision.floored(_both(mean_bound, precision), mean_scale),
+        var=precision.floored(_both(var_bound, precision), var_scale),
+    )
 
 
 __all__ = [
     "RmsTerms",
     "Slices",
+    "instance_running_bounds",
     "layernorm_backward_bounds",
     "layernorm_output_bound",
     "rms_backward_bounds",

@@ -32,6 +32,7 @@ CHAPTERS: tuple[str, ...] = (
     "replicas.md",
     "ghost.md",
     "layernorm.md",
+    "groupnorm.md",
     "dialects.md",
 )
 

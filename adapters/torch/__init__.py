@@ -1,5 +1,6 @@
 """The PyTorch adapters: ``torch.nn`` modules (``module``), renorm-shaped modules
-(``renorm``), LayerNorm- and RMSNorm-shaped modules and functions (``family``), ``F.batch_norm`` (``functional``), synchronized modules on K processes
+(``renorm``), LayerNorm- and RMSNorm-shaped modules and functions (``family``), GroupNorm-
+and InstanceNorm-shaped ones (``grouped``), ``F.batch_norm`` (``functional``), synchronized modules on K processes
 (``distributed``). Declared here without importing
 torch (:mod:`normspec.adapters.declarations`)."""
 
@@ -25,6 +26,7 @@ ADAPTERS = Adapters(
     ),
     recognisers=(
         Recogniser("torch", f"{_HERE}.family:recognise"),  # LayerNorm, RMSNorm (layernorm.md)
+        Recogniser("torch", f"{_HERE}.grouped:recognise"),  # GroupNorm, InstanceNorm
         Recogniser("torch", f"{_HERE}.distributed:recognise"),
         Recogniser("torch", f"{_HERE}.renorm:recognise"),
         Recogniser("torch", f"{_HERE}.module:recognise"),

@@ -85,7 +85,13 @@ class Check:
 
 
 #: The capability a clause's chapter needs, by the clause ID's first part (else batchnorm).
-CHAPTER_CAPABILITY: dict[str, str] = {"renorm": "renorm", "ln": "layernorm", "rms": "rmsnorm"}
+CHAPTER_CAPABILITY: dict[str, str] = {
+    "renorm": "renorm",
+    "ln": "layernorm",
+    "rms": "rmsnorm",
+    "gn": "groupnorm",
+    "in": "instancenorm",
+}
 #: The chapter a clause's layers belong to, by the clause ID's first part (else batchnorm).
 CHAPTERS: dict[str, Chapter] = {
     "renorm": "renorm",
@@ -93,6 +99,8 @@ CHAPTERS: dict[str, Chapter] = {
     "sync": "replicas",
     "ln": "layernorm",
     "rms": "rmsnorm",
+    "gn": "groupnorm",
+    "in": "instancenorm",
 }
 
 CHECKS: dict[str, Check] = {}

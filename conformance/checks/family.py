@@ -1,12 +1,15 @@
-"""Checks of the LayerNorm and RMSNorm chapter (layernorm.md: ln.*, rms.*).
+"""Checks of the family's chapters (layernorm.md: ln.*, rms.*; groupnorm.md: gn.*, in.*).
 
-The two layers share every check body: each clause of one has its twin in the other
-(``ln.train.output`` and ``rms.train.output``, ...), registered here for both kinds but the
-degenerate slice (constant for LayerNorm, zero for RMSNorm). Every check needs the
-capability of its layer (``layernorm``, ``rmsnorm``) and no training mode (the layers have
-none: ``Layer.infer`` is the forward). Cases are drawn by
-:func:`strategies_family.family_cases`, expectations come from
-:mod:`normspec.reference.family` and the tolerances from :mod:`tolerance_family`.
+The four layers share every check body: each clause of one has its twin in the others
+(``ln.train.output``, ``rms.train.output``, ``gn.train.output``, ...), registered here for
+every kind but the degenerate slice (constant for the centred layers, zero for RMSNorm), and
+the clauses only GroupNorm or InstanceNorm have (``gn.params.groups``, the empty batch,
+InstanceNorm's running statistics). Every check needs the capability of its layer
+(``layernorm``, ``rmsnorm``, ``groupnorm``, ``instancenorm``) and no training mode (the
+layers have none: ``Layer.infer`` is the forward). Cases are drawn by
+:func:`strategies_family.family_cases` and :func:`strategies_family.group_cases`,
+expectations come from :mod:`normspec.reference.family` and the tolerances from
+:mod:`tolerance_family`.
 
 Attribution: ``*.train.statistics`` is checked without affine parameters, ``*.train.output``
 with them (and depends on it), the gradients depend on the output, the degenerate slices and
@@ -27,9 +30,17 @@ from normspec.conformance.checks import Body, check
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.dtypes import float_format
 from normspec.conformance.strategies import arrange
-from normspec.conformance.strategies_family import FamilyCase
-from normspec.conformance.tolerance import Comparison, GradientBounds, compare
+from normspec.conformance.strategies_family import GROUPED, FamilyCase, group_cases
+from normspec.conformance.tolerance import (
+    Comparison,
+    GradientBounds,
+    Moments,
+    compare,
+    inference_output_bound,
+)
 from normspec.conformance.tolerance_family import (
+    Slices,
+    instance_running_bounds,
     layernorm_backward_bounds,
     layernorm_output_bound,
     rms_backward_bounds,
@@ -43,10 +54,18 @@ from normspec.reference.family_dialect import (
 )
 
 #: The clause prefix of each layer.
-PREFIX: dict[FamilyKind, str] = {"layernorm": "ln", "rmsnorm": "rms"}
-KINDS: tuple[FamilyKind, ...] = ("layernorm", "rmsnorm")
+PREFIX: dict[FamilyKind, str] = {
+    "layernorm": "ln",
+    "rmsnorm": "rms",
+    "groupnorm": "gn",
+    "instancenorm": "in",
+}
+KINDS: tuple[FamilyKind, ...] = ("layernorm", "rmsnorm", "groupnorm", "instancenorm")
 _NONFINITE = st.sampled_from([np.nan, np.inf, -np.inf])
 _BOOLEANS = st.booleans()
+#: The degenerate slice's eps: the case's, or half the time the smallest drawn (where
+#: ``1 / sqrt(eps)`` is largest: BERT's 1e-12, 0 in float16).
+_DEGENERATE_EPS = st.sampled_from([None, 1e-12])
 #: Long slices in three draws of four (shrinking towards short ones).
 _MOSTLY_LONG = st.sampled_from([False, True, True, True])
 #: The profile's default eps in one case of four (dialects.md: *.default_eps).
@@ -77,12 +96,21 @@ def _outside(form: FamilyDialect) -> bool:
     return form.eps == "outside_root"
 
 
+def _view(case: FamilyCase) -> Slices:
+    """The case's input as slices (tolerance_family)."""
+    if case.grouped:
+        return Slices.grouped(case.x.shape, case.family.num_groups)
+    return Slices.of(case.x.shape, case.normalized_shape)
+
+
 def expected_output(case: FamilyCase, form: FamilyDialect, x: Array | None = None) -> Array:
     """The reference's output for the case (or for ``x`` in its place) under the profile's
     dialect of the layer (``form``)."""
     values = case.x if x is None else x
     weight, bias = _parameters(case)
     shape, eps = case.normalized_shape, case.config.eps
+    if case.grouped:
+        return family.group_norm(values, case.family.num_groups, weight, bias, eps=eps)
     if case.family.kind == "layernorm":
         return family.layer_norm(values, shape, weight, bias, eps=eps)
     offset = case.family.scale_offset
@@ -95,6 +123,9 @@ def expected_gradients(case: FamilyCase, form: FamilyDialect, x: Array | None = 
     values = case.x if x is None else x
     weight, _ = _parameters(case)
     shape, eps = case.normalized_shape, case.config.eps
+    if case.grouped:
+        groups = case.family.num_groups
+        return family.group_norm_backward(case.dy, values, groups, weight, eps=eps)
     if case.family.kind == "layernorm":
         return family.layer_norm_backward(case.dy, values, shape, weight, eps=eps)
     offset = case.family.scale_offset
@@ -105,15 +136,13 @@ def expected_gradients(case: FamilyCase, form: FamilyDialect, x: Array | None = 
 def output_bound(ctx: CheckContext, case: FamilyCase, form: FamilyDialect, x: Array) -> Array:
     precision = ctx.precision(case.config.dtype)
     weight, bias = _parameters(case)
-    if case.family.kind == "layernorm":
-        return layernorm_output_bound(
-            precision, x, case.normalized_shape, weight, bias, case.config.eps
-        )
+    if case.family.kind != "rmsnorm":
+        return layernorm_output_bound(precision, x, _view(case), weight, bias, case.config.eps)
     roundings = 1 if form.cast == "after_weight" else 2
     return rms_output_bound(
         precision,
         x,
-        case.normalized_shape,
+        _view(case),
         _scale(case),
         bias,
         case.config.eps,
@@ -126,12 +155,12 @@ def gradient_bounds(
     ctx: CheckContext, case: FamilyCase, form: FamilyDialect, x: Array, expected: Gradients
 ) -> GradientBounds:
     precision = ctx.precision(case.config.dtype)
-    shape, eps = case.normalized_shape, case.config.eps
-    if case.family.kind == "layernorm":
+    view, eps = _view(case), case.config.eps
+    if case.family.kind != "rmsnorm":
         weight, _ = _parameters(case)
-        return layernorm_backward_bounds(precision, x, case.dy, shape, weight, eps, expected)
+        return layernorm_backward_bounds(precision, x, case.dy, view, weight, eps, expected)
     return rms_backward_bounds(
-        precision, x, case.dy, shape, _scale(case), eps, expected, outside_root=_outside(form)
+        precision, x, case.dy, view, _scale(case), eps, expected, outside_root=_outside(form)
     )
 
 
@@ -145,6 +174,8 @@ def draw(
     """A case of the layer under the profile's dialect of it: its scale (``w``, ``1 + w``),
     and with ``default_eps`` (the value clauses) the profile's default eps in one case of
     four (dialects.md: family.*)."""
+    if kind in GROUPED:
+        return ctx.draw(data, group_cases, kind=kind, **options)
     case = ctx.draw_case(data, family=kind, **options)
     assert isinstance(case, FamilyCase)
     form = ctx.dialect.family_dialect(kind)
@@ -208,7 +239,7 @@ def expect_gradients(
         actual = ctx.shape_of("dx", grads.dx, case.x.shape)
         ctx.expect(_compare("dx", actual, expected.dx, bounds.dx, dtype, mask))
     if params and case.params is not None:
-        shape = case.normalized_shape
+        shape = case.param_shape
         dweight = ctx.shape_of("dweight", grads.dgamma, shape)
         ctx.expect(_compare("dweight", dweight, expected.dgamma, bounds.dgamma, dtype, None))
         if case.family.bias:
@@ -229,8 +260,8 @@ def _compare(
 
 
 def slice_mask(case: FamilyCase, index: int) -> Array:
-    """True everywhere but in slice ``index`` (flat index over the leading axes)."""
-    n = case.config.num_features
+    """True everywhere but in slice ``index`` (the ``index``-th run of a slice's values)."""
+    n = case.slice_size
     mask = np.ones(case.x.size // n, dtype=bool)
     mask[index] = False
     return np.repeat(mask, n).reshape(case.x.shape)
@@ -238,14 +269,14 @@ def slice_mask(case: FamilyCase, index: int) -> Array:
 
 def with_slice(case: FamilyCase, index: int, values: Callable[[Array], Array]) -> Array:
     """The case's input with slice ``index`` replaced by ``values(slice)``."""
-    n = case.config.num_features
-    matrix = np.array(case.x, dtype=np.float64).reshape(-1, n)
+    matrix = np.array(case.x, dtype=np.float64).reshape(-1, case.slice_size)
     matrix[index] = values(matrix[index])
-    return arrange(matrix.reshape(case.x.shape), case.layout, case.x.ndim - 1)
+    axis = 1 if case.grouped else case.x.ndim - 1
+    return arrange(matrix.reshape(case.x.shape), case.layout, axis)
 
 
 def _slice_index(data: Any, case: FamilyCase, label: str) -> int:
-    slices = case.x.size // case.config.num_features
+    slices = case.x.size // case.slice_size
     return int(data.draw(st.integers(0, max(slices - 1, 0)), label=label))
 
 
@@ -271,7 +302,7 @@ def output(kind: FamilyKind) -> Body:
 
 def accuracy(kind: FamilyKind) -> Body:
     def body(ctx: CheckContext, data: Any) -> None:
-        conditioning = "ill" if kind == "layernorm" and data.draw(_BOOLEANS) else "well"
+        conditioning = "ill" if kind != "rmsnorm" and data.draw(_BOOLEANS) else "well"
         long = data.draw(_MOSTLY_LONG, label="long slices")
         case = draw(ctx, data, kind, conditioning=conditioning, long_reductions=long)
         expect_output(ctx, case, forward(ctx, case))
@@ -299,12 +330,15 @@ def degenerate(kind: FamilyKind) -> Body:
     """A constant slice (LayerNorm) or a slice of zeros (RMSNorm): finite, within bounds."""
 
     def flatten(values: Array) -> Array:
-        return np.full_like(values, values[0] if kind == "layernorm" else 0.0)
+        return np.full_like(values, 0.0 if kind == "rmsnorm" else values[0])
 
     def body(ctx: CheckContext, data: Any) -> None:
-        case = draw(ctx, data, kind, affine=None)
+        single: dict[str, Any] = {"min_group_values": 1} if kind == "groupnorm" else {}
+        case = draw(ctx, data, kind, affine=None, **single)
         index = _slice_index(data, case, "degenerate slice")
-        case = ctx.use_case(replace(case, x=with_slice(case, index, flatten)))  # type: ignore[assignment]
+        eps = data.draw(_DEGENERATE_EPS, label="eps") or case.config.eps
+        config = replace(case.config, eps=eps)
+        case = ctx.use_case(replace(case, config=config, x=with_slice(case, index, flatten)))  # type: ignore[assignment]
         expect_output(ctx, case, forward(ctx, case))
         if ctx.capabilities.backward:
             expect_gradients(ctx, case, backward(ctx, case))
@@ -317,7 +351,7 @@ def nonfinite_isolated(kind: FamilyKind) -> Body:
         case = draw(ctx, data, kind, affine=None, min_slices=2)
         index = _slice_index(data, case, "poisoned slice")
         value = data.draw(_NONFINITE, label="value")
-        position = data.draw(st.integers(0, case.config.num_features - 1), label="position")
+        position = data.draw(st.integers(0, case.slice_size - 1), label="position")
 
         def poison(values: Array) -> Array:
             values = values.copy()
@@ -336,17 +370,24 @@ def nonfinite_isolated(kind: FamilyKind) -> Body:
 
 
 def params_shape(kind: FamilyKind) -> Body:
+    """An input of the wrong trailing sizes (LayerNorm, RMSNorm) or channels (GroupNorm,
+    InstanceNorm, a layer with parameters: still a multiple of the groups) is rejected."""
+
     def body(ctx: CheckContext, data: Any) -> None:
-        case = draw(ctx, data, kind, affine=None)
-        extra = data.draw(st.integers(1, 3), label="extra values on the last axis")
-        shape = (*case.x.shape[:-1], case.x.shape[-1] + extra)
+        grouped = kind in GROUPED
+        case = draw(ctx, data, kind, affine=True if grouped else None)
+        extra = data.draw(st.integers(1, 3), label="extra values on the checked axis")
+        axis = 1 if grouped else case.x.ndim - 1
+        extra *= case.family.num_groups if kind == "groupnorm" else 1
+        shape = tuple(size + extra * (a == axis) for a, size in enumerate(case.x.shape))
         wrong = np.zeros(shape)
         layer = ctx.build(case)
         raised, y = ctx.attempt("infer", layer.infer, wrong)
         if not raised:
+            built = case.param_shape if grouped else case.normalized_shape
             raise Violation(
-                f"an input of shape {shape} was accepted by a layer of normalized_shape "
-                f"{case.normalized_shape} (returned shape {np.shape(y)}); it must be rejected"
+                f"an input of shape {shape} was accepted by a layer built for {built} "
+                f"(returned shape {np.shape(y)}); it must be rejected"
             )
 
     return body
@@ -371,6 +412,98 @@ def params_eps(kind: FamilyKind) -> Body:
     return body
 
 
+def params_groups(ctx: CheckContext, data: Any) -> None:
+    """gn.params.groups: a number of groups that does not divide the channels is refused."""
+    case = draw(ctx, data, "groupnorm", affine=None)
+    channels = case.config.num_features
+    wrong = data.draw(
+        st.integers(2, channels + 1).filter(lambda g: channels % g != 0), label="groups"
+    )
+    family_config = replace(case.family, num_groups=wrong)
+    case = ctx.use_case(replace(case, config=replace(case.config, family=family_config)))  # type: ignore[assignment]
+    layer = ctx.attempt_build(case)
+    if layer is None:
+        return
+    raised, y = ctx.attempt("infer", layer.infer, case.x)
+    if not raised:
+        raise Violation(
+            f"{wrong} groups of {channels} channels were accepted (returned shape "
+            f"{np.shape(y)}); groups of unequal size must be rejected"
+        )
+
+
+def empty_batch(kind: FamilyKind) -> Body:
+    """An empty batch: an empty output and dx, zero parameter gradients."""
+
+    def body(ctx: CheckContext, data: Any) -> None:
+        case = draw(ctx, data, kind, affine=None, batch=0)
+        y = forward(ctx, case)
+        if y.size:
+            raise Violation(f"an empty batch gave an output of {y.size} values")
+        if not ctx.capabilities.backward:
+            return
+        grads = backward(ctx, case)
+        ctx.shape_of("dx", grads.dx, case.x.shape)
+        if case.params is not None:
+            zeros = np.zeros(case.param_shape)
+            for name, value in (("dweight", grads.dgamma), ("dbias", grads.dbeta)):
+                if name == "dbias" and not case.family.bias:
+                    continue
+                actual = ctx.shape_of(name, value, case.param_shape)
+                ctx.expect(_compare(name, actual, zeros, zeros, case.config.dtype, None))
+
+    return body
+
+
+def running_update(ctx: CheckContext, data: Any) -> None:
+    """in.running.update: a training step normalizes by the instances' statistics and moves
+    the running statistics towards their mean over the batch."""
+    case = draw(ctx, data, "instancenorm", affine=None, track=True)
+    assert case.state is not None and case.rate is not None
+    layer = ctx.build(case)
+    y = ctx.shape_of("y", ctx.call("train_step", layer.train_step, case.x), case.x.shape)
+    expect_output(ctx, case, y)
+    after = ctx.state_of(layer)
+    if after is None:
+        raise Violation("the layer reports no running statistics after a training step")
+    estimator = ctx.dialect.running_variance
+    expected = family.instance_running_update(case.state, case.x, case.rate, estimator)
+    bounds = instance_running_bounds(
+        ctx.precision(case.config.dtype),
+        case.x,
+        case.rate,
+        Moments(case.state.mean, case.state.var),
+        Moments(expected.mean, expected.var),
+        unbiased=estimator == "unbiased",
+    )
+    dtype, channels = case.config.dtype, (case.config.num_features,)
+    mean = ctx.shape_of("running_mean", after.mean, channels)
+    var = ctx.shape_of("running_var", after.var, channels)
+    ctx.expect(_compare("running_mean", mean, expected.mean, bounds.mean, dtype, None))
+    ctx.expect(_compare("running_var", var, expected.var, bounds.var, dtype, None))
+
+
+def infer_running(ctx: CheckContext, data: Any) -> None:
+    """in.infer.output: inference by the running statistics, which it leaves unchanged."""
+    case = draw(ctx, data, "instancenorm", affine=None, track=True)
+    assert case.state is not None
+    state = case.state
+    layer = ctx.build(case)
+    y = ctx.shape_of("y", ctx.call("infer", layer.infer, case.x), case.x.shape)
+    weight, bias = _parameters(case)
+    eps, dtype = case.config.eps, case.config.dtype
+    expected = family.instance_norm_inference(case.x, state.mean, state.var, weight, bias, eps=eps)
+    bound = inference_output_bound(
+        ctx.precision(dtype), case.x, state.mean, state.var, weight, bias, eps, 1
+    )
+    ctx.expect(_compare("inference output y", y, expected, bound, dtype, None))
+    after = ctx.state_of(layer)
+    if after is not None and not (
+        np.array_equal(after.mean, state.mean) and np.array_equal(after.var, state.var)
+    ):
+        raise Violation("inference changed the running statistics")
+
+
 def _register() -> None:
     for kind in KINDS:
         p = PREFIX[kind]
@@ -386,13 +519,23 @@ def _register() -> None:
             gradients_params(kind)
         )
         check(f"{p}.accuracy.forward", depends_on=checked, training=False)(accuracy(kind))
-        degenerate_id = "ln.degenerate.constant" if kind == "layernorm" else "rms.degenerate.zero"
+        degenerate_id = "rms.degenerate.zero" if kind == "rmsnorm" else f"{p}.degenerate.constant"
         check(degenerate_id, depends_on=checked, training=False)(degenerate(kind))
         check(f"{p}.degenerate.nonfinite_isolated", depends_on=checked, training=False)(
             nonfinite_isolated(kind)
         )
         check(f"{p}.params.shape", training=False)(params_shape(kind))
         check(f"{p}.params.eps", training=False)(params_eps(kind))
+        if kind in GROUPED:
+            check(f"{p}.degenerate.empty_batch", depends_on=checked, training=False)(
+                empty_batch(kind)
+            )
+    check("gn.params.groups", training=False)(params_groups)
+    running = ("instance_running_stats",)
+    check("in.running.update", needs=running, depends_on=("in.train.output",), training=False)(
+        running_update
+    )
+    check("in.infer.output", needs=running, training=False)(infer_running)
 
 
 _register()

@@ -258,3 +258,109 @@ def test_invalid_settings_are_rejected_naming_them() -> None:
         f.rms_norm(x, (3,), eps=0.0)
     with pytest.raises(ValueError, match="num_groups must be a positive integer"):
         f.group_norm(x, True)
+
+
+# -- GroupNorm and InstanceNorm (groupnorm.md) ---------------------------------------------------
+
+
+def test_group_norm_weight_and_bias_are_per_channel_by_hand() -> None:
+    # one group of channels (0, 1): values 1, 3 | 5, 7, mean 4, biased variance 5
+    x = np.array([[[1.0, 3.0], [5.0, 7.0]]])
+    w, b = np.array([2.0, -1.0]), np.array([0.5, 10.0])
+    s = 1 / math.sqrt(5 + 0.25)
+    xhat = (x[0] - 4) * s
+    expected = xhat * w[:, None] + b[:, None]
+    np.testing.assert_allclose(f.group_norm(x, 1, w, b, eps=0.25)[0], expected, rtol=1e-15)
+    grads = f.group_norm_backward(np.ones_like(x), x, 1, w, eps=0.25)
+    np.testing.assert_allclose(grads.dgamma, xhat.sum(axis=1), atol=1e-15)
+    np.testing.assert_array_equal(grads.dbeta, [2.0, 2.0])
+
+
+def test_instance_norm_inference_by_hand() -> None:
+    # running mean 1, variance 3, eps 1: (x - 1) / 2, then w = 4, b = -1
+    x = np.array([[[1.0, 5.0]]])
+    y = f.instance_norm_inference(x, [1.0], [3.0], [4.0], [-1.0], eps=1.0)
+    np.testing.assert_array_equal(y, [[[-1.0, 7.0]]])
+
+
+GROUPED = st.sampled_from([((2, 4, 3), 2), ((1, 6, 2, 2), 3), ((2, 3, 4), 3), ((3, 2), 1)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(GROUPED, st.integers(0, 2**32 - 1), OFFSETS, SCALES)
+def test_group_and_instance_norm_against_mpmath(
+    layout: tuple[tuple[int, ...], int], seed: int, offset: float, scale: float
+) -> None:
+    """Through the public functions: every (sample, group) slice of ``xhat`` and ``dx``
+    within a few ulps of the mpmath slice (groups of consecutive channels)."""
+    shape, groups = layout
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) + offset) * scale
+    dy = rng.standard_normal(shape)
+    eps = max(1e-5 * scale**2, 1e-300)
+    y = f.group_norm(x, groups, eps=eps)
+    dx = f.group_norm_backward(dy, x, groups, eps=eps).dx
+    n = x.size // (shape[0] * groups)
+    for row, (values, g, got_y, got_dx) in enumerate(
+        zip(*(a.reshape(-1, n) for a in (x, dy, y, dx)), strict=True)
+    ):
+        exact = forward_slice(list(values), eps, True)
+        r = float(mpmath.sqrt(exact.var) * exact.s)
+        xhat = np.array([float(v) for v in exact.xhat])
+        scale_y = np.abs(xhat) + r
+        assert ulps(got_y, xhat, scale_y) <= 4, row
+        exact_dx = np.array([float(v) for v in backward_slice(exact, list(g), True)])
+        projection = float(np.mean(np.abs(g) * scale_y))
+        scale_dx = float(exact.s) * (np.abs(g) + np.mean(np.abs(g)) + scale_y * projection)
+        assert ulps(got_dx, exact_dx, scale_dx) <= 8, row
+    if groups == shape[1] and len(shape) > 2:
+        np.testing.assert_array_equal(f.instance_norm(x, eps=eps), y)
+
+
+@pytest.mark.parametrize(("shape", "groups"), [((1, 4, 2), 2), ((2, 2, 3), 2)])
+def test_group_norm_second_order_against_mpmath_differences(
+    shape: tuple[int, ...], groups: int
+) -> None:
+    """The derivative of the reference's ``dx`` (central differences in float64, step 1e-5)
+    is the Hessian of ``sum(dy * y)``, second differences of the loss at 80 digits: the
+    backward is right to second order (double backward, groupnorm.md)."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(shape) + 1.5
+    dy = rng.standard_normal(shape)
+    w, eps = rng.standard_normal(shape[1]), 1e-3
+    size, n = x.size, x.size // (shape[0] * groups)
+    channel = np.broadcast_to(np.arange(shape[1]).reshape(1, -1, *([1] * (len(shape) - 2))), shape)
+    weights = [w[c] for c in channel.ravel()]
+
+    def loss(flat: list[mpmath.mpf]) -> mpmath.mpf:
+        total = mpmath.mpf(0)
+        for start in range(0, size, n):
+            values = flat[start : start + n]
+            mean = mpmath.fsum(values) / n
+            var = mpmath.fsum((v - mean) ** 2 for v in values) / n
+            s = 1 / mpmath.sqrt(var + mpmath.mpf(eps))
+            for i, v in enumerate(values):
+                total += mpmath.mpf(dy.ravel()[start + i]) * weights[start + i] * (v - mean) * s
+        return total
+
+    h = 1e-5
+    numeric = np.empty((size, size))
+    for j in range(size):
+        step = np.zeros(size)
+        step[j] = h
+        up = f.group_norm_backward(dy, x + step.reshape(shape), groups, w, eps=eps).dx
+        down = f.group_norm_backward(dy, x - step.reshape(shape), groups, w, eps=eps).dx
+        numeric[:, j] = (up - down).ravel() / (2 * h)
+    with mpmath.workdps(80):
+        base = [mpmath.mpf(v) for v in x.ravel()]
+        k = mpmath.mpf(10) ** -20
+        for i, j in [(0, 0), (0, 1), (1, 0), (0, n - 1), (size - 1, size - 2), (0, size - 1)]:
+            corners = []
+            for a, b in ((1, 1), (1, -1), (-1, 1), (-1, -1)):
+                point = list(base)
+                point[i] += a * k
+                point[j] += b * k
+                corners.append(loss(point))
+            exact = (corners[0] - corners[1] - corners[2] + corners[3]) / (4 * k * k)
+            assert abs(numeric[i, j] - float(exact)) <= 1e-6 * (1 + abs(float(exact))), (i, j)
+    np.testing.assert_allclose(numeric, numeric.T, atol=1e-6)  # a Hessian is symmetric
