@@ -21,6 +21,7 @@ of the dtypes, with the reason, as :mod:`normspec.adapters.keras.backend` does f
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,17 +62,41 @@ def _tensorflow(layer: Any, x: Any, dy: Any, variables: Sequence[Any]) -> tuple[
     return dx, found
 
 
+#: Each Keras layer's jitted forward and vjp on JAX (``stateless_call``), made once per layer.
+_JITTED: weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _jax_programs(layer: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``call(values, x)`` and ``vjp(values, x, dy) -> (dx, dvalues)`` jitted, as a Keras
+    training step on JAX is: one compilation per input shape instead of one per operation."""
+    found = _JITTED.get(layer)
+    if found is None:
+        import jax
+
+        fixed = [v.value for v in layer.non_trainable_variables]
+
+        def call(values: list[Any], inputs: Any) -> Any:
+            return layer.stateless_call(values, fixed, inputs)[0]
+
+        def vjp(values: list[Any], inputs: Any, cotangent: Any) -> tuple[Any, Any]:
+            _, pullback = jax.vjp(call, values, inputs)
+            dvalues, dx = pullback(cotangent)
+            return dx, dvalues
+
+        found = (jax.jit(call), jax.jit(vjp))
+        _JITTED[layer] = found
+    return found
+
+
+def _jax_forward(layer: Any, x: Any) -> Any:
+    return _jax_programs(layer)[0]([v.value for v in layer.trainable_variables], x)
+
+
 def _jax(layer: Any, x: Any, dy: Any, variables: Sequence[Any]) -> tuple[Any, list[Any]]:
-    import jax
-
     trainable = list(layer.trainable_variables)
-    fixed = [v.value for v in layer.non_trainable_variables]
-
-    def call(inputs: Any, values: list[Any]) -> Any:
-        return layer.stateless_call(values, fixed, inputs)[0]
-
-    _, pullback = jax.vjp(call, x, [v.value for v in trainable])
-    dx, dvalues = pullback(dy)
+    dx, dvalues = _jax_programs(layer)[1]([v.value for v in trainable], x, dy)
     by_id = {id(v): d for v, d in zip(trainable, dvalues, strict=True)}
     return dx, [by_id[id(v)] for v in variables]
 
@@ -88,6 +113,8 @@ def _torch(layer: Any, x: Any, dy: Any, variables: Sequence[Any]) -> tuple[Any, 
     return filled[0], filled[1:]
 
 
+#: Each backend's forward where it is not ``layer(x)``.
+FORWARDS: dict[str, Callable[[Any, Any], Any]] = {"jax": _jax_forward}
 #: Each backend's gradients; ``None``: the backend has none (NumPy).
 GRADIENTS: dict[str, Gradient | None] = {
     "tensorflow": _tensorflow,
@@ -181,7 +208,8 @@ class KerasFamilyComputation(Computation):
 
     def forward(self, x: Array, weight: Array | None, bias: Array | None) -> Array:
         self._variables(weight, bias)
-        y = self.layer(self.flavour.to_tensor(x, self.config.dtype))
+        call = FORWARDS.get(self.flavour.backend, lambda layer, inputs: layer(inputs))
+        y = call(self.layer, self.flavour.to_tensor(x, self.config.dtype))
         return self.flavour.to_numpy(y, shape=x.shape, dtype=self.config.dtype, what="the output")
 
     def gradients(
