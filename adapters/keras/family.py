@@ -258,15 +258,25 @@ class KerasFamily(FamilyImplementation):
         return {self.flavour.package: version, "backend": self.flavour.backend}
 
     def _float64_narrowed(self) -> str | None:
-        """Why float64 is left out (the backend computes a float64 layer in float32)."""
-        x = np.zeros((1, 2))
-        family = FamilyConfig(self.entry.kind, (2,), bias=self.entry.bias is not None)
-        config = LayerConfig(2, 2, 1, "float64", 1e-5, None, family=family)
-        y = self.computation(config, family).layer(self.flavour.to_tensor(x, "float64"))
-        found = self.flavour.dtype_of(y)
-        if found == "float64":
+        """Why float64 is left out: the backend computes a float64 layer in float32 (its
+        output at ``x = [0, 1]``, ``epsilon = 1e-3``, weight 1, is not the float64 value),
+        as :meth:`normspec.adapters.keras.backend.KerasBackendImplementation.float64_narrowed`
+        finds for BN; ``None`` where it computes in float64."""
+        family = FamilyConfig(self.entry.kind, (2,), bias=False)
+        config = LayerConfig(2, 2, 1, "float64", 1e-3, None, affine=False, family=family)
+        x = np.array([[0.0, 1.0]])
+        try:
+            got = float(self.computation(config, family).forward(x, np.ones(2), None)[0, 1])
+        except WrongOutput as error:
+            return f"{self.library} computes a float64 layer in another dtype: {error}"
+        centred = self.entry.kind == "layernorm"
+        want = 0.5 / np.sqrt(0.25 + 1e-3) if centred else 1.0 / np.sqrt(0.5 + 1e-3)
+        if abs(got - want) <= 1e-12:
             return None
-        return f"{self.library} computes a float64 layer in float32 (its output is {found})"
+        return (
+            f"{self.library} computes a float64 layer in float32: its output at x = [0, 1], "
+            f"epsilon = 1e-3 is {got!r}, float64 gives {want!r}"
+        )
 
     def dtypes(self) -> frozenset[DTypeName]:
         if self._narrowed:
