@@ -181,7 +181,7 @@ def _equinox(
 
 @dataclass(frozen=True)
 class JaxLibrary:
-    """One JAX library's table: its classes, how a class is recognised and built.
+    """One JAX library: how its LayerNorm/RMSNorm classes are recognised, tabled and built.
 
     ``base``: ``"module:Class"`` every layer class of the library derives from;
     ``required``: the constructor arguments a recognised class takes; ``bias_argument``:
@@ -197,7 +197,6 @@ class JaxLibrary:
     bias: str
     parameters: ParameterPolicy
     program: ProgramMaker
-    classes: tuple[str, ...]
 
     def row(self, cls: object, path: str) -> FamilyClass:
         """The table row of a layer class of this library."""
@@ -225,19 +224,19 @@ LIBRARIES: dict[str, JaxLibrary] = {
     for library in (
         JaxLibrary(
             "flax.linen", "flax", "flax.linen:Module", _FLAX, "use_bias", "scale", "bias",
-            "float32", _linen, ("LayerNorm", "RMSNorm"),
+            "float32", _linen,
         ),
         JaxLibrary(
             "flax.nnx", "flax", "flax.nnx:Module", ("num_features", *_FLAX), "use_bias",
-            "scale", "bias", "float32", _nnx, ("LayerNorm", "RMSNorm"),
+            "scale", "bias", "float32", _nnx,
         ),
         JaxLibrary(
             "haiku", "haiku", "haiku:Module", ("axis", "eps", "create_scale", "param_axis"),
-            "create_offset", "scale", "offset", "input", _haiku, ("LayerNorm", "RMSNorm"),
+            "create_offset", "scale", "offset", "input", _haiku,
         ),
         JaxLibrary(
             "equinox.nn", "equinox", "equinox:Module", ("shape", "eps", "use_weight", "use_bias"),
-            "use_bias", "weight", "bias", "input", _equinox, ("LayerNorm", "RMSNorm"),
+            "use_bias", "weight", "bias", "input", _equinox,
         ),
     )
 }  # fmt: skip

@@ -21,6 +21,7 @@ of the dtypes, with the reason, as :mod:`normspec.adapters.keras.backend` does f
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,17 +62,41 @@ def _tensorflow(layer: Any, x: Any, dy: Any, variables: Sequence[Any]) -> tuple[
     return dx, found
 
 
+#: Each Keras layer's jitted forward and vjp on JAX (``stateless_call``), made once per layer.
+_JITTED: weakref.WeakKeyDictionary[Any, tuple[Callable[..., Any], Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _jax_programs(layer: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``call(values, x)`` and ``vjp(values, x, dy) -> (dx, dvalues)`` jitted, as a Keras
+    training step on JAX is: one compilation per input shape instead of one per operation."""
+    found = _JITTED.get(layer)
+    if found is None:
+        import jax
+
+        fixed = [v.value for v in layer.non_trainable_variables]
+
+        def call(values: list[Any], inputs: Any) -> Any:
+            return layer.stateless_call(values, fixed, inputs)[0]
+
+        def vjp(values: list[Any], inputs: Any, cotangent: Any) -> tuple[Any, Any]:
+            _, pullback = jax.vjp(call, values, inputs)
+            dvalues, dx = pullback(cotangent)
+            return dx, dvalues
+
+        found = (jax.jit(call), jax.jit(vjp))
+        _JITTED[layer] = found
+    return found
+
+
+def _jax_forward(layer: Any, x: Any) -> Any:
+    return _jax_programs(layer)[0]([v.value for v in layer.trainable_variables], x)
+
+
 def _jax(layer: Any, x: Any, dy: Any, variables: Sequence[Any]) -> tuple[Any, list[Any]]:
-    import jax
-
     trainable = list(layer.trainable_variables)
-    fixed = [v.value for v in layer.non_trainable_variables]
-
-    def call(inputs: Any, values: list[Any]) -> Any:
-        return layer.stateless_call(values, fixed, inputs)[0]
-
-    _, pullback = jax.vjp(call, x, [v.value for v in trainable])
-    dx, dvalues = pullback(dy)
+    dx, dvalues = _jax_programs(layer)[1]([v.value for v in trainable], x, dy)
     by_id = {id(v): d for v, d in zip(trainable, dvalues, strict=True)}
     return dx, [by_id[id(v)] for v in variables]
 
@@ -88,6 +113,8 @@ def _torch(layer: Any, x: Any, dy: Any, variables: Sequence[Any]) -> tuple[Any, 
     return filled[0], filled[1:]
 
 
+#: Each backend's forward where it is not ``layer(x)``.
+FORWARDS: dict[str, Callable[[Any, Any], Any]] = {"jax": _jax_forward}
 #: Each backend's gradients; ``None``: the backend has none (NumPy).
 GRADIENTS: dict[str, Gradient | None] = {
     "tensorflow": _tensorflow,
@@ -181,7 +208,8 @@ class KerasFamilyComputation(Computation):
 
     def forward(self, x: Array, weight: Array | None, bias: Array | None) -> Array:
         self._variables(weight, bias)
-        y = self.layer(self.flavour.to_tensor(x, self.config.dtype))
+        call = FORWARDS.get(self.flavour.backend, lambda layer, inputs: layer(inputs))
+        y = call(self.layer, self.flavour.to_tensor(x, self.config.dtype))
         return self.flavour.to_numpy(y, shape=x.shape, dtype=self.config.dtype, what="the output")
 
     def gradients(
@@ -230,15 +258,25 @@ class KerasFamily(FamilyImplementation):
         return {self.flavour.package: version, "backend": self.flavour.backend}
 
     def _float64_narrowed(self) -> str | None:
-        """Why float64 is left out (the backend computes a float64 layer in float32)."""
-        x = np.zeros((1, 2))
-        family = FamilyConfig(self.entry.kind, (2,), bias=self.entry.bias is not None)
-        config = LayerConfig(2, 2, 1, "float64", 1e-5, None, family=family)
-        y = self.computation(config, family).layer(self.flavour.to_tensor(x, "float64"))
-        found = self.flavour.dtype_of(y)
-        if found == "float64":
+        """Why float64 is left out: the backend computes a float64 layer in float32 (its
+        output at ``x = [0, 1]``, ``epsilon = 1e-3``, weight 1, is not the float64 value),
+        as :meth:`normspec.adapters.keras.backend.KerasBackendImplementation.float64_narrowed`
+        finds for BN; ``None`` where it computes in float64."""
+        family = FamilyConfig(self.entry.kind, (2,), bias=False)
+        config = LayerConfig(2, 2, 1, "float64", 1e-3, None, affine=False, family=family)
+        x = np.array([[0.0, 1.0]])
+        try:
+            got = float(self.computation(config, family).forward(x, np.ones(2), None)[0, 1])
+        except WrongOutput as error:
+            return f"{self.library} computes a float64 layer in another dtype: {error}"
+        centred = self.entry.kind == "layernorm"
+        want = 0.5 / np.sqrt(0.25 + 1e-3) if centred else 1.0 / np.sqrt(0.5 + 1e-3)
+        if abs(got - want) <= 1e-12:
             return None
-        return f"{self.library} computes a float64 layer in float32 (its output is {found})"
+        return (
+            f"{self.library} computes a float64 layer in float32: its output at x = [0, 1], "
+            f"epsilon = 1e-3 is {got!r}, float64 gives {want!r}"
+        )
 
     def dtypes(self) -> frozenset[DTypeName]:
         if self._narrowed:
