@@ -35,11 +35,11 @@ from normspec.conformance.strategies import (
     Layout,
     arrange,
     canonical_rates,
+    cotangents,
     eps_values,
     feature_values,
     listed,
     shapes,
-    standard_values,
     values_of,
 )
 from normspec.reference import batch_statistics
@@ -527,7 +527,7 @@ def renorm_cases(
         gamma = values_of(draw, PARAMETER_VALUES, features)
         beta = values_of(draw, PARAMETER_VALUES, features)
         params = (round_to_normal(gamma, dtype), round_to_normal(beta, dtype))
-    dy = round_to(draw(standard_values(shape, 0, stream=1)), dtype)  # from a seed: one draw
+    dy = round_to(draw(cotangents(shape)), dtype)
     chosen: Layout = layout or "contiguous"
     x = arrange(x, chosen, feature_axis)
     schedule, step = draw(
