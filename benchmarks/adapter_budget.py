@@ -125,35 +125,63 @@ def compare(
     with revision_tree(revision) as before, tempfile.TemporaryDirectory() as folder:
         after = package_tree(here, Path(folder))
         for target, profile in targets:
-            sides: tuple[list[Run], list[Run]] = ([], [])
-            for _ in range(repeat):
-                for runs_of, tree in zip(sides, (before, after), strict=True):
-                    with tempfile.TemporaryDirectory(prefix="normspec-cache-") as cache:
-                        runs_of.append(check(target, profile, seed, cache, tree))
             name = f"{target} [{profile}]"
-            runs[name] = (median_run(sides[0]), median_run(sides[1]))
+            old, new = medians(target, profile, seed, repeat, ((before,), (after,)))
+            runs[name] = (old, new)
             print(f"  {name}: {runs[name][0].wall:.1f} s -> {runs[name][1].wall:.1f} s", flush=True)
-    print(
-        f"\nnormspec check TARGET --profile PROFILE --seed {seed}, cold, medians of {repeat}, "
-        f"{os.cpu_count()} CPUs, budget {budget:g} s; {revision} beside this checkout"
+    print_table(
+        f"normspec check TARGET --profile PROFILE --seed {seed}, cold, medians of {repeat}, "
+        f"{os.cpu_count()} CPUs, budget {budget:g} s (after); {revision} beside this checkout",
+        ("before wall s", "CPU s", "after wall s", "CPU s"),
+        runs,
+        budget,
+        judged=1,
     )
-    width = max(len(name) for name in runs) + 2
-    print(
-        f"{'':<{width}}{'before wall s':>14}{'CPU s':>7}{'after wall s':>13}{'CPU s':>7}"
-        f"{'budget':>8}{'exit':>10}"
-    )
-    for name, (old, new) in runs.items():
-        within = "ok" if new.wall <= budget else "OVER"
-        print(
-            f"{name:<{width}}{old.wall:>14.1f}{old.cpu:>7.1f}{new.wall:>13.1f}{new.cpu:>7.1f}"
-            f"{within:>8}{old.exit_code:>5}{new.exit_code:>5}"
-        )
     for name, (old, new) in runs.items():
         if old.failed != new.failed:
             print(
                 f"failed ({name}): before {', '.join(old.failed) or 'none'}; after "
                 f"{', '.join(new.failed) or 'none'}"
             )
+
+
+def medians(
+    target: str, profile: str, seed: int, repeat: int, sessions: tuple[tuple[str | None, ...], ...]
+) -> list[Run]:
+    """The median run of each check of ``sessions`` over ``repeat`` rounds. A round runs
+    every session in turn; a session's checks (each the tree normspec is imported from,
+    :func:`package_tree`, or ``None``: the installed one) share a new empty compilation
+    cache, so the first is cold and the others warm."""
+    runs: list[list[Run]] = [[] for session in sessions for _ in session]
+    for _ in range(repeat):
+        index = 0
+        for session in sessions:
+            with tempfile.TemporaryDirectory(prefix="normspec-cache-") as cache:
+                for tree in session:
+                    runs[index].append(check(target, profile, seed, cache, tree))
+                    index += 1
+    return [median_run(r) for r in runs]
+
+
+def print_table(
+    heading: str,
+    columns: tuple[str, ...],
+    runs: dict[str, tuple[Run, Run]],
+    budget: float,
+    judged: int,
+) -> None:
+    """``heading``, then a row a target: the wall and CPU seconds of its two runs under
+    ``columns``, whether run ``judged`` (0 or 1) is within ``budget``, their exit codes."""
+    print(f"\n{heading}")
+    width = max(len(name) for name in runs) + 2
+    cells = "".join(f"{column:>{len(column) + 2}}" for column in columns)
+    print(f"{'':<{width}}{cells}{'budget':>8}{'exit':>6}")
+    for name, pair in runs.items():
+        first, second = pair
+        figures = (first.wall, first.cpu, second.wall, second.cpu)
+        cells = "".join(f"{v:>{len(c) + 2}.1f}" for c, v in zip(columns, figures, strict=True))
+        within = "ok" if pair[judged].wall <= budget else "OVER"
+        print(f"{name:<{width}}{cells}{within:>8}{first.exit_code:>4}{second.exit_code:>2}")
 
 
 def installed_targets() -> list[tuple[str, str]]:
@@ -190,28 +218,17 @@ def main() -> None:
         return
     runs: dict[str, tuple[Run, Run]] = {}
     for target, profile in targets:
-        cold, warm = [], []
-        for _ in range(args.repeat):
-            with tempfile.TemporaryDirectory(prefix="normspec-cache-") as cache:
-                cold.append(check(target, profile, args.seed, cache))
-                warm.append(check(target, profile, args.seed, cache))
-        runs[f"{target} [{profile}]"] = (median_run(cold), median_run(warm))
+        cold, warm = medians(target, profile, args.seed, args.repeat, ((None, None),))
+        runs[f"{target} [{profile}]"] = (cold, warm)
         print(f"  {target}: cold {runs[f'{target} [{profile}]'][0].wall:.1f} s", flush=True)
-    print(
-        f"\nnormspec check TARGET --profile PROFILE --seed {args.seed}, medians of "
-        f"{args.repeat}, {os.cpu_count()} CPUs, budget {args.budget:g} s"
+    print_table(
+        f"normspec check TARGET --profile PROFILE --seed {args.seed}, medians of "
+        f"{args.repeat}, {os.cpu_count()} CPUs, budget {args.budget:g} s (cold)",
+        ("cold wall s", "cold CPU s", "warm wall s", "warm CPU s"),
+        runs,
+        args.budget,
+        judged=0,
     )
-    width = max(len(name) for name in runs) + 2
-    print(
-        f"{'':<{width}}{'cold wall s':>12}{'cold CPU s':>11}{'warm wall s':>12}"
-        f"{'warm CPU s':>11}{'budget':>8}{'exit':>6}"
-    )
-    for name, (cold, warm) in runs.items():
-        within = "ok" if cold.wall <= args.budget else "OVER"
-        print(
-            f"{name:<{width}}{cold.wall:>12.1f}{cold.cpu:>11.1f}{warm.wall:>12.1f}"
-            f"{warm.cpu:>11.1f}{within:>8}{cold.exit_code:>6}"
-        )
     for name, (cold, _) in runs.items():
         print(f"failed ({name}): {', '.join(cold.failed) or 'none'}")
 
