@@ -3,7 +3,10 @@
 The building blocks are public: :func:`dtypes`, :func:`shapes`, :func:`feature_values`,
 :func:`memory_layouts`, :func:`running_statistics`, :func:`affine_parameters`, and the
 composite :func:`cases`, which draws a whole checkable situation (config, parameters,
-state, input, cotangent). Every value is exactly representable in the drawn dtype.
+state, input, cotangent). Every value is exactly representable in the drawn dtype. Arrays
+of up to :data:`ELEMENTWISE_LIMIT` values are drawn value by value, longer ones in a few
+draws (:func:`values_of`, :func:`standard_values`), cotangents from a seed
+(:func:`cotangents`).
 """
 
 from __future__ import annotations
