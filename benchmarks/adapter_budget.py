@@ -129,14 +129,11 @@ def compare(
             old, new = medians(target, profile, seed, repeat, ((before,), (after,)))
             runs[name] = (old, new)
             print(f"  {name}: {runs[name][0].wall:.1f} s -> {runs[name][1].wall:.1f} s", flush=True)
-    print_table(
+    heading = (
         f"normspec check TARGET --profile PROFILE --seed {seed}, cold, medians of {repeat}, "
-        f"{os.cpu_count()} CPUs, budget {budget:g} s (after); {revision} beside this checkout",
-        ("before wall s", "CPU s", "after wall s", "CPU s"),
-        runs,
-        budget,
-        judged=1,
+        f"{os.cpu_count()} CPUs, budget {budget:g} s (after); {revision} beside this checkout"
     )
+    print_table(heading, ("before wall s", "CPU s", "after wall s", "CPU s"), runs, budget, 1)
     for name, (old, new) in runs.items():
         if old.failed != new.failed:
             print(
@@ -221,14 +218,12 @@ def main() -> None:
         cold, warm = medians(target, profile, args.seed, args.repeat, ((None, None),))
         runs[f"{target} [{profile}]"] = (cold, warm)
         print(f"  {target}: cold {runs[f'{target} [{profile}]'][0].wall:.1f} s", flush=True)
-    print_table(
+    heading = (
         f"normspec check TARGET --profile PROFILE --seed {args.seed}, medians of "
-        f"{args.repeat}, {os.cpu_count()} CPUs, budget {args.budget:g} s (cold)",
-        ("cold wall s", "cold CPU s", "warm wall s", "warm CPU s"),
-        runs,
-        args.budget,
-        judged=0,
+        f"{args.repeat}, {os.cpu_count()} CPUs, budget {args.budget:g} s (cold)"
     )
+    columns = ("cold wall s", "cold CPU s", "warm wall s", "warm CPU s")
+    print_table(heading, columns, runs, args.budget, 0)
     for name, (cold, _) in runs.items():
         print(f"failed ({name}): {', '.join(cold.failed) or 'none'}")
 
