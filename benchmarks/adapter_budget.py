@@ -14,6 +14,14 @@ from the cache, as in a user's second run or a CI that keeps the cache). Printed
 side: wall time, CPU time of the process and its children (on a shared machine the better
 guide to an idle one), whether the cold median is within the budget, the exit code (1:
 not conformant) and the failed clauses. Figures are medians of ``--repeat`` runs.
+
+    python benchmarks/adapter_budget.py [TARGET[@PROFILE] ...] --baseline REV [--budget 20]
+
+With ``--baseline REV`` each target is checked cold only, by this checkout and by REV side
+by side in the same run (their runs alternating, so that a busy machine slows both alike):
+REV is checked out into a temporary ``git worktree`` and run by the same interpreter, with
+``PYTHONPATH`` pointing at a package tree built from it (the checkout's own code is run the
+same way).
 """
 
 from __future__ import annotations
@@ -28,9 +36,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from normspec.adapters.declarations import collected
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 #: The default check's budget on 2 cores (README: the one-minute default budget).
 BUDGET_SECONDS = 60.0
@@ -51,18 +67,118 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def check(target: str, profile: str, seed: int, cache: str) -> Run:
-    """``normspec check`` in a fresh process, its compilation cache in ``cache``."""
+def check(target: str, profile: str, seed: int, cache: str, tree: str | None = None) -> Run:
+    """``normspec check`` in a fresh process, its compilation cache in ``cache``; with
+    ``tree`` (:func:`package_tree`), normspec imported from there."""
     command = [sys.executable, "-m", "normspec", "check", target]
     command += ["--profile", profile, "--seed", str(seed)]
     environment = {**os.environ, "NORMSPEC_COMPILATION_CACHE": cache}
     environment.pop("JAX_COMPILATION_CACHE_DIR", None)
+    if tree is not None:
+        environment["PYTHONPATH"] = tree
     cpu, started = children_cpu(), time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=environment, check=False, cwd=tree
+    )
     wall, cpu = time.perf_counter() - started, children_cpu() - cpu
     if done.returncode not in (0, 1):
         sys.exit(f"normspec check {target} exited {done.returncode}:\n{done.stderr[-3000:]}")
     return Run(wall, cpu, done.returncode, tuple(FAILED.findall(done.stdout)))
+
+
+def package_tree(checkout: Path, into: Path) -> str:
+    """A folder holding the package ``normspec`` of ``checkout`` as links laid out by its
+    ``pyproject.toml``'s package-dir (the import path of that checkout's code)."""
+    config = tomllib.loads((checkout / "pyproject.toml").read_text())
+    folders = config["tool"]["setuptools"]["package-dir"]
+    root = into / "normspec"
+    root.mkdir(parents=True)
+    for item in (checkout / folders["normspec"]).iterdir():
+        (root / item.name).symlink_to(item)
+    for package, folder in folders.items():
+        if package != "normspec":
+            (root / package.removeprefix("normspec.")).symlink_to(checkout / folder)
+    return str(into)
+
+
+@contextmanager
+def revision_tree(revision: str) -> Iterator[str]:
+    """The package tree (:func:`package_tree`) of ``revision`` checked out into a temporary
+    ``git worktree``, removed afterwards."""
+    repository = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="normspec-baseline-") as folder:
+        checkout = Path(folder) / "checkout"
+        git = ["git", "-C", str(repository), "worktree"]
+        subprocess.run([*git, "add", "--detach", str(checkout), revision], check=True)
+        try:
+            yield package_tree(checkout, Path(folder) / "tree")
+        finally:
+            subprocess.run([*git, "remove", "--force", str(checkout)], check=True)
+
+
+def compare(
+    targets: list[tuple[str, str]], revision: str, seed: int, repeat: int, budget: float
+) -> None:
+    """Cold checks of this checkout beside ``revision``'s, their runs alternating."""
+    here = Path(__file__).resolve().parent.parent
+    runs: dict[str, tuple[Run, Run]] = {}
+    with revision_tree(revision) as before, tempfile.TemporaryDirectory() as folder:
+        after = package_tree(here, Path(folder))
+        for target, profile in targets:
+            name = f"{target} [{profile}]"
+            old, new = medians(target, profile, seed, repeat, ((before,), (after,)))
+            runs[name] = (old, new)
+            print(f"  {name}: {runs[name][0].wall:.1f} s -> {runs[name][1].wall:.1f} s", flush=True)
+    heading = (
+        f"normspec check TARGET --profile PROFILE --seed {seed}, cold, medians of {repeat}, "
+        f"{os.cpu_count()} CPUs, budget {budget:g} s (after); {revision} beside this checkout"
+    )
+    print_table(heading, ("before wall s", "CPU s", "after wall s", "CPU s"), runs, budget, 1)
+    for name, (old, new) in runs.items():
+        if old.failed != new.failed:
+            print(
+                f"failed ({name}): before {', '.join(old.failed) or 'none'}; after "
+                f"{', '.join(new.failed) or 'none'}"
+            )
+
+
+def medians(
+    target: str, profile: str, seed: int, repeat: int, sessions: tuple[tuple[str | None, ...], ...]
+) -> list[Run]:
+    """The median run of each check of ``sessions`` over ``repeat`` rounds. A round runs
+    every session in turn; a session's checks (each the tree normspec is imported from,
+    :func:`package_tree`, or ``None``: the installed one) share a new empty compilation
+    cache, so the first is cold and the others warm."""
+    runs: list[list[Run]] = [[] for session in sessions for _ in session]
+    for _ in range(repeat):
+        index = 0
+        for session in sessions:
+            with tempfile.TemporaryDirectory(prefix="normspec-cache-") as cache:
+                for tree in session:
+                    runs[index].append(check(target, profile, seed, cache, tree))
+                    index += 1
+    return [median_run(r) for r in runs]
+
+
+def print_table(
+    heading: str,
+    columns: tuple[str, ...],
+    runs: dict[str, tuple[Run, Run]],
+    budget: float,
+    judged: int,
+) -> None:
+    """``heading``, then a row a target: the wall and CPU seconds of its two runs under
+    ``columns``, whether run ``judged`` (0 or 1) is within ``budget``, their exit codes."""
+    print(f"\n{heading}")
+    width = max(len(name) for name in runs) + 2
+    cells = "".join(f"{column:>{len(column) + 2}}" for column in columns)
+    print(f"{'':<{width}}{cells}{'budget':>8}{'exit':>6}")
+    for name, pair in runs.items():
+        first, second = pair
+        figures = (first.wall, first.cpu, second.wall, second.cpu)
+        cells = "".join(f"{v:>{len(c) + 2}.1f}" for c, v in zip(columns, figures, strict=True))
+        within = "ok" if pair[judged].wall <= budget else "OVER"
+        print(f"{name:<{width}}{cells}{within:>8}{first.exit_code:>4}{second.exit_code:>2}")
 
 
 def installed_targets() -> list[tuple[str, str]]:
@@ -89,33 +205,25 @@ def main() -> None:
     parser.add_argument("targets", nargs="*", help="TARGET[@PROFILE] (default: the built-ins)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--baseline", metavar="REV", help="check REV beside this checkout")
+    parser.add_argument("--budget", type=float, default=BUDGET_SECONDS, help="seconds")
     args = parser.parse_args()
     chosen = [tuple(t.partition("@")[::2]) for t in args.targets] or installed_targets()
     targets = [("reference", "paper")] + [(t, p or "paper") for t, p in chosen if t != "reference"]
+    if args.baseline:
+        compare(targets, args.baseline, args.seed, args.repeat, args.budget)
+        return
     runs: dict[str, tuple[Run, Run]] = {}
     for target, profile in targets:
-        cold, warm = [], []
-        for _ in range(args.repeat):
-            with tempfile.TemporaryDirectory(prefix="normspec-cache-") as cache:
-                cold.append(check(target, profile, args.seed, cache))
-                warm.append(check(target, profile, args.seed, cache))
-        runs[f"{target} [{profile}]"] = (median_run(cold), median_run(warm))
+        cold, warm = medians(target, profile, args.seed, args.repeat, ((None, None),))
+        runs[f"{target} [{profile}]"] = (cold, warm)
         print(f"  {target}: cold {runs[f'{target} [{profile}]'][0].wall:.1f} s", flush=True)
-    print(
-        f"\nnormspec check TARGET --profile PROFILE --seed {args.seed}, medians of "
-        f"{args.repeat}, {os.cpu_count()} CPUs, budget {BUDGET_SECONDS:g} s"
+    heading = (
+        f"normspec check TARGET --profile PROFILE --seed {args.seed}, medians of "
+        f"{args.repeat}, {os.cpu_count()} CPUs, budget {args.budget:g} s (cold)"
     )
-    width = max(len(name) for name in runs) + 2
-    print(
-        f"{'':<{width}}{'cold wall s':>12}{'cold CPU s':>11}{'warm wall s':>12}"
-        f"{'warm CPU s':>11}{'budget':>8}{'exit':>6}"
-    )
-    for name, (cold, warm) in runs.items():
-        within = "ok" if cold.wall <= BUDGET_SECONDS else "OVER"
-        print(
-            f"{name:<{width}}{cold.wall:>12.1f}{cold.cpu:>11.1f}{warm.wall:>12.1f}"
-            f"{warm.cpu:>11.1f}{within:>8}{cold.exit_code:>6}"
-        )
+    columns = ("cold wall s", "cold CPU s", "warm wall s", "warm CPU s")
+    print_table(heading, columns, runs, args.budget, 0)
     for name, (cold, _) in runs.items():
         print(f"failed ({name}): {', '.join(cold.failed) or 'none'}")
 

@@ -3,11 +3,15 @@
 The building blocks are public: :func:`dtypes`, :func:`shapes`, :func:`feature_values`,
 :func:`memory_layouts`, :func:`running_statistics`, :func:`affine_parameters`, and the
 composite :func:`cases`, which draws a whole checkable situation (config, parameters,
-state, input, cotangent). Every value is exactly representable in the drawn dtype.
+state, input, cotangent). Every value is exactly representable in the drawn dtype. Arrays
+of up to :data:`ELEMENTWISE_LIMIT` values are drawn value by value, longer ones in a few
+draws (:func:`values_of`, :func:`standard_values`), cotangents from a seed
+(:func:`cotangents`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -49,10 +53,14 @@ SPREAD_EXPONENTS: dict[str, tuple[int, int]] = {
 #: Largest decimal exponent of (feature mean / spread) for ill-conditioned draws.
 OFFSET_EXPONENTS: dict[str, int] = {"float64": 9, "float32": 5, "float16": 2, "bfloat16": 2}
 
-#: Above this many values an array is drawn from a seeded generator instead of elementwise
-#: (a report shows the values of an example up to this size; drawing each value through
-#: Hypothesis costs tens of microseconds, which larger arrays made most of a check's time).
-ELEMENTWISE_LIMIT = 64
+#: Above this many values an array is drawn from a few drawn parameters expanded with NumPy
+#: (:func:`seeded_values`) instead of elementwise: drawing each value through Hypothesis
+#: costs tens of microseconds, and arrays of 17 to 64 values drawn one by one were most of a
+#: check's time. Shrinking reaches arrays this small, so minimal examples stay elementwise.
+ELEMENTWISE_LIMIT = 16
+
+#: A report shows the values of an example's arrays up to this size.
+SHOWN_LIMIT = 64
 
 # Strategies drawn from in every case, built once (Hypothesis validates each new strategy
 # object on its first draw).
@@ -60,7 +68,7 @@ UNIT_VALUES = st.floats(-1.0, 1.0, allow_subnormal=False)
 PARAMETER_VALUES = st.floats(-2.0, 2.0)
 SIGNS = st.sampled_from([1.0, -1.0])
 WELL_CONDITIONED_RATIOS = st.floats(-4.0, 4.0)
-_AWAY = st.floats(0.25, 3.0)
+_AWAY = st.floats(-2.75, 2.75)
 _SMALL_BATCHES = st.sampled_from([1, 2])
 _SEEDS = st.integers(0, 2**32 - 1)
 #: The step counters of a zero-debiased state, the first steps (where the debias factor
@@ -69,8 +77,16 @@ _DEBIASED_STEPS = st.one_of(st.integers(0, 4), st.integers(0, 10**6))
 
 
 def values_of(draw: st.DrawFn, elements: st.SearchStrategy[float], size: int) -> Array:
-    """``size`` values drawn one by one from ``elements`` (each shrinks on its own)."""
-    return np.array([draw(elements) for _ in range(size)], dtype=np.float64)
+    """``size`` values from ``elements``: drawn one by one (each shrinks on its own) up to
+    :data:`ELEMENTWISE_LIMIT`; beyond, that many are drawn and the rest come from a drawn
+    seed, uniform between the least and the greatest drawn (any length in a few draws)."""
+    drawn = np.array([draw(elements) for _ in range(min(size, ELEMENTWISE_LIMIT))], dtype=float)
+    if size <= ELEMENTWISE_LIMIT:
+        return drawn
+    rest = np.random.default_rng(draw(_SEEDS)).uniform(
+        drawn.min(), drawn.max(), size - ELEMENTWISE_LIMIT
+    )
+    return np.concatenate([drawn, rest])
 
 
 def dtypes(allowed: Sequence[DTypeName]) -> st.SearchStrategy[DTypeName]:
@@ -123,6 +139,13 @@ def standard_values(
         return values_of(draw, UNIT_VALUES, size).reshape(shape)
     seed = draw(_SEEDS)
     return np.random.default_rng([seed, stream] if stream else seed).uniform(-1.0, 1.0, size=shape)
+
+
+def cotangents(shape: tuple[int, ...], stream: int = 1) -> st.SearchStrategy[Array]:
+    """A cotangent ``dy`` (values in [-1, 1]) from a drawn seed, one draw whatever its size:
+    a check reads it only as a generic direction, and its elementwise draws were a fifth of
+    a case's. ``stream`` as in :func:`standard_values`."""
+    return standard_values(shape, 0, stream=stream)
 
 
 @st.composite
@@ -212,9 +235,11 @@ def running_statistics(
     centre = np.zeros(num_features) if near is None else near
     spread = np.ones(num_features) if scale is None else scale
 
-    # kept away from the batch's own statistics, so that confusing the two shows
+    # kept away from the batch's own statistics, so that confusing the two shows: |v| in
+    # [0.25, 3], either sign, in one draw
     def away() -> float:
-        return float(draw(_AWAY) * draw(SIGNS))
+        value = draw(_AWAY)
+        return float(math.copysign(abs(value) + 0.25, value))
 
     offset = np.array([away() for _ in range(num_features)])
     log_ratio = np.array([away() for _ in range(num_features)]) * (2.0 / 3.0)
@@ -275,7 +300,7 @@ class Case(Generic[StateT]):
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly description of the case (the minimal example in a report)."""
-        small = self.x.size <= ELEMENTWISE_LIMIT
+        small = self.x.size <= SHOWN_LIMIT
         return {
             "dtype": self.config.dtype,
             "shape": list(self.x.shape),
@@ -432,7 +457,7 @@ def case_of(
         state = draw(running_statistics(features, dtype, near=centre, scale=spread))
         if dialect.running_average == "zero_debiased" and setting.rate is not None:
             state = draw(zero_debiased_state(state, setting.rate, dtype))
-    dy = round_to(draw(standard_values(shape, stream=1)), dtype)
+    dy = round_to(draw(cotangents(shape)), dtype)
     chosen: Layout = layout or "contiguous"
     eps, momentum, rate = held_setting(
         capabilities or Capabilities(), dialect, setting.eps, setting.rate
@@ -532,6 +557,7 @@ def cases(
                 axis_positions=axis_positions,
                 affine=affine,
                 num_features=num_features,
+                menu=menu,
             )
         )
     dtype = draw(dtypes(allowed_dtypes))

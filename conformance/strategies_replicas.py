@@ -25,11 +25,11 @@ from normspec.conformance.strategies import (
     Conditioning,
     case_of,
     constraints,
+    cotangents,
     dtypes,
     feature_values,
     free_settings,
     running_statistics,
-    standard_values,
 )
 from normspec.reference.dialects import Dialect
 
@@ -195,7 +195,7 @@ def replica_cases(
         x[~included] = round_to(
             x[~included] * 4.0 + 8.0 * (1.0 + np.abs(x).max()), base.config.dtype
         )
-    dy = round_to(draw(standard_values(shape, stream=1)), base.config.dtype)
+    dy = round_to(draw(cotangents(shape)), base.config.dtype)
     if included is not None:
         dy[~included] = 0.0
     state = base.state

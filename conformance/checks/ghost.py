@@ -27,8 +27,8 @@ from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies import (
     BatchNormCase,
     arrange,
+    cotangents,
     feature_values,
-    standard_values,
 )
 from normspec.conformance.tolerance import (
     Comparison,
@@ -83,7 +83,7 @@ def ghost_case(
     shape = (batch, *case.x.shape[1:])
     conditioning = options.get("conditioning", "well")
     x = data.draw(feature_values(shape, cfg.feature_axis, cfg.dtype, conditioning))
-    dy = round_to(data.draw(standard_values(shape, stream=1)), cfg.dtype)
+    dy = round_to(data.draw(cotangents(shape)), cfg.dtype)
     config = replace(cfg, virtual_batch_size=size)
     case = ctx.use_case(
         replace(case, config=config, x=arrange(x, case.layout, cfg.feature_axis), dy=dy)
