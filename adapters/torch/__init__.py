@@ -20,9 +20,11 @@ ADAPTERS = Adapters(
         ),
         # its sync.* clauses run on K processes on GPUs, and are not applicable on the CPU
         BuiltinTarget("torch.nn:SyncBatchNorm", "torch", ("torch",), "torch.nn.SyncBatchNorm"),
-        # the normalization family (layernorm.md), in the report beside BN
+        # the normalization family (layernorm.md, groupnorm.md), in the report beside BN
         BuiltinTarget("torch.nn:LayerNorm", "torch", ("torch",), "torch.nn.LayerNorm"),
         BuiltinTarget("torch.nn:RMSNorm", "torch", ("torch",), "torch.nn.RMSNorm"),
+        BuiltinTarget("torch.nn:GroupNorm", "torch", ("torch",), "torch.nn.GroupNorm"),
+        BuiltinTarget("torch.nn:InstanceNorm2d", "torch", ("torch",), "torch.nn.InstanceNorm2d"),
     ),
     recognisers=(
         Recogniser("torch", f"{_HERE}.family:recognise"),  # LayerNorm, RMSNorm (layernorm.md)

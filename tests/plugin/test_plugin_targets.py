@@ -25,7 +25,7 @@ from normspec.conformance.report_json import schema
 #: Clauses whose verdicts differ between the targets: pass, fail (flax's empty batch), a
 #: SHOULD failure (xfail), not applicable (renorm on a BN layer, and the reverse; the family
 #: layers have one clause each).
-CLAUSES = "conv.io.shape_dtype,bn.train.output,bn.degenerate.empty_batch,bn.params.invalid,renorm.train.output,ln.params.shape,rms.params.shape"
+CLAUSES = "conv.io.shape_dtype,bn.train.output,bn.degenerate.empty_batch,bn.params.invalid,renorm.train.output,ln.params.shape,rms.params.shape,gn.params.shape,in.params.shape"
 SETTINGS = ("--dtype", "float32", "--max-examples", "4", "--seed", "3")
 
 
