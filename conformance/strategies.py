@@ -557,7 +557,6 @@ def cases(
                 axis_positions=axis_positions,
                 affine=affine,
                 num_features=num_features,
-                menu=menu,
             )
         )
     dtype = draw(dtypes(allowed_dtypes))

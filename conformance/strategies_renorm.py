@@ -24,13 +24,7 @@ from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to, round_to_normal
-from normspec.conformance.menu import (
-    LONG_MAX_BATCH,
-    LONG_MAX_SPATIAL,
-    Menu,
-    Setting,
-    feature_axis_for,
-)
+from normspec.conformance.menu import feature_axis_for
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     SIGNS,
@@ -41,7 +35,6 @@ from normspec.conformance.strategies import (
     Layout,
     arrange,
     canonical_rates,
-    constraints,
     cotangents,
     eps_values,
     feature_values,
@@ -478,7 +471,6 @@ def renorm_cases(
     steps: int | None = None,
     same_sets: bool = False,
     counter: Counter = "any",
-    menu: Menu | None = None,
 ) -> RenormCase:
     """A whole renorm case under the profile's renorm dialect.
 
@@ -500,68 +492,36 @@ def renorm_cases(
       the correction set exists under ``statistics = separate`` only;
     * ``same_sets``: under ``statistics = separate``, the correction set equal to the
       inference set and ``correction_rate = rate`` (which set is read, or moved with which
-      rate, cannot show; renorm.moving.separate is checked on its own);
-    * ``menu``: the setting (rank, axis, features, shape, rate, eps, affine) from a run's
-      :class:`~normspec.conformance.menu.Menu`, as :func:`strategies.cases` draws it, and
-      the correction rate among the menu's rates (unless ``rates`` asks for others).
+      rate, cannot show; renorm.moving.separate is checked on its own).
     """
     renorm = renorm_dialect(dialect)
     rate_strategy = rates if rates is not None else canonical_rates(dialect)
+    if rate is None:
+        rate = draw(rate_strategy, label="rate")
+    dtype = draw(_cached(("dtype", *allowed_dtypes), list(allowed_dtypes)))
+    rank = draw(_cached(("rank", *sorted(capabilities.ranks)), sorted(capabilities.ranks)))
     positions = list(axis_positions or capabilities.feature_axes)
-    if max_batch is None:
-        max_batch = LONG_MAX_BATCH if long_reductions else MAX_BATCH
-    if max_spatial is None:
-        max_spatial = LONG_MAX_SPATIAL if long_reductions else MAX_SPATIAL
-    setting: Setting | None = None
-    if menu is None:
-        if rate is None:
-            rate = draw(rate_strategy, label="rate")
-        dtype = draw(_cached(("dtype", *allowed_dtypes), list(allowed_dtypes)))
-        rank = draw(_cached(("rank", *sorted(capabilities.ranks)), sorted(capabilities.ranks)))
-        feature_axis = feature_axis_for(rank, draw(_cached(("position", *positions), positions)))
-        features = num_features if num_features is not None else draw(_FEATURES)
-        shape = draw(
-            shapes(
-                rank=rank,
-                feature_axis=feature_axis,
-                num_features=features,
-                min_count=min_count,
-                max_batch=max_batch,
-                max_spatial=max_spatial,
-            )
-        )
-    else:
-        dtype = draw(_cached(("dtype", *allowed_dtypes), list(allowed_dtypes)))
-        wanted = constraints(
-            capabilities,
+    feature_axis = feature_axis_for(rank, draw(_cached(("position", *positions), positions)))
+    features = num_features if num_features is not None else draw(_FEATURES)
+    shape = draw(
+        shapes(
+            rank=rank,
+            feature_axis=feature_axis,
+            num_features=features,
             min_count=min_count,
-            long_reductions=long_reductions,
-            max_batch=max_batch,
-            max_spatial=max_spatial,
-            rate=rate,
-            axis_positions=positions,
-            affine=affine,
-            num_features=num_features,
+            max_batch=max_batch
+            if max_batch is not None
+            else (64 if long_reductions else MAX_BATCH),
+            max_spatial=(
+                max_spatial if max_spatial is not None else (12 if long_reductions else MAX_SPATIAL)
+            ),
         )
-        setting = draw(menu.settings(wanted))
-        rank, feature_axis, features = setting.rank, setting.feature_axis, setting.features
-        shape = setting.shape
-        if rate is None:
-            rate = draw(rates, label="rate") if rates is not None else setting.rate
-        if rates is None:  # the correction set's rate from the menu's too
-            offered = sorted({s.rate for s in menu.choices(wanted) if s.rate is not None})
-            rate_strategy = _cached(("menu rates", *offered), offered)
-    assert rate is not None  # a renorm layer always keeps moving statistics
+    )
     x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
-    if setting is not None:
-        is_affine, eps = setting.affine, setting.eps
-    else:
-        is_affine = (
-            draw(_BOOLEANS)
-            if affine is None and capabilities.without_affine
-            else affine is not False
-        )
-        eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
+    is_affine = (
+        draw(_BOOLEANS) if affine is None and capabilities.without_affine else affine is not False
+    )
+    eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
     params = None
     if is_affine:
         gamma = values_of(draw, PARAMETER_VALUES, features)

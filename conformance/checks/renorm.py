@@ -148,15 +148,14 @@ def renorm_check(
 
 
 def draw_renorm(ctx: CheckContext, data: Any, **options: Any) -> RenormCase:
-    """Draw a renorm case for this implementation (see :func:`renorm_cases`), its setting
-    from the run's menu where it has one.
+    """Draw a renorm case for this implementation (see :func:`renorm_cases`).
 
     Unless ``counter`` says otherwise, the step counter is one where the bounds of this step
     and the next agree: a schedule evaluated at the wrong counter is renorm.schedule.step's
     business, and shows there first.
     """
     options.setdefault("counter", "steady")
-    return ctx.draw(data, renorm_cases, menu=ctx.menu, **options)
+    return ctx.draw(data, renorm_cases, **options)
 
 
 def build(

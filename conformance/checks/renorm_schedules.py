@@ -115,7 +115,6 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
         affine=None,
         schedule_kinds=[k for k in offered if k != "constant"] or offered,
         counter="changing",
-        menu=ctx.menu,
     )
 
     class RenormSequenceMachine(RuleBasedStateMachine):

@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 from gallery.bugs import BUGS
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from test_gallery import with_dependencies
 
 from normspec.adapters.protocol import Capabilities, LayerConfig
 from normspec.adapters.reference import ReferenceImplementation, ReferenceLayer
 from normspec.cli import main
-from normspec.conformance import strategies
 from normspec.conformance.menu import (
     COMMON_RATES,
     DEFAULT_MENU_SIZE,
@@ -27,9 +26,6 @@ from normspec.conformance.menu import (
     feature_axis_for,
 )
 from normspec.conformance.runner import CheckOptions, check_implementation, menu_size
-from normspec.conformance.strategies_renorm import MAX_BATCH as RENORM_MAX_BATCH
-from normspec.conformance.strategies_renorm import MAX_SPATIAL as RENORM_MAX_SPATIAL
-from normspec.conformance.strategies_renorm import renorm_cases
 from normspec.reference.dialects import profile
 
 FLAX = profile("flax")
@@ -211,27 +207,3 @@ def test_the_cli_takes_and_reports_a_menu(tmp_path: Any, capsys: Any) -> None:
     assert json.loads(out.read_text())["menu"] == 3
     assert main([*argv, "--menu", "-1"]) == 2
     assert "--menu" in capsys.readouterr().err
-
-
-TF_KERAS = profile("tf_keras")
-
-
-@settings(max_examples=5, deadline=None)
-@given(data=st.data(), seed=st.integers(0, 50))
-def test_renorm_cases_take_their_settings_from_the_menu(data: Any, seed: int) -> None:
-    """A renorm case's layer setting (shape, eps, rate, affine) is one of the menu's choices
-    for its constraints, and a correction rate one of their rates."""
-    menu = Menu.generate(BROAD, TF_KERAS, seed, DEFAULT_MENU_SIZE)
-    wanted = strategies.constraints(
-        BROAD,
-        max_batch=RENORM_MAX_BATCH,
-        max_spatial=RENORM_MAX_SPATIAL,
-        axis_positions=BROAD.feature_axes,
-        affine=None,
-    )
-    offered = menu.choices(wanted)
-    case = data.draw(renorm_cases(BROAD, TF_KERAS, ("float32",), affine=None, menu=menu))
-    drawn = (case.x.shape, case.config.eps, case.rate, case.config.affine)
-    assert drawn in {(s.shape, s.eps, s.rate, s.affine) for s in offered}
-    assert case.config.renorm is not None
-    assert case.config.renorm.correction_rate in {None, *(s.rate for s in offered)}
