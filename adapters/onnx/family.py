@@ -88,7 +88,7 @@ OPERATORS: dict[FamilyKind, Operator] = {
 }
 
 
-def attributes(kind: FamilyKind, family: FamilyConfig) -> dict[str, int]:
+def attributes(kind: FamilyKind, family: FamilyConfig) -> dict[str, Any]:
     """The attributes that say what a node normalizes: LayerNorm's first axis (``-k``),
     GroupNorm's ``num_groups``; InstanceNorm has none."""
     if kind == "groupnorm":
