@@ -56,6 +56,10 @@ def expect_library_outcomes(target: str, kind: str, profile: str) -> None:
         ("flax.nnx:RMSNorm", "rmsnorm", "flax"),
         ("haiku:LayerNorm", "layernorm", "haiku"),
         ("equinox.nn:RMSNorm", "rmsnorm", "flax"),
+        ("flax.linen:GroupNorm", "groupnorm", "flax"),  # channels last: moved by the adapter
+        ("flax.nnx:InstanceNorm", "instancenorm", "flax"),
+        ("haiku:GroupNorm", "groupnorm", "haiku"),
+        ("equinox.nn:GroupNorm", "groupnorm", "flax"),
     ],
 )
 def test_jax_libraries_are_recognised_and_pass(target: str, kind: str, profile: str) -> None:
