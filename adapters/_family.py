@@ -1,4 +1,5 @@
-"""What every LayerNorm/RMSNorm adapter outside torch shares (spec: layernorm.md).
+"""What every normalization-family adapter outside torch shares (spec: layernorm.md,
+groupnorm.md).
 
 A framework's family adapter is a table and one :class:`Computation`:
 
@@ -84,6 +85,24 @@ def kind_of(cls: object, takes_bias: bool) -> FamilyKind:
     return "rmsnorm" if rms else "layernorm"
 
 
+#: The kinds whose parameters are per channel of a ``(N, C, *spatial)`` input (groupnorm.md).
+GROUPED: frozenset[FamilyKind] = frozenset({"groupnorm", "instancenorm"})
+
+
+def parameter_shape(config: LayerConfig) -> tuple[int, ...]:
+    """The shape of a layer's weight and bias: ``normalized_shape`` (LayerNorm, RMSNorm), or
+    one per channel (GroupNorm, InstanceNorm: groupnorm.md)."""
+    assert config.family is not None
+    if config.family.kind in GROUPED:
+        return (config.num_features,)
+    return config.family.normalized_shape
+
+
+def ranks_of(kind: FamilyKind) -> frozenset[int]:
+    """The input ranks of a kind: InstanceNorm needs a spatial axis."""
+    return frozenset({3, 4, 5} if kind == "instancenorm" else {2, 3, 4, 5})
+
+
 def axes_of(family: FamilyConfig) -> tuple[int, ...]:
     """The trailing axes a slice spans, negative (``(-2, -1)`` for two)."""
     return tuple(range(-len(family.normalized_shape), 0))
@@ -91,7 +110,8 @@ def axes_of(family: FamilyConfig) -> tuple[int, ...]:
 
 class Computation(abc.ABC):
     """One configured layer in its framework, run on given parameters (float64 arrays of
-    ``normalized_shape``; ``None`` where the layer has none)."""
+    ``normalized_shape``, or per channel for GroupNorm/InstanceNorm: :func:`parameter_shape`;
+    ``None`` where the layer has none). A grouped case's ``x`` is ``(N, C, *spatial)``."""
 
     @abc.abstractmethod
     def forward(self, x: Array, weight: Array | None, bias: Array | None) -> Array:
@@ -105,14 +125,15 @@ class Computation(abc.ABC):
 
 
 class FamilyLayer:
-    """A LayerNorm/RMSNorm protocol layer on a :class:`Computation`."""
+    """A family protocol layer on a :class:`Computation` (an InstanceNorm one without
+    running statistics)."""
 
     def __init__(
         self, config: LayerConfig, computation: Computation, *, weighted: bool = False
     ) -> None:
         assert config.family is not None
         self.config, self.family, self.computation = config, config.family, computation
-        shape = self.family.normalized_shape
+        self.shape = shape = parameter_shape(config)
         weight = config.affine or weighted  # ``weighted``: the layer always holds a weight
         self.weight: Array | None = np.ones(shape) if weight else None
         self.bias: Array | None = np.zeros(shape) if config.affine and self.family.bias else None
@@ -122,7 +143,7 @@ class FamilyLayer:
         self.bias = np.array(beta, dtype=np.float64) if self.family.bias else None
 
     def set_state(self, state: State) -> None:
-        raise UnsupportedConfig("a LayerNorm or RMSNorm layer keeps no statistics")
+        raise UnsupportedConfig(f"this {self.family.kind} layer keeps no statistics")
 
     def state(self) -> State | None:
         return None
@@ -134,7 +155,7 @@ class FamilyLayer:
 
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
         dx, dweight, dbias = self.computation.gradients(x, dy, self.weight, self.bias)
-        zeros = np.zeros(self.family.normalized_shape)
+        zeros = np.zeros(self.shape)
         return Gradients(
             dx,
             zeros if dweight is None else dweight,
@@ -184,8 +205,11 @@ class FamilyImplementation(abc.ABC):
         return Capabilities(
             dtypes=self.dtypes(),
             batchnorm=False,
+            ranks=ranks_of(kind),
             layernorm=kind == "layernorm",
             rmsnorm=kind == "rmsnorm",
+            groupnorm=kind == "groupnorm",
+            instancenorm=kind == "instancenorm",
             training=False,
             untracked=True,
             backward=self.backward,

@@ -72,12 +72,17 @@ ADAPTERS = Adapters(
             'equinox.nn.BatchNorm(mode="ema")',
             factory=f"{_HERE}.equinox_module:equinox_batchnorm_ema",
         ),
-        # LayerNorm and RMSNorm (layernorm.md), recognised by their constructors; not in
-        # `normspec report` yet (its matrix is batch normalization's)
+        # LayerNorm, RMSNorm (layernorm.md), GroupNorm and Flax's InstanceNorm (groupnorm.md),
+        # recognised by their constructors; not in `normspec report` yet (its matrix is
+        # batch normalization's)
         *(
             BuiltinTarget(f"{library}:{name}", profile, ("jax", package), reported=False)
             for library, package, profile in _FAMILY
-            for name in ("LayerNorm", "RMSNorm")
+            for name in ("LayerNorm", "RMSNorm", "GroupNorm")
+        ),
+        *(
+            BuiltinTarget(f"flax.{api}:InstanceNorm", "flax", ("jax", "flax"), reported=False)
+            for api in ("linen", "nnx")
         ),
     ),
     recognisers=(

@@ -1,4 +1,5 @@
-"""LayerNorm and RMSNorm of Flax (linen, nnx), haiku and equinox, with no glue (layernorm.md).
+"""LayerNorm and RMSNorm of Flax (linen, nnx), haiku and equinox, and their GroupNorm and
+InstanceNorm layers, with no glue (layernorm.md, groupnorm.md).
 
 One adapter for the four libraries (:mod:`normspec.adapters._family`): each is a
 :class:`JaxLibrary`, a table row per layer class and a *program maker* that builds a
@@ -12,7 +13,15 @@ A user's class is recognised by its base class and its constructor (:func:`recog
 a linen or nnx module taking ``epsilon``, ``reduction_axes``, ``feature_axes`` and
 ``use_scale``; a haiku module taking ``axis``, ``eps``, ``create_scale`` and
 ``param_axis``; an equinox module taking ``shape``, ``eps``, ``use_weight`` and
-``use_bias``. It is RMSNorm when its name says so or it takes no bias.
+``use_bias``. It is RMSNorm when its name says so or it takes no bias. A grouped class
+(:func:`grouped_kind`): a Flax module taking ``num_groups`` (GroupNorm) or named
+``*Instance*`` taking ``feature_axes`` but no ``reduction_axes`` (InstanceNorm), a haiku
+module taking ``groups`` and ``data_format``, an equinox module taking ``groups`` and
+``channels``. The cases' inputs are ``(N, C, *spatial)``: Flax InstanceNorm is built with
+``feature_axes=1``, haiku GroupNorm with ``data_format="channels_first"``, equinox GroupNorm
+(which takes one sample) is mapped over ``N``; Flax GroupNorm takes channels last only (its
+``reduction_axes`` must hold the last axis), so its adapter moves the channel axis last and
+back, the transposition a channels-first model would make.
 
 Dialects and conventions, each the library's default: Flax keeps float32 parameters for
 half inputs (``param_dtype``) and computes LayerNorm's variance as ``E[x^2] - E[x]^2``
@@ -36,6 +45,7 @@ import numpy as np
 
 from normspec.adapters._common import ParameterPolicy
 from normspec.adapters._family import (
+    GROUPED,
     Computation,
     FamilyClass,
     FamilyImplementation,
@@ -43,6 +53,7 @@ from normspec.adapters._family import (
     axes_of,
     constructor_names,
     kind_of,
+    parameter_shape,
 )
 from normspec.adapters.jax._jax import (
     Tree,
@@ -57,7 +68,7 @@ from normspec.adapters.jax._jax import (
     replace_leaves,
     to_jax,
 )
-from normspec.adapters.protocol import Array, FamilyConfig, LayerConfig, WrongOutput
+from normspec.adapters.protocol import Array, FamilyConfig, FamilyKind, LayerConfig, WrongOutput
 
 #: ``apply(tree, x) -> y``: a configured layer as a pure function of its variables.
 Apply = Callable[[Tree, jax.Array], Any]
@@ -68,24 +79,42 @@ ProgramMaker = Callable[
 ]
 
 
-def _probe(config: LayerConfig, family: FamilyConfig, dtype: Any) -> jax.ShapeDtypeStruct:
-    """An input of the configuration's rank (haiku's parameters have the input's rank)."""
+def _probe(
+    config: LayerConfig, family: FamilyConfig, dtype: Any, *, last: bool = False
+) -> jax.ShapeDtypeStruct:
+    """An input of the configuration's rank (haiku's parameters have the input's rank); a
+    grouped one ``(2, C, 2, ...)``, or with the channels ``last`` (:func:`_channels_last`)."""
+    if family.kind in GROUPED:
+        spatial = (2,) * (config.rank - 2)
+        shape = (2, *spatial, config.num_features) if last else (2, config.num_features, *spatial)
+        return abstract(shape, dtype)
     leading = (2,) * (config.rank - len(family.normalized_shape))
     return abstract((*leading, *family.normalized_shape), dtype)
+
+
+def _channels_last(apply: Apply) -> Apply:
+    """A channels-last layer on ``(N, C, *spatial)`` inputs: the channel axis moved last
+    and the output's back (Flax GroupNorm)."""
+
+    def moved(tree: Tree, x: jax.Array) -> Any:
+        return jax.numpy.moveaxis(apply(tree, jax.numpy.moveaxis(x, 1, -1)), -1, 1)
+
+    return moved
 
 
 def _flax_arguments(
     cls: type, config: LayerConfig, family: FamilyConfig, dtype: Any, param_dtype: Any
 ) -> dict[str, Any]:
-    axes = axes_of(family)
     given: dict[str, Any] = dict(
-        epsilon=config.eps,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        use_scale=config.affine,
-        reduction_axes=axes,
-        feature_axes=axes,
+        epsilon=config.eps, dtype=dtype, param_dtype=param_dtype, use_scale=config.affine
     )
+    if family.kind == "groupnorm":
+        given["num_groups"] = family.num_groups
+    elif family.kind == "instancenorm":
+        given["feature_axes"] = 1  # the case's channel axis
+    else:
+        axes = axes_of(family)
+        given.update(reduction_axes=axes, feature_axes=axes)
     if "use_bias" in constructor_names(cls):
         given["use_bias"] = family.bias
     return given
@@ -100,8 +129,10 @@ def _linen(
     param_dtype: Any,
 ) -> tuple[Tree, Apply]:
     module: Any = cls(**_flax_arguments(cls, config, family, dtype, param_dtype), **arguments)
-    tree = jax.eval_shape(module.init, jax.random.key(0), _probe(config, family, dtype))
-    return tree, module.apply
+    last = family.kind == "groupnorm"
+    probe = _probe(config, family, dtype, last=last)
+    tree = jax.eval_shape(module.init, jax.random.key(0), probe)
+    return tree, _channels_last(module.apply) if last else module.apply
 
 
 def _nnx(
@@ -122,7 +153,7 @@ def _nnx(
     def apply(state: Tree, x: jax.Array) -> Any:
         return nnx.merge(graph, state)(x)
 
-    return tree, apply
+    return tree, _channels_last(apply) if family.kind == "groupnorm" else apply
 
 
 def _haiku(
@@ -135,9 +166,12 @@ def _haiku(
 ) -> tuple[Tree, Apply]:
     import haiku as hk
 
-    axes = axes_of(family)
-    given: dict[str, Any] = dict(axis=axes, param_axis=axes, eps=config.eps)
-    given["create_scale"] = config.affine
+    given: dict[str, Any] = dict(eps=config.eps, create_scale=config.affine)
+    if family.kind == "groupnorm":
+        given.update(groups=family.num_groups, data_format="channels_first")
+    else:
+        axes = axes_of(family)
+        given.update(axis=axes, param_axis=axes)
     if "create_offset" in constructor_names(cls):
         given["create_offset"] = family.bias
     factory: Any = cls
@@ -158,8 +192,19 @@ def _equinox(
 ) -> tuple[Tree, Apply]:
     import equinox as eqx
 
-    shape = family.normalized_shape
     factory: Any = cls
+    if family.kind == "groupnorm":  # one sample (C, *spatial) at a time: mapped over N
+        module = factory(
+            family.num_groups,
+            config.num_features,
+            eps=config.eps,
+            channelwise_affine=config.affine,
+            dtype=param_dtype,
+            **arguments,
+        )
+        tree, static = eqx.partition(module, eqx.is_array)
+        return tree, lambda arrays, x: jax.vmap(eqx.combine(arrays, static))(x)
+    shape = family.normalized_shape
     module = factory(
         shape,
         eps=config.eps,
@@ -200,6 +245,9 @@ class JaxLibrary:
 
     def row(self, cls: object, path: str) -> FamilyClass:
         """The table row of a layer class of this library."""
+        grouped = grouped_kind(cls)
+        if grouped is not None:  # a weight and bias per channel, both or neither
+            return FamilyClass(grouped, path, self.weight, self.bias)
         takes_bias = self.bias_argument in constructor_names(cls)
         return FamilyClass(
             kind_of(cls, takes_bias), path, self.weight, self.bias if takes_bias else None
@@ -211,11 +259,26 @@ class JaxLibrary:
             return False
         base = getattr(sys.modules[module], name)
         names = constructor_names(obj)
-        return (
-            isinstance(obj, type)
-            and issubclass(obj, base)
-            and all(n in names for n in self.required)
-        )
+        if not isinstance(obj, type) or not issubclass(obj, base):
+            return False
+        return grouped_kind(obj) is not None or all(n in names for n in self.required)
+
+
+def grouped_kind(cls: object) -> FamilyKind | None:
+    """GroupNorm: a class taking ``num_groups`` (Flax), ``groups`` and ``data_format``
+    (haiku) or ``groups`` and ``channels`` (equinox); InstanceNorm: one named ``*Instance*``
+    taking ``feature_axes`` but no ``reduction_axes`` (Flax); else ``None``."""
+    names = set(constructor_names(cls))
+    if (
+        "num_groups" in names
+        or {"groups", "data_format"} <= names
+        or {"groups", "channels"} <= names
+    ):
+        return "groupnorm"
+    instance = "instance" in getattr(cls, "__name__", "").lower()
+    if instance and "feature_axes" in names and "reduction_axes" not in names:
+        return "instancenorm"
+    return None
 
 
 _FLAX = ("epsilon", "reduction_axes", "feature_axes", "use_scale")
@@ -248,7 +311,7 @@ class JaxFamilyComputation(Computation):
     def __init__(self, entry: FamilyClass, config: LayerConfig, tree: Tree, apply: Apply) -> None:
         self.entry, self.config, self.template = entry, config, tree
         self.dtype = jax_dtype(config.dtype)
-        self.shape = config.family.normalized_shape if config.family else ()
+        self.shape = parameter_shape(config) if config.family else ()
 
         def gradients(variables: Tree, x: jax.Array, dy: jax.Array) -> tuple[Any, Tree]:
             _, pullback = jax.vjp(apply, variables, x)
@@ -301,7 +364,7 @@ class JaxFamilyComputation(Computation):
 
 
 class JaxFamily(FamilyImplementation):
-    """A LayerNorm/RMSNorm class of a JAX library under test."""
+    """A normalization-family class of a JAX library under test."""
 
     def __init__(
         self,
@@ -349,7 +412,7 @@ def recognise(
     obj: object, profile: str, arguments: Mapping[str, Any] | None = None
 ) -> JaxFamily | None:
     """The recogniser this package declares (``ADAPTERS``): a LayerNorm/RMSNorm-like class
-    of Flax linen or nnx, haiku or equinox."""
+    of Flax linen or nnx, haiku or equinox, or a grouped one (:func:`grouped_kind`)."""
     for library in LIBRARIES.values():
         if library.recognisable(obj):
             path = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', obj)}"
@@ -358,4 +421,4 @@ def recognise(
     return None
 
 
-__all__ = ["LIBRARIES", "JaxFamily", "recognise"]
+__all__ = ["LIBRARIES", "JaxFamily", "grouped_kind", "recognise"]

@@ -18,7 +18,8 @@ _FAMILY = "normspec.adapters.keras.family"
 
 
 def _family_on(backend: str, needs: tuple[str, ...]) -> tuple[BuiltinTarget, ...]:
-    """``keras.layernorm.BACKEND`` and ``keras.rmsnorm.BACKEND`` (layernorm.md): Keras 3's
+    """``keras.layernorm.BACKEND``, ``keras.rmsnorm.BACKEND`` (layernorm.md) and
+    ``keras.groupnorm.BACKEND`` (groupnorm.md): Keras 3's
     layers in a worker started with ``KERAS_BACKEND=BACKEND``."""
     return tuple(
         BuiltinTarget(
@@ -33,6 +34,7 @@ def _family_on(backend: str, needs: tuple[str, ...]) -> tuple[BuiltinTarget, ...
         for kind, name, factory in (
             ("layernorm", "LayerNormalization", "layer_normalization"),
             ("rmsnorm", "RMSNormalization", "rms_normalization"),
+            ("groupnorm", "GroupNormalization", "group_normalization"),
         )
     )
 
@@ -120,9 +122,10 @@ ADAPTERS = Adapters(
         *_family_on("tensorflow", ("tensorflow",)),
         *(target for backend, needs in _BACKENDS for target in _family_on(backend, needs)),
         BuiltinTarget("tf_keras.layers:LayerNormalization", "tf_keras", _TF_KERAS, reported=False),
+        BuiltinTarget("tf_keras.layers:GroupNormalization", "tf_keras", _TF_KERAS, reported=False),
     ),
     recognisers=(
-        Recogniser("keras", f"{_FAMILY}:recognise"),  # LayerNorm, RMSNorm (layernorm.md)
+        Recogniser("keras", f"{_FAMILY}:recognise"),  # LayerNorm, RMSNorm, GroupNorm
         Recogniser("tf_keras", f"{_FAMILY}:recognise"),
         Recogniser("keras", _RECOGNISE),
         Recogniser("tf_keras", _RECOGNISE),

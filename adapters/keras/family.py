@@ -1,8 +1,10 @@
-"""Keras 3's ``LayerNormalization`` and ``RMSNormalization`` on every backend, and tf_keras'
-``LayerNormalization``, with no glue (spec: layernorm.md).
+"""Keras 3's ``LayerNormalization``, ``RMSNormalization`` and ``GroupNormalization`` on every
+backend, and tf_keras' ``LayerNormalization`` and ``GroupNormalization``, with no glue (spec:
+layernorm.md, groupnorm.md).
 
 One adapter (:mod:`normspec.adapters._family`): a table row per class and one computation,
-which builds the layer for the configuration (``axis`` the trailing axes, ``epsilon``,
+which builds the layer for the configuration (``axis`` the trailing axes, or for
+``GroupNormalization`` the case's channel axis 1 and ``groups``; ``epsilon``,
 ``center``/``scale`` where the class takes them; half inputs under the mixed dtype policy,
 float32 variables), writes the parameters with ``Variable.assign``, calls it, and takes its
 gradients with the backend's own means: ``tf.GradientTape`` (TensorFlow, tf_keras),
@@ -11,8 +13,10 @@ gradients with the backend's own means: ``tf.GradientTape`` (TensorFlow, tf_kera
 Keras 3's backend is fixed per process: ``keras.layernorm.BACKEND`` and
 ``keras.rmsnorm.BACKEND`` run in a worker started with ``KERAS_BACKEND`` (their declaration
 in :mod:`normspec.adapters.keras`), and their factories use the backend Keras runs on. A
-user's Keras layer class is recognised by its constructor (``axis`` and ``epsilon``, neither
-``momentum`` nor ``groups``): RMSNorm when its name says so or it takes no ``center``.
+user's Keras layer class is recognised by its constructor (``axis`` and ``epsilon``, no
+``momentum``): GroupNorm when it takes ``groups``, else RMSNorm when its name says so or it
+takes no ``center``. Keras has no InstanceNorm layer (``GroupNormalization`` with one group
+per channel is one, checked as GroupNorm).
 
 A float64 layer that the backend computes in float32 (JAX without x64) leaves float64 out
 of the dtypes, with the reason, as :mod:`normspec.adapters.keras.backend` does for BN.
@@ -36,6 +40,7 @@ from normspec.adapters._family import (
     axes_of,
     constructor_names,
     kind_of,
+    parameter_shape,
 )
 from normspec.adapters.keras._keras import dtype_policy, keras_on
 from normspec.adapters.protocol import (
@@ -190,8 +195,7 @@ class KerasFamilyComputation(Computation):
         self, flavour: Flavour, entry: FamilyClass, layer: Any, config: LayerConfig
     ) -> None:
         self.flavour, self.entry, self.layer, self.config = flavour, entry, layer, config
-        assert config.family is not None
-        self.shape = config.family.normalized_shape
+        self.shape = parameter_shape(config)
 
     def _variables(self, weight: Array | None, bias: Array | None) -> list[Any]:
         """The layer's weight and bias variables (those it holds), with the values given."""
@@ -262,14 +266,15 @@ class KerasFamily(FamilyImplementation):
         output at ``x = [0, 1]``, ``epsilon = 1e-3``, weight 1, is not the float64 value),
         as :meth:`normspec.adapters.keras.backend.KerasBackendImplementation.float64_narrowed`
         finds for BN; ``None`` where it computes in float64."""
-        family = FamilyConfig(self.entry.kind, (2,), bias=False)
+        kind = self.entry.kind
+        family = FamilyConfig(kind, () if kind == "groupnorm" else (2,), bias=False)
         config = LayerConfig(2, 2, 1, "float64", 1e-3, None, affine=False, family=family)
         x = np.array([[0.0, 1.0]])
         try:
             got = float(self.computation(config, family).forward(x, np.ones(2), None)[0, 1])
         except WrongOutput as error:
             return f"{self.library} computes a float64 layer in another dtype: {error}"
-        centred = self.entry.kind == "layernorm"
+        centred = kind != "rmsnorm"  # GroupNorm of one group over [0, 1]: LayerNorm's
         want = 0.5 / np.sqrt(0.25 + 1e-3) if centred else 1.0 / np.sqrt(0.5 + 1e-3)
         if abs(got - want) <= 1e-12:
             return None
@@ -294,14 +299,17 @@ class KerasFamily(FamilyImplementation):
         if found is None:
             names = constructor_names(self.cls)
             given: dict[str, Any] = {"axis": list(axes_of(family)), "epsilon": config.eps}
+            shape = (*(2,) * (config.rank - len(family.normalized_shape)), *family.normalized_shape)
+            if family.kind == "groupnorm":  # the case's (N, C, *spatial): channels at axis 1
+                given.update(axis=1, groups=family.num_groups)
+                shape = (2, config.num_features, *(2,) * (config.rank - 2))
             if "scale" in names:
                 given["scale"] = config.affine
             if "center" in names:
                 given["center"] = family.bias
             given["dtype"] = dtype_policy(config.dtype, "float32")
             layer = self.cls(**given, **self.arguments)
-            leading = (2,) * (config.rank - len(family.normalized_shape))
-            layer.build((*leading, *family.normalized_shape))  # tf_keras: axes of this rank
+            layer.build(shape)  # tf_keras: axes of this rank
             found = KerasFamilyComputation(self.flavour, self.entry, layer, config)
             self._layers[config] = found
         return found
@@ -311,6 +319,7 @@ class KerasFamily(FamilyImplementation):
 KERAS_CLASSES = {
     "LayerNormalization": ("layernorm", "gamma", "beta", True),
     "RMSNormalization": ("rmsnorm", "scale", None, False),
+    "GroupNormalization": ("groupnorm", "gamma", "beta", True),
 }
 
 
@@ -338,11 +347,16 @@ def rms_normalization(profile: str = "keras") -> KerasFamily:
     return KerasFamily(_running("keras"), _row("keras", "RMSNormalization"))
 
 
+def group_normalization(profile: str = "keras") -> KerasFamily:
+    """``keras.groupnorm.BACKEND``: ``keras.layers.GroupNormalization`` on Keras' backend."""
+    return KerasFamily(_running("keras"), _row("keras", "GroupNormalization"))
+
+
 def recognise(
     obj: object, profile: str, arguments: Mapping[str, Any] | None = None
 ) -> KerasFamily | None:
     """The recogniser this package declares: a Keras 3 or tf_keras layer class whose
-    constructor takes ``axis`` and ``epsilon`` but neither ``momentum`` nor ``groups``."""
+    constructor takes ``axis`` and ``epsilon`` but no ``momentum``."""
     if not isinstance(obj, type):
         return None
     package = (getattr(obj, "__module__", "") or "").split(".")[0]
@@ -353,12 +367,12 @@ def recognise(
     names = constructor_names(obj)
     if not issubclass(obj, layers.Layer) or not {"axis", "epsilon"} <= set(names):
         return None
-    if {"momentum", "groups"} & set(names):
+    if "momentum" in names:
         return None
     known = KERAS_CLASSES.get(obj.__name__)
-    kind = kind_of(obj, "center" in names)
+    kind = "groupnorm" if "groups" in names else kind_of(obj, "center" in names)
     weight, bias, optional = (
-        ("gamma", "beta", True) if kind == "layernorm" else ("scale", None, False)
+        ("scale", None, False) if kind == "rmsnorm" else ("gamma", "beta", True)
     )
     if known is not None:
         _, weight, bias, optional = known
@@ -367,4 +381,11 @@ def recognise(
     return KerasFamily(_running(package), entry, obj, arguments)
 
 
-__all__ = ["GRADIENTS", "KerasFamily", "layer_normalization", "recognise", "rms_normalization"]
+__all__ = [
+    "GRADIENTS",
+    "KerasFamily",
+    "group_normalization",
+    "layer_normalization",
+    "recognise",
+    "rms_normalization",
+]

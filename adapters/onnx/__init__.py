@@ -25,7 +25,8 @@ ADAPTERS = Adapters(
             "onnxruntime CPU (opset 15)",
             factory=f"{_OP}:onnxruntime_cpu",
         ),
-        # LayerNormalization-17 and RMSNormalization-23 (layernorm.md)
+        # LayerNormalization-17, RMSNormalization-23 (layernorm.md), GroupNormalization-21
+        # and InstanceNormalization-6 (groupnorm.md)
         *(
             BuiltinTarget(
                 f"{runtime}.{kind}",
@@ -39,6 +40,8 @@ ADAPTERS = Adapters(
             for kind, label in (
                 ("layernorm", "LayerNormalization-17"),
                 ("rmsnorm", "RMSNormalization-23"),
+                ("groupnorm", "GroupNormalization-21"),
+                ("instancenorm", "InstanceNormalization-6"),
             )
         ),
     ),

@@ -1,13 +1,17 @@
-"""ONNX ``LayerNormalization`` (opset 17) and ``RMSNormalization`` (opset 23), run by
-``onnx.reference`` and ``onnxruntime`` (spec: layernorm.md).
+"""ONNX ``LayerNormalization`` (opset 17), ``RMSNormalization`` (opset 23),
+``GroupNormalization`` (opset 21) and ``InstanceNormalization`` (opset 6), run by
+``onnx.reference`` and ``onnxruntime`` (spec: layernorm.md, groupnorm.md).
 
 One adapter (:mod:`normspec.adapters._family`) on the runtimes of
 :mod:`normspec.adapters.onnx.op`: a layer is one node in a one-node model whose inputs
 (``X``, the scale, ``B`` where the layer has a bias) are fed at every call, as a graph
 feeds them. ``axis`` is the first normalized axis (``-k``), ``epsilon`` a float32
 attribute (the configuration the model holds: ``Capabilities.setting_dtype``) and
-``stash_type`` the default, float32 statistics. The operators always take a scale: a layer
-without affine parameters is fed ones. There is no backward (an inference graph has no
+``stash_type`` the default, float32 statistics. GroupNormalization-21 takes ``num_groups``
+and a scale and bias per channel (opset 18's per-group scale, deprecated in 21, is not
+checked); both grouped operators take ``(N, C, *spatial)`` inputs, the case's own layout.
+The operators always take a scale (and the grouped ones a bias): a layer without affine
+parameters is fed ones (and zeros). There is no backward (an inference graph has no
 gradient). float64 is left out (:data:`FLOAT64`). The element types are those the schema allows; those a runtime has no kernel
 for are left out, with its error. A model is built and loaded once per configuration.
 """
@@ -21,7 +25,13 @@ from typing import Any
 import numpy as np
 from onnx import defs, helper
 
-from normspec.adapters._family import Computation, FamilyClass, FamilyImplementation, axes_of
+from normspec.adapters._family import (
+    GROUPED,
+    Computation,
+    FamilyClass,
+    FamilyImplementation,
+    axes_of,
+)
 from normspec.adapters.onnx.op import (
     ELEMENT_TYPES,
     NUMPY_TYPES,
@@ -44,7 +54,7 @@ from normspec.adapters.protocol import (
 #: draw float64 eps values (unlike BN's, they are not rounded to ``setting_dtype``), whose
 #: difference shows in a float64 output (1e-5 vs float32(1e-5): 1138 ulps).
 FLOAT64 = (
-    "the model holds epsilon as a float32 attribute, and the LayerNorm/RMSNorm cases draw "
+    "the model holds epsilon as a float32 attribute, and the family's cases draw "
     "eps values float32 cannot hold (not rounded to Capabilities.setting_dtype)"
 )
 
@@ -69,19 +79,36 @@ OPERATORS: dict[FamilyKind, Operator] = {
     "rmsnorm": Operator(
         FamilyClass("rmsnorm", "ai.onnx:RMSNormalization", "scale", optional_affine=False), 23
     ),
+    "groupnorm": Operator(
+        FamilyClass("groupnorm", "ai.onnx:GroupNormalization", "scale", "bias", False), 21
+    ),
+    "instancenorm": Operator(
+        FamilyClass("instancenorm", "ai.onnx:InstanceNormalization", "scale", "B", False), 6
+    ),
 }
+
+
+def attributes(kind: FamilyKind, family: FamilyConfig) -> dict[str, Any]:
+    """The attributes that say what a node normalizes: LayerNorm's first axis (``-k``),
+    GroupNorm's ``num_groups``; InstanceNorm has none."""
+    if kind == "groupnorm":
+        return {"num_groups": family.num_groups}
+    if kind == "instancenorm":
+        return {}
+    return {"axis": axes_of(family)[0]}
 
 
 def model(operator: Operator, config: LayerConfig, family: FamilyConfig) -> Any:
     """The one-node model of a configuration."""
     element = ELEMENT_TYPES[config.dtype]
-    inputs = ["X", operator.row.weight] + ([str(operator.row.bias)] if family.bias else [])
+    takes_bias = family.bias or operator.row.kind in GROUPED
+    inputs = ["X", operator.row.weight] + ([str(operator.row.bias)] if takes_bias else [])
     node = helper.make_node(
         operator.name,
         inputs,
         ["Y"],
-        axis=axes_of(family)[0],
         epsilon=float(np.float32(config.eps)),
+        **attributes(operator.row.kind, family),
     )
     graph = helper.make_graph(
         [node],
@@ -106,8 +133,9 @@ class OnnxFamilyComputation(Computation):
         row, typed = self.operator.row, self.type
         assert weight is not None, "the operators always take a scale"
         feeds = {"X": np.asarray(x).astype(typed), row.weight: np.asarray(weight).astype(typed)}
-        if bias is not None and row.bias:
-            feeds[row.bias] = np.asarray(bias).astype(typed)
+        if row.bias and (bias is not None or row.kind in GROUPED):
+            given = np.zeros_like(weight) if bias is None else bias
+            feeds[row.bias] = np.asarray(given).astype(typed)
         y = np.asarray(self.run(feeds)[0])
         if y.dtype != np.dtype(typed):
             raise WrongOutput(f"the output has dtype {y.dtype}, expected {np.dtype(typed)}")
@@ -145,7 +173,10 @@ class OnnxFamily(FamilyImplementation):
     def _probe(self) -> dict[DTypeName, str]:
         """Why each dtype the runtime cannot run is left out (its error)."""
         refused: dict[DTypeName, str] = {}
-        family = FamilyConfig(self.entry.kind, (2,), bias=self.entry.bias is not None)
+        kind, bias = self.entry.kind, self.entry.bias is not None
+        grouped = kind in GROUPED
+        family = FamilyConfig(kind, () if grouped else (2,), bias=bias, num_groups=2)
+        x = np.ones((1, 2, 2) if grouped else (1, 2))
         for dtype in ALL_DTYPES:
             if dtype == "float64":
                 refused[dtype] = FLOAT64
@@ -153,9 +184,9 @@ class OnnxFamily(FamilyImplementation):
             if dtype not in self._schema_dtypes():
                 refused[dtype] = f"the {self.operator.name} schema takes no {dtype}"
                 continue
-            config = LayerConfig(2, 2, 1, dtype, 1e-5, None, family=family)
+            config = LayerConfig(2, x.ndim, 1, dtype, 1e-5, None, family=family)
             try:
-                self.computation(config, family).forward(np.ones((1, 2)), np.ones(2), np.zeros(2))
+                self.computation(config, family).forward(x, np.ones(2), np.zeros(2))
             except Exception as error:
                 refused[dtype] = f"{self.runtime.name} cannot run it: {error}".splitlines()[0]
         return refused
@@ -193,3 +224,23 @@ def onnxruntime_layernorm(profile: str = "onnx") -> OnnxFamily:
 def onnxruntime_rmsnorm(profile: str = "onnx") -> OnnxFamily:
     """``onnxruntime.rmsnorm``: RMSNormalization-23 on onnxruntime's CPU provider."""
     return OnnxFamily(runtime_named("onnxruntime"), "rmsnorm")
+
+
+def reference_groupnorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnx.reference.groupnorm``: GroupNormalization-21 by ``ReferenceEvaluator``."""
+    return OnnxFamily(runtime_named("onnx.reference"), "groupnorm")
+
+
+def reference_instancenorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnx.reference.instancenorm``: InstanceNormalization-6 by ``ReferenceEvaluator``."""
+    return OnnxFamily(runtime_named("onnx.reference"), "instancenorm")
+
+
+def onnxruntime_groupnorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnxruntime.groupnorm``: GroupNormalization-21 on onnxruntime's CPU provider."""
+    return OnnxFamily(runtime_named("onnxruntime"), "groupnorm")
+
+
+def onnxruntime_instancenorm(profile: str = "onnx") -> OnnxFamily:
+    """``onnxruntime.instancenorm``: InstanceNormalization-6 on onnxruntime's CPU provider."""
+    return OnnxFamily(runtime_named("onnxruntime"), "instancenorm")

@@ -1,4 +1,4 @@
-"""The LayerNorm/RMSNorm adapters beyond torch drive their real libraries (layernorm.md).
+"""The family adapters beyond torch drive their real libraries (layernorm.md, groupnorm.md).
 
 Each framework: its built-in targets are recognised with no glue and pass the value and
 gradient clauses on a few examples (CI budget); eps = 0 is accepted (``*.params.eps``, a
@@ -18,10 +18,11 @@ from normspec.conformance.runner import CheckOptions, check_implementation
 
 FEW = 4
 VALUES = "{p}.train.statistics,{p}.train.output,{p}.backward.dx,{p}.params.eps"
+PREFIX = {"layernorm": "ln", "rmsnorm": "rms", "groupnorm": "gn", "instancenorm": "in"}
 
 
 def outcomes(implementation: Any, kind: str, profile: str, clauses: str = VALUES) -> dict[str, str]:
-    prefix = "ln" if kind == "layernorm" else "rms"
+    prefix = PREFIX[kind]
     options = CheckOptions(
         profile=profile,
         dtypes=("float32",),
@@ -37,7 +38,7 @@ def expect_library_outcomes(target: str, kind: str, profile: str) -> None:
     capabilities = implementation.capabilities()
     assert getattr(capabilities, kind) and not capabilities.batchnorm
     found = outcomes(implementation, kind, profile)
-    prefix = "ln" if kind == "layernorm" else "rms"
+    prefix = PREFIX[kind]
     assert found.pop(f"{prefix}.params.eps") == "fail", found  # eps = 0 accepted (README)
     expected = {f"{prefix}.train.statistics", f"{prefix}.train.output"}
     if capabilities.backward:
@@ -55,6 +56,10 @@ def expect_library_outcomes(target: str, kind: str, profile: str) -> None:
         ("flax.nnx:RMSNorm", "rmsnorm", "flax"),
         ("haiku:LayerNorm", "layernorm", "haiku"),
         ("equinox.nn:RMSNorm", "rmsnorm", "flax"),
+        ("flax.linen:GroupNorm", "groupnorm", "flax"),  # channels last: moved by the adapter
+        ("flax.nnx:InstanceNorm", "instancenorm", "flax"),
+        ("haiku:GroupNorm", "groupnorm", "haiku"),
+        ("equinox.nn:GroupNorm", "groupnorm", "flax"),
     ],
 )
 def test_jax_libraries_are_recognised_and_pass(target: str, kind: str, profile: str) -> None:
@@ -106,6 +111,8 @@ def test_flax_layernorm_shapes_of_several_axes_reach_the_library() -> None:
         ("keras.layernorm.tensorflow", "layernorm", "keras"),
         ("keras.rmsnorm.tensorflow", "rmsnorm", "keras"),
         ("tf_keras.layers:LayerNormalization", "layernorm", "tf_keras"),
+        ("keras.groupnorm.tensorflow", "groupnorm", "keras"),
+        ("tf_keras.layers:GroupNormalization", "groupnorm", "tf_keras"),
     ],
 )
 def test_keras_layers_are_recognised_and_pass(target: str, kind: str, profile: str) -> None:
@@ -116,6 +123,22 @@ def test_keras_layers_are_recognised_and_pass(target: str, kind: str, profile: s
     if keras.backend.backend() != "tensorflow":
         pytest.skip("Keras runs on another backend in this process")
     expect_library_outcomes(target, kind, profile)
+
+
+def test_a_keras_group_normalization_subclass_is_a_groupnorm_on_the_channel_axis() -> None:
+    keras = pytest.importorskip("keras")
+    from normspec.adapters.keras.family import recognise
+    from normspec.adapters.protocol import FamilyConfig, LayerConfig
+
+    class Mine(keras.layers.GroupNormalization):
+        pass
+
+    implementation = recognise(Mine, "keras")
+    assert implementation is not None and implementation.capabilities().groupnorm
+    family = FamilyConfig("groupnorm", (), num_groups=2)
+    config = LayerConfig(4, 3, 1, "float32", 1e-5, None, family=family)
+    layer = implementation.computation(config, family).layer
+    assert (layer.axis, layer.groups) == (1, 2)  # the case's (N, C, L) as it is
 
 
 def test_keras_on_jax_runs_in_its_worker(capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,6 +162,10 @@ def test_keras_on_jax_runs_in_its_worker(capsys: pytest.CaptureFixture[str]) -> 
         ("onnxruntime.layernorm", "layernorm"),
         ("onnx.reference.rmsnorm", "rmsnorm"),
         ("onnxruntime.rmsnorm", "rmsnorm"),
+        ("onnx.reference.groupnorm", "groupnorm"),
+        ("onnxruntime.groupnorm", "groupnorm"),
+        ("onnx.reference.instancenorm", "instancenorm"),
+        ("onnxruntime.instancenorm", "instancenorm"),
     ],
 )
 def test_onnx_operators_are_checked_on_both_runtimes(target: str, kind: str) -> None:
