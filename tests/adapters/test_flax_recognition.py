@@ -120,7 +120,7 @@ def _not_an_init(size: int) -> int:
 
 @pytest.mark.parametrize(
     "value",
-    [nn.Dense, _Dense, _LinenFieldsOnly, nnx.Linear, nnx.LayerNorm, _not_an_init],
+    [nn.Dense, _Dense, _LinenFieldsOnly, nnx.Linear, nnx.Dropout, _not_an_init],
 )
 def test_other_objects_are_not_recognised(value: object) -> None:
     from normspec.adapters.registry import _recognise
