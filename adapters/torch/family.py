@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -42,6 +42,7 @@ from normspec.adapters.torch._torch import torch_dtype as dtype_of
 from normspec.reference import Gradients
 
 MODULE_ARGUMENTS = ("normalized_shape", "eps", "elementwise_affine")
+TargetT = TypeVar("TargetT", bound="TorchTarget")
 
 
 def _parameter_names(obj: Any) -> list[str] | None:
@@ -135,8 +136,10 @@ class FamilyLayer:
         )
 
 
-class TorchFamily:
-    """A torch LayerNorm/RMSNorm module class or function under test."""
+class TorchTarget:
+    """A torch module class or function of one family layer kind under test: what the
+    LayerNorm/RMSNorm (:class:`TorchFamily`) and GroupNorm/InstanceNorm
+    (:class:`~normspec.adapters.torch.grouped.TorchGrouped`) adapters share."""
 
     def __init__(
         self,
@@ -155,6 +158,41 @@ class TorchFamily:
         self.name = f"{title} ({kind} {what}, torch {torch.__version__}, {self.device})"
         self.takes_bias = "bias" in (_parameter_names(target) or [])
 
+    def versions(self) -> Mapping[str, str]:
+        return device_versions(self.device)
+
+    def family_of(self, config: LayerConfig) -> FamilyConfig:
+        """The configuration's layer, refused unless it is of this target's kind."""
+        family = config.family
+        if family is None or family.kind != self.kind:
+            raise UnsupportedConfig(f"only {self.kind} layers")
+        return family
+
+
+def recogniser(
+    kind_of: Callable[[object], tuple[FamilyKind, bool] | None],
+    adapter: Callable[..., TargetT],
+) -> Callable[..., TargetT | None]:
+    """A recogniser (``ADAPTERS``) of the objects ``kind_of`` tells the kind of, each driven
+    by ``adapter``."""
+
+    def recognise(
+        obj: object, profile: str, arguments: Mapping[str, Any] | None = None
+    ) -> TargetT | None:
+        found = kind_of(obj)
+        if found is None:
+            return None
+        kind, module = found
+        if arguments and not module:
+            raise ValueError("a function takes no constructor arguments")
+        return adapter(obj, kind, module=module, arguments=arguments)
+
+    return recognise
+
+
+class TorchFamily(TorchTarget):
+    """A torch LayerNorm/RMSNorm module class or function under test."""
+
     def capabilities(self) -> Capabilities:
         return Capabilities(
             dtypes=frozenset(ALL_DTYPES),
@@ -168,13 +206,8 @@ class TorchFamily:
             notes={"batchnorm": f"it is a {self.kind} layer", "renorm": f"a {self.kind} layer"},
         )
 
-    def versions(self) -> Mapping[str, str]:
-        return device_versions(self.device)
-
     def build(self, config: LayerConfig) -> FamilyLayer:
-        family = config.family
-        if family is None or family.kind != self.kind:
-            raise UnsupportedConfig(f"only {self.kind} layers")
+        family = self.family_of(config)
         if family.bias and not self.takes_bias:
             raise UnsupportedConfig("the layer takes no bias")
         dtype = dtype_of(config.dtype)
@@ -229,14 +262,5 @@ class TorchFamily:
         return FamilyLayer(lambda x, w, b: function(x, shape, w, eps), config, weight, bias)
 
 
-def recognise(
-    obj: object, profile: str, arguments: Mapping[str, Any] | None = None
-) -> TorchFamily | None:
-    """The recogniser this package declares (``ADAPTERS``)."""
-    found = kind_of(obj)
-    if found is None:
-        return None
-    kind, module = found
-    if arguments and not module:
-        raise ValueError("a function takes no constructor arguments")
-    return TorchFamily(obj, kind, module=module, arguments=arguments)
+#: The recogniser this package declares (``ADAPTERS``): LayerNorm and RMSNorm.
+recognise = recogniser(kind_of, TorchFamily)

@@ -18,7 +18,7 @@ momentum is torch's (the profile's ``update_rate``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,9 @@ from normspec.adapters.protocol import (
     State,
     UnsupportedConfig,
 )
-from normspec.adapters.torch._torch import device_versions, from_torch, resolve_device, to_torch
+from normspec.adapters.torch._torch import from_torch, to_torch
 from normspec.adapters.torch._torch import torch_dtype as dtype_of
-from normspec.adapters.torch.family import FamilyLayer, _parameter_names
+from normspec.adapters.torch.family import FamilyLayer, TorchTarget, _parameter_names, recogniser
 from normspec.reference import RunningStatistics
 
 GROUP_ARGUMENTS = ("num_groups", "num_channels", "eps", "affine")
@@ -114,24 +114,8 @@ class GroupedLayer(FamilyLayer):
         return from_torch(y, shape=x.shape, dtype=self.dtype, what="the output")
 
 
-class TorchGrouped:
+class TorchGrouped(TorchTarget):
     """A torch GroupNorm/InstanceNorm module class or function under test."""
-
-    def __init__(
-        self,
-        target: Any,
-        kind: FamilyKind,
-        *,
-        module: bool,
-        arguments: Mapping[str, Any] | None = None,
-        device: str | torch.device | None = None,
-    ) -> None:
-        self.target, self.kind, self.module = target, kind, module
-        self.arguments = dict(arguments or {})
-        self.device = resolve_device(device)
-        what = "class" if module else "function"
-        title = f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
-        self.name = f"{title} ({kind} {what}, torch {torch.__version__}, {self.device})"
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
@@ -147,13 +131,8 @@ class TorchGrouped:
             notes={"batchnorm": f"it is a {self.kind} layer", "renorm": f"a {self.kind} layer"},
         )
 
-    def versions(self) -> Mapping[str, str]:
-        return device_versions(self.device)
-
     def build(self, config: LayerConfig) -> GroupedLayer:
-        family = config.family
-        if family is None or family.kind != self.kind:
-            raise UnsupportedConfig(f"only {self.kind} layers")
+        self.family_of(config)
         dtype = dtype_of(config.dtype)
         if self.module:
             return self._module_layer(config, dtype)
@@ -216,17 +195,8 @@ class TorchGrouped:
         return GroupedLayer(instance, config, weight, bias, running)
 
 
-def recognise(
-    obj: object, profile: str, arguments: Mapping[str, Any] | None = None
-) -> TorchGrouped | None:
-    """The recogniser this package declares (``ADAPTERS``)."""
-    found = kind_of(obj)
-    if found is None:
-        return None
-    kind, module = found
-    if arguments and not module:
-        raise ValueError("a function takes no constructor arguments")
-    return TorchGrouped(obj, kind, module=module, arguments=arguments)
+#: The recogniser this package declares (``ADAPTERS``): GroupNorm and InstanceNorm.
+recognise = recogniser(kind_of, TorchGrouped)
 
 
 __all__ = ["GroupedLayer", "TorchGrouped", "kind_of", "recognise"]
