@@ -303,6 +303,8 @@ class JaxFamilyComputation(Computation):
 class JaxFamily(FamilyImplementation):
     """A LayerNorm/RMSNorm class of a JAX library under test."""
 
+    compiles_per_shape = True
+
     def __init__(
         self,
         library: JaxLibrary,
