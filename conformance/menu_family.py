@@ -9,8 +9,9 @@ layouts stay free.
 
 The first entry is the simplest (one slice of one value, the profile's default eps), where
 shrinking ends; ``size - 1`` others are drawn as free cases are (one to three normalized
-axes of 1 to 4 values, up to two leading axes, batch 1 often, the second of two slices at
-least, eps from :data:`strategies_family.EPS_VALUES`); then the variants the implementation
+axes of 1 to 4 values, up to two leading axes, batch 1 often, eps from
+:data:`strategies_family.EPS_VALUES`; the second of two slices at least and one axis of 2
+to 4 values); then the variants the implementation
 supports (without affine parameters, from the first entry and from the richest; the
 richest with its bias toggled) and :data:`LONG_ENTRIES` entries whose slices are long
 (``ln.accuracy.forward``: one of the longest size, one of any, each with up to two short
@@ -93,15 +94,18 @@ class FamilyMenu:
     """The entries one run draws every LayerNorm or RMSNorm case's configuration from."""
 
     entries: tuple[FamilyEntry, ...]
+    variants: tuple[FamilyEntry, ...]
     long_entries: tuple[FamilyEntry, ...]
 
     def choices(self, wants: FamilyWants, *, simple: bool = False) -> list[FamilyEntry]:
         """The entries a clause draws from, the simplest first; ``simple``: of the first
-        :data:`menu.ADAPTED_ENTRIES` only (a clause whose every example is a new program
-        anyway: an input of the wrong shape, an invalid eps)."""
-        pool = self.long_entries if wants.long_reductions else self.entries
-        if simple:
-            pool = pool[:ADAPTED_ENTRIES]
+        :data:`menu.ADAPTED_ENTRIES` and the variants only (a clause whose every example is
+        a new program anyway: an input of the wrong shape, an invalid eps)."""
+        if wants.long_reductions:
+            pool = self.long_entries
+        else:
+            head = self.entries[:ADAPTED_ENTRIES] if simple else self.entries
+            pool = (*head, *self.variants)
         meeting = [e for e in pool if e.meets(wants)]
         chosen = meeting or [e.adapted(wants) for e in pool[:ADAPTED_ENTRIES]]
         return list(dict.fromkeys(chosen))
@@ -122,8 +126,10 @@ def family_menu(
         normalized = tuple(int(s) for s in rng.integers(1, 5, axes))
         leading = tuple(int(s) if rng.uniform() < 0.5 else 1 for s in rng.integers(1, 4, 2))
         leading = leading[: int(rng.integers(0, 3))]
-        if k == 1 and int(np.prod(leading, dtype=np.int64)) < 2:
-            leading = (*leading, 2)
+        if k == 1:  # two slices at least, of one short axis: a minimal example's shape
+            normalized = (int(rng.integers(2, 5)),)
+            if int(np.prod(leading, dtype=np.int64)) < 2:
+                leading = (*leading, 2)
         with_bias = bias and bool(rng.integers(2))
         entries.append(FamilyEntry(leading, normalized, eps[(k - 1) % len(eps)], bias=with_bias))
     richest = max(entries, key=lambda e: int(np.prod(e.shape, dtype=np.int64)))
@@ -136,10 +142,10 @@ def family_menu(
     for k in range(LONG_ENTRIES):  # the longest slices first, then any long size
         base = entries[k % len(entries)]
         size = LONG_SIZES[-1] if k == 0 else LONG_SIZES[int(rng.integers(len(LONG_SIZES)))]
-        normalized = [size, *(int(s) for s in rng.integers(1, 5, int(rng.integers(0, 3))))]
-        rng.shuffle(normalized)
-        long_entries.append(replace(base, normalized_shape=tuple(normalized)))
-    return FamilyMenu((*entries, *variants), tuple(long_entries))
+        sizes = [size, *(int(s) for s in rng.integers(1, 5, int(rng.integers(0, 3))))]
+        rng.shuffle(sizes)
+        long_entries.append(replace(base, normalized_shape=tuple(sizes)))
+    return FamilyMenu(tuple(entries), tuple(variants), tuple(long_entries))
 
 
 __all__ = ["FamilyEntry", "FamilyMenu", "FamilyWants", "family_menu"]

@@ -43,7 +43,9 @@ def test_a_family_menu_is_fixed_by_its_seed_and_starts_simple() -> None:
     assert _menu(7) != _menu(8)
     first = _menu(7).entries[0]
     assert (first.shape, first.eps, first.affine) == ((1,), 1e-6, True)
-    assert any(e.slices >= 2 for e in _menu(7).entries)
+    second = _menu(7).entries[1]
+    assert second.slices >= 2 and len(second.normalized_shape) == 1
+    assert {(e.affine, e.bias) for e in _menu(7).variants} == {(False, False), (True, False)}
     assert len(_menu(7).long_entries) == LONG_ENTRIES
     assert all(set(e.normalized_shape) & set(LONG_SIZES) for e in _menu(7).long_entries)
 
@@ -65,8 +67,10 @@ def test_every_choice_meets_the_wants(
     menu = _menu(seed, size)
     chosen = menu.choices(wants, simple=simple)
     assert chosen and all(e.meets(wants) for e in chosen)
-    pool = menu.long_entries if wants.long_reductions else menu.entries
-    assert len(chosen) <= (ADAPTED_ENTRIES if simple else len(pool))
+    pool = menu.long_entries if wants.long_reductions else (*menu.entries, *menu.variants)
+    assert len(chosen) <= len(pool)
+    if simple and not wants.long_reductions:
+        assert len(chosen) <= ADAPTED_ENTRIES + len(menu.variants)
 
 
 class Compiling(NumpyLayerNorm):
@@ -105,7 +109,8 @@ def test_a_menu_bounds_the_programs_of_a_family_run() -> None:
         assert report.conformant, report.results
         counts[menu] = len(implementation.programs)
     entries = DEFAULT_MENU_SIZE + 3 + LONG_ENTRIES + 3 * ADAPTED_ENTRIES
-    shapes_and_eps = ADAPTED_ENTRIES * (3 + 4)  # params.shape: 3 sizes; params.eps: 4 values
+    # params.shape: 3 sizes; params.eps: 4 values; of the first entries and the variants
+    shapes_and_eps = (ADAPTED_ENTRIES + 3) * (3 + 4)
     assert counts[None] / 4 <= 2 * entries + shapes_and_eps
     assert counts[0] > 3 * counts[None]
 
