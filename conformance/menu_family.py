@@ -10,13 +10,12 @@ layouts stay free.
 The first entry is the simplest (one slice of one value, the profile's default eps), where
 shrinking ends; ``size - 1`` others are drawn as free cases are (one to three normalized
 axes of 1 to 4 values, up to two leading axes, batch 1 often, eps from
-:data:`strategies_family.EPS_VALUES`; the second of two slices at least and one axis of 2
-to 4 values); then the variants the implementation
-supports (without affine parameters, from the first entry and from the richest; the
-richest with its bias toggled) and :data:`LONG_ENTRIES` entries whose slices are long
-(``ln.accuracy.forward``: one of the longest size, one of any, each with up to two short
-axes beside it). A clause's :class:`FamilyWants` select the entries that meet
-them; when none does, the first :data:`menu.ADAPTED_ENTRIES` are adapted (eps replaced,
+:data:`strategies_family.EPS_VALUES`; the second of two slices of two values at least);
+then the variants the implementation supports (without affine parameters, from the first
+entry and from the richest; the richest with its bias toggled) and :data:`LONG_ENTRIES`
+entries whose slices are long (``ln.accuracy.forward``: one of the longest size, one of any,
+each with up to two short axes beside it). A clause's :class:`FamilyWants` select the
+entries that meet them (``simple``: of the first entries and the variants); when none does, the first :data:`menu.ADAPTED_ENTRIES` are adapted (eps replaced,
 affine set, a leading axis added): each clause's shares (the default eps, the degenerate
 slice's smallest eps, long slices, two slices at least) are kept at a bounded number of
 programs.
@@ -127,7 +126,7 @@ def family_menu(
         leading = tuple(int(s) if rng.uniform() < 0.5 else 1 for s in rng.integers(1, 4, 2))
         leading = leading[: int(rng.integers(0, 3))]
         if k == 1:  # two slices at least, of one short axis: a minimal example's shape
-            normalized = (int(rng.integers(2, 5)),)
+            normalized = (2,)
             if int(np.prod(leading, dtype=np.int64)) < 2:
                 leading = (*leading, 2)
         with_bias = bias and bool(rng.integers(2))
