@@ -173,6 +173,9 @@ class FamilyImplementation(abc.ABC):
     backward: bool = True
     #: The dtype the layer holds eps in (ONNX's float32 attributes).
     setting_dtype: DTypeName = "float64"
+    #: Whether the framework compiles a program per configuration (JAX): its cases are
+    #: drawn from a run's menu (``Capabilities.compiles_per_shape``).
+    compiles_per_shape: bool = False
 
     def __init__(
         self,
@@ -215,6 +218,7 @@ class FamilyImplementation(abc.ABC):
             backward=self.backward,
             elementwise_bias=self.entry.bias is not None,
             setting_dtype=self.setting_dtype,
+            compiles_per_shape=self.compiles_per_shape,
             notes=self.notes(),
         )
 

@@ -197,6 +197,10 @@ class Menu:
     entries: tuple[Entry, ...]
     long_entries: tuple[Entry, ...]
     replica_layouts: tuple[ReplicaLayout, ...]
+    #: the seed and size it was generated from (other chapters' menus derive from them:
+    #: :mod:`menu_family`)
+    seed: int = 0
+    size: int = DEFAULT_MENU_SIZE
 
     @classmethod
     def generate(cls, capabilities: Capabilities, dialect: Dialect, seed: int, size: int) -> Menu:
@@ -241,7 +245,8 @@ class Menu:
             ReplicaLayout(entries[k % len(entries)], replicas, batch)
             for k, (replicas, batch) in enumerate(REPLICA_LAYOUTS)
         )
-        return cls((*entries, *_variants(entries, capabilities)), long_entries, replicated)
+        variants = _variants(entries, capabilities)
+        return cls((*entries, *variants), long_entries, replicated, seed, size)
 
     def choices(self, wanted: Constraints) -> list[Setting]:
         """The settings a clause with these constraints draws from, the simplest first.

@@ -34,6 +34,7 @@ from normspec.adapters.protocol import (
     LayerConfig,
 )
 from normspec.conformance.dtypes import round_to, round_to_normal
+from normspec.conformance.menu_family import FamilyEntry
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     Case,
@@ -186,6 +187,28 @@ def slice_values(
     return np.ascontiguousarray(matrix.T).reshape(shape)
 
 
+def held_eps(capabilities: Capabilities, eps: float) -> float:
+    """The eps a layer holds: the drawn one as a value of ``Capabilities.setting_dtype`` (an
+    ONNX model's float32 attribute), as BN's cases round theirs."""
+    return float(round_to(eps, capabilities.setting_dtype))
+
+
+def _free_shapes(
+    draw: st.DrawFn, long_reductions: bool, min_slices: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``normalized_shape`` and the input shape, drawn freely."""
+    axes = draw(st.integers(1, 3))
+    sizes = _LONG_SIZES if long_reductions else _SIZES
+    normalized = [draw(sizes)] + [draw(_SIZES) for _ in range(axes - 1)]
+    if long_reductions:
+        draw(st.randoms()).shuffle(normalized)
+    normalized_shape = tuple(normalized)
+    leading = [draw(_LEADING_SIZES) for _ in range(draw(st.integers(0, 2)))]
+    while int(np.prod(leading, dtype=np.int64)) < min_slices:
+        leading.append(min_slices)
+    return normalized_shape, (*leading, *normalized_shape)
+
+
 @st.composite
 def family_cases(
     draw: st.DrawFn,
@@ -198,6 +221,8 @@ def family_cases(
     layout: Layout | None = None,
     affine: bool | None = True,
     min_slices: int = 1,
+    fixed_eps: float | None = None,
+    entries: Sequence[FamilyEntry] | None = None,
 ) -> FamilyCase:
     """A whole LayerNorm or RMSNorm case within the capabilities.
 
@@ -205,31 +230,31 @@ def family_cases(
     implementation supports both); the bias is drawn on or off where there are parameters
     and the implementation offers one (``Capabilities.elementwise_bias``).
     ``layout``: the memory layout of ``x`` and ``dy``, else drawn. ``min_slices``: the
-    fewest slices (leading indices) of the input.
+    fewest slices (leading indices) of the input. ``fixed_eps``: that eps, else drawn.
+    ``entries``: draw the configuration (shape, eps, affine, bias) from these entries of a
+    run's :class:`~normspec.conformance.menu_family.FamilyMenu` (chosen for the options
+    above), the values freely. eps is the one the layer holds (:func:`held_eps`).
     """
     dtype = draw(st.sampled_from(list(allowed_dtypes)))
-    axes = draw(st.integers(1, 3))
-    sizes = _LONG_SIZES if long_reductions else _SIZES
-    normalized = [draw(sizes)] + [draw(_SIZES) for _ in range(axes - 1)]
-    if long_reductions:
-        draw(st.randoms()).shuffle(normalized)
-    normalized_shape = tuple(normalized)
-    leading = [draw(_LEADING_SIZES) for _ in range(draw(st.integers(0, 2)))]
-    while int(np.prod(leading, dtype=np.int64)) < min_slices:
-        leading.append(min_slices)
-    shape = (*leading, *normalized_shape)
-    with_affine = (
-        draw(st.booleans())
-        if affine is None and capabilities.without_affine
-        else (affine is not False)
-    )
-    bias = with_affine and capabilities.elementwise_bias and draw(st.booleans())
+    if entries is not None:
+        entry: FamilyEntry = draw(st.sampled_from(list(entries)))
+        normalized_shape, shape = entry.normalized_shape, entry.shape
+        with_affine, bias, eps = entry.affine, entry.bias and entry.affine, entry.eps
+    else:
+        normalized_shape, shape = _free_shapes(draw, long_reductions, min_slices)
+        with_affine = (
+            draw(st.booleans())
+            if affine is None and capabilities.without_affine
+            else (affine is not False)
+        )
+        bias = with_affine and capabilities.elementwise_bias and draw(st.booleans())
+        eps = draw(EPS_VALUES) if fixed_eps is None else fixed_eps
     config = family_config(
         kind,
         dtype,
         shape,
         normalized_shape,
-        draw(EPS_VALUES),
+        held_eps(capabilities, eps),
         affine=with_affine,
         bias=bias,
     )
@@ -246,6 +271,18 @@ def family_cases(
     return FamilyCase(
         config, None, params, None, arrange(x, chosen, last), arrange(dy, chosen, last), chosen
     )
+
+
+def layer_cases(
+    capabilities: Capabilities,
+    dialect: Dialect,
+    allowed_dtypes: Sequence[DTypeName],
+    kind: FamilyKind,
+    **options: Any,
+) -> st.SearchStrategy[FamilyCase]:
+    """:func:`family_cases` called as a chapter's strategy (``CheckContext.draw``: the
+    dialect first, which a LayerNorm or RMSNorm case does not use)."""
+    return family_cases(capabilities, allowed_dtypes, kind, **options)
 
 
 #: The members whose slices are groups of channels (groupnorm.md).
@@ -273,6 +310,7 @@ def group_cases(
     batch: int | None = None,
     track: bool = False,
     min_group_values: int = 2,
+    fixed_eps: float | None = None,
 ) -> FamilyCase:
     """A whole GroupNorm or InstanceNorm case within the capabilities.
 
@@ -283,7 +321,8 @@ def group_cases(
     the fewest (sample, group) slices. ``track``: an InstanceNorm layer with running
     statistics, drawn near the batch's, and the profile's rate (``Case.rate``).
     ``min_group_values``: the fewest values of a slice (1: one value per group, a
-    degenerate input of its own clause; InstanceNorm draws two at least).
+    degenerate input of its own clause; InstanceNorm draws two at least). ``fixed_eps``:
+    that eps, else drawn; eps is the one the layer holds (:func:`held_eps`).
     """
     dtype = draw(st.sampled_from(list(allowed_dtypes)))
     instance = kind == "instancenorm"
@@ -314,7 +353,7 @@ def group_cases(
         rank=len(shape),
         feature_axis=1,
         dtype=dtype,
-        eps=draw(EPS_VALUES),
+        eps=held_eps(capabilities, draw(EPS_VALUES) if fixed_eps is None else fixed_eps),
         momentum=dialect.momentum_from_rate(rate) if track else None,
         affine=with_affine,
         track_running_stats=track,
@@ -350,5 +389,7 @@ __all__ = [
     "family_cases",
     "family_config",
     "group_cases",
+    "held_eps",
+    "layer_cases",
     "slice_values",
 ]

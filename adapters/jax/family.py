@@ -366,6 +366,8 @@ class JaxFamilyComputation(Computation):
 class JaxFamily(FamilyImplementation):
     """A normalization-family class of a JAX library under test."""
 
+    compiles_per_shape = True
+
     def __init__(
         self,
         library: JaxLibrary,

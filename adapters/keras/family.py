@@ -248,6 +248,7 @@ class KerasFamily(FamilyImplementation):
         self.flavour = flavour
         self.library = f"{flavour.package} on {flavour.backend}"
         self.backward = GRADIENTS[flavour.backend] is not None
+        self.compiles_per_shape = flavour.backend == "jax"
         self._layers: dict[LayerConfig, KerasFamilyComputation] = {}
         self._narrowed: str | None = None
         super().__init__(entry, cls, arguments)

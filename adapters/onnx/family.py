@@ -12,8 +12,10 @@ and a scale and bias per channel (opset 18's per-group scale, deprecated in 21, 
 checked); both grouped operators take ``(N, C, *spatial)`` inputs, the case's own layout.
 The operators always take a scale (and the grouped ones a bias): a layer without affine
 parameters is fed ones (and zeros). There is no backward (an inference graph has no
-gradient). float64 is left out (:data:`FLOAT64`). The element types are those the schema allows; those a runtime has no kernel
-for are left out, with its error. A model is built and loaded once per configuration.
+gradient). The family's cases round eps to float32 (``setting_dtype``), so float64 is
+checked with the eps the model holds. The element types are those the schema allows; those
+a runtime has no kernel for are left out, with its error. A model is built and loaded once
+per configuration.
 """
 
 from __future__ import annotations
@@ -48,14 +50,6 @@ from normspec.adapters.protocol import (
     FamilyKind,
     LayerConfig,
     WrongOutput,
-)
-
-#: Why float64 is left out: the model holds epsilon as float32, and the family's cases
-#: draw float64 eps values (unlike BN's, they are not rounded to ``setting_dtype``), whose
-#: difference shows in a float64 output (1e-5 vs float32(1e-5): 1138 ulps).
-FLOAT64 = (
-    "the model holds epsilon as a float32 attribute, and the family's cases draw "
-    "eps values float32 cannot hold (not rounded to Capabilities.setting_dtype)"
 )
 
 
@@ -178,9 +172,6 @@ class OnnxFamily(FamilyImplementation):
         family = FamilyConfig(kind, () if grouped else (2,), bias=bias, num_groups=2)
         x = np.ones((1, 2, 2) if grouped else (1, 2))
         for dtype in ALL_DTYPES:
-            if dtype == "float64":
-                refused[dtype] = FLOAT64
-                continue
             if dtype not in self._schema_dtypes():
                 refused[dtype] = f"the {self.operator.name} schema takes no {dtype}"
                 continue

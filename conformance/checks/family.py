@@ -29,8 +29,15 @@ from normspec.adapters.protocol import Array, FamilyKind
 from normspec.conformance.checks import Body, check
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.dtypes import float_format
+from normspec.conformance.menu_family import FamilyEntry, FamilyWants, family_menu
 from normspec.conformance.strategies import arrange
-from normspec.conformance.strategies_family import GROUPED, FamilyCase, group_cases
+from normspec.conformance.strategies_family import (
+    GROUPED,
+    FamilyCase,
+    group_cases,
+    held_eps,
+    layer_cases,
+)
 from normspec.conformance.tolerance import (
     Comparison,
     GradientBounds,
@@ -169,24 +176,60 @@ def gradient_bounds(
 
 
 def draw(
-    ctx: CheckContext, data: Any, kind: FamilyKind, *, default_eps: bool = False, **options: Any
+    ctx: CheckContext,
+    data: Any,
+    kind: FamilyKind,
+    *,
+    default_eps: bool = False,
+    eps: float | None = None,
+    simple: bool = False,
+    **options: Any,
 ) -> FamilyCase:
     """A case of the layer under the profile's dialect of it: its scale (``w``, ``1 + w``),
     and with ``default_eps`` (the value clauses) the profile's default eps in one case of
-    four (dialects.md: family.*)."""
+    four (dialects.md: family.*); ``eps``: that eps. Under a run's menu (an implementation
+    that compiles per configuration) a LayerNorm or RMSNorm case's configuration comes
+    from the family's menu (:mod:`menu_family`; ``simple``: its first entries only)."""
     if kind in GROUPED:
-        return ctx.draw(data, group_cases, kind=kind, **options)
-    case = ctx.draw_case(data, family=kind, **options)
-    assert isinstance(case, FamilyCase)
+        return ctx.draw(data, group_cases, kind=kind, fixed_eps=eps, **options)
     form = ctx.dialect.family_dialect(kind)
-    eps = case.config.eps
-    if default_eps and data.draw(_DEFAULT_EPS, label="the profile's default eps"):
-        eps = form.default_eps_for(case.config.dtype)
+    default = default_eps and data.draw(_DEFAULT_EPS, label="the profile's default eps")
+    fixed = form.default_eps_for(ctx.dtypes[0]) if default else eps
+    entries = _menu_entries(ctx, kind, fixed, simple, options)
+    case = ctx.draw(data, layer_cases, kind=kind, fixed_eps=fixed, entries=entries, **options)
+    assert isinstance(case, FamilyCase)
+    config = case.config
+    if default:  # the case's own dtype's (one of several dtypes drawn at once)
+        config = replace(config, eps=held_eps(ctx.capabilities, form.default_eps_for(config.dtype)))
     layer = replace(case.family, scale_offset=form.scale_offset if kind == "rmsnorm" else 0.0)
-    config = replace(case.config, eps=eps, family=layer)
-    found = ctx.use_case(replace(case, config=config))
+    found = ctx.use_case(replace(case, config=replace(config, family=layer)))
     assert isinstance(found, FamilyCase)
     return found
+
+
+def _menu_entries(
+    ctx: CheckContext, kind: FamilyKind, eps: float | None, simple: bool, options: Any
+) -> list[FamilyEntry] | None:
+    """The family menu's entries for the options (None: no menu, drawn freely)."""
+    menu = ctx.menu
+    if menu is None:
+        return None
+    capabilities = ctx.capabilities
+    family = family_menu(
+        menu.seed,
+        menu.size,
+        ctx.dialect.family_dialect(kind).default_eps_for(ctx.dtypes[0]),
+        without_affine=capabilities.without_affine,
+        bias=capabilities.elementwise_bias,
+    )
+    affine = options.get("affine", True)
+    wants = FamilyWants(
+        affine=None if affine is None and capabilities.without_affine else affine is not False,
+        long_reductions=options.get("long_reductions", False),
+        min_slices=options.get("min_slices", 1),
+        eps=eps,
+    )
+    return family.choices(wants, simple=simple)
 
 
 def forward(ctx: CheckContext, case: FamilyCase) -> Array:
@@ -334,11 +377,10 @@ def degenerate(kind: FamilyKind) -> Body:
 
     def body(ctx: CheckContext, data: Any) -> None:
         single: dict[str, Any] = {"min_group_values": 1} if kind == "groupnorm" else {}
-        case = draw(ctx, data, kind, affine=None, **single)
+        eps = data.draw(_DEGENERATE_EPS, label="eps")
+        case = draw(ctx, data, kind, affine=None, eps=eps, **single)
         index = _slice_index(data, case, "degenerate slice")
-        eps = data.draw(_DEGENERATE_EPS, label="eps") or case.config.eps
-        config = replace(case.config, eps=eps)
-        case = ctx.use_case(replace(case, config=config, x=with_slice(case, index, flatten)))  # type: ignore[assignment]
+        case = ctx.use_case(replace(case, x=with_slice(case, index, flatten)))  # type: ignore[assignment]
         expect_output(ctx, case, forward(ctx, case))
         if ctx.capabilities.backward:
             expect_gradients(ctx, case, backward(ctx, case))
@@ -375,7 +417,7 @@ def params_shape(kind: FamilyKind) -> Body:
 
     def body(ctx: CheckContext, data: Any) -> None:
         grouped = kind in GROUPED
-        case = draw(ctx, data, kind, affine=True if grouped else None)
+        case = draw(ctx, data, kind, affine=True if grouped else None, simple=True)
         extra = data.draw(st.integers(1, 3), label="extra values on the checked axis")
         axis = 1 if grouped else case.x.ndim - 1
         extra *= case.family.num_groups if kind == "groupnorm" else 1
@@ -399,7 +441,7 @@ _INVALID_EPS = st.sampled_from([0.0, -1e-5, np.nan, np.inf])
 
 def params_eps(kind: FamilyKind) -> Body:
     def body(ctx: CheckContext, data: Any) -> None:
-        case = draw(ctx, data, kind, affine=None)
+        case = draw(ctx, data, kind, affine=None, simple=True)
         eps = float(data.draw(_INVALID_EPS, label="eps"))
         case = ctx.use_case(replace(case, config=replace(case.config, eps=eps)))  # type: ignore[assignment]
         layer = ctx.attempt_build(case)

@@ -174,4 +174,19 @@ def test_onnx_operators_are_checked_on_both_runtimes(target: str, kind: str) -> 
     expect_library_outcomes(target, kind, "onnx")
     capabilities = load_target(target, "onnx").capabilities()
     assert not capabilities.backward and capabilities.setting_dtype == "float32"
-    assert "float64" not in capabilities.dtypes  # eps: see adapters/onnx/family.py
+    assert "float64" in capabilities.dtypes  # eps held as float32: strategies_family.held_eps
+
+
+@pytest.mark.parametrize("target", ["onnx.reference.layernorm", "onnxruntime.rmsnorm"])
+def test_onnx_float64_is_checked_with_the_eps_the_model_holds(target: str) -> None:
+    """float64 passes with eps rounded to float32 (``setting_dtype``) and fails without:
+    the model's float32 epsilon differs from a float64 1e-5 by 1e3 float64 ulps."""
+    pytest.importorskip("onnxruntime")
+    prefix = "ln" if "layernorm" in target else "rms"
+    options = CheckOptions(
+        profile="onnx", dtypes=("float64",), clauses=f"{prefix}.train.statistics"
+    )
+    implementation = load_target(target, "onnx")
+    assert check_implementation(implementation, options).conformant
+    implementation.setting_dtype = "float64"  # type: ignore[attr-defined]
+    assert not check_implementation(implementation, options).conformant
