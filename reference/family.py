@@ -127,13 +127,19 @@ def _empty(array: FloatArray, reduced: tuple[int, ...]) -> tuple[FloatArray, Flo
     return np.empty_like(array), np.empty(kept)
 
 
-def _mean_square(columns: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Per column: the exponents ``k`` with ``|x| * 2^-k < 1`` and the mean square of the
-    scaled values (``mean(x^2) = ms_scaled * 4^k``); powers of two scale exactly."""
+def _mean_square(columns: FloatArray, eps: float = 0.0) -> tuple[FloatArray, FloatArray]:
+    """Per column: the exponents ``k`` with ``|x| * 2^-k < 1`` and ``sqrt(eps) * 2^-k < 1``
+    and the mean square of the scaled values (``mean(x^2) = ms_scaled * 4^k``); powers of
+    two scale exactly. With ``eps`` in the scale, ``eps * 4^-k`` cannot overflow where the
+    values are tiny (``x = 4.5e-187``, ``eps = 1e-5``: ``y = x / sqrt(eps)``, not 0); a
+    square that underflows then is below ``eps`` by the float64 range."""
     count = columns.shape[0]
     with np.errstate(invalid="ignore"):
         largest = np.max(np.abs(columns), axis=0)
     k = np.where(np.isfinite(largest) & (largest > 0), np.frexp(largest)[1], 0)
+    if eps > 0:
+        k_eps = np.frexp(math.sqrt(eps))[1]
+        k = np.where(np.isfinite(largest) & (largest > 0), np.maximum(k, k_eps), k_eps)
     scaled = np.ldexp(columns, k[np.newaxis, :] * -1)
     return k, _total(scaled, 1, scaled) / count
 
@@ -177,7 +183,7 @@ def normalize(x: Any, reduction: Reduction, *, eps: float) -> tuple[FloatArray, 
         xhat, stats = train_forward(columns.matrix, eps=eps, feature_axis=1)
         inv_std = 1.0 / np.sqrt(stats.var + eps)
         return columns.back(xhat), columns.per_slice(inv_std)
-    k, scaled = _mean_square(columns.matrix)
+    k, scaled = _mean_square(columns.matrix, eps)
     with np.errstate(all="ignore"):
         inv_scaled = 1.0 / np.sqrt(scaled + np.ldexp(eps, -2 * k))
         xhat = np.ldexp(columns.matrix, -k[np.newaxis, :]) * inv_scaled
@@ -206,7 +212,7 @@ def normalize_backward(
     if reduction.centered:
         dx = train_backward(g_columns, columns.matrix, eps=eps, feature_axis=1).dx
         return columns.back(dx), xhat
-    k, scaled = _mean_square(columns.matrix)
+    k, scaled = _mean_square(columns.matrix, eps)
     xhat_columns = _Columns.of(xhat, reduced).matrix
     with np.errstate(all="ignore"):
         inv_scaled = 1.0 / np.sqrt(scaled + np.ldexp(eps, -2 * k))

@@ -174,7 +174,10 @@ def test_onnx_operators_are_checked_on_both_runtimes(target: str, kind: str) -> 
     expect_library_outcomes(target, kind, "onnx")
     capabilities = load_target(target, "onnx").capabilities()
     assert not capabilities.backward and capabilities.setting_dtype == "float32"
-    assert "float64" in capabilities.dtypes  # eps held as float32: strategies_family.held_eps
+    # eps held as float32 (strategies_family.held_eps): float64 is checked wherever the
+    # runtime has a kernel for it (onnxruntime has no float64 InstanceNormalization)
+    if "float64" not in capabilities.dtypes:
+        assert "Could not find an implementation" in capabilities.notes["float64"]
 
 
 @pytest.mark.parametrize("target", ["onnx.reference.layernorm", "onnxruntime.rmsnorm"])

@@ -166,6 +166,19 @@ def test_the_core_is_accurate_against_mpmath(
         _check_core(x, dy, eps, (0, 2), centered)  # a batch-norm-like reduction
 
 
+@pytest.mark.parametrize("magnitude", [1e-300, 4.5e-187, 1e-160, 1e-20])
+@pytest.mark.parametrize("eps", [1e-5, 1e-12])
+@pytest.mark.parametrize("centered", [True, False])
+def test_values_far_below_sqrt_eps_keep_their_digits(
+    magnitude: float, eps: float, centered: bool
+) -> None:
+    """``x / sqrt(eps)`` where the squares underflow: the scale includes ``sqrt(eps)`` (an
+    uncentred slice of 4.5e-187 with eps 1e-5 was 0 while 1.4e-184 is right)."""
+    x = magnitude * np.array([[0.75, -0.5, 1.0], [1.0, 0.25, -0.125]])
+    dy = np.array([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]])
+    _check_core(x, dy, eps, (1,), centered)
+
+
 @pytest.mark.parametrize("centered", [True, False])
 def test_the_closed_form_backward_is_the_derivative(centered: bool) -> None:
     rng = np.random.default_rng(3)
