@@ -14,9 +14,13 @@ defaults, one program per configuration (:class:`~normspec.adapters.jax._jax.Jax
 from __future__ import annotations
 
 import abc
+import copy
+import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
+
+import jax
 
 from normspec.adapters.jax._jax import PROBE_CONFIG, JaxImplementation, JaxProgram
 from normspec.adapters.protocol import Capabilities, FeatureAxisPosition, LayerConfig
@@ -45,6 +49,41 @@ def takes_keywords(cls: type, names: tuple[str, ...], *positional: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+#: The first program of each structure (:func:`share_compilation`), the others' template.
+_TEMPLATES: dict[Hashable, JaxProgram] = {}
+
+
+def _with(template: JaxProgram, hyper: Mapping[str, Any]) -> Any:
+    """A copy of ``template`` holding ``hyper`` (traced) as its ``hyper``."""
+    program = copy.copy(template)
+    program.hyper = hyper  # type: ignore[attr-defined]
+    return program
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _forward(template: JaxProgram, training: bool, hyper: Any, *arrays: Any) -> Any:
+    program = _with(template, hyper)
+    return program.apply_train(*arrays) if training else program.apply_infer(*arrays)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _vjp(template: JaxProgram, training: bool, hyper: Any, *arrays: Any) -> Any:
+    return _with(template, hyper)._vjp(*arrays, training=training)
+
+
+def share_compilation(program: JaxProgram, structure: Hashable, hyper: Mapping[str, Any]) -> None:
+    """Jit ``program``'s forwards and vjps as functions of ``hyper`` (its scalar settings,
+    such as eps and the momentum, read by its ``apply_*`` from ``self.hyper``), shared by
+    every program of ``structure``: configurations that differ only in those settings
+    compile once per input shape instead of once each (issue 13)."""
+    template = _TEMPLATES.setdefault(structure, program)
+    shared: Any = program  # its jitted functions replaced by partials of shared ones
+    shared.train = functools.partial(_forward, template, True, hyper)
+    shared.infer = functools.partial(_forward, template, False, hyper)
+    shared.vjp_train = functools.partial(_vjp, template, True, hyper)
+    shared.vjp_infer = functools.partial(_vjp, template, False, hyper)
 
 
 class ModuleImplementation(JaxImplementation):

@@ -48,10 +48,11 @@ from normspec.adapters.jax._jax import (
     JaxProgram,
     Tree,
     from_jax,
+    jax_dtype,
     probe_input,
     vector_to_jax,
 )
-from normspec.adapters.jax._module import ModuleImplementation, takes_keywords
+from normspec.adapters.jax._module import ModuleImplementation, share_compilation, takes_keywords
 from normspec.adapters.protocol import Array, Capabilities, LayerConfig, WrongOutput
 from normspec.reference import RunningStatistics
 
@@ -61,6 +62,8 @@ REQUIRED_ARGUMENTS = ("create_scale", "create_offset", "decay_rate", "eps", "dat
 PARAMETER_NAMES = {"scale": SCALE, "offset": BIAS}
 #: The statistics, by their names in the state tree.
 STATISTICS = ("mean", "var")
+#: The constructor arguments of ``hk.BatchNorm`` passed as jit arguments, not constants.
+TRACED = ("eps", "decay_rate")
 #: The leaves of an ``hk.ExponentialMovingAverage``.
 EMA_LEAVES = ("hidden", "average", "counter")
 
@@ -143,13 +146,25 @@ class HaikuProgram(JaxProgram):
 
     def __init__(self, cls: type, arguments: Mapping[str, Any], config: LayerConfig) -> None:
         factory: Any = cls
+        # haiku.BatchNorm converts eps and decay_rate to the input's dtype before using
+        # them: converted here, they are jit arguments with the same values. A user's class
+        # may test them in Python, so it keeps them as constants.
+        traced = TRACED if cls is hk.BatchNorm else ()
+        dtype = jax_dtype(config.dtype)
+        self.hyper: Mapping[str, Any] = {
+            name: np.asarray(arguments[name], dtype) for name in traced
+        }
+        fixed = {name: value for name, value in arguments.items() if name not in traced}
 
-        def forward(x: jax.Array, is_training: bool) -> Any:
-            return factory(**arguments)(x, is_training=is_training)
+        def forward(x: jax.Array, is_training: bool, hyper: Mapping[str, Any]) -> Any:
+            return factory(**fixed, **hyper)(x, is_training=is_training)
 
         self.transformed = hk.transform_with_state(forward)
         self.decay = arguments["decay_rate"]
         super().__init__(config)
+        if traced:
+            structure = (cls, repr(sorted(fixed.items())), config.num_features, config.rank)
+            share_compilation(self, (*structure, config.dtype), self.hyper)
         params, state = jax.eval_shape(self._library_init, probe_input(config))
         flat, self._params_def = jax.tree_util.tree_flatten_with_path(params)
         self._params = [(_names(path)[-1], item.shape) for path, item in flat]
@@ -158,7 +173,7 @@ class HaikuProgram(JaxProgram):
         self.located = locate_statistics(state)
 
     def _library_init(self, x: jax.Array) -> tuple[Tree, Tree]:
-        params, state = self.transformed.init(None, x, is_training=True)
+        params, state = self.transformed.init(None, x, is_training=True, hyper=self.hyper)
         return params, state
 
     def _init(self, x: jax.Array) -> tuple[Tree, Tree]:
@@ -188,7 +203,7 @@ class HaikuProgram(JaxProgram):
 
     def _apply(self, params: Tree, stats: Tree, x: jax.Array, training: bool) -> Any:
         y, state = self.transformed.apply(
-            self.library(params), stats, None, x, is_training=training
+            self.library(params), stats, None, x, is_training=training, hyper=self.hyper
         )
         return y, state
 

@@ -155,3 +155,35 @@ def test_a_correct_module_passes_and_a_planted_bug_is_caught_under_its_clause() 
     assert report.conformant and report.counts()["pass"] == 4, report.results
     buggy = _check("thirdparty_haiku_bn:EpsOutsideTheRoot", "bn.train.output")
     assert buggy.outcome("bn.train.output") == "fail", buggy.results
+
+
+def test_settings_that_differ_in_eps_and_momentum_share_one_compilation() -> None:
+    """haiku.BatchNorm's eps and decay are jit arguments (issue 13): layers of one shape
+    that differ only in them compile the training and inference forwards and the vjp once,
+    and each still computes with its own eps and momentum."""
+    from normspec.adapters.jax import _module
+
+    impl = _implementation("haiku")
+    shape = (5, 3, 4)  # a shape no other test of the module uses
+    x = np.linspace(-2.0, 3.0, num=int(np.prod(shape))).reshape(shape) ** 2
+    settings = [(1e-5, 0.9), (1e-1, 0.5), (0.3, 0.75)]
+    sizes = _module._forward._cache_size(), _module._vjp._cache_size()  # type: ignore[attr-defined]
+    for eps, momentum in settings:
+        config = LayerConfig(
+            num_features=3, rank=3, feature_axis=1, dtype="float32", eps=eps, momentum=momentum
+        )
+        layer = impl.build(config)
+        y = layer.train_step(x)
+        batch_mean, batch_var = x.mean(axis=(0, 2)), x.var(axis=(0, 2))
+        want = (x - batch_mean[:, None]) / np.sqrt(batch_var[:, None] + eps)
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+        state = layer.state()
+        assert state is not None
+        np.testing.assert_allclose(state.mean, (1 - momentum) * batch_mean, rtol=1e-5)
+        layer.infer(x)
+        layer.vjp(x, np.ones_like(x), training=True)
+    grown = (
+        _module._forward._cache_size() - sizes[0],  # type: ignore[attr-defined]
+        _module._vjp._cache_size() - sizes[1],  # type: ignore[attr-defined]
+    )
+    assert grown == (2, 1), grown  # training and inference forwards; the training vjp
