@@ -138,7 +138,7 @@ def test_constructor_arguments_and_what_is_not_recognised() -> None:
     assert isinstance(named, HaikuImplementation) and "name='bn'" in named.name
     with pytest.raises(TargetError, match="decay_rate is set by normspec"):
         load_target("haiku:BatchNorm(decay_rate=0.5)", "flax")
-    for value in (hk.Linear, _Linear, hk.LayerNorm):
+    for value in (hk.Linear, _Linear, hk.Flatten):
         assert _recognise(value, "flax") is None
     # another library's class with an argument haiku's BatchNorm has is not haiku's to refuse
     assert HaikuImplementation.recognise(int, "flax", arguments={"decay_rate": 0.5}) is None
@@ -167,8 +167,16 @@ def test_settings_that_differ_in_eps_and_momentum_share_one_compilation() -> Non
     shape = (5, 3, 4)  # a shape no other test of the module uses
     x = np.linspace(-2.0, 3.0, num=int(np.prod(shape))).reshape(shape) ** 2
     settings = [(1e-5, 0.9), (1e-1, 0.5), (0.3, 0.75)]
-    sizes = _module._forward._cache_size(), _module._vjp._cache_size()  # type: ignore[attr-defined]
+
+    def sizes() -> tuple[int, int]:
+        return (
+            _module._forward._cache_size(),  # type: ignore[attr-defined]
+            _module._vjp._cache_size(),  # type: ignore[attr-defined]
+        )
+
+    growth = []
     for eps, momentum in settings:
+        before = sizes()
         config = LayerConfig(
             num_features=3, rank=3, feature_axis=1, dtype="float32", eps=eps, momentum=momentum
         )
@@ -182,8 +190,8 @@ def test_settings_that_differ_in_eps_and_momentum_share_one_compilation() -> Non
         np.testing.assert_allclose(state.mean, (1 - momentum) * batch_mean, rtol=1e-5)
         layer.infer(x)
         layer.vjp(x, np.ones_like(x), training=True)
-    grown = (
-        _module._forward._cache_size() - sizes[0],  # type: ignore[attr-defined]
-        _module._vjp._cache_size() - sizes[1],  # type: ignore[attr-defined]
-    )
-    assert grown == (2, 1), grown  # training and inference forwards; the training vjp
+        growth.append(tuple(after - start for after, start in zip(sizes(), before, strict=True)))
+    # the first configuration compiles the shared forwards and vjp (how many programs jax
+    # keeps for a first call varies); the others, differing in eps and momentum only, none
+    assert all(grown > 0 for grown in growth[0]), growth
+    assert growth[1:] == [(0, 0), (0, 0)], growth
