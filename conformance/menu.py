@@ -51,6 +51,15 @@ LONG_BATCHES, LONG_SPATIAL = (16, LONG_MAX_BATCH), (4, LONG_MAX_SPATIAL)
 LONG_ENTRIES = 2
 #: (replicas, per-replica batch) of the replicated entries (sync.*).
 REPLICA_LAYOUTS: tuple[tuple[int, int], ...] = ((2, 1), (4, 2))
+#: Renorm clipping bounds ``(r_max, d_max)`` of a menu (part of a compiled program): the
+#: first fixed, the others drawn from the seed, each at least ``r_max = 1.6, d_max = 1`` (the
+#: ``near`` regime of renorm stays unclipped) and every bound reachable by the regimes drawn
+#: against it.
+RENORM_BOUNDS: tuple[tuple[float, float], ...] = ((3.0, 5.0),)
+RENORM_BOUNDS_DRAWN = 1
+#: Steps of a menu's renorm switches (warm-up): the first fixed, the others from the seed.
+SWITCH_STEPS: tuple[int, ...] = (100,)
+SWITCH_STEPS_DRAWN = 1
 
 
 def eps_choices(dialect: Dialect) -> list[float]:
@@ -197,6 +206,10 @@ class Menu:
     entries: tuple[Entry, ...]
     long_entries: tuple[Entry, ...]
     replica_layouts: tuple[ReplicaLayout, ...]
+    #: Renorm's compiled parameters (``strategies_renorm``): bounds ``(r_max, d_max)``, the
+    #: steps at which a switch schedule leaves batch norm.
+    renorm_bounds: tuple[tuple[float, float], ...] = RENORM_BOUNDS
+    switch_steps: tuple[int, ...] = SWITCH_STEPS
     #: the seed and size it was generated from (other chapters' menus derive from them:
     #: :mod:`menu_family`)
     seed: int = 0
@@ -245,8 +258,22 @@ class Menu:
             ReplicaLayout(entries[k % len(entries)], replicas, batch)
             for k, (replicas, batch) in enumerate(REPLICA_LAYOUTS)
         )
-        variants = _variants(entries, capabilities)
-        return cls((*entries, *variants), long_entries, replicated, seed, size)
+        bounds = RENORM_BOUNDS + tuple(
+            (round(float(rng.uniform(1.6, 5.0)), 2), round(float(rng.uniform(1.0, 5.0)), 2))
+            for _ in range(RENORM_BOUNDS_DRAWN)
+        )
+        switches = SWITCH_STEPS + tuple(
+            int(rng.integers(2, 10**5)) for _ in range(SWITCH_STEPS_DRAWN)
+        )
+        return cls(
+            (*entries, *_variants(entries, capabilities)),
+            long_entries,
+            replicated,
+            bounds,
+            switches,
+            seed,
+            size,
+        )
 
     def choices(self, wanted: Constraints) -> list[Setting]:
         """The settings a clause with these constraints draws from, the simplest first.

@@ -168,6 +168,23 @@ def clipping_bounds(dialect: Dialect) -> st.SearchStrategy[RenormBounds]:
     return _EITHER
 
 
+def menu_bounds(dialect: Dialect, menu: Menu) -> st.SearchStrategy[RenormBounds]:
+    """Constant bounds among a menu's few (each a compiled program), in the dialect's form:
+    the menu's ``(r_max, d_max)`` pairs, and under ``independent`` clipping each also with
+    ``r_min`` open and with only ``rmin`` given (``r_max``, ``d_max`` open); shrinks to the
+    first. Every bound stays active in the regimes of :func:`moving_set`, drawn against it.
+    """
+    independent = renorm_dialect(dialect).clipping != "symmetric"
+    key = ("menu bounds", independent, menu.renorm_bounds)
+    if key not in _CACHE:
+        chosen = [RenormBounds.symmetric(r, d) for r, d in menu.renorm_bounds]
+        if independent:
+            chosen += [_keras(None, r, d) for r, d in menu.renorm_bounds]
+            chosen += [_keras(1 / r, None, None) for r, _ in menu.renorm_bounds]
+        _CACHE[key] = st.sampled_from(chosen)
+    return _CACHE[key]
+
+
 _KINDS: dict[tuple[ScheduleKind, ...], st.SearchStrategy[ScheduleKind]] = {}
 _NEAR_A_POINT = st.booleans()
 _OFFSET = st.integers(-2, 2)
@@ -203,6 +220,7 @@ def schedules(
     batchnorm: bool = False,
     bounds: RenormBounds | None = None,
     counter: Counter = "any",
+    menu: Menu | None = None,
 ) -> tuple[Schedule, int]:
     """A schedule and a step counter ``t``.
 
@@ -213,8 +231,13 @@ def schedules(
     wrong counter, renorm.schedule.step); ``changing``: a few steps before a change, so
     that a short sequence of steps crosses it. ``batchnorm``: the bounds at ``t`` and
     ``t + 1`` are ``r_max = 1, d_max = 0`` (renorm.train.reduces_to_bn). ``bounds``:
-    constant bounds, these.
+    constant bounds, these. ``menu``: bounds and switch steps among the menu's few
+    (:func:`menu_bounds`), so that the schedules drawn are a few compiled programs.
     """
+    drawn_bounds = clipping_bounds(dialect) if menu is None else menu_bounds(dialect, menu)
+    switch_at = (
+        _SWITCH_AT if menu is None else _cached(("switch", *menu.switch_steps), menu.switch_steps)
+    )
     kind = draw(_kinds(kinds or offered_schedules(dialect))) if bounds is None else "constant"
 
     def near(point: int) -> int:
@@ -222,7 +245,7 @@ def schedules(
 
     if kind == "constant":
         if bounds is None:
-            bounds = BN_BOUNDS if batchnorm else draw(clipping_bounds(dialect))
+            bounds = BN_BOUNDS if batchnorm else draw(drawn_bounds)
         steps = near(draw(_PAPER_POINT)) if draw(_NEAR_A_POINT) else draw(_ANY_STEP)
         return ConstantSchedule(bounds), steps
     if kind == "paper":
@@ -234,8 +257,8 @@ def schedules(
         if counter == "changing":
             return ramp, draw(_PAPER_CHANGE) - draw(_BEFORE_CHANGE)
         return ramp, near(draw(_PAPER_POINT)) if draw(_NEAR_A_POINT) else draw(_PAPER_STEP)
-    at = draw(_SWITCH_AT)
-    after = draw(clipping_bounds(dialect))
+    at = draw(switch_at)
+    after = draw(drawn_bounds)
     if batchnorm:
         return SwitchSchedule(at, after), max(at - draw(_BEFORE_SWITCH), 0)
     if counter == "changing":
@@ -503,7 +526,9 @@ def renorm_cases(
       rate, cannot show; renorm.moving.separate is checked on its own);
     * ``menu``: the setting (rank, axis, features, shape, rate, eps, affine) from a run's
       :class:`~normspec.conformance.menu.Menu`, as :func:`strategies.cases` draws it, and
-      the correction rate among the menu's rates (unless ``rates`` asks for others).
+      the correction rate among the menu's rates (unless ``rates`` asks for others), the
+      clipping bounds and switch steps among the menu's (:func:`schedules`): a few compiled
+      programs per run.
     """
     renorm = renorm_dialect(dialect)
     rate_strategy = rates if rates is not None else canonical_rates(dialect)
@@ -577,6 +602,7 @@ def renorm_cases(
             batchnorm=batchnorm_bounds,
             bounds=bounds,
             counter=counter,
+            menu=menu,
         )
     )
     if steps is not None:
@@ -646,6 +672,7 @@ __all__ = [
     "clipping_bounds",
     "clipping_thresholds",
     "independent_bounds",
+    "menu_bounds",
     "moving_set",
     "offered_schedules",
     "renorm_cases",

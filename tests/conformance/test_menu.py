@@ -235,3 +235,46 @@ def test_renorm_cases_take_their_settings_from_the_menu(data: Any, seed: int) ->
     assert drawn in {(s.shape, s.eps, s.rate, s.affine) for s in offered}
     assert case.config.renorm is not None
     assert case.config.renorm.correction_rate in {None, *(s.rate for s in offered)}
+
+
+def _program(case: Any) -> tuple[Any, ...]:
+    """What a compiled renorm layer is made of: its configuration (rates, eps, affine, the
+    schedule's bounds and switch step, not the step counter) and the input's shape."""
+    return (case.config, case.x.shape, case.x.dtype)
+
+
+def _programs(strategy: st.SearchStrategy[Any]) -> set[tuple[Any, ...]]:
+    """The programs of 200 drawn renorm cases."""
+    seen: set[tuple[Any, ...]] = set()
+
+    @settings(max_examples=200, deadline=None, database=None, derandomize=True)
+    @given(case=strategy)
+    def draw(case: Any) -> None:
+        seen.add(_program(case))
+
+    draw()
+    return seen
+
+
+@pytest.mark.parametrize("name", ["paper", "tf_keras"])
+def test_a_menu_bounds_the_renorm_programs(name: str) -> None:
+    """A menu-drawn renorm run sees a few programs (bounds, switch steps and rates among the
+    menu's); the free draws a new one nearly every example."""
+    dialect = profile(name)
+    menu = Menu.generate(BROAD, dialect, 0, DEFAULT_MENU_SIZE)
+    programs = {
+        use_menu: _programs(
+            renorm_cases(BROAD, dialect, ("float32",), menu=menu if use_menu else None)
+        )
+        for use_menu in (True, False)
+    }
+    # constant bounds and switches among the menu's bounds (3 forms under independent
+    # clipping), the paper's ramp, batch norm's bounds
+    assert dialect.renorm is not None
+    forms = 1 if dialect.renorm.clipping == "symmetric" else 3
+    offered = forms * len(menu.renorm_bounds) * (1 + len(menu.switch_steps)) + 2
+    schedules = {config.renorm.schedule for config, *_ in programs[True]}
+    assert len(schedules) <= offered, schedules
+    assert len({config.renorm.schedule for config, *_ in programs[False]}) > offered
+    assert len(programs[True]) <= 40
+    assert len(programs[False]) > 2 * len(programs[True])

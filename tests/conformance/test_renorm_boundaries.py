@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Capabilities
+from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
 from normspec.conformance.seeded_draws import seeded_draws
 from normspec.conformance.strategies_renorm import (
     PAPER_POINTS,
@@ -91,9 +92,23 @@ def _shares(drawn: list[Any]) -> dict[str, float]:
     return {side: active[side] / offered[side] for side in offered if offered[side] > DRAWS / 4}
 
 
+def _menu(name: str, seed: int | None) -> Menu | None:
+    """No menu, or the one a run of ``seed`` draws (its few bounds and switch steps)."""
+    if seed is None:
+        return None
+    return Menu.generate(CAPABILITIES, profile(name), seed, DEFAULT_MENU_SIZE)
+
+
+@pytest.mark.parametrize("seed", [None, 0, 1])
 @pytest.mark.parametrize("name", ["paper", "tf_keras"])
-def test_every_bound_of_the_correction_is_active_in_a_known_share(name: str) -> None:
-    shares = _shares(_collect(renorm_cases(CAPABILITIES, profile(name), ["float64", "float32"])))
+def test_every_bound_of_the_correction_is_active_in_a_known_share(
+    name: str, seed: int | None
+) -> None:
+    """Free bounds, and a run's menu of a few fixed bounds: the inputs are drawn against
+    the bounds, so every bound is active as often."""
+    menu = _menu(name, seed)
+    drawn = _collect(renorm_cases(CAPABILITIES, profile(name), ["float64", "float32"], menu=menu))
+    shares = _shares(drawn)
     assert len(shares) == 4 and all(share >= SHARE for share in shares.values()), shares
 
 
@@ -110,9 +125,10 @@ def test_an_open_side_of_r_is_drawn_beyond_its_symmetric_counterpart(
     assert all(share >= SHARE for share in shares.values()), shares
 
 
-def test_the_schedules_change_points_are_drawn_in_a_known_share() -> None:
+@pytest.mark.parametrize("seed", [None, 0])
+def test_the_schedules_change_points_are_drawn_in_a_known_share(seed: int | None) -> None:
     dialect = profile("paper")
-    drawn = _collect(schedules(dialect, ("paper", "switch")))
+    drawn = _collect(schedules(dialect, ("paper", "switch"), menu=_menu("paper", seed)))
     near_paper = [
         min(abs(step - point) for point in PAPER_POINTS) <= 2
         for schedule, step in drawn
