@@ -8,9 +8,12 @@ per-channel parameters; values, parameters, running statistics and layouts stay 
 
 The first entry is the simplest (one sample, one group, the fewest spatial axes of size 1:
 one value per group for ``gn.degenerate.constant`` where rank 2 is accepted; InstanceNorm
-two values; the profile's default eps); the second has two groups at least (GroupNorm: of
-two channels each, where strided groups show); ``size - 2`` others are drawn as free cases
-are; then the variants without parameters (of the first, the second and the richest) and :data:`menu_family.LONG_ENTRIES` entries with one long spatial axis
+two values; the profile's default eps); GroupNorm's next is one channel of two values on a
+spatial axis (its channels grown, a layer that does not check ``C`` broadcasts its weight:
+``gn.params.shape``); the next has two groups at least (GroupNorm: of two channels each,
+where strided groups show); ``size - 2`` others are drawn as free cases are; then the
+variants without parameters (of the first, the two-group one and the richest) and
+:data:`menu_family.LONG_ENTRIES` entries with one long spatial axis
 (``gn.accuracy.forward``). Clauses whose wants no entry meets adapt the first
 :data:`menu.ADAPTED_ENTRIES` (eps replaced, parameters set, samples or values added).
 """
@@ -104,7 +107,12 @@ def group_menu(
         return made if made.group_values >= 2 else made.adapted(FamilyWants(min_group_values=2))
 
     first = GroupEntry(1, 1, 1, (1,) * spatial_ranks[0], default_eps)
-    entries = [first.adapted(FamilyWants(min_group_values=least))]
+    # one channel of two values, with a spatial axis where accepted (a channel added to
+    # it: broadcast by a layer that does not check C, gn.params.shape)
+    spatial = (1,) if 1 in spatial_ranks else first.spatial
+    two = replace(first, spatial=spatial).adapted(FamilyWants(min_group_values=2))
+    entries = list(dict.fromkeys([first.adapted(FamilyWants(min_group_values=least)), two]))
+    second = entries[-1]
     for k in range(1, max(size, 1)):
         groups = int(rng.integers(2 if k == 1 else 1, 5))
         width = 1 if instance or rng.uniform() < 0.5 else int(rng.integers(1, 4))
@@ -112,10 +120,12 @@ def group_menu(
         batch = 1 if rng.uniform() < 0.5 else int(rng.integers(1, 4))
         rank = int(spatial_ranks[int(rng.integers(len(spatial_ranks)))])
         entries.append(entry(batch, groups, width, rank, eps[(k - 1) % len(eps)]))
+        if k == 1:
+            second = entries[-1]
     richest = max(entries, key=lambda e: int(np.prod(e.shape, dtype=np.int64)))
     variants: list[GroupEntry] = []
     if without_affine:
-        plain = dict.fromkeys([entries[0], entries[min(1, size - 1)], richest])
+        plain = dict.fromkeys([entries[0], second, richest])
         variants = [replace(e, affine=False) for e in plain]
     long_entries = []
     for k in range(LONG_ENTRIES):  # the longest first, then any long size
