@@ -109,8 +109,8 @@ def group_menu(
     first = GroupEntry(1, 1, 1, (1,) * spatial_ranks[0], default_eps)
     # one channel of two values, with a spatial axis where accepted (a channel added to
     # it: broadcast by a layer that does not check C, gn.params.shape)
-    spatial = (1,) if 1 in spatial_ranks else first.spatial
-    two = replace(first, spatial=spatial).adapted(FamilyWants(min_group_values=2))
+    axis = (1,) if 1 in spatial_ranks else first.spatial
+    two = replace(first, spatial=axis).adapted(FamilyWants(min_group_values=2))
     entries = list(dict.fromkeys([first.adapted(FamilyWants(min_group_values=least)), two]))
     second = entries[-1]
     for k in range(1, max(size, 1)):
