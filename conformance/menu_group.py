@@ -13,8 +13,8 @@ spatial axis (its channels grown, a layer that does not check ``C`` broadcasts i
 ``gn.params.shape``); the next has two groups at least (GroupNorm: of two channels each,
 where strided groups show); ``size - 2`` others are drawn as free cases are; then the
 variants without parameters (of the first, the two-group one and the richest) and
-:data:`menu_family.LONG_ENTRIES` entries with one long spatial axis
-(``gn.accuracy.forward``). Clauses whose wants no entry meets adapt the first
+:data:`menu_family.LONG_ENTRIES` entries with one long spatial axis (of the first and the
+two-group one: ``gn.accuracy.forward``). Clauses whose wants no entry meets adapt the first
 :data:`menu.ADAPTED_ENTRIES` (eps replaced, parameters set, samples or values added).
 """
 
@@ -129,7 +129,7 @@ def group_menu(
         variants = [replace(e, affine=False) for e in plain]
     long_entries = []
     for k in range(LONG_ENTRIES):  # the longest first, then any long size
-        base = entries[k % len(entries)]
+        base = (entries[0], second)[k % 2]
         long = LONG_SIZES[-1] if k == 0 else LONG_SIZES[int(rng.integers(len(LONG_SIZES)))]
         spatial = list(base.spatial) or [1] * max(spatial_ranks)
         if spatial:
