@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -40,12 +41,26 @@ LONG_ENTRIES = 2
 @dataclass(frozen=True)
 class FamilyWants:
     """What a clause asks of an entry: affine parameters (``None``: either), long slices,
-    the fewest slices, a fixed eps (``None``: any)."""
+    the fewest slices, a fixed eps (``None``: any); of a grouped entry (:mod:`menu_group`)
+    the fewest values of a group."""
 
     affine: bool | None = True
     long_reductions: bool = False
     min_slices: int = 1
     eps: float | None = None
+    min_group_values: int = 1
+
+
+_S = TypeVar("_S")
+
+
+class _Entry(Protocol):
+    def meets(self, wants: FamilyWants) -> bool: ...
+
+    def adapted(self: _S, wants: FamilyWants) -> _S: ...
+
+
+E = TypeVar("E", bound=_Entry)
 
 
 @dataclass(frozen=True)
@@ -89,14 +104,15 @@ class FamilyEntry:
 
 
 @dataclass(frozen=True)
-class FamilyMenu:
-    """The entries one run draws every LayerNorm or RMSNorm case's configuration from."""
+class FamilyMenu(Generic[E]):
+    """The entries one run draws every case's configuration of a family kind from
+    (:class:`FamilyEntry`, or :class:`menu_group.GroupEntry`)."""
 
-    entries: tuple[FamilyEntry, ...]
-    variants: tuple[FamilyEntry, ...]
-    long_entries: tuple[FamilyEntry, ...]
+    entries: tuple[E, ...]
+    variants: tuple[E, ...]
+    long_entries: tuple[E, ...]
 
-    def choices(self, wants: FamilyWants, *, simple: bool = False) -> list[FamilyEntry]:
+    def choices(self, wants: FamilyWants, *, simple: bool = False) -> list[E]:
         """The entries a clause draws from, the simplest first; ``simple``: of the first
         :data:`menu.ADAPTED_ENTRIES` and the variants only (a clause whose every example is
         a new program anyway: an input of the wrong shape, an invalid eps)."""
@@ -113,7 +129,7 @@ class FamilyMenu:
 @lru_cache(maxsize=64)
 def family_menu(
     seed: int, size: int, default_eps: float, *, without_affine: bool, bias: bool
-) -> FamilyMenu:
+) -> FamilyMenu[FamilyEntry]:
     """The menu of ``size`` entries (at least one) and the variants, from ``seed`` alone;
     ``bias``: the implementation offers an elementwise bias."""
     rng = np.random.default_rng([seed, 0x464E])  # apart from the BN menu's stream

@@ -19,7 +19,7 @@ beside the others, and for InstanceNorm with running statistics a state and a ra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from normspec.adapters.protocol import (
 )
 from normspec.conformance.dtypes import round_to, round_to_normal
 from normspec.conformance.menu_family import FamilyEntry
+from normspec.conformance.menu_group import GroupEntry
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     Case,
@@ -311,6 +312,7 @@ def group_cases(
     track: bool = False,
     min_group_values: int = 2,
     fixed_eps: float | None = None,
+    entries: Sequence[GroupEntry] | None = None,
 ) -> FamilyCase:
     """A whole GroupNorm or InstanceNorm case within the capabilities.
 
@@ -322,9 +324,27 @@ def group_cases(
     statistics, drawn near the batch's, and the profile's rate (``Case.rate``).
     ``min_group_values``: the fewest values of a slice (1: one value per group, a
     degenerate input of its own clause; InstanceNorm draws two at least). ``fixed_eps``:
-    that eps, else drawn; eps is the one the layer holds (:func:`held_eps`).
+    that eps, else drawn; eps is the one the layer holds (:func:`held_eps`). ``entries``:
+    draw the configuration (shape but an empty ``batch``, groups, eps, parameters) from these
+    entries of a run's :func:`~normspec.conformance.menu_group.group_menu`, the values freely.
     """
     dtype = draw(st.sampled_from(list(allowed_dtypes)))
+    if entries is not None:
+        entry: GroupEntry = draw(st.sampled_from(list(entries)))
+        if batch is not None:
+            entry = replace(entry, batch=batch)
+        return draw(
+            _grouped(
+                capabilities,
+                dialect,
+                dtype,
+                kind,
+                entry,
+                conditioning=conditioning,
+                track=track,
+                layout=layout,
+            )
+        )
     instance = kind == "instancenorm"
     groups = draw(_GROUPS)
     channels = groups * (1 if instance else draw(_GROUP_WIDTHS))
@@ -342,28 +362,63 @@ def group_cases(
     n = draw(_LEADING_SIZES) if batch is None else batch
     while batch is None and n * groups < min_slices:
         n += 1
-    shape = (n, channels, *spatial)
     with_affine = (
         draw(st.booleans())
         if affine is None and capabilities.without_affine
         else (affine is not False)
     )
+    eps = draw(EPS_VALUES) if fixed_eps is None else fixed_eps
+    entry = GroupEntry(n, groups, width, tuple(spatial), eps, with_affine)
+    return draw(
+        _grouped(
+            capabilities,
+            dialect,
+            dtype,
+            kind,
+            entry,
+            conditioning=conditioning,
+            track=track,
+            layout=layout,
+            rate=rate,
+        )
+    )
+
+
+@st.composite
+def _grouped(
+    draw: st.DrawFn,
+    capabilities: Capabilities,
+    dialect: Dialect,
+    dtype: DTypeName,
+    kind: FamilyKind,
+    entry: GroupEntry,
+    *,
+    conditioning: Conditioning,
+    track: bool,
+    layout: Layout | None,
+    rate: float | None = None,
+) -> FamilyCase:
+    """The case of a configuration, its values (and without ``rate`` the rate) drawn."""
+    if track and rate is None:
+        rate = draw(_RATES)
+    shape = entry.shape
+    channels, with_affine = shape[1], entry.affine
     config = LayerConfig(
         num_features=channels,
         rank=len(shape),
         feature_axis=1,
         dtype=dtype,
-        eps=held_eps(capabilities, draw(EPS_VALUES) if fixed_eps is None else fixed_eps),
+        eps=held_eps(capabilities, entry.eps),
         momentum=dialect.momentum_from_rate(rate) if track else None,
         affine=with_affine,
         track_running_stats=track,
-        family=FamilyConfig(kind, (), with_affine, num_groups=groups),
+        family=FamilyConfig(kind, (), with_affine, num_groups=entry.groups),
     )
     params = None
     if with_affine:
         weight = round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype)
         params = (weight, round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype))
-    slice_shape = (width, *spatial)
+    slice_shape = (entry.width, *entry.spatial)
     x = draw(slice_values(shape, slice_shape, dtype, conditioning))
     dy = round_to(draw(standard_values(shape, stream=1)), dtype)
     state = draw(running_statistics(channels, dtype)) if track else None

@@ -30,6 +30,7 @@ from normspec.conformance.checks import Body, check
 from normspec.conformance.context import CheckContext, Violation
 from normspec.conformance.dtypes import float_format
 from normspec.conformance.menu_family import FamilyEntry, FamilyWants, family_menu
+from normspec.conformance.menu_group import GroupEntry, group_menu
 from normspec.conformance.strategies import arrange
 from normspec.conformance.strategies_family import (
     GROUPED,
@@ -188,10 +189,11 @@ def draw(
     """A case of the layer under the profile's dialect of it: its scale (``w``, ``1 + w``),
     and with ``default_eps`` (the value clauses) the profile's default eps in one case of
     four (dialects.md: family.*); ``eps``: that eps. Under a run's menu (an implementation
-    that compiles per configuration) a LayerNorm or RMSNorm case's configuration comes
-    from the family's menu (:mod:`menu_family`; ``simple``: its first entries only)."""
+    that compiles per configuration) a case's configuration comes from the family's menu
+    (:mod:`menu_family`, :mod:`menu_group`; ``simple``: its first entries only)."""
     if kind in GROUPED:
-        return ctx.draw(data, group_cases, kind=kind, fixed_eps=eps, **options)
+        grouped = _group_entries(ctx, kind, eps, simple, options)
+        return ctx.draw(data, group_cases, kind=kind, fixed_eps=eps, entries=grouped, **options)
     form = ctx.dialect.family_dialect(kind)
     default = default_eps and data.draw(_DEFAULT_EPS, label="the profile's default eps")
     fixed = form.default_eps_for(ctx.dtypes[0]) if default else eps
@@ -222,14 +224,39 @@ def _menu_entries(
         without_affine=capabilities.without_affine,
         bias=capabilities.elementwise_bias,
     )
+    return family.choices(_wants(ctx, eps, options), simple=simple)
+
+
+def _group_entries(
+    ctx: CheckContext, kind: FamilyKind, eps: float | None, simple: bool, options: Any
+) -> list[GroupEntry] | None:
+    """The grouped menu's entries for the options (None: no menu, drawn freely)."""
+    menu = ctx.menu
+    if menu is None:
+        return None
+    instance = kind == "instancenorm"
+    ranks = tuple(sorted(r - 2 for r in ctx.capabilities.ranks if r >= (3 if instance else 2)))
+    grouped = group_menu(
+        menu.seed,
+        menu.size,
+        ctx.dialect.family_dialect(kind).default_eps_for(ctx.dtypes[0]),
+        instance=instance,
+        spatial_ranks=ranks,
+        without_affine=ctx.capabilities.without_affine,
+    )
+    wants = replace(_wants(ctx, eps, options), min_group_values=options.get("min_group_values", 2))
+    return grouped.choices(wants, simple=simple)
+
+
+def _wants(ctx: CheckContext, eps: float | None, options: Any) -> FamilyWants:
+    """What the draw's options ask of a menu entry."""
     affine = options.get("affine", True)
-    wants = FamilyWants(
-        affine=None if affine is None and capabilities.without_affine else affine is not False,
+    return FamilyWants(
+        affine=None if affine is None and ctx.capabilities.without_affine else affine is not False,
         long_reductions=options.get("long_reductions", False),
         min_slices=options.get("min_slices", 1),
         eps=eps,
     )
-    return family.choices(wants, simple=simple)
 
 
 def forward(ctx: CheckContext, case: FamilyCase) -> Array:
