@@ -10,9 +10,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -20,9 +19,10 @@ from gallery.family_base import NumpyLayerNorm, NumpyRMSNorm
 from gallery.family_bugs import FAMILY_BUGS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from program_recording import RecordsPrograms
 from test_gallery import with_dependencies
 
-from normspec.adapters.protocol import Capabilities, LayerConfig
+from normspec.adapters.protocol import Capabilities
 from normspec.conformance.menu import ADAPTED_ENTRIES, DEFAULT_MENU_SIZE
 from normspec.conformance.menu_family import (
     LONG_ENTRIES,
@@ -73,28 +73,11 @@ def test_every_choice_meets_the_wants(
         assert len(chosen) <= ADAPTED_ENTRIES + len(menu.variants)
 
 
-class Compiling(NumpyLayerNorm):
+class Compiling(RecordsPrograms, NumpyLayerNorm):
     """The correct LayerNorm, declaring it compiles per configuration, recording each
     (configuration, operation, shape) it runs: what a JAX implementation compiles."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.programs: Counter[tuple[Any, ...]] = Counter()
-
-    def capabilities(self) -> Capabilities:
-        return replace(super().capabilities(), compiles_per_shape=True, without_affine=True)
-
-    def build(self, config: LayerConfig) -> Any:
-        layer = super().build(config)
-        for name in ("infer", "vjp"):
-            original = getattr(layer, name)
-
-            def recorded(x: Any, *rest: Any, _name: str = name, _call: Any = original, **k: Any):
-                self.programs[(config, _name, np.shape(x))] += 1
-                return _call(x, *rest, **k)
-
-            setattr(layer, name, recorded)
-        return layer
+    declared: ClassVar[dict[str, Any]] = {"without_affine": True}
 
 
 def test_a_menu_bounds_the_programs_of_a_family_run() -> None:

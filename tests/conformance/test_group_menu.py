@@ -10,20 +10,17 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import pytest
 from gallery.family_base import NumpyGroupNorm
 from gallery.family_bugs import GROUP_BUGS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from program_recording import RecordsPrograms
 from test_gallery import with_dependencies
 from test_group_gallery import BUG_EXAMPLES, HALF
 
-from normspec.adapters.protocol import Capabilities, LayerConfig
 from normspec.conformance.menu import ADAPTED_ENTRIES, DEFAULT_MENU_SIZE
 from normspec.conformance.menu_family import LONG_ENTRIES, LONG_SIZES, FamilyWants
 from normspec.conformance.menu_group import group_menu
@@ -75,28 +72,9 @@ def test_every_choice_meets_the_wants(
     assert len(chosen) <= len(pool)
 
 
-class Compiling(NumpyGroupNorm):
+class Compiling(RecordsPrograms, NumpyGroupNorm):
     """The correct GroupNorm, declaring it compiles per configuration, recording each
     (configuration, operation, shape) it runs: what a JAX implementation compiles."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.programs: Counter[tuple[Any, ...]] = Counter()
-
-    def capabilities(self) -> Capabilities:
-        return replace(super().capabilities(), compiles_per_shape=True)
-
-    def build(self, config: LayerConfig) -> Any:
-        layer = super().build(config)
-        for name in ("infer", "vjp"):
-            original = getattr(layer, name)
-
-            def recorded(x: Any, *rest: Any, _name: str = name, _call: Any = original, **k: Any):
-                self.programs[(config, _name, np.shape(x))] += 1
-                return _call(x, *rest, **k)
-
-            setattr(layer, name, recorded)
-        return layer
 
 
 def test_a_menu_bounds_the_programs_of_a_group_run() -> None:

@@ -4,8 +4,6 @@ clause's constraints, and what it buys: few distinct programs per check, bugs st
 from __future__ import annotations
 
 import json
-from collections import Counter
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,10 +11,11 @@ import pytest
 from gallery.bugs import BUGS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from program_recording import RecordsPrograms
 from test_gallery import with_dependencies
 
-from normspec.adapters.protocol import Capabilities, LayerConfig
-from normspec.adapters.reference import ReferenceImplementation, ReferenceLayer
+from normspec.adapters.protocol import Capabilities
+from normspec.adapters.reference import ReferenceImplementation
 from normspec.cli import main
 from normspec.conformance import strategies
 from normspec.conformance.menu import (
@@ -126,28 +125,14 @@ def test_sequence_shapes_keep_the_layer_and_start_with_its_own() -> None:
     assert all(len(s) == 4 and s[1] == 3 and s[0] * s[2] * s[3] >= 2 for s in found)
 
 
-class Compiling(ReferenceImplementation):
+class Compiling(RecordsPrograms, ReferenceImplementation):
     """The reference, declaring it compiles per shape, recording each (configuration, shape)
     it is called with: what a JAX implementation would compile."""
 
+    operations = ("train_step", "infer", "vjp")
+
     def __init__(self) -> None:
         super().__init__("flax")
-        self.programs: Counter[tuple[Any, ...]] = Counter()
-
-    def capabilities(self) -> Capabilities:
-        return replace(super().capabilities(), compiles_per_shape=True)
-
-    def build(self, config: LayerConfig) -> ReferenceLayer:
-        layer = super().build(config)
-        for name in ("train_step", "infer", "vjp"):
-            original = getattr(layer, name)
-
-            def recorded(x: Any, *rest: Any, _name: str = name, _call: Any = original, **k: Any):
-                self.programs[(config, _name, np.shape(x))] += 1
-                return _call(x, *rest, **k)
-
-            setattr(layer, name, recorded)
-        return layer
 
 
 def test_a_menu_bounds_what_a_compiling_implementation_sees() -> None:
