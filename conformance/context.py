@@ -54,6 +54,13 @@ def layout_copy(array: NDArray[Any]) -> NDArray[Any]:
     return strided_copy(array, array.strides)
 
 
+class NotOffered(Unsatisfiable):
+    """The implementation refused the configuration every case of a check has in common
+    (:meth:`CheckContext.build` with ``offered``): the clause cannot be exercised in the
+    dtype being checked (conformance.findings: not applicable there, unless every dtype
+    refuses it)."""
+
+
 class Violation(Exception):
     """The implementation broke the clause being checked on the current example.
 
@@ -155,6 +162,11 @@ class CheckContext:
         self.examples, self.case, self.notes, self.worst = 0, None, {}, None
         self.built = self.refused = 0
 
+    def begin_dtype(self) -> None:
+        """Count builds and refusals afresh for a dtype's run: a configuration may be
+        refused in one dtype only (:meth:`build`)."""
+        self.built = self.refused = 0
+
     def start(self, case: CaseT) -> CaseT:
         """A new example with ``case``: counted, its notes empty, its case recorded."""
         self.examples += 1
@@ -237,8 +249,8 @@ class CheckContext:
         renorm's schedules) the implementation may refuse the configuration
         (``UnsupportedConfig``): the example is discarded. With ``offered`` as well (what
         every case of the check has in common, say the paper's schedule), a check that has
-        built nothing yet and met :data:`UNSUPPORTED_IN_A_ROW` refusals ends at once: its
-        clause does not apply.
+        built nothing yet and met :data:`UNSUPPORTED_IN_A_ROW` refusals ends at once
+        (:class:`NotOffered`): its clause does not apply in that dtype.
         """
         if not may_refuse:
             return self._build(case, set_parameters, set_state, copy_inputs)
@@ -250,7 +262,7 @@ class CheckContext:
             if isinstance(problem.__cause__, UnsupportedConfig):
                 self.refused += 1
                 if offered and not self.built and self.refused >= UNSUPPORTED_IN_A_ROW:
-                    raise Unsatisfiable(
+                    raise NotOffered(
                         f"the implementation does not offer {offered} ({problem.reason})"
                     ) from None
                 reject()
@@ -357,6 +369,7 @@ __all__ = [
     "CheckContext",
     "ImplementationError",
     "NonFinite",
+    "NotOffered",
     "OutOfBound",
     "RequirementNotMet",
     "Violation",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from hypothesis.errors import FlakyFailure, Unsatisfiable
 
-from normspec.conformance.context import Violation, observed
+from normspec.conformance.context import NotOffered, Violation, observed
 from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.results import SEVERITY, Figures, Finding, Outcome
 from normspec.conformance.tolerance import Comparison
@@ -22,11 +22,14 @@ from normspec.conformance.tolerance import Comparison
 
 @dataclass(frozen=True)
 class DtypeRun:
-    """One dtype's verdict on a clause: its outcome, why (for a skip), and its findings."""
+    """One dtype's verdict on a clause: its outcome, why (for a skip), and its findings;
+    ``refused``: not applicable because the implementation refused what every case of the
+    check offers (:class:`~normspec.conformance.context.NotOffered`)."""
 
     outcome: Outcome
     message: str = ""
     findings: list[Finding] = field(default_factory=list)
+    refused: bool = False
 
 
 def figures(comparison: Comparison) -> Figures:
@@ -113,11 +116,36 @@ def dtype_run(
     Hypothesis reported them, the smallest example first)."""
     if problem is None:
         return DtypeRun("pass")
+    if isinstance(problem, NotOffered):
+        return DtypeRun("not_applicable", str(problem), refused=True)
     if isinstance(problem, Unsatisfiable):
-        return DtypeRun("skipped", f"inconclusive: no example was usable ({problem})")
+        return inconclusive(problem)
     found = [make_finding(member) for member in members(problem)]
     found.sort(key=lambda f: -SEVERITY[f.outcome])
     return DtypeRun(found[0].outcome, found[0].message, found)
 
 
-__all__ = ["DtypeRun", "dtype_run", "figures", "finding", "members"]
+def inconclusive(problem: BaseException | str) -> DtypeRun:
+    """A dtype no example of which was usable."""
+    return DtypeRun("skipped", f"inconclusive: no example was usable ({problem})")
+
+
+def refusals_judged(runs: dict[str, DtypeRun]) -> dict[str, DtypeRun]:
+    """``runs`` where a configuration refused in some dtypes only is not applicable in those,
+    the clause judged on the others (issue 14: one dtype must not mask the others); refused
+    in every dtype that ran, it is the configuration that is not offered, not a dtype: those
+    runs are inconclusive, as a probe treats a chapter failing in every dtype."""
+    if any(run.outcome not in ("not_applicable", "skipped") for run in runs.values()):
+        return runs
+    return {d: inconclusive(run.message) if run.refused else run for d, run in runs.items()}
+
+
+__all__ = [
+    "DtypeRun",
+    "dtype_run",
+    "figures",
+    "finding",
+    "inconclusive",
+    "members",
+    "refusals_judged",
+]

@@ -25,7 +25,13 @@ from normspec.adapters.protocol import ALL_DTYPES, Capabilities, DTypeName, Impl
 from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, observe
-from normspec.conformance.findings import DtypeRun, dtype_run, finding, members
+from normspec.conformance.findings import (
+    DtypeRun,
+    dtype_run,
+    finding,
+    members,
+    refusals_judged,
+)
 from normspec.conformance.guard import Guard
 from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
@@ -287,9 +293,11 @@ def check_clause(
                 runs[dtype] = DtypeRun("error", NOT_CHECKED_AFTER_HANG)
                 continue
             ctx.dtypes = (dtype,)
+            ctx.begin_dtype()
             runs[dtype] = _run_dtype(item, ctx, options, dtype, flags, prefix, shares, budget)
     finally:
         ctx.dtypes = all_dtypes
+    runs = refusals_judged(runs)
     result.seconds = time.perf_counter() - started
     result.examples = ctx.examples
     result.worst = ctx.worst

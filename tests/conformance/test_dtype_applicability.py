@@ -34,6 +34,7 @@ from normspec.conformance.report_terminal import progress_line
 from normspec.conformance.results import Report
 from normspec.conformance.runner import CheckOptions, check_implementation
 from normspec.reference.dialects import profile
+from normspec.reference.schedules import ConstantSchedule
 
 HALF_REFUSAL = "RuntimeError: no half kernel"
 CLAUSES = "bn.train.output,bn.running.mean,ghost.train.output"
@@ -139,3 +140,31 @@ def test_every_report_shows_which_dtype_did_not_apply_and_why(report: Report) ->
     matrix.columns.append(Column("reference", "reference", "paper", report))
     assert "(n/a in float16)" in render_markdown(matrix)
     assert HALF_REFUSAL in render_html(matrix)
+
+
+class WarmUpRefusedInFloat16(ReferenceImplementation):
+    """The reference, whose renorm layers take no warm-up schedule in float16 alone (a
+    configuration refused at build time in one dtype)."""
+
+    def build(self, config: LayerConfig) -> Layer:
+        if (
+            config.dtype == "float16"
+            and config.renorm is not None
+            and not isinstance(config.renorm.schedule, ConstantSchedule)
+        ):
+            raise UnsupportedConfig("no warm-up schedule in float16")
+        return super().build(config)
+
+
+def test_a_configuration_refused_in_one_dtype_is_not_applicable_in_that_dtype_only() -> None:
+    options = CheckOptions(profile="paper", clauses="renorm.schedule.paper", max_examples=8)
+    result = check_implementation(WarmUpRefusedInFloat16("paper"), options).results[0]
+    assert result.dtype_outcomes == {
+        "float64": "pass",
+        "float32": "pass",
+        "float16": "not_applicable",
+        "bfloat16": "pass",
+    }
+    assert result.outcome == "pass"
+    assert result.message.startswith("not applicable in float16: the implementation does not")
+    assert "no warm-up schedule in float16" in result.message
