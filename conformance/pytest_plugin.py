@@ -11,7 +11,10 @@ collected tests. Each item checks its clause on its own (no item depends on anot
 they distribute over pytest-xdist workers). A clause outside the implementation's
 capabilities is skipped; a declared deviation is an expected failure (xfail); a failed
 SHOULD clause is an xfail too unless ``--normspec-strict``; a failed or erroring MUST
-clause fails with the minimal example and the command that reproduces it.
+clause fails with the minimal example and the command that reproduces it. A clause that
+passed where it applied and was not applicable in some dtype says in which, and why, on its
+line (``-v``), in the ``normspec`` summary and as its JUnit property
+``normspec_not_applicable``.
 
 Hypothesis settings profiles of the checks (``--normspec-hypothesis-profile``):
 
@@ -41,11 +44,14 @@ from normspec.conformance.deviations import (
     DeviationSet,
     load_deviations,
 )
+from normspec.conformance.report_terminal import partly_applicable
 from normspec.conformance.results import PROBLEMS, ClauseResult
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS
 
 RESULT_PROPERTY = "normspec_result"
 META_PROPERTY = "normspec_meta"
+#: A passing clause's dtypes that were not applicable, and why (its report line and JUnit).
+NOT_APPLICABLE_PROPERTY = "normspec_not_applicable"
 SEED_INPUT = "normspec_seed"
 
 
@@ -337,6 +343,16 @@ class NormspecPlugin:
                 kept.append((name, value))
         report.user_properties = kept
 
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> Any:
+        """A clause that passed where it applied says on its line in which dtypes it did
+        not apply, and why (as ``normspec check``'s progress line)."""
+        if report.when != "call" or not report.passed:
+            return None
+        note = dict(report.user_properties).get(NOT_APPLICABLE_PROPERTY)
+        if not isinstance(note, str):
+            return None
+        return "passed", ".", (f"PASSED ({note})", {"green": True})
+
     def _report(self) -> Any:
         import datetime
 
@@ -402,6 +418,9 @@ class NormspecPlugin:
                     "normspec: nothing was checked: no selected clause applies to "
                     f"{self.target}, so this is no pass (exit status 5, as for no tests run)"
                 )
+            for result in report.results:
+                if partly_applicable(result):
+                    write(f"{result.clause_id} passed; {result.message}")
             for warning in report.warnings:
                 write(f"warning: {warning}")
         if self.json_path and self._results:
@@ -439,6 +458,8 @@ class NormspecItem(pytest.Item):
         attach(self, RESULT_PROPERTY, result.to_json())
         attach(self, META_PROPERTY, self.plugin._meta)
         outcome = result.outcome
+        if partly_applicable(result):
+            self.user_properties.append((NOT_APPLICABLE_PROPERTY, result.message))
         if outcome == "pass":
             entry = self.plugin.deviations.find(self.clause_id)
             if entry is not None:

@@ -231,3 +231,62 @@ def test_a_run_that_checked_nothing_is_no_pass(project: Path) -> None:
     assert done.returncode == 5, out[-3000:]
     assert "2 passed" in out  # the library's own tests ran and passed
     assert "NOTHING APPLICABLE: " in out and "nothing was checked" in out
+
+
+HALF_REFUSED = '''
+from dataclasses import replace
+
+from normspec.adapters._common import check_config
+from normspec.adapters.reference import ReferenceImplementation
+
+
+class HalfRefusedForBN:
+    """The reference, whose BN layers (and no other chapter's) fail in float16."""
+
+    name = "reference, BN refused in float16"
+
+    def __init__(self):
+        self.inner = ReferenceImplementation("paper")
+
+    def capabilities(self):
+        refused = {"batchnorm": {"float16": "RuntimeError: no half kernel"}}
+        return replace(self.inner.capabilities(), refused_dtypes=refused)
+
+    def versions(self):
+        return {}
+
+    def build(self, config):
+        check_config(self.capabilities(), config)
+        return self.inner.build(config)
+
+
+impl = HalfRefusedForBN()
+'''
+
+
+def test_a_clause_passed_where_it_applied_says_which_dtypes_did_not_apply(project: Path) -> None:
+    (project / "halfbn.py").write_text(HALF_REFUSED)
+    done = _pytest(
+        project,
+        "--normspec-target=halfbn:impl",
+        "--normspec-clauses=bn.train.output,ghost.train.output",
+        "--normspec-max-examples=4",
+        "--junitxml=junit.xml",
+        "-v",
+        "-k",
+        "normspec",
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:]
+    why = "a tiny batch-normalization layer fails in float16: RuntimeError: no half kernel"
+    assert f"normspec[bn.train.output] PASSED (not applicable in float16: {why})" in out
+    assert re.search(r"normspec\[ghost\.train\.output\] PASSED\s", out)  # every dtype applied
+    assert f"bn.train.output passed; not applicable in float16: {why}" in out  # the summary
+    cases = {c.get("name"): c for c in ET.parse(project / "junit.xml").getroot().iter("testcase")}
+    properties = dict(
+        (p.get("name"), p.get("value")) for p in cases["normspec[bn.train.output]"].iter("property")
+    )
+    assert properties["normspec_not_applicable"] == f"not applicable in float16: {why}"
+    assert "normspec_not_applicable" not in {
+        p.get("name") for p in cases["normspec[ghost.train.output]"].iter("property")
+    }
