@@ -22,6 +22,8 @@ from normspec.adapters.protocol import (
     Capabilities,
     Chapter,
     DTypeName,
+    FamilyConfig,
+    FamilyKind,
     LayerConfig,
     UnsupportedConfig,
     WrongOutput,
@@ -47,8 +49,21 @@ Probe = Callable[[LayerConfig, Array], "str | None"]
 #: apart: the chapter's clauses run in every dtype of ``Capabilities.dtypes``).
 ChapterConfig = Callable[[Chapter, LayerConfig], "LayerConfig | None"]
 
+#: The probes of chapters whose tiny layer the main probe does not build: the replicas
+#: chapter's (a layer on two replicas, ``build_replicated``).
+ChapterProbes = Mapping[Chapter, Probe]
+
 #: The chapters whose dtypes are probed apart, in the order their reasons are reported.
-PROBED_CHAPTERS: tuple[Chapter, ...] = ("batchnorm", "renorm", "ghost_batches")
+PROBED_CHAPTERS: tuple[Chapter, ...] = (
+    "batchnorm",
+    "renorm",
+    "ghost_batches",
+    "replicas",
+    "layernorm",
+    "rmsnorm",
+    "groupnorm",
+    "instancenorm",
+)
 
 #: The chapter's layer in the messages about a dtype it fails in.
 CHAPTER_LAYERS: dict[Chapter, str] = {
@@ -58,6 +73,8 @@ CHAPTER_LAYERS: dict[Chapter, str] = {
     "replicas": "replicated layer",
     "layernorm": "LayerNorm layer",
     "rmsnorm": "RMSNorm layer",
+    "groupnorm": "GroupNorm layer",
+    "instancenorm": "InstanceNorm layer",
 }
 
 
@@ -71,13 +88,44 @@ def chapter_of(config: LayerConfig) -> Chapter:
 
 
 def default_chapter_config(chapter: Chapter, config: LayerConfig) -> LayerConfig | None:
-    """A chapter's tiny layer where the adapter needs nothing of its own: BN as probed,
-    ghost batches of two samples (the probe's batch holds four); no other chapter."""
-    if chapter == "batchnorm":
+    """A chapter's tiny layer where the adapter needs nothing of its own: BN as probed (the
+    replicas chapter's on two replicas, :data:`ChapterProbes`), ghost batches of two samples
+    (the probe's batch holds four), a family layer of two features without statistics
+    (:func:`family_probe_config`); none for renorm."""
+    if chapter in ("batchnorm", "replicas"):
         return config
     if chapter == "ghost_batches":
         return replace(config, virtual_batch_size=2)
+    if chapter in FAMILY_KINDS:
+        return family_probe_config(chapter, config)
     return None
+
+
+#: The chapters of the normalization family (layernorm.md, groupnorm.md), by layer kind.
+FAMILY_KINDS: dict[Chapter, FamilyKind] = {
+    "layernorm": "layernorm",
+    "rmsnorm": "rmsnorm",
+    "groupnorm": "groupnorm",
+    "instancenorm": "instancenorm",
+}
+
+
+def family_probe_config(chapter: Chapter, config: LayerConfig) -> LayerConfig:
+    """The tiny family layer of ``chapter`` made from the BN probe's ``config``: two
+    features, a weight and no bias (a layer may have none), no statistics; a slice over the last axis (LayerNorm, RMSNorm), or
+    one group per channel at axis 1, of rank 3 at least (GroupNorm, InstanceNorm). Every
+    axis but the batch's has two values in the probe's input (:func:`probe_input`)."""
+    kind = FAMILY_KINDS[chapter]
+    grouped = kind in ("groupnorm", "instancenorm")
+    rank = max(config.rank, 3) if grouped else config.rank
+    return replace(
+        config,
+        rank=rank,
+        feature_axis=1 if grouped else rank - 1,
+        momentum=None,
+        track_running_stats=False,
+        family=FamilyConfig(kind, () if grouped else (2,), bias=False),
+    )
 
 
 def _probed_chapters(base: Capabilities) -> list[Chapter]:
@@ -142,6 +190,8 @@ def check_config(caps: Capabilities, config: LayerConfig, *, library: str | None
     refusal = refused_dtype(caps, chapter_of(config), config.dtype)
     if refusal is not None:
         raise UnsupportedConfig(refusal)
+    if config.family is not None:
+        return  # its shape, statistics and affine are its chapter's (layernorm.md, groupnorm.md)
     if config.rank not in caps.ranks:
         raise UnsupportedConfig(f"rank {config.rank} is not one of {sorted(caps.ranks)}")
     if config.feature_position not in caps.feature_axes:
@@ -178,10 +228,14 @@ def probe_case(base: Capabilities, name: DTypeName) -> tuple[LayerConfig, Array]
         affine=True,
         track_running_stats=True,
     )
-    shape = [4] + [2] * (rank - 2)
-    shape.insert(feature_axis, 2)
-    x = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
-    return config, x
+    return config, probe_input(config)
+
+
+def probe_input(config: LayerConfig) -> Array:
+    """The input a tiny layer is probed with: four samples, two values on every other axis
+    (the probe's layers have two features), all distinct."""
+    shape = (4,) + (2,) * (config.rank - 1)
+    return np.arange(float(np.prod(shape))).reshape(shape)
 
 
 def refused_dtype(caps: Capabilities, chapter: Chapter, dtype: DTypeName) -> str | None:
@@ -210,11 +264,14 @@ def probe_dtypes(
     *,
     where: str | None = None,
     chapter_config: ChapterConfig = default_chapter_config,
+    chapter_probes: ChapterProbes | None = None,
 ) -> Capabilities:
     """``base`` probed per chapter: the dtypes a tiny layer of each chapter ``base`` declares
     (``chapter_config``) fails in, with the reasons, go to ``refused_dtypes`` (unless it
     fails in all of them); ``dtypes`` keeps those at least one chapter works in, and
-    ``notes["dtypes"]`` says why the others are left out (the first chapter's reason).
+    ``notes["dtypes"]`` says why the others are left out (the first chapter's reason). A
+    chapter in ``chapter_probes`` is probed with its own probe; the replicas chapter is
+    probed only there (a plain layer is not a replicated one).
 
     A malformed result (:class:`WrongOutput`) is no reason to leave a dtype out: the engine
     reports it as a failure. Any other exception of the probe is.
@@ -230,10 +287,11 @@ def probe_dtypes(
         probed = 0
         for chapter in _probed_chapters(base):
             tiny = chapter_config(chapter, config)
-            if tiny is None:
+            own = (chapter_probes or {}).get(chapter)
+            if tiny is None or (chapter == "replicas" and own is None):
                 continue
             probed += 1
-            problem = _probe_one(probe, tiny, x)
+            problem = _probe_one(own or probe, tiny, probe_input(tiny))
             if problem is not None:
                 found[chapter] = problem
         if probed == 0:  # no chapter has a probe of its own: the dtypes as BN has them

@@ -38,6 +38,7 @@ from normspec.adapters.protocol import (
     DTypeName,
     Layer,
     LayerConfig,
+    ReplicatedLayer,
     State,
     WrongOutput,
 )
@@ -151,6 +152,25 @@ class ProbedImplementation(abc.ABC):
             layer.vjp(x, np.ones_like(x), training=base.training)
         return None
 
+    def make_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedLayer | None:
+        """A fresh layer on ``replicas`` replicas for a configuration within the
+        capabilities (the replicas chapter's probe, :meth:`probe_replicated`); ``None``:
+        the replicas chapter is not probed apart (its clauses run in every dtype)."""
+        return None
+
+    def probe_replicated(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
+        """A tiny layer on two replicas, half the batch each: a synchronized training step and
+        (if ``base`` declares one) its backward; an exception means the replicas chapter does
+        not work in the dtype."""
+        layer = self.make_replicated(config, 2)
+        if layer is None:
+            return None
+        halves = [x[:2], x[2:]]
+        layer.train_step(halves)
+        if base.backward:
+            layer.vjp(halves, [np.ones_like(half) for half in halves])
+        return None
+
     def chapter_config(self, chapter: Chapter, config: LayerConfig) -> LayerConfig | None:
         """The tiny layer a chapter's dtypes are probed with, made from the BN probe's
         ``config``; ``None``: the chapter has no probe of its own here (BN's and ghost
@@ -159,11 +179,19 @@ class ProbedImplementation(abc.ABC):
 
     def probed(self, base: Capabilities) -> Capabilities:
         """``base`` less the dtypes :meth:`probe` fails in, per chapter (``refused_dtypes``)."""
+        replicated = base.replicas and type(self).make_replicated is not (
+            ProbedImplementation.make_replicated
+        )
         return probe_dtypes(
             base,
             lambda config, x: self.probe(config, x, base),
             where=self.where(),
             chapter_config=self.chapter_config,
+            chapter_probes=(
+                {"replicas": lambda config, x: self.probe_replicated(config, x, base)}
+                if replicated
+                else None
+            ),
         )
 
     def capabilities(self) -> Capabilities:

@@ -828,6 +828,10 @@ class JaxImplementation(ProbedImplementation):
         check_config(capabilities, config, library=self.library)
         if not 1 <= replicas <= len(jax.devices()):
             raise UnsupportedConfig(f"{replicas} replicas on {len(jax.devices())} devices")
+        return self.make_replicated(config, replicas)
+
+    def make_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedJaxLayer:
+        """The layer on the first ``replicas`` devices, its program cached."""
         key = (self.program_key(config), replicas)
         with self._lock:
             sharded = self._sharded.get(key)
@@ -851,6 +855,16 @@ class JaxImplementation(ProbedImplementation):
         layer.set_parameters(np.ones(features), np.zeros(features))
         layer.set_state(RunningStatistics.initial(features))
         layer.vjp(x, np.ones_like(x), training=True)
+        return None
+
+    def probe_replicated(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:
+        """A training-mode backward of a tiny layer on two replicas, half the batch each, its
+        parameters and statistics set: one compilation per dtype, as :meth:`probe`."""
+        layer = self.make_replicated(config, 2)
+        features = config.num_features
+        layer.set_parameters(np.ones(features), np.zeros(features))
+        layer.set_state(RunningStatistics.initial(features))
+        layer.vjp([x[:2], x[2:]], [np.ones_like(x[:2]), np.ones_like(x[2:])])
         return None
 
 

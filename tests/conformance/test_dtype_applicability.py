@@ -14,13 +14,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from normspec.adapters._common import check_config, probe_dtypes
+from normspec.adapters._common import (
+    chapter_of,
+    check_config,
+    family_probe_config,
+    probe_case,
+    probe_dtypes,
+)
+from normspec.adapters.framework import ProbedImplementation
 from normspec.adapters.protocol import (
     ALL_DTYPES,
     Capabilities,
     Chapter,
     Layer,
     LayerConfig,
+    ReplicatedLayer,
     UnsupportedConfig,
 )
 from normspec.adapters.reference import ReferenceImplementation
@@ -168,3 +176,68 @@ def test_a_configuration_refused_in_one_dtype_is_not_applicable_in_that_dtype_on
     assert result.outcome == "pass"
     assert result.message.startswith("not applicable in float16: the implementation does not")
     assert "no warm-up schedule in float16" in result.message
+
+
+LN_REFUSAL = "RuntimeError: no LayerNorm kernel for float16"
+SYNC_REFUSAL = "RuntimeError: no bfloat16 all-reduce"
+
+
+class FamilyAndReplicasRefusals(ProbedImplementation):
+    """The reference, probed per chapter, whose LayerNorm layers fail in float16 and whose
+    replicated layers fail in bfloat16 (every other chapter works in every dtype)."""
+
+    name = "reference, LayerNorm refused in float16, replicas in bfloat16"
+
+    def __init__(self) -> None:
+        self.inner = ReferenceImplementation("paper")
+
+    def base_capabilities(self) -> Capabilities:
+        return self.inner.capabilities()
+
+    def make_layer(self, config: LayerConfig) -> Layer:
+        if config.dtype == "float16" and chapter_of(config) == "layernorm":
+            raise RuntimeError(LN_REFUSAL.partition(": ")[2] + "\nsecond line")
+        return self.inner.build(config)
+
+    def make_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedLayer:
+        if config.dtype == "bfloat16":
+            raise RuntimeError(SYNC_REFUSAL.partition(": ")[2])
+        return self.inner.build_replicated(config, replicas)
+
+    def build_replicated(self, config: LayerConfig, replicas: int) -> ReplicatedLayer:
+        check_config(self.capabilities(), config)
+        return self.make_replicated(config, replicas)
+
+
+def test_the_family_and_replicas_chapters_are_probed_apart() -> None:
+    caps = FamilyAndReplicasRefusals().capabilities()
+    assert caps.dtypes == set(ALL_DTYPES)
+    assert caps.refused_dtypes == {
+        "layernorm": {"float16": LN_REFUSAL},
+        "replicas": {"bfloat16": SYNC_REFUSAL},
+    }
+    for chapter in ("rmsnorm", "groupnorm", "instancenorm"):  # their tiny layers work
+        assert chapter_of(family_probe_config(chapter, probe_case(caps, "float32")[0])) == chapter
+
+
+def test_a_dtype_the_family_or_replicas_chapter_refuses_is_not_applicable_there_only() -> None:
+    clauses = "bn.train.output,ln.train.output,rms.train.output,gn.train.output,sync.train.output"
+    report = check_implementation(
+        FamilyAndReplicasRefusals(), CheckOptions(profile="paper", clauses=clauses, max_examples=8)
+    )
+    refused = {
+        "ln.train.output": ("float16", f"a tiny LayerNorm layer fails in float16: {LN_REFUSAL}"),
+        "sync.train.output": (
+            "bfloat16",
+            f"a tiny replicated layer fails in bfloat16: {SYNC_REFUSAL}",
+        ),
+    }
+    for result in report.results:
+        assert result.outcome == "pass", (result.clause_id, result.message)
+        if result.clause_id not in refused:
+            assert set(result.dtype_outcomes.values()) == {"pass"}, result.clause_id
+            continue
+        dtype, why = refused[result.clause_id]
+        assert result.dtype_outcomes[dtype] == "not_applicable"
+        assert {o for d, o in result.dtype_outcomes.items() if d != dtype} == {"pass"}
+        assert result.message == f"not applicable in {dtype}: {why}"
