@@ -190,8 +190,10 @@ def check_config(caps: Capabilities, config: LayerConfig, *, library: str | None
     refusal = refused_dtype(caps, chapter_of(config), config.dtype)
     if refusal is not None:
         raise UnsupportedConfig(refusal)
-    if config.family is not None:
-        return  # its shape, statistics and affine are its chapter's (layernorm.md, groupnorm.md)
+    if config.family is not None:  # its shape and statistics are its chapter's
+        if not getattr(caps, config.family.kind):
+            raise UnsupportedConfig(f"{config.family.kind} layers are not supported by {who}")
+        return
     if config.rank not in caps.ranks:
         raise UnsupportedConfig(f"rank {config.rank} is not one of {sorted(caps.ranks)}")
     if config.feature_position not in caps.feature_axes:

@@ -218,6 +218,12 @@ def test_the_family_and_replicas_chapters_are_probed_apart() -> None:
     }
     for chapter in ("rmsnorm", "groupnorm", "instancenorm"):  # their tiny layers work
         assert chapter_of(family_probe_config(chapter, probe_case(caps, "float32")[0])) == chapter
+    layernorm = family_probe_config("layernorm", probe_case(caps, "float16")[0])
+    with pytest.raises(UnsupportedConfig, match="tiny LayerNorm layer fails in float16"):
+        check_config(caps, layernorm)
+    check_config(caps, replace(layernorm, dtype="float32"))
+    with pytest.raises(UnsupportedConfig, match="layernorm layers are not supported"):
+        check_config(Capabilities(), replace(layernorm, dtype="float32"))
 
 
 def test_a_dtype_the_family_or_replicas_chapter_refuses_is_not_applicable_there_only() -> None:
