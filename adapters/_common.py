@@ -87,6 +87,15 @@ def chapter_of(config: LayerConfig) -> Chapter:
     return "ghost_batches" if config.virtual_batch_size is not None else "batchnorm"
 
 
+#: The chapters of the normalization family (layernorm.md, groupnorm.md), by layer kind.
+FAMILY_KINDS: dict[Chapter, FamilyKind] = {
+    "layernorm": "layernorm",
+    "rmsnorm": "rmsnorm",
+    "groupnorm": "groupnorm",
+    "instancenorm": "instancenorm",
+}
+
+
 def default_chapter_config(chapter: Chapter, config: LayerConfig) -> LayerConfig | None:
     """A chapter's tiny layer where the adapter needs nothing of its own: BN as probed (the
     replicas chapter's on two replicas, :data:`ChapterProbes`), ghost batches of two samples
@@ -101,20 +110,12 @@ def default_chapter_config(chapter: Chapter, config: LayerConfig) -> LayerConfig
     return None
 
 
-#: The chapters of the normalization family (layernorm.md, groupnorm.md), by layer kind.
-FAMILY_KINDS: dict[Chapter, FamilyKind] = {
-    "layernorm": "layernorm",
-    "rmsnorm": "rmsnorm",
-    "groupnorm": "groupnorm",
-    "instancenorm": "instancenorm",
-}
-
-
 def family_probe_config(chapter: Chapter, config: LayerConfig) -> LayerConfig:
     """The tiny family layer of ``chapter`` made from the BN probe's ``config``: two
-    features, a weight and no bias (a layer may have none), no statistics; a slice over the last axis (LayerNorm, RMSNorm), or
-    one group per channel at axis 1, of rank 3 at least (GroupNorm, InstanceNorm). Every
-    axis but the batch's has two values in the probe's input (:func:`probe_input`)."""
+    features, a weight and no bias (a layer may have none), no statistics; a slice over the
+    last axis (LayerNorm, RMSNorm), or two channels at axis 1 in one group (GroupNorm) or
+    one each (InstanceNorm), of rank 3 at least. Every axis but the batch's has two values
+    in the probe's input (:func:`probe_input`)."""
     kind = FAMILY_KINDS[chapter]
     grouped = kind in ("groupnorm", "instancenorm")
     rank = max(config.rank, 3) if grouped else config.rank

@@ -120,7 +120,9 @@ class ProbedImplementation(abc.ABC):
     """An :class:`Implementation` whose capabilities are probed: the declared ones
     (:meth:`base_capabilities`) less the dtypes in which a tiny layer fails a training
     step, an inference and a backward (:meth:`probe`), probed per chapter
-    (:meth:`chapter_config`), the reasons in ``refused_dtypes`` and ``notes["dtypes"]``.
+    (:meth:`chapter_config`; the replicas chapter on two replicas, :meth:`probe_replicated`,
+    where :meth:`make_replicated` builds them), the reasons in ``refused_dtypes`` and
+    ``notes["dtypes"]``.
     :meth:`build` refuses a configuration outside them, naming :attr:`library`.
     """
 
