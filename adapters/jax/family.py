@@ -407,7 +407,7 @@ class JaxFamily(FamilyImplementation):
             if found is None:
                 dtype = jax_dtype(config.dtype)
                 params = parameter_dtype(config.dtype, self.jax_library.parameters)
-                cls = without_keyword(self.cls, self.eps_argument) if default_eps else self.cls
+                cls: Any = without_keyword(self.cls, self.eps_argument) if default_eps else self.cls
                 with precision(config.dtype):
                     tree, apply = self.jax_library.program(
                         cls, config, family, self.arguments, dtype, params

@@ -100,11 +100,12 @@ def model(
     element = ELEMENT_TYPES[config.dtype]
     takes_bias = family.bias or operator.row.kind in GROUPED
     inputs = ["X", operator.row.weight] + ([str(operator.row.bias)] if takes_bias else [])
+    held: dict[str, Any] = {} if default_eps else {"epsilon": float(np.float32(config.eps))}
     node = helper.make_node(
         operator.name,
         inputs,
         ["Y"],
-        **({} if default_eps else {"epsilon": float(np.float32(config.eps))}),
+        **held,
         **attributes(operator.row.kind, family),
     )
     graph = helper.make_graph(
