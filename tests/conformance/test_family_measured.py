@@ -132,3 +132,18 @@ def test_a_flax_nnx_groupnorm_is_not_taken_for_a_torch_function() -> None:
     from normspec.adapters.registry import load_target
 
     assert isinstance(load_target("flax.nnx:GroupNorm", "flax"), JaxFamily)
+
+
+def test_a_profile_file_may_leave_out_the_grouped_tables() -> None:
+    """A format-1 file written before ``[groupnorm]`` and ``[instancenorm]`` reads, with the
+    specification's default eps there (as ``false`` gives); the built-in ones carry them."""
+    from pathlib import Path
+
+    from normspec.reference.dialects import profile
+
+    gemma = Path(__file__).parents[2] / "examples" / "profiles" / "gemma_rmsnorm.toml"
+    assert "groupnorm" not in gemma.read_text()
+    read = profile(str(gemma))
+    assert read.family_dialect("groupnorm").default_eps == 1e-5
+    assert PROFILES["flax"].family_dialect("groupnorm").default_eps == 1e-6
+    assert PROFILES["keras"].family_dialect("groupnorm").default_eps == 1e-3
