@@ -18,9 +18,10 @@ no mode and no state: ``infer`` and ``train_step`` are the same forward.
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,9 @@ class FamilyClass:
 
 def constructor_names(cls: object) -> list[str]:
     """The parameter names of a class's constructor (``self`` left out; its ``__init__``'s
-    where a metaclass hides them behind ``*args, **kwargs``); none if unreadable."""
+    where a metaclass hides them behind ``*args, **kwargs``); none if unreadable. A
+    :func:`without_keyword` wrapper has its class's."""
+    cls = inspect.unwrap(cls)  # type: ignore[arg-type]
     try:
         names = list(inspect.signature(cls).parameters)  # type: ignore[arg-type]
         if isinstance(cls, type) and names == ["args", "kwargs"]:
@@ -76,6 +79,19 @@ def constructor_names(cls: object) -> list[str]:
     except (TypeError, ValueError):
         return []
     return names
+
+
+def without_keyword(cls: Any, name: str) -> Callable[..., Any]:
+    """``cls`` called with the keyword ``name`` left out, so that the library's default
+    applies (``build_with_default_eps``: the eps argument); :func:`constructor_names` reads
+    ``cls``'s."""
+
+    @functools.wraps(cls, updated=())
+    def build(*args: Any, **kwargs: Any) -> Any:
+        kwargs.pop(name, None)
+        return cls(*args, **kwargs)
+
+    return build
 
 
 def kind_of(cls: object, takes_bias: bool) -> FamilyKind:
@@ -176,6 +192,8 @@ class FamilyImplementation(abc.ABC):
     #: Whether the framework compiles a program per configuration (JAX): its cases are
     #: drawn from a run's menu (``Capabilities.compiles_per_shape``).
     compiles_per_shape: bool = False
+    #: The constructor argument (or attribute) that takes eps.
+    eps_argument: str = "epsilon"
 
     def __init__(
         self,
@@ -226,10 +244,18 @@ class FamilyImplementation(abc.ABC):
     def versions(self) -> Mapping[str, str]: ...
 
     @abc.abstractmethod
-    def computation(self, config: LayerConfig, family: FamilyConfig) -> Computation:
-        """The layer of a configuration within the capabilities."""
+    def computation(
+        self, config: LayerConfig, family: FamilyConfig, *, default_eps: bool = False
+    ) -> Computation:
+        """The layer of a configuration within the capabilities; with ``default_eps`` built
+        without :attr:`eps_argument` (the library's default eps, ``config.eps`` unused)."""
 
-    def build(self, config: LayerConfig) -> FamilyLayer:
+    def build_with_default_eps(self, config: LayerConfig) -> FamilyLayer:
+        """The layer built without an eps: the library's default (``normspec identify``
+        measures it, dialects.md: ``*.default_eps``)."""
+        return self.build(config, default_eps=True)
+
+    def build(self, config: LayerConfig, *, default_eps: bool = False) -> FamilyLayer:
         family = config.family
         if family is None or family.kind != self.entry.kind:
             raise UnsupportedConfig(f"only {self.entry.kind} layers")
@@ -240,7 +266,8 @@ class FamilyImplementation(abc.ABC):
         if config.dtype not in self.dtypes():
             raise UnsupportedConfig(f"{config.dtype} is not supported")
         weighted = not self.entry.optional_affine
-        return FamilyLayer(config, self.computation(config, family), weighted=weighted)
+        computation = self.computation(config, family, default_eps=default_eps)
+        return FamilyLayer(config, computation, weighted=weighted)
 
 
 def as_float64(value: Any, shape: tuple[int, ...]) -> Array:

@@ -1,5 +1,6 @@
-"""``normspec identify`` for the normalization family: the dialect of a LayerNorm or RMSNorm
-(spec: dialects.md, "Normalization family dialect parameters").
+"""``normspec identify`` for the normalization family: the dialect of a LayerNorm or RMSNorm,
+and the default eps of a GroupNorm or InstanceNorm (spec: dialects.md, "Normalization family
+dialect parameters").
 
 Each probe builds the layer through the adapter protocol on one slice whose statistics are
 exact, and compares its output with what each value of a parameter predicts:
@@ -12,7 +13,8 @@ exact, and compares its output with what each value of a parameter predicts:
 - ``cast`` (float16): the weight applied before one rounding, or after ``xhat`` is rounded;
 - ``default_eps``: where the adapter can build the layer with the library's default eps
   (``build_with_default_eps``), ``x = a * [1, -1, 1, -1]`` gives eps back from the output;
-  the same in float64 and float32, or each dtype's machine epsilon.
+  the same in float64 and float32, or each dtype's machine epsilon. A GroupNorm or
+  InstanceNorm layer takes the slice as the spatial values of one channel, in one group.
 
 The findings are ``KIND.PARAMETER`` (``rmsnorm.scale``), one list per kind the implementation
 has (:data:`PROBES`), so another kind slots in with its probes.
@@ -27,7 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from normspec.adapters.protocol import Capabilities, DTypeName, Implementation, UnsupportedConfig
+from normspec.adapters._family import GROUPED, parameter_shape
+from normspec.adapters.protocol import (
+    Capabilities,
+    DTypeName,
+    FamilyConfig,
+    Implementation,
+    LayerConfig,
+    UnsupportedConfig,
+)
 from normspec.conformance.guard import Guard, ImplementationError
 from normspec.conformance.strategies_family import family_config
 from normspec.reference import family
@@ -63,8 +73,7 @@ class _Layer:
         dtype: str = "",
     ) -> np.ndarray | None:
         chosen: Any = dtype or self.dtype
-        kind: Any = self.kind
-        config = family_config(kind, chosen, x.shape, x.shape, eps, affine=True, bias=False)
+        config, given = self._config(x, chosen, eps)
         build: Any = self.implementation.build
         if default_eps:
             build = getattr(self.implementation, "build_with_default_eps", None)
@@ -72,12 +81,31 @@ class _Layer:
                 return None
         try:
             layer = self.guard.call("build", build, config)
-            weights = np.full(x.shape, weight)
+            weights = np.full(parameter_shape(config), weight)
             self.guard.call("set_parameters", layer.set_parameters, weights, 0 * weights)
-            y = self.guard.call("infer", layer.infer, x)
+            y = self.guard.call("infer", layer.infer, given)
         except (UnsupportedConfig, ImplementationError):
             return None
-        return np.asarray(y, dtype=np.float64)
+        return np.asarray(y, dtype=np.float64).reshape(x.shape)
+
+    def _config(self, x: np.ndarray, dtype: Any, eps: float) -> tuple[LayerConfig, np.ndarray]:
+        """The layer of the slice ``x`` and its input: one slice (LayerNorm, RMSNorm), or
+        one sample of one channel in one group (GroupNorm, InstanceNorm: ``(1, 1, n)``)."""
+        kind: Any = self.kind
+        if kind not in GROUPED:
+            return family_config(kind, dtype, x.shape, x.shape, eps, affine=True, bias=False), x
+        config = LayerConfig(
+            num_features=1,
+            rank=3,
+            feature_axis=1,
+            dtype=dtype,
+            eps=eps,
+            momentum=None,
+            affine=True,
+            track_running_stats=False,
+            family=FamilyConfig(kind, (), bias=True, num_groups=1),
+        )
+        return config, x.reshape(1, 1, -1)
 
 
 def _agrees(actual: np.ndarray | None, expected: np.ndarray) -> bool:
@@ -143,22 +171,22 @@ def _default_eps(layer: _Layer, found: dict[str, Any]) -> tuple[str | None, list
     outside = found.get("eps") == "outside_root"
     measured: dict[str, float] = {}
     for dtype in ("float64", "float32"):
+        if dtype not in layer.implementation.capabilities().dtypes:
+            continue  # (ONNX InstanceNormalization on onnxruntime takes no float64)
         y = layer.output(x, EPS, 1.0 - _offset(found), default_eps=True, dtype=dtype)
         if y is None or not np.all(np.isfinite(y)) or y[0] <= 0:
-            if dtype == "float64":
-                return None, [
-                    "not measured: the adapter cannot build the layer with its default eps"
-                ]
             break
         # inside: y = a / sqrt(a^2 + eps); outside: y = a / (a + eps)
         measured[dtype] = _SMALL / y[0] - _SMALL if outside else _SMALL**2 * (1 / y[0] ** 2 - 1)
+    if not measured:
+        return None, ["not measured: the adapter cannot build the layer with its default eps"]
     evidence = [f"x = {_SMALL:g} * [1, -1, 1, -1], {d}: eps = {v:.4g}" for d, v in measured.items()]
     machine = {"float64": 2.0**-52, "float32": 2.0**-23}
     if len(measured) == 2 and all(
         math.isclose(measured[d], machine[d], rel_tol=0.05) for d in measured
     ):
         return MACHINE_EPSILON, evidence
-    rounded = float(f"{measured['float64']:.3g}")
+    rounded = float(f"{next(iter(measured.values())):.3g}")
     return f"{rounded:g}", evidence
 
 
@@ -205,12 +233,15 @@ PROBES: dict[str, tuple[tuple[str, Callable[[_Layer, dict[str, Any]], Any]], ...
         ("default_eps", _default_eps),
         ("cast", _cast),
     ),
+    # one group (instance) of one channel: the slice as a sample's spatial values
+    "groupnorm": (("default_eps", _default_eps),),
+    "instancenorm": (("default_eps", _default_eps),),
 }
 
 
 def family_kinds(capabilities: Capabilities) -> list[str]:
-    """The family layer kinds an implementation declares."""
-    return [kind for kind in FAMILY_KINDS if getattr(capabilities, kind, False)]
+    """The family layer kinds an implementation declares (those :data:`PROBES` has)."""
+    return [kind for kind in PROBES if getattr(capabilities, kind, False)]
 
 
 def probe_family(

@@ -21,7 +21,10 @@ from normspec.reference._arrays import FloatArray, check_eps
 from normspec.reference.batchnorm import Gradients
 
 #: The layer kinds a profile describes, in the order files list them (a table each).
-FAMILY_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm")
+FAMILY_KINDS: tuple[str, ...] = ("layernorm", "rmsnorm", "groupnorm", "instancenorm")
+#: The kinds whose table a profile file may leave out (format 1 files written before them):
+#: the specification's own default eps, as ``false`` gives.
+OPTIONAL_KINDS: frozenset[str] = frozenset({"groupnorm", "instancenorm"})
 #: ``w``: the output is ``w * xhat``; ``1 + w``: zero-centred weights (Gemma).
 Scale = Literal["w", "1 + w"]
 #: ``inside_root``: ``x / sqrt(ms + eps)``; ``outside_root``: ``x / (sqrt(ms) + eps)``.
@@ -135,6 +138,7 @@ __all__ = [
     "CANONICAL",
     "FAMILY_KINDS",
     "MACHINE_EPSILON",
+    "OPTIONAL_KINDS",
     "FamilyDialect",
     "rms_norm_outside",
     "rms_norm_outside_backward",

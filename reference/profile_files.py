@@ -25,6 +25,9 @@ A profile file gives every dialect parameter of the BN, renorm and ghost chapter
     eps = "inside_root"             # inside_root | outside_root
     cast = "after_weight"           # after_weight | before_weight
 
+    [groupnorm]                     # and [instancenorm]: may be left out (false)
+    default_eps = 1e-5
+
 The built-in profiles are files of this format shipped in ``normspec/reference/profiles``
 and read by the same code. :func:`dialect_fields` validates a parsed document like code: an
 unknown key, a missing key or a value outside its domain raises :class:`ProfileFileError`
@@ -43,7 +46,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from normspec.reference.family_dialect import FAMILY_KINDS, MACHINE_EPSILON, FamilyDialect
+from normspec.reference.family_dialect import (
+    FAMILY_KINDS,
+    MACHINE_EPSILON,
+    OPTIONAL_KINDS,
+    FamilyDialect,
+)
 from normspec.reference.ghost import GhostDialect
 from normspec.reference.renorm import RenormDialect
 from normspec.reference.state import RUNNING_AVERAGES
@@ -98,6 +106,8 @@ FAMILY_KEYS: dict[str, dict[str, Any]] = {
         "eps": ("inside_root", "outside_root"),
         "cast": ("after_weight", "before_weight"),
     },
+    "groupnorm": {"default_eps": "eps"},
+    "instancenorm": {"default_eps": "eps"},
 }
 GHOST_KEYS: dict[str, Any] = {
     "groups": ("consecutive", "strided"),
@@ -226,7 +236,7 @@ def dialect_fields(
     profile document gives, validated; ``ProfileFileError`` naming ``source``, the key and
     the problem otherwise. ``reserved``: names a file may not take (the built-in ones')."""
     read = _Reader(source)
-    top = read.table(dict(document), "", TOP_KEYS, optional=set())
+    top = read.table(dict(document), "", TOP_KEYS, optional=set(OPTIONAL_KINDS))
     if top["format"] != FORMAT:
         raise read.fail(
             "format",
@@ -272,7 +282,9 @@ def dialect_fields(
         "running_average": bn["running_average"],
         "momentum_domain": domain,
         "family": tuple(
-            found for kind in FAMILY_KINDS if (found := _family(read, kind, top[kind])) is not None
+            found
+            for kind in FAMILY_KINDS
+            if (found := _family(read, kind, top.get(kind, False))) is not None
         ),
     }
 

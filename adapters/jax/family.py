@@ -54,6 +54,7 @@ from normspec.adapters._family import (
     constructor_names,
     kind_of,
     parameter_shape,
+    without_keyword,
 )
 from normspec.adapters.jax._jax import (
     Tree,
@@ -230,7 +231,8 @@ class JaxLibrary:
 
     ``base``: ``"module:Class"`` every layer class of the library derives from;
     ``required``: the constructor arguments a recognised class takes; ``bias_argument``:
-    the one that adds a bias; ``weight``, ``bias``: the names its variables are stored under.
+    the one that adds a bias; ``weight``, ``bias``: the names its variables are stored under;
+    ``eps_argument``: the one that takes eps.
     """
 
     name: str
@@ -242,6 +244,7 @@ class JaxLibrary:
     bias: str
     parameters: ParameterPolicy
     program: ProgramMaker
+    eps_argument: str = "eps"
 
     def row(self, cls: object, path: str) -> FamilyClass:
         """The table row of a layer class of this library."""
@@ -287,11 +290,11 @@ LIBRARIES: dict[str, JaxLibrary] = {
     for library in (
         JaxLibrary(
             "flax.linen", "flax", "flax.linen:Module", _FLAX, "use_bias", "scale", "bias",
-            "float32", _linen,
+            "float32", _linen, "epsilon",
         ),
         JaxLibrary(
             "flax.nnx", "flax", "flax.nnx:Module", ("num_features", *_FLAX), "use_bias",
-            "scale", "bias", "float32", _nnx,
+            "scale", "bias", "float32", _nnx, "epsilon",
         ),
         JaxLibrary(
             "haiku", "haiku", "haiku:Module", ("axis", "eps", "create_scale", "param_axis"),
@@ -377,6 +380,7 @@ class JaxFamily(FamilyImplementation):
     ) -> None:
         self.jax_library = library
         self.library = library.name
+        self.eps_argument = library.eps_argument
         self._programs: dict[Any, JaxFamilyComputation] = {}
         self._lock = threading.Lock()
         super().__init__(entry, cls, arguments)
@@ -395,18 +399,21 @@ class JaxFamily(FamilyImplementation):
         version = getattr(importlib.import_module(package), "__version__", "?")
         return {**jax_versions(), package: version}
 
-    def computation(self, config: LayerConfig, family: FamilyConfig) -> JaxFamilyComputation:
+    def computation(
+        self, config: LayerConfig, family: FamilyConfig, *, default_eps: bool = False
+    ) -> JaxFamilyComputation:
         with self._lock:
-            found = self._programs.get(config)
+            found = self._programs.get((config, default_eps))
             if found is None:
                 dtype = jax_dtype(config.dtype)
                 params = parameter_dtype(config.dtype, self.jax_library.parameters)
+                cls: Any = without_keyword(self.cls, self.eps_argument) if default_eps else self.cls
                 with precision(config.dtype):
                     tree, apply = self.jax_library.program(
-                        self.cls, config, family, self.arguments, dtype, params
+                        cls, config, family, self.arguments, dtype, params
                     )
                 found = JaxFamilyComputation(self.entry, config, tree, apply)
-                self._programs[config] = found
+                self._programs[(config, default_eps)] = found
             return found
 
 

@@ -41,6 +41,7 @@ from normspec.adapters._family import (
     constructor_names,
     kind_of,
     parameter_shape,
+    without_keyword,
 )
 from normspec.adapters.keras._keras import dtype_policy, keras_on
 from normspec.adapters.protocol import (
@@ -249,7 +250,7 @@ class KerasFamily(FamilyImplementation):
         self.library = f"{flavour.package} on {flavour.backend}"
         self.backward = GRADIENTS[flavour.backend] is not None
         self.compiles_per_shape = flavour.backend == "jax"
-        self._layers: dict[LayerConfig, KerasFamilyComputation] = {}
+        self._layers: dict[tuple[LayerConfig, bool], KerasFamilyComputation] = {}
         self._narrowed: str | None = None
         super().__init__(entry, cls, arguments)
         self._narrowed = self._float64_narrowed()
@@ -295,8 +296,10 @@ class KerasFamily(FamilyImplementation):
             notes["float64"] = self._narrowed
         return notes
 
-    def computation(self, config: LayerConfig, family: FamilyConfig) -> KerasFamilyComputation:
-        found = self._layers.get(config)
+    def computation(
+        self, config: LayerConfig, family: FamilyConfig, *, default_eps: bool = False
+    ) -> KerasFamilyComputation:
+        found = self._layers.get((config, default_eps))
         if found is None:
             names = constructor_names(self.cls)
             given: dict[str, Any] = {"axis": list(axes_of(family)), "epsilon": config.eps}
@@ -309,10 +312,11 @@ class KerasFamily(FamilyImplementation):
             if "center" in names:
                 given["center"] = family.bias
             given["dtype"] = dtype_policy(config.dtype, "float32")
-            layer = self.cls(**given, **self.arguments)
+            cls = without_keyword(self.cls, self.eps_argument) if default_eps else self.cls
+            layer = cls(**given, **self.arguments)
             layer.build(shape)  # tf_keras: axes of this rank
             found = KerasFamilyComputation(self.flavour, self.entry, layer, config)
-            self._layers[config] = found
+            self._layers[(config, default_eps)] = found
         return found
 
 

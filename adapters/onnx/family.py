@@ -92,16 +92,20 @@ def attributes(kind: FamilyKind, family: FamilyConfig) -> dict[str, Any]:
     return {"axis": axes_of(family)[0]}
 
 
-def model(operator: Operator, config: LayerConfig, family: FamilyConfig) -> Any:
-    """The one-node model of a configuration."""
+def model(
+    operator: Operator, config: LayerConfig, family: FamilyConfig, *, default_eps: bool = False
+) -> Any:
+    """The one-node model of a configuration; with ``default_eps``, a node without the
+    ``epsilon`` attribute (the operator's default)."""
     element = ELEMENT_TYPES[config.dtype]
     takes_bias = family.bias or operator.row.kind in GROUPED
     inputs = ["X", operator.row.weight] + ([str(operator.row.bias)] if takes_bias else [])
+    held: dict[str, Any] = {} if default_eps else {"epsilon": float(np.float32(config.eps))}
     node = helper.make_node(
         operator.name,
         inputs,
         ["Y"],
-        epsilon=float(np.float32(config.eps)),
+        **held,
         **attributes(operator.row.kind, family),
     )
     graph = helper.make_graph(
@@ -147,7 +151,7 @@ class OnnxFamily(FamilyImplementation):
     def __init__(self, runtime: Runtime, kind: FamilyKind) -> None:
         self.runtime, self.operator = runtime, OPERATORS[kind]
         self.library = runtime.name
-        self._loaded: dict[LayerConfig, OnnxFamilyComputation] = {}
+        self._loaded: dict[tuple[LayerConfig, bool], OnnxFamilyComputation] = {}
         self._refused: dict[DTypeName, str] = {}
         super().__init__(self.operator.row, cls=object)  # the operator is no Python class
         self._refused = self._probe()
@@ -188,12 +192,14 @@ class OnnxFamily(FamilyImplementation):
     def notes(self) -> dict[str, str]:
         return {**super().notes(), **{str(k): v for k, v in self._refused.items()}}
 
-    def computation(self, config: LayerConfig, family: FamilyConfig) -> OnnxFamilyComputation:
-        found = self._loaded.get(config)
+    def computation(
+        self, config: LayerConfig, family: FamilyConfig, *, default_eps: bool = False
+    ) -> OnnxFamilyComputation:
+        found = self._loaded.get((config, default_eps))
         if found is None:
-            run = self.runtime.load(model(self.operator, config, family))
-            found = OnnxFamilyComputation(self.operator, run, config)
-            self._loaded[config] = found
+            built = model(self.operator, config, family, default_eps=default_eps)
+            found = OnnxFamilyComputation(self.operator, self.runtime.load(built), config)
+            self._loaded[(config, default_eps)] = found
         return found
 
 

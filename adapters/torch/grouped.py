@@ -57,8 +57,8 @@ def kind_of(obj: object) -> tuple[FamilyKind, bool] | None:
         if instance and all(n in names for n in INSTANCE_ARGUMENTS):
             return "instancenorm", True
         return None
-    if not callable(obj) or len(names) < 4:
-        return None
+    if isinstance(obj, type) or not callable(obj) or len(names) < 4:
+        return None  # another library's class (flax.nnx.GroupNorm(num_features, num_groups))
     if names[1] == "num_groups":
         return "groupnorm", False
     if names[1:3] == ["running_mean", "running_var"] and "use_input_stats" in names:
@@ -138,9 +138,21 @@ class TorchGrouped(TorchTarget):
             return self._module_layer(config, dtype)
         return self._function_layer(config, dtype)
 
-    def _module_layer(self, config: LayerConfig, dtype: torch.dtype) -> GroupedLayer:
+    def build_with_default_eps(self, config: LayerConfig) -> GroupedLayer:
+        """The module built without an eps: the library's default (``normspec identify``
+        measures it); modules only."""
+        self.family_of(config)
+        if not self.module:
+            raise UnsupportedConfig("a function: its default eps is not measured")
+        return self._module_layer(config, dtype_of(config.dtype), default_eps=True)
+
+    def _module_layer(
+        self, config: LayerConfig, dtype: torch.dtype, *, default_eps: bool = False
+    ) -> GroupedLayer:
         assert config.family is not None
-        given: dict[str, Any] = {**self.arguments, "eps": config.eps, "affine": config.affine}
+        given: dict[str, Any] = {**self.arguments, "affine": config.affine}
+        if not default_eps:
+            given["eps"] = config.eps
         if self.kind == "groupnorm":
             module = self.target(config.family.num_groups, config.num_features, **given)
         else:

@@ -49,6 +49,9 @@ def test_the_family_table_is_the_builtin_profiles() -> None:
         ln = dialect.family_dialect("layernorm")
         assert _number(row["layernorm.default_eps"]) == ln.default_eps, name
         kinds = {found.kind for found in dialect.family}
+        for grouped in ("groupnorm", "instancenorm"):
+            cell, found = row[f"{grouped}.default_eps"], dialect.family_dialect(grouped)
+            assert cell == "—" if grouped not in kinds else _number(cell) == found.default_eps
         if "rmsnorm" not in kinds:
             assert row["rmsnorm.scale"] == "—", name
             continue
