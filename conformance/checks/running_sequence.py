@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from normspec.conformance.checks import check
 from normspec.conformance.checks.batchnorm import expect_running_update
 from normspec.conformance.context import CheckContext
-from normspec.conformance.strategies import BatchNormCase, cases, feature_values, shapes
+from normspec.conformance.strategies import BatchNormCase, Wanted, cases, feature_values, shapes
 
 
 def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
@@ -23,7 +23,7 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
     """
     menu = ctx.menu
     first_case = cases(ctx.capabilities, ctx.dialect, ctx.dtypes, menu=menu) | (
-        cases(ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=True, menu=menu)
+        cases(ctx.capabilities, ctx.dialect, ctx.dtypes, Wanted(rate="cumulative"), menu=menu)
         if ctx.capabilities.cumulative_average and ctx.capabilities.step_counter
         else st.nothing()
     )
