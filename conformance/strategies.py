@@ -100,7 +100,7 @@ def values_of(draw: st.DrawFn, elements: st.SearchStrategy[float], size: int) ->
 
 
 def dtypes(allowed: Sequence[DTypeName]) -> st.SearchStrategy[DTypeName]:
-    """One of the allowed dtypes, shrinking towards the first."""
+    """One of the allowed dtypes, shrinking towards the first (conv.io.shape_dtype)."""
     return st.sampled_from(list(allowed))
 
 
@@ -115,7 +115,8 @@ def shapes(
     max_batch: int = MAX_BATCH,
     max_spatial: int = MAX_SPATIAL,
 ) -> tuple[int, ...]:
-    """An input shape with at least ``min_count`` values per feature (batch x spatial).
+    """An input shape with at least ``min_count`` values per feature (batch x spatial;
+    bn.degenerate.single_value draws one).
 
     Batch sizes 1 and 2 and spatial sizes 1 are reachable; shrinking goes to the smallest.
     """
@@ -167,7 +168,8 @@ def feature_values(
     conditioning: Conditioning = "well",
     elementwise_limit: int = ELEMENTWISE_LIMIT,
 ) -> Array:
-    """An input whose features have their own spread and mean, rounded to ``dtype``.
+    """An input whose features have their own spread and mean, rounded to ``dtype``
+    (bn.train.output; ``ill`` for bn.accuracy.*).
 
     ``well``: the mean is at most 4 spreads from zero (condition number kappa <= ~5).
     ``ill``: the mean is 10^k spreads from zero, up to the dtype's limit (conventions:
@@ -220,7 +222,7 @@ def arrange(x: Array, layout: Layout, feature_axis: int) -> Array:
 @st.composite
 def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> tuple[Array, Array]:
     """gamma and beta in [-2, 2] (zero and negative gamma included), normal numbers of the
-    dtype or zero (:func:`dtypes.round_to_normal`)."""
+    dtype or zero (:func:`dtypes.round_to_normal`; bn.train.affine)."""
     gamma = values_of(draw, PARAMETER_VALUES, num_features)
     beta = values_of(draw, PARAMETER_VALUES, num_features)
     return round_to_normal(gamma, dtype), round_to_normal(beta, dtype)
@@ -236,7 +238,8 @@ def running_statistics(
     scale: Array | None = None,
     max_steps: int = 10**6,
 ) -> RunningStatistics:
-    """A valid state: any mean, a positive variance, any step counter.
+    """A valid state: any mean, a positive variance, any step counter (bn.running.*,
+    bn.infer.output).
 
     With ``near``/``scale`` (per-feature centre and spread of the data), the mean lies
     within a few spreads of the data and the variance within a factor 100 of the spread's
@@ -275,7 +278,7 @@ def zero_debiased_state(
 
 def canonical_rates(dialect: Dialect | None = None) -> st.SearchStrategy[float]:
     """Update rates alpha in [0, 1], the common ones first; with a dialect, only those
-    whose momentum lies in its ``momentum_domain``."""
+    whose momentum lies in its ``momentum_domain`` (bn.running.mean, bn.running.var)."""
     if dialect is None or dialect.momentum_domain == "[0, 1]":
         return st.one_of(st.sampled_from(COMMON_RATES), st.floats(0.0, 1.0))
     common = [rate for rate in COMMON_RATES if dialect.allows_rate(rate)]
@@ -283,7 +286,8 @@ def canonical_rates(dialect: Dialect | None = None) -> st.SearchStrategy[float]:
 
 
 def eps_values(dialect: Dialect) -> st.SearchStrategy[float]:
-    """Positive eps: the dialect's default first, then values that meet realistic variances."""
+    """Positive eps: the dialect's default first, then values that meet realistic variances
+    (bn.train.output, bn.infer.output)."""
     return st.sampled_from(eps_choices(dialect))
 
 
