@@ -413,9 +413,9 @@ class Wanted:
     """What a clause asks of its cases' setting, whatever the implementation (a
     :class:`~normspec.conformance.menu.Constraints` once :meth:`within` its capabilities).
 
-    ``sizes``: :class:`Sizes`. ``positions``: the feature-axis
-    positions to draw from (``None``: the chapter's, batch norm's primary one; conv.layout.*
-    asks for every supported one). ``rate``: :data:`RateChoice` (bn.running.*).
+    ``sizes``: :class:`Sizes`. ``positions``: the feature-axis positions to draw from
+    (``None``: the chapter's, batch norm's primary one; conv.layout.* asks for every
+    supported one). ``rate``: :data:`RateChoice` (bn.running.*).
     ``affine``/``track``: the setting required, or ``None`` to draw it where the
     implementation supports both (bn.params.*, bn.running.untracked).
     """
