@@ -192,13 +192,18 @@ class CheckContext:
         drawn: CaseT = data.draw(strategy(self.capabilities, self.dialect, self.dtypes, **options))
         return self.start(drawn)
 
-    def draw_case(self, data: Any, chapter: Chapter = "batchnorm", **options: Any) -> Case[Any]:
-        """Start an example with a case of ``chapter`` drawn from the chapter's strategy
-        (:data:`CASE_STRATEGIES`; ``options`` are the strategy's), its setting from the
+    def cases_of(self, chapter: Chapter = "batchnorm", **options: Any) -> SearchStrategy[Any]:
+        """The cases of ``chapter`` for this implementation: the chapter's strategy
+        (:data:`CASE_STRATEGIES`; ``options`` are the strategy's), its settings from the
         run's menu where the chapter draws from one (:data:`MENU_CHAPTERS`)."""
         if chapter in MENU_CHAPTERS:
             options = {"menu": self.menu, **options}
-        return self.draw(data, CASE_STRATEGIES[chapter], **options)
+        return CASE_STRATEGIES[chapter](self.capabilities, self.dialect, self.dtypes, **options)
+
+    def draw_case(self, data: Any, chapter: Chapter = "batchnorm", **options: Any) -> Case[Any]:
+        """Start an example with a case of ``chapter`` (:meth:`cases_of`)."""
+        drawn: Case[Any] = data.draw(self.cases_of(chapter, **options))
+        return self.start(drawn)
 
     def use_case(self, case: Case[Any]) -> Case[Any]:
         """Record a case a check derived from a drawn one (for the report)."""

@@ -36,7 +36,6 @@ from normspec.conformance.strategies_renorm import (
     ScheduleKind,
     batches,
     offered_schedules,
-    renorm_cases,
 )
 from normspec.reference.renorm import RenormStatistics
 
@@ -117,15 +116,12 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
     counter, an inference call that counts, or a wrong update rule shows where it happens.
     """
     offered = offered_schedules(ctx.dialect)
-    first_case = renorm_cases(
-        ctx.capabilities,
-        ctx.dialect,
-        ctx.dtypes,
-        Wanted(affine=None),
+    first_case = ctx.cases_of(
+        "renorm",
+        wanted=Wanted(affine=None),
         schedule=run_schedules(
             ctx, [k for k in offered if k != "constant"] or offered, counter="changing"
         ),
-        menu=ctx.menu,
     )
 
     class RenormSequenceMachine(RuleBasedStateMachine):
