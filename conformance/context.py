@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -16,6 +17,7 @@ from numpy.typing import NDArray
 from normspec.adapters.protocol import (
     Array,
     Capabilities,
+    Chapter,
     DTypeName,
     Implementation,
     Layer,
@@ -27,10 +29,30 @@ from normspec.conformance.guard import Guard, ImplementationError, Implementatio
 from normspec.conformance.isolation import IsolatedImplementation
 from normspec.conformance.menu import Menu
 from normspec.conformance.strategies import Case, cases
+from normspec.conformance.strategies_family import group_cases, layer_cases
+from normspec.conformance.strategies_renorm import renorm_cases
+from normspec.conformance.strategies_replicas import replica_cases
 from normspec.conformance.tolerance import Comparison, Precision
 from normspec.messages import strided_copy
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
 from normspec.reference.dialects import Dialect
+
+#: The strategy each chapter's cases are drawn from (``CheckContext.draw_case``), called with
+#: the capabilities, the dialect, the dtypes and a check's options: the one place a chapter
+#: names its strategy.
+CASE_STRATEGIES: dict[Chapter, Callable[..., SearchStrategy[Any]]] = {
+    "batchnorm": cases,
+    "ghost_batches": cases,
+    "replicas": replica_cases,
+    "renorm": renorm_cases,
+    "layernorm": partial(layer_cases, kind="layernorm"),
+    "rmsnorm": partial(layer_cases, kind="rmsnorm"),
+    "groupnorm": partial(group_cases, kind="groupnorm"),
+    "instancenorm": partial(group_cases, kind="instancenorm"),
+}
+#: The chapters whose settings come from the run's :class:`Menu` (the family chapters draw
+#: theirs from their own menus' entries, which their checks pass).
+MENU_CHAPTERS: frozenset[Chapter] = frozenset({"batchnorm", "ghost_batches", "replicas", "renorm"})
 
 #: Unsupported configurations in a row, none built, after which a check whose every case
 #: has what it offers in common (see CheckContext.build) reports its clause not applicable.
@@ -182,9 +204,18 @@ class CheckContext:
         drawn: CaseT = data.draw(strategy(self.capabilities, self.dialect, self.dtypes, **options))
         return self.start(drawn)
 
-    def draw_case(self, data: Any, **options: Any) -> Case[Any]:
-        """Draw a BN case for this implementation (see :func:`strategies.cases`)."""
-        return self.draw(data, cases, menu=self.menu, **options)
+    def cases_of(self, chapter: Chapter = "batchnorm", **options: Any) -> SearchStrategy[Any]:
+        """The cases of ``chapter`` for this implementation: the chapter's strategy
+        (:data:`CASE_STRATEGIES`; ``options`` are the strategy's), its settings from the
+        run's menu where the chapter draws from one (:data:`MENU_CHAPTERS`)."""
+        if chapter in MENU_CHAPTERS:
+            options = {"menu": self.menu, **options}
+        return CASE_STRATEGIES[chapter](self.capabilities, self.dialect, self.dtypes, **options)
+
+    def draw_case(self, data: Any, chapter: Chapter = "batchnorm", **options: Any) -> Case[Any]:
+        """Start an example with a case of ``chapter`` (:meth:`cases_of`)."""
+        drawn: Case[Any] = data.draw(self.cases_of(chapter, **options))
+        return self.start(drawn)
 
     def use_case(self, case: Case[Any]) -> Case[Any]:
         """Record a case a check derived from a drawn one (for the report)."""

@@ -1,12 +1,15 @@
 """Hypothesis strategies for batch-normalization inputs, reusable in any library's tests.
 
 The building blocks are public: :func:`dtypes`, :func:`shapes`, :func:`feature_values`,
-:func:`memory_layouts`, :func:`running_statistics`, :func:`affine_parameters`, and the
-composite :func:`cases`, which draws a whole checkable situation (config, parameters,
-state, input, cotangent). Every value is exactly representable in the drawn dtype. Arrays
-of up to :data:`ELEMENTWISE_LIMIT` values are drawn value by value, longer ones in a few
-draws (:func:`values_of`, :func:`standard_values`), cotangents from a seed
-(:func:`cotangents`).
+:func:`memory_layouts`, :func:`running_statistics`, :func:`affine_parameters`; a clause's
+wishes for a case's setting, composed from small pieces (:class:`Sizes`, feature-axis
+positions, :data:`RateChoice`, affine and tracking: :class:`Wanted`); :func:`settings`,
+which draws a setting within them, and :func:`case_of`, which draws its values. The
+composite :func:`cases` draws a whole checkable batch-norm situation (config, parameters,
+state, input, cotangent) from them. Every value is exactly representable in the drawn dtype.
+Arrays of up to :data:`ELEMENTWISE_LIMIT` values are drawn value by value, longer ones in a
+few draws (:func:`values_of`, :func:`standard_values`), cotangents from a seed
+(:func:`cotangents`). Arguments are checked when a strategy is built (``InvalidArgument``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
-from normspec.adapters.protocol import Array, Capabilities, DTypeName, FamilyKind, LayerConfig
+from normspec.adapters.protocol import (
+    Array,
+    Capabilities,
+    DTypeName,
+    FeatureAxisPosition,
+    LayerConfig,
+)
 from normspec.conformance.dtypes import round_to, round_to_normal
 from normspec.conformance.menu import (
     COMMON_RATES,
@@ -90,7 +100,7 @@ def values_of(draw: st.DrawFn, elements: st.SearchStrategy[float], size: int) ->
 
 
 def dtypes(allowed: Sequence[DTypeName]) -> st.SearchStrategy[DTypeName]:
-    """One of the allowed dtypes, shrinking towards the first."""
+    """One of the allowed dtypes, shrinking towards the first (conv.io.shape_dtype)."""
     return st.sampled_from(list(allowed))
 
 
@@ -105,7 +115,8 @@ def shapes(
     max_batch: int = MAX_BATCH,
     max_spatial: int = MAX_SPATIAL,
 ) -> tuple[int, ...]:
-    """An input shape with at least ``min_count`` values per feature (batch x spatial).
+    """An input shape with at least ``min_count`` values per feature (batch x spatial;
+    bn.degenerate.single_value draws one).
 
     Batch sizes 1 and 2 and spatial sizes 1 are reachable; shrinking goes to the smallest.
     """
@@ -157,7 +168,8 @@ def feature_values(
     conditioning: Conditioning = "well",
     elementwise_limit: int = ELEMENTWISE_LIMIT,
 ) -> Array:
-    """An input whose features have their own spread and mean, rounded to ``dtype``.
+    """An input whose features have their own spread and mean, rounded to ``dtype``
+    (bn.train.output; ``ill`` for bn.accuracy.*).
 
     ``well``: the mean is at most 4 spreads from zero (condition number kappa <= ~5).
     ``ill``: the mean is 10^k spreads from zero, up to the dtype's limit (conventions:
@@ -210,7 +222,7 @@ def arrange(x: Array, layout: Layout, feature_axis: int) -> Array:
 @st.composite
 def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> tuple[Array, Array]:
     """gamma and beta in [-2, 2] (zero and negative gamma included), normal numbers of the
-    dtype or zero (:func:`dtypes.round_to_normal`)."""
+    dtype or zero (:func:`dtypes.round_to_normal`; bn.train.affine)."""
     gamma = values_of(draw, PARAMETER_VALUES, num_features)
     beta = values_of(draw, PARAMETER_VALUES, num_features)
     return round_to_normal(gamma, dtype), round_to_normal(beta, dtype)
@@ -226,7 +238,8 @@ def running_statistics(
     scale: Array | None = None,
     max_steps: int = 10**6,
 ) -> RunningStatistics:
-    """A valid state: any mean, a positive variance, any step counter.
+    """A valid state: any mean, a positive variance, any step counter (bn.running.*,
+    bn.infer.output).
 
     With ``near``/``scale`` (per-feature centre and spread of the data), the mean lies
     within a few spreads of the data and the variance within a factor 100 of the spread's
@@ -265,7 +278,7 @@ def zero_debiased_state(
 
 def canonical_rates(dialect: Dialect | None = None) -> st.SearchStrategy[float]:
     """Update rates alpha in [0, 1], the common ones first; with a dialect, only those
-    whose momentum lies in its ``momentum_domain``."""
+    whose momentum lies in its ``momentum_domain`` (bn.running.mean, bn.running.var)."""
     if dialect is None or dialect.momentum_domain == "[0, 1]":
         return st.one_of(st.sampled_from(COMMON_RATES), st.floats(0.0, 1.0))
     common = [rate for rate in COMMON_RATES if dialect.allows_rate(rate)]
@@ -273,7 +286,8 @@ def canonical_rates(dialect: Dialect | None = None) -> st.SearchStrategy[float]:
 
 
 def eps_values(dialect: Dialect) -> st.SearchStrategy[float]:
-    """Positive eps: the dialect's default first, then values that meet realistic variances."""
+    """Positive eps: the dialect's default first, then values that meet realistic variances
+    (bn.train.output, bn.infer.output)."""
     return st.sampled_from(eps_choices(dialect))
 
 
@@ -337,44 +351,123 @@ def listed(array: Array | None) -> Any:
     return None if array is None else array.tolist()
 
 
-def constraints(
-    capabilities: Capabilities,
-    *,
-    min_count: int = 2,
-    long_reductions: bool = False,
-    max_batch: int | None = None,
-    max_spatial: int | None = None,
-    rate: float | None = None,
-    axis_positions: Sequence[str] | None = None,
-    track: bool | None = True,
-    affine: bool | None = True,
-    cumulative: bool = False,
-    num_features: int | None = None,
-    min_features: int = 1,
-    max_features: int = 4,
-) -> Constraints:
-    """What :func:`cases`' options ask of a setting, within the capabilities.
+#: How a case's update rate is chosen: a fixed canonical ``alpha``, ``drawn`` (the common
+#: rates first, within the dialect's momentum domain), or ``cumulative`` (momentum ``None``).
+RateChoice = float | Literal["drawn", "cumulative"]
 
-    ``track``/``affine`` ``None`` (either) only where the implementation supports both.
+
+def require_argument(condition: bool, message: str) -> None:
+    """Raise Hypothesis' ``InvalidArgument`` unless ``condition``: a strategy's arguments are
+    checked when it is built, not when it is first drawn from."""
+    if not condition:
+        raise InvalidArgument(message)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How large a case's input is (conventions: reductions; bn.degenerate.*): at least
+    ``min_count`` values per feature, batch and spatial sizes up to ``max_batch`` and
+    ``max_spatial`` (``None``: the chapter's, batch norm's :data:`~menu.MAX_BATCH` and
+    :data:`~menu.MAX_SPATIAL`), ``features`` the fewest and most features;
+    :data:`LONG_SIZES` for the long reductions of the accuracy clauses (*.accuracy.*)."""
+
+    min_count: int = 2
+    max_batch: int | None = None
+    max_spatial: int | None = None
+    features: tuple[int, int] = (1, 4)
+    long_reductions: bool = False
+
+    def __post_init__(self) -> None:
+        require_argument(self.min_count >= 1, f"min_count={self.min_count} must be at least 1")
+        require_argument(
+            self.max_batch is None or self.max_batch >= 0,
+            f"max_batch={self.max_batch} must be at least 0",
+        )
+        require_argument(
+            self.max_spatial is None or self.max_spatial >= 1,
+            f"max_spatial={self.max_spatial} must be at least 1",
+        )
+        low, high = self.features
+        require_argument(
+            1 <= low <= high, f"features={self.features} must be (low, high), 1 <= low <= high"
+        )
+
+    @classmethod
+    def fixed_features(cls, features: int, **sizes: Any) -> Sizes:
+        """Sizes with exactly ``features`` features."""
+        return cls(features=(features, features), **sizes)
+
+
+def _first(*sizes: int | None) -> int:
+    """The first size given."""
+    return next(size for size in sizes if size is not None)
+
+
+#: The long reductions of the accuracy clauses (bn.accuracy.*, renorm.accuracy.*).
+LONG_SIZES = Sizes(max_batch=LONG_MAX_BATCH, max_spatial=LONG_MAX_SPATIAL, long_reductions=True)
+_FEATURE_POSITIONS = get_args(FeatureAxisPosition)
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a clause asks of its cases' setting, whatever the implementation (a
+    :class:`~normspec.conformance.menu.Constraints` once :meth:`within` its capabilities).
+
+    ``sizes``: :class:`Sizes`. ``positions``: the feature-axis positions to draw from
+    (``None``: the chapter's, batch norm's primary one; conv.layout.* asks for every
+    supported one). ``rate``: :data:`RateChoice` (bn.running.*).
+    ``affine``/``track``: the setting required, or ``None`` to draw it where the
+    implementation supports both (bn.params.*, bn.running.untracked).
     """
-    positions = tuple(axis_positions or capabilities.feature_axes[:1])
-    return Constraints(
-        positions=positions,  # type: ignore[arg-type]
-        min_features=num_features if num_features is not None else min_features,
-        max_features=num_features if num_features is not None else max_features,
-        min_count=min_count,
-        max_batch=max_batch
-        if max_batch is not None
-        else (LONG_MAX_BATCH if long_reductions else MAX_BATCH),
-        max_spatial=max_spatial
-        if max_spatial is not None
-        else (LONG_MAX_SPATIAL if long_reductions else MAX_SPATIAL),
-        long_reductions=long_reductions,
-        fixed_rate=cumulative or rate is not None,
-        rate=None if cumulative else rate,
-        affine=None if affine is None and capabilities.without_affine else affine is not False,
-        tracked=None if track is None and capabilities.untracked else track is not False,
-    )
+
+    sizes: Sizes = Sizes()
+    positions: tuple[FeatureAxisPosition, ...] | None = None
+    rate: RateChoice = "drawn"
+    affine: bool | None = True
+    track: bool | None = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rate, str):
+            require_argument(self.rate in ("drawn", "cumulative"), f"rate={self.rate!r} is unknown")
+        else:
+            require_argument(
+                not isinstance(self.rate, bool) and 0.0 <= self.rate <= 1.0,
+                f"rate={self.rate!r} must be an update rate in [0, 1]",
+            )
+        if self.positions is not None:
+            require_argument(
+                bool(self.positions) and set(self.positions) <= set(_FEATURE_POSITIONS),
+                f"positions={self.positions!r} must be some of {_FEATURE_POSITIONS}",
+            )
+
+    def within(
+        self,
+        capabilities: Capabilities,
+        sizes: Sizes | None = None,
+        positions: Sequence[FeatureAxisPosition] | None = None,
+    ) -> Constraints:
+        """The constraints on a setting for ``capabilities``; ``sizes`` (the largest batch
+        and spatial sizes) and ``positions`` the chapter's defaults (batch norm's:
+        :data:`~menu.MAX_BATCH`, :data:`~menu.MAX_SPATIAL` and the primary position)."""
+        size, default = self.sizes, sizes or Sizes()
+        chosen = self.positions or positions or capabilities.feature_axes[:1]
+        return Constraints(
+            positions=tuple(chosen),
+            min_features=size.features[0],
+            max_features=size.features[1],
+            min_count=size.min_count,
+            max_batch=_first(size.max_batch, default.max_batch, MAX_BATCH),
+            max_spatial=_first(size.max_spatial, default.max_spatial, MAX_SPATIAL),
+            long_reductions=size.long_reductions,
+            fixed_rate=self.rate != "drawn",
+            rate=None if isinstance(self.rate, str) else self.rate,
+            affine=None
+            if self.affine is None and capabilities.without_affine
+            else self.affine is not False,
+            tracked=None
+            if self.track is None and capabilities.untracked
+            else self.track is not False,
+        )
 
 
 @st.composite
@@ -475,107 +568,66 @@ def case_of(
     return Case(config, rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)
 
 
-@st.composite
+def check_case_options(
+    allowed_dtypes: Sequence[DTypeName], conditioning: Conditioning, layout: Layout | None
+) -> None:
+    """The options every chapter's case strategy shares, checked when it is built."""
+    require_argument(bool(allowed_dtypes), "allowed_dtypes is empty: no dtype to draw")
+    require_argument(
+        conditioning in get_args(Conditioning), f"conditioning={conditioning!r} is unknown"
+    )
+    require_argument(layout is None or layout in get_args(Layout), f"layout={layout!r} is unknown")
+
+
 def cases(
+    capabilities: Capabilities,
+    dialect: Dialect,
+    allowed_dtypes: Sequence[DTypeName],
+    wanted: Wanted | None = None,
+    *,
+    conditioning: Conditioning = "well",
+    layout: Layout | None = None,
+    menu: Menu | None = None,
+) -> st.SearchStrategy[BatchNormCase]:
+    """A whole batch-norm case (bn.*, conv.*, ghost.*) for a capability set and a dialect:
+    a dtype, a setting within ``wanted`` (default ``Wanted()``; :func:`settings`: from ``menu``, a run's
+    :class:`~normspec.conformance.menu.Menu`, for an implementation that compiles per
+    shape, else free) and its values (:func:`case_of`: input of the given ``conditioning``
+    in ``layout``, parameters, state, cotangent). The arguments are checked here
+    (``InvalidArgument``). Other chapters have their own strategies:
+    :func:`~normspec.conformance.strategies_renorm.renorm_cases`,
+    :func:`~normspec.conformance.strategies_family.family_cases`,
+    :func:`~normspec.conformance.strategies_family.group_cases`,
+    :func:`~normspec.conformance.strategies_replicas.replica_cases`.
+    """
+    check_case_options(allowed_dtypes, conditioning, layout)
+    require_argument(
+        wanted is None or isinstance(wanted, Wanted), f"wanted={wanted!r} is no Wanted"
+    )
+    return _cases(
+        capabilities,
+        dialect,
+        allowed_dtypes,
+        (wanted or Wanted()).within(capabilities),
+        conditioning=conditioning,
+        layout=layout,
+        menu=menu,
+    )
+
+
+@st.composite
+def _cases(
     draw: st.DrawFn,
     capabilities: Capabilities,
     dialect: Dialect,
     allowed_dtypes: Sequence[DTypeName],
+    wanted: Constraints,
     *,
-    conditioning: Conditioning = "well",
-    min_count: int = 2,
-    long_reductions: bool = False,
-    max_batch: int | None = None,
-    max_spatial: int | None = None,
-    rate: float | None = None,
-    layout: Layout | None = None,
-    axis_positions: Sequence[str] | None = None,
-    track: bool | None = True,
-    affine: bool | None = True,
-    cumulative: bool = False,
-    num_features: int | None = None,
-    min_features: int = 1,
-    max_features: int = 4,
-    renorm: bool = False,
-    family: FamilyKind | None = None,
-    min_slices: int = 1,
-    menu: Menu | None = None,
-) -> Case[Any]:
-    """A whole case for a capability set and a dialect.
-
-    ``track``/``affine``: force the setting, or ``None`` to draw it where supported.
-    ``cumulative``: ask for the cumulative-average mode (momentum ``None``).
-    ``axis_positions``: feature-axis positions to draw from (default: the primary one).
-    ``rate``: a fixed canonical update rate instead of a drawn one.
-    ``num_features``: a fixed number of features, else drawn in [``min_features``,
-    ``max_features``].
-    ``menu``: draw the setting (rank, axis, features, shape, rate, eps, affine, tracking)
-    from a run's :class:`~normspec.conformance.menu.Menu` instead of freely (an
-    implementation that compiles per shape).
-    ``renorm``: a batch-renormalization case under the dialect's renorm parameters, a
-    :class:`normspec.conformance.strategies_renorm.RenormCase` drawn by
-    :func:`~normspec.conformance.strategies_renorm.renorm_cases` (``track`` and
-    ``cumulative`` do not apply: a renorm layer always keeps its moving statistics).
-    ``family``: a LayerNorm or RMSNorm case (``layernorm``, ``rmsnorm``), a
-    :class:`normspec.conformance.strategies_family.FamilyCase` drawn by
-    :func:`~normspec.conformance.strategies_family.family_cases` (``conditioning``,
-    ``long_reductions``, ``layout``, ``affine`` and ``min_slices``, the fewest slices,
-    apply; the others are batch norm's).
-    """
-    if family is not None:
-        from normspec.conformance.strategies_family import family_cases
-
-        return draw(
-            family_cases(
-                capabilities,
-                allowed_dtypes,
-                family,
-                conditioning=conditioning,
-                long_reductions=long_reductions,
-                layout=layout,
-                affine=affine,
-                min_slices=min_slices,
-            )
-        )
-    if renorm:
-        if cumulative:
-            raise ValueError("a renorm layer has no cumulative-average mode")
-        from normspec.conformance.strategies_renorm import renorm_cases
-
-        return draw(
-            renorm_cases(
-                capabilities,
-                dialect,
-                allowed_dtypes,
-                conditioning=conditioning,
-                min_count=min_count,
-                long_reductions=long_reductions,
-                max_batch=max_batch,
-                max_spatial=max_spatial,
-                rate=rate,
-                layout=layout,
-                axis_positions=axis_positions,
-                affine=affine,
-                num_features=num_features,
-                menu=menu,
-            )
-        )
+    conditioning: Conditioning,
+    layout: Layout | None,
+    menu: Menu | None,
+) -> BatchNormCase:
     dtype = draw(dtypes(allowed_dtypes))
-    wanted = constraints(
-        capabilities,
-        min_count=min_count,
-        long_reductions=long_reductions,
-        max_batch=max_batch,
-        max_spatial=max_spatial,
-        rate=rate,
-        axis_positions=axis_positions,
-        track=track,
-        affine=affine,
-        cumulative=cumulative,
-        num_features=num_features,
-        min_features=min_features,
-        max_features=max_features,
-    )
     setting = draw(settings(capabilities, dialect, wanted, menu))
     return case_of(
         draw,

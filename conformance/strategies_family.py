@@ -6,9 +6,9 @@ or up to two, batch size 1 often), a ``normalized_shape`` of one to three traili
 1 included, so one value per slice is reachable; long slices with ``long_reductions``), each
 slice with its own spread and mean (``ill``: a mean many spreads from zero, where a one-pass
 variance loses its digits), elementwise weight and bias, eps, a cotangent, and one memory
-layout for both ``x`` and ``dy``. ``strategies.cases(..., family=KIND)`` draws through it
-(the RMSNorm scale is the profile's: ``checks.family.draw``). Every array value is exactly
-representable in the drawn dtype.
+layout for both ``x`` and ``dy``; the family checks draw through it (the RMSNorm scale is
+the profile's: ``checks.family.draw``). Every array value is exactly representable in the
+drawn dtype.
 
 :func:`group_cases` draws a GroupNorm or InstanceNorm case the same way: ``(N, C, *spatial)``
 with ``G`` groups of consecutive channels (``G = C`` for InstanceNorm), each (sample, group)

@@ -5,8 +5,9 @@ two forms of the ``clipping`` dialect parameter, :func:`clipping_bounds` picks t
 dialect's), :func:`schedules` (constant bounds, the paper's ramp and a switch, with the step
 counter around the points where the bounds change), :func:`moving_set` (moving statistics
 near the data, where the clipping is inactive, or far from it, where it is active), and the
-composite :func:`renorm_cases`, which draws a whole renorm situation: a
-:class:`RenormCase`. ``strategies.cases(..., renorm=True)`` draws through it.
+composite :func:`renorm_cases`, which draws a whole renorm situation, a :class:`RenormCase`,
+composed from them: the setting within a :class:`strategies.Wanted`, a schedule strategy,
+and the moving statistics as :class:`Moving` asks (each checked when built).
 
 Every array value (input, cotangent, parameters, moving statistics) is exactly representable
 in the drawn dtype; bounds, eps and rates are float64 values as a user passes them.
@@ -17,20 +18,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to, round_to_normal
-from normspec.conformance.menu import (
-    LONG_MAX_BATCH,
-    LONG_MAX_SPATIAL,
-    Menu,
-    Setting,
-    feature_axis_for,
-)
+from normspec.conformance.menu import Constraints, Menu, feature_axis_for
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     SIGNS,
@@ -39,13 +34,16 @@ from normspec.conformance.strategies import (
     Case,
     Conditioning,
     Layout,
+    Sizes,
+    Wanted,
     arrange,
     canonical_rates,
-    constraints,
+    check_case_options,
     cotangents,
     eps_values,
     feature_values,
     listed,
+    require_argument,
     shapes,
     values_of,
 )
@@ -87,7 +85,6 @@ MAX_SPATIAL = 3
 #: (a few values) still shrink value by value.
 ELEMENTWISE_LIMIT = 12
 
-_FEATURES = st.integers(1, 4)
 _BOOLEANS = st.booleans()
 _CACHE: dict[tuple[Any, ...], st.SearchStrategy[Any]] = {}
 
@@ -211,9 +208,7 @@ def _kinds(kinds: Sequence[ScheduleKind]) -> st.SearchStrategy[ScheduleKind]:
     return _KINDS[key]
 
 
-@st.composite
 def schedules(
-    draw: st.DrawFn,
     dialect: Dialect,
     kinds: Sequence[ScheduleKind] | None = None,
     *,
@@ -221,8 +216,8 @@ def schedules(
     bounds: RenormBounds | None = None,
     counter: Counter = "any",
     menu: Menu | None = None,
-) -> tuple[Schedule, int]:
-    """A schedule and a step counter ``t``.
+) -> st.SearchStrategy[tuple[Schedule, int]]:
+    """A schedule and a step counter ``t`` (renorm.schedule.*), checked when built.
 
     ``kinds``: the kinds to draw from (default: those the dialect offers). ``counter``:
     ``any``: around the points where the schedule's bounds change (the paper's 5,000,
@@ -234,6 +229,27 @@ def schedules(
     constant bounds, these. ``menu``: bounds and switch steps among the menu's few
     (:func:`menu_bounds`), so that the schedules drawn are a few compiled programs.
     """
+    require_argument(
+        kinds is None or (bool(kinds) and set(kinds) <= set(SCHEDULE_KINDS)),
+        f"kinds={kinds!r} must be some of {SCHEDULE_KINDS}",
+    )
+    require_argument(counter in get_args(Counter), f"counter={counter!r} is unknown")
+    return _schedules(
+        dialect, kinds, batchnorm=batchnorm, bounds=bounds, counter=counter, menu=menu
+    )
+
+
+@st.composite
+def _schedules(
+    draw: st.DrawFn,
+    dialect: Dialect,
+    kinds: Sequence[ScheduleKind] | None,
+    *,
+    batchnorm: bool,
+    bounds: RenormBounds | None,
+    counter: Counter,
+    menu: Menu | None,
+) -> tuple[Schedule, int]:
     drawn_bounds = clipping_bounds(dialect) if menu is None else menu_bounds(dialect, menu)
     switch_at = (
         _SWITCH_AT if menu is None else _cached(("switch", *menu.switch_steps), menu.switch_steps)
@@ -475,99 +491,133 @@ def batch_moments(x: Array, feature_axis: int, eps: float) -> tuple[Array, Array
     return stats.mean, np.sqrt(stats.var + eps)
 
 
-@st.composite
+#: The sizes of a renorm case unless a clause asks for others (:data:`MAX_BATCH`,
+#: :data:`MAX_SPATIAL`; :data:`strategies.LONG_SIZES` for long reductions).
+RENORM_SIZES = Sizes(max_batch=MAX_BATCH, max_spatial=MAX_SPATIAL)
+
+
+@dataclass(frozen=True)
+class Moving:
+    """How a renorm case's moving statistics are drawn (renorm.moving.*, renorm.train.*).
+
+    ``regime``: where they lie against the batch, one :data:`Regime` or those to draw from
+    per feature and per set (``None``: all, see :func:`moving_set`). ``rates``: the
+    canonical rates a set's rate is drawn from (``None``: :func:`strategies.canonical_rates`,
+    under a menu the menu's). ``correction_rate``: the correction set's, fixed (``statistics
+    = separate`` only). ``same_sets``: under ``statistics = separate``, the correction set
+    equal to the inference set and its rate the same (which set is read, or moved with
+    which rate, cannot show; renorm.moving.separate is checked on its own).
+    """
+
+    regime: Regime | tuple[Regime, ...] | None = None
+    rates: st.SearchStrategy[float] | None = None
+    correction_rate: float | None = None
+    same_sets: bool = False
+
+    def __post_init__(self) -> None:
+        known = get_args(Regime)
+        chosen = (self.regime,) if isinstance(self.regime, str) else self.regime or known
+        require_argument(
+            bool(chosen) and set(chosen) <= set(known), f"regime={self.regime!r} is unknown"
+        )
+        require_argument(
+            self.correction_rate is None or 0.0 <= self.correction_rate <= 1.0,
+            f"correction_rate={self.correction_rate!r} must be an update rate in [0, 1]",
+        )
+
+
 def renorm_cases(
+    capabilities: Capabilities,
+    dialect: Dialect,
+    allowed_dtypes: Sequence[DTypeName],
+    wanted: Wanted | None = None,
+    *,
+    conditioning: Conditioning = "well",
+    layout: Layout | None = None,
+    schedule: st.SearchStrategy[tuple[Schedule, int]] | None = None,
+    moving: Moving | None = None,
+    menu: Menu | None = None,
+) -> st.SearchStrategy[RenormCase]:
+    """A whole renorm case under the profile's renorm dialect, checked when built.
+
+    The input, parameters, cotangent, dtype and eps are drawn from the building blocks of
+    :func:`strategies.cases` as it draws them, within ``wanted`` (:class:`strategies.
+    Wanted`; its ``rate`` is the inference set's, drawn or fixed, never cumulative; its
+    default sizes :data:`RENORM_SIZES` and positions every supported one; arrays above
+    :data:`ELEMENTWISE_LIMIT` values, and the cotangent always, come from a seed). Then:
+
+    * ``schedule``: the schedule and step counter (default :func:`schedules` of the
+      dialect, under ``menu`` the menu's bounds and switch steps);
+    * ``moving``: how the moving statistics and their rates are drawn (:class:`Moving`);
+    * ``menu``: the setting (rank, axis, features, shape, rate, eps, affine) from a run's
+      :class:`~normspec.conformance.menu.Menu`, as :func:`strategies.cases` draws it, and
+      the correction rate among the menu's rates (unless ``moving.rates`` asks for
+      others): a few compiled programs per run.
+    """
+    check_case_options(allowed_dtypes, conditioning, layout)
+    wanted = wanted or Wanted()
+    require_argument(wanted.rate != "cumulative", "a renorm layer has no cumulative-average mode")
+    require_argument(wanted.track is True, "a renorm layer always keeps its moving statistics")
+    renorm_dialect(dialect)
+    return _renorm_cases(
+        capabilities,
+        dialect,
+        allowed_dtypes,
+        wanted.within(capabilities, RENORM_SIZES, capabilities.feature_axes),
+        conditioning=conditioning,
+        layout=layout,
+        schedule=schedules(dialect, menu=menu) if schedule is None else schedule,
+        moving=moving or Moving(),
+        menu=menu,
+    )
+
+
+@st.composite
+def _renorm_cases(
     draw: st.DrawFn,
     capabilities: Capabilities,
     dialect: Dialect,
     allowed_dtypes: Sequence[DTypeName],
+    wanted: Constraints,
     *,
-    conditioning: Conditioning = "well",
-    min_count: int = 2,
-    long_reductions: bool = False,
-    max_batch: int | None = None,
-    max_spatial: int | None = None,
-    rate: float | None = None,
-    correction_rate: float | None = None,
-    rates: st.SearchStrategy[float] | None = None,
-    layout: Layout | None = None,
-    axis_positions: Sequence[str] | None = None,
-    affine: bool | None = True,
-    num_features: int | None = None,
-    schedule_kinds: Sequence[ScheduleKind] | None = None,
-    batchnorm_bounds: bool = False,
-    bounds: RenormBounds | None = None,
-    regime: Regime | Sequence[Regime] | None = None,
-    steps: int | None = None,
-    same_sets: bool = False,
-    counter: Counter = "any",
-    menu: Menu | None = None,
+    conditioning: Conditioning,
+    layout: Layout | None,
+    schedule: st.SearchStrategy[tuple[Schedule, int]],
+    moving: Moving,
+    menu: Menu | None,
 ) -> RenormCase:
-    """A whole renorm case under the profile's renorm dialect.
-
-    The input, parameters, cotangent, dtype and eps are drawn from the building blocks of
-    :func:`strategies.cases` as it draws them (the options of the same name mean the same,
-    but ``axis_positions`` defaults to every supported feature-axis position, ``max_batch``
-    and ``max_spatial`` to :data:`MAX_BATCH` and :data:`MAX_SPATIAL`, and arrays above
-    :data:`ELEMENTWISE_LIMIT` values, and the cotangent always, come from a seed). Then:
-
-    * ``schedule_kinds``: the schedules to draw from (default: those the dialect offers,
-      :func:`offered_schedules`); ``batchnorm_bounds``: bounds ``r_max = 1, d_max = 0`` at
-      the step (see :func:`schedules`); ``bounds``: constant bounds, these;
-      ``counter``: where the step counter lies against the schedule's change points (see
-      :func:`schedules`); ``steps`` forces it;
-    * ``regime``: where the moving statistics lie against the batch, one regime or those to
-      draw from per feature and per set (default: all, see :func:`moving_set`);
-    * ``rate``, ``correction_rate``: fixed canonical rates of the inference and the
-      correction set, else drawn from ``rates`` (default :func:`strategies.canonical_rates`);
-      the correction set exists under ``statistics = separate`` only;
-    * ``same_sets``: under ``statistics = separate``, the correction set equal to the
-      inference set and ``correction_rate = rate`` (which set is read, or moved with which
-      rate, cannot show; renorm.moving.separate is checked on its own);
-    * ``menu``: the setting (rank, axis, features, shape, rate, eps, affine) from a run's
-      :class:`~normspec.conformance.menu.Menu`, as :func:`strategies.cases` draws it, and
-      the correction rate among the menu's rates (unless ``rates`` asks for others), the
-      clipping bounds and switch steps among the menu's (:func:`schedules`): a few compiled
-      programs per run.
-    """
     renorm = renorm_dialect(dialect)
+    rates = moving.rates
     rate_strategy = rates if rates is not None else canonical_rates(dialect)
-    positions = list(axis_positions or capabilities.feature_axes)
-    if max_batch is None:
-        max_batch = LONG_MAX_BATCH if long_reductions else MAX_BATCH
-    if max_spatial is None:
-        max_spatial = LONG_MAX_SPATIAL if long_reductions else MAX_SPATIAL
-    setting: Setting | None = None
+    rate = wanted.rate
+    dtypes = _cached(("dtype", *allowed_dtypes), list(allowed_dtypes))
     if menu is None:
         if rate is None:
             rate = draw(rate_strategy, label="rate")
-        dtype = draw(_cached(("dtype", *allowed_dtypes), list(allowed_dtypes)))
-        rank = draw(_cached(("rank", *sorted(capabilities.ranks)), sorted(capabilities.ranks)))
+        dtype = draw(dtypes)
+        ranks = sorted(capabilities.ranks)
+        rank = draw(_cached(("rank", *ranks), ranks))
+        positions = list(wanted.positions)
         feature_axis = feature_axis_for(rank, draw(_cached(("position", *positions), positions)))
-        features = num_features if num_features is not None else draw(_FEATURES)
+        low, high = wanted.min_features, wanted.max_features
+        features = (
+            low if low == high else draw(_cached(("features", low, high), st.integers(low, high)))
+        )
         shape = draw(
             shapes(
                 rank=rank,
                 feature_axis=feature_axis,
                 num_features=features,
-                min_count=min_count,
-                max_batch=max_batch,
-                max_spatial=max_spatial,
+                min_count=wanted.min_count,
+                max_batch=wanted.max_batch,
+                max_spatial=wanted.max_spatial,
             )
         )
+        x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
+        is_affine = draw(_BOOLEANS) if wanted.affine is None else wanted.affine
+        eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
     else:
-        dtype = draw(_cached(("dtype", *allowed_dtypes), list(allowed_dtypes)))
-        wanted = constraints(
-            capabilities,
-            min_count=min_count,
-            long_reductions=long_reductions,
-            max_batch=max_batch,
-            max_spatial=max_spatial,
-            rate=rate,
-            axis_positions=positions,
-            affine=affine,
-            num_features=num_features,
-        )
+        dtype = draw(dtypes)
         setting = draw(menu.settings(wanted))
         rank, feature_axis, features = setting.rank, setting.feature_axis, setting.features
         shape = setting.shape
@@ -576,17 +626,9 @@ def renorm_cases(
         if rates is None:  # the correction set's rate from the menu's too
             offered = sorted({s.rate for s in menu.choices(wanted) if s.rate is not None})
             rate_strategy = _cached(("menu rates", *offered), offered)
-    assert rate is not None  # a renorm layer always keeps moving statistics
-    x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
-    if setting is not None:
+        x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
         is_affine, eps = setting.affine, setting.eps
-    else:
-        is_affine = (
-            draw(_BOOLEANS)
-            if affine is None and capabilities.without_affine
-            else affine is not False
-        )
-        eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
+    assert rate is not None  # a renorm layer always keeps moving statistics
     params = None
     if is_affine:
         gamma = values_of(draw, PARAMETER_VALUES, features)
@@ -595,20 +637,10 @@ def renorm_cases(
     dy = round_to(draw(cotangents(shape)), dtype)
     chosen: Layout = layout or "contiguous"
     x = arrange(x, chosen, feature_axis)
-    schedule, step = draw(
-        schedules(
-            dialect,
-            schedule_kinds,
-            batchnorm=batchnorm_bounds,
-            bounds=bounds,
-            counter=counter,
-            menu=menu,
-        )
-    )
-    if steps is not None:
-        step = steps
+    drawn_schedule, step = draw(schedule)
     separate = renorm.statistics == "separate"
-    if separate and same_sets:
+    correction_rate = moving.correction_rate
+    if separate and moving.same_sets:
         correction_rate = rate
     elif separate and correction_rate is None:
         correction_rate = draw(rate_strategy, label="correction rate")
@@ -623,19 +655,19 @@ def renorm_cases(
                 eps,
                 average=renorm.average,
                 sigma_floor=renorm.sigma_floor,
-                regime=regime,
-                bounds=schedule.bounds(step),
+                regime=moving.regime,
+                bounds=drawn_schedule.bounds(step),
             )
         )
 
     mean, spread = one_set()
     correction: tuple[Array, Array] | tuple[None, None] = (None, None)
     if separate:
-        correction = (mean, spread) if same_sets else one_set()
-    moving = RenormStatistics(mean, spread, step, *correction)
+        correction = (mean, spread) if moving.same_sets else one_set()
+    state = RenormStatistics(mean, spread, step, *correction)
     renorm_config = RenormConfig(
         num_features=features,
-        schedule=schedule,
+        schedule=drawn_schedule,
         feature_axis=feature_axis,
         eps=eps,
         rate=rate,
@@ -656,14 +688,16 @@ def renorm_cases(
         track_running_stats=True,
         renorm=renorm_config,
     )
-    return RenormCase(config, rate, params, moving, x, dy, chosen)
+    return RenormCase(config, rate, params, state, x, dy, chosen)
 
 
 __all__ = [
     "ONE_BOUND",
     "PAPER_POINTS",
+    "RENORM_SIZES",
     "SCHEDULE_KINDS",
     "Counter",
+    "Moving",
     "Regime",
     "RenormCase",
     "ScheduleKind",

@@ -23,8 +23,9 @@ from normspec.conformance.strategies import (
     BatchNormCase,
     Case,
     Conditioning,
+    Sizes,
+    Wanted,
     case_of,
-    constraints,
     cotangents,
     dtypes,
     feature_values,
@@ -150,7 +151,9 @@ def replica_cases(
     count and the largest batch of a replica from the menu's replicated entries.
     """
     dtype = draw(dtypes(allowed_dtypes))
-    wanted = constraints(capabilities, rate=rate, affine=affine, max_batch=1, max_spatial=3)
+    wanted = Wanted(
+        Sizes(max_batch=1, max_spatial=3), rate="drawn" if rate is None else rate, affine=affine
+    ).within(capabilities)
     smallest = max(min_replicas, 2 if empty and not all_empty else 1)
     if menu is None:
         setting = draw(free_settings(capabilities, dialect, wanted))

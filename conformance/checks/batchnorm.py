@@ -15,7 +15,14 @@ from normspec.adapters.protocol import Capabilities, DTypeName, SecondOrderLayer
 from normspec.conformance.checks import check
 from normspec.conformance.context import CheckContext, reference_config, reference_params
 from normspec.conformance.dtypes import round_to
-from normspec.conformance.strategies import BatchNormCase, Case, standard_values
+from normspec.conformance.strategies import (
+    LONG_SIZES,
+    BatchNormCase,
+    Case,
+    Sizes,
+    Wanted,
+    standard_values,
+)
 from normspec.conformance.tolerance import (
     Debias,
     Moments,
@@ -227,7 +234,7 @@ def expect_gradients(
 
 @check("bn.train.output", depends_on=("conv.io.shape_dtype",))
 def train_output(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, affine=None)
+    case = ctx.draw_case(data, wanted=Wanted(affine=None))
     layer = ctx.build(case)
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
@@ -242,7 +249,7 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
     """Observed through the running statistics of a step with alpha = 1: mu_B, and var_B up to
     the estimator factor n / (n - 1), which is the business of bn.running.var, as the rate
     convention is that of bn.running.mean: a state that did not move is inconclusive here."""
-    case = ctx.draw_case(data, rate=1.0)
+    case = ctx.draw_case(data, wanted=Wanted(rate=1.0))
     layer = ctx.build(case)
     ctx.call("train_step", layer.train_step, case.x)
     after = ctx.state_of(layer)
@@ -301,7 +308,7 @@ def train_affine(ctx: CheckContext, data: Any) -> None:
     fresh = caps.fresh_layers and (
         not caps.without_affine or data.draw(st.booleans(), label="fresh layer")
     )
-    case = ctx.draw_case(data, affine=fresh)
+    case = ctx.draw_case(data, wanted=Wanted(affine=fresh))
     if fresh:
         ctx.notes["parameters"] = "initial (not set)"
         layer = ctx.build(case, set_parameters=False)
@@ -364,7 +371,7 @@ def running_var(ctx: CheckContext, data: Any) -> None:
     depends_on=("bn.running.mean", "bn.running.var"),
 )
 def running_cumulative(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, cumulative=True)
+    case = ctx.draw_case(data, wanted=Wanted(rate="cumulative"))
     layer = ctx.build(case)
     ctx.call("train_step", layer.train_step, case.x)
     expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
@@ -394,7 +401,7 @@ def running_steps(ctx: CheckContext, data: Any) -> None:
 
 @check("bn.running.untracked", needs=("untracked",))
 def running_untracked(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, track=False)
+    case = ctx.draw_case(data, wanted=Wanted(track=False))
     layer = ctx.build(case)
     ctx.call("train_step", layer.train_step, case.x)
     state = ctx.state_of(layer)
@@ -454,14 +461,14 @@ def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
 
 @check("bn.infer.output", depends_on=("conv.io.shape_dtype",), applies=counter_read, training=False)
 def infer_output(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, affine=None)
+    case = ctx.draw_case(data, wanted=Wanted(affine=None))
     layer = ctx.build(case)
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
 
 
 @check("bn.infer.untracked", needs=("untracked",), depends_on=("bn.train.output",), training=False)
 def infer_untracked(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, track=False)
+    case = ctx.draw_case(data, wanted=Wanted(track=False))
     layer = ctx.build(case)
     expect_train_output(ctx, case, ctx.call("infer", layer.infer, case.x))
     ctx.require(ctx.state_of(layer) is None, "inference of an untracked layer created a state")
@@ -469,7 +476,7 @@ def infer_untracked(ctx: CheckContext, data: Any) -> None:
 
 @check("bn.backward.train.dx", needs=("backward",), depends_on=("bn.train.output",))
 def backward_train_dx(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, affine=None)
+    case = ctx.draw_case(data, wanted=Wanted(affine=None))
     layer = ctx.build(case)
     grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
     expect_gradients(ctx, case, grads, training=True, which=("dx",))
@@ -505,7 +512,9 @@ def backward_infer(ctx: CheckContext, data: Any) -> None:
 def backward_second_order(ctx: CheckContext, data: Any) -> None:
     """Small cases (at most 64 values): the expected values are central differences of the
     reference's training backward, four backward evaluations per element."""
-    case = ctx.draw_case(data, affine=None, max_batch=4, max_spatial=2, max_features=2)
+    case = ctx.draw_case(
+        data, wanted=Wanted(Sizes(max_batch=4, max_spatial=2, features=(1, 2)), affine=None)
+    )
     cfg = case.config
     features = cfg.num_features
     v = round_to(data.draw(standard_values(case.x.shape, stream=2), label="v"), cfg.dtype)
@@ -550,7 +559,7 @@ def backward_second_order(ctx: CheckContext, data: Any) -> None:
 
 @check("bn.accuracy.forward", depends_on=("bn.train.output",))
 def accuracy_forward(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    case = ctx.draw_case(data, wanted=Wanted(LONG_SIZES), conditioning="ill")
     layer = ctx.build(case)
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
 
@@ -559,14 +568,14 @@ def accuracy_forward(ctx: CheckContext, data: Any) -> None:
     "bn.accuracy.inference", depends_on=("bn.infer.output",), applies=counter_read, training=False
 )
 def accuracy_inference(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    case = ctx.draw_case(data, wanted=Wanted(LONG_SIZES), conditioning="ill")
     layer = ctx.build(case)
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
 
 
 @check("bn.accuracy.backward", needs=("backward",), depends_on=("bn.backward.train.dx",))
 def accuracy_backward(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    case = ctx.draw_case(data, wanted=Wanted(LONG_SIZES), conditioning="ill")
     layer = ctx.build(case)
     grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
     expect_gradients(ctx, case, grads, training=True)
@@ -574,7 +583,7 @@ def accuracy_backward(ctx: CheckContext, data: Any) -> None:
 
 @check("bn.accuracy.running", depends_on=("bn.running.mean", "bn.running.var"))
 def accuracy_running(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    case = ctx.draw_case(data, wanted=Wanted(LONG_SIZES), conditioning="ill")
     layer = ctx.build(case)
     ctx.call("train_step", layer.train_step, case.x)
     expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
@@ -593,7 +602,7 @@ def accuracy_running(ctx: CheckContext, data: Any) -> None:
 )
 def no_gross_error(ctx: CheckContext, data: Any) -> None:
     """The accuracy clauses' cases, held to the gross line (conventions: gross error)."""
-    case = ctx.draw_case(data, conditioning="ill", long_reductions=True)
+    case = ctx.draw_case(data, wanted=Wanted(LONG_SIZES), conditioning="ill")
     layer = ctx.build(case)
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
     if case.state is not None:

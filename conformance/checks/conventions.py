@@ -13,7 +13,7 @@ from normspec.conformance.checks.batchnorm import (
     expect_train_output,
 )
 from normspec.conformance.context import CheckContext
-from normspec.conformance.strategies import memory_layouts
+from normspec.conformance.strategies import Wanted, memory_layouts
 
 
 @check("conv.io.shape_dtype", training=False)
@@ -65,7 +65,7 @@ def inputs_unmodified(ctx: CheckContext, data: Any) -> None:
 
 @check("conv.io.finite", training=False)
 def finite(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, affine=None)
+    case = ctx.draw_case(data, wanted=Wanted(affine=None))
     layer = ctx.build(case)
     training = ctx.capabilities.training
     outputs = {}
@@ -89,7 +89,7 @@ def finite(ctx: CheckContext, data: Any) -> None:
     depends_on=("bn.train.output", "bn.train.statistics", "bn.running.mean", "bn.running.var"),
 )
 def feature_axis(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, axis_positions=ctx.capabilities.feature_axes)
+    case = ctx.draw_case(data, wanted=Wanted(positions=ctx.capabilities.feature_axes))
     layer = ctx.build(case)
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
     expect_running_update(ctx, case, ctx.state_of(layer), ("mean", "var"))
@@ -102,7 +102,9 @@ def feature_axis(ctx: CheckContext, data: Any) -> None:
 @check("conv.layout.memory", needs=("strided_input",), depends_on=("bn.train.output",))
 def memory(ctx: CheckContext, data: Any) -> None:
     layout = data.draw(memory_layouts(max(ctx.capabilities.ranks)), label="layout")
-    case = ctx.draw_case(data, layout=layout, axis_positions=ctx.capabilities.feature_axes)
+    case = ctx.draw_case(
+        data, wanted=Wanted(positions=ctx.capabilities.feature_axes), layout=layout
+    )
     layer = ctx.build(case)
     expect_train_output(ctx, case, ctx.call("train_step", layer.train_step, case.x))
     if ctx.capabilities.backward:

@@ -17,7 +17,7 @@ from normspec.conformance.checks.batchnorm import (
 )
 from normspec.conformance.context import CheckContext
 from normspec.conformance.guard import ImplementationError, ImplementationLost
-from normspec.conformance.strategies import BatchNormCase
+from normspec.conformance.strategies import BatchNormCase, Sizes, Wanted
 from normspec.reference.dialects import Dialect
 from normspec.reference.state import RunningStatistics
 
@@ -49,7 +49,7 @@ def _finite_state(
 
 @check("bn.degenerate.single_value", depends_on=("bn.train.output",))
 def single_value(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, min_count=1, max_batch=1, max_spatial=1)
+    case = ctx.draw_case(data, wanted=Wanted(Sizes(min_count=1, max_batch=1, max_spatial=1)))
     layer = ctx.build(case)
     raised, y = ctx.attempt("train_step", layer.train_step, case.x)
     if raised:
@@ -101,7 +101,7 @@ def empty_batch(ctx: CheckContext, data: Any) -> None:
     depends_on=("bn.train.output", "bn.running.mean", "bn.running.var"),
 )
 def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
-    case = ctx.draw_case(data, min_features=2)
+    case = ctx.draw_case(data, wanted=Wanted(Sizes(features=(2, 4))))
     feature = data.draw(st.integers(0, case.config.num_features - 1), label="poisoned feature")
     value = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]), label="value")
     x = case.x.copy()

@@ -35,9 +35,7 @@ from normspec.conformance.strategies import arrange
 from normspec.conformance.strategies_family import (
     GROUPED,
     FamilyCase,
-    group_cases,
     held_eps,
-    layer_cases,
 )
 from normspec.conformance.tolerance import (
     Comparison,
@@ -193,12 +191,14 @@ def draw(
     (:mod:`menu_family`, :mod:`menu_group`; ``simple``: its first entries only)."""
     if kind in GROUPED:
         grouped = _group_entries(ctx, kind, eps, simple, options)
-        return ctx.draw(data, group_cases, kind=kind, fixed_eps=eps, entries=grouped, **options)
+        grouped_case = ctx.draw_case(data, kind, fixed_eps=eps, entries=grouped, **options)
+        assert isinstance(grouped_case, FamilyCase)
+        return grouped_case
     form = ctx.dialect.family_dialect(kind)
     default = default_eps and data.draw(_DEFAULT_EPS, label="the profile's default eps")
     fixed = form.default_eps_for(ctx.dtypes[0]) if default else eps
     entries = _menu_entries(ctx, kind, fixed, simple, options)
-    case = ctx.draw(data, layer_cases, kind=kind, fixed_eps=fixed, entries=entries, **options)
+    case = ctx.draw_case(data, kind, fixed_eps=fixed, entries=entries, **options)
     assert isinstance(case, FamilyCase)
     config = case.config
     if default:  # the case's own dtype's (one of several dtypes drawn at once)

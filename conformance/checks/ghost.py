@@ -26,6 +26,9 @@ from normspec.conformance.dtypes import round_to
 from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies import (
     BatchNormCase,
+    Conditioning,
+    Sizes,
+    Wanted,
     arrange,
     cotangents,
     feature_values,
@@ -60,16 +63,22 @@ def ghost_case(
     groups: tuple[int, int] = (1, 4),
     sizes: tuple[int, int] = (1, 4),
     remainder: bool | None = False,
-    **options: Any,
+    wanted: Wanted | None = None,
+    conditioning: Conditioning = "well",
 ) -> BatchNormCase:
     """A BN case with a batch of ``G * V (+ r)`` samples and ``virtual_batch_size = V``.
 
     ``remainder``: ``False`` a multiple of ``V``; ``True`` not one (``V >= 2``); ``None``
-    either. A ghost batch has at least two values per feature. ``options`` go to
-    :meth:`CheckContext.draw_case`.
+    either. A ghost batch has at least two values per feature. ``wanted``: the setting
+    asked of the case (:meth:`CheckContext.draw_case`), its batch drawn of one sample;
+    ``conditioning``: its input's.
     """
     # the drawn case's own batch is replaced: a batch of one keeps its draws few
-    case = ctx.draw_case(data, **{"max_batch": 1, **options})
+    wanted = wanted or Wanted()
+    one_sample = replace(wanted.sizes, max_batch=1)
+    case = ctx.draw_case(
+        data, "ghost_batches", wanted=replace(wanted, sizes=one_sample), conditioning=conditioning
+    )
     cfg = case.config
     spatial = case.x.size // (case.x.shape[0] * cfg.num_features)
     # at least two values per feature in a ghost batch (one is bn.degenerate.single_value's)
@@ -81,7 +90,6 @@ def ghost_case(
         extra = data.draw(st.integers(1 if remainder else 0, size - 1), label="extra samples")
     batch = max(count * size + extra, 1)
     shape = (batch, *case.x.shape[1:])
-    conditioning = options.get("conditioning", "well")
     x = data.draw(feature_values(shape, cfg.feature_axis, cfg.dtype, conditioning))
     dy = round_to(data.draw(cotangents(shape)), cfg.dtype)
     config = replace(cfg, virtual_batch_size=size)
@@ -135,7 +143,7 @@ def train_output(ctx: CheckContext, data: Any) -> None:
     """Each ghost batch normalized with its own statistics, whichever way the ghost batches
     are formed: that is ghost.groups' business."""
     grouping = _dialect(ctx).groups
-    case = ghost_case(ctx, data, affine=None)
+    case = ghost_case(ctx, data, wanted=Wanted(affine=None))
     layer = ctx.build(case)
     y = ctx.call("train_step", layer.train_step, case.x)
     claimed = _output_comparison(ctx, case, y, grouping)
@@ -208,7 +216,7 @@ def running(ctx: CheckContext, data: Any) -> None:
 @check("ghost.backward", needs=(*GHOST, "backward"), depends_on=("ghost.groups",))
 def backward(ctx: CheckContext, data: Any) -> None:
     """The training-mode gradients of every case, and on some the inference-mode ones."""
-    case = ghost_case(ctx, data, affine=None)
+    case = ghost_case(ctx, data, wanted=Wanted(affine=None))
     layer = ctx.build(case)
     grads = ctx.call("vjp", layer.vjp, case.x, case.dy, training=True)
     cfg = case.config
@@ -256,7 +264,7 @@ def backward(ctx: CheckContext, data: Any) -> None:
 
 @check("ghost.infer", needs=GHOST, depends_on=("conv.io.shape_dtype",))
 def infer(ctx: CheckContext, data: Any) -> None:
-    case = ghost_case(ctx, data, affine=None, remainder=None)
+    case = ghost_case(ctx, data, remainder=None, wanted=Wanted(affine=None))
     layer = ctx.build(case)
     before = ctx.state_of(layer)
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
@@ -291,7 +299,9 @@ INVALID_SIZES = (0, -1, -4)
 @check("ghost.params.invalid", needs=GHOST)
 def params_invalid(ctx: CheckContext, data: Any) -> None:
     # the values do not matter here: a small case keeps the shrinking of a failure short
-    case = ghost_case(ctx, data, groups=(1, 2), max_spatial=1, num_features=1)
+    case = ghost_case(
+        ctx, data, groups=(1, 2), wanted=Wanted(Sizes.fixed_features(1, max_spatial=1))
+    )
     value = data.draw(st.sampled_from(INVALID_SIZES), label="virtual_batch_size")
     config = replace(case.config, virtual_batch_size=value)
     case = ctx.use_case(replace(case, config=config))

@@ -37,23 +37,27 @@ the counter a layer reports.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.strategies import SearchStrategy
 
 from normspec.adapters.protocol import Capabilities, DTypeName, Layer
 from normspec.conformance.checks import Body, check
 from normspec.conformance.checks import batchnorm as bn_checks
 from normspec.conformance.context import CheckContext, Violation
+from normspec.conformance.strategies import LONG_SIZES, Conditioning, Sizes, Wanted
 from normspec.conformance.strategies_renorm import (
     ONE_BOUND,
+    Counter,
+    Moving,
     RenormCase,
     ScheduleKind,
     offered_schedules,
-    renorm_cases,
+    schedules,
 )
 from normspec.conformance.tolerance import (
     Moments,
@@ -68,7 +72,7 @@ from normspec.conformance.tolerance import (
 from normspec.reference import Affine, Gradients, renorm
 from normspec.reference.dialects import Dialect
 from normspec.reference.renorm import RenormAverage, RenormStatistics
-from normspec.reference.schedules import RenormBounds
+from normspec.reference.schedules import RenormBounds, Schedule
 
 Array = np.ndarray
 T = TypeVar("T")
@@ -80,6 +84,9 @@ RENORM_COUNTER = ("renorm", "step_counter")
 
 #: Rates that make a correction taken after the update differ from one taken before.
 LARGE_RATES = st.one_of(st.sampled_from([1.0, 0.5]), st.floats(0.5, 1.0))
+#: The moving statistics of a case with one set (under ``statistics = separate``, the
+#: correction set equal to the inference set): checks that read one set only.
+SAME_SETS = Moving(same_sets=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -147,16 +154,47 @@ def renorm_check(
 # Drawing, building, reading the state
 
 
-def draw_renorm(ctx: CheckContext, data: Any, **options: Any) -> RenormCase:
+def draw_renorm(
+    ctx: CheckContext,
+    data: Any,
+    wanted: Wanted | None = None,
+    *,
+    schedule: SearchStrategy[tuple[Schedule, int]] | None = None,
+    moving: Moving | None = None,
+    conditioning: Conditioning = "well",
+) -> RenormCase:
     """Draw a renorm case for this implementation (see :func:`renorm_cases`), its setting
     from the run's menu where it has one.
 
-    Unless ``counter`` says otherwise, the step counter is one where the bounds of this step
-    and the next agree: a schedule evaluated at the wrong counter is renorm.schedule.step's
-    business, and shows there first.
+    ``schedule`` defaults to :func:`run_schedules` with a step counter where the bounds of
+    this step and the next agree: a schedule evaluated at the wrong counter is
+    renorm.schedule.step's business, and shows there first.
     """
-    options.setdefault("counter", "steady")
-    return ctx.draw(data, renorm_cases, menu=ctx.menu, **options)
+    case = ctx.draw_case(
+        data,
+        "renorm",
+        wanted=wanted,
+        schedule=run_schedules(ctx) if schedule is None else schedule,
+        moving=moving,
+        conditioning=conditioning,
+    )
+    assert isinstance(case, RenormCase)
+    return case
+
+
+def run_schedules(
+    ctx: CheckContext,
+    kinds: Sequence[ScheduleKind] | None = None,
+    *,
+    batchnorm: bool = False,
+    bounds: RenormBounds | None = None,
+    counter: Counter = "steady",
+) -> SearchStrategy[tuple[Schedule, int]]:
+    """:func:`schedules` of the profile for this run (the menu's bounds and switch steps
+    where it has one), the step counter ``steady`` unless ``counter`` says otherwise."""
+    return schedules(
+        ctx.dialect, kinds, batchnorm=batchnorm, bounds=bounds, counter=counter, menu=ctx.menu
+    )
 
 
 def build(
@@ -467,13 +505,9 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(
         ctx,
         data,
-        affine=None,
-        rate=0.0,
-        correction_rate=0.0,
-        same_sets=True,
-        batchnorm_bounds=batchnorm,
-        bounds=None if batchnorm else WIDE_BOUNDS,
-        regime="exact" if batchnorm else "near",
+        Wanted(rate=0.0, affine=None),
+        schedule=run_schedules(ctx, batchnorm=batchnorm, bounds=None if batchnorm else WIDE_BOUNDS),
+        moving=Moving("exact" if batchnorm else "near", correction_rate=0.0, same_sets=True),
     )
     _, y = train_once(ctx, case)
     expect_train_output_either_reading(ctx, case, y)
@@ -492,12 +526,8 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
     case = draw_renorm(
         ctx,
         data,
-        affine=None,
-        num_features=features,
-        rate=0.0,
-        correction_rate=0.0,
-        same_sets=True,
-        regime=("far", "near", *ONE_BOUND),
+        Wanted(Sizes.fixed_features(features), rate=0.0, affine=None),
+        moving=Moving(("far", "near", *ONE_BOUND), correction_rate=0.0, same_sets=True),
     )
     _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
@@ -506,7 +536,9 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
 @renorm_check("renorm.train.pre_update", depends_on=("renorm.train.correction",))
 def train_pre_update(ctx: CheckContext, data: Any) -> None:
     """Rates of 0.5 to 1: a correction from the updated statistics gives another output."""
-    case = draw_renorm(ctx, data, affine=None, rates=LARGE_RATES, same_sets=True)
+    case = draw_renorm(
+        ctx, data, Wanted(affine=None), moving=Moving(rates=LARGE_RATES, same_sets=True)
+    )
     _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
@@ -516,7 +548,7 @@ def train_pre_update(ctx: CheckContext, data: Any) -> None:
     depends_on=("renorm.train.statistics", "renorm.train.correction", "renorm.train.pre_update"),
 )
 def train_output(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, affine=None, same_sets=True)
+    case = draw_renorm(ctx, data, Wanted(affine=None), moving=SAME_SETS)
     _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
@@ -524,7 +556,7 @@ def train_output(ctx: CheckContext, data: Any) -> None:
 @renorm_check("renorm.train.affine", depends_on=("renorm.train.output",))
 def train_affine(ctx: CheckContext, data: Any) -> None:
     fresh = not ctx.capabilities.without_affine or data.draw(st.booleans(), label="fresh layer")
-    case = draw_renorm(ctx, data, affine=fresh, same_sets=True)
+    case = draw_renorm(ctx, data, Wanted(affine=fresh), moving=SAME_SETS)
     if fresh:
         ctx.notes["parameters"] = "initial (not set)"
         layer = build(ctx, case, set_parameters=False)
@@ -540,7 +572,13 @@ def train_affine(ctx: CheckContext, data: Any) -> None:
 def train_reduces_to_bn(ctx: CheckContext, data: Any) -> None:
     """Bounds that force ``r = 1, d = 0`` (constant, or a warm-up before it ends): batch
     norm's output and gradients within bn.accuracy.*; the moving statistics still move."""
-    case = draw_renorm(ctx, data, affine=None, batchnorm_bounds=True, same_sets=True)
+    case = draw_renorm(
+        ctx,
+        data,
+        Wanted(affine=None),
+        schedule=run_schedules(ctx, batchnorm=True),
+        moving=SAME_SETS,
+    )
     layer, y = train_once(ctx, case)
     bn_checks.expect_train_output(ctx, case, y)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
@@ -581,14 +619,14 @@ def moving_initial(ctx: CheckContext, data: Any) -> None:
 
 @renorm_check("renorm.moving.mean", depends_on=("renorm.train.statistics",))
 def moving_mean(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, same_sets=True)
+    case = draw_renorm(ctx, data, moving=SAME_SETS)
     layer, _ = train_once(ctx, case)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"), ("mean",))
 
 
 @renorm_check("renorm.moving.average", depends_on=("renorm.train.statistics",))
 def moving_average(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, same_sets=True)
+    case = draw_renorm(ctx, data, moving=SAME_SETS)
     layer, _ = train_once(ctx, case)
     state = moving_state(ctx, layer, "after a training step")
     expect_moving_update(ctx, case, state, ("spread",))
@@ -610,7 +648,7 @@ def moving_separate(ctx: CheckContext, data: Any) -> None:
     rates = [0.5, 0.1, 1.0, 0.01, 0.9]
     rate = data.draw(st.sampled_from(rates), label="rate")
     correction_rate = data.draw(st.sampled_from([r for r in rates if r != rate]), label="alpha_c")
-    case = draw_renorm(ctx, data, rate=rate, correction_rate=correction_rate)
+    case = draw_renorm(ctx, data, Wanted(rate=rate), moving=Moving(correction_rate=correction_rate))
     layer, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
@@ -620,7 +658,7 @@ def moving_separate(ctx: CheckContext, data: Any) -> None:
 
 @renorm_check("renorm.moving.steps", needs=RENORM_COUNTER)
 def moving_steps(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, same_sets=True)
+    case = draw_renorm(ctx, data, moving=SAME_SETS)
     layer = build(ctx, case)
     start = case.state.steps
     counts = [("after set_state", start)]
@@ -663,7 +701,7 @@ def same_moving_state(
 
 @renorm_check("renorm.moving.no_inference_update")
 def moving_no_inference_update(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, same_sets=True)
+    case = draw_renorm(ctx, data, moving=SAME_SETS)
     layer = build(ctx, case)
     before = moving_state(ctx, layer, "before inference")
     ctx.call("infer", layer.infer, case.x)
@@ -680,7 +718,7 @@ def moving_no_inference_update(ctx: CheckContext, data: Any) -> None:
 
 @renorm_check("renorm.infer.output")
 def infer_output(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, affine=None, same_sets=True)
+    case = draw_renorm(ctx, data, Wanted(affine=None), moving=SAME_SETS)
     layer = build(ctx, case)
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
 
@@ -693,7 +731,7 @@ def infer_output(ctx: CheckContext, data: Any) -> None:
 def backward_train_dx(ctx: CheckContext, data: Any) -> None:
     """Moving statistics near the batch leave the clipping inactive wherever the bounds are
     not batch norm's: a gradient through ``r`` and ``d`` differs there."""
-    case = draw_renorm(ctx, data, affine=None, regime="near")
+    case = draw_renorm(ctx, data, Wanted(affine=None), moving=Moving("near"))
     grads = fresh_vjp(ctx, case, training=True)
     expect_gradients(ctx, case, grads, training=True, which=("dx",))
 
@@ -726,14 +764,14 @@ def backward_infer(ctx: CheckContext, data: Any) -> None:
 
 @renorm_check("renorm.accuracy.forward", depends_on=("renorm.train.output",))
 def accuracy_forward(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    case = draw_renorm(ctx, data, Wanted(LONG_SIZES), conditioning="ill")
     _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
 
 @renorm_check("renorm.accuracy.inference", depends_on=("renorm.infer.output",))
 def accuracy_inference(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    case = draw_renorm(ctx, data, Wanted(LONG_SIZES), conditioning="ill")
     layer = build(ctx, case)
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
 
@@ -742,7 +780,7 @@ def accuracy_inference(ctx: CheckContext, data: Any) -> None:
     "renorm.accuracy.backward", needs=RENORM_BACKWARD, depends_on=("renorm.backward.train.dx",)
 )
 def accuracy_backward(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    case = draw_renorm(ctx, data, Wanted(LONG_SIZES), conditioning="ill")
     grads = fresh_vjp(ctx, case, training=True)
     expect_gradients(ctx, case, grads, training=True)
 
@@ -752,7 +790,7 @@ def accuracy_backward(ctx: CheckContext, data: Any) -> None:
     depends_on=("renorm.moving.mean", "renorm.moving.average", "renorm.moving.separate"),
 )
 def accuracy_moving(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, conditioning="ill", long_reductions=True)
+    case = draw_renorm(ctx, data, Wanted(LONG_SIZES), conditioning="ill")
     layer, _ = train_once(ctx, case)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))
 

@@ -32,6 +32,7 @@ from normspec.conformance.checks.renorm import (
 )
 from normspec.conformance.context import CheckContext
 from normspec.conformance.guard import ImplementationError, ImplementationLost
+from normspec.conformance.strategies import Sizes, Wanted
 from normspec.conformance.strategies_renorm import (
     RenormCase,
 )
@@ -60,7 +61,9 @@ def _nan_free(ctx: CheckContext, state: RenormStatistics, when: str) -> None:
 @renorm_check("renorm.degenerate.single_value", depends_on=("renorm.train.output",))
 def single_value(ctx: CheckContext, data: Any) -> None:
     """n = 1: an error, or ``y = gamma * d + beta`` (the reference's output) and ``dx = 0``."""
-    case = draw_renorm(ctx, data, affine=None, min_count=1, max_batch=1, max_spatial=1)
+    case = draw_renorm(
+        ctx, data, Wanted(Sizes(min_count=1, max_batch=1, max_spatial=1), affine=None)
+    )
     layer = build(ctx, case)
     raised, y = ctx.attempt("train_step", layer.train_step, case.x)
     if not raised:
@@ -75,7 +78,7 @@ def single_value(ctx: CheckContext, data: Any) -> None:
 
 @renorm_check("renorm.degenerate.zero_variance", depends_on=("renorm.train.output",))
 def zero_variance(ctx: CheckContext, data: Any) -> None:
-    case = draw_renorm(ctx, data, affine=None)
+    case = draw_renorm(ctx, data, Wanted(affine=None))
     feature = data.draw(st.integers(0, case.config.num_features - 1), label="constant feature")
     x = case.x.copy()
     where = _feature_slice(case, feature)
@@ -128,7 +131,7 @@ def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
     """A NaN or infinity in one feature's input or one feature's moving statistic (either
     set): the other features' outputs, gradients and moving statistics are the reference's."""
     features = data.draw(st.integers(2, 4), label="features")
-    case = draw_renorm(ctx, data, num_features=features)
+    case = draw_renorm(ctx, data, Wanted(Sizes.fixed_features(features)))
     feature = data.draw(st.integers(0, features - 1), label="poisoned feature")
     places = ["input", "mean", "spread"]
     if case.state.separate:
@@ -175,7 +178,7 @@ def params_shape(ctx: CheckContext, data: Any) -> None:
     """An input with more features, parameters or moving statistics of another length (one
     value where a broadcast would accept it): an error, never a broadcast."""
     which = data.draw(st.sampled_from(["input", "state", "parameters"]), label="wrong")
-    case = draw_renorm(ctx, data, affine=True if which == "parameters" else None)
+    case = draw_renorm(ctx, data, Wanted(affine=True if which == "parameters" else None))
     features = case.config.num_features
     extra = data.draw(st.integers(1, 3), label="extra features")
     lengths = [features + extra] + ([1] if features >= 2 else [])
@@ -307,7 +310,7 @@ def params_sigma(ctx: CheckContext, data: Any) -> None:
     that operation, or set_state, raises, unless the dialect's floor makes sigma positive
     (then a zero sigma is a valid state: the output is the reference's with
     ``sigma = sqrt(eps)``; a negative one may raise)."""
-    case = draw_renorm(ctx, data, affine=None)
+    case = draw_renorm(ctx, data, Wanted(affine=None))
     cfg = case.renorm
     places = ["spread", "correction spread"] if case.state.separate else ["spread"]
     place = data.draw(st.sampled_from(places), label="invalid set")

@@ -25,15 +25,17 @@ from normspec.conformance.checks.renorm import (
     moving_state,
     offers,
     renorm_check,
+    run_schedules,
     same_moving_state,
 )
 from normspec.conformance.context import CheckContext, Violation
+from normspec.conformance.strategies import Wanted
 from normspec.conformance.strategies_renorm import (
+    Moving,
     RenormCase,
     ScheduleKind,
     batches,
     offered_schedules,
-    renorm_cases,
 )
 from normspec.reference.renorm import RenormStatistics
 
@@ -49,7 +51,13 @@ def _schedule_check(ctx: CheckContext, data: Any, kind: ScheduleKind) -> None:
     a step reads is renorm.schedule.step's business (checked after this clause), the values
     of the schedule this clause's.
     """
-    case = draw_renorm(ctx, data, affine=None, schedule_kinds=(kind,), regime="far", counter="any")
+    case = draw_renorm(
+        ctx,
+        data,
+        Wanted(affine=None),
+        schedule=run_schedules(ctx, (kind,), counter="any"),
+        moving=Moving("far"),
+    )
     bounds = case.bounds
     ctx.notes["bounds at the step"] = [bounds.r_min, bounds.r_max, bounds.d_max]
     layer = build(ctx, case, offered=SCHEDULE_NAMES[kind])
@@ -108,14 +116,12 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
     counter, an inference call that counts, or a wrong update rule shows where it happens.
     """
     offered = offered_schedules(ctx.dialect)
-    first_case = renorm_cases(
-        ctx.capabilities,
-        ctx.dialect,
-        ctx.dtypes,
-        affine=None,
-        schedule_kinds=[k for k in offered if k != "constant"] or offered,
-        counter="changing",
-        menu=ctx.menu,
+    first_case = ctx.cases_of(
+        "renorm",
+        wanted=Wanted(affine=None),
+        schedule=run_schedules(
+            ctx, [k for k in offered if k != "constant"] or offered, counter="changing"
+        ),
     )
 
     class RenormSequenceMachine(RuleBasedStateMachine):

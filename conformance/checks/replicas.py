@@ -21,7 +21,7 @@ from normspec.adapters.protocol import ReplicatedLayer
 from normspec.conformance.checks import Body, check
 from normspec.conformance.checks.batchnorm import expect_state_kept, rate_allowed, update_bounds
 from normspec.conformance.context import CheckContext, reference_config, reference_params
-from normspec.conformance.strategies_replicas import ReplicaCase, replica_cases
+from normspec.conformance.strategies_replicas import ReplicaCase
 from normspec.conformance.tolerance import (
     Moments,
     StatisticsUpdate,
@@ -43,8 +43,11 @@ def sync_check(
 
 
 def draw(ctx: CheckContext, data: Any, **options: Any) -> ReplicaCase:
-    """Draw a replica case for this implementation (see :func:`replica_cases`)."""
-    return ctx.draw(data, replica_cases, menu=ctx.menu, **options)
+    """Draw a replica case for this implementation (see
+    :func:`~normspec.conformance.strategies_replicas.replica_cases`)."""
+    case = ctx.draw_case(data, "replicas", **options)
+    assert isinstance(case, ReplicaCase)
+    return case
 
 
 def build(ctx: CheckContext, case: ReplicaCase) -> ReplicatedLayer:

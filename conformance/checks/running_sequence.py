@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from normspec.conformance.checks import check
 from normspec.conformance.checks.batchnorm import expect_running_update
 from normspec.conformance.context import CheckContext
-from normspec.conformance.strategies import BatchNormCase, cases, feature_values, shapes
+from normspec.conformance.strategies import BatchNormCase, Wanted, feature_values, shapes
 
 
 def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
@@ -22,8 +22,8 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
     false failure while a wrong rule shows at its first application.
     """
     menu = ctx.menu
-    first_case = cases(ctx.capabilities, ctx.dialect, ctx.dtypes, menu=menu) | (
-        cases(ctx.capabilities, ctx.dialect, ctx.dtypes, cumulative=True, menu=menu)
+    first_case = ctx.cases_of() | (
+        ctx.cases_of(wanted=Wanted(rate="cumulative"))
         if ctx.capabilities.cumulative_average and ctx.capabilities.step_counter
         else st.nothing()
     )

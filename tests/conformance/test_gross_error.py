@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from normspec import reference
 from normspec.adapters.protocol import Capabilities
 from normspec.conformance.runner import CheckOptions, check_implementation
-from normspec.conformance.strategies import cases
+from normspec.conformance.strategies import LONG_SIZES, Sizes, Wanted, cases
 from normspec.conformance.tolerance import (
     SAFETY_FACTOR,
     FeatureTerms,
@@ -58,9 +58,8 @@ def test_a_one_pass_variance_is_within_the_line_where_conventions_says(
             Capabilities(dtypes=frozenset({"float32", "float64"})),
             profile("paper"),
             [dtype],  # type: ignore[list-item]
+            Wanted(LONG_SIZES if data.draw(st.booleans()) else Sizes(), affine=False),
             conditioning="well",
-            long_reductions=data.draw(st.booleans()),
-            affine=False,
         )
     )
     cfg = case.config

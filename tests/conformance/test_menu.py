@@ -207,15 +207,15 @@ def test_renorm_cases_take_their_settings_from_the_menu(data: Any, seed: int) ->
     """A renorm case's layer setting (shape, eps, rate, affine) is one of the menu's choices
     for its constraints, and a correction rate one of their rates."""
     menu = Menu.generate(BROAD, TF_KERAS, seed, DEFAULT_MENU_SIZE)
-    wanted = strategies.constraints(
-        BROAD,
-        max_batch=RENORM_MAX_BATCH,
-        max_spatial=RENORM_MAX_SPATIAL,
-        axis_positions=BROAD.feature_axes,
+    wanted = strategies.Wanted(
+        strategies.Sizes(max_batch=RENORM_MAX_BATCH, max_spatial=RENORM_MAX_SPATIAL),
+        positions=BROAD.feature_axes,
         affine=None,
-    )
+    ).within(BROAD)
     offered = menu.choices(wanted)
-    case = data.draw(renorm_cases(BROAD, TF_KERAS, ("float32",), affine=None, menu=menu))
+    case = data.draw(
+        renorm_cases(BROAD, TF_KERAS, ("float32",), strategies.Wanted(affine=None), menu=menu)
+    )
     drawn = (case.x.shape, case.config.eps, case.rate, case.config.affine)
     assert drawn in {(s.shape, s.eps, s.rate, s.affine) for s in offered}
     assert case.config.renorm is not None

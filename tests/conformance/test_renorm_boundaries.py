@@ -119,7 +119,15 @@ def test_an_open_side_of_r_is_drawn_beyond_its_symmetric_counterpart(
     """tf_keras' ``rmin`` missing means no clipping below, not ``1 / rmax``: a library that
     clips there anyway shows only where ``r < 1 / rmax``."""
     bounds = RenormBounds.from_keras(clipping)
-    drawn = _collect(renorm_cases(CAPABILITIES, profile("tf_keras"), ["float64"], bounds=bounds))
+    dialect = profile("tf_keras")
+    drawn = _collect(
+        renorm_cases(
+            CAPABILITIES,
+            dialect,
+            ["float64"],
+            schedule=schedules(dialect, bounds=bounds),
+        )
+    )
     shares = _shares(drawn)
     assert {"r below", "r above"} <= set(shares), shares
     assert all(share >= SHARE for share in shares.values()), shares

@@ -32,7 +32,8 @@ from normspec.conformance.checks import load_builtin_checks
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.results import Report
 from normspec.conformance.runner import CheckOptions, check_implementation
-from normspec.conformance.strategies_renorm import renorm_cases
+from normspec.conformance.strategies import Wanted
+from normspec.conformance.strategies_renorm import Moving, renorm_cases, schedules
 from normspec.reference import Gradients, renorm
 from normspec.reference._arrays import per_feature, reduction_axes
 from normspec.reference.schedules import ConstantSchedule, RenormBounds, Schedule
@@ -159,10 +160,9 @@ def test_renorm_cases_keep_their_promises(
             implementation.capabilities(),
             implementation.dialect,
             ("float32",),
-            counter=counter,
-            batchnorm_bounds=batchnorm,
-            same_sets=same_sets,
-            affine=None,
+            Wanted(affine=None),
+            schedule=schedules(implementation.dialect, batchnorm=batchnorm, counter=counter),
+            moving=Moving(same_sets=same_sets),
         )
     )
     cfg, t = case.renorm, case.state.steps
