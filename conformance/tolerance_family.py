@@ -263,7 +263,8 @@ def second_order_family_bounds(
     w``, ``|h| w``, ``P_i = |g_i| + D w_i``, ``Q_i = |v_i| + W w_i``, ``R_i = |h_i| + H w_i``
     and ``M = mean |v| P``, the term scales are ``T_x = s^2 (w M + P W + D Q) + s R``,
     ``T_dy = |c + w| s Q + |v_w| w + |v_b|`` and ``T_w`` the sum of ``|dy| s Q`` over the
-    elements of each parameter; each bound is ``K (rel T + u_o |d*| + tiny (1 + T)) + E``,
+    elements of each parameter; each bound is ``K (rel T + u_o |d*| + tiny (1 + T_1)) + E``
+    (``T_1``: ``T`` with unit ``|dy|`` and ``|v|``, how an underflow propagates),
     ``rel = u_w (n + 3)^2`` (plus the raw-moment allowance where centred, plus ``u_w (m +
     1)`` for the ``m`` summed terms of the weight's) and ``E`` the differences' own
     error estimate."""
@@ -277,23 +278,28 @@ def second_order_family_bounds(
         kappa = s * np.mean(np.abs(columns), axis=0, keepdims=True)
     n = view.n
     w = 1 + kappa + np.abs(xhat)
-    abs_dy, abs_v = np.abs(view.columns(args.dy)), np.abs(view.columns(args.v))
-    abs_g = abs_dy * view.parameter(args.scale, 1.0)
+    abs_scale = view.parameter(args.scale, 1.0)
     abs_vw, abs_vb = view.parameter(args.v_weight, 0.0), view.parameter(args.v_bias, 0.0)
-    abs_h = abs_dy * abs_vw
 
     def mean(values: Array) -> Array:
         result: Array = np.mean(values, axis=0, keepdims=True)
         return result
 
-    d, ww, hh = mean(abs_g * w), mean(abs_v * w), mean(abs_h * w)
-    p, q, r = abs_g + d * w, abs_v + ww * w, abs_h + hh * w
-    big_m = mean(abs_v * p)
-    scales = {
-        "dx": s * s * (w * big_m + p * ww + d * q) + s * r,
-        "ddy": view.parameter(args.scale, 1.0) * s * q + abs_vw * w + abs_vb,
-        "dgamma": view.outside(view.back(abs_dy * s * q)),
-    }
+    def term_scales(abs_dy: Array, abs_v: Array) -> dict[str, Array]:
+        """The term scales (``dx``, ``ddy`` as columns) for these magnitudes of ``dy``, ``v``."""
+        abs_g, abs_h = abs_dy * abs_scale, abs_dy * abs_vw
+        d, ww, hh = mean(abs_g * w), mean(abs_v * w), mean(abs_h * w)
+        p, q, r = abs_g + d * w, abs_v + ww * w, abs_h + hh * w
+        return {
+            "dx": s * s * (w * mean(abs_v * p) + p * ww + d * q) + s * r,
+            "ddy": abs_scale * s * q + abs_vw * w + abs_vb,
+            "dgamma": view.outside(view.back(abs_dy * s * q)),
+        }
+
+    scales = term_scales(np.abs(view.columns(args.dy)), np.abs(view.columns(args.v)))
+    # an underflow in a product of dy or v (an absolute error of tiny) propagates as the
+    # terms of unit dy and v do
+    units = term_scales(np.ones_like(columns), np.ones_like(columns))
     # per slice (1, slices); the weight's sums span slices: their largest
     variance = 3 * precision.variance_error(n, kappa) if centered else 0.0
     relative = precision.u_w * (n + 3) ** 2 + np.asarray(variance) * np.ones_like(s)
@@ -310,7 +316,7 @@ def second_order_family_bounds(
         if name != "dgamma":
             value = view.columns(value)
         result: Array = SAFETY_FACTOR * (
-            rel * scale + precision.u_o * value + precision.tiny * (1 + scale)
+            rel * scale + precision.u_o * value + precision.tiny * (1 + units[name])
         )
         if name != "dgamma":
             result = view.back(result)
