@@ -17,6 +17,11 @@ and ``dy``. Two evaluations:
   ``d_x = -gamma s^2 (xhat C + dyc V + B vc) + v_gamma s dyc``, ``d_gamma = n s C``,
   ``d_dy = gamma s vc + v_gamma xhat + v_beta``. It is what the reference adapter offers;
   its accuracy is not stated beyond the clause's bound.
+
+Both are configurations of one engine over *slices* (:class:`SliceTable`: rows of values
+normalized together, the weight per element, centred or not): :func:`slice_double_backward`
+and :func:`slice_second_order_differences`, which the normalization family shares
+(:mod:`family_second_order`: ln/rms/gn/in.backward.second_order).
 """
 
 from __future__ import annotations

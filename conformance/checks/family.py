@@ -13,7 +13,8 @@ expectations come from :mod:`normspec.reference.family` and the tolerances from
 
 Attribution: ``*.train.statistics`` is checked without affine parameters, ``*.train.output``
 with them (and depends on it), the gradients depend on the output, the degenerate slices and
-the accuracy clause on the value clauses of the same forward.
+the accuracy clause on the value clauses of the same forward; the double backward
+(``*.backward.second_order``, small cases, where ``double_backward`` is offered) on ``dx``.
 """
 
 from __future__ import annotations
