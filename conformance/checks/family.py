@@ -291,18 +291,21 @@ def _small_layer_entry(draw: st.DrawFn, capabilities: Capabilities) -> FamilyEnt
 
 @st.composite
 def _small_group_entry(draw: st.DrawFn, capabilities: Capabilities, kind: FamilyKind) -> GroupEntry:
-    """A GroupNorm or InstanceNorm configuration of a few values per group (two at least)."""
+    """A GroupNorm or InstanceNorm configuration of at most 144 values, two per group at
+    least."""
     instance = kind == "instancenorm"
     ranks = sorted(r - 2 for r in capabilities.ranks if r >= (3 if instance else 2))
     spatial = [draw(_SMALL_SIZES) for _ in range(draw(st.sampled_from(ranks)))]
     width = 1 if instance else draw(st.integers(1, 2))
+    batch, groups = draw(st.integers(1, 2)), draw(_SMALL_SIZES)
+    while batch * groups * width * int(np.prod(spatial, dtype=np.int64)) > SMALL_VALUES:
+        spatial[spatial.index(max(spatial))] -= 1
     if width * int(np.prod(spatial, dtype=np.int64)) < 2:
         if spatial:
             spatial[-1] = 2
         else:
             width = 2
     affine = draw(st.booleans()) if capabilities.without_affine else True
-    batch, groups = draw(st.integers(1, 2)), draw(_SMALL_SIZES)
     return GroupEntry(batch, groups, width, tuple(spatial), draw(EPS_VALUES), affine)
 
 

@@ -27,7 +27,7 @@ from normspec.adapters.registry import load_target  # noqa: E402
 from normspec.adapters.torch.family import recognise as recognise_layer  # noqa: E402
 from normspec.adapters.torch.grouped import recognise as recognise_grouped  # noqa: E402
 
-BUG_EXAMPLES = 20
+BUG_EXAMPLES = 10
 SEEDS = range(5)
 
 
