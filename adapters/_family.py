@@ -39,6 +39,7 @@ from normspec.adapters.protocol import (
     UnsupportedConfig,
 )
 from normspec.reference import Gradients
+from normspec.reference.second_order import SecondOrderGradients
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,19 @@ class Computation(abc.ABC):
         """``(dx, dweight, dbias)`` of ``sum(dy * y)``; ``None`` for an absent parameter."""
         raise UnsupportedConfig("the framework computes no gradients")
 
+    def second_order(
+        self,
+        x: Array,
+        dy: Array,
+        cotangents: tuple[Array, Array | None, Array | None],
+        weight: Array | None,
+        bias: Array | None,
+    ) -> tuple[Array, Array | None, Array]:
+        """``(d_x, d_weight, d_dy)``: the gradient of ``S = sum(v * dx) + sum(v_weight *
+        dweight) + sum(v_bias * dbias)`` (``cotangents``: ``v``, ``v_weight``, ``v_bias``)
+        in x, the weight and dy (*.backward.second_order)."""
+        raise UnsupportedConfig("the framework offers no double backward")
+
 
 class FamilyLayer:
     """A family protocol layer on a :class:`Computation` (an InstanceNorm one without
@@ -178,6 +192,19 @@ class FamilyLayer:
             zeros if dbias is None else dbias,
         )
 
+    def second_order_vjp(
+        self, x: Array, dy: Array, v: Array, v_gamma: Array, v_beta: Array
+    ) -> SecondOrderGradients:
+        """Double backward where the framework offers it (``Capabilities.double_backward``)."""
+        v_bias = v_beta if self.bias is not None else None
+        cotangents = (v, v_gamma if self.weight is not None else None, v_bias)
+        d_x, d_weight, d_dy = self.computation.second_order(
+            x, dy, cotangents, self.weight, self.bias
+        )
+        return SecondOrderGradients(
+            d_x, np.zeros(self.shape) if d_weight is None else d_weight, d_dy
+        )
+
 
 class FamilyImplementation(abc.ABC):
     """A layer class of a framework's table under test (``arguments``: the target's other
@@ -187,6 +214,8 @@ class FamilyImplementation(abc.ABC):
     library: str = ""
     #: Whether the framework differentiates the layer (the backward clauses).
     backward: bool = True
+    #: Whether it differentiates the backward too (``*.backward.second_order``).
+    double_backward: bool = False
     #: The dtype the layer holds eps in (ONNX's float32 attributes).
     setting_dtype: DTypeName = "float64"
     #: Whether the framework compiles a program per configuration (JAX): its cases are
@@ -234,6 +263,7 @@ class FamilyImplementation(abc.ABC):
             training=False,
             untracked=True,
             backward=self.backward,
+            double_backward=self.double_backward,
             elementwise_bias=self.entry.bias is not None,
             setting_dtype=self.setting_dtype,
             compiles_per_shape=self.compiles_per_shape,

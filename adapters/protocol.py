@@ -148,7 +148,8 @@ class Capabilities:
     step_counter: bool = False
     strided_input: bool = True
     #: the training backward is differentiable: ``SecondOrderLayer.second_order_vjp``
-    #: (bn.backward.second_order)
+    #: (bn.backward.second_order; a family layer's backward: ln/rms/gn/in.backward.second_order,
+    #: gamma and beta its weight and bias)
     double_backward: bool = False
     #: ghost batches (``LayerConfig.virtual_batch_size``, spec: ghost.md)
     ghost_batches: bool = False

@@ -8,6 +8,8 @@ import numpy as np
 from normspec.adapters.protocol import Array, FamilyConfig, LayerConfig, State, UnsupportedConfig
 from normspec.reference import Gradients, RunningStatistics, family
 from normspec.reference.dialects import Dialect
+from normspec.reference.family_second_order import FamilySlices, family_double_backward
+from normspec.reference.second_order import SecondOrderGradients
 
 
 class ReferenceFamilyLayer:
@@ -80,3 +82,23 @@ class ReferenceFamilyLayer:
             return family.layer_norm_backward(dy, x, shape, self.weight, eps=eps)
         offset = self.family.scale_offset
         return family.rms_norm_backward(dy, x, shape, self.weight, eps=eps, scale_offset=offset)
+
+    def second_order_vjp(
+        self, x: Array, dy: Array, v: Array, v_gamma: Array, v_beta: Array
+    ) -> SecondOrderGradients:
+        """The closed form of ln/rms/gn/in.backward.second_order: the check compares it with
+        finite differences of the reference's backward."""
+        shape, kind = np.shape(x), self.family.kind
+        if kind in ("groupnorm", "instancenorm"):
+            groups = self.family.num_groups if kind == "groupnorm" else shape[1]
+            slices = FamilySlices.group_norm(shape, groups)
+        elif kind == "layernorm":
+            slices = FamilySlices.layer_norm(shape, self.family.normalized_shape)
+        else:
+            offset = self.family.scale_offset
+            slices = FamilySlices.rms_norm(shape, self.family.normalized_shape, offset=offset)
+        v_weight = v_gamma if self.weight is not None else None
+        v_bias = v_beta if self.bias is not None else None
+        return family_double_backward(
+            x, dy, v, v_weight, v_bias, self.weight, slices, eps=self.config.eps
+        )

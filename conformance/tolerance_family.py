@@ -17,17 +17,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from normspec.conformance.tolerance import (
+    SAFETY_FACTOR,
     Array,
     FeatureTerms,
     GradientBounds,
     Moments,
     Precision,
+    SecondOrderBounds,
     StateBounds,
     _both,
     backward_bounds,
     normalized_output_bound,
 )
 from normspec.reference import Gradients
+from normspec.reference.second_order import SecondOrderEstimate
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,98 @@ def rms_backward_bounds(
     return GradientBounds(view.back(_both(dx, precision)), dw, db)
 
 
+@dataclass(frozen=True)
+class SecondOrderArguments:
+    """The arguments of one double backward (layernorm.md: ``*.backward.second_order``):
+    ``x``, ``dy`` and ``v`` input-shaped; ``scale`` the factor ``c + w`` and the cotangents
+    ``v_weight``, ``v_bias`` parameter-shaped (``None``: 1, zero)."""
+
+    x: Array
+    dy: Array
+    v: Array
+    scale: Array | None
+    v_weight: Array | None
+    v_bias: Array | None
+
+
+def second_order_family_bounds(
+    precision: Precision,
+    args: SecondOrderArguments,
+    view: Slices,
+    eps: float,
+    expected: SecondOrderEstimate,
+    *,
+    centered: bool = True,
+    outside_root: bool = False,
+) -> SecondOrderBounds:
+    """Bounds of ln/rms/gn/in.backward.second_order: bn.backward.second_order's per slice
+    with the weight per element. With ``w_i = 1 + kappa + |xhat_i|``, ``|g_i| = |c + w_i|
+    |dy_i|``, ``|h_i| = |v_w_i| |dy_i|``, ``D``, ``W``, ``H`` the means of ``|g| w``, ``|v|
+    w``, ``|h| w``, ``P_i = |g_i| + D w_i``, ``Q_i = |v_i| + W w_i``, ``R_i = |h_i| + H w_i``
+    and ``M = mean |v| P``, the term scales are ``T_x = s^2 (w M + P W + D Q) + s R``,
+    ``T_dy = |c + w| s Q + |v_w| w + |v_b|`` and ``T_w`` the sum of ``|dy| s Q`` over the
+    elements of each parameter; each bound is ``K (rel T + u_o |d*| + tiny (1 + T_1)) + E``
+    (``T_1``: ``T`` with unit ``|dy|`` and ``|v|``, how an underflow propagates),
+    ``rel = u_w (n + 3)^2`` (plus the raw-moment allowance where centred, plus ``u_w (m +
+    1)`` for the ``m`` summed terms of the weight's) and ``E`` the differences' own
+    error estimate."""
+    columns = view.columns(args.x)
+    if centered:
+        terms = FeatureTerms.of(columns, 1, eps)
+        s, xhat, kappa = terms.s, terms.xhat, terms.kappa
+    else:
+        rms = RmsTerms.of(columns, eps, outside_root=outside_root)
+        s, xhat = rms.s, rms.xhat
+        kappa = s * np.mean(np.abs(columns), axis=0, keepdims=True)
+    n = view.n
+    w = 1 + kappa + np.abs(xhat)
+    abs_scale = view.parameter(args.scale, 1.0)
+    abs_vw, abs_vb = view.parameter(args.v_weight, 0.0), view.parameter(args.v_bias, 0.0)
+
+    def mean(values: Array) -> Array:
+        result: Array = np.mean(values, axis=0, keepdims=True)
+        return result
+
+    def term_scales(abs_dy: Array, abs_v: Array) -> dict[str, Array]:
+        """The term scales (``dx``, ``ddy`` as columns) for these magnitudes of ``dy``, ``v``."""
+        abs_g, abs_h = abs_dy * abs_scale, abs_dy * abs_vw
+        d, ww, hh = mean(abs_g * w), mean(abs_v * w), mean(abs_h * w)
+        p, q, r = abs_g + d * w, abs_v + ww * w, abs_h + hh * w
+        return {
+            "dx": s * s * (w * mean(abs_v * p) + p * ww + d * q) + s * r,
+            "ddy": abs_scale * s * q + abs_vw * w + abs_vb,
+            "dgamma": view.outside(view.back(abs_dy * s * q)),
+        }
+
+    scales = term_scales(np.abs(view.columns(args.dy)), np.abs(view.columns(args.v)))
+    # an underflow in a product of dy or v (an absolute error of tiny) propagates as the
+    # terms of unit dy and v do
+    units = term_scales(np.ones_like(columns), np.ones_like(columns))
+    # per slice (1, slices); the weight's sums span slices: their largest
+    variance = 3 * precision.variance_error(n, kappa) if centered else 0.0
+    relative = precision.u_w * (n + 3) ** 2 + np.asarray(variance) * np.ones_like(s)
+    summed = int(np.prod(view.shape, dtype=np.int64)) // max(int(np.prod(view.param_shape)), 1)
+    relatives: dict[str, Array] = {
+        "dx": relative,
+        "ddy": relative,
+        "dgamma": np.asarray(np.max(relative) + precision.u_w * (summed + 1)),
+    }
+
+    def bound(name: str) -> Array:
+        scale, rel = scales[name], relatives[name]
+        value = np.abs(getattr(expected.values, name))
+        if name != "dgamma":
+            value = view.columns(value)
+        result: Array = SAFETY_FACTOR * (
+            rel * scale + precision.u_o * value + precision.tiny * (1 + units[name])
+        )
+        if name != "dgamma":
+            result = view.back(result)
+        return result + getattr(expected.error, name)
+
+    return SecondOrderBounds(dx=bound("dx"), dgamma=bound("dgamma"), ddy=bound("ddy"))
+
+
 def instance_running_bounds(
     precision: Precision,
     x: Array,
@@ -279,10 +374,12 @@ def instance_running_bounds(
 
 __all__ = [
     "RmsTerms",
+    "SecondOrderArguments",
     "Slices",
     "instance_running_bounds",
     "layernorm_backward_bounds",
     "layernorm_output_bound",
     "rms_backward_bounds",
     "rms_output_bound",
+    "second_order_family_bounds",
 ]

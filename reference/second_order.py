@@ -17,17 +17,24 @@ and ``dy``. Two evaluations:
   ``d_x = -gamma s^2 (xhat C + dyc V + B vc) + v_gamma s dyc``, ``d_gamma = n s C``,
   ``d_dy = gamma s vc + v_gamma xhat + v_beta``. It is what the reference adapter offers;
   its accuracy is not stated beyond the clause's bound.
+
+Both are configurations of one engine over *slices* (:class:`SliceTable`: rows of values
+normalized together, the weight per element, centred or not): :func:`slice_double_backward`
+and :func:`slice_second_order_differences`, which the normalization family shares
+(:mod:`family_second_order`: ln/rms/gn/in.backward.second_order).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from normspec.reference import family
 from normspec.reference._arrays import FloatArray, as_float64, check_input, check_vector
-from normspec.reference.batchnorm import batch_statistics, inverse_std, train_backward
+from normspec.reference.batchnorm import batch_statistics, inverse_std
 
 #: Unit roundoff of float64, the reference's precision.
 _U = 2.0**-53
@@ -111,6 +118,224 @@ def _rows(
     )
 
 
+@dataclass(frozen=True)
+class SliceTable:
+    """A second-order problem on ``m`` slices of ``n`` values, every argument an ``(m, n)``
+    table: the input ``x``, the cotangent ``dy``, the weight ``w`` *per element* (as the
+    layer applies it: BN's per-feature gamma, LayerNorm's elementwise weight, GroupNorm's
+    per-channel weight spread over each slice; RMSNorm's ``c + w``), and the cotangents
+    ``v``, ``v_w``, ``v_b`` of ``dx`` and of the per-element terms ``dy * xhat`` and ``dy``
+    whose sums are the parameter gradients. ``centered``: LayerNorm-like statistics (a mean
+    and a variance), else RMSNorm's mean square.
+
+    ``S = sum(v * dx) + sum(v_w * dy * xhat) + sum(v_b * dy)`` is the objective of every
+    layer's double backward; the gradient in a parameter is the sum of the per-element
+    gradients in ``w`` over the elements it scales."""
+
+    x: FloatArray
+    dy: FloatArray
+    w: FloatArray
+    v: FloatArray
+    v_w: FloatArray
+    v_b: FloatArray
+    centered: bool = True
+
+
+#: A layer's backward on slices: ``(g, x)`` (``(m, n)`` rows, ``g = w * dy`` the cotangent
+#: of ``xhat``) to ``dx`` and ``xhat``.
+SliceBackward = Callable[[FloatArray, FloatArray], tuple[FloatArray, FloatArray]]
+
+
+def slice_backward(centered: bool, eps: float) -> SliceBackward:
+    """The reference's backward of the normalization per row (:func:`family.normalize_backward`:
+    BN's closed form on the rows, or RMSNorm's uncentred one)."""
+    reduction = family.Reduction((1,), centered)
+
+    def backward(g: FloatArray, x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        return family.normalize_backward(g, x, reduction, eps=eps)
+
+    return backward
+
+
+def slice_double_backward(table: SliceTable, eps: float) -> SecondOrderGradients:
+    """The closed form per element (``(m, n)`` each; the third field is the gradient in the
+    per-element weight ``w``). With ``g = w * dy``, ``h = v_w * dy`` and the projection
+    ``P(z) = z - mean(z) - xhat * mean(z * xhat)`` (without ``mean(z)`` uncentred):
+    ``gc = P(g)``, ``vc = P(v)``, ``B = mean(g * xhat)``, ``V = mean(v * xhat)``,
+    ``C = mean(v * gc)``:
+
+        d_x  = -s^2 (xhat C + gc V + B vc) + s P(h)
+        d_dy = w s vc + v_w xhat + v_b
+        d_w  = dy s vc
+    """
+    xhat, s = family.normalize(table.x, family.Reduction((1,), table.centered), eps=eps)
+
+    def mean(z: FloatArray) -> FloatArray:
+        result: FloatArray = np.mean(z, axis=1, keepdims=True)
+        return result
+
+    def project(z: FloatArray) -> FloatArray:
+        centre = mean(z) if table.centered else 0.0
+        result: FloatArray = z - centre - xhat * mean(z * xhat)
+        return result
+
+    g = table.w * table.dy
+    gc, vc = project(g), project(table.v)
+    b, vv, c = mean(g * xhat), mean(table.v * xhat), mean(table.v * gc)
+    d_x = -s * s * (xhat * c + gc * vv + b * vc) + s * project(table.v_w * table.dy)
+    d_dy = table.w * s * vc + table.v_w * xhat + table.v_b
+    return SecondOrderGradients(d_x, table.dy * s * vc, d_dy)
+
+
+def _changes(
+    backward: SliceBackward,
+    blocks: tuple[FloatArray, FloatArray, FloatArray],
+    weights: tuple[FloatArray, FloatArray, FloatArray],
+) -> tuple[FloatArray, FloatArray]:
+    """The changes of ``S`` between the points +-h and between +-2h, per row of a block,
+    with a bound of the error of summing them.
+
+    ``blocks`` (``x``, ``dy``, ``w``: ``(4 R, n)``) hold the rows moved by +h, -h, +2h,
+    -2h in four blocks, ``weights`` (``v``, ``v_w``, ``v_b``: ``(R, n)``) their rows'
+    cotangents. The gradients are differenced elementwise before they are weighted and
+    summed, so the sum adds an error of the order of the change only.
+    """
+    x, dy, w = blocks
+    outputs = backward(w * dy, x)
+    terms = (outputs[0], dy * outputs[1], dy)
+    width = x.shape[0] // len(_MULTIPLIERS)
+
+    def block(array: FloatArray, k: int) -> FloatArray:
+        return array[k * width : (k + 1) * width]
+
+    changes, magnitudes = [], []
+    for plus, minus in ((0, 1), (2, 3)):
+        parts = [
+            c * (block(t, plus) - block(t, minus)) for c, t in zip(weights, terms, strict=True)
+        ]
+        changes.append(np.sum(sum(parts), axis=1))
+        magnitudes.append(np.sum(sum(np.abs(p) for p in parts), axis=1))
+    summation: FloatArray = _U * (3 * x.shape[1] + 2) * magnitudes[0]
+    return np.stack(changes), summation
+
+
+def _moved(rows: FloatArray, steps: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Every element of ``rows`` (``(m, n)``) moved by each multiple of its step in turn.
+
+    Returns the moved rows (``(4 m n, n)``: multiplier, row, element) and the moved values
+    (``(4, m, n)``), as rounded.
+    """
+    m, n = rows.shape
+    copies = np.repeat(rows, n, axis=0)  # row k * n + j: row k with element j moved
+    diagonal = (np.arange(m * n), np.tile(np.arange(n), m))
+    blocks, moved = [], []
+    for k in _MULTIPLIERS:
+        block = copies.copy()
+        block[diagonal] = (rows + k * steps).reshape(-1)
+        moved.append(block[diagonal].reshape(m, n))
+        blocks.append(block)
+    return np.concatenate(blocks, axis=0), np.stack(moved)
+
+
+def slice_second_order_differences(
+    table: SliceTable, backward: SliceBackward, eps: float
+) -> SecondOrderEstimate:
+    """The gradient of ``S`` in ``x``, ``w`` and ``dy``, per element (``(m, n)`` each; the
+    second field is the gradient in the per-element weight ``w``), by central differences
+    of ``backward`` with an error estimate per element.
+
+    The step in ``x`` is ``cbrt(u) / s`` (the length scale of the normalization), taken
+    on ``x - mu`` where centred (the backward is invariant under a shift of a slice; the
+    rounding of the subtraction moves the point by ``u * |x_i - mu|``, a relative ``u``
+    of the length scale for a drawn case); ``S`` is linear in ``w`` and ``dy``, whose
+    steps are a quarter of ``max(|w_i|, 1)`` and of the row's ``max_j |dy_j|`` (1 if
+    zero). The value is the difference with step ``h``; the error estimate is ``|D(h) -
+    D(2h)|`` (three times the Richardson estimate of the truncation error of ``D(h)``)
+    plus the cancellation: twice a bound of the rounding error of ``S`` over the step
+    taken. A table should be small (each element costs twelve evaluations of its row's
+    backward).
+    """
+    m, n = table.x.shape
+    stats = batch_statistics(table.x, 0)
+    if table.centered:
+        # The backward depends on x - mu only: the differences are taken on x - mu (as
+        # rounded), where a step of a small fraction of the spread is representable
+        # however large the mean.
+        table = replace(table, x=table.x - stats.mean[:, None])
+        s = inverse_std(stats.var, eps)
+    else:
+        s = inverse_std(np.mean(table.x * table.x, axis=1), eps)
+    dy_scale = np.max(np.abs(table.dy), axis=1) if n else np.ones(m)
+    dy_scale[dy_scale == 0] = 1.0
+    w_steps = LINEAR_STEP * np.maximum(np.abs(table.w), 1.0)
+    reach = np.abs(table.dy) + 2 * LINEAR_STEP * dy_scale[:, None]
+    noise = _rounding(table, reach, np.abs(table.w) + 2 * w_steps, s)
+    weights = (table.v, table.v_w, table.v_b)
+    four = len(_MULTIPLIERS)
+
+    def derivative(which: str, steps: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """D(h) per element of the table ``which`` and its error estimate."""
+        tables = {"x": table.x, "dy": table.dy, "w": table.w}
+        rows, moved = _moved(tables[which], steps)
+        blocks = tuple(
+            rows if name == which else np.tile(np.repeat(values, n, axis=0), (four, 1))
+            for name, values in tables.items()
+        )
+        repeated = tuple(np.repeat(c, n, axis=0) for c in weights)
+        changes, summation = _changes(backward, blocks, repeated)  # type: ignore[arg-type]
+        changes = changes.reshape(2, m, n)
+        first = changes[0] / (moved[0] - moved[1])
+        second = changes[1] / (moved[2] - moved[3])
+        cancellation = (noise[:, None] + summation.reshape(m, n)) / np.abs(moved[0] - moved[1])
+        return first, np.abs(first - second) + cancellation
+
+    d_x, e_x = derivative("x", STEP / s[:, None] * np.ones((1, n)))
+    d_dy, e_dy = derivative("dy", LINEAR_STEP * dy_scale[:, None] * np.ones((1, n)))
+    d_w, e_w = derivative("w", w_steps)
+    return SecondOrderEstimate(
+        SecondOrderGradients(d_x, d_w, d_dy), SecondOrderGradients(e_x, e_w, e_dy)
+    )
+
+
+def _rounding(
+    table: SliceTable, abs_dy: FloatArray, abs_w: FloatArray, s: FloatArray
+) -> FloatArray:
+    """A bound of the error of the change of ``S`` between two points, per row, for
+    ``table.x`` centred (or uncentred) and at most the magnitudes ``abs_dy``, ``abs_w``:
+    twice the reference's error of each gradient (batchnorm.md, reference accuracy: at
+    most 6 ulps, each at most ``2 u``, of its natural scale, for n <= 64) weighted by
+    ``|v_i|``, ``|v_w|``, ``|v_b|``. (The sum of the weighted changes is bounded apart.)
+    """
+    xhat = np.abs(table.x) * s[:, None]
+    r = np.sqrt(np.mean(xhat * xhat, axis=1, keepdims=True))
+    abs_g = abs_w * abs_dy
+    m1 = np.mean(abs_g, axis=1, keepdims=True)
+    weighted = np.mean(abs_g * (xhat + r), axis=1, keepdims=True)
+    natural_dx = s[:, None] * (abs_g + m1 + (xhat + r) * weighted)
+    magnitude = (
+        np.sum(np.abs(table.v) * natural_dx, axis=1)
+        + np.sum(np.abs(table.v_w) * abs_dy * (xhat + r), axis=1)
+        + np.sum(np.abs(table.v_b) * abs_dy, axis=1)
+    )
+    result: FloatArray = 24 * _U * magnitude + float(np.finfo(np.float64).tiny)
+    return result
+
+
+# -- batch normalization: one slice per feature -----------------------------------------------
+
+
+def _table(rows: _Rows) -> SliceTable:
+    """BN's features as slices, gamma and its cotangents spread over each."""
+
+    def spread(vector: FloatArray) -> FloatArray:
+        result: FloatArray = np.broadcast_to(vector[:, None], rows.x.shape).copy()
+        return result
+
+    return SliceTable(
+        rows.x, rows.dy, spread(rows.gamma), rows.v, spread(rows.v_gamma), spread(rows.v_beta)
+    )
+
+
 def train_double_backward(
     x: Any,
     dy: Any,
@@ -122,79 +347,17 @@ def train_double_backward(
     eps: float = 1e-5,
     feature_axis: int = 1,
 ) -> SecondOrderGradients:
-    """The gradient of ``S`` in ``x``, ``gamma``, ``dy`` by the closed form (module docstring).
+    """The gradient of ``S`` in ``x``, ``gamma``, ``dy`` by the closed form (module docstring;
+    :func:`slice_double_backward` on the features).
 
     ``gamma`` ``None``: a layer without affine parameters (1); ``v_gamma``, ``v_beta``
     ``None``: zero. Clause: bn.backward.second_order.
     """
     rows = _rows(x, dy, v, v_gamma, v_beta, gamma, feature_axis)
-    stats = batch_statistics(rows.x, 0)
-    n = stats.count
-    s = inverse_std(stats.var, eps)[:, None]
-    g = rows.gamma[:, None]
-    xhat = (rows.x - stats.mean[:, None]) * s
-    a = np.mean(rows.dy, axis=1, keepdims=True)
-    b = np.mean(rows.dy * xhat, axis=1, keepdims=True)
-    vv = np.mean(rows.v * xhat, axis=1, keepdims=True)
-    dyc = rows.dy - a - xhat * b
-    vc = rows.v - np.mean(rows.v, axis=1, keepdims=True) - xhat * vv
-    c = np.mean(rows.v * dyc, axis=1, keepdims=True)
-    d_x = -g * s * s * (xhat * c + dyc * vv + b * vc) + rows.v_gamma[:, None] * s * dyc
-    d_dy = g * s * vc + rows.v_gamma[:, None] * xhat + rows.v_beta[:, None]
-    return SecondOrderGradients(rows.back(d_x), n * (s * c)[:, 0], rows.back(d_dy))
-
-
-def _changes(
-    x: FloatArray,
-    dy: FloatArray,
-    gamma: FloatArray,
-    v: FloatArray,
-    v_gamma: FloatArray,
-    v_beta: FloatArray,
-    eps: float,
-) -> tuple[FloatArray, FloatArray]:
-    """The changes of ``S`` between the points +-h and between +-2h, per column, with a
-    bound of the error of summing them.
-
-    The columns of ``x``, ``dy``, ``v`` (``(n, 4 F)``) are features, in four blocks: the
-    points moved by +h, -h, +2h, -2h. The gradients are differenced elementwise before
-    they are weighted and summed, so the sum adds an error of the order of the change only.
-    """
-    grads = train_backward(dy, x, gamma, eps=eps, feature_axis=1)
-    width = x.shape[1] // len(_MULTIPLIERS)
-
-    def block(array: FloatArray, k: int) -> FloatArray:
-        return array[..., k * width : (k + 1) * width]
-
-    changes, magnitudes = [], []
-    for plus, minus in ((0, 1), (2, 3)):
-        parts = [
-            block(v, plus) * (block(grads.dx, plus) - block(grads.dx, minus)),
-            block(v_gamma, plus) * (block(grads.dgamma, plus) - block(grads.dgamma, minus)),
-            block(v_beta, plus) * (block(grads.dbeta, plus) - block(grads.dbeta, minus)),
-        ]
-        changes.append(np.sum(parts[0], axis=0) + parts[1] + parts[2])
-        magnitudes.append(np.sum(np.abs(parts[0]), axis=0) + np.abs(parts[1]) + np.abs(parts[2]))
-    summation: FloatArray = _U * (x.shape[0] + 2) * magnitudes[0]
-    return np.stack(changes), summation
-
-
-def _columns(rows: FloatArray, steps: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Every element of ``rows`` (``(C, n)``) moved by each multiple of its step in turn.
-
-    Returns the columns (``(n, 4 C n)``: multiplier, feature, element) and the moved
-    values (``(4, C, n)``), as rounded.
-    """
-    features, n = rows.shape
-    copies = np.repeat(rows, n, axis=0)  # row c * n + j: feature c
-    diagonal = (np.arange(features * n), np.tile(np.arange(n), features))
-    blocks, moved = [], []
-    for k in _MULTIPLIERS:
-        block = copies.copy()
-        block[diagonal] = (rows + k * steps).reshape(-1)
-        moved.append(block[diagonal].reshape(features, n))
-        blocks.append(block)
-    return np.concatenate(blocks, axis=0).T, np.stack(moved)
+    found = slice_double_backward(_table(rows), eps)
+    return SecondOrderGradients(
+        rows.back(found.dx), np.sum(found.dgamma, axis=1), rows.back(found.ddy)
+    )
 
 
 def train_second_order_differences(
@@ -208,101 +371,19 @@ def train_second_order_differences(
     eps: float = 1e-5,
     feature_axis: int = 1,
 ) -> SecondOrderEstimate:
-    """The gradient of ``S`` in ``x``, ``gamma``, ``dy`` by central differences of
-    :func:`batchnorm.train_backward`, with an error estimate per element.
-
-    The step in ``x`` is ``cbrt(u) * sqrt(var_B + eps)`` (the length scale of the
-    normalization), taken on ``x - mu_B`` (the backward is invariant under a shift of a
-    feature; the rounding of the subtraction moves the point by ``u * |x_i - mu_B|``,
-    a relative ``u`` of the length scale for a drawn case); ``S`` is linear in ``gamma`` and ``dy``, whose steps are a quarter of
-    ``max(|gamma|, 1)`` and of the feature's ``max_j |dy_j|`` (1 if zero). The
-    value is the difference with step ``h``; the error estimate is ``|D(h) - D(2h)|``
-    (three times the Richardson estimate of the truncation error of ``D(h)``) plus the
-    cancellation: twice a bound of the rounding error of ``S`` over the step taken. A case
-    should be small (each element costs four evaluations of the backward of its feature).
-    Clause: bn.backward.second_order.
+    """The gradient of ``S`` in ``x``, ``gamma``, ``dy`` by central differences of the
+    reference's training backward (:func:`slice_second_order_differences` on the
+    features; the gradient in ``gamma`` the sum of those in its feature's elements), with
+    an error estimate per element. Clause: bn.backward.second_order.
     """
-    given = _rows(x, dy, v, v_gamma, v_beta, gamma, feature_axis)
-    features, n = given.x.shape
-    stats = batch_statistics(given.x, 0)
-    # The backward depends on x - mu_B only: the differences are taken on x - mu_B (as
-    # rounded), where a step of a small fraction of the spread is representable however
-    # large the mean.
-    rows = replace(given, x=given.x - stats.mean[:, None])
-    s = inverse_std(stats.var, eps)
-    dy_scale = np.max(np.abs(rows.dy), axis=1)
-    dy_scale[dy_scale == 0] = 1.0
-    gamma_steps = LINEAR_STEP * np.maximum(np.abs(rows.gamma), 1.0)
-    # (C,): a bound of the error of the change of S between two moved points
-    reach = 2 * LINEAR_STEP * dy_scale[:, None]
-    noise = _rounding(rows, np.abs(rows.dy) + reach, np.abs(rows.gamma) + 2 * gamma_steps, s)
-
-    def derivative(
-        changes: FloatArray, summation: FloatArray, moved: FloatArray, noise: FloatArray
-    ) -> tuple[FloatArray, FloatArray]:
-        """D(h) and its error estimate, from the changes and the points as rounded."""
-        first = changes[0] / (moved[0] - moved[1])
-        second = changes[1] / (moved[2] - moved[3])
-        return first, np.abs(first - second) + (noise + summation) / np.abs(moved[0] - moved[1])
-
-    def tile(vector: FloatArray, per: int) -> FloatArray:
-        result: FloatArray = np.tile(np.repeat(vector, per), len(_MULTIPLIERS))
-        return result
-
-    def wide(table: FloatArray) -> FloatArray:
-        result: FloatArray = np.tile(np.repeat(table, n, axis=0), (len(_MULTIPLIERS), 1)).T
-        return result
-
-    def element_derivative(
-        which: str, steps: FloatArray
-    ) -> tuple[FloatArray, FloatArray]:  # (C, n) values and errors
-        moved_table = rows.x if which == "x" else rows.dy
-        columns, moved = _columns(moved_table, steps)
-        xs = columns if which == "x" else wide(rows.x)
-        dys = columns if which == "dy" else wide(rows.dy)
-        changes, summation = _changes(
-            xs, dys, tile(rows.gamma, n), wide(rows.v), tile(rows.v_gamma, n),
-            tile(rows.v_beta, n), eps,
-        )  # fmt: skip
-        shape = (2, features, n)
-        return derivative(
-            changes.reshape(shape), summation.reshape(shape[1:]), moved, noise[:, None]
-        )
-
-    d_x, e_x = element_derivative("x", STEP / s[:, None] * np.ones((1, n)))
-    d_dy, e_dy = element_derivative("dy", LINEAR_STEP * dy_scale[:, None] * np.ones((1, n)))
-
-    moved_gamma = np.stack([rows.gamma + k * gamma_steps for k in _MULTIPLIERS])
-    blocks = len(_MULTIPLIERS)
-    changes, summation = _changes(
-        np.tile(rows.x.T, blocks), np.tile(rows.dy.T, blocks), moved_gamma.reshape(-1),
-        np.tile(rows.v.T, blocks), np.tile(rows.v_gamma, blocks), np.tile(rows.v_beta, blocks),
-        eps,
-    )  # fmt: skip
-    d_gamma, e_gamma = derivative(changes, summation, moved_gamma, noise)
+    rows = _rows(x, dy, v, v_gamma, v_beta, gamma, feature_axis)
+    found = slice_second_order_differences(_table(rows), slice_backward(True, eps), eps)
+    values, error = found.values, found.error
     return SecondOrderEstimate(
-        SecondOrderGradients(rows.back(d_x), d_gamma, rows.back(d_dy)),
-        SecondOrderGradients(rows.back(e_x), e_gamma, rows.back(e_dy)),
+        SecondOrderGradients(
+            rows.back(values.dx), np.sum(values.dgamma, axis=1), rows.back(values.ddy)
+        ),
+        SecondOrderGradients(
+            rows.back(error.dx), np.sum(error.dgamma, axis=1), rows.back(error.ddy)
+        ),
     )
-
-
-def _rounding(rows: _Rows, abs_dy: FloatArray, abs_gamma: FloatArray, s: FloatArray) -> FloatArray:
-    """A bound of the error of the change of ``S`` between two points, per feature, for
-    centred ``rows.x`` and at most the magnitudes ``abs_dy``, ``abs_gamma``: twice the
-    reference's error of each gradient (batchnorm.md, reference accuracy: at most 6 ulps,
-    each at most ``2 u``, of its natural scale, for n <= 64) weighted by ``|v_i|``,
-    ``|v_gamma|``, ``|v_beta|``. (The sum of the weighted changes is bounded apart.)
-    """
-    n = rows.x.shape[1]
-    xhat = np.abs(rows.x) * s[:, None]
-    r = np.sqrt(np.mean(xhat * xhat, axis=1, keepdims=True))
-    m1 = np.mean(abs_dy, axis=1, keepdims=True)
-    weighted = np.mean(abs_dy * (xhat + r), axis=1, keepdims=True)
-    natural_dx = abs_gamma[:, None] * s[:, None] * (abs_dy + m1 + (xhat + r) * weighted)
-    magnitude = (
-        np.sum(np.abs(rows.v) * natural_dx, axis=1)
-        + np.abs(rows.v_gamma) * n * weighted[:, 0]
-        + np.abs(rows.v_beta) * n * m1[:, 0]
-    )
-    result: FloatArray = 24 * _U * magnitude + float(np.finfo(np.float64).tiny)
-    return result

@@ -321,8 +321,19 @@ class JaxFamilyComputation(Computation):
             dvariables, dx = pullback(dy)
             return dx, dvariables
 
+        def second_order(
+            variables: Tree, x: jax.Array, dy: jax.Array, v: jax.Array, v_tree: Tree
+        ) -> Any:
+            def total(variables: Tree, x: jax.Array, dy: jax.Array) -> jax.Array:
+                dx, dvariables = gradients(variables, x, dy)
+                weighted = jax.tree_util.tree_map(lambda a, b: (a * b).sum(), dvariables, v_tree)
+                return (v * dx).sum() + sum(jax.tree_util.tree_leaves(weighted))
+
+            return jax.grad(total, argnums=(0, 1, 2))(variables, x, dy)
+
         self._forward = jax.jit(apply)
         self._gradients = jax.jit(gradients)
+        self._second_order = jax.jit(second_order)
 
     def _names(self) -> dict[str, str]:
         """``{"weight": name, "bias": name}`` of the variables the layer holds."""
@@ -365,11 +376,42 @@ class JaxFamilyComputation(Computation):
                 found.get("bias"),
             )
 
+    def second_order(
+        self,
+        x: Array,
+        dy: Array,
+        cotangents: tuple[Array, Array | None, Array | None],
+        weight: Array | None,
+        bias: Array | None,
+    ) -> tuple[Array, Array | None, Array]:
+        """jax.grad of ``S`` through the jax.vjp of the layer (the vjp of the vjp)."""
+        name = self.config.dtype
+        v, v_weight, v_bias = cotangents
+        zeros = np.zeros(self.shape)
+        with precision(name):  # the trees' leaves are converted in the layer's precision
+            v_tree = self._tree(
+                zeros if v_weight is None else v_weight, zeros if v_bias is None else v_bias
+            )
+            dtree, d_x, d_dy = self._second_order(
+                self._tree(weight, bias), to_jax(x, name), to_jax(dy, name), to_jax(v, name), v_tree
+            )
+            d_weight = (
+                as_float64(leaf(dtree, self._names()["weight"], "gradients"), self.shape)
+                if "weight" in self._names()
+                else None
+            )
+            return (
+                from_jax(d_x, shape=x.shape, dtype=self.dtype, what="d_x"),
+                d_weight,
+                from_jax(d_dy, shape=x.shape, dtype=self.dtype, what="d_dy"),
+            )
+
 
 class JaxFamily(FamilyImplementation):
     """A normalization-family class of a JAX library under test."""
 
     compiles_per_shape = True
+    double_backward = True
 
     def __init__(
         self,

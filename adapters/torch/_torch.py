@@ -222,6 +222,42 @@ def differentiable(tensors: Sequence[torch.Tensor]) -> Iterator[None]:
             tensor.requires_grad_(False)
 
 
+def double_backward(
+    forward: Callable[[torch.Tensor], object],
+    inputs: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    cotangent: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradient in ``inputs``, ``params[0]`` (where given) and ``cotangent`` of ``S =
+    sum(weights[0] * dx) + sum(weights[k] * dparams[k - 1])``, the first-order gradients taken
+    by ``torch.autograd.grad(create_graph=True)`` of ``forward(inputs)`` for ``cotangent``
+    (``inputs`` and ``cotangent`` requiring grad; the caller makes ``params`` require it).
+    The double backward of every torch adapter (bn/ln/rms/gn/in.backward.second_order).
+
+    A backward autograd cannot differentiate raises; a gradient that does not depend on an
+    input is ``None``.
+    """
+    with torch.enable_grad():
+        y = forward(inputs)
+        from_torch(y, shape=inputs.shape, dtype=dtype, what="the output")
+        assert isinstance(y, torch.Tensor)
+        first = torch.autograd.grad(
+            y, [inputs, *params], grad_outputs=cotangent, create_graph=True, allow_unused=True
+        )
+        terms = [
+            (grad * weight).sum()
+            for grad, weight in zip(first, weights, strict=True)
+            if grad is not None and grad.requires_grad
+        ]
+        if not terms:
+            raise RuntimeError("the gradients of the backward pass do not require grad")
+        total = torch.stack([term.to(torch.float64) for term in terms]).sum()
+        wrt = [inputs, *params[:1], cotangent]
+        return torch.autograd.grad(total, wrt, allow_unused=True)
+
+
 # -- the layer ------------------------------------------------------------------------------
 
 
@@ -321,23 +357,15 @@ class TorchLayer(ArrayLayer):
         cotangent = to_torch(dy, self.input_dtype, self.device).requires_grad_(True)
         weights = [to_torch(v, self.input_dtype, self.device)]
         weights += [vector_to_torch(c, p) for c, p in zip((v_gamma, v_beta), params, strict=False)]
-        with restored(self.mutable_tensors()), differentiable(params), torch.enable_grad():
-            y = self.forward(inputs, training=True)
-            from_torch(y, shape=x.shape, dtype=self.input_dtype, what="the output")
-            assert isinstance(y, torch.Tensor)
-            first = torch.autograd.grad(
-                y, [inputs, *params], grad_outputs=cotangent, create_graph=True, allow_unused=True
+        with restored(self.mutable_tensors()), differentiable(params):
+            second = double_backward(
+                lambda t: self.forward(t, training=True),
+                inputs,
+                params,
+                cotangent,
+                weights,
+                self.input_dtype,
             )
-            terms = [
-                (grad * weight).sum()
-                for grad, weight in zip(first, weights, strict=True)
-                if grad is not None and grad.requires_grad
-            ]
-            if not terms:
-                raise RuntimeError("the gradients of the backward pass do not require grad")
-            total = torch.stack([term.to(torch.float64) for term in terms]).sum()
-            wrt = [inputs, *params[:1], cotangent]
-            second = torch.autograd.grad(total, wrt, allow_unused=True)
         d_gamma = (
             self._gradient(second[1], params[0], "d_gamma")
             if params

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,9 +38,17 @@ from normspec.adapters.protocol import (
     State,
     UnsupportedConfig,
 )
-from normspec.adapters.torch._torch import device_versions, from_torch, resolve_device, to_torch
+from normspec.adapters.torch._torch import (
+    device_versions,
+    differentiable,
+    double_backward,
+    from_torch,
+    resolve_device,
+    to_torch,
+)
 from normspec.adapters.torch._torch import torch_dtype as dtype_of
 from normspec.reference import Gradients
+from normspec.reference.second_order import SecondOrderGradients
 
 MODULE_ARGUMENTS = ("normalized_shape", "eps", "elementwise_affine")
 TargetT = TypeVar("TargetT", bound="TorchTarget")
@@ -135,6 +144,44 @@ class FamilyLayer:
             gradient("dx", inputs), gradient("dweight", self.weight), gradient("dbias", self.bias)
         )
 
+    def second_order_vjp(
+        self, x: Array, dy: Array, v: Array, v_gamma: Array, v_beta: Array
+    ) -> SecondOrderGradients:
+        """Double backward (ln/rms/gn/in.backward.second_order): the vjp by
+        ``torch.autograd.grad(create_graph=True)``, then the gradient of ``S = sum(v * dx) +
+        sum(v_gamma * dweight) + sum(v_beta * dbias)`` in x, the weight and dy (the BN
+        adapters' mechanism, :func:`_torch.double_backward`); a gradient that does not
+        depend on an input is zero."""
+        inputs = to_torch(x, self.dtype, self.device).requires_grad_(True)
+        cotangent = to_torch(dy, self.dtype, self.device).requires_grad_(True)
+        params = [p for p in (self.weight, self.bias) if p is not None]
+        weights = [to_torch(v, self.dtype, self.device)]
+        for values, p in ((v_gamma, self.weight), (v_beta, self.bias)):
+            if p is not None:
+                weights.append(to_torch(np.asarray(values).reshape(p.shape), p.dtype, p.device))
+        with differentiable(params):
+            second = double_backward(
+                lambda t: self.call(t, self.weight, self.bias),
+                inputs,
+                params,
+                cotangent,
+                weights,
+                self.dtype,
+            )
+
+        def gradient(grad: torch.Tensor | None, of: torch.Tensor, name: str) -> Array:
+            value = torch.zeros_like(of) if grad is None else grad
+            return from_torch(value, shape=of.shape, dtype=of.dtype, what=name)
+
+        d_weight = (
+            gradient(second[1], self.weight, "d_weight")
+            if self.weight is not None
+            else np.zeros(np.shape(v_gamma))
+        )
+        return SecondOrderGradients(
+            gradient(second[0], inputs, "d_x"), d_weight, gradient(second[-1], cotangent, "d_dy")
+        )
+
 
 class TorchTarget:
     """A torch module class or function of one family layer kind under test: what the
@@ -160,6 +207,27 @@ class TorchTarget:
 
     def versions(self) -> Mapping[str, str]:
         return device_versions(self.device)
+
+    def with_double_backward(self, caps: Capabilities, config: LayerConfig) -> Capabilities:
+        """``caps`` with double_backward set by one double backward of a tiny layer built for
+        ``config`` (float64, two slices of two values or more); why it failed goes to
+        ``notes["double_backward"]``."""
+        family = self.family_of(config)
+        grouped = (2, config.num_features, *([3] * (config.rank - 2)))
+        shape = grouped if not family.normalized_shape else (2, *family.normalized_shape)
+        x = (np.arange(float(np.prod(shape))) % 5).reshape(shape)
+        ones = np.ones(shape)
+        try:
+            layer: FamilyLayer = self.build(config)  # type: ignore[attr-defined]
+            param = np.ones(tuple(layer.weight.shape) if layer.weight is not None else (0,))
+            layer.second_order_vjp(x, ones, ones, param, param)
+        except Exception as error:  # autograd cannot differentiate the backward
+            reason = f"{type(error).__name__}: {error}".splitlines()[0]
+            note = f"its backward is not differentiable: {reason}"
+            return replace(
+                caps, double_backward=False, notes={**caps.notes, "double_backward": note}
+            )
+        return replace(caps, double_backward=True)
 
     def family_of(self, config: LayerConfig) -> FamilyConfig:
         """The configuration's layer, refused unless it is of this target's kind."""
@@ -194,7 +262,7 @@ class TorchFamily(TorchTarget):
     """A torch LayerNorm/RMSNorm module class or function under test."""
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
+        caps = Capabilities(
             dtypes=frozenset(ALL_DTYPES),
             batchnorm=False,
             layernorm=self.kind == "layernorm",
@@ -205,6 +273,11 @@ class TorchFamily(TorchTarget):
             elementwise_bias=self.takes_bias,
             notes={"batchnorm": f"it is a {self.kind} layer", "renorm": f"a {self.kind} layer"},
         )
+        family = FamilyConfig(self.kind, (3,), self.takes_bias)
+        probe = LayerConfig(
+            2, 2, 1, "float64", 1e-5, None, track_running_stats=False, family=family
+        )
+        return self.with_double_backward(caps, probe)
 
     def build(self, config: LayerConfig) -> FamilyLayer:
         family = self.family_of(config)

@@ -29,6 +29,7 @@ from normspec.adapters.protocol import (
     ALL_DTYPES,
     Array,
     Capabilities,
+    FamilyConfig,
     FamilyKind,
     LayerConfig,
     State,
@@ -118,9 +119,10 @@ class TorchGrouped(TorchTarget):
     """A torch GroupNorm/InstanceNorm module class or function under test."""
 
     def capabilities(self) -> Capabilities:
-        return Capabilities(
+        ranks = _ranks(self.target, self.kind)
+        caps = Capabilities(
             dtypes=frozenset(ALL_DTYPES),
-            ranks=_ranks(self.target, self.kind),
+            ranks=ranks,
             batchnorm=False,
             groupnorm=self.kind == "groupnorm",
             instancenorm=self.kind == "instancenorm",
@@ -130,6 +132,14 @@ class TorchGrouped(TorchTarget):
             without_affine=True,
             notes={"batchnorm": f"it is a {self.kind} layer", "renorm": f"a {self.kind} layer"},
         )
+        family = FamilyConfig(
+            self.kind, (), True, num_groups=2 if self.kind == "instancenorm" else 1
+        )
+        rank = min(ranks)
+        probe = LayerConfig(
+            2, rank, 1, "float64", 1e-5, None, track_running_stats=False, family=family
+        )
+        return self.with_double_backward(caps, probe)
 
     def build(self, config: LayerConfig) -> GroupedLayer:
         self.family_of(config)

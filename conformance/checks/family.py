@@ -13,26 +13,29 @@ expectations come from :mod:`normspec.reference.family` and the tolerances from
 
 Attribution: ``*.train.statistics`` is checked without affine parameters, ``*.train.output``
 with them (and depends on it), the gradients depend on the output, the degenerate slices and
-the accuracy clause on the value clauses of the same forward.
+the accuracy clause on the value clauses of the same forward; the double backward
+(``*.backward.second_order``, small cases, where ``double_backward`` is offered) on ``dx``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from normspec.adapters.protocol import Array, FamilyKind
+from normspec.adapters.protocol import Array, Capabilities, FamilyKind, SecondOrderLayer
 from normspec.conformance.checks import Body, check
 from normspec.conformance.context import CheckContext, Violation
-from normspec.conformance.dtypes import float_format
+from normspec.conformance.dtypes import float_format, round_to
 from normspec.conformance.menu_family import FamilyEntry, FamilyWants, family_menu
 from normspec.conformance.menu_group import GroupEntry, group_menu
-from normspec.conformance.strategies import arrange
+from normspec.conformance.strategies import arrange, standard_values
 from normspec.conformance.strategies_family import (
+    EPS_VALUES,
     GROUPED,
     FamilyCase,
     held_eps,
@@ -45,18 +48,24 @@ from normspec.conformance.tolerance import (
     inference_output_bound,
 )
 from normspec.conformance.tolerance_family import (
+    SecondOrderArguments,
     Slices,
     instance_running_bounds,
     layernorm_backward_bounds,
     layernorm_output_bound,
     rms_backward_bounds,
     rms_output_bound,
+    second_order_family_bounds,
 )
 from normspec.reference import Gradients, family
 from normspec.reference.family_dialect import (
     FamilyDialect,
     rms_norm_outside,
     rms_norm_outside_backward,
+)
+from normspec.reference.family_second_order import (
+    FamilySlices,
+    family_second_order_differences,
 )
 
 #: The clause prefix of each layer.
@@ -182,15 +191,19 @@ def draw(
     default_eps: bool = False,
     eps: float | None = None,
     simple: bool = False,
+    small: bool = False,
     **options: Any,
 ) -> FamilyCase:
     """A case of the layer under the profile's dialect of it: its scale (``w``, ``1 + w``),
     and with ``default_eps`` (the value clauses) the profile's default eps in one case of
     four (dialects.md: family.*); ``eps``: that eps. Under a run's menu (an implementation
     that compiles per configuration) a case's configuration comes from the family's menu
-    (:mod:`menu_family`, :mod:`menu_group`; ``simple``: its first entries only)."""
+    (:mod:`menu_family`, :mod:`menu_group`; ``simple``: its first entries only). ``small``:
+    at most :data:`SMALL_VALUES` values (the menu's entries that small, else drawn so)."""
     if kind in GROUPED:
         grouped = _group_entries(ctx, kind, eps, simple, options)
+        if small:
+            grouped = _small(data, grouped, _small_group_entry(ctx.capabilities, kind))
         grouped_case = ctx.draw_case(data, kind, fixed_eps=eps, entries=grouped, **options)
         assert isinstance(grouped_case, FamilyCase)
         return grouped_case
@@ -198,6 +211,8 @@ def draw(
     default = default_eps and data.draw(_DEFAULT_EPS, label="the profile's default eps")
     fixed = form.default_eps_for(ctx.dtypes[0]) if default else eps
     entries = _menu_entries(ctx, kind, fixed, simple, options)
+    if small:
+        entries = _small(data, entries, _small_layer_entry(ctx.capabilities))
     case = ctx.draw_case(data, kind, fixed_eps=fixed, entries=entries, **options)
     assert isinstance(case, FamilyCase)
     config = case.config
@@ -246,6 +261,52 @@ def _group_entries(
     )
     wants = replace(_wants(ctx, eps, options), min_group_values=options.get("min_group_values", 2))
     return grouped.choices(wants, simple=simple)
+
+
+#: The most values of a ``small`` case (a double backward's: its expectation costs twelve
+#: evaluations of a slice's backward per value).
+SMALL_VALUES = 144
+Small = TypeVar("Small", FamilyEntry, GroupEntry)
+_SMALL_SIZES = st.integers(1, 3)
+
+
+def _small(data: Any, entries: list[Small] | None, free: st.SearchStrategy[Small]) -> list[Small]:
+    """The menu's entries of at most :data:`SMALL_VALUES` values (its first if none is), or
+    without a menu one drawn from ``free``."""
+    if entries is None:
+        return [data.draw(free, label="a small configuration")]
+    fitting = [e for e in entries if int(np.prod(e.shape, dtype=np.int64)) <= SMALL_VALUES]
+    return fitting or entries[:1]
+
+
+@st.composite
+def _small_layer_entry(draw: st.DrawFn, capabilities: Capabilities) -> FamilyEntry:
+    """A LayerNorm or RMSNorm configuration of at most 144 values."""
+    normalized = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=2)))
+    leading = tuple(draw(st.lists(_SMALL_SIZES, max_size=2)))
+    affine = draw(st.booleans()) if capabilities.without_affine else True
+    bias = affine and capabilities.elementwise_bias and draw(st.booleans())
+    return FamilyEntry(leading, normalized, draw(EPS_VALUES), affine, bias)
+
+
+@st.composite
+def _small_group_entry(draw: st.DrawFn, capabilities: Capabilities, kind: FamilyKind) -> GroupEntry:
+    """A GroupNorm or InstanceNorm configuration of at most 144 values, two per group at
+    least."""
+    instance = kind == "instancenorm"
+    ranks = sorted(r - 2 for r in capabilities.ranks if r >= (3 if instance else 2))
+    spatial = [draw(_SMALL_SIZES) for _ in range(draw(st.sampled_from(ranks)))]
+    width = 1 if instance else draw(st.integers(1, 2))
+    batch, groups = draw(st.integers(1, 2)), draw(_SMALL_SIZES)
+    while batch * groups * width * int(np.prod(spatial, dtype=np.int64)) > SMALL_VALUES:
+        spatial[spatial.index(max(spatial))] -= 1
+    if width * int(np.prod(spatial, dtype=np.int64)) < 2:
+        if spatial:
+            spatial[-1] = 2
+        else:
+            width = 2
+    affine = draw(st.booleans()) if capabilities.without_affine else True
+    return GroupEntry(batch, groups, width, tuple(spatial), draw(EPS_VALUES), affine)
 
 
 def _wants(ctx: CheckContext, eps: float | None, options: Any) -> FamilyWants:
@@ -573,6 +634,79 @@ def infer_running(ctx: CheckContext, data: Any) -> None:
         raise Violation("inference changed the running statistics")
 
 
+def _second_order_cotangents(
+    ctx: CheckContext, data: Any, case: FamilyCase
+) -> tuple[Array, Array, Array]:
+    """``v`` (input-shaped), ``v_weight`` and ``v_bias`` (parameter-shaped; zero without the
+    parameter), values of the case's dtype."""
+    dtype = case.config.dtype
+    v = round_to(data.draw(standard_values(case.x.shape, stream=2), label="v"), dtype)
+    vector = hnp.arrays(
+        np.float64, case.param_shape, elements=st.floats(-1.0, 1.0), fill=st.nothing()
+    )
+    zeros = np.zeros(case.param_shape)
+    with_weight = case.params is not None
+    v_weight = round_to(data.draw(vector, label="v_weight"), dtype) if with_weight else zeros
+    v_bias = round_to(data.draw(vector, label="v_bias"), dtype) if case.family.bias else zeros
+    ctx.notes.update(v=v.tolist(), v_weight=v_weight.tolist(), v_bias=v_bias.tolist())
+    return v, v_weight, v_bias
+
+
+def _second_order_slices(case: FamilyCase, form: FamilyDialect) -> FamilySlices:
+    shape = case.x.shape
+    if case.grouped:
+        return FamilySlices.group_norm(shape, case.family.num_groups)
+    if case.family.kind == "layernorm":
+        return FamilySlices.layer_norm(shape, case.normalized_shape)
+    return FamilySlices.rms_norm(
+        shape, case.normalized_shape, offset=case.family.scale_offset, outside_root=_outside(form)
+    )
+
+
+def second_order(kind: FamilyKind) -> Body:
+    """``*.backward.second_order``: small cases; the expected values are central differences
+    of the reference's backward (:mod:`normspec.reference.family_second_order`)."""
+
+    def body(ctx: CheckContext, data: Any) -> None:
+        case = draw(ctx, data, kind, affine=None, small=True)
+        v, v_weight, v_bias = _second_order_cotangents(ctx, data, case)
+        layer = ctx.build(case)
+        ctx.require(
+            isinstance(layer, SecondOrderLayer),
+            "the implementation declares double_backward, but its layer has no second_order_vjp",
+        )
+        assert isinstance(layer, SecondOrderLayer)
+        got = ctx.call(
+            "second_order_vjp", layer.second_order_vjp, case.x, case.dy, v, v_weight, v_bias
+        )
+        form = ctx.dialect.family_dialect(case.family.kind)
+        slices = _second_order_slices(case, form)
+        weight, _ = _parameters(case)
+        eps, dtype = case.config.eps, case.config.dtype
+        expected = family_second_order_differences(
+            case.x, case.dy, v, v_weight, v_bias, weight, slices, eps=eps
+        )
+        arguments = SecondOrderArguments(case.x, case.dy, v, _scale(case), v_weight, v_bias)
+        bounds = second_order_family_bounds(
+            ctx.precision(dtype),
+            arguments,
+            _view(case),
+            eps,
+            expected,
+            centered=slices.centered,
+            outside_root=slices.outside_root,
+        )
+        names = ("d_x", "d_weight", "d_dy") if case.params is not None else ("d_x", "d_dy")
+        fields = {"d_x": "dx", "d_weight": "dgamma", "d_dy": "ddy"}
+        shapes = {"d_x": case.x.shape, "d_weight": case.param_shape, "d_dy": case.x.shape}
+        for name in names:
+            actual = ctx.shape_of(name, getattr(got, fields[name], None), shapes[name])
+            want, bound = getattr(expected.values, fields[name]), getattr(bounds, fields[name])
+            ctx.expect(_compare(f"second order {name}", actual, want, bound, dtype, None))
+
+    return body
+
+
 def _register() -> None:
     for kind in KINDS:
         p = PREFIX[kind]
@@ -587,6 +721,12 @@ def _register() -> None:
         check(f"{p}.backward.dparams", needs=("backward",), depends_on=checked, training=False)(
             gradients_params(kind)
         )
+        check(
+            f"{p}.backward.second_order",
+            needs=("backward", "double_backward"),
+            depends_on=(f"{p}.backward.dx",),
+            training=False,
+        )(second_order(kind))
         check(f"{p}.accuracy.forward", depends_on=checked, training=False)(accuracy(kind))
         degenerate_id = "rms.degenerate.zero" if kind == "rmsnorm" else f"{p}.degenerate.constant"
         check(degenerate_id, depends_on=checked, training=False)(degenerate(kind))

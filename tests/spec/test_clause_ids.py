@@ -122,6 +122,11 @@ STABLE = [
     "in.params.eps SHOULD",
     "in.running.update MUST",
     "in.infer.output MUST",
+    # the family's double backward
+    "ln.backward.second_order MUST",
+    "rms.backward.second_order MUST",
+    "gn.backward.second_order MUST",
+    "in.backward.second_order MUST",
 ]
 
 
