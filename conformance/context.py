@@ -26,6 +26,7 @@ from normspec.conformance.dtypes import Ulps
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
 from normspec.conformance.isolation import IsolatedImplementation
 from normspec.conformance.menu import Menu
+from normspec.conformance.reuse import made
 from normspec.conformance.strategies import Case, cases
 from normspec.conformance.tolerance import Comparison, Precision
 from normspec.messages import strided_copy
@@ -167,7 +168,8 @@ class CheckContext:
     ) -> CaseT:
         """Start an example with a case drawn from its chapter's ``strategy`` (called with
         the capabilities, the dialect, the dtypes and ``options``)."""
-        drawn: CaseT = data.draw(strategy(self.capabilities, self.dialect, self.dtypes, **options))
+        chapter = made(strategy, self.capabilities, self.dialect, self.dtypes, **options)
+        drawn: CaseT = data.draw(chapter)
         return self.start(drawn)
 
     def draw_case(self, data: Any, **options: Any) -> Case[Any]:
