@@ -28,6 +28,7 @@ from normspec.conformance.dtypes import Ulps
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
 from normspec.conformance.isolation import IsolatedImplementation
 from normspec.conformance.menu import Menu
+from normspec.conformance.reuse import made
 from normspec.conformance.strategies import Case, cases
 from normspec.conformance.strategies_family import group_cases, layer_cases
 from normspec.conformance.strategies_renorm import renorm_cases
@@ -196,21 +197,14 @@ class CheckContext:
         self.case = case
         return case
 
-    def draw(
-        self, data: Any, strategy: Callable[..., SearchStrategy[CaseT]], **options: Any
-    ) -> CaseT:
-        """Start an example with a case drawn from its chapter's ``strategy`` (called with
-        the capabilities, the dialect, the dtypes and ``options``)."""
-        drawn: CaseT = data.draw(strategy(self.capabilities, self.dialect, self.dtypes, **options))
-        return self.start(drawn)
-
     def cases_of(self, chapter: Chapter = "batchnorm", **options: Any) -> SearchStrategy[Any]:
         """The cases of ``chapter`` for this implementation: the chapter's strategy
         (:data:`CASE_STRATEGIES`; ``options`` are the strategy's), its settings from the
         run's menu where the chapter draws from one (:data:`MENU_CHAPTERS`)."""
         if chapter in MENU_CHAPTERS:
             options = {"menu": self.menu, **options}
-        return CASE_STRATEGIES[chapter](self.capabilities, self.dialect, self.dtypes, **options)
+        strategy = CASE_STRATEGIES[chapter]
+        return made(strategy, self.capabilities, self.dialect, self.dtypes, **options)
 
     def draw_case(self, data: Any, chapter: Chapter = "batchnorm", **options: Any) -> Case[Any]:
         """Start an example with a case of ``chapter`` (:meth:`cases_of`)."""

@@ -44,6 +44,7 @@ from normspec.conformance.menu import (
     feature_axis_for,
     fitted_shape,
 )
+from normspec.conformance.reuse import reused, sampled
 from normspec.reference import RunningStatistics, debias_factor
 from normspec.reference.dialects import Dialect
 from normspec.reference.renorm import RenormStatistics
@@ -101,9 +102,10 @@ def values_of(draw: st.DrawFn, elements: st.SearchStrategy[float], size: int) ->
 
 def dtypes(allowed: Sequence[DTypeName]) -> st.SearchStrategy[DTypeName]:
     """One of the allowed dtypes, shrinking towards the first (conv.io.shape_dtype)."""
-    return st.sampled_from(list(allowed))
+    return sampled(allowed)
 
 
+@reused
 @st.composite
 def shapes(
     draw: st.DrawFn,
@@ -122,12 +124,18 @@ def shapes(
     """
     spatial = [draw(st.integers(1, max_spatial)) for _ in range(rank - 2)]
     # batch sizes 1 and 2 are where implementations break: draw them often
-    wanted = draw(st.one_of(_SMALL_BATCHES, st.integers(1, max(1, max_batch))))
+    wanted = draw(_batch_sizes(max(1, max_batch)))
     return fitted_shape(
         wanted, spatial, feature_axis, num_features, min_count=min_count, max_batch=max_batch
     )
 
 
+@reused
+def _batch_sizes(max_batch: int) -> st.SearchStrategy[int]:
+    return st.one_of(_SMALL_BATCHES, st.integers(1, max_batch))
+
+
+@reused
 @st.composite
 def standard_values(
     draw: st.DrawFn,
@@ -159,6 +167,7 @@ def cotangents(shape: tuple[int, ...], stream: int = 1) -> st.SearchStrategy[Arr
     return standard_values(shape, 0, stream=stream)
 
 
+@reused
 @st.composite
 def feature_values(
     draw: st.DrawFn,
@@ -184,10 +193,7 @@ def feature_values(
     else:
         top = OFFSET_EXPONENTS[dtype]
         ratio = np.array(
-            [
-                draw(SIGNS) * 10.0 ** draw(st.one_of(st.just(top), st.integers(1, top)))
-                for _ in range(features)
-            ]
+            [draw(SIGNS) * 10.0 ** draw(_offset_exponents(top)) for _ in range(features)]
         )
     z = draw(standard_values(shape, elementwise_limit))
     bshape = [1] * len(shape)
@@ -196,6 +202,12 @@ def feature_values(
     return round_to(x, dtype)
 
 
+@reused
+def _offset_exponents(top: int) -> st.SearchStrategy[int]:
+    return st.one_of(st.just(top), st.integers(1, top))
+
+
+@reused
 def memory_layouts(rank: int) -> st.SearchStrategy[Layout]:
     """The memory arrangements an input can arrive in (conv.layout.memory)."""
     options: list[Layout] = ["strided", "transposed"]
@@ -219,6 +231,7 @@ def arrange(x: Array, layout: Layout, feature_axis: int) -> Array:
     return np.moveaxis(moved, -1, feature_axis)
 
 
+@reused
 @st.composite
 def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> tuple[Array, Array]:
     """gamma and beta in [-2, 2] (zero and negative gamma included), normal numbers of the
@@ -276,6 +289,7 @@ def zero_debiased_state(
     return RunningStatistics(mean, var, steps)
 
 
+@reused
 def canonical_rates(dialect: Dialect | None = None) -> st.SearchStrategy[float]:
     """Update rates alpha in [0, 1], the common ones first; with a dialect, only those
     whose momentum lies in its ``momentum_domain`` (bn.running.mean, bn.running.var)."""
@@ -288,7 +302,7 @@ def canonical_rates(dialect: Dialect | None = None) -> st.SearchStrategy[float]:
 def eps_values(dialect: Dialect) -> st.SearchStrategy[float]:
     """Positive eps: the dialect's default first, then values that meet realistic variances
     (bn.train.output, bn.infer.output)."""
-    return st.sampled_from(eps_choices(dialect))
+    return sampled(eps_choices(dialect))
 
 
 #: The statistic state a case starts from: running statistics (BN, sync, ghost) or moving
@@ -470,13 +484,14 @@ class Wanted:
         )
 
 
+@reused
 @st.composite
 def free_settings(
     draw: st.DrawFn, capabilities: Capabilities, dialect: Dialect, wanted: Constraints
 ) -> Setting:
     """A setting drawn freely within the constraints (no :class:`~menu.Menu`)."""
-    rank = draw(st.sampled_from(sorted(capabilities.ranks)))
-    feature_axis = feature_axis_for(rank, draw(st.sampled_from(wanted.positions)))
+    rank = draw(sampled(sorted(capabilities.ranks)))
+    feature_axis = feature_axis_for(rank, draw(sampled(wanted.positions)))
     features = draw(st.integers(wanted.min_features, wanted.max_features))
     shape = draw(
         shapes(
@@ -500,6 +515,7 @@ def free_settings(
     )
 
 
+@reused
 def settings(
     capabilities: Capabilities, dialect: Dialect, wanted: Constraints, menu: Menu | None
 ) -> st.SearchStrategy[Setting]:

@@ -36,6 +36,7 @@ from normspec.adapters.protocol import (
 from normspec.conformance.dtypes import round_to, round_to_normal
 from normspec.conformance.menu_family import FamilyEntry
 from normspec.conformance.menu_group import GroupEntry
+from normspec.conformance.reuse import reused
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     Case,
@@ -172,6 +173,7 @@ def family_config(
     )
 
 
+@reused
 @st.composite
 def slice_values(
     draw: st.DrawFn,
