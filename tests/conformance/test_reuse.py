@@ -49,9 +49,9 @@ def test_a_frozen_dataclass_holding_a_dict_is_kept_by_identity() -> None:
 
 
 def _wanted(capabilities: Capabilities) -> Any:
-    from normspec.conformance.strategies import constraints
+    from normspec.conformance.strategies import Wanted
 
-    return constraints(capabilities)
+    return Wanted().within(capabilities)
 
 
 def _draws(shared: bool) -> list[bytes]:
