@@ -14,8 +14,17 @@ and in the program that runs the module (:class:`FlaxApi`: ``LinenProgram``,
 It is checked under the profile that describes its dialect (the renorm clauses only): a
 layer config becomes the module a user writes (:func:`normspec.adapters.jax._flax.flax_arguments`:
 ``momentum`` in the profile's convention, ``epsilon``, ``axis``, ``use_scale = use_bias``,
-``dtype``, ``param_dtype``) with the config's bounds and warm-up step. One program is
-compiled per configuration (bounds, warm-up, eps and momentum are static).
+``dtype``, ``param_dtype``) with the config's bounds and warm-up step.
+
+**Compilation** (issue 13's budget). The bounds, eps and momentum are constants of each
+compiled program, as the Python floats a user passes are: as jit arguments, ``1 - momentum``
+or ``1 / r_max`` would be computed in float32 rather than in float64 and then rounded, a
+change to the library's arithmetic. The warm-up step, an integer compared with the integer
+step counter, is a jit argument where the class traces alike with it as one
+(:func:`traces_alike`, decided on its first program): configurations that differ only in it
+(constant bounds are warm-up 0, and each switch step) share their compilations
+(:func:`normspec.adapters.jax._module.share_compilation`). A layer whose parameters and
+state are all set computes no initial variables (no ``init`` compiled).
 """
 
 from __future__ import annotations
@@ -96,31 +105,10 @@ class NnxWarmupProgram(NnxProgram):
 
     hyper: Mapping[str, Any] = MappingProxyType({})
 
-    def __init__(self, cls: type[nnx.Module], arguments: Mapping[str, Any], config: LayerConfig):
-        super().__init__(cls, arguments, config)
-        self.module_class, self.arguments = cls, arguments
-
-    def _graph(self, training: bool) -> Any:
+    def graph(self, training: bool) -> Any:
         if not self.hyper:
-            return self.train_graph if training else self.infer_graph
-        factory: Any = self.module_class
-        module = factory(
-            self.config.num_features,
-            use_running_average=not training,
-            rngs=nnx.Rngs(0),
-            **{**self.arguments, **self.hyper},
-        )
-        graph: Any = nnx.split(module, nnx.Param, ...)[0]
-        return graph
-
-    def apply_train(
-        self, params: Tree, stats: Tree, x: jax.Array, *, mask: jax.Array | None = None
-    ) -> tuple[Any, Tree]:
-        options = {} if mask is None else {"mask": mask}
-        return self._apply(self._graph(True), params, stats, x, **options)
-
-    def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
-        return self._apply(self._graph(False), params, stats, x)
+            return super().graph(training)
+        return nnx.graphdef(self.module(self.config, not training, **self.hyper))
 
 
 LINEN = FlaxApi("flax.linen", nn.Module, module_fields, LinenWarmupProgram)
