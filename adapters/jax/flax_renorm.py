@@ -325,7 +325,7 @@ class FlaxRenormImplementation(JaxImplementation):
             program.hyper = hyper
             renorm = {k: v for k, v in self._renorm_arguments(config).items() if k != warmup}
             shared = (*super().program_key(config), repr(sorted(renorm.items())))
-            share_compilation(program, (self.module_class, *shared), hyper)
+            share_compilation(program, (self.module_class, self.parameters, *shared), hyper)
         return program
 
     def make_layer(self, config: LayerConfig) -> JaxRenormLayer:
