@@ -21,13 +21,15 @@ With ``--baseline REV`` each target is checked cold only, by this checkout and b
 by side in the same run (their runs alternating, so that a busy machine slows both alike):
 REV is checked out into a temporary ``git worktree`` and run by the same interpreter, with
 ``PYTHONPATH`` pointing at a package tree built from it (the checkout's own code is run the
-same way).
+same way). Every clause whose verdict (its outcome and its outcome per dtype, from the
+``--json`` report) differs between the two is printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import re
 import resource
@@ -51,6 +53,9 @@ else:  # pragma: no cover - Python 3.10
 #: The default check's budget on 2 cores (README: the one-minute default budget).
 BUDGET_SECONDS = 60.0
 
+#: This checkout.
+ROOT = Path(__file__).resolve().parent.parent
+
 FAILED = re.compile(r"^  FAIL\s+(\S+)", re.MULTILINE)
 
 
@@ -60,6 +65,8 @@ class Run:
     cpu: float
     exit_code: int
     failed: tuple[str, ...]
+    #: each clause's outcome and its outcomes per dtype (the ``--json`` report's)
+    verdicts: tuple[tuple[str, str], ...] = ()
 
 
 def children_cpu() -> float:
@@ -70,12 +77,13 @@ def children_cpu() -> float:
 def check(target: str, profile: str, seed: int, cache: str, tree: str | None = None) -> Run:
     """``normspec check`` in a fresh process, its compilation cache in ``cache``; with
     ``tree`` (:func:`package_tree`), normspec imported from there."""
+    report = Path(cache) / f"report-{time.monotonic_ns()}.json"
     command = [sys.executable, "-m", "normspec", "check", target]
-    command += ["--profile", profile, "--seed", str(seed)]
+    command += ["--profile", profile, "--seed", str(seed), "--json", str(report)]
     environment = {**os.environ, "NORMSPEC_COMPILATION_CACHE": cache}
     environment.pop("JAX_COMPILATION_CACHE_DIR", None)
-    if tree is not None:
-        environment["PYTHONPATH"] = tree
+    if tree is not None:  # the project's own targets (tests.fixtures) from this checkout
+        environment["PYTHONPATH"] = os.pathsep.join((tree, str(ROOT)))
     cpu, started = children_cpu(), time.perf_counter()
     done = subprocess.run(
         command, capture_output=True, text=True, env=environment, check=False, cwd=tree
@@ -83,7 +91,23 @@ def check(target: str, profile: str, seed: int, cache: str, tree: str | None = N
     wall, cpu = time.perf_counter() - started, children_cpu() - cpu
     if done.returncode not in (0, 1):
         sys.exit(f"normspec check {target} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return Run(wall, cpu, done.returncode, tuple(FAILED.findall(done.stdout)))
+    return Run(wall, cpu, done.returncode, tuple(FAILED.findall(done.stdout)), verdicts_of(report))
+
+
+def verdicts_of(report: Path) -> tuple[tuple[str, str], ...]:
+    """(clause, ``outcome {dtype: outcome}``) of each clause of a JSON report."""
+    results = json.loads(report.read_text())["results"]
+    return tuple((r["clause"], f"{r['outcome']} {r['dtypes']}") for r in results)
+
+
+def verdict_changes(before: Run, after: Run) -> list[str]:
+    """``clause: before -> after`` for each clause whose verdict differs."""
+    old, new = dict(before.verdicts), dict(after.verdicts)
+    return [
+        f"{clause}: {old.get(clause)} -> {new.get(clause)}"
+        for clause in dict.fromkeys([*old, *new])
+        if old.get(clause) != new.get(clause)
+    ]
 
 
 def package_tree(checkout: Path, into: Path) -> str:
@@ -105,10 +129,9 @@ def package_tree(checkout: Path, into: Path) -> str:
 def revision_tree(revision: str) -> Iterator[str]:
     """The package tree (:func:`package_tree`) of ``revision`` checked out into a temporary
     ``git worktree``, removed afterwards."""
-    repository = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="normspec-baseline-") as folder:
         checkout = Path(folder) / "checkout"
-        git = ["git", "-C", str(repository), "worktree"]
+        git = ["git", "-C", str(ROOT), "worktree"]
         subprocess.run([*git, "add", "--detach", str(checkout), revision], check=True)
         try:
             yield package_tree(checkout, Path(folder) / "tree")
@@ -120,10 +143,9 @@ def compare(
     targets: list[tuple[str, str]], revision: str, seed: int, repeat: int, budget: float
 ) -> None:
     """Cold checks of this checkout beside ``revision``'s, their runs alternating."""
-    here = Path(__file__).resolve().parent.parent
     runs: dict[str, tuple[Run, Run]] = {}
     with revision_tree(revision) as before, tempfile.TemporaryDirectory() as folder:
-        after = package_tree(here, Path(folder))
+        after = package_tree(ROOT, Path(folder))
         for target, profile in targets:
             name = f"{target} [{profile}]"
             old, new = medians(target, profile, seed, repeat, ((before,), (after,)))
@@ -140,6 +162,10 @@ def compare(
                 f"failed ({name}): before {', '.join(old.failed) or 'none'}; after "
                 f"{', '.join(new.failed) or 'none'}"
             )
+        changes = verdict_changes(old, new)
+        print(f"verdicts ({name}): {len(changes) or 'none'} changed of {len(new.verdicts)}")
+        for change in changes:
+            print(f"  {change}")
 
 
 def medians(
@@ -190,6 +216,13 @@ def installed_targets() -> list[tuple[str, str]]:
     return found
 
 
+def profile_argument(profile: str) -> str:
+    """A profile file as an absolute path (a baseline's check runs in another folder); a
+    profile name as it is."""
+    path = Path(profile)
+    return str(path.resolve()) if path.suffix in (".toml", ".json") and path.exists() else profile
+
+
 def median_run(runs: list[Run]) -> Run:
     """The median wall and CPU seconds of ``runs`` (the first run's verdict)."""
     return Run(
@@ -197,6 +230,7 @@ def median_run(runs: list[Run]) -> Run:
         statistics.median(r.cpu for r in runs),
         runs[0].exit_code,
         runs[0].failed,
+        runs[0].verdicts,
     )
 
 
@@ -209,7 +243,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=BUDGET_SECONDS, help="seconds")
     args = parser.parse_args()
     chosen = [tuple(t.partition("@")[::2]) for t in args.targets] or installed_targets()
-    targets = [("reference", "paper")] + [(t, p or "paper") for t, p in chosen if t != "reference"]
+    targets = [("reference", "paper")] + [
+        (t, profile_argument(p or "paper")) for t, p in chosen if t != "reference"
+    ]
     if args.baseline:
         compare(targets, args.baseline, args.seed, args.repeat, args.budget)
         return

@@ -424,13 +424,23 @@ _SEED = st.integers(0, 2**32 - 1)
 
 @st.composite
 def batches(
-    draw: st.DrawFn, rank: int, feature_axis: int, num_features: int, dtype: DTypeName
+    draw: st.DrawFn,
+    rank: int,
+    feature_axis: int,
+    num_features: int,
+    dtype: DTypeName,
+    shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> Array:
     """A well-conditioned batch for a layer of the given shape, cheaply: at least two values
     per feature, each feature with its own spread and mean as :func:`strategies.
-    feature_values` draws them, the values from a seed (for a sequence of steps)."""
-    shape = [draw(_BATCH), *(draw(_SPATIAL) for _ in range(rank - 2))]
-    shape.insert(feature_axis, num_features)
+    feature_values` draws them, the values from a seed (for a sequence of steps).
+    ``shapes``: the input shapes to draw from (a menu's, :meth:`Menu.shapes`, the first
+    where shrinking ends); else any."""
+    if shapes is None:
+        shape = [draw(_BATCH), *(draw(_SPATIAL) for _ in range(rank - 2))]
+        shape.insert(feature_axis, num_features)
+    else:
+        shape = list(draw(_cached(("shapes", *shapes), list(shapes))))
     low, high = SPREAD_EXPONENTS[dtype]
     exponents = _cached(("spread", low, high), st.integers(low, high))
     spread = np.array([10.0 ** draw(exponents) for _ in range(num_features)])

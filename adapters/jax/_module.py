@@ -55,7 +55,7 @@ def takes_keywords(cls: type, names: tuple[str, ...], *positional: Any) -> bool:
 _TEMPLATES: dict[Hashable, JaxProgram] = {}
 
 
-def _with(template: JaxProgram, hyper: Mapping[str, Any]) -> Any:
+def with_hyper(template: JaxProgram, hyper: Mapping[str, Any]) -> Any:
     """A copy of ``template`` holding ``hyper`` (traced) as its ``hyper``."""
     program = copy.copy(template)
     program.hyper = hyper  # type: ignore[attr-defined]
@@ -64,13 +64,13 @@ def _with(template: JaxProgram, hyper: Mapping[str, Any]) -> Any:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _forward(template: JaxProgram, training: bool, hyper: Any, *arrays: Any) -> Any:
-    program = _with(template, hyper)
+    program = with_hyper(template, hyper)
     return program.apply_train(*arrays) if training else program.apply_infer(*arrays)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _vjp(template: JaxProgram, training: bool, hyper: Any, *arrays: Any) -> Any:
-    return _with(template, hyper)._vjp(*arrays, training=training)
+    return with_hyper(template, hyper)._vjp(*arrays, training=training)
 
 
 def share_compilation(program: JaxProgram, structure: Hashable, hyper: Mapping[str, Any]) -> None:

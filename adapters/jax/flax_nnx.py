@@ -109,20 +109,22 @@ class NnxProgram(JaxProgram):
     """
 
     def __init__(self, cls: type[nnx.Module], arguments: Mapping[str, Any], config: LayerConfig):
-        factory: Any = cls
-
-        def make(use_running_average: bool) -> nnx.Module:
-            return factory(
-                config.num_features,
-                use_running_average=use_running_average,
-                rngs=nnx.Rngs(0),
-                **arguments,
-            )
-
-        self.train_graph, params, stats = _split(make(False))
-        self.infer_graph, _, _ = _split(make(True))
+        self.module_class, self.arguments = cls, arguments
+        self.train_graph, params, stats = _split(self.module(config, False))
+        self.infer_graph, _, _ = _split(self.module(config, True))
         self._made = (params, stats)
         super().__init__(config)
+
+    def module(self, config: LayerConfig, use_running_average: bool, **changes: Any) -> nnx.Module:
+        """The module a user constructs for ``config`` (its initializers run), with the
+        constructor arguments ``changes`` besides the program's."""
+        factory: Any = self.module_class
+        return factory(
+            config.num_features,
+            use_running_average=use_running_average,
+            rngs=nnx.Rngs(0),
+            **{**self.arguments, **changes},
+        )
 
     def make_initial(self) -> tuple[Tree, Tree]:
         return self._made
@@ -142,14 +144,18 @@ class NnxProgram(JaxProgram):
         _, _, updated = _split(module)
         return y, updated
 
+    def graph(self, training: bool) -> Any:
+        """The graph definition of the training or the inference module."""
+        return self.train_graph if training else self.infer_graph
+
     def apply_train(
         self, params: Tree, stats: Tree, x: jax.Array, *, mask: jax.Array | None = None
     ) -> tuple[Any, Tree]:
         options = {} if mask is None else {"mask": mask}
-        return self._apply(self.train_graph, params, stats, x, **options)
+        return self._apply(self.graph(True), params, stats, x, **options)
 
     def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
-        return self._apply(self.infer_graph, params, stats, x)
+        return self._apply(self.graph(False), params, stats, x)
 
 
 class FlaxNnxImplementation(FlaxImplementation):

@@ -14,14 +14,25 @@ and in the program that runs the module (:class:`FlaxApi`: ``LinenProgram``,
 It is checked under the profile that describes its dialect (the renorm clauses only): a
 layer config becomes the module a user writes (:func:`normspec.adapters.jax._flax.flax_arguments`:
 ``momentum`` in the profile's convention, ``epsilon``, ``axis``, ``use_scale = use_bias``,
-``dtype``, ``param_dtype``) with the config's bounds and warm-up step. One program is
-compiled per configuration (bounds, warm-up, eps and momentum are static).
+``dtype``, ``param_dtype``) with the config's bounds and warm-up step.
+
+**Compilation** (issue 13's budget). The bounds, eps and momentum are constants of each
+compiled program, as the Python floats a user passes are: as jit arguments, ``1 - momentum``
+or ``1 / r_max`` would be computed in float32 rather than in float64 and then rounded, a
+change to the library's arithmetic. The warm-up step, an integer compared with the integer
+step counter, is a jit argument where the class traces alike with it as one
+(:func:`traces_alike`, decided on its first program): configurations that differ only in it
+(constant bounds are warm-up 0, and each switch step) share their compilations
+(:func:`normspec.adapters.jax._module.share_compilation`). A layer whose parameters and
+state are all set computes no initial variables (no ``init`` compiled).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import flax
@@ -44,10 +55,12 @@ from normspec.adapters.jax._jax import (
     leaf,
     leaves_named,
     precision,
+    probe_input,
     read_vector,
     replace_leaves,
     vector_to_jax,
 )
+from normspec.adapters.jax._module import share_compilation, with_hyper
 from normspec.adapters.jax.flax_linen import LinenProgram, module_fields
 from normspec.adapters.jax.flax_nnx import NnxProgram, constructor_keywords
 from normspec.adapters.protocol import Array, Capabilities, LayerConfig, State, UnsupportedConfig
@@ -71,8 +84,35 @@ class FlaxApi:
     requires: tuple[str, ...] = ()
 
 
-LINEN = FlaxApi("flax.linen", nn.Module, module_fields, LinenProgram)
-NNX = FlaxApi("flax.nnx", nnx.Module, constructor_keywords, NnxProgram, ("rngs",))
+class LinenWarmupProgram(LinenProgram):
+    """A :class:`LinenProgram` whose module takes the arguments in ``hyper`` (the warm-up
+    step) when it is applied: traced where the program's compilation is shared
+    (:func:`share_warmup`), the constructor's value otherwise."""
+
+    hyper: Mapping[str, Any] = MappingProxyType({})
+
+    def _apply(
+        self, module: nn.Module, params: Tree, stats: Tree, x: jax.Array, **options: Any
+    ) -> tuple[Any, Tree]:
+        module = module.clone(**self.hyper) if self.hyper else module
+        return super()._apply(module, params, stats, x, **options)
+
+
+class NnxWarmupProgram(NnxProgram):
+    """An :class:`NnxProgram` whose module takes the arguments in ``hyper`` (as
+    :class:`LinenWarmupProgram`): built inside the traced function with them, as the
+    constructor builds it, its variables then those given."""
+
+    hyper: Mapping[str, Any] = MappingProxyType({})
+
+    def graph(self, training: bool) -> Any:
+        if not self.hyper:
+            return super().graph(training)
+        return nnx.graphdef(self.module(self.config, not training, **self.hyper))
+
+
+LINEN = FlaxApi("flax.linen", nn.Module, module_fields, LinenWarmupProgram)
+NNX = FlaxApi("flax.nnx", nnx.Module, constructor_keywords, NnxWarmupProgram, ("rngs",))
 
 
 def api_of(cls: object) -> FlaxApi | None:
@@ -112,6 +152,36 @@ def roles_of(cls: object) -> Roles | None:
     return api, found, state
 
 
+def traces_alike(program: JaxProgram, hyper: Mapping[str, Any]) -> bool:
+    """Whether ``program``'s training step and inference trace with the arguments ``hyper``
+    traced (its :class:`LinenWarmupProgram` or :class:`NnxWarmupProgram` ``hyper``) to the
+    outputs and statistics of the same structure, shapes and dtypes as with them given: a
+    module that tests them in Python, or keeps them as state, does not."""
+    params, stats = program.abstract_initial()
+    x = probe_input(program.config)
+
+    def run(training: bool) -> Callable[..., Any]:
+        def apply(p: Tree, s: Tree, inputs: jax.Array, values: Mapping[str, Any]) -> Any:
+            copy = with_hyper(program, values)
+            return copy.apply_train(p, s, inputs) if training else copy.apply_infer(p, s, inputs)
+
+        return apply
+
+    def shapes(tree: Tree) -> Any:
+        leaves, structure = jax.tree_util.tree_flatten(tree)
+        return structure, [(leaf.shape, leaf.dtype) for leaf in leaves]
+
+    try:
+        for training in (True, False):
+            traced = jax.eval_shape(run(training), params, stats, x, hyper)
+            given = jax.eval_shape(functools.partial(run(training), values=hyper), params, stats, x)
+            if shapes(traced) != shapes(given):
+                return False
+    except Exception:  # a module that cannot take them traced: they stay constants
+        return False
+    return True
+
+
 def _arguments(api: FlaxApi, cls: type, config: LayerConfig, parameters: Any) -> dict[str, Any]:
     return flax_arguments(
         config,
@@ -133,6 +203,13 @@ def with_leaves(tree: Tree, values: Mapping[str, Array]) -> Tree:
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def filled(tree: Tree, others: Callable[[], Tree]) -> Tree:
+    """``tree`` with its abstract leaves taken from ``others()``, called only where there
+    is one: a layer whose variables are all set computes no initial ones (no ``init``
+    compiled for it)."""
+    return replace_leaves(tree, {}, others)
+
+
 class JaxRenormLayer(JaxLayer):
     """A :class:`JaxLayer` whose state is :class:`RenormStatistics`, step counter included,
     read and set by the variables' ``roles``."""
@@ -145,9 +222,13 @@ class JaxRenormLayer(JaxLayer):
 
     def set_parameters(self, gamma: Array, beta: Array) -> None:
         with precision(self.config.dtype):
-            params, _ = self._trees()
+            template, _ = self.program.structure()
+            current = self._params
             values = {SCALE: np.asarray(gamma), BIAS: np.asarray(beta)}
-            self._params = with_leaves(params, values)
+            self._params = filled(
+                with_leaves(template if current is None else current, values),
+                lambda: self.program.initial()[0],
+            )
 
     def set_state(self, state: State) -> None:
         if not isinstance(state, RenormStatistics):
@@ -164,7 +245,7 @@ class JaxRenormLayer(JaxLayer):
                 self.roles.spread: np.asarray(state.spread),
                 self.roles.steps: np.asarray(state.steps),
             }
-            self._stats = with_leaves(replace_leaves(template, {}, others), values)
+            self._stats = filled(with_leaves(template, values), others)
 
     def state(self) -> State:
         _, stats = self._trees()
@@ -189,6 +270,9 @@ class FlaxRenormImplementation(JaxImplementation):
         self.api, self.argument_roles, self.state_roles = found
         self.library = self.api.library
         self.name = self.describe(f"{module_class.__module__}.{module_class.__qualname__}")
+        #: whether the warm-up step is a jit argument (:func:`traces_alike`; ``None``:
+        #: not decided yet)
+        self._warmup_traced: bool | None = None
 
     def library_versions(self) -> Mapping[str, str]:
         return {"flax": flax.__version__}
@@ -228,7 +312,21 @@ class FlaxRenormImplementation(JaxImplementation):
             **_arguments(self.api, self.module_class, config, self.parameters),
             **self._renorm_arguments(config),
         }
-        return self.api.program(self.module_class, arguments, config)
+        program: Any = self.api.program(self.module_class, arguments, config)
+        warmup = self.argument_roles.warmup
+        if warmup is None:
+            return program
+        hyper = {warmup: arguments[warmup]}
+        if self._warmup_traced is None:  # decided on the class's first program
+            self._warmup_traced = traces_alike(program, hyper)
+        if self._warmup_traced:
+            # the warm-up step a jit argument: configurations that differ only in it
+            # (constant bounds are warm-up 0; each switch step) share their compilations
+            program.hyper = hyper
+            renorm = {k: v for k, v in self._renorm_arguments(config).items() if k != warmup}
+            shared = (*super().program_key(config), repr(sorted(renorm.items())))
+            share_compilation(program, (self.module_class, self.parameters, *shared), hyper)
+        return program
 
     def make_layer(self, config: LayerConfig) -> JaxRenormLayer:
         return JaxRenormLayer(self.program(config), config, self.state_roles)

@@ -135,8 +135,13 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
 
         def _next_input(self, data: Any) -> RenormCase:
             cfg = self.case.config
+            # under a menu, the first batch's shape or another of the menu's (a compiling
+            # implementation compiles once per shape), as bn.running.sequence draws them
+            menu = ctx.menu
+            shapes = None if menu is None else menu.shapes(self.case.x.shape, cfg.feature_axis)
             x = data.draw(
-                batches(cfg.rank, cfg.feature_axis, cfg.num_features, cfg.dtype), label="batch"
+                batches(cfg.rank, cfg.feature_axis, cfg.num_features, cfg.dtype, shapes),
+                label="batch",
             )
             state = moving_state(ctx, self.layer, "during the sequence")
             if not _usable(self.case, state):
