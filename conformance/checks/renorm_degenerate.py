@@ -6,6 +6,7 @@ Shared with the rest of the chapter: :mod:`normspec.conformance.checks.renorm`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 from hypothesis import reject
 from hypothesis import strategies as st
 
-from normspec.adapters.protocol import UnsupportedConfig
+from normspec.adapters.protocol import Array, UnsupportedConfig
 from normspec.conformance.checks.degenerate import INVALID_EPS, INVALID_RATES
 from normspec.conformance.checks.renorm import (
     build,
@@ -31,11 +32,10 @@ from normspec.conformance.checks.renorm import (
     unchecked_replace,
 )
 from normspec.conformance.context import CheckContext
+from normspec.conformance.dtypes import float_format, round_to
 from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies import Sizes, Wanted
-from normspec.conformance.strategies_renorm import (
-    RenormCase,
-)
+from normspec.conformance.strategies_renorm import RenormCase, batch_moments
 from normspec.reference.dialects import Dialect
 from normspec.reference.renorm import RenormStatistics
 from normspec.reference.schedules import ConstantSchedule, RenormBounds
@@ -297,11 +297,54 @@ def params_invalid(ctx: CheckContext, data: Any) -> None:
     ctx.require(raised, f"{name}={value!r} was accepted without an error")
 
 
-def _invalid_spread(data: Any, case: RenormCase) -> float:
+#: Where renorm.params.sigma puts an invalid moving standard deviation ``S`` against the
+#: floor ``sqrt(eps)``, in known shares: ``zero`` (1/4; floored, ``sqrt(eps)``; unfloored, a
+#: division by zero), ``beyond`` the floor (1/2: ``S = -k * max(sigma_B, sqrt(eps))``, so
+#: that ``|S|`` read for ``max(S, sqrt(eps))`` shows in inference, ``1 / |S|`` against
+#: ``1 / sqrt(eps)``, and in training, ``r < 1`` against ``r >= 1``) and ``within`` it
+#: (1/4: ``|S| < sqrt(eps)``, shown by a reading without the floor only).
+SIGMA_PLACES = ("beyond", "zero", "beyond", "within")
+_SIGMA_PLACES = st.sampled_from(SIGMA_PLACES)
+#: ``k`` for a sigma beyond the floor, and ``|S| / sqrt(eps)`` within it.
+_BEYOND_FACTOR = st.sampled_from([4.0, 2.0, 16.0])
+_WITHIN_FACTOR = st.sampled_from([0.5, 0.25])
+#: The least ``|gamma|`` of the feature with the invalid sigma: a gamma near 0 would hide
+#: the sigma its output is divided by.
+SHOWING_GAMMA = 0.25
+
+
+def _invalid_spread(data: Any, case: RenormCase, feature: int) -> float:
+    """An invalid moving spread for ``feature`` in the case's dtype (renorm.params.sigma)."""
     cfg = case.renorm
-    if cfg.average == "std":
-        return float(data.draw(st.sampled_from([0.0, -1.0, -1e-3]), label="sigma"))
-    return float(data.draw(st.sampled_from([-1.0, -0.5 * cfg.eps, -2.0 * cfg.eps]), label="var"))
+    dtype = case.config.dtype
+    if cfg.average != "std":
+        values = [-1.0, -0.5 * cfg.eps, -2.0 * cfg.eps]
+        return float(round_to(data.draw(st.sampled_from(values), label="var"), dtype))
+    place = data.draw(_SIGMA_PLACES, label="sigma against the floor")
+    floor = math.sqrt(cfg.eps)
+    if place == "zero":
+        return 0.0
+    if place == "within":
+        magnitude = floor * data.draw(_WITHIN_FACTOR, label="|sigma| / sqrt(eps)")
+    else:
+        batch_sigma = batch_moments(case.x, cfg.feature_axis, cfg.eps)[1][feature]
+        reach = max(float(batch_sigma), floor) if math.isfinite(batch_sigma) else floor
+        factor = data.draw(_BEYOND_FACTOR, label="|sigma| / max(sigma_B, sqrt(eps))")
+        magnitude = min(factor * reach, float_format(dtype).max / 64)
+    return float(round_to(-magnitude, dtype))
+
+
+def _showing_params(case: RenormCase, feature: int) -> tuple[Array, Array] | None:
+    """The case's parameters with ``|gamma| >= SHOWING_GAMMA`` at ``feature`` (exact in
+    every dtype), so that the output shows the sigma it is divided by."""
+    if case.params is None:
+        return None
+    gamma, beta = case.params
+    if abs(gamma[feature]) >= SHOWING_GAMMA:
+        return case.params
+    gamma = np.array(gamma, dtype=np.float64)
+    gamma[feature] = 1.0
+    return gamma, beta
 
 
 @renorm_check("renorm.params.sigma", depends_on=("renorm.train.output", "renorm.infer.output"))
@@ -309,32 +352,38 @@ def params_sigma(ctx: CheckContext, data: Any) -> None:
     """A moving sigma <= 0 (or a negative moving variance) in the set an operation reads:
     that operation, or set_state, raises, unless the dialect's floor makes sigma positive
     (then a zero sigma is a valid state: the output is the reference's with
-    ``sigma = sqrt(eps)``; a negative one may raise)."""
+    ``sigma = sqrt(eps)``; a negative one may raise).
+
+    Every set gets an invalid sigma of its own in one feature, so that both operations are
+    checked in every draw (training reads the correction set, inference the inference set),
+    each sigma placed against the floor as :data:`SIGMA_PLACES` says: a negative sigma read
+    as ``|sigma|``, or one not floored, shows in every dtype."""
     case = draw_renorm(ctx, data, Wanted(affine=None))
     cfg = case.renorm
-    places = ["spread", "correction spread"] if case.state.separate else ["spread"]
-    place = data.draw(st.sampled_from(places), label="invalid set")
     feature = data.draw(st.integers(0, cfg.num_features - 1), label="feature")
-    value = _invalid_spread(data, case)
-    field = "spread" if place == "spread" else "correction_spread"
-    array = np.array(getattr(case.state, field), dtype=np.float64)
-    array[feature] = value
-    bad_state = unchecked_replace(case.state, **{field: array})
-    case = replace(case, state=bad_state)
+    reads = {
+        "infer": "spread",
+        "train_step": "correction_spread" if case.state.separate else "spread",
+    }
+    spreads: dict[str, Array] = {}
+    for field in dict.fromkeys(reads.values()):
+        spreads[field] = np.array(getattr(case.state, field), dtype=np.float64)
+        spreads[field][feature] = _invalid_spread(data, case, feature)
+    values = [float(spread[feature]) for spread in spreads.values()]
+    bad_state = unchecked_replace(case.state, **spreads)
+    case = replace(case, state=bad_state, params=_showing_params(case, feature))
     ctx.use_case(case)
     floored = cfg.sigma_floor == "sqrt_eps" and cfg.average == "std"
-    reads = {"train_step"} if place == "correction spread" else {"train_step", "infer"}
-    if case.state.separate and place == "spread":
-        reads = {"infer"}
-    for operation in sorted(reads):
+    zero_only = (
+        "a moving sigma of 0, which the floor on sigma makes "
+        f"sqrt(eps) = {np.sqrt(cfg.eps)!r} (feature {feature})"
+    )
+    for operation, field in sorted(reads.items()):
+        value = float(spreads[field][feature])
         layer = build(ctx, case, set_state=False)
         raised, _ = ctx.attempt("set_state", layer.set_state, bad_state)
         if raised:
-            ctx.require(
-                not (floored and value == 0.0),
-                "set_state rejected a moving sigma of 0, which the floor on sigma makes "
-                f"sqrt(eps) = {np.sqrt(cfg.eps)!r}",
-            )
+            ctx.require(not floored or min(values) < 0.0, f"set_state rejected {zero_only}")
             continue
         function = layer.train_step if operation == "train_step" else layer.infer
         raised, y = ctx.attempt(operation, function, case.x)
@@ -342,17 +391,13 @@ def params_sigma(ctx: CheckContext, data: Any) -> None:
             ctx.require(
                 raised,
                 f"{operation} accepted a moving {'sigma' if cfg.average == 'std' else 'variance'}"
-                f" of {value!r} ({place}, feature {feature})",
+                f" of {value!r} ({field.replace('_', ' ')}, feature {feature})",
             )
             continue
         if raised:
-            ctx.require(
-                value < 0.0,
-                f"{operation} rejected a moving sigma of 0, which the floor on sigma makes "
-                f"sqrt(eps) = {np.sqrt(cfg.eps)!r}",
-            )
+            ctx.require(min(values) < 0.0, f"{operation} rejected {zero_only}")
             continue
-        sigma = np.maximum(array, np.sqrt(cfg.eps))
+        sigma = np.maximum(spreads[field], np.sqrt(cfg.eps))
         if operation == "train_step":
             expect_train_output(ctx, case, y, sigma=sigma)
         else:

@@ -641,6 +641,28 @@ class RenormCorrectionFromInferenceSet(TfKerasNumpyBatchRenorm):
         return moving.mean, moving.spread
 
 
+class RenormInferenceSigmaMagnitude(TfKerasNumpyBatchRenorm):
+    """Inference reads a negative moving standard deviation as its magnitude,
+    ``max(|S|, sqrt(eps))`` where the floor gives ``max(S, sqrt(eps))``: Keras 3 infers
+    from ``moving_variance = relu(S^2 - eps)``, derived from ``S``."""
+
+    expected_clauses = ("renorm.params.sigma",)
+
+    def inference_sigma(self, spread: Work, average: str, eps: float, floor: str) -> Work:
+        return super().inference_sigma(np.abs(spread), average, eps, floor)
+
+
+class RenormCorrectionSigmaMagnitude(TfKerasNumpyBatchRenorm):
+    """The correction reads a negative moving standard deviation as its magnitude,
+    ``max(|S_c|, sqrt(eps))``, where the floor gives ``max(S_c, sqrt(eps))``."""
+
+    expected_clauses = ("renorm.params.sigma",)
+
+    def correction_set(self, moving: MovingStatistics) -> tuple[Work, Work]:
+        mean, spread = super().correction_set(moving)
+        return mean, np.abs(spread)
+
+
 #: The correct renorm implementations, one per profile with batch renormalization.
 RENORM_CORRECT: tuple[type[NumpyBatchRenorm], ...] = (NumpyBatchRenorm, TfKerasNumpyBatchRenorm)
 
@@ -654,4 +676,6 @@ RENORM_BUGS: tuple[type[NumpyBatchRenorm], ...] = (
     RenormInferenceAddsEps,
     RenormDgammaWithoutShift,
     RenormCorrectionFromInferenceSet,
+    RenormInferenceSigmaMagnitude,
+    RenormCorrectionSigmaMagnitude,
 )

@@ -512,6 +512,21 @@ def _ordinary_renorm_scenarios() -> list[tuple[LayerConfig, Any, Any, np.ndarray
                 state = _renorm_state(rc, mean, spread, steps, "float64")
                 cfg = LayerConfig(3, 3, 1, "float64", 0.05, 0.3, renorm=rc)
                 found.append((cfg, rc, state, x, dy))
+    # under a floor on sigma, a zero and a negative moving sigma beyond it (renorm.params.sigma)
+    for statistics in ("shared", "separate"):
+        rc = reference_renorm.RenormConfig(
+            num_features=3,
+            schedule=ConstantSchedule.symmetric(3.0, 5.0),
+            eps=0.05,
+            rate=0.3,
+            statistics=statistics,
+            correction_rate=0.2 if statistics == "separate" else None,
+            sigma_floor="sqrt_eps",
+        )
+        state = _renorm_state(
+            rc, np.array([1.1, -2.1, 5.2]), np.array([-2.0, 0.0, 1.0]), 3, "float64"
+        )
+        found.append((LayerConfig(3, 3, 1, "float64", 0.05, 0.3, renorm=rc), rc, state, x, dy))
     return [(cfg, state, params, x, dy) for cfg, _, state, x, dy in found]
 
 
