@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -54,16 +54,7 @@ ChapterConfig = Callable[[Chapter, LayerConfig], "LayerConfig | None"]
 ChapterProbes = Mapping[Chapter, Probe]
 
 #: The chapters whose dtypes are probed apart, in the order their reasons are reported.
-PROBED_CHAPTERS: tuple[Chapter, ...] = (
-    "batchnorm",
-    "renorm",
-    "ghost_batches",
-    "replicas",
-    "layernorm",
-    "rmsnorm",
-    "groupnorm",
-    "instancenorm",
-)
+PROBED_CHAPTERS: tuple[Chapter, ...] = get_args(Chapter)
 
 #: The chapter's layer in the messages about a dtype it fails in.
 CHAPTER_LAYERS: dict[Chapter, str] = {
