@@ -67,6 +67,16 @@ def eps_choices(dialect: Dialect) -> list[float]:
     return [dialect.default_eps, 1e-5, 1e-3, 2.0**-4, 1.0]
 
 
+def partner_rate(rate: float | None, offered: Sequence[float]) -> float:
+    """The rate paired with ``rate`` among ``offered`` (sorted, not empty): the next one
+    after it, cyclically (``rate`` itself only where it is the one offered; the first where
+    it is not offered). A second rate a case draws from a menu entry (renorm's correction
+    set's) is then one per entry, one program, and differs from the entry's own."""
+    if rate not in offered:
+        return offered[0]
+    return offered[(list(offered).index(rate) + 1) % len(offered)]
+
+
 def feature_axis_for(rank: int, position: str) -> int:
     """The feature axis at ``position`` (``first``: axis 1, ``last``: the last axis)."""
     return 1 if position == "first" else rank - 1

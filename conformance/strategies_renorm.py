@@ -16,7 +16,7 @@ in the drawn dtype; bounds, eps and rates are float64 values as a user passes th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to, round_to_normal
-from normspec.conformance.menu import Constraints, Menu, feature_axis_for
+from normspec.conformance.menu import Constraints, Menu, feature_axis_for, partner_rate
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     SIGNS,
@@ -167,17 +167,24 @@ def clipping_bounds(dialect: Dialect) -> st.SearchStrategy[RenormBounds]:
 
 def menu_bounds(dialect: Dialect, menu: Menu) -> st.SearchStrategy[RenormBounds]:
     """Constant bounds among a menu's few (each a compiled program), in the dialect's form:
-    the menu's ``(r_max, d_max)`` pairs, and under ``independent`` clipping each also with
-    ``r_min`` open and with only ``rmin`` given (``r_max``, ``d_max`` open); shrinks to the
-    first. Every bound stays active in the regimes of :func:`moving_set`, drawn against it.
+    the menu's ``(r_max, d_max)`` pairs; under ``independent`` clipping three forms, each
+    with one pair in turn: all three bounds, ``r_min`` open, only ``rmin`` given (``r_max``,
+    ``d_max`` open), so that every bound is given in one form and open in another. Shrinks
+    to the first. Every bound stays active in the regimes of :func:`moving_set`, drawn
+    against it.
     """
     independent = renorm_dialect(dialect).clipping != "symmetric"
     key = ("menu bounds", independent, menu.renorm_bounds)
     if key not in _CACHE:
-        chosen = [RenormBounds.symmetric(r, d) for r, d in menu.renorm_bounds]
+        pairs = menu.renorm_bounds
+        chosen = [RenormBounds.symmetric(r, d) for r, d in pairs]
         if independent:
-            chosen += [_keras(None, r, d) for r, d in menu.renorm_bounds]
-            chosen += [_keras(1 / r, None, None) for r, _ in menu.renorm_bounds]
+            forms: list[Callable[[float, float], RenormBounds]] = [
+                RenormBounds.symmetric,
+                lambda r, d: _keras(None, r, d),
+                lambda r, _: _keras(1 / r, None, None),
+            ]
+            chosen = [form(*pairs[k % len(pairs)]) for k, form in enumerate(forms)]
         _CACHE[key] = st.sampled_from(chosen)
     return _CACHE[key]
 
@@ -633,9 +640,9 @@ def _renorm_cases(
         shape = setting.shape
         if rate is None:
             rate = draw(rates, label="rate") if rates is not None else setting.rate
-        if rates is None:  # the correction set's rate from the menu's too
+        if rates is None:  # the correction set's rate the entry's own (one program each)
             offered = sorted({s.rate for s in menu.choices(wanted) if s.rate is not None})
-            rate_strategy = _cached(("menu rates", *offered), offered)
+            rate_strategy = st.just(partner_rate(setting.rate, offered))
         x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
         is_affine, eps = setting.affine, setting.eps
     assert rate is not None  # a renorm layer always keeps moving statistics
