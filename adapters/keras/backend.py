@@ -124,32 +124,41 @@ class TracedCalls:
     (``jax.jit`` of its stateless call, :func:`_stateless_call`, and of its ``jax.vjp``, as
     Keras' own trainer runs a layer on JAX), rather than run operation by operation, which compiles every
     operation anew for each input shape. A configuration's key is the layer's class and
-    constructor arguments (:meth:`register`); the first layer of a key is traced, and every
-    layer of that key runs the compiled program on its own variables' values (a training
-    call's new moving statistics assigned to them). A layer whose call cannot be traced (a
-    Python branch on a value) runs eagerly, as it would without this.
+    constructor arguments (:meth:`register`), and for an inference call those an inference
+    call reads (the same key where none is given); the first layer of a key is traced, and
+    every layer of that key runs the compiled program on its own variables' values (a
+    training call's new moving statistics assigned to them). A layer whose call cannot be
+    traced (a Python branch on a value) runs eagerly, as it would without this.
     """
 
     def __init__(self) -> None:
-        self._keys: weakref.WeakKeyDictionary[Any, Hashable] = weakref.WeakKeyDictionary()
+        self._keys: weakref.WeakKeyDictionary[Any, tuple[Hashable, Hashable]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._programs: dict[Hashable, Callable[..., Any]] = {}
         self._eager: set[Hashable] = set()
 
-    def register(self, layer: Any, key: Hashable) -> None:
-        """``layer`` runs the program of ``key`` (its configuration)."""
-        self._keys[layer] = key
+    def register(self, layer: Any, key: Hashable, inference: Hashable | None = None) -> None:
+        """``layer`` runs the programs of ``key`` (its configuration), its inference calls
+        those of ``inference`` (what they read of it) where given."""
+        self._keys[layer] = (key, key if inference is None else inference)
+
+    def _key(self, layer: Any, what: str, training: bool) -> Hashable | None:
+        """The key of ``layer``'s ``what`` program (``None``: the layer is not registered)."""
+        keys = self._keys.get(layer)
+        return None if keys is None else (keys[0 if training else 1], what, training)
 
     def _program(
         self, layer: Any, what: str, training: bool, make: Callable[[Any, bool], Any]
     ) -> Callable[..., Any] | None:
-        key = self._keys.get(layer)
-        if key is None or (key, what, training) in self._eager:
+        key = self._key(layer, what, training)
+        if key is None or key in self._eager:
             return None
-        found = self._programs.get((key, what, training))
+        found = self._programs.get(key)
         if found is None:
             import jax
 
-            found = self._programs.setdefault((key, what, training), jax.jit(make(layer, training)))
+            found = self._programs.setdefault(key, jax.jit(make(layer, training)))
         return found
 
     def _run(
@@ -170,7 +179,7 @@ class TracedCalls:
                 return program(*args), True
             except Exception:  # untraceable, or the layer's own error: eager tells which
                 found = eager()
-                self._eager.add((self._keys[layer], what, training))
+                self._eager.add(self._key(layer, what, training))
                 return found, False
         return eager(), False
 
@@ -252,6 +261,11 @@ GRADIENTS: dict[Backend, GradientFunction | None] = {
     "torch": _torch_gradients,
     "numpy": None,
 }
+
+#: Constructor arguments of ``keras.layers.BatchNormalization`` that only a training call
+#: reads (``call`` reads the moving statistics, ``epsilon`` and the affine parameters
+#: otherwise): its inference programs are shared across them (:class:`TracedCalls`).
+TRAINING_ONLY = frozenset({"momentum", "renorm_momentum", "renorm_clipping"})
 
 #: Why a float64 layer is computed in float32, per backend (the probe finds that it is).
 NARROWED_FLOAT64: dict[Backend, str] = {
@@ -457,7 +471,11 @@ class KerasBackendImplementation(FrameworkAdapter):
         layer = _keras.built(self.layer_class, config, arguments)
         if self.traced is not None:
             shape = (config.rank, config.num_features)
-            self.traced.register(layer, (shape, repr(sorted(arguments.items()))))
+            inference = None
+            if self.builtin:  # an inference call reads neither rates nor clipping
+                read = {k: v for k, v in arguments.items() if k not in TRAINING_ONLY}
+                inference = (shape, repr(sorted(read.items())))
+            self.traced.register(layer, (shape, repr(sorted(arguments.items()))), inference)
         return layer
 
     def to_framework(self, array: Array, dtype: DTypeName) -> Any:
