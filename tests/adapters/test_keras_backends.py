@@ -211,7 +211,7 @@ def rn_config(features: int) -> rn.RenormConfig:
 
 
 #: Run with KERAS_BACKEND=jax: two layers of one configuration share one compiled program,
-#: agree with the eager call, and a class that branches on a value runs eagerly (its configuration marked so).
+#: agree with the eager call, layers of two momenta share their inference program, and a class that branches on a value runs eagerly (its configuration marked so).
 TRACED = """
 import keras, numpy as np
 from normspec.adapters.keras.backend import KerasBackendImplementation, keras_jax
@@ -229,6 +229,20 @@ for layer in traced:  # the second layer runs the first one's program on its own
     np.testing.assert_allclose(layer.read_vector("mean"), 0.1 * x.mean(axis=0), rtol=1e-6)
     layer.vjp(x, np.ones_like(x), training=True)
 assert len(impl.traced._programs) == before + 2, impl.traced._programs  # forward, gradients
+
+# an inference call reads no rate: a layer of another momentum shares the inference program,
+# and trains with its own
+from dataclasses import replace
+traced[0].infer(x)
+before = len(impl.traced._programs)
+other = impl.build(replace(config, momentum=0.5))
+np.testing.assert_allclose(other.infer(x), x / np.sqrt(1 + 1e-3), rtol=1e-6)
+assert len(impl.traced._programs) == before, impl.traced._programs
+other.train_step(x)
+assert len(impl.traced._programs) == before + 1, impl.traced._programs
+np.testing.assert_allclose(other.read_vector("mean"), 0.5 * x.mean(axis=0), rtol=1e-6)
+eager = np.asarray(other.layer(keras.ops.convert_to_tensor(x, "float32"), training=False))
+np.testing.assert_allclose(other.infer(x), eager, rtol=1e-6, atol=1e-6)
 
 class Branching(keras.layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):

@@ -24,6 +24,7 @@ from normspec.conformance.menu import (
     Constraints,
     Menu,
     feature_axis_for,
+    partner_rate,
 )
 from normspec.conformance.runner import CheckOptions, check_implementation, menu_size
 from normspec.conformance.strategies_renorm import MAX_BATCH as RENORM_MAX_BATCH
@@ -205,7 +206,8 @@ TF_KERAS = profile("tf_keras")
 @given(data=st.data(), seed=st.integers(0, 50))
 def test_renorm_cases_take_their_settings_from_the_menu(data: Any, seed: int) -> None:
     """A renorm case's layer setting (shape, eps, rate, affine) is one of the menu's choices
-    for its constraints, and a correction rate one of their rates."""
+    for its constraints, and its correction rate the partner of its rate among theirs (one
+    correction rate per entry, another than the entry's)."""
     menu = Menu.generate(BROAD, TF_KERAS, seed, DEFAULT_MENU_SIZE)
     wanted = strategies.Wanted(
         strategies.Sizes(max_batch=RENORM_MAX_BATCH, max_spatial=RENORM_MAX_SPATIAL),
@@ -219,7 +221,16 @@ def test_renorm_cases_take_their_settings_from_the_menu(data: Any, seed: int) ->
     drawn = (case.x.shape, case.config.eps, case.rate, case.config.affine)
     assert drawn in {(s.shape, s.eps, s.rate, s.affine) for s in offered}
     assert case.config.renorm is not None
-    assert case.config.renorm.correction_rate in {None, *(s.rate for s in offered)}
+    rates = sorted({s.rate for s in offered if s.rate is not None})
+    assert case.config.renorm.correction_rate == partner_rate(case.rate, rates)
+    assert len(rates) == 1 or case.config.renorm.correction_rate != case.rate
+
+
+def test_a_partner_rate_is_the_next_offered() -> None:
+    assert partner_rate(0.1, [0.0, 0.1, 0.5]) == 0.5
+    assert partner_rate(0.5, [0.0, 0.1, 0.5]) == 0.0
+    assert partner_rate(0.3, [0.0, 0.1, 0.5]) == 0.0
+    assert partner_rate(0.1, [0.1]) == 0.1
 
 
 def _program(case: Any) -> tuple[Any, ...]:
@@ -253,11 +264,11 @@ def test_a_menu_bounds_the_renorm_programs(name: str) -> None:
         )
         for use_menu in (True, False)
     }
-    # constant bounds and switches among the menu's bounds (3 forms under independent
-    # clipping), the paper's ramp, batch norm's bounds
+    # constant bounds and switches among the menu's bounds (under independent clipping 3
+    # forms, each with one of the menu's pairs), the paper's ramp, batch norm's bounds
     assert dialect.renorm is not None
-    forms = 1 if dialect.renorm.clipping == "symmetric" else 3
-    offered = forms * len(menu.renorm_bounds) * (1 + len(menu.switch_steps)) + 2
+    bounds = len(menu.renorm_bounds) if dialect.renorm.clipping == "symmetric" else 3
+    offered = bounds * (1 + len(menu.switch_steps)) + 2
     schedules = {config.renorm.schedule for config, *_ in programs[True]}
     assert len(schedules) <= offered, schedules
     assert len({config.renorm.schedule for config, *_ in programs[False]}) > offered
