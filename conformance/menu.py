@@ -72,7 +72,7 @@ def partner_rate(rate: float | None, offered: Sequence[float]) -> float:
     after it, cyclically (``rate`` itself only where it is the one offered; the first where
     it is not offered). A second rate a case draws from a menu entry (renorm's correction
     set's) is then one per entry, one program, and differs from the entry's own."""
-    if rate not in offered:
+    if rate is None or rate not in offered:
         return offered[0]
     return offered[(list(offered).index(rate) + 1) % len(offered)]
 
