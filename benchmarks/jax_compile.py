@@ -4,7 +4,9 @@
                                      [--max-examples N] [--dtype float32,...] [--seed S]
                                      [--menu N] [--no-baseline] [--per-clause]
 
-TARGET defaults to ``flax.linen``. JAX compiles one XLA program per distinct (layer
+TARGET defaults to ``flax.linen``; a Keras-on-JAX target (``keras.renorm.jax``, run with
+``KERAS_BACKEND=jax``: the check runs in this process) also counts its jitted calls and the
+layer configurations they serve (``TracedCalls.compiled``). JAX compiles one XLA program per distinct (layer
 configuration, operation, input shape, dtype). A check of an implementation that compiles
 per shape draws every case's setting from a per-run menu (normspec.conformance.menu); the
 baseline is the same check with settings drawn freely (``--menu 0``), where nearly every
@@ -74,7 +76,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         menu=args.menu,
     )
     report = check_implementation(implementation, options, progress=progress)
+    traced = getattr(implementation, "traced", None)  # Keras on JAX: its jitted calls
+    compiled = traced.compiled() if traced is not None else []
     return {
+        "jitted": len(compiled),
+        "configurations": len({key for key, _, training in compiled if training}),
         "menu": report.menu,
         "wall": time.perf_counter() - started,
         "cpu": time.process_time() - cpu_started,
@@ -131,6 +137,8 @@ def main() -> None:
         ("wall time, s", "wall", "{:.1f}"),
         ("CPU time, s", "cpu", "{:.1f}"),
         ("XLA compilations", "compilations", "{:d}"),
+        ("jitted calls (Keras)", "jitted", "{:d}"),
+        ("configurations (Keras)", "configurations", "{:d}"),
         ("backend compile, s", "compile_seconds", "{:.1f}"),
         ("tracing and lowering, s", "trace_seconds", "{:.1f}"),
         ("examples", "examples", "{:d}"),

@@ -135,13 +135,18 @@ class TracedCalls:
         self._keys: weakref.WeakKeyDictionary[Any, tuple[Hashable, Hashable]] = (
             weakref.WeakKeyDictionary()
         )
-        self._programs: dict[Hashable, Callable[..., Any]] = {}
+        self._programs: dict[Any, Callable[..., Any]] = {}
         self._eager: set[Hashable] = set()
 
     def register(self, layer: Any, key: Hashable, inference: Hashable | None = None) -> None:
         """``layer`` runs the programs of ``key`` (its configuration), its inference calls
         those of ``inference`` (what they read of it) where given."""
         self._keys[layer] = (key, key if inference is None else inference)
+
+    def compiled(self) -> list[tuple[Hashable, str, bool]]:
+        """The jitted calls made so far, each ``(key, call, training)`` (JAX compiles each
+        anew per input shape): ``benchmarks/jax_compile.py`` counts them."""
+        return list(self._programs)
 
     def _key(self, layer: Any, what: str, training: bool) -> Hashable | None:
         """The key of ``layer``'s ``what`` program (``None``: the layer is not registered)."""
