@@ -56,7 +56,9 @@ def test_bug_is_caught_under_its_clause_for_five_seeds(function: Any, clause: st
         assert report.outcome(clause.replace("second_order", "dx")) == "pass", _summary(report)
 
 
-@pytest.mark.parametrize(("function", "prefix"), kernels.CORRECT, ids=["layer_norm", "group_norm"])
+@pytest.mark.parametrize(
+    ("function", "prefix"), kernels.CORRECT, ids=[f.__name__ for f, _ in kernels.CORRECT]
+)
 def test_correct_kernel_passes(function: Any, prefix: str) -> None:
     options = CheckOptions(profile="torch", clauses=f"{prefix}.*", seed=1, max_examples=6)
     report = check_implementation(_implementation(function), options)
