@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import abc
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
 from typing import Any, ClassVar
 
 import flax
+import jax
+import numpy as np
 
 from normspec.adapters._common import ParameterPolicy
 from normspec.adapters.jax._jax import (
@@ -61,6 +63,69 @@ def flax_arguments(
     if use_fast_variance is not None and accepts("use_fast_variance"):
         arguments["use_fast_variance"] = use_fast_variance
     return arguments
+
+
+#: The arguments of Flax's own BatchNorm that are jit arguments (:class:`Setting`).
+SETTINGS = ("epsilon", "momentum")
+
+
+class Setting:
+    """eps or the momentum inside Flax's own BatchNorm as a traced scalar, used as the
+    Python float is (weakly typed): ``v * a`` and ``a + v`` with ``v`` rounded to ``a``'s
+    dtype, and ``1 - v`` the ``complement`` computed in double on the host, as Python does.
+    Flax's BatchNorm (linen and nnx) uses them only so (``momentum * ra + (1 - momentum) *
+    stat``, ``var + epsilon``), and computes bitwise the same with them as with the floats
+    (``benchmarks/flax_traced_settings.py``). A user's class may use them otherwise (in
+    Python, with ``jnp``), so it keeps the floats."""
+
+    def __init__(self, value: jax.Array, complement: jax.Array | None = None) -> None:
+        self.value, self.complement = value, complement
+
+    def __mul__(self, other: jax.Array) -> jax.Array:
+        product: jax.Array = self.value.astype(other.dtype) * other
+        return product
+
+    __rmul__ = __mul__
+
+    def __radd__(self, other: jax.Array) -> jax.Array:
+        total: jax.Array = other + self.value.astype(other.dtype)
+        return total
+
+    def __rsub__(self, other: object) -> Setting:
+        if other != 1 or self.complement is None:
+            raise TypeError(f"{other!r} - a traced Flax setting: only 1 - momentum is held")
+        return Setting(self.complement)
+
+
+def hyper_settings(config: LayerConfig) -> dict[str, np.ndarray]:
+    """eps, the momentum and ``1 - momentum`` (in double) as the jit arguments of a
+    layer of ``config`` (float64 for a float64 layer, else float32)."""
+    dtype = np.float64 if config.dtype == "float64" else np.float32
+    values = {"eps": config.eps, "momentum": config.momentum}
+    values["complement"] = float(np.float64(1.0) - np.float64(config.momentum))
+    return {name: np.asarray(value, dtype) for name, value in values.items()}
+
+
+def stand_ins(hyper: Mapping[str, Any]) -> dict[str, Setting]:
+    """The module arguments ``epsilon`` and ``momentum`` of traced ``hyper``."""
+    return {
+        "epsilon": Setting(hyper["eps"]),
+        "momentum": Setting(hyper["momentum"], hyper["complement"]),
+    }
+
+
+def settings_structure(
+    cls: type, own: type, arguments: Mapping[str, Any], config: LayerConfig
+) -> Hashable | None:
+    """What the programs that share one compilation have in common (everything but the
+    settings), or ``None`` where the settings stay Python floats: a class other than the
+    API's ``own`` BatchNorm, or half-precision parameters (a float's rounding to float16
+    is not its float32 rounding's)."""
+    parameters = arguments.get("param_dtype")
+    if cls is not own or np.dtype(parameters) not in (np.float32, np.float64):
+        return None
+    fixed = sorted((k, v) for k, v in arguments.items() if k not in SETTINGS)
+    return (cls, repr(fixed), config.num_features, config.rank, config.dtype)
 
 
 class FlaxImplementation(JaxImplementation):

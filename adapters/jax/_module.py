@@ -73,17 +73,21 @@ def _vjp(template: JaxProgram, training: bool, hyper: Any, *arrays: Any) -> Any:
     return with_hyper(template, hyper)._vjp(*arrays, training=training)
 
 
-def share_compilation(program: JaxProgram, structure: Hashable, hyper: Mapping[str, Any]) -> None:
+def share_compilation(
+    program: JaxProgram, structure: Hashable, hyper: Mapping[str, Any]
+) -> JaxProgram:
     """Jit ``program``'s forwards and vjps as functions of ``hyper`` (its scalar settings,
     such as eps and the momentum, read by its ``apply_*`` from ``self.hyper``), shared by
     every program of ``structure``: configurations that differ only in those settings
-    compile once per input shape instead of once each (issue 13)."""
+    compile once per input shape instead of once each (issue 13). The template: the
+    first program of ``structure``."""
     template = _TEMPLATES.setdefault(structure, program)
     shared: Any = program  # its jitted functions replaced by partials of shared ones
     shared.train = functools.partial(_forward, template, True, hyper)
     shared.infer = functools.partial(_forward, template, False, hyper)
     shared.vjp_train = functools.partial(_vjp, template, True, hyper)
     shared.vjp_infer = functools.partial(_vjp, template, False, hyper)
+    return template
 
 
 class ModuleImplementation(JaxImplementation):

@@ -32,12 +32,18 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from normspec.adapters.jax._flax import FlaxImplementation
+from normspec.adapters.jax._flax import (
+    FlaxImplementation,
+    hyper_settings,
+    settings_structure,
+    stand_ins,
+)
 from normspec.adapters.jax._jax import (
     JaxProgram,
     Tree,
     probe_input,
 )
+from normspec.adapters.jax._module import share_compilation
 from normspec.adapters.protocol import LayerConfig
 
 #: The fields a linen Module class needs to be recognised.
@@ -55,12 +61,33 @@ def module_fields(cls: type) -> frozenset[str]:
 
 
 class LinenProgram(JaxProgram):
-    """One configured linen module: ``init`` and ``apply`` of its training and inference clones."""
+    """One configured linen module: ``init`` and ``apply`` of its training and inference clones.
+
+    Of ``nn.BatchNorm`` itself, eps and the momentum are jit arguments (``hyper``, read
+    through :class:`~normspec.adapters.jax._flax.Setting` stand-ins): configurations of one
+    shape that differ only in them share one compilation, and their initial variables
+    (which do not depend on them) one ``init``.
+    """
 
     def __init__(self, cls: type[nn.Module], arguments: Mapping[str, Any], config: LayerConfig):
+        self.cls, self.arguments = cls, arguments
         self.train_module = cls(use_running_average=False, **arguments)
         self.infer_module = cls(use_running_average=True, **arguments)
         super().__init__(config)
+        self.hyper: Mapping[str, Any] = hyper_settings(config)
+        self._own_hyper = self.hyper
+        self.template: JaxProgram = self
+        structure = settings_structure(cls, nn.BatchNorm, arguments, config)
+        if structure is not None:
+            self.template = share_compilation(self, structure, self.hyper)
+
+    def module(self, training: bool) -> nn.Module:
+        """The training or inference module; with traced settings where ``hyper`` was
+        replaced by them (a shared compilation's trace)."""
+        if self.hyper is self._own_hyper:
+            return self.train_module if training else self.infer_module
+        arguments = {**self.arguments, **stand_ins(self.hyper)}
+        return self.cls(use_running_average=not training, **arguments)
 
     def _init(self, x: Any) -> tuple[Tree, Tree]:
         variables = self.train_module.init(jax.random.key(0), x)
@@ -72,6 +99,8 @@ class LinenProgram(JaxProgram):
         """``init`` on a small zero input, jitted: one small compilation (the forward is
         dead code) rather than one per primitive of an eager forward, which JAX compiles
         for each new probe shape."""
+        if self.template is not self:
+            return self.template.initial()
         probe = probe_input(self.config)
         return jax.jit(lambda: self._init(jax.numpy.zeros(probe.shape, probe.dtype)))()
 
@@ -101,10 +130,10 @@ class LinenProgram(JaxProgram):
         self, params: Tree, stats: Tree, x: jax.Array, *, mask: jax.Array | None = None
     ) -> tuple[Any, Tree]:
         options = {} if mask is None else {"mask": mask}
-        return self._apply(self.train_module, params, stats, x, **options)
+        return self._apply(self.module(True), params, stats, x, **options)
 
     def apply_infer(self, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
-        return self._apply(self.infer_module, params, stats, x)
+        return self._apply(self.module(False), params, stats, x)
 
 
 class FlaxLinenImplementation(FlaxImplementation):

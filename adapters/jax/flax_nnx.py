@@ -29,12 +29,19 @@ from typing import Any
 import jax
 from flax import nnx
 
-from normspec.adapters.jax._flax import FlaxImplementation
+from normspec.adapters.jax._flax import (
+    SETTINGS,
+    FlaxImplementation,
+    hyper_settings,
+    settings_structure,
+    stand_ins,
+)
 from normspec.adapters.jax._jax import (
     JaxProgram,
     Tree,
     abstract,
 )
+from normspec.adapters.jax._module import share_compilation
 from normspec.adapters.protocol import LayerConfig
 
 #: The keyword arguments a constructor must take to be recognised (besides num_features).
@@ -105,7 +112,10 @@ class NnxProgram(JaxProgram):
     """One configured nnx module as pure functions of its parameter and statistics state.
 
     The two instances (training, inference) are constructed eagerly, which runs their
-    initializers: their state is the layer's initial state.
+    initializers: their state is the layer's initial state. Of ``nnx.BatchNorm`` itself,
+    eps and the momentum are jit arguments (``hyper``, set on the merged module as
+    :class:`~normspec.adapters.jax._flax.Setting` stand-ins): configurations of one shape
+    that differ only in them share one compilation.
     """
 
     def __init__(self, cls: type[nnx.Module], arguments: Mapping[str, Any], config: LayerConfig):
@@ -114,6 +124,11 @@ class NnxProgram(JaxProgram):
         self.infer_graph, _, _ = _split(self.module(config, True))
         self._made = (params, stats)
         super().__init__(config)
+        self.hyper: Mapping[str, Any] = hyper_settings(config)
+        self._own_hyper = self.hyper
+        structure = settings_structure(cls, nnx.BatchNorm, arguments, config)
+        if structure is not None:
+            share_compilation(self, structure, self.hyper)
 
     def module(self, config: LayerConfig, use_running_average: bool, **changes: Any) -> nnx.Module:
         """The module a user constructs for ``config`` (its initializers run), with the
@@ -135,12 +150,19 @@ class NnxProgram(JaxProgram):
 
         return jax.tree_util.tree_map(spec, self._made)
 
-    @staticmethod
     def _apply(
-        graph: Any, params: Tree, stats: Tree, x: jax.Array, **options: Any
+        self, graph: Any, params: Tree, stats: Tree, x: jax.Array, **options: Any
     ) -> tuple[Any, Tree]:
-        module = nnx.merge(graph, params, stats)
-        y = module(x, **options)
+        module: Any = nnx.merge(graph, params, stats)
+        if self.hyper is self._own_hyper:
+            y = module(x, **options)
+        else:  # a shared compilation's trace: the settings traced, then the floats again
+            floats = {name: getattr(module, name) for name in SETTINGS}
+            for name, stand_in in stand_ins(self.hyper).items():
+                setattr(module, name, stand_in)
+            y = module(x, **options)
+            for name, value in floats.items():
+                setattr(module, name, value)
         _, _, updated = _split(module)
         return y, updated
 

@@ -1,0 +1,97 @@
+"""Flax's own BatchNorm (linen and nnx) with eps and the momentum as jit arguments: layers of
+one shape that differ only in them share one compilation, and compute bitwise what the same
+module with Python floats computes (a subclass keeps the floats)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+from normspec.adapters.jax import _module
+from normspec.adapters.jax.flax_linen import FlaxLinenImplementation
+from normspec.adapters.jax.flax_nnx import FlaxNnxImplementation
+from normspec.adapters.protocol import LayerConfig
+from normspec.reference import RunningStatistics
+
+
+class LinenFloats(nn.BatchNorm):
+    """nn.BatchNorm under another name: its settings stay Python floats."""
+
+
+class NnxFloats(nnx.BatchNorm):
+    """nnx.BatchNorm under another name: its settings stay Python floats."""
+
+
+APIS = {
+    "linen": (FlaxLinenImplementation, LinenFloats),
+    "nnx": (FlaxNnxImplementation, NnxFloats),
+}
+#: (eps, momentum): momenta 0 and 1 among them (rates 1 and 0); 0.9, whose 1 - momentum
+#: rounded from double (0.1 in float32) is not 1 - its float32 rounding (0.100000024)
+SETTINGS = [(1e-5, 0.9), (0.1, 0.0), (0.3, 1.0)]
+
+
+def results(implementation: Any, config: LayerConfig, seed: int) -> list[np.ndarray]:
+    """A training step, the state it leaves, inference and both vjps of a layer whose
+    parameters and statistics are set."""
+    rng = np.random.default_rng(seed)
+    shape = (6, 3, 2) if config.feature_axis == 1 else (6, 2, 3)
+    x = rng.normal(size=shape) * 3.0 + 100.0
+    dy = rng.normal(size=shape)
+    layer = implementation.build(config)
+    layer.set_parameters(rng.normal(size=3), rng.normal(size=3))
+    layer.set_state(RunningStatistics(rng.normal(size=3), rng.uniform(0.5, 2.0, 3), 1))
+    found = [layer.infer(x)]
+    for training in (True, False):
+        grads = layer.vjp(x, dy, training=training)
+        found += [grads.dx, grads.dgamma, grads.dbeta]
+    found.append(layer.train_step(x))
+    state = layer.state()
+    return [*found, state.mean, state.var]
+
+
+def sizes() -> tuple[int, int]:
+    return (
+        _module._forward._cache_size(),  # type: ignore[attr-defined]
+        _module._vjp._cache_size(),  # type: ignore[attr-defined]
+    )
+
+
+@pytest.mark.parametrize(
+    ("api", "dtype"), [("linen", "float32"), ("linen", "float64"), ("nnx", "float16")]
+)
+def test_settings_are_jit_arguments_and_compute_as_floats(api: str, dtype: str) -> None:
+    own, floats = (APIS[api][0](), APIS[api][0](APIS[api][1]))
+    growth = []
+    for k, (eps, momentum) in enumerate(SETTINGS):
+        config = LayerConfig(
+            num_features=3, rank=3, feature_axis=1, dtype=dtype, eps=eps, momentum=momentum
+        )
+        before = sizes()
+        shared = results(own, config, k)
+        growth.append(tuple(after - start for after, start in zip(sizes(), before, strict=True)))
+        for got, want in zip(shared, results(floats, config, k), strict=True):
+            assert got.tobytes() == want.tobytes(), (eps, momentum, got, want)
+    # the first setting compiles the shared forwards and vjps (if no other test did); the
+    # others, which differ only in eps and the momentum, nothing
+    assert growth[1:] == [(0, 0)] * (len(SETTINGS) - 1), growth
+
+
+def shares(program: Any) -> bool:
+    return getattr(program.train, "func", None) is _module._forward
+
+
+@pytest.mark.parametrize("api", sorted(APIS))
+def test_a_subclass_and_half_parameters_keep_their_floats(api: str) -> None:
+    """Only the API's own class, with float32 or float64 parameters, takes stand-ins."""
+    implementation, subclass = APIS[api]
+    config = LayerConfig(
+        num_features=3, rank=3, feature_axis=1, dtype="float16", eps=1e-3, momentum=0.9
+    )
+    assert shares(implementation().program(config))
+    assert not shares(implementation(subclass).program(config))
+    assert not shares(implementation(parameters="input").program(config))
