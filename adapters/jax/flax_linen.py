@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -69,22 +70,26 @@ class LinenProgram(JaxProgram):
     (which do not depend on them) one ``init``.
     """
 
+    #: the scalar settings a shared compilation takes as jit arguments (``share_compilation``):
+    #: eps and the momentum of the API's own BatchNorm, a renorm module's warm-up step
+    hyper: Mapping[str, Any] = MappingProxyType({})
+
     def __init__(self, cls: type[nn.Module], arguments: Mapping[str, Any], config: LayerConfig):
         self.cls, self.arguments = cls, arguments
         self.train_module = cls(use_running_average=False, **arguments)
         self.infer_module = cls(use_running_average=True, **arguments)
         super().__init__(config)
-        self.hyper: Mapping[str, Any] = hyper_settings(config)
-        self._own_hyper = self.hyper
         self.template: JaxProgram = self
         structure = settings_structure(cls, nn.BatchNorm, arguments, config)
+        self._own_hyper: Mapping[str, Any] | None = None
         if structure is not None:
+            self.hyper = self._own_hyper = hyper_settings(config)
             self.template = share_compilation(self, structure, self.hyper)
 
     def module(self, training: bool) -> nn.Module:
         """The training or inference module; with traced settings where ``hyper`` was
         replaced by them (a shared compilation's trace)."""
-        if self.hyper is self._own_hyper:
+        if self._own_hyper is None or self.hyper is self._own_hyper:
             return self.train_module if training else self.infer_module
         arguments = {**self.arguments, **stand_ins(self.hyper)}
         return self.cls(use_running_average=not training, **arguments)

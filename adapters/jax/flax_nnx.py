@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -118,16 +119,20 @@ class NnxProgram(JaxProgram):
     that differ only in them share one compilation.
     """
 
+    #: the scalar settings a shared compilation takes as jit arguments (``share_compilation``):
+    #: eps and the momentum of the API's own BatchNorm, a renorm module's warm-up step
+    hyper: Mapping[str, Any] = MappingProxyType({})
+
     def __init__(self, cls: type[nnx.Module], arguments: Mapping[str, Any], config: LayerConfig):
         self.module_class, self.arguments = cls, arguments
         self.train_graph, params, stats = _split(self.module(config, False))
         self.infer_graph, _, _ = _split(self.module(config, True))
         self._made = (params, stats)
         super().__init__(config)
-        self.hyper: Mapping[str, Any] = hyper_settings(config)
-        self._own_hyper = self.hyper
         structure = settings_structure(cls, nnx.BatchNorm, arguments, config)
+        self._own_hyper: Mapping[str, Any] | None = None
         if structure is not None:
+            self.hyper = self._own_hyper = hyper_settings(config)
             share_compilation(self, structure, self.hyper)
 
     def module(self, config: LayerConfig, use_running_average: bool, **changes: Any) -> nnx.Module:
@@ -154,7 +159,7 @@ class NnxProgram(JaxProgram):
         self, graph: Any, params: Tree, stats: Tree, x: jax.Array, **options: Any
     ) -> tuple[Any, Tree]:
         module: Any = nnx.merge(graph, params, stats)
-        if self.hyper is self._own_hyper:
+        if self._own_hyper is None or self.hyper is self._own_hyper:
             y = module(x, **options)
         else:  # a shared compilation's trace: the settings traced, then the floats again
             floats = {name: getattr(module, name) for name in SETTINGS}

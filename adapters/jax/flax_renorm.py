@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import flax
@@ -89,8 +88,6 @@ class LinenWarmupProgram(LinenProgram):
     step) when it is applied: traced where the program's compilation is shared
     (:func:`share_warmup`), the constructor's value otherwise."""
 
-    hyper: Mapping[str, Any] = MappingProxyType({})
-
     def _apply(
         self, module: nn.Module, params: Tree, stats: Tree, x: jax.Array, **options: Any
     ) -> tuple[Any, Tree]:
@@ -102,8 +99,6 @@ class NnxWarmupProgram(NnxProgram):
     """An :class:`NnxProgram` whose module takes the arguments in ``hyper`` (as
     :class:`LinenWarmupProgram`): built inside the traced function with them, as the
     constructor builds it, its variables then those given."""
-
-    hyper: Mapping[str, Any] = MappingProxyType({})
 
     def graph(self, training: bool) -> Any:
         if not self.hyper:
