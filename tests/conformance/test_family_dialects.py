@@ -199,6 +199,8 @@ def test_eps_outside_the_root_is_a_dialect_of_the_profile(layers: None, tmp_path
     (tmp_path / "paper.toml").write_text(OUTSIDE)
     values = "rms.train.*,rms.backward.*,rms.degenerate.*"
     found = _outcomes("famrep_layers:PaperRMSNorm", str(tmp_path / "paper.toml"), values)
+    # the second order of this dialect is not specified yet (spec: rms.backward.second_order)
+    assert found.pop("rms.backward.second_order") == "not_applicable"
     assert found and set(found.values()) == {"pass"}, found
     under_torch = _outcomes("famrep_layers:PaperRMSNorm", "torch", "rms.train.statistics")
     assert under_torch["rms.train.statistics"] == "fail"
