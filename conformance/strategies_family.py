@@ -335,18 +335,51 @@ def group_cases(
         entry: GroupEntry = draw(st.sampled_from(list(entries)))
         if batch is not None:
             entry = replace(entry, batch=batch)
-        return draw(
-            _grouped(
+        rate = None  # drawn with the values
+    else:
+        entry, rate = draw(
+            _free_group_entry(
                 capabilities,
-                dialect,
-                dtype,
                 kind,
-                entry,
-                conditioning=conditioning,
-                track=track,
-                layout=layout,
+                track,
+                long_reductions,
+                min_group_values,
+                min_slices,
+                affine,
+                fixed_eps,
+                batch,
             )
         )
+    return draw(
+        _grouped(
+            capabilities,
+            dialect,
+            dtype,
+            kind,
+            entry,
+            conditioning=conditioning,
+            track=track,
+            layout=layout,
+            rate=rate,
+        )
+    )
+
+
+@st.composite
+def _free_group_entry(
+    draw: st.DrawFn,
+    capabilities: Capabilities,
+    kind: FamilyKind,
+    track: bool,
+    long_reductions: bool,
+    min_group_values: int,
+    min_slices: int,
+    affine: bool | None,
+    fixed_eps: float | None,
+    batch: int | None,
+) -> tuple[GroupEntry, float | None]:
+    """A configuration drawn freely within the options of :func:`group_cases`, and the
+    rate of its running statistics where they are tracked."""
     instance = kind == "instancenorm"
     groups = draw(_GROUPS)
     channels = groups * (1 if instance else draw(_GROUP_WIDTHS))
@@ -370,20 +403,7 @@ def group_cases(
         else (affine is not False)
     )
     eps = draw(EPS_VALUES) if fixed_eps is None else fixed_eps
-    entry = GroupEntry(n, groups, width, tuple(spatial), eps, with_affine)
-    return draw(
-        _grouped(
-            capabilities,
-            dialect,
-            dtype,
-            kind,
-            entry,
-            conditioning=conditioning,
-            track=track,
-            layout=layout,
-            rate=rate,
-        )
-    )
+    return GroupEntry(n, groups, width, tuple(spatial), eps, with_affine), rate
 
 
 @st.composite
