@@ -271,8 +271,8 @@ class Worker:
             lost = self._wait(process, timeout)
             if lost is None:
                 answer = messages.receive(process.connection)
-        except EOFError:
-            lost = (WorkerCrashed, "")
+        except (EOFError, ConnectionError):  # its end of the connection, or a reset (it
+            lost = (WorkerCrashed, "")  # died with bytes unread)
         except BaseException:
             # a Ctrl-C, or an answer that cannot be read: the worker's state is unknown
             self._discard()

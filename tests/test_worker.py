@@ -103,3 +103,17 @@ def test_close_ends_the_worker_process(worker: Worker) -> None:
     assert worker.pid is None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_a_worker_that_dies_with_bytes_unread_is_a_crash(worker: Worker) -> None:
+    """Its end of the connection then resets ours (ECONNRESET), where a plain death ends it."""
+    worker.request("add", 0.0)
+    connection = worker.connection
+    assert connection is not None and worker.pid is not None
+    worker.send("sleep_in_here", 60.0)
+    time.sleep(0.2)  # the request read; now bytes it will never read
+    connection.send_bytes(b"unread")
+    os.kill(worker.pid, 9)
+    with pytest.raises(WorkerCrashed, match="crashed: SIGKILL"):
+        worker.reply()
+    assert worker.request("add", 1.0) == 2.0
