@@ -23,6 +23,11 @@ REV is checked out into a temporary ``git worktree`` and run by the same interpr
 ``PYTHONPATH`` pointing at a package tree built from it (the checkout's own code is run the
 same way). Every clause whose verdict (its outcome and its outcome per dtype, from the
 ``--json`` report) differs between the two is printed.
+
+``--jobs N`` runs this checkout's checks with ``--jobs N`` and ``--baseline-jobs N`` the
+baseline's (each else with its own default: one process before ``--jobs`` existed, the
+cores available since); ``--baseline HEAD --baseline-jobs 1`` sets a run spread over the
+cores beside the same code in one process.
 """
 
 from __future__ import annotations
@@ -74,12 +79,21 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def check(target: str, profile: str, seed: int, cache: str, tree: str | None = None) -> Run:
+def check(
+    target: str,
+    profile: str,
+    seed: int,
+    cache: str,
+    tree: str | None = None,
+    jobs: str | None = None,
+) -> Run:
     """``normspec check`` in a fresh process, its compilation cache in ``cache``; with
-    ``tree`` (:func:`package_tree`), normspec imported from there."""
+    ``tree`` (:func:`package_tree`), normspec imported from there; with ``jobs``, its
+    ``--jobs`` (else that normspec's default)."""
     report = Path(cache) / f"report-{time.monotonic_ns()}.json"
     command = [sys.executable, "-m", "normspec", "check", target]
     command += ["--profile", profile, "--seed", str(seed), "--json", str(report)]
+    command += ["--jobs", jobs] if jobs is not None else []
     environment = {**os.environ, "NORMSPEC_COMPILATION_CACHE": cache}
     environment.pop("JAX_COMPILATION_CACHE_DIR", None)
     if tree is not None:  # the project's own targets (tests.fixtures) from this checkout
@@ -140,20 +154,29 @@ def revision_tree(revision: str) -> Iterator[str]:
 
 
 def compare(
-    targets: list[tuple[str, str]], revision: str, seed: int, repeat: int, budget: float
+    targets: list[tuple[str, str]],
+    revision: str,
+    seed: int,
+    repeat: int,
+    budget: float,
+    jobs: tuple[str | None, str | None] = (None, None),
 ) -> None:
-    """Cold checks of this checkout beside ``revision``'s, their runs alternating."""
+    """Cold checks of this checkout beside ``revision``'s, their runs alternating; ``jobs``:
+    the ``--jobs`` of each (``None``: its default)."""
     runs: dict[str, tuple[Run, Run]] = {}
     with revision_tree(revision) as before, tempfile.TemporaryDirectory() as folder:
         after = package_tree(ROOT, Path(folder))
         for target, profile in targets:
             name = f"{target} [{profile}]"
-            old, new = medians(target, profile, seed, repeat, ((before,), (after,)))
+            sessions = (((before, jobs[0]),), ((after, jobs[1]),))
+            old, new = medians(target, profile, seed, repeat, sessions)
             runs[name] = (old, new)
             print(f"  {name}: {runs[name][0].wall:.1f} s -> {runs[name][1].wall:.1f} s", flush=True)
+    spelled = [f" --jobs {j}" if j is not None else "" for j in jobs]
     heading = (
         f"normspec check TARGET --profile PROFILE --seed {seed}, cold, medians of {repeat}, "
-        f"{os.cpu_count()} CPUs, budget {budget:g} s (after); {revision} beside this checkout"
+        f"{os.cpu_count()} CPUs, budget {budget:g} s (after); {revision}{spelled[0]} beside "
+        f"this checkout{spelled[1]}"
     )
     print_table(heading, ("before wall s", "CPU s", "after wall s", "CPU s"), runs, budget, 1)
     for name, (old, new) in runs.items():
@@ -168,20 +191,24 @@ def compare(
             print(f"  {change}")
 
 
+#: How one check of a session runs: the tree normspec is imported from (:func:`package_tree`,
+#: ``None``: the installed one) and its ``--jobs`` (``None``: its default).
+Way = tuple[str | None, str | None]
+
+
 def medians(
-    target: str, profile: str, seed: int, repeat: int, sessions: tuple[tuple[str | None, ...], ...]
+    target: str, profile: str, seed: int, repeat: int, sessions: tuple[tuple[Way, ...], ...]
 ) -> list[Run]:
     """The median run of each check of ``sessions`` over ``repeat`` rounds. A round runs
-    every session in turn; a session's checks (each the tree normspec is imported from,
-    :func:`package_tree`, or ``None``: the installed one) share a new empty compilation
-    cache, so the first is cold and the others warm."""
+    every session in turn; a session's checks (each run its :data:`Way`) share a new empty
+    compilation cache, so the first is cold and the others warm."""
     runs: list[list[Run]] = [[] for session in sessions for _ in session]
     for _ in range(repeat):
         index = 0
         for session in sessions:
             with tempfile.TemporaryDirectory(prefix="normspec-cache-") as cache:
-                for tree in session:
-                    runs[index].append(check(target, profile, seed, cache, tree))
+                for tree, jobs in session:
+                    runs[index].append(check(target, profile, seed, cache, tree, jobs))
                     index += 1
     return [median_run(r) for r in runs]
 
@@ -241,17 +268,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--baseline", metavar="REV", help="check REV beside this checkout")
     parser.add_argument("--budget", type=float, default=BUDGET_SECONDS, help="seconds")
+    parser.add_argument("--jobs", help="this checkout's --jobs (default: its default)")
+    parser.add_argument("--baseline-jobs", help="the baseline's --jobs (default: its default)")
     args = parser.parse_args()
     chosen = [tuple(t.partition("@")[::2]) for t in args.targets] or installed_targets()
     targets = [("reference", "paper")] + [
         (t, profile_argument(p or "paper")) for t, p in chosen if t != "reference"
     ]
     if args.baseline:
-        compare(targets, args.baseline, args.seed, args.repeat, args.budget)
+        jobs = (args.baseline_jobs, args.jobs)
+        compare(targets, args.baseline, args.seed, args.repeat, args.budget, jobs)
         return
     runs: dict[str, tuple[Run, Run]] = {}
     for target, profile in targets:
-        cold, warm = medians(target, profile, args.seed, args.repeat, ((None, None),))
+        way = (None, args.jobs)
+        cold, warm = medians(target, profile, args.seed, args.repeat, ((way, way),))
         runs[f"{target} [{profile}]"] = (cold, warm)
         print(f"  {target}: cold {runs[f'{target} [{profile}]'][0].wall:.1f} s", flush=True)
     heading = (

@@ -37,9 +37,10 @@ class OptionsError(ValueError):
 @dataclass(frozen=True)
 class RunSettings:
     """What every run shares: dtypes, clause patterns, the example budget, the seed, the
-    per-call time limit, the time limit on shrinking one failure, and the settings menu
+    per-call time limit, the time limit on shrinking one failure, the settings menu
     (entries per dtype, :mod:`normspec.conformance.menu`; 0: settings drawn freely;
-    ``None``: the implementation's default)."""
+    ``None``: the implementation's default), and the processes a run's clauses are spread
+    over (:mod:`normspec.conformance.lanes`; the report is the same whatever their number)."""
 
     dtypes: Sequence[str] | None = None
     clauses: str | None = None
@@ -48,6 +49,7 @@ class RunSettings:
     timeout: float = DEFAULT_TIMEOUT
     shrink_seconds: float = DEFAULT_SHRINK_SECONDS
     menu: int | None = None
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         from normspec.conformance.runner import select_checks
@@ -62,6 +64,8 @@ class RunSettings:
             raise OptionsError(
                 f"takes 0 (settings drawn freely) or a number of entries, not {self.menu}", "menu"
             )
+        if self.jobs < 1:
+            raise OptionsError(f"takes a number of processes, at least 1, not {self.jobs}", "jobs")
         for name in self.dtypes or ():
             if name not in ALL_DTYPES:
                 raise OptionsError(f"unknown dtype {name!r} (known: {', '.join(ALL_DTYPES)})")

@@ -34,9 +34,9 @@ from normspec.conformance.findings import (
 )
 from normspec.conformance.guard import Guard
 from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
+from normspec.conformance.lanes import close_lanes, start_lanes
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
 from normspec.conformance.results import (
-    PROBLEMS,
     SEVERITY,
     ClauseResult,
     Finding,
@@ -45,6 +45,7 @@ from normspec.conformance.results import (
     worst_outcome,
 )
 from normspec.conformance.run_settings import DEFAULT_TIMEOUT, OptionsError, RunSettings
+from normspec.conformance.schedule import checked_in_order
 from normspec.conformance.seeded_draws import seeded_draws
 from normspec.conformance.shrinking import DEFAULT_SHRINK_SECONDS, shrink_limit
 from normspec.reference.dialects import Dialect
@@ -367,26 +368,6 @@ def _summary_message(
     )
 
 
-def not_passing_dtypes(result: ClauseResult, dtypes: Sequence[str]) -> set[str]:
-    """The dtypes a clause did not pass in (a fail, an error, a crash, a hang or a skip):
-    per dtype where it ran per dtype, else all of them where the clause as a whole did not."""
-    if result.dtype_outcomes:
-        return {d for d, o in result.dtype_outcomes.items() if o in (*PROBLEMS, "skipped")}
-    return set(dtypes) if result.outcome in (*PROBLEMS, "skipped") else set()
-
-
-def blocked_dtypes(
-    depends_on: Sequence[str], not_passed: Mapping[str, set[str]], dtypes: Sequence[str]
-) -> dict[str, str]:
-    """Per dtype, the first clause of ``depends_on`` that did not pass in it."""
-    blocked: dict[str, str] = {}
-    for dtype in dtypes:
-        behind = next((d for d in depends_on if dtype in not_passed.get(d, ())), None)
-        if behind is not None:
-            blocked[dtype] = behind
-    return blocked
-
-
 def environment() -> dict[str, str]:
     return {
         "python": platform.python_version(),
@@ -394,6 +375,47 @@ def environment() -> dict[str, str]:
         "machine": platform.machine(),
         "executable": sys.executable,
     }
+
+
+class CheckSession:
+    """One implementation under one run's options: what the checks of all its clauses share
+    (the profile's dialect, the capabilities, the dtypes, the menus, the guard of its calls),
+    and the check of one clause (:meth:`check`)."""
+
+    def __init__(self, implementation: Implementation, options: CheckOptions) -> None:
+        self.implementation = implementation
+        self.options = options
+        self.dialect = find_profile(options.profile)
+        self.capabilities = implementation.capabilities()
+        self.dtypes = _dtypes(options.dtypes, self.capabilities.dtypes)
+        self.menus = menus(options, self.capabilities, self.dialect, self.dtypes)
+        self.versions = plain_versions(implementation.versions())
+        worker = (
+            implementation.worker if isinstance(implementation, IsolatedImplementation) else None
+        )
+        self.guard = Guard(options.timeout, worker)
+        self.flags = command_flags(implementation)
+        self.prefix = environment_prefix(self.versions, options.target)
+
+    def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult:
+        """The result of ``item``'s clause, skipped in the dtypes of ``blocked`` (a dtype to
+        the clause it depends on that did not pass there); never raises for anything the
+        implementation does."""
+        ctx = CheckContext(
+            self.implementation,
+            self.capabilities,
+            self.dialect,
+            self.dtypes,
+            self.guard,
+            menus=self.menus,
+        )
+        ctx.bounds = item.bounds
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return check_clause(item, ctx, self.options, blocked, self.flags, self.prefix)
+
+    def close(self) -> None:
+        self.guard.close()
 
 
 def check_implementation(
@@ -406,54 +428,43 @@ def check_implementation(
 
     An :class:`~normspec.conformance.isolation.IsolatedImplementation` is called in its
     worker process (a crash or a hang ends the worker and the run goes on); any other
-    implementation in this process. The report says which (``Report.isolation``).
+    implementation in this process. The report says which (``Report.isolation``). With
+    ``options.jobs`` above 1 and a target to load, the clauses are spread over that many
+    processes (:mod:`~normspec.conformance.lanes`); the report is the same. ``progress`` is
+    called with each clause's result, in run order.
     """
-    dialect = find_profile(options.profile)
     checks = select_checks(options.clauses)
-    capabilities = implementation.capabilities()
-    dtypes = _dtypes(options.dtypes, capabilities.dtypes)
-    menu_of = menus(options, capabilities, dialect, dtypes)
+    session = CheckSession(implementation, options)
     report = Report(
         implementation=implementation.name,
         target=options.target or implementation.name,
-        profile=dialect.name,
-        profile_source=dialect.source,
-        dtypes=dtypes,
+        profile=session.dialect.name,
+        profile_source=session.dialect.source,
+        dtypes=session.dtypes,
         seed=options.seed,
         max_examples=options.max_examples or DEFAULT_MAX_EXAMPLES,
-        menu=menu_size(options, capabilities),
+        menu=menu_size(options, session.capabilities),
         isolation=isolation_of(implementation),
-        versions=plain_versions(implementation.versions()),
+        versions=session.versions,
         environment=environment(),
         normspec_version=normspec.__version__,
         spec_version=spec.SPEC_VERSION,
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        warnings=list(capabilities.warnings),
+        warnings=list(session.capabilities.warnings),
     )
-    worker = implementation.worker if isinstance(implementation, IsolatedImplementation) else None
-    guard = Guard(options.timeout, worker)
-    flags = command_flags(implementation)
-    prefix = environment_prefix(report.versions, options.target)
-    #: per clause, the dtypes it did not pass in (its dependents are skipped in those)
-    not_passed: dict[str, set[str]] = {}
     if on_start is not None:
         on_start(report)
     started = time.perf_counter()
+    lanes = start_lanes(implementation, options, len(checks))
     try:
-        for item in checks:
-            ctx = CheckContext(implementation, capabilities, dialect, dtypes, guard, menus=menu_of)
-            ctx.bounds = item.bounds
-            blocked = blocked_dtypes(item.depends_on, not_passed, dtypes)
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore", RuntimeWarning)
-                result = check_clause(item, ctx, options, blocked, flags, prefix)
-            not_passed[item.clause_id] = not_passing_dtypes(result, dtypes)
+        for result in checked_in_order(checks, session.check, lanes, session.dtypes):
             report.results.append(result)
             if progress is not None:
                 progress(result)
     except KeyboardInterrupt:
         report.interrupted = True
     finally:
-        guard.close()
+        session.close()
+        report.warnings += close_lanes(lanes)
     report.seconds = time.perf_counter() - started
     return report

@@ -93,6 +93,31 @@ def _add_isolation(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    from normspec.conformance.lanes import MOST_AUTOMATIC_JOBS
+
+    parser.add_argument(
+        "--jobs",
+        default="auto",
+        metavar="N",
+        help="spread the clauses over N processes, each with its own copy of the "
+        "implementation; the report is the same for any N (default auto: the cores this "
+        f"process may use, at most {MOST_AUTOMATIC_JOBS}; 1: this process alone)",
+    )
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    """``--jobs``: a number of processes, or ``auto``."""
+    from normspec.conformance.lanes import automatic_jobs
+
+    if args.jobs == "auto":
+        return automatic_jobs()
+    try:
+        return int(args.jobs)
+    except ValueError:
+        raise UsageError(f"--jobs takes a number of processes or auto, not {args.jobs!r}") from None
+
+
 def _isolation(args: argparse.Namespace) -> Any:
     """The Isolation the options ask for, ``None`` for --in-process."""
     from normspec.conformance.isolation import Isolation
@@ -144,6 +169,7 @@ def _check_command(args: argparse.Namespace) -> int:
             target=args.target,
             shrink_seconds=args.shrink_seconds,
             menu=args.menu,
+            jobs=_jobs(args),
         )
     except OptionsError as problem:
         raise _options_error(problem) from None
@@ -247,6 +273,7 @@ def _report_command(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             shrink_seconds=args.shrink_seconds,
             menu=args.menu,
+            jobs=_jobs(args),
             paper=not args.no_paper,
             isolation=_isolation(args),
         )
@@ -352,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_isolation(checking)
     _add_shrink_seconds(checking)
     _add_menu(checking)
+    _add_jobs(checking)
     checking.add_argument("--json", help="write the JSON report here")
     checking.add_argument("--junit", help="write JUnit XML here")
     checking.add_argument(
@@ -398,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_isolation(reporting)
     _add_shrink_seconds(reporting)
     _add_menu(reporting)
+    _add_jobs(reporting)
     reporting.add_argument(
         "--deviations", action="append", metavar="FILE", help="a deviation file (repeatable)"
     )

@@ -1,0 +1,136 @@
+"""Lanes: other processes checking clauses of the same run (``normspec check --jobs N``).
+
+A lane is a :class:`~normspec.worker.Worker` whose service, :class:`ClauseService`, loads the
+implementation from the run's target as this process did (in a worker process of its own,
+unless the run is in-process), and checks each clause it is sent with the run's options
+(:class:`~normspec.conformance.runner.CheckSession`), so that its results are the ones this
+process would have found (:mod:`~normspec.conformance.schedule`). Lanes start while this
+process checks the first clauses. A lane that does not start, or is lost, gives its clause
+back and the others check the rest; the report's warnings say so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from normspec.adapters.protocol import Implementation
+from normspec.adapters.registry import target_environment
+from normspec.conformance.checks import Check
+from normspec.conformance.isolation import IsolatedImplementation, Isolation, load_implementation
+from normspec.conformance.results import ClauseResult
+from normspec.worker import Worker, WorkerSetup
+
+if TYPE_CHECKING:
+    from normspec.conformance.runner import CheckOptions
+
+#: Seconds a lane may take over one clause (each of the clause's calls has the run's timeout).
+LANE_CLAUSE_SECONDS = 24 * 3600.0
+#: The most processes ``--jobs auto`` spreads a run over.
+MOST_AUTOMATIC_JOBS = 4
+
+
+def automatic_jobs() -> int:
+    """The processes a run is spread over by default: the cores this process may use (at most
+    :data:`MOST_AUTOMATIC_JOBS`: each loads the implementation's framework)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MOST_AUTOMATIC_JOBS))
+
+
+class ClauseService:
+    """A lane's service (in its process): the implementation ``target`` names, loaded as the
+    run's, and the check of each clause requested."""
+
+    def __init__(self, target: str, options: CheckOptions, isolation: Isolation | None) -> None:
+        from normspec.conformance.runner import CheckSession, select_checks
+
+        self.implementation = load_implementation(
+            target, options.profile, isolation, timeout=options.timeout
+        )
+        self.session = CheckSession(self.implementation, options)
+        self.checks = {item.clause_id: item for item in select_checks(options.clauses)}
+
+    def check(self, clause_id: str, blocked: Mapping[str, str]) -> ClauseResult:
+        return self.session.check(self.checks[clause_id], blocked)
+
+    def close(self) -> None:
+        self.session.close()
+        if isinstance(self.implementation, IsolatedImplementation):
+            self.implementation.close()
+
+
+class ProcessLane:
+    """A lane in a process of its own (:class:`~normspec.conformance.schedule.Lane`)."""
+
+    def __init__(self, target: str, options: CheckOptions, isolation: Isolation | None) -> None:
+        setup = WorkerSetup(
+            f"{ClauseService.__module__}:{ClauseService.__qualname__}",
+            (target, options, isolation),
+            env=target_environment(target),
+        )
+        self.worker = Worker(setup, timeout=LANE_CLAUSE_SECONDS)
+        self.worker.launch()
+        #: why the lane ended before the run did (``None``: it did not, or it was stopped)
+        self.lost: str | None = None
+        self.stopped = False
+
+    def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult | None:
+        try:
+            result: ClauseResult = self.worker.request("check", item.clause_id, dict(blocked))
+        except Exception as problem:
+            if not self.stopped:
+                self.lost = f"{type(problem).__name__}: {problem}"
+            return None
+        return result
+
+    def stop(self) -> None:
+        self.stopped = True
+        pid = self.worker.pid
+        if pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+def start_lanes(
+    implementation: Implementation, options: CheckOptions, clauses: int
+) -> list[ProcessLane]:
+    """The lanes beside this process for a run of ``clauses`` clauses: ``options.jobs - 1``
+    (fewer where there are fewer clauses), none where the run has no target to load or
+    worker processes are not available (not POSIX)."""
+    count = min(options.jobs, clauses) - 1
+    if count < 1 or options.target is None or os.name != "posix":
+        return []
+    isolation = (
+        implementation.isolation if isinstance(implementation, IsolatedImplementation) else None
+    )
+    return [ProcessLane(options.target, options, isolation) for _ in range(count)]
+
+
+def close_lanes(lanes: Sequence[ProcessLane]) -> list[str]:
+    """Close the lanes; a warning for each that ended before the run did."""
+    for lane in lanes:
+        lane.close()
+    return [
+        f"a lane checking clauses beside this process ended ({lane.lost}); the other "
+        "processes checked its clauses"
+        for lane in lanes
+        if lane.lost is not None
+    ]
+
+
+__all__ = [
+    "ClauseService",
+    "ProcessLane",
+    "automatic_jobs",
+    "close_lanes",
+    "start_lanes",
+]
