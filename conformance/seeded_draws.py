@@ -14,7 +14,19 @@ package changed the examples of ``normspec check`` at the same seed. Within
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from typing import Any
+
+
+@functools.cache
+def _global_only_cache() -> Any:
+    """Hypothesis's cache of the constants allowed per kind of draw, for the draws within
+    :func:`seeded_draws`: one for the process, shared by every check's runs (there its pool
+    is Hypothesis's global constants, so what it holds depends on the kind of draw alone)."""
+    from hypothesis.internal.cache import LRUCache
+
+    return LRUCache(4096)
 
 
 @contextlib.contextmanager
@@ -23,17 +35,17 @@ def seeded_draws() -> Iterator[None]:
 
     Hypothesis's providers look the pool up through ``_get_local_constants`` and cache the
     constants allowed per kind of draw in ``CONSTANTS_CACHE``, both module attributes: the
-    block replaces them (a cache filled before, by a user's own tests in the same process,
-    would still hold local constants) and restores them after.
+    block replaces them (a cache filled outside, by a user's own tests in the same process,
+    would hold local constants) with a cache of its own, kept from block to block, and
+    restores them after.
     """
-    from hypothesis.internal.cache import LRUCache
     from hypothesis.internal.conjecture import providers
     from hypothesis.internal.constants_ast import Constants
 
     none = Constants()
     saved = providers._get_local_constants, providers.CONSTANTS_CACHE
     providers._get_local_constants = lambda: none
-    providers.CONSTANTS_CACHE = LRUCache(1024)
+    providers.CONSTANTS_CACHE = _global_only_cache()
     try:
         yield
     finally:
