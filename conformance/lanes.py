@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 LANE_CLAUSE_SECONDS = 24 * 3600.0
 #: The most processes ``--jobs auto`` spreads a run over.
 MOST_AUTOMATIC_JOBS = 4
+#: The environment variable that sets ``--jobs``'s default (a CI whose test runner already
+#: keeps every core busy sets it to 1).
+JOBS_SETTING = "NORMSPEC_JOBS"
 
 
 def automatic_jobs() -> int:
@@ -80,14 +83,25 @@ class ProcessLane:
         self.lost: str | None = None
         self.stopped = False
 
+    def start(self) -> bool:
+        try:
+            self.worker.ready()
+        except Exception as problem:
+            self._lose(problem)
+            return False
+        return True
+
     def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult | None:
         try:
             result: ClauseResult = self.worker.request("check", item.clause_id, dict(blocked))
         except Exception as problem:
-            if not self.stopped:
-                self.lost = f"{type(problem).__name__}: {problem}"
+            self._lose(problem)
             return None
         return result
+
+    def _lose(self, problem: Exception) -> None:
+        if not self.stopped:
+            self.lost = f"{type(problem).__name__}: {problem}"
 
     def stop(self) -> None:
         self.stopped = True
@@ -128,6 +142,7 @@ def close_lanes(lanes: Sequence[ProcessLane]) -> list[str]:
 
 
 __all__ = [
+    "JOBS_SETTING",
     "ClauseService",
     "ProcessLane",
     "automatic_jobs",

@@ -7,7 +7,8 @@ waiting clause that is ready, in run order, checks it, and takes the next; each
 :mod:`~normspec.conformance.lanes`) does the same from a thread of its own, which only waits
 on the lane. Results come back in run order whoever checked them: a clause's result depends
 on the clause, the run's options and the results of the clauses it depends on, never on
-where it ran or what ran there before it.
+where it ran or what ran there before it. A lane takes its first clause once it has
+started (loaded the implementation); one still starting when the run is over is stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ CheckOne = Callable[[Check, Mapping[str, str]], ClauseResult]
 
 class Lane(Protocol):
     """Another process checking clauses of the run."""
+
+    def start(self) -> bool:
+        """Wait until the lane can check clauses; ``False`` where it cannot (it is gone)."""
 
     def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult | None:
         """``item``'s result, as :data:`CheckOne`; ``None`` where the lane is gone (the
@@ -134,15 +138,19 @@ def checked_in_order(
         with board.changed:
             board.stopped = True
             board.changed.notify_all()
-        if board.emitted < len(board.order):
-            for lane in lanes:
+        finished = board.emitted == len(board.order)
+        for lane, thread in zip(lanes, threads, strict=True):
+            if not finished or thread.is_alive():  # interrupted, or still starting
                 lane.stop()
         for thread in threads:
             thread.join()
 
 
 def _serve(lane: Lane, board: _Board) -> None:
-    """A lane's thread: check the ready clauses it takes until none is left or it is gone."""
+    """A lane's thread: once the lane has started, check the ready clauses it takes until
+    none is left or it is gone."""
+    if not lane.start():
+        return
     while True:
         with board.changed:
             job = board.take()

@@ -94,28 +94,31 @@ def _add_isolation(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_jobs(parser: argparse.ArgumentParser) -> None:
-    from normspec.conformance.lanes import MOST_AUTOMATIC_JOBS
+    from normspec.conformance.lanes import JOBS_SETTING, MOST_AUTOMATIC_JOBS
 
     parser.add_argument(
         "--jobs",
-        default="auto",
+        default=os.environ.get(JOBS_SETTING, "auto"),
         metavar="N",
         help="spread the clauses over N processes, each with its own copy of the "
-        "implementation; the report is the same for any N (default auto: the cores this "
-        f"process may use, at most {MOST_AUTOMATIC_JOBS}; 1: this process alone)",
+        f"implementation; the report is the same for any N (default ${JOBS_SETTING}, else "
+        f"auto: the cores this process may use, at most {MOST_AUTOMATIC_JOBS}; 1: this "
+        "process alone)",
     )
 
 
 def _jobs(args: argparse.Namespace) -> int:
     """``--jobs``: a number of processes, or ``auto``."""
-    from normspec.conformance.lanes import automatic_jobs
+    from normspec.conformance.lanes import JOBS_SETTING, automatic_jobs
 
     if args.jobs == "auto":
         return automatic_jobs()
     try:
         return int(args.jobs)
     except ValueError:
-        raise UsageError(f"--jobs takes a number of processes or auto, not {args.jobs!r}") from None
+        raise UsageError(
+            f"--jobs (or ${JOBS_SETTING}) takes a number of processes or auto, not {args.jobs!r}"
+        ) from None
 
 
 def _isolation(args: argparse.Namespace) -> Any:

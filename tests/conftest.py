@@ -17,6 +17,9 @@ from normspec.adapters.jax import devices as jax_devices  # imports no framework
 os.environ.setdefault("NORMSPEC_COMPILATION_CACHE", "off")
 # Nor Hypothesis's files (normspec.storage): they stay in the checkout's .hypothesis/.
 os.environ.setdefault(storage.HYPOTHESIS_SETTING, str(Path(__file__).parents[1] / ".hypothesis"))
+# One process per check run from the command line: pytest -n already keeps the cores busy
+# (tests/conformance/test_lanes.py spreads runs on purpose).
+os.environ.setdefault("NORMSPEC_JOBS", "1")
 # Four host devices for the sync.* checks of the JAX adapters, asked for before anything
 # imports JAX, as the command line does; a device count in the user's XLA_FLAGS is kept.
 jax_devices.enable()

@@ -15,7 +15,7 @@ from gallery.bugs import EpsIgnored
 
 from normspec.adapters.registry import load_target
 from normspec.cli import main
-from normspec.conformance import lanes
+from normspec.conformance import lanes, runner
 from normspec.conformance.checks import Check
 from normspec.conformance.isolation import IsolatedImplementation, Isolation, isolate
 from normspec.conformance.results import ClauseResult
@@ -90,6 +90,9 @@ class _FakeLane:
 
     def __init__(self, events: list[tuple[str, str]], lock: threading.Lock, gone: bool = False):
         self.events, self.lock, self.gone = events, lock, gone
+
+    def start(self) -> bool:
+        return True
 
     def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult | None:
         if self.gone:
@@ -167,6 +170,24 @@ def test_a_bad_jobs_option_is_a_usage_error(jobs: str, capsys: pytest.CaptureFix
     assert "--jobs" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize(("setting", "jobs"), [("3", 3), ("auto", lanes.automatic_jobs())])
+def test_the_environment_sets_the_default_jobs(
+    setting: str, jobs: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[int] = []
+
+    def record(implementation: Any, options: CheckOptions, **_: Any) -> Any:
+        asked.append(options.jobs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "check_implementation", record)
+    monkeypatch.setenv(lanes.JOBS_SETTING, setting)
+    assert main(["check", "reference", "--in-process"]) == 130  # stopped there
+    assert asked == [jobs]
+    monkeypatch.setenv(lanes.JOBS_SETTING, "many")
+    assert main(["check", "reference"]) == 2
+
+
 def test_lanes_load_the_target_where_the_run_does(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[Isolation | None] = []
     monkeypatch.setattr(lanes.ProcessLane, "__init__", lambda s, t, o, i: made.append(i))
@@ -178,3 +199,32 @@ def test_lanes_load_the_target_where_the_run_does(monkeypatch: pytest.MonkeyPatc
     assert made == [Isolation(memory_limit=2**30)] * 2 + [None] * 2
     assert lanes.start_lanes(isolated, options, clauses=1) == []
     assert lanes.start_lanes(isolated, CheckOptions(jobs=3), clauses=10) == []  # no target
+
+
+class _SlowToStart(_FakeLane):
+    """A lane that starts only once stopped (it never takes a clause)."""
+
+    def __init__(self, events: list[tuple[str, str]], lock: threading.Lock) -> None:
+        super().__init__(events, lock)
+        self.stopped = threading.Event()
+
+    def start(self) -> bool:
+        self.stopped.wait(timeout=60)
+        return False
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def test_a_run_over_before_a_lane_started_stops_it_rather_than_waiting() -> None:
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    slow = _SlowToStart(events, lock)
+
+    def here(item: Check, blocked: Mapping[str, str]) -> ClauseResult:
+        return _checked(item, blocked, events, lock)
+
+    started = time.perf_counter()
+    results = list(checked_in_order(ITEMS, here, [slow], ["float32"]))
+    assert time.perf_counter() - started < 30
+    assert [r.clause_id for r in results] == list("abcdef") and slow.stopped.is_set()
