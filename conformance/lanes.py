@@ -1,8 +1,8 @@
 """Lanes: other processes checking clauses of the same run (``normspec check --jobs N``).
 
 A lane is a :class:`~normspec.worker.Worker` whose service, :class:`ClauseService`, loads the
-implementation from the run's target as this process did (in a worker process of its own,
-unless the run is in-process), and checks each clause it is sent with the run's options
+implementation from the run's target as this process did, in a worker process of its own
+with the run's isolation, and checks each clause it is sent with the run's options
 (:class:`~normspec.conformance.runner.CheckSession`), so that its results are the ones this
 process would have found (:mod:`~normspec.conformance.schedule`). Lanes start while this
 process checks the first clauses. A lane that does not start, or is lost, gives its clause
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from normspec.adapters.protocol import Implementation
 from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check
-from normspec.conformance.isolation import IsolatedImplementation, Isolation, load_implementation
+from normspec.conformance.isolation import IsolatedImplementation, Isolation, isolate
 from normspec.conformance.results import ClauseResult
 from normspec.worker import Worker, WorkerSetup
 
@@ -50,12 +50,10 @@ class ClauseService:
     """A lane's service (in its process): the implementation ``target`` names, loaded as the
     run's, and the check of each clause requested."""
 
-    def __init__(self, target: str, options: CheckOptions, isolation: Isolation | None) -> None:
+    def __init__(self, target: str, options: CheckOptions, isolation: Isolation) -> None:
         from normspec.conformance.runner import CheckSession, select_checks
 
-        self.implementation = load_implementation(
-            target, options.profile, isolation, timeout=options.timeout
-        )
+        self.implementation = isolate(target, options.profile, isolation, timeout=options.timeout)
         self.session = CheckSession(self.implementation, options)
         self.checks = {item.clause_id: item for item in select_checks(options.clauses)}
 
@@ -64,14 +62,13 @@ class ClauseService:
 
     def close(self) -> None:
         self.session.close()
-        if isinstance(self.implementation, IsolatedImplementation):
-            self.implementation.close()
+        self.implementation.close()
 
 
 class ProcessLane:
     """A lane in a process of its own (:class:`~normspec.conformance.schedule.Lane`)."""
 
-    def __init__(self, target: str, options: CheckOptions, isolation: Isolation | None) -> None:
+    def __init__(self, target: str, options: CheckOptions, isolation: Isolation) -> None:
         setup = WorkerSetup(
             f"{ClauseService.__module__}:{ClauseService.__qualname__}",
             (target, options, isolation),
@@ -118,15 +115,14 @@ def start_lanes(
     implementation: Implementation, options: CheckOptions, clauses: int
 ) -> list[ProcessLane]:
     """The lanes beside this process for a run of ``clauses`` clauses: ``options.jobs - 1``
-    (fewer where there are fewer clauses), none where the run has no target to load or
-    worker processes are not available (not POSIX)."""
+    (fewer where there are fewer clauses), none where the run has no target to load or is
+    in-process (debugging, where after a hang nothing is called again: in one process)."""
     count = min(options.jobs, clauses) - 1
-    if count < 1 or options.target is None or os.name != "posix":
+    if count < 1 or options.target is None:
         return []
-    isolation = (
-        implementation.isolation if isinstance(implementation, IsolatedImplementation) else None
-    )
-    return [ProcessLane(options.target, options, isolation) for _ in range(count)]
+    if not isinstance(implementation, IsolatedImplementation):
+        return []
+    return [ProcessLane(options.target, options, implementation.isolation) for _ in range(count)]
 
 
 def close_lanes(lanes: Sequence[ProcessLane]) -> list[str]:
