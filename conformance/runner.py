@@ -429,9 +429,9 @@ def check_implementation(
     An :class:`~normspec.conformance.isolation.IsolatedImplementation` is called in its
     worker process (a crash or a hang ends the worker and the run goes on); any other
     implementation in this process. The report says which (``Report.isolation``). With
-    ``options.jobs`` above 1 and a target to load, the clauses are spread over that many
-    processes (:mod:`~normspec.conformance.lanes`); the report is the same. ``progress`` is
-    called with each clause's result, in run order.
+    ``options.jobs`` above 1, an isolated implementation and its target, the clauses are
+    spread over that many processes (:mod:`~normspec.conformance.lanes`); the report is the
+    same. ``progress`` is called with each clause's result, in run order.
     """
     checks = select_checks(options.clauses)
     session = CheckSession(implementation, options)
