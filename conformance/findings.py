@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from hypothesis.errors import FlakyFailure, Unsatisfiable
 
 from normspec.conformance.context import NotOffered, Violation, observed
+from normspec.conformance.dtypes import Ulps
 from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.results import SEVERITY, Figures, Finding, Outcome
 from normspec.conformance.tolerance import Comparison
@@ -30,6 +31,17 @@ class DtypeRun:
     message: str = ""
     findings: list[Finding] = field(default_factory=list)
     refused: bool = False
+
+
+@dataclass(frozen=True)
+class DtypePart:
+    """One dtype's run of a clause's check, with what the clause's result sums over its
+    dtypes: the examples, the largest error of the comparisons that passed, the seconds."""
+
+    run: DtypeRun
+    examples: int = 0
+    worst: Ulps | None = None
+    seconds: float = 0.0
 
 
 def figures(comparison: Comparison) -> Figures:
@@ -141,6 +153,7 @@ def refusals_judged(runs: dict[str, DtypeRun]) -> dict[str, DtypeRun]:
 
 
 __all__ = [
+    "DtypePart",
     "DtypeRun",
     "dtype_run",
     "figures",

@@ -2,11 +2,11 @@
 
 A lane is a :class:`~normspec.worker.Worker` whose service, :class:`ClauseService`, loads the
 implementation from the run's target as this process did, in a worker process of its own
-with the run's isolation, and checks each clause it is sent with the run's options
-(:class:`~normspec.conformance.runner.CheckSession`), so that its results are the ones this
-process would have found (:mod:`~normspec.conformance.schedule`). Lanes start while this
-process checks the first clauses. A lane that does not start, or is lost, gives its clause
-back and the others check the rest; the report's warnings say so.
+with the run's isolation, and runs each clause it is sent in the dtypes it is sent with the
+run's options (:class:`~normspec.conformance.runner.CheckSession`): the runs this process
+would have made (:mod:`~normspec.conformance.schedule`). Lanes start while this process
+checks the first clauses. A lane that does not start, or is lost, gives its work back and
+the others do the rest; the report's warnings say so.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import signal
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from normspec.adapters.protocol import Implementation
+from normspec.adapters.protocol import DTypeName, Implementation
 from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check
+from normspec.conformance.findings import DtypePart
 from normspec.conformance.isolation import IsolatedImplementation, Isolation, isolate
-from normspec.conformance.results import ClauseResult
 from normspec.worker import Worker, WorkerSetup
 
 if TYPE_CHECKING:
@@ -57,8 +57,10 @@ class ClauseService:
         self.session = CheckSession(self.implementation, options)
         self.checks = {item.clause_id: item for item in select_checks(options.clauses)}
 
-    def check(self, clause_id: str, blocked: Mapping[str, str]) -> ClauseResult:
-        return self.session.check(self.checks[clause_id], blocked)
+    def check(
+        self, clause_id: str, dtypes: Sequence[DTypeName], blocked: Mapping[str, str]
+    ) -> dict[str, DtypePart]:
+        return self.session.check(self.checks[clause_id], dtypes, blocked)
 
     def close(self) -> None:
         self.session.close()
@@ -88,13 +90,16 @@ class ProcessLane:
             return False
         return True
 
-    def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult | None:
+    def check(
+        self, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
+    ) -> dict[str, DtypePart] | None:
         try:
-            result: ClauseResult = self.worker.request("check", item.clause_id, dict(blocked))
+            parts: dict[str, DtypePart]
+            parts = self.worker.request("check", item.clause_id, tuple(dtypes), dict(blocked))
         except Exception as problem:
             self._lose(problem)
             return None
-        return result
+        return parts
 
     def _lose(self, problem: Exception) -> None:
         if not self.stopped:

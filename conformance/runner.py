@@ -26,6 +26,7 @@ from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, observe
 from normspec.conformance.findings import (
+    DtypePart,
     DtypeRun,
     dtype_run,
     finding,
@@ -248,60 +249,82 @@ NOT_CHECKED_AFTER_HANG = (
 )
 
 
-def check_clause(
+def settled_result(
+    item: Check, capabilities: Capabilities, dialect: Dialect, dtypes: tuple[DTypeName, ...]
+) -> ClauseResult | None:
+    """The result of a clause checked in none of ``dtypes`` (not applicable to the
+    implementation, or no dtype to check it in); ``None`` where it has dtypes to run."""
+    clause = spec.clause(item.clause_id)
+    result = ClauseResult(item.clause_id, clause.level, clause.summary, "not_applicable")
+    reason = item.not_applicable(capabilities, dialect, dtypes)
+    if reason is not None:
+        result.message = reason
+        return result
+    if not dtypes:
+        note = capabilities.notes.get("dtypes")
+        result.message = "no requested dtype is supported" + (f" ({note})" if note else "")
+        return result
+    return None
+
+
+def check_dtypes(
     item: Check,
     ctx: CheckContext,
     options: CheckOptions,
-    blocked_by: Mapping[str, str] | None = None,
+    dtypes: Sequence[DTypeName],
+    blocked_by: Mapping[str, str],
     flags: str = "",
     prefix: str = "",
-) -> ClauseResult:
-    """Check one clause in each of ``ctx.dtypes``; never raises for anything the
-    implementation does. ``blocked_by`` maps a dtype to a clause this one depends on that did
-    not pass in it (the clause is skipped in that dtype); ``flags`` and ``prefix``: of the
-    reproduce command (:func:`reproduce_command`)."""
-    clause = spec.clause(item.clause_id)
-    result = ClauseResult(item.clause_id, clause.level, clause.summary, "pass")
-    reason = item.not_applicable(ctx.capabilities, ctx.dialect, ctx.dtypes)
-    if reason is not None:
-        result.outcome, result.message = "not_applicable", reason
-        return result
-    if not ctx.dtypes:
-        note = ctx.capabilities.notes.get("dtypes")
-        message = "no requested dtype is supported" + (f" ({note})" if note else "")
-        result.outcome, result.message = "not_applicable", message
-        return result
-    blocked_by = blocked_by or {}
+) -> dict[str, DtypePart]:
+    """Run the check of a clause that has dtypes to run (:func:`settled_result`) in each of
+    ``dtypes`` (some of ``ctx.dtypes``, in their order), each run on its own: its share of
+    the examples, its own seed, shrink and verdict, never depending on the other dtypes'
+    runs; never raises for anything the implementation does. ``blocked_by`` maps a dtype to
+    a clause this one depends on that did not pass in it (the clause is skipped there);
+    ``flags`` and ``prefix``: of the reproduce command (:func:`reproduce_command`)."""
     not_applicable_in = item.dtype_reasons(ctx.capabilities, ctx.dialect, ctx.dtypes)
-    ctx.begin_check()
-    started = time.perf_counter()
     all_dtypes = ctx.dtypes
     budget = options.max_examples or DEFAULT_MAX_EXAMPLES
     shares = len(all_dtypes) - len(not_applicable_in)  # the dtypes the examples go to
-    runs: dict[str, DtypeRun] = {}
+    parts: dict[str, DtypePart] = {}
     try:
-        # One run per dtype, so every dtype gets its share of the examples, its own shrink
-        # and its own verdict.
-        for dtype in all_dtypes:
+        for dtype in dtypes:
+            ctx.begin_check()
+            started = time.perf_counter()
             if dtype in not_applicable_in:
-                runs[dtype] = DtypeRun("not_applicable", not_applicable_in[dtype])
-                continue
-            if dtype in blocked_by:
+                run = DtypeRun("not_applicable", not_applicable_in[dtype])
+            elif dtype in blocked_by:
                 message = f"depends on {blocked_by[dtype]}, which did not pass in {dtype}"
-                runs[dtype] = DtypeRun("skipped", message)
-                continue
-            if ctx.guard.hung is not None:
-                runs[dtype] = DtypeRun("error", NOT_CHECKED_AFTER_HANG)
-                continue
-            ctx.dtypes = (dtype,)
-            ctx.begin_dtype()
-            runs[dtype] = _run_dtype(item, ctx, options, dtype, flags, prefix, shares, budget)
+                run = DtypeRun("skipped", message)
+            elif ctx.guard.hung is not None:
+                run = DtypeRun("error", NOT_CHECKED_AFTER_HANG)
+            else:
+                ctx.dtypes = (dtype,)
+                ctx.begin_dtype()
+                run = _run_dtype(item, ctx, options, dtype, flags, prefix, shares, budget)
+            seconds = time.perf_counter() - started
+            parts[dtype] = DtypePart(run, ctx.examples, ctx.worst, seconds)
     finally:
         ctx.dtypes = all_dtypes
-    runs = refusals_judged(runs)
-    result.seconds = time.perf_counter() - started
-    result.examples = ctx.examples
-    result.worst = ctx.worst
+    return parts
+
+
+def merged_result(
+    item: Check, parts: Mapping[str, DtypePart], blocked_by: Mapping[str, str]
+) -> ClauseResult:
+    """A clause's result from its runs in every dtype (``parts``, in the run's dtype order):
+    its outcome the worst of theirs, its findings theirs (worst first), its examples and
+    seconds their sums, its largest error the largest of theirs (the first of equals)."""
+    clause = spec.clause(item.clause_id)
+    result = ClauseResult(item.clause_id, clause.level, clause.summary, "pass")
+    runs = refusals_judged({dtype: part.run for dtype, part in parts.items()})
+    result.seconds = sum(part.seconds for part in parts.values())
+    result.examples = sum(part.examples for part in parts.values())
+    for part in parts.values():
+        if part.worst is not None and (
+            result.worst is None or part.worst.value > result.worst.value
+        ):
+            result.worst = part.worst
     result.dtype_outcomes = {dtype: run.outcome for dtype, run in runs.items()}
     found = [f for run in runs.values() for f in run.findings]
     result.findings = sorted(found, key=lambda f: -SEVERITY[f.outcome])  # worst first, stable
@@ -380,7 +403,7 @@ def environment() -> dict[str, str]:
 class CheckSession:
     """One implementation under one run's options: what the checks of all its clauses share
     (the profile's dialect, the capabilities, the dtypes, the menus, the guard of its calls),
-    and the check of one clause (:meth:`check`)."""
+    and a clause's check (:class:`~normspec.conformance.schedule.Checker`)."""
 
     def __init__(self, implementation: Implementation, options: CheckOptions) -> None:
         self.implementation = implementation
@@ -397,10 +420,12 @@ class CheckSession:
         self.flags = command_flags(implementation)
         self.prefix = environment_prefix(self.versions, options.target)
 
-    def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult:
-        """The result of ``item``'s clause, skipped in the dtypes of ``blocked`` (a dtype to
-        the clause it depends on that did not pass there); never raises for anything the
-        implementation does."""
+    def settled(self, item: Check) -> ClauseResult | None:
+        return settled_result(item, self.capabilities, self.dialect, self.dtypes)
+
+    def check(
+        self, item: Check, dtypes: Sequence[DTypeName], blocked: Mapping[str, str]
+    ) -> dict[str, DtypePart]:
         ctx = CheckContext(
             self.implementation,
             self.capabilities,
@@ -412,7 +437,12 @@ class CheckSession:
         ctx.bounds = item.bounds
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
-            return check_clause(item, ctx, self.options, blocked, self.flags, self.prefix)
+            return check_dtypes(item, ctx, self.options, dtypes, blocked, self.flags, self.prefix)
+
+    def merged(
+        self, item: Check, parts: Mapping[str, DtypePart], blocked: Mapping[str, str]
+    ) -> ClauseResult:
+        return merged_result(item, parts, blocked)
 
     def close(self) -> None:
         self.guard.close()
@@ -457,7 +487,7 @@ def check_implementation(
     started = time.perf_counter()
     lanes = start_lanes(implementation, options, len(checks))
     try:
-        for result in checked_in_order(checks, session.check, lanes, session.dtypes):
+        for result in checked_in_order(checks, session, lanes, session.dtypes):
             report.results.append(result)
             if progress is not None:
                 progress(result)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -17,11 +17,12 @@ from normspec.adapters.registry import load_target
 from normspec.cli import main
 from normspec.conformance import lanes, runner
 from normspec.conformance.checks import Check
+from normspec.conformance.findings import DtypePart, DtypeRun
 from normspec.conformance.isolation import IsolatedImplementation, Isolation, isolate
 from normspec.conformance.results import ClauseResult
 from normspec.conformance.run_settings import OptionsError
 from normspec.conformance.runner import CheckOptions, check_implementation
-from normspec.conformance.schedule import checked_in_order
+from normspec.conformance.schedule import checked_in_order, dealt
 
 #: Clauses with dependencies between them (bn.train.affine and the backward clauses wait
 #: for bn.train.output, bn.running.initial for bn.running.mean and .var).
@@ -66,16 +67,18 @@ def test_a_run_over_three_processes_reports_what_one_process_does(
         assert outcomes["bn.backward.train.dx"] == "skipped"
 
 
-def test_a_lost_lane_gives_its_clause_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_lane_gives_its_work_back(monkeypatch: pytest.MonkeyPatch) -> None:
     checked = lanes.ProcessLane.check
 
-    def lost_at_once(self: lanes.ProcessLane, item: Check, blocked: Mapping[str, str]) -> Any:
+    def lost_at_once(
+        self: lanes.ProcessLane, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
+    ) -> Any:
         self.worker.ready()
         self.stopped = False
         pid = self.worker.pid
         assert pid is not None
         lanes.os.kill(pid, lanes.signal.SIGKILL)
-        return checked(self, item, blocked)
+        return checked(self, item, dtypes, blocked)
 
     alone = _run("reference", "paper", jobs=1)
     monkeypatch.setattr(lanes.ProcessLane, "check", lost_at_once)
@@ -85,36 +88,53 @@ def test_a_lost_lane_gives_its_clause_back(monkeypatch: pytest.MonkeyPatch) -> N
     assert "a lane checking clauses beside this process ended (WorkerCrashed" in warning
 
 
-class _FakeLane:
-    """A lane in a thread of this process, recording when each clause started and ended."""
+DTYPES = ("float64", "float32", "float16", "bfloat16")
 
-    def __init__(self, events: list[tuple[str, str]], lock: threading.Lock, gone: bool = False):
-        self.events, self.lock, self.gone = events, lock, gone
+
+class _Recorder:
+    """A checker (and, in a thread of this process, a lane) that records which dtypes of
+    which clause ran where and when; clause ``a`` fails in float32."""
+
+    def __init__(self, where: str, events: list[tuple[str, str, str, str]], lock: threading.Lock):
+        self.where, self.events, self.lock = where, events, lock
 
     def start(self) -> bool:
         return True
 
-    def check(self, item: Check, blocked: Mapping[str, str]) -> ClauseResult | None:
-        if self.gone:
-            return None
-        return _checked(item, blocked, self.events, self.lock)
-
     def stop(self) -> None:
         pass
 
+    def settled(self, item: Check) -> ClauseResult | None:
+        return None
 
-def _checked(
-    item: Check, blocked: Mapping[str, str], events: list[tuple[str, str]], lock: threading.Lock
-) -> ClauseResult:
-    with lock:
-        events.append(("start", item.clause_id))
-    time.sleep(0.01)
-    outcome = "fail" if item.clause_id == "a" else "pass"
-    result = ClauseResult(item.clause_id, "MUST", "", outcome, message=str(dict(blocked)))
-    result.dtype_outcomes = {"float32": outcome}
-    with lock:
-        events.append(("end", item.clause_id))
-    return result
+    def check(
+        self, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
+    ) -> dict[str, DtypePart] | None:
+        parts = {}
+        for dtype in dtypes:
+            with self.lock:
+                self.events.append(("start", item.clause_id, dtype, self.where))
+            time.sleep(0.005)
+            outcome = "fail" if (item.clause_id, dtype) == ("a", "float32") else "pass"
+            parts[dtype] = DtypePart(DtypeRun("skipped" if dtype in blocked else outcome))
+            with self.lock:
+                self.events.append(("end", item.clause_id, dtype, self.where))
+        return parts
+
+    def merged(
+        self, item: Check, parts: Mapping[str, DtypePart], blocked: Mapping[str, str]
+    ) -> ClauseResult:
+        result = ClauseResult(item.clause_id, "MUST", "", "pass", message=str(dict(blocked)))
+        result.dtype_outcomes = {d: part.run.outcome for d, part in parts.items()}
+        assert list(parts) == list(DTYPES)  # merged in the run's dtype order
+        return result
+
+
+class _Gone(_Recorder):
+    def check(
+        self, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
+    ) -> dict[str, DtypePart] | None:
+        return None
 
 
 def _item(clause_id: str, *depends_on: str) -> Check:
@@ -125,37 +145,45 @@ ITEMS = [_item("a"), _item("b"), _item("c", "a"), _item("d"), _item("e", "c", "b
 
 
 @pytest.mark.parametrize("lane_count", [0, 1, 3])
-def test_clauses_wait_for_their_dependencies_and_come_back_in_run_order(lane_count: int) -> None:
-    events: list[tuple[str, str]] = []
+def test_each_dtype_runs_once_after_its_dependencies_and_results_come_in_run_order(
+    lane_count: int,
+) -> None:
+    events: list[tuple[str, str, str, str]] = []
     lock = threading.Lock()
-    fakes = [_FakeLane(events, lock) for _ in range(lane_count)]
-
-    def here(item: Check, blocked: Mapping[str, str]) -> ClauseResult:
-        return _checked(item, blocked, events, lock)
-
-    results = list(checked_in_order(ITEMS, here, fakes, ["float32"]))
+    here = _Recorder("here", events, lock)
+    recorders = [_Recorder(f"lane {n}", events, lock) for n in range(lane_count)]
+    results = list(checked_in_order(ITEMS, here, recorders, DTYPES))
     assert [r.clause_id for r in results] == list("abcdef")
+    starts = [e for e in events if e[0] == "start"]
+    assert sorted(e[1:3] for e in starts) == sorted((i.clause_id, d) for i in ITEMS for d in DTYPES)
     for item in ITEMS:
-        started = events.index(("start", item.clause_id))
+        first = min(events.index(e) for e in starts if e[1] == item.clause_id)
         for dependency in item.depends_on:
-            assert events.index(("end", dependency)) < started
+            ends = [n for n, e in enumerate(events) if e[0] == "end" and e[1] == dependency]
+            assert max(ends) < first
     messages = {r.clause_id: r.message for r in results}
-    assert messages["c"] == "{'float32': 'a'}" and messages["e"] == "{}"
+    assert messages["c"] == "{'float32': 'a'}" and messages["e"] == "{'float32': 'c'}"
+    if lane_count == 1:  # float64 and float16 here, float32 and bfloat16 in the lane, mostly
+        ran = {(e[2], e[3]) for e in starts}
+        assert ("float64", "here") in ran and ("float32", "lane 0") in ran
 
 
-def test_clauses_a_gone_lane_takes_are_checked_here() -> None:
-    events: list[tuple[str, str]] = []
+def test_dtypes_a_gone_lane_takes_run_here() -> None:
+    events: list[tuple[str, str, str, str]] = []
     lock = threading.Lock()
-    here_checked: list[str] = []
-
-    def here(item: Check, blocked: Mapping[str, str]) -> ClauseResult:
-        here_checked.append(item.clause_id)
-        return _checked(item, blocked, events, lock)
-
-    gone = [_FakeLane(events, lock, gone=True) for _ in range(2)]
-    results = list(checked_in_order(ITEMS, here, gone, ["float32"]))
+    here = _Recorder("here", events, lock)
+    gone = [_Gone("lane", events, lock) for _ in range(2)]
+    results = list(checked_in_order(ITEMS, here, gone, DTYPES))
     assert [r.clause_id for r in results] == list("abcdef")
-    assert sorted(here_checked) == list("abcdef")
+    assert {e[3] for e in events} == {"here"} and len(events) == 2 * len(ITEMS) * len(DTYPES)
+
+
+def test_the_run_dtypes_are_dealt_out_in_turn() -> None:
+    assert dealt(DTYPES, 2) == [
+        frozenset({"float64", "float16"}),
+        frozenset({"float32", "bfloat16"}),
+    ]
+    assert dealt(("float32",), 3) == [frozenset({"float32"}), frozenset(), frozenset()]
 
 
 def test_jobs_below_one_are_refused() -> None:
@@ -202,11 +230,11 @@ def test_lanes_load_the_target_as_the_run_does(monkeypatch: pytest.MonkeyPatch) 
     assert lanes.start_lanes(isolated, CheckOptions(jobs=3), clauses=10) == []  # no target
 
 
-class _SlowToStart(_FakeLane):
+class _SlowToStart(_Recorder):
     """A lane that starts only once stopped (it never takes a clause)."""
 
-    def __init__(self, events: list[tuple[str, str]], lock: threading.Lock) -> None:
-        super().__init__(events, lock)
+    def __init__(self, events: list[tuple[str, str, str, str]], lock: threading.Lock) -> None:
+        super().__init__("slow", events, lock)
         self.stopped = threading.Event()
 
     def start(self) -> bool:
@@ -218,14 +246,10 @@ class _SlowToStart(_FakeLane):
 
 
 def test_a_run_over_before_a_lane_started_stops_it_rather_than_waiting() -> None:
-    events: list[tuple[str, str]] = []
+    events: list[tuple[str, str, str, str]] = []
     lock = threading.Lock()
     slow = _SlowToStart(events, lock)
-
-    def here(item: Check, blocked: Mapping[str, str]) -> ClauseResult:
-        return _checked(item, blocked, events, lock)
-
     started = time.perf_counter()
-    results = list(checked_in_order(ITEMS, here, [slow], ["float32"]))
+    results = list(checked_in_order(ITEMS, _Recorder("here", events, lock), [slow], DTYPES))
     assert time.perf_counter() - started < 30
     assert [r.clause_id for r in results] == list("abcdef") and slow.stopped.is_set()
