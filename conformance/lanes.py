@@ -91,7 +91,7 @@ class ProcessLane:
         return True
 
     def check(
-        self, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
+        self, item: Check, dtypes: Sequence[DTypeName], blocked: Mapping[str, str]
     ) -> dict[str, DtypePart] | None:
         try:
             parts: dict[str, DtypePart]

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
+from normspec.adapters.protocol import DTypeName
 from normspec.conformance.checks import Check
 from normspec.conformance.findings import DtypePart
 from normspec.conformance.results import PROBLEMS, ClauseResult
@@ -33,7 +34,7 @@ class Checker(Protocol):
         """The result of a clause checked in no dtype (not applicable); else ``None``."""
 
     def check(
-        self, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
+        self, item: Check, dtypes: Sequence[DTypeName], blocked: Mapping[str, str]
     ) -> dict[str, DtypePart]:
         """The runs of ``item``'s check in ``dtypes``, skipped in those of ``blocked`` (a
         dtype to the clause it depends on that did not pass there)."""
@@ -51,7 +52,7 @@ class Lane(Protocol):
         """Wait until the lane can check clauses; ``False`` where it cannot (it is gone)."""
 
     def check(
-        self, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
+        self, item: Check, dtypes: Sequence[DTypeName], blocked: Mapping[str, str]
     ) -> dict[str, DtypePart] | None:
         """As :meth:`Checker.check`, in the lane; ``None`` where the lane is gone (the
         dtypes go back to the others)."""
@@ -86,20 +87,22 @@ def dealt(dtypes: Sequence[str], hands: int) -> list[frozenset[str]]:
 
 
 #: A clause, the dtypes to run it in, and the dtypes it is skipped in (with the clause why).
-Job = tuple[Check, tuple[str, ...], dict[str, str]]
+Job = tuple[Check, tuple[DTypeName, ...], dict[str, str]]
 
 
 class _Board:
     """What is left to run, what runs and what is done; every change under :attr:`changed`."""
 
-    def __init__(self, checks: Sequence[Check], checker: Checker, dtypes: Sequence[str]) -> None:
+    def __init__(
+        self, checks: Sequence[Check], checker: Checker, dtypes: Sequence[DTypeName]
+    ) -> None:
         self.changed = threading.Condition()
         self.checker = checker
         self.dtypes = tuple(dtypes)
         self.order = [item.clause_id for item in checks]
         self.items = {item.clause_id: item for item in checks}
         #: per clause to run, its dtypes not handed out yet (in the run's order)
-        self.left: dict[str, list[str]] = {}
+        self.left: dict[str, list[DTypeName]] = {}
         #: per clause to run, its dtypes' runs so far
         self.parts: dict[str, dict[str, DtypePart]] = {}
         #: per clause handed out, the dtypes it is skipped in
@@ -135,7 +138,7 @@ class _Board:
                 return self._hand_out(clause, mine)
         return self._hand_out(ready[0], (self.left[ready[0]][0],)) if ready else None
 
-    def _hand_out(self, clause: str, dtypes: tuple[str, ...]) -> Job:
+    def _hand_out(self, clause: str, dtypes: tuple[DTypeName, ...]) -> Job:
         item = self.items[clause]
         self.left[clause] = [d for d in self.left[clause] if d not in dtypes]
         if clause not in self.blocked:
@@ -155,7 +158,7 @@ class _Board:
         else:
             self.parts[clause].update(parts)
             if len(self.parts[clause]) == len(self.dtypes):
-                ordered = {d: self.parts[clause][d] for d in self.dtypes}
+                ordered: dict[str, DtypePart] = {d: self.parts[clause][d] for d in self.dtypes}
                 self._record(clause, self.checker.merged(item, ordered, blocked))
         self.changed.notify_all()
 
@@ -176,7 +179,7 @@ def checked_in_order(
     checks: Sequence[Check],
     checker: Checker,
     lanes: Sequence[Lane],
-    dtypes: Sequence[str],
+    dtypes: Sequence[DTypeName],
 ) -> Iterator[ClauseResult]:
     """Each clause's result, in run order: its dtypes run by ``checker`` in this process or
     by ``lanes``. Leaving early (an exception, a Ctrl-C) stops the lanes."""
