@@ -36,6 +36,7 @@ def report_to_json(report: Report) -> dict[str, Any]:
         "max_examples": report.max_examples,
         "menu": report.menu,
         "isolation": report.isolation,
+        "processes": report.processes,
         "environment": report.environment,
         "started": report.started,
         "seconds": round(report.seconds, 3),

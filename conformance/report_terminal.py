@@ -64,6 +64,7 @@ def print_header(report: Report, stream: TextIO) -> None:
         f"{report.seed}; {report.max_examples} examples per clause; "
         + (f"{report.menu_note}; " if report.menu else "")
         + f"calls {report.isolation}; "
+        + (f"{report.processes} processes; " if report.processes > 1 else "")
         + versions,
         file=stream,
     )

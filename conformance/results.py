@@ -306,6 +306,9 @@ class Report:
     #: where the implementation's calls ran: ``in-process``, or ``in a worker process (...)``
     #: (conformance.isolation)
     isolation: str = "in-process"
+    #: the processes the run's work was spread over (conformance.lanes; the results are the
+    #: same for any number)
+    processes: int = 1
     results: list[ClauseResult] = field(default_factory=list)
     interrupted: bool = False
     #: Things a reader should know that are not clause outcomes, e.g. a deviation-file entry

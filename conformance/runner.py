@@ -482,11 +482,12 @@ def check_implementation(
         started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         warnings=list(session.capabilities.warnings),
     )
-    if on_start is not None:
-        on_start(report)
     started = time.perf_counter()
     lanes = start_lanes(implementation, options, len(checks))
+    report.processes = 1 + len(lanes)
     try:
+        if on_start is not None:
+            on_start(report)
         for result in checked_in_order(checks, session, lanes, session.dtypes):
             report.results.append(result)
             if progress is not None:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jsonschema
 import pytest
 from gallery.bugs import EpsIgnored
 
@@ -19,6 +20,7 @@ from normspec.conformance import lanes, runner
 from normspec.conformance.checks import Check
 from normspec.conformance.findings import DtypePart, DtypeRun
 from normspec.conformance.isolation import IsolatedImplementation, Isolation, isolate
+from normspec.conformance.report_json import report_to_json, schema
 from normspec.conformance.results import ClauseResult
 from normspec.conformance.run_settings import OptionsError
 from normspec.conformance.runner import CheckOptions, check_implementation
@@ -61,6 +63,10 @@ def test_a_run_over_three_processes_reports_what_one_process_does(
     assert [r.clause_id for r in spread.results] == [r.clause_id for r in alone.results]
     assert [_without_times(r) for r in spread.results] == [_without_times(r) for r in alone.results]
     assert spread.warnings == alone.warnings
+    assert (alone.processes, spread.processes) == (1, 3)
+    document = report_to_json(spread)
+    jsonschema.validate(document, schema())
+    assert document["processes"] == 3
     if profile == "torch":  # the bug fails bn.train.output and its dependents are skipped
         outcomes = {r.clause_id: r.outcome for r in spread.results}
         assert outcomes["bn.train.output"] == "fail"
