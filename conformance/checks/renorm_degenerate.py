@@ -130,8 +130,8 @@ def _poison_state(
 def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
     """A NaN or infinity in one feature's input or one feature's moving statistic (either
     set): the other features' outputs, gradients and moving statistics are the reference's."""
-    features = data.draw(st.integers(2, 4), label="features")
-    case = draw_renorm(ctx, data, Wanted(Sizes.fixed_features(features)))
+    case = draw_renorm(ctx, data, Wanted(Sizes(features=(2, 4))))
+    features = case.config.num_features
     feature = data.draw(st.integers(0, features - 1), label="poisoned feature")
     places = ["input", "mean", "spread"]
     if case.state.separate:
