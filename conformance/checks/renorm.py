@@ -499,14 +499,23 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
       show fully;
     * wide bounds and moving statistics near the batch (nothing clipped): ``r != 1``, so
       ``eps`` scaled by ``r^2`` shows. The output then depends on how the moving spread is
-      read, which is renorm.moving.average's business: either reading is accepted.
+      read, which is renorm.moving.average's business: either reading is accepted. Wide
+      bounds are :data:`WIDE_BOUNDS`, under a menu its constant bounds (each clips nothing
+      near the batch, :data:`menu.RENORM_BOUNDS`): the programs renorm.train.correction
+      runs.
     """
     batchnorm = data.draw(st.booleans(), label="batch-norm bounds")
+    wide = WIDE_BOUNDS if ctx.menu is None else None
     case = draw_renorm(
         ctx,
         data,
         Wanted(rate=0.0, affine=None),
-        schedule=run_schedules(ctx, batchnorm=batchnorm, bounds=None if batchnorm else WIDE_BOUNDS),
+        schedule=run_schedules(
+            ctx,
+            None if batchnorm else ("constant",),
+            batchnorm=batchnorm,
+            bounds=None if batchnorm else wide,
+        ),
         moving=Moving("exact" if batchnorm else "near", correction_rate=0.0, same_sets=True),
     )
     _, y = train_once(ctx, case)
@@ -522,11 +531,10 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
     only where the implementation needs them (a ``gamma`` of 0 hides ``r`` and ``d``).
     ``y = gamma * (zhat * r + d) + beta`` shows ``r`` and ``d`` each: ``zhat`` has mean 0
     and is not 0 where the feature varies."""
-    features = data.draw(st.integers(2, 4), label="features")
     case = draw_renorm(
         ctx,
         data,
-        Wanted(Sizes.fixed_features(features), rate=0.0, affine=None),
+        Wanted(Sizes(features=(2, 4)), rate=0.0, affine=None),
         moving=Moving(("far", "near", *ONE_BOUND), correction_rate=0.0, same_sets=True),
     )
     _, y = train_once(ctx, case)
