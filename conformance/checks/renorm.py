@@ -84,6 +84,14 @@ RENORM_COUNTER = ("renorm", "step_counter")
 
 #: Rates that make a correction taken after the update differ from one taken before.
 LARGE_RATES = st.one_of(st.sampled_from([1.0, 0.5]), st.floats(0.5, 1.0))
+
+
+def large_rate(rate: float) -> float:
+    """The rate of 0.5 to 1 (:data:`LARGE_RATES`' range) paired with a menu entry's: its own
+    where it lies there, else ``1 - rate`` (one program per entry)."""
+    return rate if rate >= 0.5 else 1.0 - rate
+
+
 #: The moving statistics of a case with one set (under ``statistics = separate``, the
 #: correction set equal to the inference set): checks that read one set only.
 SAME_SETS = Moving(same_sets=True)
@@ -543,10 +551,10 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
 
 @renorm_check("renorm.train.pre_update", depends_on=("renorm.train.correction",))
 def train_pre_update(ctx: CheckContext, data: Any) -> None:
-    """Rates of 0.5 to 1: a correction from the updated statistics gives another output."""
-    case = draw_renorm(
-        ctx, data, Wanted(affine=None), moving=Moving(rates=LARGE_RATES, same_sets=True)
-    )
+    """Rates of 0.5 to 1: a correction from the updated statistics gives another output
+    (under a menu, :func:`large_rate` of the entry's)."""
+    moving = Moving(rates=LARGE_RATES, menu_rate=large_rate, same_sets=True)
+    case = draw_renorm(ctx, data, Wanted(affine=None), moving=moving)
     _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 
