@@ -648,11 +648,6 @@ def moving_average(ctx: CheckContext, data: Any) -> None:
     expect_moving_update(ctx, case, state, ("spread",))
 
 
-#: renorm.moving.separate's rate pairs without a menu (two different rates of these).
-SEPARATE_RATES = (0.5, 0.1, 1.0, 0.01, 0.9)
-_SEPARATE_RATE = st.sampled_from(SEPARATE_RATES)
-
-
 @renorm_check(
     "renorm.moving.separate",
     depends_on=(
@@ -665,18 +660,11 @@ _SEPARATE_RATE = st.sampled_from(SEPARATE_RATES)
 )
 def moving_separate(ctx: CheckContext, data: Any) -> None:
     """Two different sets with different rates: the training output reads the correction
-    set, inference the inference set, and each set moves with its own rate.
-
-    Under a menu the rates are the entry's and its partner's (:func:`menu.partner_rate`, as
-    every case's correction rate is): the programs other clauses compile; a menu that
-    offers one rate only, or none, draws the pair from :data:`SEPARATE_RATES`."""
-    case = draw_renorm(ctx, data) if ctx.menu is not None else None
-    if case is None or case.rate == case.renorm.correction_rate:
-        rate = data.draw(_SEPARATE_RATE, label="rate")
-        others = [r for r in SEPARATE_RATES if r != rate]
-        correction_rate = data.draw(st.sampled_from(others), label="alpha_c")
-        moving = Moving(correction_rate=correction_rate)
-        case = draw_renorm(ctx, data, Wanted(rate=rate), moving=moving)
+    set, inference the inference set, and each set moves with its own rate."""
+    rates = [0.5, 0.1, 1.0, 0.01, 0.9]
+    rate = data.draw(st.sampled_from(rates), label="rate")
+    correction_rate = data.draw(st.sampled_from([r for r in rates if r != rate]), label="alpha_c")
+    case = draw_renorm(ctx, data, Wanted(rate=rate), moving=Moving(correction_rate=correction_rate))
     layer, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
     expect_moving_update(ctx, case, moving_state(ctx, layer, "after a training step"))

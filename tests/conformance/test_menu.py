@@ -297,17 +297,15 @@ def _setting(config: Any) -> tuple[Any, ...]:
 @pytest.mark.parametrize(
     "clause",
     [
-        "renorm.moving.separate",
         "renorm.degenerate.nonfinite_isolated",
         "renorm.train.correction",
         "renorm.train.pre_update",
     ],
 )
 def test_renorm_clauses_that_fix_rates_or_features_take_the_menus(clause: str) -> None:
-    """Their rates and feature counts are the menu entries' (the pair renorm.moving.separate
-    draws is an entry's rate and its partner, pre_update's large rate one per entry, 2 to
-    4 features those of the entries that have them): a setting per entry, each with its
-    own feature count, not one per draw."""
+    """Their rates and feature counts are the menu entries' (pre_update's large rate one per
+    entry, 2 to 4 features those of the entries that have them): a setting per entry, each
+    with its own feature count, not one per draw."""
     dtypes = ("float32", "float64")
     for seed in range(3):
         implementation = CompilingRenorm()
