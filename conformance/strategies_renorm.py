@@ -520,7 +520,8 @@ class Moving:
     ``regime``: where they lie against the batch, one :data:`Regime` or those to draw from
     per feature and per set (``None``: all, see :func:`moving_set`). ``rates``: the
     canonical rates a set's rate is drawn from (``None``: :func:`strategies.canonical_rates`,
-    under a menu the menu's). ``correction_rate``: the correction set's, fixed (``statistics
+    under a menu the menu's). ``menu_rate``: under a menu, the (inference) set's rate as a
+    function of the entry's, in place of a draw from ``rates`` (one program per entry). ``correction_rate``: the correction set's, fixed (``statistics
     = separate`` only). ``same_sets``: under ``statistics = separate``, the correction set
     equal to the inference set and its rate the same (which set is read, or moved with
     which rate, cannot show; renorm.moving.separate is checked on its own).
@@ -528,6 +529,7 @@ class Moving:
 
     regime: Regime | tuple[Regime, ...] | None = None
     rates: st.SearchStrategy[float] | None = None
+    menu_rate: Callable[[float], float] | None = None
     correction_rate: float | None = None
     same_sets: bool = False
 
@@ -638,7 +640,9 @@ def _renorm_cases(
         setting = draw(menu.settings(wanted))
         rank, feature_axis, features = setting.rank, setting.feature_axis, setting.features
         shape = setting.shape
-        if rate is None:
+        if rate is None and moving.menu_rate is not None and setting.rate is not None:
+            rate = moving.menu_rate(setting.rate)
+        elif rate is None:
             rate = draw(rates, label="rate") if rates is not None else setting.rate
         if rates is None:  # the correction set's rate the entry's own (one program each)
             offered = sorted({s.rate for s in menu.choices(wanted) if s.rate is not None})

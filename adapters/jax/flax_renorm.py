@@ -23,15 +23,19 @@ change to the library's arithmetic. The warm-up step, an integer compared with t
 step counter, is a jit argument where the class traces alike with it as one
 (:func:`traces_alike`, decided on its first program): configurations that differ only in it
 (constant bounds are warm-up 0, and each switch step) share their compilations
-(:func:`normspec.adapters.jax._module.share_compilation`). A layer whose parameters and
-state are all set computes no initial variables (no ``init`` compiled).
+(:func:`normspec.adapters.jax._module.share_compilation`). An inference call reads neither
+the bounds, the warm-up nor the momentum where the class traces its inference alike with
+other values of them (:func:`inference_reads_training_only`, decided on its first
+program): configurations that differ only in those share their inference programs (the
+forward and its vjp), as Keras' do (``backend.TRAINING_ONLY``). A layer whose parameters
+and state are all set computes no initial variables (no ``init`` compiled).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import flax
@@ -64,6 +68,7 @@ from normspec.adapters.jax.flax_linen import LinenProgram, module_fields
 from normspec.adapters.jax.flax_nnx import NnxProgram, constructor_keywords
 from normspec.adapters.protocol import Array, Capabilities, LayerConfig, State, UnsupportedConfig
 from normspec.reference.renorm import RenormStatistics
+from normspec.reference.schedules import ConstantSchedule, RenormBounds, SwitchSchedule
 
 #: The arguments every recognised class takes (``use_scale``, ``use_bias``, ``dtype``,
 #: ``param_dtype`` are used where present).
@@ -177,6 +182,46 @@ def traces_alike(program: JaxProgram, hyper: Mapping[str, Any]) -> bool:
     return True
 
 
+#: The other training-only values :func:`inference_reads_training_only` traces a class's
+#: inference with: bounds, a warm-up step and a momentum no configuration of a check uses.
+OTHER_BOUNDS = RenormBounds.symmetric(2.25, 1.75)
+OTHER_WARMUP = 7
+OTHER_MOMENTUMS = (0.375, 0.625)
+
+
+def _inference_jaxprs(program: JaxProgram) -> tuple[str, str]:
+    """The jaxprs of ``program``'s inference forward and vjp, on its probe input."""
+    params, stats = program.abstract_initial()
+    x = probe_input(program.config)
+
+    def vjp(p: Tree, s: Tree, inputs: jax.Array, dy: jax.Array) -> Any:
+        return program._vjp(p, s, inputs, dy, training=False)
+
+    forward = jax.make_jaxpr(program.apply_infer)(params, stats, x)
+    return str(forward), str(jax.make_jaxpr(vjp)(params, stats, x, x))
+
+
+def other_training_values(config: LayerConfig, warmup: bool) -> LayerConfig:
+    """``config`` with other bounds (:data:`OTHER_BOUNDS`), momentum and, where the class
+    takes one (``warmup``), warm-up step: what :func:`inference_reads_training_only`
+    traces the class's inference with."""
+    assert config.renorm is not None
+    schedule = SwitchSchedule(OTHER_WARMUP, OTHER_BOUNDS) if warmup else None
+    renorm = replace(config.renorm, schedule=schedule or ConstantSchedule(OTHER_BOUNDS))
+    momentum = next(m for m in OTHER_MOMENTUMS if m != config.momentum)
+    return replace(config, momentum=momentum, renorm=renorm)
+
+
+def inference_reads_training_only(program: JaxProgram, other: Callable[[], JaxProgram]) -> bool:
+    """Whether ``program``'s inference (forward and vjp) reads its bounds, warm-up or
+    momentum: whether its jaxprs differ from those of ``other()``, the program of
+    :func:`other_training_values` (a class that fails to trace either: it reads them)."""
+    try:
+        return _inference_jaxprs(program) != _inference_jaxprs(other())
+    except Exception:  # a class whose inference cannot be traced like this: not shared
+        return True
+
+
 def _arguments(api: FlaxApi, cls: type, config: LayerConfig, parameters: Any) -> dict[str, Any]:
     return flax_arguments(
         config,
@@ -268,6 +313,11 @@ class FlaxRenormImplementation(JaxImplementation):
         #: whether the warm-up step is a jit argument (:func:`traces_alike`; ``None``:
         #: not decided yet)
         self._warmup_traced: bool | None = None
+        #: whether inference reads the training-only arguments
+        #: (:func:`inference_reads_training_only`; ``None``: not decided yet), and the
+        #: first program of each inference key (:meth:`inference_key`)
+        self._inference_reads: bool | None = None
+        self._inference_programs: dict[Any, JaxProgram] = {}
 
     def library_versions(self) -> Mapping[str, str]:
         return {"flax": flax.__version__}
@@ -302,7 +352,33 @@ class FlaxRenormImplementation(JaxImplementation):
         renorm = sorted(self._renorm_arguments(config).items())
         return (*super().program_key(config), repr(renorm))
 
+    def inference_key(self, config: LayerConfig) -> Any:
+        """What an inference program depends on where it reads no training-only argument:
+        the program's key less the momentum, the bounds and the warm-up."""
+        return (
+            config.num_features,
+            config.rank,
+            config.feature_position,
+            config.dtype,
+            config.eps,
+            config.affine,
+        )
+
     def make_program(self, config: LayerConfig) -> JaxProgram:
+        program = self._training_program(config)
+        if self._inference_reads is None:  # decided on the class's first program
+            warmup = self.argument_roles.warmup is not None
+            self._inference_reads = inference_reads_training_only(
+                program, lambda: self._training_program(other_training_values(config, warmup))
+            )
+        if not self._inference_reads:
+            # one inference program (forward and vjp) per inference key and input shape
+            first = self._inference_programs.setdefault(self.inference_key(config), program)
+            program.infer, program.vjp_infer = first.infer, first.vjp_infer
+        return program
+
+    def _training_program(self, config: LayerConfig) -> JaxProgram:
+        """The program of ``config`` (its warm-up shared where it traces alike)."""
         arguments = {
             **_arguments(self.api, self.module_class, config, self.parameters),
             **self._renorm_arguments(config),

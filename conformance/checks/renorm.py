@@ -84,6 +84,14 @@ RENORM_COUNTER = ("renorm", "step_counter")
 
 #: Rates that make a correction taken after the update differ from one taken before.
 LARGE_RATES = st.one_of(st.sampled_from([1.0, 0.5]), st.floats(0.5, 1.0))
+
+
+def large_rate(rate: float) -> float:
+    """The rate of 0.5 to 1 (:data:`LARGE_RATES`' range) paired with a menu entry's: its own
+    where it lies there, else ``1 - rate`` (one program per entry)."""
+    return rate if rate >= 0.5 else 1.0 - rate
+
+
 #: The moving statistics of a case with one set (under ``statistics = separate``, the
 #: correction set equal to the inference set): checks that read one set only.
 SAME_SETS = Moving(same_sets=True)
@@ -499,14 +507,23 @@ def train_statistics(ctx: CheckContext, data: Any) -> None:
       show fully;
     * wide bounds and moving statistics near the batch (nothing clipped): ``r != 1``, so
       ``eps`` scaled by ``r^2`` shows. The output then depends on how the moving spread is
-      read, which is renorm.moving.average's business: either reading is accepted.
+      read, which is renorm.moving.average's business: either reading is accepted. Wide
+      bounds are :data:`WIDE_BOUNDS`, under a menu its constant bounds (each clips nothing
+      near the batch, :data:`menu.RENORM_BOUNDS`): the programs renorm.train.correction
+      runs.
     """
     batchnorm = data.draw(st.booleans(), label="batch-norm bounds")
+    wide = WIDE_BOUNDS if ctx.menu is None else None
     case = draw_renorm(
         ctx,
         data,
         Wanted(rate=0.0, affine=None),
-        schedule=run_schedules(ctx, batchnorm=batchnorm, bounds=None if batchnorm else WIDE_BOUNDS),
+        schedule=run_schedules(
+            ctx,
+            None if batchnorm else ("constant",),
+            batchnorm=batchnorm,
+            bounds=None if batchnorm else wide,
+        ),
         moving=Moving("exact" if batchnorm else "near", correction_rate=0.0, same_sets=True),
     )
     _, y = train_once(ctx, case)
@@ -522,11 +539,10 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
     only where the implementation needs them (a ``gamma`` of 0 hides ``r`` and ``d``).
     ``y = gamma * (zhat * r + d) + beta`` shows ``r`` and ``d`` each: ``zhat`` has mean 0
     and is not 0 where the feature varies."""
-    features = data.draw(st.integers(2, 4), label="features")
     case = draw_renorm(
         ctx,
         data,
-        Wanted(Sizes.fixed_features(features), rate=0.0, affine=None),
+        Wanted(Sizes(features=(2, 4)), rate=0.0, affine=None),
         moving=Moving(("far", "near", *ONE_BOUND), correction_rate=0.0, same_sets=True),
     )
     _, y = train_once(ctx, case)
@@ -535,10 +551,10 @@ def train_correction(ctx: CheckContext, data: Any) -> None:
 
 @renorm_check("renorm.train.pre_update", depends_on=("renorm.train.correction",))
 def train_pre_update(ctx: CheckContext, data: Any) -> None:
-    """Rates of 0.5 to 1: a correction from the updated statistics gives another output."""
-    case = draw_renorm(
-        ctx, data, Wanted(affine=None), moving=Moving(rates=LARGE_RATES, same_sets=True)
-    )
+    """Rates of 0.5 to 1: a correction from the updated statistics gives another output
+    (under a menu, :func:`large_rate` of the entry's)."""
+    moving = Moving(rates=LARGE_RATES, menu_rate=large_rate, same_sets=True)
+    case = draw_renorm(ctx, data, Wanted(affine=None), moving=moving)
     _, y = train_once(ctx, case)
     expect_train_output(ctx, case, y)
 

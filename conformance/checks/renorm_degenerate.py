@@ -35,7 +35,7 @@ from normspec.conformance.context import CheckContext
 from normspec.conformance.dtypes import float_format, round_to
 from normspec.conformance.guard import ImplementationError, ImplementationLost
 from normspec.conformance.strategies import Sizes, Wanted
-from normspec.conformance.strategies_renorm import RenormCase, batch_moments
+from normspec.conformance.strategies_renorm import RenormCase, batch_moments, schedules
 from normspec.reference.dialects import Dialect
 from normspec.reference.renorm import RenormStatistics
 from normspec.reference.schedules import ConstantSchedule, RenormBounds
@@ -60,9 +60,20 @@ def _nan_free(ctx: CheckContext, state: RenormStatistics, when: str) -> None:
 
 @renorm_check("renorm.degenerate.single_value", depends_on=("renorm.train.output",))
 def single_value(ctx: CheckContext, data: Any) -> None:
-    """n = 1: an error, or ``y = gamma * d + beta`` (the reference's output) and ``dx = 0``."""
+    """n = 1: an error, or ``y = gamma * d + beta`` (the reference's output) and ``dx = 0``.
+
+    ``x - mu_B = 0`` hides ``r``: under a menu the bounds are its first pair's, in every
+    form and schedule the dialect takes (``d_max`` given and open, before and after a
+    switch), one program per setting and form rather than per pair."""
+    schedule = None
+    if ctx.menu is not None:
+        first = replace(ctx.menu, renorm_bounds=ctx.menu.renorm_bounds[:1])
+        schedule = schedules(ctx.dialect, counter="steady", menu=first)
     case = draw_renorm(
-        ctx, data, Wanted(Sizes(min_count=1, max_batch=1, max_spatial=1), affine=None)
+        ctx,
+        data,
+        Wanted(Sizes(min_count=1, max_batch=1, max_spatial=1), affine=None),
+        schedule=schedule,
     )
     layer = build(ctx, case)
     raised, y = ctx.attempt("train_step", layer.train_step, case.x)
@@ -130,8 +141,8 @@ def _poison_state(
 def nonfinite_isolated(ctx: CheckContext, data: Any) -> None:
     """A NaN or infinity in one feature's input or one feature's moving statistic (either
     set): the other features' outputs, gradients and moving statistics are the reference's."""
-    features = data.draw(st.integers(2, 4), label="features")
-    case = draw_renorm(ctx, data, Wanted(Sizes.fixed_features(features)))
+    case = draw_renorm(ctx, data, Wanted(Sizes(features=(2, 4))))
+    features = case.config.num_features
     feature = data.draw(st.integers(0, features - 1), label="poisoned feature")
     places = ["input", "mean", "spread"]
     if case.state.separate:

@@ -274,3 +274,51 @@ def test_a_menu_bounds_the_renorm_programs(name: str) -> None:
     assert len({config.renorm.schedule for config, *_ in programs[False]}) > offered
     assert len(programs[True]) <= 40
     assert len(programs[False]) > 2 * len(programs[True])
+
+
+class CompilingRenorm(RecordsPrograms, ReferenceImplementation):
+    """The reference under tf_keras (two sets of moving statistics), declaring it compiles
+    per shape: the renorm programs a JAX implementation would compile."""
+
+    operations = ("train_step", "infer", "vjp")
+
+    def __init__(self) -> None:
+        super().__init__("tf_keras")
+
+
+def _setting(config: Any) -> tuple[Any, ...]:
+    """What a menu entry fixes of a renorm layer, less its features (and bounds): dtype,
+    rank, feature axis, eps and the rates (its own and its partner correction rate)."""
+    renorm = config.renorm
+    rates = (renorm.rate, renorm.correction_rate)
+    return (config.dtype, config.rank, config.feature_axis, config.eps, rates)
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "renorm.degenerate.nonfinite_isolated",
+        "renorm.train.correction",
+        "renorm.train.pre_update",
+    ],
+)
+def test_renorm_clauses_that_fix_rates_or_features_take_the_menus(clause: str) -> None:
+    """Their rates and feature counts are the menu entries' (pre_update's large rate one per
+    entry, 2 to 4 features those of the entries that have them): a setting per entry, each
+    with its own feature count, not one per draw."""
+    dtypes = ("float32", "float64")
+    for seed in range(3):
+        implementation = CompilingRenorm()
+        options = CheckOptions(
+            profile="tf_keras", clauses=clause, max_examples=40, dtypes=dtypes, seed=seed
+        )
+        report = check_implementation(implementation, options)
+        assert report.menu == DEFAULT_MENU_SIZE
+        assert report.outcome(clause) == "pass"
+        features: dict[tuple[Any, ...], set[int]] = {}
+        for config, *_ in implementation.programs:
+            features.setdefault(_setting(config), set()).add(config.num_features)
+        assert all(len(counts) == 1 for counts in features.values()), features
+        entries = DEFAULT_MENU_SIZE + 2  # and the variants (other feature axis, no affine)
+        for dtype in dtypes:
+            assert len([s for s in features if s[0] == dtype]) <= entries, features
