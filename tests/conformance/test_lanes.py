@@ -23,7 +23,7 @@ from normspec.conformance.isolation import IsolatedImplementation, Isolation, is
 from normspec.conformance.report_json import report_to_json, schema
 from normspec.conformance.results import ClauseResult
 from normspec.conformance.run_settings import OptionsError
-from normspec.conformance.runner import CheckOptions, check_implementation
+from normspec.conformance.runner import CheckOptions, check_implementation, select_checks
 from normspec.conformance.schedule import checked_in_order, dealt
 
 #: Clauses with dependencies between them (bn.train.affine and the backward clauses wait
@@ -56,10 +56,35 @@ def _run(target: str, profile: str, jobs: int) -> Any:
     ids=["conformant", "failing"],
 )
 def test_a_run_over_three_processes_reports_what_one_process_does(
-    target: str, profile: str
+    target: str, profile: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     alone = _run(target, profile, jobs=1)
+    # this process waits for the lanes to start, so that they run dtypes (on a busy machine
+    # it could otherwise finish before they have loaded the implementation)
+    start, check, real = lanes.ProcessLane.start, lanes.ProcessLane.check, runner.CheckSession.check
+    started: list[bool] = []
+    all_started = threading.Event()
+    checked: list[Check] = []
+
+    def start_and_count(lane: lanes.ProcessLane) -> bool:
+        started.append(start(lane))
+        if len(started) == 2:
+            all_started.set()
+        return started[-1]
+
+    def count_and_check(lane: lanes.ProcessLane, item: Check, *job: Any) -> Any:
+        checked.append(item)
+        return check(lane, item, *job)
+
+    def after_the_lanes(session: runner.CheckSession, *job: Any) -> Any:
+        all_started.wait(timeout=120)
+        return real(session, *job)
+
+    monkeypatch.setattr(lanes.ProcessLane, "start", start_and_count)
+    monkeypatch.setattr(lanes.ProcessLane, "check", count_and_check)
+    monkeypatch.setattr(runner.CheckSession, "check", after_the_lanes)
     spread = _run(target, profile, jobs=3)
+    assert checked  # the lanes ran dtypes of some clauses
     assert [r.clause_id for r in spread.results] == [r.clause_id for r in alone.results]
     assert [_without_times(r) for r in spread.results] == [_without_times(r) for r in alone.results]
     assert spread.warnings == alone.warnings
@@ -73,24 +98,13 @@ def test_a_run_over_three_processes_reports_what_one_process_does(
         assert outcomes["bn.backward.train.dx"] == "skipped"
 
 
-def test_a_lost_lane_gives_its_work_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    checked = lanes.ProcessLane.check
-
-    def lost_at_once(
-        self: lanes.ProcessLane, item: Check, dtypes: Sequence[str], blocked: Mapping[str, str]
-    ) -> Any:
-        self.worker.ready()
-        self.stopped = False
-        pid = self.worker.pid
-        assert pid is not None
-        lanes.os.kill(pid, lanes.signal.SIGKILL)
-        return checked(self, item, dtypes, blocked)
-
-    alone = _run("reference", "paper", jobs=1)
-    monkeypatch.setattr(lanes.ProcessLane, "check", lost_at_once)
-    spread = _run("reference", "paper", jobs=2)
-    assert [_without_times(r) for r in spread.results] == [_without_times(r) for r in alone.results]
-    (warning,) = spread.warnings
+def test_a_lost_lane_says_why_and_gives_its_work_back() -> None:
+    options = CheckOptions(target="reference", clauses="bn.train.output", max_examples=2, jobs=2)
+    lane = lanes.ProcessLane("reference", options, Isolation())
+    assert lane.start() and lane.worker.pid is not None
+    lanes.os.kill(lane.worker.pid, lanes.signal.SIGKILL)  # killed from outside
+    assert lane.check(select_checks("bn.train.output")[0], ("float32",), {}) is None
+    (warning,) = lanes.close_lanes([lane])
     assert "a lane checking clauses beside this process ended (WorkerCrashed" in warning
 
 
