@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import dataclasses
 import functools
 import importlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -293,10 +295,20 @@ class JaxProgram(abc.ABC):
     static and derives the vjps: ``jax.vjp`` of the forward with respect to the parameters
     and the input, with the batch statistics inside the differentiated graph and the new
     running statistics as an auxiliary output, outside it (and discarded).
+
+    A program may share the compilations of a *template* (``_module.share_compilation``):
+    a program of the same structure whose functions take this one's scalar settings
+    ``hyper`` as jit arguments. Its structure and its replicated functions are then the
+    template's (:meth:`structure`, :class:`ShardedFunctions`).
     """
+
+    #: the scalar settings a shared compilation takes as jit arguments (:func:`with_hyper`)
+    hyper: Mapping[str, Any] = MappingProxyType({})
 
     def __init__(self, config: LayerConfig) -> None:
         self.config = config
+        #: the program whose compilations this one shares (``share_compilation``); itself
+        self.template: JaxProgram = self
         self.train = jax.jit(self.apply_train)
         self.infer = jax.jit(self.apply_infer)
         self.vjp_train = jax.jit(functools.partial(self._vjp, training=True))
@@ -390,11 +402,21 @@ class JaxProgram(abc.ABC):
 
     def structure(self) -> tuple[Tree, Tree]:
         """Abstract trees: the parameters as created, the statistics as a training step
-        leaves them (their dtype may differ from a new layer's: flax.linen in float64)."""
+        leaves them (their dtype may differ from a new layer's: flax.linen in float64);
+        traced once per template (the settings a template shares change no tree)."""
+        if self.template is not self:
+            return self.template.structure()
         with self._lock, precision(self.config.dtype):
             if self._structure is None:
                 self._structure = self.abstract_structure()
             return self._structure
+
+
+def with_hyper(template: JaxProgram, hyper: Mapping[str, Any]) -> Any:
+    """A copy of ``template`` holding ``hyper`` (traced) as its ``hyper``."""
+    program = copy.copy(template)
+    program.hyper = hyper
+    return program
 
 
 # -- the layer ------------------------------------------------------------------------------
@@ -557,42 +579,77 @@ def _replica_split() -> PartitionSpec:
     return spec
 
 
-class ShardedProgram:
-    """A replicated program's training step and training vjp on the first K devices.
+class ShardedFunctions:
+    """A template program's training step and training vjp on the first K devices, jitted.
 
-    The program's module synchronizes over :data:`REPLICA_AXIS` (its ``axis_name``), the
+    The template's module synchronizes over :data:`REPLICA_AXIS` (its ``axis_name``), the
     axis of a 1-d mesh of K devices; the functions run under ``shard_map`` over that mesh,
     each device on its own block, and are jitted (one compilation per block shape, dtype
-    and masking). Every argument is split along its leading axis: the input, the cotangent
-    and the mask are the concatenation of equal per-device blocks; the parameters and the
+    and masking). Their first argument is the ``hyper`` of the program called (replicated
+    on every device): every program sharing the template (one that differs from it only in
+    those settings, ``_module.share_compilation``) shares its compilations, as on one device.
+    Every other argument is split along its leading axis: the input, the cotangent and the
+    mask are the concatenation of equal per-device blocks; the parameters and the
     statistics are K stacked copies, one per device, as under ``pmap``, so that each
     device returns its own running statistics and the gradient of its own copy of the
     parameters: the partial sums over its values (replica_param_gradients = partial).
     """
 
-    def __init__(self, program: JaxProgram, replicas: int) -> None:
+    def __init__(self, template: JaxProgram, replicas: int) -> None:
         mesh = Mesh(np.array(jax.devices()[:replicas]), (REPLICA_AXIS,))
         split = _replica_split()
-        #: how every argument and result is laid out: split over the devices along axis 0
+        #: how every argument but ``hyper`` and every result is laid out: split over the
+        #: devices along axis 0
         self.sharding = NamedSharding(mesh, split)
 
+        def program(hyper: Mapping[str, Any]) -> JaxProgram:
+            return with_hyper(template, hyper) if hyper else template
+
         def train(
-            params: Tree, stats: Tree, x: jax.Array, mask: jax.Array | None
+            hyper: Mapping[str, Any],
+            params: Tree,
+            stats: Tree,
+            x: jax.Array,
+            mask: jax.Array | None,
         ) -> tuple[Any, Tree]:
-            y, updated = program.apply_train(_own(params), _own(stats), x, mask=mask)
+            y, updated = program(hyper).apply_train(_own(params), _own(stats), x, mask=mask)
             return y, _stacked(updated)
 
         def vjp(
-            params: Tree, stats: Tree, x: jax.Array, dy: jax.Array, mask: jax.Array | None
+            hyper: Mapping[str, Any],
+            params: Tree,
+            stats: Tree,
+            x: jax.Array,
+            dy: jax.Array,
+            mask: jax.Array | None,
         ) -> tuple[Any, jax.Array, Tree]:
-            y, dx, dparams = program._vjp(
+            y, dx, dparams = program(hyper)._vjp(
                 _own(params), _own(stats), x, dy, training=True, mask=mask
             )
             return y, dx, _stacked(dparams)
 
         shard_map = _shard_map()
-        self.train = jax.jit(shard_map(train, mesh=mesh, in_specs=split, out_specs=split))
-        self.vjp = jax.jit(shard_map(vjp, mesh=mesh, in_specs=split, out_specs=split))
+        make: Any = PartitionSpec  # untyped in jax
+        replicated: PartitionSpec = make()  # ``hyper``: the same on every device
+
+        def sharded(function: Callable[..., Any], arguments: int) -> Callable[..., Any]:
+            specs = (replicated, *[split] * arguments)
+            return jax.jit(shard_map(function, mesh=mesh, in_specs=specs, out_specs=split))
+
+        self.train = sharded(train, 4)
+        self.vjp = sharded(vjp, 5)
+
+
+class ShardedProgram:
+    """A replicated program's training step and training vjp on the first K devices: its
+    template's :class:`ShardedFunctions` called with its ``hyper``."""
+
+    def __init__(self, program: JaxProgram, functions: ShardedFunctions) -> None:
+        #: how every argument and result is laid out: split over the devices along axis 0
+        self.sharding = functions.sharding
+        hyper = dict(program.hyper)  # a pytree (a mapping proxy is not)
+        self.train = functools.partial(functions.train, hyper)
+        self.vjp = functools.partial(functions.vjp, hyper)
 
     def copies(self, tree: Tree, replicas: int) -> Tree:
         """``replicas`` stacked copies of a tree, one on each device (no JAX operation)."""
@@ -762,6 +819,8 @@ class JaxImplementation(ProbedImplementation):
         parameter_dtype_name("float16", parameters)  # validates the policy
         self._programs: dict[Any, JaxProgram] = {}
         self._sharded: dict[Any, ShardedProgram] = {}
+        #: the replicated functions of each (template, replicas) (:class:`ShardedFunctions`)
+        self._functions: dict[tuple[JaxProgram, int], ShardedFunctions] = {}
         self._lock = threading.Lock()
 
     def program_key(self, config: LayerConfig) -> Any:
@@ -837,9 +896,16 @@ class JaxImplementation(ProbedImplementation):
             sharded = self._sharded.get(key)
         if sharded is None:
             with precision(config.dtype):
-                sharded = ShardedProgram(self.make_replicated_program(config), replicas)
+                program = self.make_replicated_program(config)
             with self._lock:
-                sharded = self._sharded.setdefault(key, sharded)
+                functions = self._functions.get((program.template, replicas))
+            if functions is None:
+                with precision(config.dtype):
+                    functions = ShardedFunctions(program.template, replicas)
+                with self._lock:
+                    functions = self._functions.setdefault((program.template, replicas), functions)
+            with self._lock:
+                sharded = self._sharded.setdefault(key, ShardedProgram(program, functions))
         return ReplicatedJaxLayer(JaxLayer(self.program(config), config), sharded, config, replicas)
 
     def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:

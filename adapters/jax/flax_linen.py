@@ -79,7 +79,6 @@ class LinenProgram(JaxProgram):
         self.train_module = cls(use_running_average=False, **arguments)
         self.infer_module = cls(use_running_average=True, **arguments)
         super().__init__(config)
-        self.template: JaxProgram = self
         structure = settings_structure(cls, nn.BatchNorm, arguments, config)
         self._own_hyper: Mapping[str, Any] | None = None
         if structure is not None:
