@@ -304,6 +304,11 @@ class JaxProgram(abc.ABC):
 
     #: the scalar settings a shared compilation takes as jit arguments (:func:`with_hyper`)
     hyper: Mapping[str, Any] = MappingProxyType({})
+    #: whether a training step and an inference run as the vjp's programs (:meth:`forward`):
+    #: set for a library's own layer, whose output is always an array and differentiable; a
+    #: user's class keeps forward-only programs (a module that returns a wrong output, or
+    #: calls what JAX cannot differentiate, must fail as its forward fails)
+    steps_by_vjp = False
 
     def __init__(self, config: LayerConfig) -> None:
         self.config = config
@@ -348,7 +353,10 @@ class JaxProgram(abc.ABC):
         *,
         training: bool,
         mask: jax.Array | None = None,
-    ) -> tuple[Any, jax.Array, Tree]:
+    ) -> tuple[Any, jax.Array, Tree, Tree]:
+        """The output, dx, the parameter gradients and the statistics tree the forward
+        leaves (the updated statistics of a training step)."""
+
         def output(p: Tree, inputs: jax.Array, s: Tree) -> tuple[Any, Tree]:
             if training:
                 return self.apply_train(p, s, inputs, mask=mask)
@@ -356,11 +364,25 @@ class JaxProgram(abc.ABC):
 
         # The statistics are a primal of the vjp (their cotangent is dropped) rather than
         # a constant closed over: nnx refuses to update a variable from another trace.
-        y, pullback, _ = jax.vjp(output, params, x, stats, has_aux=True)
+        y, pullback, updated = jax.vjp(output, params, x, stats, has_aux=True)
         # A wrong output dtype is reported by the caller (WrongOutput), never here.
         cotangent = dy.astype(y.dtype) if isinstance(y, jax.Array) else dy
         dparams, dx, _ = pullback(cotangent)
-        return y, dx, dparams
+        return y, dx, dparams, updated
+
+    def forward(self, training: bool, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        """A training step or an inference: the output and the statistics tree it leaves.
+
+        With :attr:`steps_by_vjp`, the vjp's program with a zero cotangent: the output and
+        the statistics are computed by the same operations as by the forward alone, and one
+        compilation per shape serves both the forward and its vjp.
+        """
+        if not self.steps_by_vjp:
+            return (self.train if training else self.infer)(params, stats, x)
+        vjp = self.vjp_train if training else self.vjp_infer
+        zero = jax.device_put(np.zeros(x.shape, x.dtype), x.sharding)
+        y, _, _, updated = vjp(params, stats, x, zero)
+        return y, updated
 
     def statistics(self, stats: Tree, steps: int) -> RunningStatistics:
         """The running statistics a statistics tree holds, as held; ``steps``: the count
@@ -490,14 +512,16 @@ class JaxLayer:
     def train_step(self, x: Array) -> Array:
         with precision(self.config.dtype):
             params, stats = self._trees()
-            y, self._stats = self.program.train(params, stats, to_jax(x, self.config.dtype))
+            y, self._stats = self.program.forward(True, params, stats, to_jax(x, self.config.dtype))
             return from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
 
     def infer(self, x: Array) -> Array:
         """Inference; if the implementation changed its statistics, the layer keeps that."""
         with precision(self.config.dtype):
             params, stats = self._trees()
-            y, self._stats = self.program.infer(params, stats, to_jax(x, self.config.dtype))
+            y, self._stats = self.program.forward(
+                False, params, stats, to_jax(x, self.config.dtype)
+            )
             return from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
 
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
@@ -510,7 +534,7 @@ class JaxLayer:
             params, stats = self._trees()
             function = self.program.vjp_train if training else self.program.vjp_infer
             inputs = to_jax(x, self.config.dtype)
-            y, dx, dparams = function(params, stats, inputs, to_jax(dy, self.config.dtype))
+            y, dx, dparams, _ = function(params, stats, inputs, to_jax(dy, self.config.dtype))
             from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
             grad_x = from_jax(dx, shape=x.shape, dtype=self.input_dtype, what="dx")
             features = self.config.num_features
@@ -623,7 +647,7 @@ class ShardedFunctions:
             dy: jax.Array,
             mask: jax.Array | None,
         ) -> tuple[Any, jax.Array, Tree]:
-            y, dx, dparams = program(hyper)._vjp(
+            y, dx, dparams, _ = program(hyper)._vjp(
                 _own(params), _own(stats), x, dy, training=True, mask=mask
             )
             return y, dx, _stacked(dparams)

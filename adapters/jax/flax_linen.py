@@ -83,6 +83,7 @@ class LinenProgram(JaxProgram):
         self._own_hyper: Mapping[str, Any] | None = None
         if structure is not None:
             self.hyper = self._own_hyper = hyper_settings(config)
+            self.steps_by_vjp = True
             self.template = share_compilation(self, structure, self.hyper)
 
     def module(self, training: bool) -> nn.Module:
