@@ -380,7 +380,9 @@ class JaxProgram(abc.ABC):
         if not self.steps_by_vjp:
             return (self.train if training else self.infer)(params, stats, x)
         vjp = self.vjp_train if training else self.vjp_infer
-        zero = jax.device_put(np.zeros(x.shape, x.dtype), x.sharding)
+        # placed as :func:`to_jax` places a cotangent (uncommitted): a committed one would
+        # be another entry of the jit cache, the same program compiled again
+        zero = jax.device_put(np.zeros(x.shape, x.dtype))
         y, _, _, updated = vjp(params, stats, x, zero)
         return y, updated
 

@@ -81,6 +81,29 @@ def test_settings_are_jit_arguments_and_compute_as_floats(api: str, dtype: str) 
     assert growth[1:] == [(0, 0)] * (len(SETTINGS) - 1), growth
 
 
+@pytest.mark.parametrize("api", sorted(APIS))
+def test_a_step_and_an_inference_run_as_their_vjps_program(api: str) -> None:
+    """A training step, an inference and both vjps on one shape: two compilations (the
+    vjps'), none of a forward alone."""
+    implementation = APIS[api][0]()
+    implementation.capabilities()  # the dtype probes compile before, not in, the count
+    config = LayerConfig(
+        num_features=7, rank=2, feature_axis=1, dtype="float32", eps=1e-3, momentum=0.9
+    )
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    layer = implementation.build(config)
+    layer.set_parameters(rng.normal(size=7), rng.normal(size=7))
+    layer.set_state(RunningStatistics(rng.normal(size=7), rng.uniform(0.5, 2.0, 7), 1))
+    before = sizes()
+    for _ in range(2):
+        layer.train_step(x)
+        layer.infer(x)
+        layer.vjp(x, dy, training=True)
+        layer.vjp(x, dy, training=False)
+    assert tuple(a - b for a, b in zip(sizes(), before, strict=True)) == (0, 2)
+
+
 def shares(program: Any) -> bool:
     return getattr(program.train, "func", None) is _module._forward
 
