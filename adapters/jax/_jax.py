@@ -42,11 +42,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import dataclasses
 import functools
 import importlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import jax
@@ -293,10 +295,25 @@ class JaxProgram(abc.ABC):
     static and derives the vjps: ``jax.vjp`` of the forward with respect to the parameters
     and the input, with the batch statistics inside the differentiated graph and the new
     running statistics as an auxiliary output, outside it (and discarded).
+
+    A program may share the compilations of a *template* (``_module.share_compilation``):
+    a program of the same structure whose functions take this one's scalar settings
+    ``hyper`` as jit arguments. Its structure and its replicated functions are then the
+    template's (:meth:`structure`, :class:`ShardedFunctions`).
     """
+
+    #: the scalar settings a shared compilation takes as jit arguments (:func:`with_hyper`)
+    hyper: Mapping[str, Any] = MappingProxyType({})
+    #: whether a training step and an inference run as the vjp's programs (:meth:`forward`):
+    #: set for a library's own layer, whose output is always an array and differentiable; a
+    #: user's class keeps forward-only programs (a module that returns a wrong output, or
+    #: calls what JAX cannot differentiate, must fail as its forward fails)
+    steps_by_vjp = False
 
     def __init__(self, config: LayerConfig) -> None:
         self.config = config
+        #: the program whose compilations this one shares (``share_compilation``); itself
+        self.template: JaxProgram = self
         self.train = jax.jit(self.apply_train)
         self.infer = jax.jit(self.apply_infer)
         self.vjp_train = jax.jit(functools.partial(self._vjp, training=True))
@@ -336,7 +353,10 @@ class JaxProgram(abc.ABC):
         *,
         training: bool,
         mask: jax.Array | None = None,
-    ) -> tuple[Any, jax.Array, Tree]:
+    ) -> tuple[Any, jax.Array, Tree, Tree]:
+        """The output, dx, the parameter gradients and the statistics tree the forward
+        leaves (the updated statistics of a training step)."""
+
         def output(p: Tree, inputs: jax.Array, s: Tree) -> tuple[Any, Tree]:
             if training:
                 return self.apply_train(p, s, inputs, mask=mask)
@@ -344,11 +364,27 @@ class JaxProgram(abc.ABC):
 
         # The statistics are a primal of the vjp (their cotangent is dropped) rather than
         # a constant closed over: nnx refuses to update a variable from another trace.
-        y, pullback, _ = jax.vjp(output, params, x, stats, has_aux=True)
+        y, pullback, updated = jax.vjp(output, params, x, stats, has_aux=True)
         # A wrong output dtype is reported by the caller (WrongOutput), never here.
         cotangent = dy.astype(y.dtype) if isinstance(y, jax.Array) else dy
         dparams, dx, _ = pullback(cotangent)
-        return y, dx, dparams
+        return y, dx, dparams, updated
+
+    def forward(self, training: bool, params: Tree, stats: Tree, x: jax.Array) -> tuple[Any, Tree]:
+        """A training step or an inference: the output and the statistics tree it leaves.
+
+        With :attr:`steps_by_vjp`, the vjp's program with a zero cotangent: the output and
+        the statistics are computed by the same operations as by the forward alone, and one
+        compilation per shape serves both the forward and its vjp.
+        """
+        if not self.steps_by_vjp:
+            return (self.train if training else self.infer)(params, stats, x)
+        vjp = self.vjp_train if training else self.vjp_infer
+        # placed as :func:`to_jax` places a cotangent (uncommitted): a committed one would
+        # be another entry of the jit cache, the same program compiled again
+        zero = jax.device_put(np.zeros(x.shape, x.dtype))
+        y, _, _, updated = vjp(params, stats, x, zero)
+        return y, updated
 
     def statistics(self, stats: Tree, steps: int) -> RunningStatistics:
         """The running statistics a statistics tree holds, as held; ``steps``: the count
@@ -390,11 +426,21 @@ class JaxProgram(abc.ABC):
 
     def structure(self) -> tuple[Tree, Tree]:
         """Abstract trees: the parameters as created, the statistics as a training step
-        leaves them (their dtype may differ from a new layer's: flax.linen in float64)."""
+        leaves them (their dtype may differ from a new layer's: flax.linen in float64);
+        traced once per template (the settings a template shares change no tree)."""
+        if self.template is not self:
+            return self.template.structure()
         with self._lock, precision(self.config.dtype):
             if self._structure is None:
                 self._structure = self.abstract_structure()
             return self._structure
+
+
+def with_hyper(template: JaxProgram, hyper: Mapping[str, Any]) -> Any:
+    """A copy of ``template`` holding ``hyper`` (traced) as its ``hyper``."""
+    program = copy.copy(template)
+    program.hyper = hyper
+    return program
 
 
 # -- the layer ------------------------------------------------------------------------------
@@ -468,14 +514,16 @@ class JaxLayer:
     def train_step(self, x: Array) -> Array:
         with precision(self.config.dtype):
             params, stats = self._trees()
-            y, self._stats = self.program.train(params, stats, to_jax(x, self.config.dtype))
+            y, self._stats = self.program.forward(True, params, stats, to_jax(x, self.config.dtype))
             return from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
 
     def infer(self, x: Array) -> Array:
         """Inference; if the implementation changed its statistics, the layer keeps that."""
         with precision(self.config.dtype):
             params, stats = self._trees()
-            y, self._stats = self.program.infer(params, stats, to_jax(x, self.config.dtype))
+            y, self._stats = self.program.forward(
+                False, params, stats, to_jax(x, self.config.dtype)
+            )
             return from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
 
     def vjp(self, x: Array, dy: Array, *, training: bool) -> Gradients:
@@ -488,7 +536,7 @@ class JaxLayer:
             params, stats = self._trees()
             function = self.program.vjp_train if training else self.program.vjp_infer
             inputs = to_jax(x, self.config.dtype)
-            y, dx, dparams = function(params, stats, inputs, to_jax(dy, self.config.dtype))
+            y, dx, dparams, _ = function(params, stats, inputs, to_jax(dy, self.config.dtype))
             from_jax(y, shape=x.shape, dtype=self.input_dtype, what="the output")
             grad_x = from_jax(dx, shape=x.shape, dtype=self.input_dtype, what="dx")
             features = self.config.num_features
@@ -557,42 +605,77 @@ def _replica_split() -> PartitionSpec:
     return spec
 
 
-class ShardedProgram:
-    """A replicated program's training step and training vjp on the first K devices.
+class ShardedFunctions:
+    """A template program's training step and training vjp on the first K devices, jitted.
 
-    The program's module synchronizes over :data:`REPLICA_AXIS` (its ``axis_name``), the
+    The template's module synchronizes over :data:`REPLICA_AXIS` (its ``axis_name``), the
     axis of a 1-d mesh of K devices; the functions run under ``shard_map`` over that mesh,
     each device on its own block, and are jitted (one compilation per block shape, dtype
-    and masking). Every argument is split along its leading axis: the input, the cotangent
-    and the mask are the concatenation of equal per-device blocks; the parameters and the
+    and masking). Their first argument is the ``hyper`` of the program called (replicated
+    on every device): every program sharing the template (one that differs from it only in
+    those settings, ``_module.share_compilation``) shares its compilations, as on one device.
+    Every other argument is split along its leading axis: the input, the cotangent and the
+    mask are the concatenation of equal per-device blocks; the parameters and the
     statistics are K stacked copies, one per device, as under ``pmap``, so that each
     device returns its own running statistics and the gradient of its own copy of the
     parameters: the partial sums over its values (replica_param_gradients = partial).
     """
 
-    def __init__(self, program: JaxProgram, replicas: int) -> None:
+    def __init__(self, template: JaxProgram, replicas: int) -> None:
         mesh = Mesh(np.array(jax.devices()[:replicas]), (REPLICA_AXIS,))
         split = _replica_split()
-        #: how every argument and result is laid out: split over the devices along axis 0
+        #: how every argument but ``hyper`` and every result is laid out: split over the
+        #: devices along axis 0
         self.sharding = NamedSharding(mesh, split)
 
+        def program(hyper: Mapping[str, Any]) -> JaxProgram:
+            return with_hyper(template, hyper) if hyper else template
+
         def train(
-            params: Tree, stats: Tree, x: jax.Array, mask: jax.Array | None
+            hyper: Mapping[str, Any],
+            params: Tree,
+            stats: Tree,
+            x: jax.Array,
+            mask: jax.Array | None,
         ) -> tuple[Any, Tree]:
-            y, updated = program.apply_train(_own(params), _own(stats), x, mask=mask)
+            y, updated = program(hyper).apply_train(_own(params), _own(stats), x, mask=mask)
             return y, _stacked(updated)
 
         def vjp(
-            params: Tree, stats: Tree, x: jax.Array, dy: jax.Array, mask: jax.Array | None
+            hyper: Mapping[str, Any],
+            params: Tree,
+            stats: Tree,
+            x: jax.Array,
+            dy: jax.Array,
+            mask: jax.Array | None,
         ) -> tuple[Any, jax.Array, Tree]:
-            y, dx, dparams = program._vjp(
+            y, dx, dparams, _ = program(hyper)._vjp(
                 _own(params), _own(stats), x, dy, training=True, mask=mask
             )
             return y, dx, _stacked(dparams)
 
         shard_map = _shard_map()
-        self.train = jax.jit(shard_map(train, mesh=mesh, in_specs=split, out_specs=split))
-        self.vjp = jax.jit(shard_map(vjp, mesh=mesh, in_specs=split, out_specs=split))
+        make: Any = PartitionSpec  # untyped in jax
+        replicated: PartitionSpec = make()  # ``hyper``: the same on every device
+
+        def sharded(function: Callable[..., Any], arguments: int) -> Callable[..., Any]:
+            specs = (replicated, *[split] * arguments)
+            return jax.jit(shard_map(function, mesh=mesh, in_specs=specs, out_specs=split))
+
+        self.train = sharded(train, 4)
+        self.vjp = sharded(vjp, 5)
+
+
+class ShardedProgram:
+    """A replicated program's training step and training vjp on the first K devices: its
+    template's :class:`ShardedFunctions` called with its ``hyper``."""
+
+    def __init__(self, program: JaxProgram, functions: ShardedFunctions) -> None:
+        #: how every argument and result is laid out: split over the devices along axis 0
+        self.sharding = functions.sharding
+        hyper = dict(program.hyper)  # a pytree (a mapping proxy is not)
+        self.train = functools.partial(functions.train, hyper)
+        self.vjp = functools.partial(functions.vjp, hyper)
 
     def copies(self, tree: Tree, replicas: int) -> Tree:
         """``replicas`` stacked copies of a tree, one on each device (no JAX operation)."""
@@ -762,6 +845,8 @@ class JaxImplementation(ProbedImplementation):
         parameter_dtype_name("float16", parameters)  # validates the policy
         self._programs: dict[Any, JaxProgram] = {}
         self._sharded: dict[Any, ShardedProgram] = {}
+        #: the replicated functions of each (template, replicas) (:class:`ShardedFunctions`)
+        self._functions: dict[tuple[JaxProgram, int], ShardedFunctions] = {}
         self._lock = threading.Lock()
 
     def program_key(self, config: LayerConfig) -> Any:
@@ -837,9 +922,16 @@ class JaxImplementation(ProbedImplementation):
             sharded = self._sharded.get(key)
         if sharded is None:
             with precision(config.dtype):
-                sharded = ShardedProgram(self.make_replicated_program(config), replicas)
+                program = self.make_replicated_program(config)
             with self._lock:
-                sharded = self._sharded.setdefault(key, sharded)
+                functions = self._functions.get((program.template, replicas))
+            if functions is None:
+                with precision(config.dtype):
+                    functions = ShardedFunctions(program.template, replicas)
+                with self._lock:
+                    functions = self._functions.setdefault((program.template, replicas), functions)
+            with self._lock:
+                sharded = self._sharded.setdefault(key, ShardedProgram(program, functions))
         return ReplicatedJaxLayer(JaxLayer(self.program(config), config), sharded, config, replicas)
 
     def probe(self, config: LayerConfig, x: Array, base: Capabilities) -> str | None:

@@ -14,7 +14,6 @@ defaults, one program per configuration (:class:`~normspec.adapters.jax._jax.Jax
 from __future__ import annotations
 
 import abc
-import copy
 import functools
 import inspect
 from collections.abc import Hashable, Mapping
@@ -23,6 +22,7 @@ from typing import Any, ClassVar
 import jax
 
 from normspec.adapters.jax._jax import PROBE_CONFIG, JaxImplementation, JaxProgram
+from normspec.adapters.jax._jax import with_hyper as with_hyper  # flax_renorm's, from here
 from normspec.adapters.protocol import Capabilities, FeatureAxisPosition, LayerConfig
 
 #: What every haiku and equinox layer lacks, for the report's not-applicable reasons.
@@ -55,13 +55,6 @@ def takes_keywords(cls: type, names: tuple[str, ...], *positional: Any) -> bool:
 _TEMPLATES: dict[Hashable, JaxProgram] = {}
 
 
-def with_hyper(template: JaxProgram, hyper: Mapping[str, Any]) -> Any:
-    """A copy of ``template`` holding ``hyper`` (traced) as its ``hyper``."""
-    program = copy.copy(template)
-    program.hyper = hyper  # type: ignore[attr-defined]
-    return program
-
-
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _forward(template: JaxProgram, training: bool, hyper: Any, *arrays: Any) -> Any:
     program = with_hyper(template, hyper)
@@ -80,8 +73,9 @@ def share_compilation(
     such as eps and the momentum, read by its ``apply_*`` from ``self.hyper``), shared by
     every program of ``structure``: configurations that differ only in those settings
     compile once per input shape instead of once each (issue 13). The template: the
-    first program of ``structure``."""
+    first program of ``structure``, also set as ``program.template``."""
     template = _TEMPLATES.setdefault(structure, program)
+    program.template = template
     shared: Any = program  # its jitted functions replaced by partials of shared ones
     shared.train = functools.partial(_forward, template, True, hyper)
     shared.infer = functools.partial(_forward, template, False, hyper)

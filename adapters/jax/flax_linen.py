@@ -79,11 +79,11 @@ class LinenProgram(JaxProgram):
         self.train_module = cls(use_running_average=False, **arguments)
         self.infer_module = cls(use_running_average=True, **arguments)
         super().__init__(config)
-        self.template: JaxProgram = self
         structure = settings_structure(cls, nn.BatchNorm, arguments, config)
         self._own_hyper: Mapping[str, Any] | None = None
         if structure is not None:
             self.hyper = self._own_hyper = hyper_settings(config)
+            self.steps_by_vjp = True
             self.template = share_compilation(self, structure, self.hyper)
 
     def module(self, training: bool) -> nn.Module:

@@ -133,6 +133,7 @@ class NnxProgram(JaxProgram):
         self._own_hyper: Mapping[str, Any] | None = None
         if structure is not None:
             self.hyper = self._own_hyper = hyper_settings(config)
+            self.steps_by_vjp = True
             share_compilation(self, structure, self.hyper)
 
     def module(self, config: LayerConfig, use_running_average: bool, **changes: Any) -> nnx.Module:

@@ -81,6 +81,29 @@ def test_settings_are_jit_arguments_and_compute_as_floats(api: str, dtype: str) 
     assert growth[1:] == [(0, 0)] * (len(SETTINGS) - 1), growth
 
 
+@pytest.mark.parametrize("api", sorted(APIS))
+def test_a_step_and_an_inference_run_as_their_vjps_program(api: str) -> None:
+    """A training step, an inference and both vjps on one shape: two compilations (the
+    vjps'), none of a forward alone."""
+    implementation = APIS[api][0]()
+    implementation.capabilities()  # the dtype probes compile before, not in, the count
+    config = LayerConfig(
+        num_features=7, rank=2, feature_axis=1, dtype="float32", eps=1e-3, momentum=0.9
+    )
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    layer = implementation.build(config)
+    layer.set_parameters(rng.normal(size=7), rng.normal(size=7))
+    layer.set_state(RunningStatistics(rng.normal(size=7), rng.uniform(0.5, 2.0, 7), 1))
+    before = sizes()
+    for _ in range(2):
+        layer.train_step(x)
+        layer.infer(x)
+        layer.vjp(x, dy, training=True)
+        layer.vjp(x, dy, training=False)
+    assert tuple(a - b for a, b in zip(sizes(), before, strict=True)) == (0, 2)
+
+
 def shares(program: Any) -> bool:
     return getattr(program.train, "func", None) is _module._forward
 
@@ -95,3 +118,45 @@ def test_a_subclass_and_half_parameters_keep_their_floats(api: str) -> None:
     assert shares(implementation().program(config))
     assert not shares(implementation(subclass).program(config))
     assert not shares(implementation(parameters="input").program(config))
+
+
+def replicated_results(implementation: Any, config: LayerConfig, seed: int) -> list[np.ndarray]:
+    """A synchronized training step on two replicas, the states it leaves and the vjp,
+    without and with masks (sync.*), of a layer whose parameters and statistics are set."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=(3, 3)) * 3.0 + 100.0 for _ in range(2)]
+    dys = [rng.normal(size=(3, 3)) for _ in range(2)]
+    masks = [np.array([True, True, False]), np.array([True, False, True])]
+    found: list[np.ndarray] = []
+    for masked in (None, masks):
+        layer = implementation.make_replicated(config, 2)
+        layer.set_parameters(rng.normal(size=3), rng.normal(size=3))
+        layer.set_state(RunningStatistics(rng.normal(size=3), rng.uniform(0.5, 2.0, 3), 1))
+        found += layer.train_step(xs, masked)
+        found += [v for state in layer.states() for v in (state.mean, state.var)]
+        found += [v for g in layer.vjp(xs, dys, masked) for v in (g.dx, g.dgamma, g.dbeta)]
+    return found
+
+
+@pytest.mark.parametrize(("api", "dtype"), [("linen", "float32"), ("nnx", "float64")])
+def test_replicated_layers_share_their_template_compilations(api: str, dtype: str) -> None:
+    """On two replicas too, layers that differ only in eps and the momentum share one
+    training step and vjp (eps and the momentum replicated jit arguments), and compute
+    bitwise what the module with Python floats computes."""
+    own, floats = (APIS[api][0](), APIS[api][0](APIS[api][1]))
+    growth = []
+    for k, (eps, momentum) in enumerate(SETTINGS):
+        config = LayerConfig(
+            num_features=3, rank=2, feature_axis=1, dtype=dtype, eps=eps, momentum=momentum
+        )
+        before = sum(f.train._cache_size() + f.vjp._cache_size() for f in own._functions.values())
+        shared = replicated_results(own, config, k)
+        after = sum(f.train._cache_size() + f.vjp._cache_size() for f in own._functions.values())
+        growth.append(after - before)
+        for got, want in zip(shared, replicated_results(floats, config, k), strict=True):
+            assert got.tobytes() == want.tobytes(), (eps, momentum, got, want)
+    assert len(own._functions) == 1  # one template on two replicas
+    assert len(floats._functions) == len(SETTINGS)  # a subclass: one per configuration
+    # the first setting compiles the step and the vjp, with and without masks; the others
+    # nothing
+    assert growth == [4] + [0] * (len(SETTINGS) - 1), growth
