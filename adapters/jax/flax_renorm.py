@@ -354,15 +354,8 @@ class FlaxRenormImplementation(JaxImplementation):
 
     def inference_key(self, config: LayerConfig) -> Any:
         """What an inference program depends on where it reads no training-only argument:
-        the program's key less the momentum, the bounds and the warm-up."""
-        return (
-            config.num_features,
-            config.rank,
-            config.feature_position,
-            config.dtype,
-            config.eps,
-            config.affine,
-        )
+        the program's key less the momentum (here fixed), the bounds and the warm-up."""
+        return super().program_key(replace(config, momentum=0.0))
 
     def make_program(self, config: LayerConfig) -> JaxProgram:
         program = self._training_program(config)
