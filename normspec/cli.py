@@ -1,6 +1,6 @@
 """The ``normspec`` command line. Exit codes: 0 success, 1 not conformant, 2 usage error,
 3 nothing checked (``normspec check``: no selected clause applied), 130 interrupted
-(``normspec report`` keeps what finished)."""
+(``normspec check`` before any failure, ``normspec report``: each keeps what finished)."""
 
 from __future__ import annotations
 
@@ -213,9 +213,12 @@ def _check_command(args: argparse.Namespace) -> int:
 
 
 def exit_code(report: Any) -> int:
-    """``normspec check``'s exit code for a finished report."""
+    """``normspec check``'s exit code for a finished report: a run interrupted before any
+    failure is no pass (a CI gate cancelled halfway must not read 0)."""
     if not report.conformant:
         return EXIT_NOT_CONFORMANT
+    if report.interrupted:
+        return EXIT_INTERRUPTED
     return EXIT_NOTHING_CHECKED if report.verdict == "nothing applicable" else EXIT_OK
 
 
@@ -365,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check TARGET (package.module:attr, or 'reference') clause by clause, "
         "its calls in a worker process (a crash or a hang is reported and the run goes on). "
         "Exit code 0: conformant; 1: not conformant (a clause failed, errored, crashed or "
-        "hung); 2: usage error; 3: nothing checked (no selected clause applies to TARGET).",
+        "hung); 2: usage error; 3: nothing checked (no selected clause applies to TARGET); "
+        "130: interrupted (Ctrl-C) before any failure.",
     )
     checking.add_argument("target", help="package.module:attr, or reference")
     checking.add_argument(

@@ -7,10 +7,12 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from normspec.cli import main
+from normspec.conformance import runner
 from normspec.conformance.report_json import schema
 
 
@@ -130,3 +132,26 @@ def test_a_check_that_checked_nothing_exits_3(capsys: pytest.CaptureFixture[str]
     assert "NOTHING APPLICABLE under profile torch" in out
     assert "nothing was checked" in out and "(exit code 3)" in out
     assert main(["check", "reference", "--profile", "torch", "--clauses", "bn.train.output"]) == 0
+
+
+def test_an_interrupted_check_exits_130_unless_a_clause_failed_before(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (or a cancelled CI job) before any failure: no pass; after one: not conformant."""
+    checked = runner.CheckSession.check
+    calls: list[str] = []
+
+    def interrupted_at_the_second(session: Any, item: Any, *job: Any) -> Any:
+        calls.append(item.clause_id)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return checked(session, item, *job)
+
+    monkeypatch.setattr(runner.CheckSession, "check", interrupted_at_the_second)
+    options = ["--in-process", "--clauses", "bn.train.output,bn.running.mean,bn.infer.output"]
+    options += ["--dtype", "float64,float32", "--max-examples", "12"]
+    assert main(["check", "reference", *options]) == 130
+    assert "(interrupted: partial results)" in capsys.readouterr().out
+    calls.clear()
+    assert main(["check", "gallery.bugs:EpsIgnored", "--profile", "torch", *options]) == 1
+    assert calls == ["bn.train.output", "bn.running.mean"]
