@@ -348,11 +348,13 @@ class CheckContext:
         if self.worst is None or figure.value > self.worst.value:
             self.worst = figure
 
-    def require(self, condition: bool, message: str) -> None:
-        """Raise :class:`RequirementNotMet` with ``message`` unless ``condition`` holds."""
+    def require(self, condition: bool, message: str | Callable[[], str]) -> None:
+        """Raise :class:`RequirementNotMet` with ``message`` unless ``condition`` holds; a
+        message that formats arrays or states is passed as a function, called only then."""
         __tracebackhide__ = True  # a pytest traceback starts at the check
         if not condition:
-            raise observe(RequirementNotMet(message), self)
+            text = message if isinstance(message, str) else message()
+            raise observe(RequirementNotMet(text), self)
 
     def state_of(self, layer: Layer) -> RunningStatistics | None:
         state: RunningStatistics | None = self.call("state", layer.state)

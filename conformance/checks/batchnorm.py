@@ -338,12 +338,17 @@ def running_initial(ctx: CheckContext, data: Any) -> None:
     hidden = "hidden " if ctx.dialect.running_average == "zero_debiased" else ""
     ctx.require(
         np.array_equal(state.mean, expected.mean),
-        f"initial {hidden}running mean is {state.mean.tolist()}, expected {expected.mean.tolist()}",
+        lambda: (
+            f"initial {hidden}running mean is {state.mean.tolist()}, "
+            f"expected {expected.mean.tolist()}"
+        ),
     )
     ctx.require(
         np.array_equal(state.var, expected.var),
-        f"initial {hidden}running variance is {state.var.tolist()}, expected "
-        f"{expected.var.tolist()} ({ctx.dialect.running_average} running average)",
+        lambda: (
+            f"initial {hidden}running variance is {state.var.tolist()}, expected "
+            f"{expected.var.tolist()} ({ctx.dialect.running_average} running average)"
+        ),
     )
     if ctx.capabilities.step_counter:
         ctx.require(state.steps == 0, f"initial step counter is {state.steps}, expected 0")
@@ -406,7 +411,8 @@ def running_untracked(ctx: CheckContext, data: Any) -> None:
     ctx.call("train_step", layer.train_step, case.x)
     state = ctx.state_of(layer)
     ctx.require(
-        state is None, f"a layer without tracked statistics reports a state after training: {state}"
+        state is None,
+        lambda: f"a layer without tracked statistics reports a state after training: {state}",
     )
 
 
@@ -439,9 +445,11 @@ def expect_state_kept(
     )
     ctx.require(
         same,
-        f"{what} changed the state from mean {before.mean.tolist()}, variance "
-        f"{before.var.tolist()}, steps {before.steps} to mean {after.mean.tolist()}, "
-        f"variance {after.var.tolist()}, steps {after.steps}",
+        lambda: (
+            f"{what} changed the state from mean {before.mean.tolist()}, variance "
+            f"{before.var.tolist()}, steps {before.steps} to mean {after.mean.tolist()}, "
+            f"variance {after.var.tolist()}, steps {after.steps}"
+        ),
     )
 
 
@@ -455,7 +463,7 @@ def running_no_inference_update(ctx: CheckContext, data: Any) -> None:
     assert before is not None
     ctx.require(
         same_state(before, after),
-        f"inference changed the state from {before} to {after}",
+        lambda: f"inference changed the state from {before} to {after}",
     )
 
 

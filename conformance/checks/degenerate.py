@@ -37,13 +37,16 @@ def _finite_state(
         return
     ctx.require(
         bool(np.all(np.isfinite(state.mean)) and np.all(np.isfinite(state.var))),
-        f"{when} the running statistics hold NaN or infinity: mean {state.mean.tolist()}, "
-        f"variance {state.var.tolist()}",
+        lambda: (
+            f"{when} the running statistics hold NaN or infinity: "
+            f"mean {state.mean.tolist()}, "
+            f"variance {state.var.tolist()}"
+        ),
     )
     if variance:
         ctx.require(
             not bool(np.any(state.var < 0)),
-            f"{when} the running variance is negative: {state.var.tolist()}",
+            lambda: f"{when} the running variance is negative: {state.var.tolist()}",
         )
 
 

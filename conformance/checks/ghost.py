@@ -270,7 +270,9 @@ def infer(ctx: CheckContext, data: Any) -> None:
     expect_inference_output(ctx, case, ctx.call("infer", layer.infer, case.x))
     after = ctx.state_of(layer)
     assert before is not None
-    ctx.require(same_state(before, after), f"inference changed the state from {before} to {after}")
+    ctx.require(
+        same_state(before, after), lambda: f"inference changed the state from {before} to {after}"
+    )
 
 
 @check("ghost.remainder", needs=GHOST)
@@ -289,7 +291,7 @@ def remainder(ctx: CheckContext, data: Any) -> None:
     assert before is not None
     ctx.require(
         same_state(before, after),
-        f"the rejected training step changed the state from {before} to {after}",
+        lambda: f"the rejected training step changed the state from {before} to {after}",
     )
 
 

@@ -724,7 +724,7 @@ def moving_no_inference_update(ctx: CheckContext, data: Any) -> None:
     after = moving_state(ctx, layer, "after inference")
     ctx.require(
         same_moving_state(before, after, counter=ctx.capabilities.step_counter),
-        f"inference changed the state from {before} to {after}",
+        lambda: f"inference changed the state from {before} to {after}",
     )
 
 

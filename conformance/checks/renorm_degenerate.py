@@ -54,7 +54,7 @@ def _nan_free(ctx: CheckContext, state: RenormStatistics, when: str) -> None:
     arrays = [state.mean, state.spread, state.correction_mean, state.correction_spread]
     ctx.require(
         not any(a is not None and np.any(np.isnan(np.asarray(a, np.float64))) for a in arrays),
-        f"{when} the moving statistics hold NaN: {state}",
+        lambda: f"{when} the moving statistics hold NaN: {state}",
     )
 
 
@@ -119,7 +119,7 @@ def empty_batch(ctx: CheckContext, data: Any) -> None:
     after = moving_state(ctx, layer, "after an empty batch")
     ctx.require(
         same_moving_state(before, after, counter=ctx.capabilities.step_counter),
-        f"an empty batch changed the state from {before} to {after}",
+        lambda: f"an empty batch changed the state from {before} to {after}",
     )
 
 

@@ -178,7 +178,7 @@ def renorm_sequence_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
             after = moving_state(ctx, self.layer, "after an inference call")
             ctx.require(
                 same_moving_state(step.state, after, counter=ctx.capabilities.step_counter),
-                f"an inference call changed the state from {step.state} to {after}",
+                lambda: f"an inference call changed the state from {step.state} to {after}",
             )
 
         @invariant()

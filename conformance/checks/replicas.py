@@ -72,7 +72,10 @@ def train(ctx: CheckContext, case: ReplicaCase, layer: ReplicatedLayer) -> list[
 def _per_replica(ctx: CheckContext, what: str, values: Any, case: ReplicaCase) -> list[Array]:
     ctx.require(
         isinstance(values, (list, tuple)) and len(values) == case.replicas,
-        f"{what}: expected a list of {case.replicas} arrays, one per replica, got {values!r:.200}",
+        lambda: (
+            f"{what}: expected a list of {case.replicas} arrays, one per replica, "
+            f"got {values!r:.200}"
+        ),
     )
     return [
         ctx.shape_of(f"{what} of replica {k}", value, part.shape)
@@ -84,7 +87,7 @@ def _states(ctx: CheckContext, layer: ReplicatedLayer, case: ReplicaCase) -> lis
     states = ctx.call("states", layer.states)
     ctx.require(
         isinstance(states, (list, tuple)) and len(states) == case.replicas,
-        f"states: expected {case.replicas} states, one per replica, got {states!r:.200}",
+        lambda: f"states: expected {case.replicas} states, one per replica, got {states!r:.200}",
     )
     for k, state in enumerate(states):
         ctx.require(state is not None, f"replica {k} reports no running statistics after a step")
@@ -168,7 +171,7 @@ def expect_gradients(
     cfg = case.config
     ctx.require(
         isinstance(grads, (list, tuple)) and len(grads) == case.replicas,
-        f"vjp: expected {case.replicas} gradients, one per replica, got {grads!r:.200}",
+        lambda: f"vjp: expected {case.replicas} gradients, one per replica, got {grads!r:.200}",
     )
     expected = sync_reference.backward(
         reference_config(case, ctx.dialect),
