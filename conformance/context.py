@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from hypothesis import reject
@@ -37,6 +37,9 @@ from normspec.conformance.tolerance import Comparison, Precision
 from normspec.messages import strided_copy
 from normspec.reference import Affine, BatchNormConfig, RunningStatistics
 from normspec.reference.dialects import Dialect
+
+if TYPE_CHECKING:
+    from normspec.conformance.repeats import Repeats
 
 #: The strategy each chapter's cases are drawn from (``CheckContext.draw_case``), called with
 #: the capabilities, the dialect, the dtypes and a check's options: the one place a chapter
@@ -165,6 +168,9 @@ class CheckContext:
     menus: dict[str, Menu] = field(default_factory=dict)
     #: the worst error in ulps over the comparisons that passed (Comparison.significant)
     worst: Ulps | None = None
+    #: the examples of the dtype's run being checked, told of each call (an example that
+    #: repeats an earlier one is answered from memory at its first)
+    repeats: Repeats | None = None
 
     @property
     def menu(self) -> Menu | None:
@@ -225,6 +231,8 @@ class CheckContext:
         that writes into its input cannot corrupt the expected values (``copy_inputs=False``
         is for conv.io.inputs_unmodified, which watches for exactly that).
         """
+        if self.repeats is not None:
+            self.repeats.calling()
         if copy_inputs:
             args = tuple(layout_copy(a) if isinstance(a, np.ndarray) else a for a in args)
         try:

@@ -37,6 +37,7 @@ from normspec.conformance.guard import Guard
 from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
 from normspec.conformance.lanes import close_lanes, start_lanes
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
+from normspec.conformance.repeats import Repeats
 from normspec.conformance.results import (
     SEVERITY,
     ClauseResult,
@@ -210,10 +211,7 @@ def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: in
         run_state_machine_as_test(seed(seed_value)(machine), settings=configured)
         return
 
-    @seed(seed_value)
-    @configured
-    @given(st.data())
-    def property_test(data: Any) -> None:
+    def body(ctx: CheckContext, data: Any) -> None:
         try:
             item.body(ctx, data)
         except HypothesisException:
@@ -222,7 +220,18 @@ def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: in
             observe(problem, ctx)  # the example it was raised on, where no ctx method kept it
             raise
 
-    property_test()
+    repeats = ctx.repeats = Repeats()
+
+    @seed(seed_value)
+    @configured
+    @given(st.data())
+    def property_test(data: Any) -> None:
+        repeats.run(ctx, data, body)
+
+    try:
+        property_test()
+    finally:
+        ctx.repeats = None
 
 
 def _caused_by_interrupt(problem: BaseException) -> bool:
