@@ -11,7 +11,7 @@ that call, ends as the earlier one ended: :class:`Repeats` answers it with that 
 same exception, or none) without calling the implementation again.
 
 What is never answered from memory: an example that drew after its first call (its later
-draws could differ), one where the implementation refused a configuration (the refusals in
+draws could differ) or drew what a fingerprint cannot tell apart (:class:`Unlike`), one where the implementation refused a configuration (the refusals in
 a row decide a clause's applicability), one that ended in anything but a pass, a violation,
 an error the implementation raised or an assumption (a crash, a hang: the run's own state
 changed), and Hypothesis's final replay of a failure (``is_final``), which always calls the
@@ -21,6 +21,7 @@ implementation, so that every reported example was run as reported.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 from collections.abc import Callable
 from types import TracebackType
@@ -37,10 +38,19 @@ from normspec.conformance.guard import ImplementationError, ImplementationLost
 REMEMBERED = (Violation, ImplementationError, UnsatisfiedAssumption)
 
 
+#: Leaves a fingerprint takes by their ``repr``, which tells apart any two that differ.
+EXACT_REPR = (int, float, complex, str, bytes, type(None), np.generic, enum.Enum)
+
+
+class Unlike(Exception):
+    """A drawn value a fingerprint cannot tell apart from every other (an object shown by
+    its address, which a later object may take): its example is never remembered."""
+
+
 def fingerprint(value: object, into: Any) -> None:
     """Feed ``value`` to the hash ``into``: arrays by dtype, shape, strides and contents,
-    dataclasses field by field, sequences and mappings item by item, anything else by type
-    and ``repr`` (exact for numbers; an object shown by its address never matches another)."""
+    dataclasses field by field, sequences and mappings item by item, numbers and strings by
+    type and ``repr`` (exact for numbers); :class:`Unlike` for anything else."""
     if isinstance(value, np.ndarray):
         into.update(f"a{value.dtype.str}{value.shape}{value.strides}".encode())
         into.update(np.ascontiguousarray(value).tobytes())
@@ -60,8 +70,10 @@ def fingerprint(value: object, into: Any) -> None:
             fingerprint(key, into)
             fingerprint(item, into)
         into.update(b"}")
-    else:
+    elif isinstance(value, EXACT_REPR):
         into.update(f"v{type(value).__qualname__}:{value!r};".encode())
+    else:
+        raise Unlike(type(value).__qualname__)
 
 
 class Answered(BaseException):
@@ -100,19 +112,26 @@ class DrawRecorder:
         self._hash = hashlib.blake2b(digest_size=16)
         #: what was drawn before the first call (``None`` until it was made)
         self.before_call: bytes | None = None
-        self.drew_after_call = False
+        #: whether its ending may be remembered: it drew nothing after its first call, and
+        #: nothing a fingerprint cannot tell apart before
+        self.rememberable = True
+        self.called = False
 
     def draw(self, strategy: Any, label: Any = None) -> Any:
         value = self._data.draw(strategy, label=label)
-        if self.before_call is None:
-            fingerprint(value, self._hash)
-        else:
-            self.drew_after_call = True
+        if self.called:
+            self.rememberable = False
+        elif self.rememberable:
+            try:
+                fingerprint(value, self._hash)
+            except Unlike:
+                self.rememberable = False
         return value
 
-    def first_call(self) -> bytes:
-        """Mark the example's first call; what it drew until then."""
-        self.before_call = self._hash.digest()
+    def first_call(self) -> bytes | None:
+        """Mark the example's first call; what it drew until then, if it can be told."""
+        self.called = True
+        self.before_call = self._hash.digest() if self.rememberable else None
         return self.before_call
 
 
@@ -129,9 +148,10 @@ class Repeats:
         """Before each call into the implementation (``CheckContext.call``): at the first of
         an example that repeats a remembered one, :class:`Answered`."""
         example = self._example
-        if example is None or example.before_call is not None:
+        if example is None or example.called:
             return
-        ending = self._endings.get(example.first_call())
+        drawn = example.first_call()
+        ending = None if drawn is None else self._endings.get(drawn)
         if ending is not None and not current_build_context().is_final:
             raise Answered(ending)
 
@@ -165,7 +185,8 @@ class Repeats:
         """Remember how ``example`` ended (``counts``: the layers built and configurations
         refused before it), where an example drawing the same is sure to end so too."""
         built, refused = counts
-        if example.before_call is None or example.drew_after_call or ctx.refused != refused:
+        drawn = example.before_call
+        if drawn is None or not example.rememberable or ctx.refused != refused:
             return
         if problem is not None and (
             not isinstance(problem, REMEMBERED) or isinstance(problem, ImplementationLost)
@@ -173,4 +194,4 @@ class Repeats:
             return
         traceback = problem.__traceback__ if problem is not None else None
         ending = Ending(problem, traceback, ctx.case, dict(ctx.notes), ctx.built - built)
-        self._endings.setdefault(example.before_call, ending)
+        self._endings.setdefault(drawn, ending)

@@ -3,6 +3,7 @@ the same, with the same exception and context, and never in a failure's final re
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import traceback
@@ -17,7 +18,7 @@ from test_engine import Wrapped
 from normspec.conformance import repeats as repeats_module
 from normspec.conformance.context import RequirementNotMet
 from normspec.conformance.guard import ImplementationCrashed, ImplementationError
-from normspec.conformance.repeats import Repeats, fingerprint
+from normspec.conformance.repeats import Repeats, Unlike, fingerprint
 from normspec.conformance.runner import CheckOptions, check_implementation
 
 
@@ -54,6 +55,8 @@ def test_fingerprints_tell_apart_what_a_check_could() -> None:
     digests = [digest(value) for value in different]
     assert len(set(digests)) == len(different)
     assert digest(Pair(x.copy(), [1, 2])) == digest(Pair(x, [1, 2]))
+    with pytest.raises(Unlike):
+        digest([1, object()])  # shown by its address, which another object may take
 
 
 class FakeData:
@@ -125,22 +128,24 @@ def test_a_pass_is_remembered_too(final) -> None:
     assert (check.calls, repeats.answered, ctx.built) == (1, 2, 3)
 
 
+SHOWN_BY_ADDRESS = object()
+
+
 @pytest.mark.parametrize(
-    ("why", "options"),
+    ("why", "drawn", "options"),
     [
-        ("drew after its first call", {"draw_after": True}),
-        ("crashed", {"ending": ImplementationCrashed("train_step", "gone")}),
-        ("raised what no check raises", {"ending": KeyError("bug")}),
+        ("drew after its first call", 1, {"draw_after": True}),
+        ("drew what no fingerprint tells apart", SHOWN_BY_ADDRESS, {}),
+        ("crashed", 1, {"ending": ImplementationCrashed("train_step", "gone")}),
+        ("raised what no check raises", 1, {"ending": KeyError("bug")}),
     ],
 )
-def test_an_example_whose_ending_could_differ_is_run_again(final, why, options) -> None:
+def test_an_example_whose_ending_could_differ_is_run_again(final, why, drawn, options) -> None:
     repeats = Repeats()
     check, ctx = Check(repeats, **options), context()
     for _ in range(2):
-        try:
-            repeats.run(ctx, FakeData(1, 2), check)
-        except (ImplementationError, KeyError):
-            pass
+        with contextlib.suppress(ImplementationError, KeyError):
+            repeats.run(ctx, FakeData(drawn, 2), check)
     assert (check.calls, repeats.answered) == (2, 0), why
 
 
