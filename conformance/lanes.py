@@ -119,15 +119,25 @@ class ProcessLane:
 def start_lanes(
     implementation: Implementation, options: CheckOptions, clauses: int
 ) -> list[ProcessLane]:
-    """The lanes beside this process for a run of ``clauses`` clauses: ``options.jobs - 1``
-    (fewer where there are fewer clauses), none where the run has no target to load or is
-    in-process (debugging, where after a hang nothing is called again: in one process)."""
-    count = min(options.jobs, clauses) - 1
-    if count < 1 or options.target is None:
-        return []
+    """The lanes beside this process for a run of ``clauses`` clauses on ``implementation``
+    (:func:`launch_lanes`; none for an implementation in this process)."""
     if not isinstance(implementation, IsolatedImplementation):
         return []
-    return [ProcessLane(options.target, options, implementation.isolation) for _ in range(count)]
+    return launch_lanes(options.target, implementation.isolation, options, clauses)
+
+
+def launch_lanes(
+    target: str | None, isolation: Isolation | None, options: CheckOptions, clauses: int
+) -> list[ProcessLane]:
+    """The lanes beside this process for a run of ``clauses`` clauses on ``target`` loaded
+    with ``isolation``: ``options.jobs - 1`` (fewer where there are fewer clauses), none
+    where the run has no target to load or is in-process (debugging, where after a hang
+    nothing is called again: in one process). ``normspec check`` launches them before it
+    loads the target itself, so that they load it meanwhile."""
+    count = min(options.jobs, clauses) - 1
+    if count < 1 or target is None or isolation is None or os.name != "posix":
+        return []
+    return [ProcessLane(target, options, isolation) for _ in range(count)]
 
 
 def close_lanes(lanes: Sequence[ProcessLane]) -> list[str]:
@@ -148,5 +158,6 @@ __all__ = [
     "ProcessLane",
     "automatic_jobs",
     "close_lanes",
+    "launch_lanes",
     "start_lanes",
 ]

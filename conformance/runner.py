@@ -35,7 +35,7 @@ from normspec.conformance.findings import (
 )
 from normspec.conformance.guard import Guard
 from normspec.conformance.isolation import IsolatedImplementation, command_flags, isolation_of
-from normspec.conformance.lanes import close_lanes, start_lanes
+from normspec.conformance.lanes import ProcessLane, close_lanes, start_lanes
 from normspec.conformance.menu import DEFAULT_MENU_SIZE, Menu
 from normspec.conformance.repeats import Repeats
 from normspec.conformance.results import (
@@ -462,6 +462,7 @@ def check_implementation(
     options: CheckOptions,
     progress: Callable[[ClauseResult], None] | None = None,
     on_start: Callable[[Report], None] | None = None,
+    lanes: Sequence[ProcessLane] | None = None,
 ) -> Report:
     """Check every selected clause against ``implementation`` under ``options.profile``.
 
@@ -470,7 +471,9 @@ def check_implementation(
     implementation in this process. The report says which (``Report.isolation``). With
     ``options.jobs`` above 1, an isolated implementation and its target, the clauses are
     spread over that many processes (:mod:`~normspec.conformance.lanes`); the report is the
-    same. ``progress`` is called with each clause's result, in run order.
+    same (``lanes``: those already launched for it, :func:`~normspec.conformance.lanes.
+    launch_lanes`; they are closed here). ``progress`` is called with each clause's
+    result, in run order.
     """
     checks = select_checks(options.clauses)
     session = CheckSession(implementation, options)
@@ -492,7 +495,8 @@ def check_implementation(
         warnings=list(session.capabilities.warnings),
     )
     started = time.perf_counter()
-    lanes = start_lanes(implementation, options, len(checks))
+    if lanes is None:
+        lanes = start_lanes(implementation, options, len(checks))
     report.processes = 1 + len(lanes)
     try:
         if on_start is not None:

@@ -153,12 +153,12 @@ def _check_command(args: argparse.Namespace) -> int:
         DeviationFileError,
         load_deviations,
     )
-    from normspec.conformance.isolation import IsolatedImplementation, load_implementation
+    from normspec.conformance.lanes import close_lanes, launch_lanes
     from normspec.conformance.report_json import write_json
     from normspec.conformance.report_junit import write_junit
-    from normspec.conformance.report_terminal import print_header, print_summary, progress_line
+    from normspec.conformance.report_terminal import print_summary
     from normspec.conformance.run_settings import OptionsError
-    from normspec.conformance.runner import CheckOptions, check_implementation
+    from normspec.conformance.runner import CheckOptions, select_checks
     from normspec.reference.dialects import profile
 
     try:
@@ -182,12 +182,38 @@ def _check_command(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())  # targets in the current project, as `python -m` does
     try:
         deviations = load_deviations(args.deviations)
-        implementation = load_implementation(
-            args.target, args.profile, isolation, timeout=args.timeout
-        )
-    except (TargetError, DeviationFileError) as problem:
+    except DeviationFileError as problem:
         raise UsageError(str(problem)) from None
     applier = DeviationApplier(deviations.for_run(args.target, dialect.name))
+    # the other processes load the target while this one does
+    lanes = launch_lanes(args.target, isolation, options, len(select_checks(options.clauses)))
+    try:
+        report = _checked(args, options, isolation, applier, lanes)
+    except TargetError as problem:
+        raise UsageError(str(problem)) from None
+    finally:
+        close_lanes(lanes)
+    applier.finish(report)
+    print_summary(report, sys.stdout)
+    if args.json:
+        write_json(report, args.json)
+    if args.junit:
+        write_junit(report, args.junit)
+    return exit_code(report)
+
+
+def _checked(
+    args: argparse.Namespace, options: Any, isolation: Any, applier: Any, lanes: Any
+) -> Any:
+    """The report of ``normspec check``'s run on the target it loads (``TargetError`` where
+    it does not), each result printed as it comes with ``applier``'s deviations applied;
+    ``lanes``: the other processes, launched already."""
+    from normspec.conformance.isolation import IsolatedImplementation, load_implementation
+    from normspec.conformance.report_terminal import print_header, progress_line
+    from normspec.conformance.run_settings import OptionsError
+    from normspec.conformance.runner import check_implementation
+
+    implementation = load_implementation(args.target, args.profile, isolation, timeout=args.timeout)
     stream = sys.stdout
 
     def progress(result: Any) -> None:
@@ -195,21 +221,18 @@ def _check_command(args: argparse.Namespace) -> int:
         print(progress_line(result), file=stream, flush=True)
 
     try:
-        report = check_implementation(
-            implementation, options, progress=progress, on_start=lambda r: print_header(r, stream)
+        return check_implementation(
+            implementation,
+            options,
+            progress=progress,
+            on_start=lambda r: print_header(r, stream),
+            lanes=lanes,
         )
     except OptionsError as problem:
         raise _options_error(problem) from None
     finally:
         if isinstance(implementation, IsolatedImplementation):
             implementation.close()
-    applier.finish(report)
-    print_summary(report, stream)
-    if args.json:
-        write_json(report, args.json)
-    if args.junit:
-        write_junit(report, args.junit)
-    return exit_code(report)
 
 
 def exit_code(report: Any) -> int:

@@ -16,6 +16,7 @@ from gallery.bugs import EpsIgnored
 
 from normspec.adapters.registry import load_target
 from normspec.cli import main
+from normspec.conformance import isolation as isolation_module
 from normspec.conformance import lanes, runner
 from normspec.conformance.checks import Check
 from normspec.conformance.findings import DtypePart, DtypeRun
@@ -248,6 +249,45 @@ def test_lanes_load_the_target_as_the_run_does(monkeypatch: pytest.MonkeyPatch) 
     assert lanes.start_lanes(in_process, options, clauses=10) == []
     assert lanes.start_lanes(isolated, options, clauses=1) == []
     assert lanes.start_lanes(isolated, CheckOptions(jobs=3), clauses=10) == []  # no target
+
+
+class _LaunchedLane:
+    """A lane that records its launch and its closing, and never starts."""
+
+    def __init__(self, events: list[str], target: str) -> None:
+        self.events = events
+        events.append(f"lane launched for {target}")
+        self.lost: str | None = None
+
+    def start(self) -> bool:
+        return False
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.events.append("lane closed")
+
+
+@pytest.mark.parametrize("target", ["reference", "no_such_module:Layer"])
+def test_check_launches_its_lanes_before_it_loads_the_target(
+    monkeypatch: pytest.MonkeyPatch, target: str
+) -> None:
+    """``normspec check`` launches its lanes first, so that they load the target while it
+    does; they are closed however the run ends (here, a target that does not load: 2)."""
+    events: list[str] = []
+    loading = isolation_module.load_implementation
+
+    def load(target: str, *args: Any, **kwargs: Any) -> Any:
+        events.append(f"loading {target}")
+        return loading(target, *args, **kwargs)
+
+    monkeypatch.setattr(lanes, "ProcessLane", lambda t, o, i: _LaunchedLane(events, t))
+    monkeypatch.setattr(isolation_module, "load_implementation", load)
+    code = main(["check", target, "--clauses", "bn.train.*", "--max-examples", "2", "--jobs", "2"])
+    assert events[:2] == [f"lane launched for {target}", f"loading {target}"]
+    assert events[-1] == "lane closed"
+    assert code == (0 if target == "reference" else 2)
 
 
 class _SlowToStart(_Recorder):
