@@ -326,13 +326,30 @@ def layer_arguments(
     return arguments
 
 
+def built_shape(config: LayerConfig) -> tuple[int, ...]:
+    """The input shape a layer for ``config`` is built for: its features, every other size 1."""
+    shape = [1] * config.rank
+    shape[config.feature_axis] = config.num_features
+    return tuple(shape)
+
+
 def built(cls: type, config: LayerConfig, arguments: Mapping[str, Any]) -> Any:
     """An instance of ``cls`` with ``arguments``, built for ``config``'s input shape."""
     layer = cls(**arguments)
-    shape = [1] * config.rank
-    shape[config.feature_axis] = config.num_features
-    layer.build(tuple(shape))
+    layer.build(built_shape(config))
     return layer
+
+
+#: What makes two built layers alike: the class, its constructor arguments (name and repr of
+#: each, in order) and the shape it was built for.
+Construction = tuple[type, tuple[tuple[str, str], ...], tuple[int, ...]]
+
+
+def construction(cls: type, config: LayerConfig, arguments: Mapping[str, Any]) -> Construction:
+    """The key of :func:`built`'s layer: two layers with equal keys are built alike (the
+    arguments compared by their reprs: ``1`` and ``1.0``, ``0.0`` and ``-0.0`` differ)."""
+    given = tuple((name, repr(value)) for name, value in arguments.items())
+    return cls, given, built_shape(config)
 
 
 def capability_notes() -> dict[str, str]:
@@ -357,10 +374,13 @@ __all__ = [
     "RENORM_WEIGHTS",
     "WEIGHTS",
     "BackendError",
+    "Construction",
     "built",
+    "built_shape",
     "capability_notes",
     "chapter_config",
     "construct",
+    "construction",
     "dtype_policy",
     "has_variables",
     "keras_on",

@@ -46,7 +46,10 @@ accepts.
 from __future__ import annotations
 
 import sys
+import weakref
+from collections import OrderedDict, deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from normspec.adapters.keras import _keras
@@ -54,9 +57,11 @@ from normspec.adapters.keras._keras import (
     ALL_RANKS,
     CONSTRUCTOR_ARGUMENTS,
     WEIGHTS,
+    Construction,
     capability_notes,
     chapter_config,
     construct,
+    construction,
     dtype_policy,
     has_variables,
     keras_on,
@@ -81,6 +86,8 @@ from normspec.adapters.tensorflow._tf import (
     TFImplementation,
     TFLayer,
     read_variable,
+    restore,
+    snapshot,
     tf,
     write_variable,
 )
@@ -113,6 +120,13 @@ def flavour(cls: type) -> str | None:
     if "tf_keras" in sys.modules and issubclass(cls, sys.modules["tf_keras"].layers.Layer):
         return "tf_keras"
     return None
+
+
+def own_batchnorm(kind: str) -> type:
+    """The library's own ``BatchNormalization`` class of a flavour (:func:`flavour`)."""
+    module = keras_on("tensorflow") if kind == "keras" else tf_keras_module()
+    cls: type = module.layers.BatchNormalization
+    return cls
 
 
 def library_version(kind: str) -> dict[str, str]:
@@ -215,6 +229,67 @@ class KerasLayer(TFLayer):
         )
 
 
+# -- reusing built layers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuiltLayer:
+    """A built Keras layer and the values of all its variables right after it was built."""
+
+    layer: Any
+    initial: tuple[tf.Tensor, ...]
+
+    @classmethod
+    def fresh(cls, layer: Any) -> BuiltLayer:
+        return cls(layer, snapshot(layer.variables))
+
+    def restored(self) -> BuiltLayer:
+        """The layer with every variable (trainable or not, renorm ones too) as built."""
+        restore(self.layer.variables, self.initial)
+        return self
+
+
+class LayerPool:
+    """Built layers whose wrapper is gone, kept by construction (:func:`_keras.construction`)
+    to be lent again: restoring a built layer's variables takes 0.4-0.7 ms, building a
+    layer 6-10 ms (tf_keras, plain and renorm, on two slow cores).
+
+    Bounded: at most ``per_key`` idle layers per construction and ``keys`` constructions
+    (the least recently returned dropped first; about 36 KiB a layer). A check draws the
+    same settings again one clause later, a few hundred constructions apart: with 16 keys
+    a quarter of a default tf_keras check's layers were reused, with 256 half. Only for
+    classes whose whole state is in their variables (:meth:`KerasImplementation.make_layer`).
+    """
+
+    def __init__(self, per_key: int = 2, keys: int = 256) -> None:
+        self.per_key = per_key
+        self.keys = keys
+        self._idle: OrderedDict[Construction, list[BuiltLayer]] = OrderedDict()
+        # appended to by finalizers, which may run at any allocation; drained by take()
+        self._returned: deque[tuple[Construction, BuiltLayer]] = deque()
+
+    def take(self, key: Construction) -> BuiltLayer | None:
+        """An idle layer of ``key``, restored to its built values; ``None`` if there is none."""
+        self._drain()
+        idle = self._idle.get(key)
+        return idle.pop().restored() if idle else None
+
+    def lend(self, wrapper: object, key: Construction, built: BuiltLayer) -> None:
+        """Take ``built`` back once ``wrapper`` is gone (its finalizer holds the layer, never
+        the wrapper)."""
+        weakref.finalize(wrapper, self._returned.append, (key, built)).atexit = False
+
+    def _drain(self) -> None:
+        while self._returned:
+            key, built = self._returned.popleft()
+            idle = self._idle.setdefault(key, [])
+            self._idle.move_to_end(key)
+            if len(idle) < self.per_key:
+                idle.append(built)
+        while len(self._idle) > self.keys:
+            self._idle.popitem(last=False)
+
+
 # -- the implementation ---------------------------------------------------------------------
 
 
@@ -226,6 +301,12 @@ class KerasImplementation(TFImplementation):
     clauses only; ``parameters`` as in :func:`dtype_policy`; ``compiled``: call the layer
     through ``tf.function`` (one trace per layer and mode: slower for the fresh layers a
     check builds, see benchmarks/tf_speed.py) instead of eagerly.
+
+    The library's own classes (exactly ``keras.layers.BatchNormalization`` and
+    ``tf_keras.layers.BatchNormalization``, whose state is wholly in their variables) reuse
+    the built layers of released wrappers (:class:`LayerPool`), restored to their built
+    values; any other class, a subclass or a third party's layer, which may keep state
+    elsewhere, is built afresh for every layer.
     """
 
     def __init__(
@@ -260,6 +341,7 @@ class KerasImplementation(TFImplementation):
         self.takes_renorm = takes_renorm(layer_class, self.arguments)
         self.takes_ghost = takes_ghost(layer_class, self.arguments)
         self.compiled = compiled
+        self.pool = LayerPool() if layer_class is own_batchnorm(kind) else None
         what = label or f"{layer_class.__module__}.{layer_class.__qualname__}"
         extra = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
         if not batchnorm:
@@ -317,9 +399,16 @@ class KerasImplementation(TFImplementation):
             if config.renorm is not None:
                 raise UnsupportedConfig("ghost batches with batch renormalization are not checked")
             arguments["virtual_batch_size"] = config.virtual_batch_size
-        return KerasLayer(
-            _keras.built(self.layer_class, config, arguments), config, compiled=self.compiled
+        if self.pool is None:
+            layer = _keras.built(self.layer_class, config, arguments)
+            return KerasLayer(layer, config, compiled=self.compiled)
+        key = construction(self.layer_class, config, arguments)
+        built = self.pool.take(key) or BuiltLayer.fresh(
+            _keras.built(self.layer_class, config, arguments)
         )
+        wrapper = KerasLayer(built.layer, config, compiled=self.compiled)
+        self.pool.lend(wrapper, key, built)
+        return wrapper
 
 
 def recognisable(obj: object, arguments: Mapping[str, Any] | None = None) -> bool:

@@ -194,6 +194,24 @@ def read_variable(
     )
 
 
+def snapshot(variables: Sequence[object]) -> tuple[tf.Tensor, ...]:
+    """The values of TF or Keras 3 variables now, as tensors a later write leaves alone."""
+    return tuple(tf.identity(_tf_variable(variable)) for variable in variables)
+
+
+def restore(variables: Sequence[object], values: Sequence[tf.Tensor]) -> None:
+    """Write back the values :func:`snapshot` took of the same variables, bit for bit."""
+    for variable, value in zip(variables, values, strict=True):
+        _tf_variable(variable).assign(value, read_value=False)
+
+
+def _tf_variable(variable: object) -> tf.Variable:
+    found = as_tf_variable(variable)
+    if found is None:
+        raise TypeError(f"{variable!r} is not a TensorFlow or Keras variable")
+    return found
+
+
 @dataclass(frozen=True)
 class BatchNormVariables:
     """Where one layer's parameters and running statistics live (``None``: it has none)."""
@@ -459,6 +477,8 @@ __all__ = [
     "parameter_dtype",
     "read_variable",
     "relaxed_spec",
+    "restore",
+    "snapshot",
     "tf",
     "tf_dtype",
     "tf_versions",
