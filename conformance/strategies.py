@@ -186,8 +186,8 @@ def feature_values(
     drawn values are all equal have zero variance.
     """
     features = shape[feature_axis]
-    low, high = SPREAD_EXPONENTS[dtype]
-    spread = np.array([10.0 ** draw(st.integers(low, high)) for _ in range(features)])
+    exponents = st.integers(*SPREAD_EXPONENTS[dtype])
+    spread = np.array([10.0 ** draw(exponents) for _ in range(features)])
     if conditioning == "well":
         ratio = values_of(draw, WELL_CONDITIONED_RATIOS, features)
     else:
@@ -258,6 +258,19 @@ def running_statistics(
     within a few spreads of the data and the variance within a factor 100 of the spread's
     square, as the state of a trained layer would.
     """
+    return running_statistics_of(draw, num_features, dtype, near, scale, max_steps)
+
+
+def running_statistics_of(
+    draw: st.DrawFn,
+    num_features: int,
+    dtype: DTypeName,
+    near: Array | None = None,
+    scale: Array | None = None,
+    max_steps: int = 10**6,
+) -> RunningStatistics:
+    """:func:`running_statistics` drawn with ``draw`` inside a composite: a strategy with
+    arrays for arguments would be built, and validated by Hypothesis, at every example."""
     centre = np.zeros(num_features) if near is None else near
     spread = np.ones(num_features) if scale is None else scale
 
@@ -563,25 +576,34 @@ def case_of(
         axes = tuple(a for a in range(len(shape)) if a != feature_axis)
         centre = np.mean(x, axis=axes) if x.size else np.zeros(features)
         spread = np.maximum(np.std(x, axis=axes) if x.size else np.ones(features), 1e-3)
-        state = draw(running_statistics(features, dtype, near=centre, scale=spread))
+        state = running_statistics_of(draw, features, dtype, near=centre, scale=spread)
         if dialect.running_average == "zero_debiased" and setting.rate is not None:
             state = draw(zero_debiased_state(state, setting.rate, dtype))
     dy = round_to(draw(cotangents(shape)), dtype)
     chosen: Layout = layout or "contiguous"
+    config, rate = layer_config(setting, dialect, dtype, capabilities)
+    return Case(config, rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)
+
+
+def layer_config(
+    setting: Setting, dialect: Dialect, dtype: DTypeName, capabilities: Capabilities | None = None
+) -> tuple[LayerConfig, float | None]:
+    """The layer a setting builds in ``dtype`` and the rate it updates with, eps and
+    momentum those it holds (:func:`held_setting`, given its ``capabilities``)."""
     eps, momentum, rate = held_setting(
         capabilities or Capabilities(), dialect, setting.eps, setting.rate
     )
     config = LayerConfig(
-        num_features=features,
+        num_features=setting.features,
         rank=setting.rank,
-        feature_axis=feature_axis,
+        feature_axis=setting.feature_axis,
         dtype=dtype,
         eps=eps,
         momentum=momentum,
         affine=setting.affine,
         track_running_stats=setting.tracked,
     )
-    return Case(config, rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)
+    return config, rate
 
 
 def check_case_options(

@@ -9,8 +9,9 @@ a single-device case; what the implementation sees is its slices (:meth:`Replica
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,12 +26,13 @@ from normspec.conformance.strategies import (
     Conditioning,
     Sizes,
     Wanted,
-    case_of,
+    affine_parameters,
     cotangents,
     dtypes,
     feature_values,
     free_settings,
-    running_statistics,
+    layer_config,
+    running_statistics_of,
 )
 from normspec.reference.dialects import Dialect
 
@@ -116,7 +118,8 @@ def replica_sizes(
         size = draw(st.integers(low, max(low, max_batch)))
         return (size,) * replicas
     low = 1 if empty is False else 0
-    sizes = [draw(st.integers(low, max_batch)) for _ in range(replicas)]
+    batch_sizes = st.integers(low, max_batch)
+    sizes = [draw(batch_sizes) for _ in range(replicas)]
     zeroed = draw(st.integers(0, replicas - 1)) if empty else None
     if zeroed is not None:
         sizes[zeroed] = 0
@@ -164,10 +167,12 @@ def replica_cases(
         enough = [o for o in offered if o[1] >= smallest] or [max(offered, key=lambda o: o[1])]
         setting, k, most = draw(st.sampled_from(enough))
         k = max(k, smallest)
-    base = case_of(
-        draw, setting, dialect, dtype, conditioning=conditioning, capabilities=capabilities
-    )
-    per_sample = base.x[0].size // base.config.num_features
+    # the single-device case's setting and parameters; its input, cotangent and state are
+    # drawn below, for the concatenated batch
+    config, held_rate = layer_config(setting, dialect, dtype, capabilities)
+    features, axis = config.num_features, config.feature_axis
+    params = draw(affine_parameters(features, dtype)) if setting.affine else None
+    per_sample = math.prod(setting.shape[1:]) // features
     need = -(-2 // per_sample)  # samples for two values per feature
     if all_empty:
         sizes: tuple[int, ...] = (0,) * k
@@ -184,33 +189,36 @@ def replica_cases(
             )
         )
     total = sum(sizes)
-    shape = (total, *base.x.shape[1:])
-    axis = base.config.feature_axis
+    shape = (total, *setting.shape[1:])
     included = None
     if masked:
-        order = draw(st.permutations(range(total)))
-        masked_out = draw(st.integers(1, total - need))
+        # in about half the cases every replica keeps a counted sample: a replica whose
+        # samples are all masked out counts as an empty one, and how the others are weighted
+        # shows only where none is
+        firsts = {int(start) for start, size in zip(np.cumsum((0, *sizes)), sizes) if size}
+        spare = total > len(firsts) and draw(st.booleans())
+        candidates = [i for i in range(total) if not (spare and i in firsts)]
+        order = draw(st.permutations(candidates))
+        masked_out = draw(st.integers(1, min(len(candidates), total - need)))
         included = np.ones(total, bool)
         included[list(order[:masked_out])] = False
-    x = draw(feature_values(shape, axis, base.config.dtype, conditioning))
+    x = draw(feature_values(shape, axis, dtype, conditioning))
     if included is not None and (~included).any():
         # masked-out samples far from the counted ones: including them moves the statistics
-        x[~included] = round_to(
-            x[~included] * 4.0 + 8.0 * (1.0 + np.abs(x).max()), base.config.dtype
-        )
-    dy = round_to(draw(cotangents(shape)), base.config.dtype)
+        x[~included] = round_to(x[~included] * 4.0 + 8.0 * (1.0 + np.abs(x).max()), dtype)
+    dy = round_to(draw(cotangents(shape)), dtype)
     if included is not None:
         dy[~included] = 0.0
-    state = base.state
-    counted = x if included is None else x[included]
-    if state is not None and counted.size:
-        axes = tuple(a for a in range(x.ndim) if a != axis)
-        centre = np.mean(counted, axis=axes)
-        spread = np.maximum(np.std(counted, axis=axes), 1e-3)
-        state = draw(
-            running_statistics(
-                base.config.num_features, base.config.dtype, near=centre, scale=spread
-            )
-        )
-    case = replace(base, x=x, dy=dy, state=state, layout="contiguous")
-    return ReplicaCase(**{**case.__dict__, "sizes": sizes, "included": included})
+    state = None
+    if setting.tracked:
+        # near the counted samples' statistics, as a trained layer's would be
+        counted = x if included is None else x[included]
+        near = scale = None
+        if counted.size:
+            axes = tuple(a for a in range(x.ndim) if a != axis)
+            near = np.mean(counted, axis=axes)
+            scale = np.maximum(np.std(counted, axis=axes), 1e-3)
+        state = running_statistics_of(draw, features, dtype, near=near, scale=scale)
+    return ReplicaCase(
+        config, held_rate, params, state, x, dy, "contiguous", sizes=sizes, included=included
+    )
