@@ -195,7 +195,8 @@ def replica_cases(
         # in about half the cases every replica keeps a counted sample: a replica whose
         # samples are all masked out counts as an empty one, and how the others are weighted
         # shows only where none is
-        firsts = {int(start) for start, size in zip(np.cumsum((0, *sizes)), sizes) if size}
+        starts = np.cumsum((0, *sizes[:-1]))
+        firsts = {int(start) for start, size in zip(starts, sizes, strict=True) if size}
         spare = total > len(firsts) and draw(st.booleans())
         candidates = [i for i in range(total) if not (spare and i in firsts)]
         order = draw(st.permutations(candidates))
