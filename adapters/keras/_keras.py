@@ -344,11 +344,31 @@ def built(cls: type, config: LayerConfig, arguments: Mapping[str, Any]) -> Any:
 #: each, in order) and the shape it was built for.
 Construction = tuple[type, tuple[tuple[str, str], ...], tuple[int, ...]]
 
+#: Constructor arguments that the libraries' own BatchNormalization (tf_keras's and Keras
+#: 3's) keeps, given a Python float, as the attribute of the same name, the float itself,
+#: read at every call and nowhere else (not when building): a built layer serves another
+#: value once the attribute is set (:func:`call_time_arguments`).
+CALL_TIME_ARGUMENTS = ("momentum", "epsilon")
 
-def construction(cls: type, config: LayerConfig, arguments: Mapping[str, Any]) -> Construction:
+
+def call_time_arguments(arguments: Mapping[str, Any]) -> dict[str, float]:
+    """The arguments among ``arguments`` that a built layer of the library's own class takes
+    by setting its attribute (:data:`CALL_TIME_ARGUMENTS`): those given as Python floats."""
+    return {
+        name: arguments[name]
+        for name in CALL_TIME_ARGUMENTS
+        if type(arguments.get(name)) is float  # exactly: a float subclass may convert otherwise
+    }
+
+
+def construction(
+    cls: type, config: LayerConfig, arguments: Mapping[str, Any], *, settable: bool = False
+) -> Construction:
     """The key of :func:`built`'s layer: two layers with equal keys are built alike (the
-    arguments compared by their reprs: ``1`` and ``1.0``, ``0.0`` and ``-0.0`` differ)."""
-    given = tuple((name, repr(value)) for name, value in arguments.items())
+    arguments compared by their reprs: ``1`` and ``1.0``, ``0.0`` and ``-0.0`` differ).
+    ``settable``: without the arguments set after building (:func:`call_time_arguments`)."""
+    skipped = call_time_arguments(arguments) if settable else {}
+    given = tuple((name, repr(value)) for name, value in arguments.items() if name not in skipped)
     return cls, given, built_shape(config)
 
 
@@ -367,6 +387,7 @@ def capability_notes() -> dict[str, str]:
 __all__ = [
     "ALL_RANKS",
     "BACKENDS",
+    "CALL_TIME_ARGUMENTS",
     "CONSTRUCTOR_ARGUMENTS",
     "FEATURE_AXES_ATTRIBUTE",
     "RANKS_ATTRIBUTE",
@@ -377,6 +398,7 @@ __all__ = [
     "Construction",
     "built",
     "built_shape",
+    "call_time_arguments",
     "capability_notes",
     "chapter_config",
     "construct",

@@ -58,6 +58,7 @@ from normspec.adapters.keras._keras import (
     CONSTRUCTOR_ARGUMENTS,
     WEIGHTS,
     Construction,
+    call_time_arguments,
     capability_notes,
     chapter_config,
     construct,
@@ -402,10 +403,12 @@ class KerasImplementation(TFImplementation):
         if self.pool is None:
             layer = _keras.built(self.layer_class, config, arguments)
             return KerasLayer(layer, config, compiled=self.compiled)
-        key = construction(self.layer_class, config, arguments)
+        key = construction(self.layer_class, config, arguments, settable=True)
         built = self.pool.take(key) or BuiltLayer.fresh(
             _keras.built(self.layer_class, config, arguments)
         )
+        for name, value in call_time_arguments(arguments).items():
+            setattr(built.layer, name, value)  # as the constructor does
         wrapper = KerasLayer(built.layer, config, compiled=self.compiled)
         self.pool.lend(wrapper, key, built)
         return wrapper

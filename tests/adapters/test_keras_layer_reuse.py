@@ -86,11 +86,41 @@ def test_a_released_layer_comes_back_as_freshly_built(target: str, config: Layer
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize(("target", "config"), TARGETS)
+def test_a_released_layer_serves_another_eps_and_momentum(target: str, config: LayerConfig) -> None:
+    """eps and momentum are attributes the layer reads at every call: a layer built with
+    others computes, once they are set, what a layer built with them computes."""
+    impl = load_target(target, "tf_keras")
+    assert isinstance(impl, kl.KerasImplementation)
+    released = _released(impl, config)
+    other = replace(config, eps=2.5e-2, momentum=0.5)
+    reused = impl.build(other)
+    assert isinstance(reused, kl.KerasLayer) and reused.layer is released
+    arguments = _keras.layer_arguments(other, impl.parameters, impl.dialect, impl.arguments)
+    fresh = kl.KerasLayer(_keras.built(impl.layer_class, other, arguments), other)
+    assert (reused.layer.epsilon, reused.layer.momentum) == (2.5e-2, 0.5)
+    for got, want in zip(_calls(reused, other), _calls(fresh, other), strict=True):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+def test_a_released_layer_left_with_its_own_eps_and_momentum_differs() -> None:
+    """The check above can fail: the released layer restored but with its own eps and
+    momentum left in place computes otherwise than a fresh layer with the new ones."""
+    impl = load_target("tf_keras", "tf_keras")
+    assert isinstance(impl, kl.KerasImplementation) and impl.pool is not None
+    released = _released(impl, PLAIN)
+    other = replace(PLAIN, eps=2.5e-2, momentum=0.5)
+    built = impl.pool.take(_key(impl, other))
+    assert built is not None and built.layer is released
+    arguments = _keras.layer_arguments(other, impl.parameters, impl.dialect, impl.arguments)
+    fresh = kl.KerasLayer(_keras.built(impl.layer_class, other, arguments), other)
+    got, want = _calls(kl.KerasLayer(released, other), other), _calls(fresh, other)
+    assert any(g.tobytes() != w.tobytes() for g, w in zip(got, want, strict=True))
+
+
 @pytest.mark.parametrize(
     "change",
     [
-        {"eps": 1e-3 + 1e-15},
-        {"momentum": 0.9 + 1e-15},
         {"num_features": 2},
         {"feature_axis": 3},
         {"rank": 5},
@@ -159,4 +189,4 @@ def test_the_pool_is_bounded() -> None:
 
 def _key(impl: kl.KerasImplementation, config: LayerConfig) -> _keras.Construction:
     arguments = _keras.layer_arguments(config, impl.parameters, impl.dialect, impl.arguments)
-    return _keras.construction(impl.layer_class, config, arguments)
+    return _keras.construction(impl.layer_class, config, arguments, settable=True)
