@@ -164,6 +164,7 @@ class HaikuProgram(JaxProgram):
         super().__init__(config)
         if traced:
             structure = (cls, repr(sorted(fixed.items())), config.num_features, config.rank)
+            self.steps_by_vjp = True  # the library's own layer: one program per shape
             share_compilation(self, (*structure, config.dtype), self.hyper)
         params, state = jax.eval_shape(self._library_init, probe_input(config))
         flat, self._params_def = jax.tree_util.tree_flatten_with_path(params)
