@@ -149,7 +149,8 @@ def replica_cases(
 
     ``empty``: whether some replica has batch size 0 (``None``: drawn). ``masked``: some
     samples are masked out (their values far from the counted ones, so that counting them
-    shows). ``all_empty``: every replica has batch size 0. At least two values per feature
+    shows; in about half the cases every replica keeps a counted sample, in the others a
+    replica may have all its samples masked out). ``all_empty``: every replica has batch size 0. At least two values per feature
     count otherwise (the unbiased estimate needs them). ``menu``: the setting, the replica
     count and the largest batch of a replica from the menu's replicated entries.
     """

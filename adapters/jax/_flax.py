@@ -14,10 +14,10 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 import flax
-import jax
 import numpy as np
 
 from normspec.adapters._common import ParameterPolicy
+from normspec.adapters.jax import traced_settings
 from normspec.adapters.jax._jax import (
     BIAS,
     FLAX_NOTES,
@@ -34,6 +34,7 @@ from normspec.adapters.jax._jax import (
     parameter_dtype,
     replica_devices_missing,
 )
+from normspec.adapters.jax.traced_settings import Setting
 from normspec.adapters.protocol import Capabilities, LayerConfig
 
 
@@ -69,49 +70,9 @@ def flax_arguments(
 SETTINGS = ("epsilon", "momentum")
 
 
-class Setting:
-    """eps or the momentum inside Flax's own BatchNorm as a traced scalar, used as the
-    Python float is (weakly typed): ``v * a`` and ``a + v`` with ``v`` rounded to ``a``'s
-    dtype, and ``1 - v`` the ``complement`` computed in double on the host, as Python does.
-    Flax's BatchNorm (linen and nnx) uses them only so (``momentum * ra + (1 - momentum) *
-    stat``, ``var + epsilon``), and computes bitwise the same with them as with the floats
-    (``benchmarks/flax_traced_settings.py``). A user's class may use them otherwise (in
-    Python, with ``jnp``), so it keeps the floats."""
-
-    def __init__(self, value: jax.Array, complement: jax.Array | None = None) -> None:
-        self.value, self.complement = value, complement
-
-    def __mul__(self, other: jax.Array) -> jax.Array:
-        product: jax.Array = self.value.astype(other.dtype) * other
-        return product
-
-    __rmul__ = __mul__
-
-    def __radd__(self, other: jax.Array) -> jax.Array:
-        total: jax.Array = other + self.value.astype(other.dtype)
-        return total
-
-    def __rsub__(self, other: object) -> Setting:
-        if other != 1 or self.complement is None:
-            raise TypeError(f"{other!r} - a traced Flax setting: only 1 - momentum is held")
-        return Setting(self.complement)
-
-
-def hyper_settings(config: LayerConfig) -> dict[str, np.ndarray]:
-    """eps, the momentum and ``1 - momentum`` (in double) as the jit arguments of a
-    layer of ``config`` (float64 for a float64 layer, else float32)."""
-    dtype = np.float64 if config.dtype == "float64" else np.float32
-    values = {"eps": config.eps, "momentum": config.momentum}
-    values["complement"] = float(np.float64(1.0) - np.float64(config.momentum))
-    return {name: np.asarray(value, dtype) for name, value in values.items()}
-
-
 def stand_ins(hyper: Mapping[str, Any]) -> dict[str, Setting]:
     """The module arguments ``epsilon`` and ``momentum`` of traced ``hyper``."""
-    return {
-        "epsilon": Setting(hyper["eps"]),
-        "momentum": Setting(hyper["momentum"], hyper["complement"]),
-    }
+    return dict(zip(SETTINGS, traced_settings.stand_ins(dict(hyper)), strict=True))
 
 
 def settings_structure(

@@ -16,7 +16,10 @@ equinox layer takes one sample with its features first, ``(C, ...)``: a batch is
 layer ``jax.vmap``-ed over axis 0 with its ``axis_name`` and the state unbatched
 (``in_axes=(0, None), out_axes=(0, None)``), so the features are at axis 1 only.
 Training is the module with ``inference=False``, inference with ``inference=True``
-(``eqx.nn.inference_mode``), each jitted with the configuration static.
+(``eqx.nn.inference_mode``), each jitted with the configuration static; equinox's own
+class in float32 and float64 takes eps and the momentum as jit arguments instead
+(:mod:`~normspec.adapters.jax.traced_settings`), so that layers of one shape that differ
+only in them share one compilation.
 
 **State.** The statistics tree is the ``eqx.nn.State`` itself. ``mode="batch"`` keeps the
 hidden mean and variance of a zero-debiased average and ``batch_counter``, and inference
@@ -32,6 +35,7 @@ Built-in targets: ``equinox`` (``mode="batch"``, equinox's advice for new code) 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -53,8 +57,10 @@ from normspec.adapters.jax._jax import (
 from normspec.adapters.jax._module import (
     ModuleImplementation,
     constructor_parameters,
+    share_compilation,
     takes_keywords,
 )
+from normspec.adapters.jax.traced_settings import hyper_settings, stand_ins
 from normspec.adapters.protocol import Array, Capabilities, LayerConfig, WrongOutput
 from normspec.reference import RunningStatistics
 
@@ -62,6 +68,12 @@ from normspec.reference import RunningStatistics
 REQUIRED_ARGUMENTS = ("eps", "channelwise_affine", "momentum")
 #: The name of the vmapped batch axis, the module's ``axis_name``.
 AXIS_NAME = "batch"
+
+
+#: The dtypes in which equinox's own BatchNorm takes eps and the momentum as jit arguments
+#: (:mod:`~normspec.adapters.jax.traced_settings`): a float's rounding to float16 or
+#: bfloat16 is not its float32 rounding's, so half layers keep the floats.
+TRACED_DTYPES = ("float32", "float64")
 
 
 def _is_index(value: object) -> bool:
@@ -88,6 +100,13 @@ class EquinoxProgram(JaxProgram):
         self._made = (params, state)
         self.statistics_index, self.counter_index, self.flag_index = self._indexes(model, state)
         super().__init__(config)
+        #: whether ``hyper`` (eps, the momentum) replaces the module's static floats
+        self.traced = cls is eqx.nn.BatchNorm and config.dtype in TRACED_DTYPES
+        if self.traced:
+            self.hyper = hyper_settings(config)
+            fixed = sorted((k, v) for k, v in arguments.items() if k not in ("eps", "momentum"))
+            structure = (cls, repr(fixed), config.num_features, config.rank, config.dtype)
+            share_compilation(self, structure, self.hyper)
 
     @staticmethod
     def _indexes(model: Any, state: Any) -> tuple[Any, Any, Any]:
@@ -117,8 +136,19 @@ class EquinoxProgram(JaxProgram):
     def abstract_initial(self) -> tuple[Tree, Tree]:
         return jax.eval_shape(lambda: self._made)
 
+    def _module(self) -> Any:
+        """The module; with eps and the momentum the stand-ins of ``hyper`` where traced
+        (equinox keeps them as static fields of a frozen module: set on a copy)."""
+        if not self.traced:
+            return self.model
+        module = copy.copy(self.model)
+        eps, momentum = stand_ins(self.hyper)
+        object.__setattr__(module, "eps", eps)
+        object.__setattr__(module, "momentum", momentum)
+        return module
+
     def _apply(self, params: Tree, stats: Tree, x: jax.Array, *, inference: bool) -> Any:
-        model = eqx.nn.inference_mode(self.model, value=inference)
+        model = eqx.nn.inference_mode(self._module(), value=inference)
         if params:
             model = eqx.tree_at(lambda m: (m.weight, m.bias), model, (params[SCALE], params[BIAS]))
         batched = jax.vmap(model, axis_name=AXIS_NAME, in_axes=(0, None), out_axes=(0, None))

@@ -33,18 +33,14 @@ from typing import Any
 import jax
 from flax import linen as nn
 
-from normspec.adapters.jax._flax import (
-    FlaxImplementation,
-    hyper_settings,
-    settings_structure,
-    stand_ins,
-)
+from normspec.adapters.jax._flax import FlaxImplementation, settings_structure, stand_ins
 from normspec.adapters.jax._jax import (
     JaxProgram,
     Tree,
     probe_input,
 )
 from normspec.adapters.jax._module import share_compilation
+from normspec.adapters.jax.traced_settings import hyper_settings
 from normspec.adapters.protocol import LayerConfig
 
 #: The fields a linen Module class needs to be recognised.
@@ -65,7 +61,7 @@ class LinenProgram(JaxProgram):
     """One configured linen module: ``init`` and ``apply`` of its training and inference clones.
 
     Of ``nn.BatchNorm`` itself, eps and the momentum are jit arguments (``hyper``, read
-    through :class:`~normspec.adapters.jax._flax.Setting` stand-ins): configurations of one
+    through :class:`~normspec.adapters.jax.traced_settings.Setting` stand-ins): configurations of one
     shape that differ only in them share one compilation, and their initial variables
     (which do not depend on them) one ``init``.
     """

@@ -30,19 +30,14 @@ from typing import Any
 import jax
 from flax import nnx
 
-from normspec.adapters.jax._flax import (
-    SETTINGS,
-    FlaxImplementation,
-    hyper_settings,
-    settings_structure,
-    stand_ins,
-)
+from normspec.adapters.jax._flax import SETTINGS, FlaxImplementation, settings_structure, stand_ins
 from normspec.adapters.jax._jax import (
     JaxProgram,
     Tree,
     abstract,
 )
 from normspec.adapters.jax._module import share_compilation
+from normspec.adapters.jax.traced_settings import hyper_settings
 from normspec.adapters.protocol import LayerConfig
 
 #: The keyword arguments a constructor must take to be recognised (besides num_features).
@@ -115,7 +110,7 @@ class NnxProgram(JaxProgram):
     The two instances (training, inference) are constructed eagerly, which runs their
     initializers: their state is the layer's initial state. Of ``nnx.BatchNorm`` itself,
     eps and the momentum are jit arguments (``hyper``, set on the merged module as
-    :class:`~normspec.adapters.jax._flax.Setting` stand-ins): configurations of one shape
+    :class:`~normspec.adapters.jax.traced_settings.Setting` stand-ins): configurations of one shape
     that differ only in them share one compilation.
     """
 

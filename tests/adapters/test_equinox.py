@@ -12,6 +12,7 @@ small sets, and the checks run one dtype at 20 examples per clause under the men
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -165,3 +166,74 @@ def test_a_correct_module_passes_and_a_planted_bug_is_caught_under_its_clause() 
     assert report.conformant and report.counts()["pass"] == 4, report.results
     buggy = _check("thirdparty_equinox_bn:MomentumAsRate", "bn.running.mean")
     assert buggy.outcome("bn.running.mean") == "fail", buggy.results
+
+
+class _Floats(eqx.nn.BatchNorm):
+    """eqx.nn.BatchNorm under another name: a user's class, whose eps and momentum stay
+    Python floats (static fields, one compilation per setting)."""
+
+
+#: (eps, momentum): momenta 0 and 1 among them; 0.9, whose 1 - momentum rounded from double
+#: (0.1 in float32) is not 1 - its float32 rounding (0.100000024)
+SETTINGS = [(1e-5, 0.9), (0.1, 0.0), (0.3, 1.0), (2.0**-4, 0.123456789)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "dtype"),
+    [("batch", "float32"), ("batch", "float64"), ("ema", "float32"), ("ema", "float64")],
+)
+def test_settings_are_jit_arguments_and_compute_as_floats(mode: str, dtype: str) -> None:
+    """eqx.nn.BatchNorm takes eps and the momentum as traced stand-ins: layers of one shape
+    that differ only in them share one compilation, and compute bitwise what a user's
+    class, with the floats, computes."""
+    from normspec.adapters.jax import _module
+
+    def sizes() -> tuple[int, int]:
+        return (
+            _module._forward._cache_size(),  # type: ignore[attr-defined]
+            _module._vjp._cache_size(),  # type: ignore[attr-defined]
+        )
+
+    own = EquinoxImplementation(arguments={"mode": mode})
+    floats = EquinoxImplementation(_Floats, arguments={"mode": mode})
+    growth = []
+    for seed, (eps, momentum) in enumerate(SETTINGS):
+        config = LayerConfig(
+            num_features=3, rank=3, feature_axis=1, dtype=dtype, eps=eps, momentum=momentum
+        )
+        before = sizes()
+        shared = _results(own, config, seed)
+        growth.append(tuple(after - start for after, start in zip(sizes(), before, strict=True)))
+        for got, want in zip(shared, _results(floats, config, seed), strict=True):
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), (eps, momentum)
+    assert growth[1:] == [(0, 0)] * (len(SETTINGS) - 1), growth
+
+
+def test_half_layers_and_a_subclass_keep_their_floats() -> None:
+    config = LayerConfig(
+        num_features=3, rank=3, feature_axis=1, dtype="float32", eps=1e-3, momentum=0.9
+    )
+    assert EquinoxImplementation(arguments={"mode": "batch"}).program(config).traced
+    for dtype in ("float16", "bfloat16"):
+        half = replace(config, dtype=dtype)
+        assert not EquinoxImplementation(arguments={"mode": "batch"}).program(half).traced
+    assert not EquinoxImplementation(_Floats, arguments={"mode": "batch"}).program(config).traced
+
+
+def _results(implementation: Implementation, config: LayerConfig, seed: int) -> list[np.ndarray]:
+    """Inference, both vjps, two training steps and the state they leave, of a layer whose
+    parameters and statistics are set."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(6, 3, 2)) * 3.0 + 100.0
+    dy = rng.normal(size=x.shape)
+    layer = implementation.build(config)
+    layer.set_parameters(rng.normal(size=3), rng.normal(size=3))
+    layer.set_state(RunningStatistics(rng.normal(size=3), rng.uniform(0.5, 2.0, 3), 1))
+    found = [layer.infer(x)]
+    for training in (True, False):
+        grads = layer.vjp(x, dy, training=training)
+        found += [grads.dx, grads.dgamma, grads.dbeta]
+    found += [layer.train_step(x), layer.train_step(x[::-1] * 1.5), layer.infer(x)]
+    state = layer.state()
+    assert state is not None
+    return [*found, state.mean, state.var, np.asarray(state.steps)]
