@@ -72,7 +72,7 @@ SETTINGS = ("epsilon", "momentum")
 
 def stand_ins(hyper: Mapping[str, Any]) -> dict[str, Setting]:
     """The module arguments ``epsilon`` and ``momentum`` of traced ``hyper``."""
-    return dict(zip(SETTINGS, traced_settings.stand_ins(dict(hyper)), strict=True))
+    return dict(zip(SETTINGS, traced_settings.stand_ins(hyper), strict=True))
 
 
 def settings_structure(

@@ -11,6 +11,7 @@ Python, with ``jnp``), so it keeps the floats.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -57,7 +58,7 @@ def hyper_settings(config: LayerConfig) -> dict[str, np.ndarray]:
     return {name: np.asarray(value, dtype) for name, value in values.items()}
 
 
-def stand_ins(hyper: dict[str, Any]) -> tuple[Setting, Setting]:
+def stand_ins(hyper: Mapping[str, Any]) -> tuple[Setting, Setting]:
     """eps and the momentum of traced ``hyper`` (:func:`hyper_settings`)."""
     return Setting(hyper["eps"]), Setting(hyper["momentum"], hyper["complement"])
 
