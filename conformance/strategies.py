@@ -241,8 +241,7 @@ def affine_parameters(draw: st.DrawFn, num_features: int, dtype: DTypeName) -> t
     return round_to_normal(gamma, dtype), round_to_normal(beta, dtype)
 
 
-@st.composite
-def running_statistics(
+def running_statistics_of(
     draw: st.DrawFn,
     num_features: int,
     dtype: DTypeName,
@@ -252,25 +251,14 @@ def running_statistics(
     max_steps: int = 10**6,
 ) -> RunningStatistics:
     """A valid state: any mean, a positive variance, any step counter (bn.running.*,
-    bn.infer.output).
+    bn.infer.output), drawn with a composite's ``draw`` (:func:`running_statistics` is
+    its strategy; one with arrays for arguments would be built, and validated by
+    Hypothesis, at every example).
 
     With ``near``/``scale`` (per-feature centre and spread of the data), the mean lies
     within a few spreads of the data and the variance within a factor 100 of the spread's
     square, as the state of a trained layer would.
     """
-    return running_statistics_of(draw, num_features, dtype, near, scale, max_steps)
-
-
-def running_statistics_of(
-    draw: st.DrawFn,
-    num_features: int,
-    dtype: DTypeName,
-    near: Array | None = None,
-    scale: Array | None = None,
-    max_steps: int = 10**6,
-) -> RunningStatistics:
-    """:func:`running_statistics` drawn with ``draw`` inside a composite: a strategy with
-    arrays for arguments would be built, and validated by Hypothesis, at every example."""
     centre = np.zeros(num_features) if near is None else near
     spread = np.ones(num_features) if scale is None else scale
 
@@ -286,6 +274,11 @@ def running_statistics_of(
     var = np.maximum(round_to(spread**2 * 10.0**log_ratio, dtype), 0.0)
     steps = draw(st.integers(0, max_steps))
     return RunningStatistics(mean, var, steps)
+
+
+#: The strategy of :func:`running_statistics_of`: ``running_statistics(num_features, dtype,
+#: near=..., scale=..., max_steps=...)``.
+running_statistics = st.composite(running_statistics_of)
 
 
 @st.composite

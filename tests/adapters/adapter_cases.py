@@ -241,3 +241,39 @@ def float64_cases(
         beta=draw(vector),
         state=state,
     )
+
+
+def layer_results(
+    implementation: Implementation, config: LayerConfig, seed: int, shape: tuple[int, ...]
+) -> list[np.ndarray]:
+    """What a layer computes, to compare bitwise with another: an inference, both vjps, two
+    training steps, an inference after them and the state they leave, for an input of
+    ``shape`` (features at ``config.feature_axis``), parameters and statistics set from
+    ``seed``."""
+    rng = np.random.default_rng(seed)
+    features = config.num_features
+    x = rng.normal(size=shape) * 3.0 + 100.0
+    dy = rng.normal(size=shape)
+    layer = implementation.build(config)
+    layer.set_parameters(rng.normal(size=features), rng.normal(size=features))
+    layer.set_state(
+        RunningStatistics(rng.normal(size=features), rng.uniform(0.5, 2.0, features), 1)
+    )
+    found = [layer.infer(x)]
+    for training in (True, False):
+        grads = layer.vjp(x, dy, training=training)
+        found += [grads.dx, grads.dgamma, grads.dbeta]
+    found += [layer.train_step(x), layer.train_step(x[::-1] * 1.5), layer.infer(x)]
+    state = layer.state()
+    assert state is not None
+    return [*found, state.mean, state.var]
+
+
+def shared_compilations() -> tuple[int, int]:
+    """The programs the JAX adapters' shared forwards and vjps hold (``_module``)."""
+    from normspec.adapters.jax import _module
+
+    return (
+        _module._forward._cache_size(),  # type: ignore[attr-defined]
+        _module._vjp._cache_size(),  # type: ignore[attr-defined]
+    )

@@ -20,7 +20,13 @@ from hypothesis import HealthCheck, given, settings
 
 pytest.importorskip("equinox")
 import equinox as eqx
-from adapter_cases import Case, agree, float64_cases_few_shapes
+from adapter_cases import (
+    Case,
+    agree,
+    float64_cases_few_shapes,
+    layer_results,
+    shared_compilations,
+)
 from hypothesis import strategies as st
 
 from normspec.adapters import Implementation, LayerConfig
@@ -186,14 +192,6 @@ def test_settings_are_jit_arguments_and_compute_as_floats(mode: str, dtype: str)
     """eqx.nn.BatchNorm takes eps and the momentum as traced stand-ins: layers of one shape
     that differ only in them share one compilation, and compute bitwise what a user's
     class, with the floats, computes."""
-    from normspec.adapters.jax import _module
-
-    def sizes() -> tuple[int, int]:
-        return (
-            _module._forward._cache_size(),  # type: ignore[attr-defined]
-            _module._vjp._cache_size(),  # type: ignore[attr-defined]
-        )
-
     own = EquinoxImplementation(arguments={"mode": mode})
     floats = EquinoxImplementation(_Floats, arguments={"mode": mode})
     growth = []
@@ -201,10 +199,11 @@ def test_settings_are_jit_arguments_and_compute_as_floats(mode: str, dtype: str)
         config = LayerConfig(
             num_features=3, rank=3, feature_axis=1, dtype=dtype, eps=eps, momentum=momentum
         )
-        before = sizes()
-        shared = _results(own, config, seed)
-        growth.append(tuple(after - start for after, start in zip(sizes(), before, strict=True)))
-        for got, want in zip(shared, _results(floats, config, seed), strict=True):
+        before = shared_compilations()
+        shared = layer_results(own, config, seed, (6, 3, 2))
+        after = shared_compilations()
+        growth.append(tuple(a - b for a, b in zip(after, before, strict=True)))
+        for got, want in zip(shared, layer_results(floats, config, seed, (6, 3, 2)), strict=True):
             assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), (eps, momentum)
     assert growth[1:] == [(0, 0)] * (len(SETTINGS) - 1), growth
 
@@ -218,22 +217,3 @@ def test_half_layers_and_a_subclass_keep_their_floats() -> None:
         half = replace(config, dtype=dtype)
         assert not EquinoxImplementation(arguments={"mode": "batch"}).program(half).traced
     assert not EquinoxImplementation(_Floats, arguments={"mode": "batch"}).program(config).traced
-
-
-def _results(implementation: Implementation, config: LayerConfig, seed: int) -> list[np.ndarray]:
-    """Inference, both vjps, two training steps and the state they leave, of a layer whose
-    parameters and statistics are set."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(6, 3, 2)) * 3.0 + 100.0
-    dy = rng.normal(size=x.shape)
-    layer = implementation.build(config)
-    layer.set_parameters(rng.normal(size=3), rng.normal(size=3))
-    layer.set_state(RunningStatistics(rng.normal(size=3), rng.uniform(0.5, 2.0, 3), 1))
-    found = [layer.infer(x)]
-    for training in (True, False):
-        grads = layer.vjp(x, dy, training=training)
-        found += [grads.dx, grads.dgamma, grads.dbeta]
-    found += [layer.train_step(x), layer.train_step(x[::-1] * 1.5), layer.infer(x)]
-    state = layer.state()
-    assert state is not None
-    return [*found, state.mean, state.var, np.asarray(state.steps)]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from adapter_cases import layer_results, shared_compilations
 from flax import linen as nn
 from flax import nnx
 
@@ -36,29 +37,9 @@ SETTINGS = [(1e-5, 0.9), (0.1, 0.0), (0.3, 1.0)]
 
 
 def results(implementation: Any, config: LayerConfig, seed: int) -> list[np.ndarray]:
-    """A training step, the state it leaves, inference and both vjps of a layer whose
-    parameters and statistics are set."""
-    rng = np.random.default_rng(seed)
+    """What a layer of ``config`` computes (:func:`adapter_cases.layer_results`)."""
     shape = (6, 3, 2) if config.feature_axis == 1 else (6, 2, 3)
-    x = rng.normal(size=shape) * 3.0 + 100.0
-    dy = rng.normal(size=shape)
-    layer = implementation.build(config)
-    layer.set_parameters(rng.normal(size=3), rng.normal(size=3))
-    layer.set_state(RunningStatistics(rng.normal(size=3), rng.uniform(0.5, 2.0, 3), 1))
-    found = [layer.infer(x)]
-    for training in (True, False):
-        grads = layer.vjp(x, dy, training=training)
-        found += [grads.dx, grads.dgamma, grads.dbeta]
-    found.append(layer.train_step(x))
-    state = layer.state()
-    return [*found, state.mean, state.var]
-
-
-def sizes() -> tuple[int, int]:
-    return (
-        _module._forward._cache_size(),  # type: ignore[attr-defined]
-        _module._vjp._cache_size(),  # type: ignore[attr-defined]
-    )
+    return layer_results(implementation, config, seed, shape)
 
 
 @pytest.mark.parametrize(
@@ -71,9 +52,10 @@ def test_settings_are_jit_arguments_and_compute_as_floats(api: str, dtype: str) 
         config = LayerConfig(
             num_features=3, rank=3, feature_axis=1, dtype=dtype, eps=eps, momentum=momentum
         )
-        before = sizes()
+        before = shared_compilations()
         shared = results(own, config, k)
-        growth.append(tuple(after - start for after, start in zip(sizes(), before, strict=True)))
+        after = shared_compilations()
+        growth.append(tuple(a - b for a, b in zip(after, before, strict=True)))
         for got, want in zip(shared, results(floats, config, k), strict=True):
             assert got.tobytes() == want.tobytes(), (eps, momentum, got, want)
     # the first setting compiles the shared forwards and vjps (if no other test did); the
@@ -95,13 +77,13 @@ def test_a_step_and_an_inference_run_as_their_vjps_program(api: str) -> None:
     layer = implementation.build(config)
     layer.set_parameters(rng.normal(size=7), rng.normal(size=7))
     layer.set_state(RunningStatistics(rng.normal(size=7), rng.uniform(0.5, 2.0, 7), 1))
-    before = sizes()
+    before = shared_compilations()
     for _ in range(2):
         layer.train_step(x)
         layer.infer(x)
         layer.vjp(x, dy, training=True)
         layer.vjp(x, dy, training=False)
-    assert tuple(a - b for a, b in zip(sizes(), before, strict=True)) == (0, 2)
+    assert tuple(a - b for a, b in zip(shared_compilations(), before, strict=True)) == (0, 2)
 
 
 def shares(program: Any) -> bool:

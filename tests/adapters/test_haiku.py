@@ -19,7 +19,13 @@ from hypothesis import HealthCheck, given, settings
 
 pytest.importorskip("haiku")
 import haiku as hk
-from adapter_cases import Case, agree, float64_cases_few_shapes
+from adapter_cases import (
+    Case,
+    agree,
+    float64_cases_few_shapes,
+    layer_results,
+    shared_compilations,
+)
 
 from normspec.adapters import Implementation, LayerConfig
 from normspec.adapters.jax.haiku_module import HaikuImplementation
@@ -162,22 +168,14 @@ def test_settings_that_differ_in_eps_and_momentum_share_one_compilation() -> Non
     """haiku.BatchNorm's eps and decay are jit arguments (issue 13): layers of one shape
     that differ only in them compile the training and inference forwards and the vjp once,
     and each still computes with its own eps and momentum."""
-    from normspec.adapters.jax import _module
-
     impl = _implementation("haiku")
     shape = (5, 3, 4)  # a shape no other test of the module uses
     x = np.linspace(-2.0, 3.0, num=int(np.prod(shape))).reshape(shape) ** 2
     settings = [(1e-5, 0.9), (1e-1, 0.5), (0.3, 0.75)]
 
-    def sizes() -> tuple[int, int]:
-        return (
-            _module._forward._cache_size(),  # type: ignore[attr-defined]
-            _module._vjp._cache_size(),  # type: ignore[attr-defined]
-        )
-
     growth = []
     for eps, momentum in settings:
-        before = sizes()
+        before = shared_compilations()
         config = LayerConfig(
             num_features=3, rank=3, feature_axis=1, dtype="float32", eps=eps, momentum=momentum
         )
@@ -191,7 +189,9 @@ def test_settings_that_differ_in_eps_and_momentum_share_one_compilation() -> Non
         np.testing.assert_allclose(state.mean, (1 - momentum) * batch_mean, rtol=1e-5)
         layer.infer(x)
         layer.vjp(x, np.ones_like(x), training=True)
-        growth.append(tuple(after - start for after, start in zip(sizes(), before, strict=True)))
+        growth.append(
+            tuple(after - start for after, start in zip(shared_compilations(), before, strict=True))
+        )
     # the first configuration compiles the shared vjps, which also run the training steps
     # and inferences (how many programs jax keeps for a first call varies); the others,
     # differing in eps and momentum only, none
@@ -214,29 +214,11 @@ def test_a_step_and_an_inference_compute_bitwise_what_forward_programs_do(dtype:
     assert not floats.program(_config(dtype)).steps_by_vjp
     for seed, (eps, momentum) in enumerate([(1e-5, 0.9), (0.1, 0.0), (0.3, 1.0)]):
         config = replace(_config(dtype), eps=eps, momentum=momentum)
-        got, want = _results(own, config, seed), _results(floats, config, seed)
+        got = layer_results(own, config, seed, (6, 3, 2))
+        want = layer_results(floats, config, seed, (6, 3, 2))
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype and g.tobytes() == w.tobytes(), (eps, momentum, g, w)
 
 
 def _config(dtype: str) -> LayerConfig:
     return LayerConfig(num_features=3, rank=3, feature_axis=1, dtype=dtype, eps=1e-3, momentum=0.9)
-
-
-def _results(implementation: Implementation, config: LayerConfig, seed: int) -> list[np.ndarray]:
-    """Inference, both vjps, a training step and the state it leaves, of a layer whose
-    parameters and statistics are set."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(6, 3, 2)) * 3.0 + 100.0
-    dy = rng.normal(size=x.shape)
-    layer = implementation.build(config)
-    layer.set_parameters(rng.normal(size=3), rng.normal(size=3))
-    layer.set_state(RunningStatistics(rng.normal(size=3), rng.uniform(0.5, 2.0, 3), 1))
-    found = [layer.infer(x)]
-    for training in (True, False):
-        grads = layer.vjp(x, dy, training=training)
-        found += [grads.dx, grads.dgamma, grads.dbeta]
-    found.append(layer.train_step(x))
-    state = layer.state()
-    assert state is not None
-    return [*found, state.mean, state.var]
