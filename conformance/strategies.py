@@ -276,6 +276,20 @@ def running_statistics_of(
     return RunningStatistics(mean, var, steps)
 
 
+def trained_state(
+    draw: st.DrawFn, data: Array, feature_axis: int, dtype: DTypeName
+) -> RunningStatistics:
+    """:func:`running_statistics_of` near the per-feature mean and spread of ``data``, as a
+    trained layer's state would be (any state where ``data`` is empty)."""
+    features = data.shape[feature_axis]
+    if not data.size:
+        return running_statistics_of(draw, features, dtype)
+    axes = tuple(a for a in range(data.ndim) if a != feature_axis)
+    near = np.mean(data, axis=axes)
+    scale = np.maximum(np.std(data, axis=axes), 1e-3)
+    return running_statistics_of(draw, features, dtype, near=near, scale=scale)
+
+
 #: The strategy of :func:`running_statistics_of`: ``running_statistics(num_features, dtype,
 #: near=..., scale=..., max_steps=...)``.
 running_statistics = st.composite(running_statistics_of)
@@ -566,10 +580,7 @@ def case_of(
     params = draw(affine_parameters(features, dtype)) if setting.affine else None
     state = None
     if setting.tracked:
-        axes = tuple(a for a in range(len(shape)) if a != feature_axis)
-        centre = np.mean(x, axis=axes) if x.size else np.zeros(features)
-        spread = np.maximum(np.std(x, axis=axes) if x.size else np.ones(features), 1e-3)
-        state = running_statistics_of(draw, features, dtype, near=centre, scale=spread)
+        state = trained_state(draw, x, feature_axis, dtype)
         if dialect.running_average == "zero_debiased" and setting.rate is not None:
             state = draw(zero_debiased_state(state, setting.rate, dtype))
     dy = round_to(draw(cotangents(shape)), dtype)

@@ -32,7 +32,7 @@ from normspec.conformance.strategies import (
     feature_values,
     free_settings,
     layer_config,
-    running_statistics_of,
+    trained_state,
 )
 from normspec.reference.dialects import Dialect
 
@@ -150,9 +150,10 @@ def replica_cases(
     ``empty``: whether some replica has batch size 0 (``None``: drawn). ``masked``: some
     samples are masked out (their values far from the counted ones, so that counting them
     shows; in about half the cases every replica keeps a counted sample, in the others a
-    replica may have all its samples masked out). ``all_empty``: every replica has batch size 0. At least two values per feature
-    count otherwise (the unbiased estimate needs them). ``menu``: the setting, the replica
-    count and the largest batch of a replica from the menu's replicated entries.
+    replica may have all its samples masked out). ``all_empty``: every replica has batch
+    size 0. At least two values per feature count otherwise (the unbiased estimate needs
+    them). ``menu``: the setting, the replica count and the largest batch of a replica from
+    the menu's replicated entries.
     """
     dtype = draw(dtypes(allowed_dtypes))
     wanted = Wanted(
@@ -212,15 +213,8 @@ def replica_cases(
     if included is not None:
         dy[~included] = 0.0
     state = None
-    if setting.tracked:
-        # near the counted samples' statistics, as a trained layer's would be
-        counted = x if included is None else x[included]
-        near = scale = None
-        if counted.size:
-            axes = tuple(a for a in range(x.ndim) if a != axis)
-            near = np.mean(counted, axis=axes)
-            scale = np.maximum(np.std(counted, axis=axes), 1e-3)
-        state = running_statistics_of(draw, features, dtype, near=near, scale=scale)
+    if setting.tracked:  # near the counted samples' statistics
+        state = trained_state(draw, x if included is None else x[included], axis, dtype)
     return ReplicaCase(
         config, held_rate, params, state, x, dy, "contiguous", sizes=sizes, included=included
     )
