@@ -684,6 +684,24 @@ class RenormTerms:
         dd = 2 * u_w * np.abs(self.d) + np.where(near_d, e_d, 0.0)
         return dr, dd
 
+    def flushed_gradients(self, dy: Array, gamma: Array | None) -> tuple[Array, Array]:
+        """The training gradients' underflow terms, in units of ``tiny`` (renorm.md,
+        accuracy): ``1 + (1 + g) * (1 + s) * w_i`` for ``dx_i``, with ``w_i = |dy_i| +
+        mean|dy| + |zhat_i| * mean|dy * zhat|``, and ``1 + sum_i |dy_i| * (2 + |zhat_i|)``
+        for ``dgamma``. A machine that flushes subnormal results may zero ``r``, ``d``, a
+        corrected ``xhat_i`` or a product of them; the batch-norm terms, scaled by ``r``,
+        do not hold that loss where ``r`` itself is about ``tiny``."""
+        axes = reduction_axes(self.ndim, self.feature_axis)
+        abs_dy, az = np.abs(dy), np.abs(self.zhat)
+        g = _gamma(gamma, dy, self.feature_axis)
+        w = (
+            abs_dy
+            + np.mean(abs_dy, axis=axes, keepdims=True)
+            + az * np.mean(abs_dy * az, axis=axes, keepdims=True)
+        )
+        dx = 1 + (1 + g) * (1 + self.per_feature(self.s)) * w
+        return dx, 1 + np.sum(abs_dy * (2 + az), axis=axes)
+
     def zhat_error(self, p: Precision) -> Array:
         """``E_i``: the error of ``zhat_i`` (bn.accuracy.forward's bound divided by g)."""
         n = self.n
@@ -776,10 +794,17 @@ def renorm_backward_bounds(
     dgamma_star = np.abs(np.asarray(expected.dgamma, dtype=np.float64))
     extra_dx = np.zeros_like(dxbn)
     extra_dgamma = np.zeros_like(sum_dy)
+    flushed_dx, flushed_dgamma = t.flushed_gradients(dy, gamma)
     for p in (precision, REFERENCE_PRECISION):
         dr, dd = t.correction_errors(p)
-        extra_dx = extra_dx + t.per_feature(dr) * dxbn
-        extra_dgamma = extra_dgamma + dr * sum_dy_zhat + dd * sum_dy + p.u_o * dgamma_star
+        extra_dx = extra_dx + t.per_feature(dr) * dxbn + p.tiny * flushed_dx
+        extra_dgamma = (
+            extra_dgamma
+            + dr * sum_dy_zhat
+            + dd * sum_dy
+            + p.u_o * dgamma_star
+            + p.tiny * flushed_dgamma
+        )
     return GradientBounds(
         dx=t.per_feature(t.r) * bn.dx + SAFETY_FACTOR * extra_dx,
         dgamma=t.r * bn.dgamma + np.abs(t.d) * bn.dbeta + SAFETY_FACTOR * extra_dgamma,

@@ -14,8 +14,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normspec.conformance.tolerance import SAFETY_FACTOR, Precision, backward_bounds
-from normspec.reference import train_backward
+from normspec.conformance.tolerance import (
+    SAFETY_FACTOR,
+    GradientBounds,
+    Precision,
+    RenormTerms,
+    backward_bounds,
+    renorm_backward_bounds,
+)
+from normspec.reference import Gradients, renorm, train_backward
+from normspec.reference.schedules import RenormBounds
 
 TINY = float(np.finfo(np.float64).tiny)
 EPS = 1e-3
@@ -138,3 +146,61 @@ def test_the_gamma_dy_term_admits_no_bug_away_from_underflow() -> None:
     s = 1.0 / np.sqrt(x.var(axis=0) + EPS)
     buggy = expected.dx + gamma * s * dy.mean(axis=0)
     assert np.max(np.abs(buggy - expected.dx) / bound) > 1e4
+
+
+#: tf_keras's renorm in float32, shrunk (renorm.backward.train.dparams failed there before
+#: the renorm training gradients had an underflow term of their own): one feature, a
+#: correction spread of 5.3e36 against a batch spread of 0.05, so ``r`` is subnormal.
+RENORM_X = np.array([[0.0], [0.0], [0.0], [0.1]])
+RENORM_DY = np.array([[0.7794776], [0.1142761], [0.6018162], [0.9130276]])
+RENORM_EPS = 1e-3
+BIG_SPREAD = 5.3169116662270134e36
+
+
+UNCLIPPED = RenormBounds(0.0, np.inf, np.inf)
+
+
+def _renorm_bounds(sigma: float) -> tuple[Gradients, GradientBounds]:
+    """The exact training gradients with the correction set (the batch mean, ``sigma``),
+    unclipped, and renorm.accuracy.backward's float32 bounds for them."""
+    bounds = UNCLIPPED
+    mean, std = np.array([0.025]), np.array([sigma])
+    _, corr = renorm.train_forward(
+        RENORM_X, mean, std, bounds=bounds, eps=RENORM_EPS, feature_axis=1
+    )
+    expected = renorm.train_backward(
+        RENORM_DY, RENORM_X, corr.r, corr.d, np.ones(1), eps=RENORM_EPS, feature_axis=1
+    )
+    limits = renorm_backward_bounds(
+        Precision.of("float32"), RENORM_X, RENORM_DY, np.ones(1), RENORM_EPS, 1, expected,
+        mean, std, bounds,
+    )  # fmt: skip
+    return expected, limits
+
+
+def test_a_flushed_renorm_correction_is_within_the_bound() -> None:
+    """A machine that flushes subnormal results (TensorFlow's CPU kernels) computes ``r = 0``
+    where ``sigma_B / sigma`` is subnormal: both gradients are then 0. Their exact values
+    are subnormal too, and the batch-norm terms, scaled by ``r``, admit next to nothing."""
+    expected, limits = _renorm_bounds(BIG_SPREAD)
+    r = np.sqrt(RENORM_X.var(axis=0) + RENORM_EPS) / BIG_SPREAD
+    assert 0 < r[0] < TINY32  # subnormal in float32: flushed to zero
+    assert 0 < abs(expected.dgamma[0]) < TINY32
+    assert np.all(np.abs(0.0 - expected.dgamma) <= limits.dgamma)
+    assert np.all(np.abs(0.0 - expected.dx) <= limits.dx)
+    # without the underflow term (K * tiny per unit, the implementation's and the
+    # reference's), the flushed dgamma was far beyond the bound
+    terms = RenormTerms.of(
+        RENORM_X, 1, RENORM_EPS, np.array([0.025]), np.array([BIG_SPREAD]), UNCLIPPED
+    )
+    _, flushed_dgamma = terms.flushed_gradients(RENORM_DY, np.ones(1))
+    without = limits.dgamma - SAFETY_FACTOR * (TINY32 + TINY) * flushed_dgamma
+    assert abs(expected.dgamma[0]) > 1e3 * without[0]
+
+
+def test_the_renorm_underflow_term_admits_no_zero_gradient_away_from_underflow() -> None:
+    """With an ordinary correction (``r`` about 1) nothing flushes, and a ``dgamma`` or
+    ``dx`` of 0 is far outside the bound."""
+    expected, limits = _renorm_bounds(0.05)
+    assert np.min(np.abs(expected.dgamma) / limits.dgamma) > 1e4
+    assert np.max(np.abs(expected.dx) / limits.dx) > 1e4
