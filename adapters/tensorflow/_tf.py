@@ -132,7 +132,13 @@ def from_tf(value: object, *, shape: Sequence[int], dtype: tf.DType, what: str) 
         raise WrongOutput(f"{what} has dtype {value.dtype.name}, expected {dtype.name}")
     if tuple(value.shape) != tuple(shape):
         raise WrongOutput(f"{what} has shape {tuple(value.shape)}, expected {tuple(shape)}")
-    result: Array = np.array(tf.cast(value, tf.float64).numpy(), dtype=np.float64, copy=True)
+    return widened(value.numpy())
+
+
+def widened(values: object) -> Array:
+    """A tensor's or variable's NumPy value as a float64 array of its own (exact: float64
+    holds every value of the narrower floating-point types)."""
+    result: Array = np.array(values, dtype=np.float64, copy=True)
     return result
 
 
@@ -178,7 +184,8 @@ def write_variable(
 ) -> None:
     """Overwrite a parameter or statistic, keeping its dtype (and shape, see ``keepdims``)."""
     target = checked_variable(variable, num_features, what, keepdims=keepdims)
-    target.assign(tf.reshape(vector_to_tf(values, target.dtype), target.shape))
+    shaped = np.reshape(np.asarray(values, dtype=np.float64), target.shape)
+    target.assign(vector_to_tf(shaped, target.dtype), read_value=False)
 
 
 def read_variable(
@@ -186,12 +193,7 @@ def read_variable(
 ) -> Array:
     """A parameter or statistic as a float64 vector."""
     target = checked_variable(variable, num_features, what, keepdims=keepdims)
-    return from_tf(
-        tf.reshape(tf.convert_to_tensor(target), (num_features,)),
-        shape=(num_features,),
-        dtype=target.dtype,
-        what=what,
-    )
+    return widened(target.numpy()).reshape(num_features)
 
 
 def snapshot(variables: Sequence[object]) -> tuple[tf.Tensor, ...]:
