@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from hypothesis import reject
-from hypothesis.errors import Unsatisfiable
 from hypothesis.strategies import SearchStrategy
 from numpy.typing import NDArray
 
@@ -24,6 +23,7 @@ from normspec.adapters.protocol import (
     UnsupportedConfig,
     WrongOutput,
 )
+from normspec.conformance.discards import RunEnded
 from normspec.conformance.dtypes import Ulps
 from normspec.conformance.guard import Guard, ImplementationError, ImplementationLost
 from normspec.conformance.isolation import IsolatedImplementation
@@ -80,7 +80,7 @@ def layout_copy(array: NDArray[Any]) -> NDArray[Any]:
     return strided_copy(array, array.strides)
 
 
-class NotOffered(Unsatisfiable):
+class NotOffered(RunEnded):
     """The implementation refused the configuration every case of a check has in common
     (:meth:`CheckContext.build` with ``offered``): the clause cannot be exercised in the
     dtype being checked (conformance.findings: not applicable there, unless every dtype

@@ -25,6 +25,7 @@ from normspec.adapters.protocol import ALL_DTYPES, Capabilities, DTypeName, Impl
 from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check, load_builtin_checks
 from normspec.conformance.context import CheckContext, observe
+from normspec.conformance.discards import Discards
 from normspec.conformance.findings import (
     DtypePart,
     DtypeRun,
@@ -221,12 +222,13 @@ def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: in
             raise
 
     repeats = ctx.repeats = Repeats()
+    discards = Discards()
 
     @seed(seed_value)
     @configured
     @given(st.data())
     def property_test(data: Any) -> None:
-        repeats.run(ctx, data, body)
+        discards.run(lambda: repeats.run(ctx, data, body))
 
     try:
         property_test()
