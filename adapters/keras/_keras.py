@@ -14,7 +14,7 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -344,30 +344,54 @@ def built(cls: type, config: LayerConfig, arguments: Mapping[str, Any]) -> Any:
 #: each, in order) and the shape it was built for.
 Construction = tuple[type, tuple[tuple[str, str], ...], tuple[int, ...]]
 
-#: Constructor arguments that the libraries' own BatchNormalization (tf_keras's and Keras
-#: 3's) keeps, given a Python float, as the attribute of the same name, the float itself,
-#: read at every call and nowhere else (not when building): a built layer serves another
-#: value once the attribute is set (:func:`call_time_arguments`).
-CALL_TIME_ARGUMENTS = ("momentum", "epsilon")
+#: Constructor arguments that the libraries' own BatchNormalization keeps, given Python
+#: floats, as the attribute of the same name, read at every call and nowhere else (not when
+#: building): a built layer serves another value once the attribute is set
+#: (:func:`call_time_arguments`). Per flavour: eps and the momentum on both; tf_keras's
+#: renorm momentum and clipping too, its constructor checking the clipping's keys only (Keras
+#: 3's checks its values, ``rmax > rmin`` and ``dmax >= 0``: they stay constructor-only).
+CALL_TIME_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "keras": ("momentum", "epsilon"),
+    "tf_keras": ("momentum", "epsilon", "renorm_momentum", "renorm_clipping"),
+}
+#: The keys of ``renorm_clipping`` both libraries take.
+CLIPPING_KEYS = frozenset({"rmin", "rmax", "dmax"})
 
 
-def call_time_arguments(arguments: Mapping[str, Any]) -> dict[str, float]:
-    """The arguments among ``arguments`` that a built layer of the library's own class takes
-    by setting its attribute (:data:`CALL_TIME_ARGUMENTS`): those given as Python floats."""
+def call_time_arguments(arguments: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The arguments among ``arguments`` that a built layer of the library's own class of
+    flavour ``kind`` takes by setting its attribute (:data:`CALL_TIME_ARGUMENTS`): Python
+    floats exactly (a float subclass may convert otherwise), a clipping a dict of them."""
     return {
         name: arguments[name]
-        for name in CALL_TIME_ARGUMENTS
-        if type(arguments.get(name)) is float  # exactly: a float subclass may convert otherwise
+        for name in CALL_TIME_ARGUMENTS[kind]
+        if _settable(arguments.get(name))
     }
 
 
+def _settable(value: object) -> bool:
+    if isinstance(value, dict):
+        return set(value) <= CLIPPING_KEYS and all(type(v) is float for v in value.values())
+    return type(value) is float
+
+
+def set_call_time_arguments(layer: object, arguments: Mapping[str, Any]) -> None:
+    """Set :func:`call_time_arguments` on a built layer, as its constructor does (a
+    clipping as a dict of its own)."""
+    for name, value in arguments.items():
+        setattr(layer, name, dict(value) if isinstance(value, dict) else value)
+
+
 def construction(
-    cls: type, config: LayerConfig, arguments: Mapping[str, Any], *, settable: bool = False
+    cls: type,
+    config: LayerConfig,
+    arguments: Mapping[str, Any],
+    *,
+    skipped: Collection[str] = (),
 ) -> Construction:
     """The key of :func:`built`'s layer: two layers with equal keys are built alike (the
     arguments compared by their reprs: ``1`` and ``1.0``, ``0.0`` and ``-0.0`` differ).
-    ``settable``: without the arguments set after building (:func:`call_time_arguments`)."""
-    skipped = call_time_arguments(arguments) if settable else {}
+    ``skipped``: arguments set after building (:func:`call_time_arguments`), left out."""
     given = tuple((name, repr(value)) for name, value in arguments.items() if name not in skipped)
     return cls, given, built_shape(config)
 
@@ -388,6 +412,7 @@ __all__ = [
     "ALL_RANKS",
     "BACKENDS",
     "CALL_TIME_ARGUMENTS",
+    "CLIPPING_KEYS",
     "CONSTRUCTOR_ARGUMENTS",
     "FEATURE_AXES_ATTRIBUTE",
     "RANKS_ATTRIBUTE",
@@ -416,6 +441,7 @@ __all__ = [
     "recognise",
     "renorm_arguments",
     "renorm_probe_config",
+    "set_call_time_arguments",
     "takes_renorm",
     "write_renorm_state",
 ]

@@ -70,6 +70,7 @@ from normspec.adapters.keras._keras import (
     probe_input,
     read_renorm_state,
     renorm_arguments,
+    set_call_time_arguments,
     write_renorm_state,
 )
 from normspec.adapters.protocol import (
@@ -405,12 +406,12 @@ class KerasImplementation(TFImplementation):
         if self.pool is None:
             layer = _keras.built(self.layer_class, config, arguments)
             return KerasLayer(layer, config, compiled=self.compiled)
-        key = construction(self.layer_class, config, arguments, settable=True)
+        settable = call_time_arguments(arguments, self.kind)
+        key = construction(self.layer_class, config, arguments, skipped=settable)
         built = self.pool.take(key) or BuiltLayer.fresh(
             _keras.built(self.layer_class, config, arguments)
         )
-        for name, value in call_time_arguments(arguments).items():
-            setattr(built.layer, name, value)  # as the constructor does
+        set_call_time_arguments(built.layer, settable)
         wrapper = KerasLayer(built.layer, config, compiled=self.compiled)
         self.pool.lend(wrapper, key, built)
         return wrapper

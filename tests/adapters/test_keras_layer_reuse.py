@@ -22,6 +22,7 @@ from normspec.adapters.keras import keras_layer as kl
 from normspec.adapters.registry import load_target
 from normspec.adapters.tensorflow._tf import as_tf_variable, tf
 from normspec.reference.dialects import renorm_config
+from normspec.reference.schedules import ConstantSchedule, RenormBounds
 
 KERAS3 = pytest.mark.skipif(kl.keras3() is None, reason="Keras 3 does not run on TensorFlow here")
 THIRDPARTY = "thirdparty_keras_bn:ThirdPartyTfKerasBatchNormalization"
@@ -101,6 +102,60 @@ def test_a_released_layer_serves_another_eps_and_momentum(target: str, config: L
     assert (reused.layer.epsilon, reused.layer.momentum) == (2.5e-2, 0.5)
     for got, want in zip(_calls(reused, other), _calls(fresh, other), strict=True):
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+#: Another correction rate and other clipping bounds than RENORM's.
+OTHER_RENORM = replace(
+    RENORM,
+    renorm=replace(
+        RENORM.renorm,  # type: ignore[arg-type]
+        correction_rate=0.5,
+        schedule=ConstantSchedule(RenormBounds(r_min=0.8, r_max=1.25, d_max=0.5)),
+    ),
+)
+
+
+def _clipping(layer: Any) -> dict[str, float]:
+    return dict(layer.renorm_clipping)
+
+
+def test_a_released_tf_keras_renorm_layer_serves_another_clipping_and_rate() -> None:
+    """tf_keras reads ``renorm_clipping`` and ``renorm_momentum`` at every call: a layer
+    built with others computes, once they are set, what a layer built with them computes
+    (the clipping active: the inputs' spread is far from the moving one)."""
+    impl = load_target("tf_keras.renorm", "tf_keras")
+    assert isinstance(impl, kl.KerasImplementation)
+    released = _released(impl, RENORM)
+    reused = impl.build(OTHER_RENORM)
+    assert isinstance(reused, kl.KerasLayer) and reused.layer is released
+    arguments = _keras.layer_arguments(OTHER_RENORM, impl.parameters, impl.dialect, impl.arguments)
+    fresh = kl.KerasLayer(_keras.built(impl.layer_class, OTHER_RENORM, arguments), OTHER_RENORM)
+    assert (
+        _clipping(reused.layer)
+        == _clipping(fresh.layer)
+        == {"rmin": 0.8, "rmax": 1.25, "dmax": 0.5}
+    )
+    assert reused.layer.renorm_momentum == fresh.layer.renorm_momentum
+    for got, want in zip(_calls(reused, OTHER_RENORM), _calls(fresh, OTHER_RENORM), strict=True):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+    # the check can fail: the same layer with RENORM's clipping and rate computes otherwise
+    renorm_args = _keras.layer_arguments(RENORM, impl.parameters, impl.dialect, impl.arguments)
+    _keras.set_call_time_arguments(reused.layer, _keras.call_time_arguments(renorm_args, impl.kind))
+    kept = _calls(reused, OTHER_RENORM)
+    fresh = kl.KerasLayer(_keras.built(impl.layer_class, OTHER_RENORM, arguments), OTHER_RENORM)
+    want = _calls(fresh, OTHER_RENORM)
+    assert any(g.tobytes() != w.tobytes() for g, w in zip(kept, want, strict=True))
+
+
+@KERAS3
+def test_keras3_renorm_layers_of_another_clipping_are_constructions_of_their_own() -> None:
+    """Keras 3's constructor checks the clipping's values (``rmax > rmin``, ``dmax >= 0``):
+    a released layer never serves another clipping, which would pass by that check."""
+    impl = load_target("keras.renorm", "tf_keras")
+    assert isinstance(impl, kl.KerasImplementation)
+    released = _released(impl, RENORM)
+    other = impl.build(OTHER_RENORM)
+    assert isinstance(other, kl.KerasLayer) and other.layer is not released
 
 
 def test_a_released_layer_left_with_its_own_eps_and_momentum_differs() -> None:
@@ -189,4 +244,5 @@ def test_the_pool_is_bounded() -> None:
 
 def _key(impl: kl.KerasImplementation, config: LayerConfig) -> _keras.Construction:
     arguments = _keras.layer_arguments(config, impl.parameters, impl.dialect, impl.arguments)
-    return _keras.construction(impl.layer_class, config, arguments, settable=True)
+    settable = _keras.call_time_arguments(arguments, impl.kind)
+    return _keras.construction(impl.layer_class, config, arguments, skipped=settable)
