@@ -157,9 +157,9 @@ class Flavour:
     def plain(self, value: Any) -> Array:
         """A tensor's values as float64 (bfloat16 by way of float32, exactly)."""
         if self.package == "tf_keras":
-            import tensorflow as tf
+            from normspec.adapters.tensorflow._tf import widened
 
-            return np.asarray(tf.cast(value, tf.float64).numpy())
+            return widened(value.numpy())
         ops = self.module().ops
         if self.dtype_of(value) == "bfloat16":
             value = ops.cast(value, "float32")
