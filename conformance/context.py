@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from hypothesis import reject
+from hypothesis.control import current_build_context
 from hypothesis.strategies import SearchStrategy
 from numpy.typing import NDArray
 
@@ -136,6 +138,32 @@ def observe(problem: BaseException, ctx: CheckContext) -> BaseException:
         notes = dict(getattr(ctx, "notes", None) or {})
         problem.normspec_observed = Observed(example, notes)  # type: ignore[attr-defined]
     return problem
+
+
+def let_go(problem: BaseException, drawn: Sequence[Any]) -> None:
+    """Clear the locals of the finished frames in the tracebacks of ``problem`` and of the
+    exceptions it was raised from, keeping on ``problem`` the values its example ``drawn``;
+    nothing in Hypothesis's final replay of a failure.
+
+    Hypothesis keeps the exception of every failing example it tries while it shrinks, and
+    :class:`~normspec.conformance.repeats.Repeats` the ending of every example it remembers:
+    their frames' locals would keep each example's layers alive until the dtype's run ends,
+    and with them the layers a worker holds for them, which a layer pool would otherwise
+    lend again. The drawn values live on as long as the exception, as they did in its
+    frames: Hypothesis's shrinker reuses the values it recorded for an example's draws while
+    they live (it holds them weakly). The final replay keeps its frames for the report
+    (pytest reads their locals). The code, file and line of each frame stay: Hypothesis
+    tells failures apart by them.
+    """
+    if current_build_context().is_final:
+        return
+    problem.normspec_drawn = tuple(drawn)  # type: ignore[attr-defined]
+    seen: set[int] = set()
+    found: BaseException | None = problem
+    while found is not None and id(found) not in seen:
+        seen.add(id(found))
+        traceback.clear_frames(found.__traceback__)
+        found = found.__cause__ or found.__context__
 
 
 def observed(problem: BaseException) -> Observed | None:
@@ -408,6 +436,7 @@ __all__ = [
     "OutOfBound",
     "RequirementNotMet",
     "Violation",
+    "let_go",
     "observe",
     "observed",
     "reference_config",

@@ -116,9 +116,12 @@ class DrawRecorder:
         #: nothing a fingerprint cannot tell apart before
         self.rememberable = True
         self.called = False
+        #: the values drawn (:func:`~normspec.conformance.context.let_go` keeps them)
+        self.drawn: list[Any] = []
 
     def draw(self, strategy: Any, label: Any = None) -> Any:
         value = self._data.draw(strategy, label=label)
+        self.drawn.append(value)
         if self.called:
             self.rememberable = False
         elif self.rememberable:

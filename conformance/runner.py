@@ -24,7 +24,7 @@ from normspec import spec
 from normspec.adapters.protocol import ALL_DTYPES, Capabilities, DTypeName, Implementation
 from normspec.adapters.registry import target_environment
 from normspec.conformance.checks import Check, load_builtin_checks
-from normspec.conformance.context import CheckContext, observe
+from normspec.conformance.context import CheckContext, let_go, observe
 from normspec.conformance.discards import Discards
 from normspec.conformance.findings import (
     DtypePart,
@@ -215,10 +215,12 @@ def _run_check(item: Check, ctx: CheckContext, max_examples: int, seed_value: in
     def body(ctx: CheckContext, data: Any) -> None:
         try:
             item.body(ctx, data)
-        except HypothesisException:
+        except HypothesisException as flow:
+            let_go(flow, data.drawn)
             raise  # its own flow (an assumption not met, a draw refused): no failure
         except Exception as problem:
             observe(problem, ctx)  # the example it was raised on, where no ctx method kept it
+            let_go(problem, data.drawn)
             raise
 
     repeats = ctx.repeats = Repeats()
