@@ -618,7 +618,9 @@ class ShardedFunctions:
     mask are the concatenation of equal per-device blocks; the parameters and the
     statistics are K stacked copies, one per device, as under ``pmap``, so that each
     device returns its own running statistics and the gradient of its own copy of the
-    parameters: the partial sums over its values (replica_param_gradients = partial).
+    parameters: the partial sums over its values (replica_param_gradients = partial). The
+    vjp returns each device's updated statistics too, so that a program whose steps run as
+    its vjp (``JaxProgram.steps_by_vjp``) steps through it (:meth:`ShardedProgram.step`).
     """
 
     def __init__(self, template: JaxProgram, replicas: int) -> None:
@@ -648,11 +650,11 @@ class ShardedFunctions:
             x: jax.Array,
             dy: jax.Array,
             mask: jax.Array | None,
-        ) -> tuple[Any, jax.Array, Tree]:
-            y, dx, dparams, _ = program(hyper)._vjp(
+        ) -> tuple[Any, jax.Array, Tree, Tree]:
+            y, dx, dparams, updated = program(hyper)._vjp(
                 _own(params), _own(stats), x, dy, training=True, mask=mask
             )
-            return y, dx, _stacked(dparams)
+            return y, dx, _stacked(dparams), _stacked(updated)
 
         shard_map = _shard_map()
         make: Any = PartitionSpec  # untyped in jax
@@ -664,6 +666,8 @@ class ShardedFunctions:
 
         self.train = sharded(train, 4)
         self.vjp = sharded(vjp, 5)
+        #: whether a training step runs as the vjp's program (``JaxProgram.steps_by_vjp``)
+        self.steps_by_vjp = template.steps_by_vjp
 
 
 class ShardedProgram:
@@ -676,6 +680,19 @@ class ShardedProgram:
         hyper = dict(program.hyper)  # a pytree (a mapping proxy is not)
         self.train = functools.partial(functions.train, hyper)
         self.vjp = functools.partial(functions.vjp, hyper)
+        self.steps_by_vjp = functions.steps_by_vjp
+
+    def step(
+        self, params: Tree, stats: Tree, x: jax.Array, mask: jax.Array | None
+    ) -> tuple[Any, Tree]:
+        """A training step: the output and each device's statistics. With
+        ``steps_by_vjp``, the vjp's program with a zero cotangent, as on one device
+        (``JaxProgram.forward``): one compilation per block shape serves both."""
+        if not self.steps_by_vjp:
+            return self.train(params, stats, x, mask)
+        zero = jax.device_put(np.zeros(x.shape, x.dtype), self.sharding)
+        y, _, _, updated = self.vjp(params, stats, x, zero, mask)
+        return y, updated
 
     def copies(self, tree: Tree, replicas: int) -> Tree:
         """``replicas`` stacked copies of a tree, one on each device (no JAX operation)."""
@@ -775,7 +792,7 @@ class ReplicatedJaxLayer:
             else:
                 stats = self._stats
             copies = self.sharded.copies(params, self.replicas)
-            y, self._stats = self.sharded.train(copies, stats, x, mask)
+            y, self._stats = self.sharded.step(copies, stats, x, mask)
             return self._parts(y, sizes, tuple(xs[0].shape[1:]), "the output")
 
     def vjp(
@@ -788,7 +805,7 @@ class ReplicatedJaxLayer:
             params, stats = self.single._trees()
             copies = self.sharded.copies(params, self.replicas)
             stats = self.sharded.copies(stats, self.replicas)
-            y, dx, dparams = self.sharded.vjp(copies, stats, x, dy, mask)
+            y, dx, dparams, _ = self.sharded.vjp(copies, stats, x, dy, mask)
             shape = tuple(xs[0].shape[1:])
             self._parts(y, sizes, shape, "the output")
             dxs = self._parts(dx, sizes, shape, "dx")

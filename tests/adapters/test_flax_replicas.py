@@ -269,3 +269,53 @@ def test_a_module_that_ignores_axis_name_is_caught() -> None:
     assert implementation.capabilities().replicas
     found = _outcomes(implementation, "sync.train.statistics")
     assert found["sync.train.statistics"].startswith("fail"), found
+
+
+# -- the programs a step runs ---------------------------------------------------------------
+
+
+def _replicated_results(
+    make: Any, dtype: str, steps_by_vjp: bool, masked: bool
+) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """Two replicated training steps' outputs and statistics, the step run through the vjp's
+    program or through the training step's own; and how many programs each of the two
+    jitted functions compiled meanwhile."""
+    config = LayerConfig(
+        num_features=3, rank=3, feature_axis=2, dtype=dtype, eps=1e-3, momentum=0.9
+    )
+    layer = make().build_replicated(config, 2)
+    layer.sharded.steps_by_vjp = steps_by_vjp
+    jitted = (layer.sharded.train.func, layer.sharded.vjp.func)
+    before = [function._cache_size() for function in jitted]
+    rng = np.random.default_rng(7)
+    found = []
+    for _ in range(2):
+        xs = [rng.normal(3.0, 2.0, (4, 5, 3)) for _ in range(2)]
+        masks = [rng.random((4, 5, 1)) < 0.7 for _ in range(2)] if masked else None
+        found += layer.train_step(xs, masks)
+        for state in layer.states():
+            assert isinstance(state, RunningStatistics)
+            found += [state.mean, state.var]
+    train, vjp = (function._cache_size() - b for function, b in zip(jitted, before, strict=True))
+    return found, (train, vjp)
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("make", [linen_batchnorm, nnx_batchnorm], ids=["linen", "nnx"])
+def test_a_replicated_step_by_the_vjp_computes_bitwise_what_its_own_program_does(
+    make: Any, dtype: str, masked: bool
+) -> None:
+    """Flax's own BatchNorm runs its replicated training steps as the replicated vjp's
+    program with a zero cotangent (one compilation per block shape serves sync.train.* and
+    sync.backward.*): outputs and every device's statistics bitwise those of the training
+    step's own program."""
+    assert make().build_replicated(_config(), 2).sharded.steps_by_vjp
+    # a block shape no other test runs: each way compiles its own programs (in float64 two:
+    # the second step meets the float64 statistics that linen's float32 ones became)
+    by_vjp, (train, vjp) = _replicated_results(make, dtype, True, masked)
+    assert train == 0 and vjp > 0
+    own, (train, vjp) = _replicated_results(make, dtype, False, masked)
+    assert train > 0 and vjp == 0
+    for got, want in zip(by_vjp, own, strict=True):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes(), (got, want)
