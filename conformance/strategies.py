@@ -44,7 +44,7 @@ from normspec.conformance.menu import (
     feature_axis_for,
     fitted_shape,
 )
-from normspec.conformance.reuse import reused, sampled
+from normspec.conformance.reuse import inline_composite, reused, sampled
 from normspec.reference import RunningStatistics, debias_factor
 from normspec.reference.dialects import Dialect
 from normspec.reference.renorm import RenormStatistics
@@ -135,8 +135,7 @@ def _batch_sizes(max_batch: int) -> st.SearchStrategy[int]:
     return st.one_of(_SMALL_BATCHES, st.integers(1, max_batch))
 
 
-@reused
-@st.composite
+@inline_composite
 def standard_values(
     draw: st.DrawFn,
     shape: tuple[int, ...],
@@ -160,15 +159,15 @@ def standard_values(
     return np.random.default_rng([seed, stream] if stream else seed).uniform(-1.0, 1.0, size=shape)
 
 
-def cotangents(shape: tuple[int, ...], stream: int = 1) -> st.SearchStrategy[Array]:
+@inline_composite
+def cotangents(draw: st.DrawFn, shape: tuple[int, ...], stream: int = 1) -> Array:
     """A cotangent ``dy`` (values in [-1, 1]) from a drawn seed, one draw whatever its size:
     a check reads it only as a generic direction, and its elementwise draws were a fifth of
     a case's. ``stream`` as in :func:`standard_values`."""
-    return standard_values(shape, 0, stream=stream)
+    return standard_values.inline(draw, shape, 0, stream=stream)
 
 
-@reused
-@st.composite
+@inline_composite
 def feature_values(
     draw: st.DrawFn,
     shape: tuple[int, ...],
@@ -186,7 +185,7 @@ def feature_values(
     drawn values are all equal have zero variance.
     """
     features = shape[feature_axis]
-    exponents = st.integers(*SPREAD_EXPONENTS[dtype])
+    exponents = spread_exponents(dtype)
     spread = np.array([10.0 ** draw(exponents) for _ in range(features)])
     if conditioning == "well":
         ratio = values_of(draw, WELL_CONDITIONED_RATIOS, features)
@@ -195,11 +194,17 @@ def feature_values(
         ratio = np.array(
             [draw(SIGNS) * 10.0 ** draw(_offset_exponents(top)) for _ in range(features)]
         )
-    z = draw(standard_values(shape, elementwise_limit))
+    z = standard_values.inline(draw, shape, elementwise_limit)
     bshape = [1] * len(shape)
     bshape[feature_axis] = features
     x = (ratio * spread).reshape(bshape) + spread.reshape(bshape) * z
     return round_to(x, dtype)
+
+
+@reused
+def spread_exponents(dtype: DTypeName) -> st.SearchStrategy[int]:
+    """The decimal exponents of a feature's spread in ``dtype`` (:data:`SPREAD_EXPONENTS`)."""
+    return st.integers(*SPREAD_EXPONENTS[dtype])
 
 
 @reused
@@ -576,14 +581,14 @@ def case_of(
     """The case of a setting: its input, parameters, state and cotangent drawn; eps and
     momentum those the layer holds (:func:`held_setting`, given its ``capabilities``)."""
     shape, feature_axis, features = setting.shape, setting.feature_axis, setting.features
-    x = draw(feature_values(shape, feature_axis, dtype, conditioning))
+    x = feature_values.inline(draw, shape, feature_axis, dtype, conditioning)
     params = draw(affine_parameters(features, dtype)) if setting.affine else None
     state = None
     if setting.tracked:
         state = trained_state(draw, x, feature_axis, dtype)
         if dialect.running_average == "zero_debiased" and setting.rate is not None:
             state = draw(zero_debiased_state(state, setting.rate, dtype))
-    dy = round_to(draw(cotangents(shape)), dtype)
+    dy = round_to(cotangents.inline(draw, shape), dtype)
     chosen: Layout = layout or "contiguous"
     config, rate = layer_config(setting, dialect, dtype, capabilities)
     return Case(config, rate, params, state, arrange(x, chosen, feature_axis), dy, chosen)

@@ -36,7 +36,7 @@ from normspec.adapters.protocol import (
 from normspec.conformance.dtypes import round_to, round_to_normal
 from normspec.conformance.menu_family import FamilyEntry
 from normspec.conformance.menu_group import GroupEntry
-from normspec.conformance.reuse import reused
+from normspec.conformance.reuse import inline_composite, sampled
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     Case,
@@ -173,8 +173,7 @@ def family_config(
     )
 
 
-@reused
-@st.composite
+@inline_composite
 def slice_values(
     draw: st.DrawFn,
     shape: tuple[int, ...],
@@ -186,7 +185,7 @@ def slice_values(
     on the matrix of slices), rounded to ``dtype``."""
     n = int(np.prod(normalized_shape, dtype=np.int64))
     slices = int(np.prod(shape, dtype=np.int64)) // n
-    matrix = draw(feature_values((n, slices), 1, dtype, conditioning))
+    matrix = feature_values.inline(draw, (n, slices), 1, dtype, conditioning)
     return np.ascontiguousarray(matrix.T).reshape(shape)
 
 
@@ -238,9 +237,9 @@ def family_cases(
     run's :class:`~normspec.conformance.menu_family.FamilyMenu` (chosen for the options
     above), the values freely. eps is the one the layer holds (:func:`held_eps`).
     """
-    dtype = draw(st.sampled_from(list(allowed_dtypes)))
+    dtype = draw(sampled(allowed_dtypes))
     if entries is not None:
-        entry: FamilyEntry = draw(st.sampled_from(list(entries)))
+        entry: FamilyEntry = draw(sampled(entries))
         normalized_shape, shape = entry.normalized_shape, entry.shape
         with_affine, bias, eps = entry.affine, entry.bias and entry.affine, entry.eps
     else:
@@ -267,9 +266,9 @@ def family_cases(
         weight = round_to_normal(values_of(draw, PARAMETER_VALUES, n), dtype)
         shift = round_to_normal(values_of(draw, PARAMETER_VALUES, n), dtype) if bias else 0 * weight
         params = (weight.reshape(normalized_shape), shift.reshape(normalized_shape))
-    x = draw(slice_values(shape, normalized_shape, dtype, conditioning))
-    dy = round_to(draw(standard_values(shape, stream=1)), dtype)
-    chosen: Layout = draw(st.sampled_from(LAYOUTS)) if layout is None else layout
+    x = slice_values.inline(draw, shape, normalized_shape, dtype, conditioning)
+    dy = round_to(standard_values.inline(draw, shape, stream=1), dtype)
+    chosen: Layout = draw(sampled(LAYOUTS)) if layout is None else layout
     last = len(shape) - 1
     return FamilyCase(
         config, None, params, None, arrange(x, chosen, last), arrange(dy, chosen, last), chosen
@@ -330,42 +329,39 @@ def group_cases(
     draw the configuration (shape but an empty ``batch``, groups, eps, parameters) from these
     entries of a run's :func:`~normspec.conformance.menu_group.group_menu`, the values freely.
     """
-    dtype = draw(st.sampled_from(list(allowed_dtypes)))
+    dtype = draw(sampled(allowed_dtypes))
     if entries is not None:
-        entry: GroupEntry = draw(st.sampled_from(list(entries)))
+        entry: GroupEntry = draw(sampled(entries))
         if batch is not None:
             entry = replace(entry, batch=batch)
         rate = None  # drawn with the values
     else:
-        entry, rate = draw(
-            _free_group_entry(
-                capabilities,
-                kind,
-                track,
-                long_reductions,
-                min_group_values,
-                min_slices,
-                affine,
-                fixed_eps,
-                batch,
-            )
-        )
-    return draw(
-        _grouped(
+        entry, rate = _free_group_entry(
+            draw,
             capabilities,
-            dialect,
-            dtype,
             kind,
-            entry,
-            conditioning=conditioning,
-            track=track,
-            layout=layout,
-            rate=rate,
+            track,
+            long_reductions,
+            min_group_values,
+            min_slices,
+            affine,
+            fixed_eps,
+            batch,
         )
+    return _grouped(
+        draw,
+        capabilities,
+        dialect,
+        dtype,
+        kind,
+        entry,
+        conditioning=conditioning,
+        track=track,
+        layout=layout,
+        rate=rate,
     )
 
 
-@st.composite
 def _free_group_entry(
     draw: st.DrawFn,
     capabilities: Capabilities,
@@ -384,7 +380,7 @@ def _free_group_entry(
     groups = draw(_GROUPS)
     channels = groups * (1 if instance else draw(_GROUP_WIDTHS))
     ranks = sorted(r - 2 for r in capabilities.ranks if r >= (3 if instance else 2))
-    spatial = [draw(_SIZES) for _ in range(draw(st.sampled_from(ranks)))]
+    spatial = [draw(_SIZES) for _ in range(draw(sampled(ranks)))]
     if long_reductions and spatial:
         spatial[draw(st.integers(0, len(spatial) - 1))] = draw(_LONG_SIZES)
     width = channels // groups
@@ -406,7 +402,6 @@ def _free_group_entry(
     return GroupEntry(n, groups, width, tuple(spatial), eps, with_affine), rate
 
 
-@st.composite
 def _grouped(
     draw: st.DrawFn,
     capabilities: Capabilities,
@@ -441,11 +436,11 @@ def _grouped(
         weight = round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype)
         params = (weight, round_to_normal(values_of(draw, PARAMETER_VALUES, channels), dtype))
     slice_shape = (entry.width, *entry.spatial)
-    x = draw(slice_values(shape, slice_shape, dtype, conditioning))
-    dy = round_to(draw(standard_values(shape, stream=1)), dtype)
+    x = slice_values.inline(draw, shape, slice_shape, dtype, conditioning)
+    dy = round_to(standard_values.inline(draw, shape, stream=1), dtype)
     state = draw(running_statistics(channels, dtype)) if track else None
     usable = GROUPED_LAYOUTS if len(shape) > 2 else LAYOUTS
-    chosen: Layout = draw(st.sampled_from(usable)) if layout is None else layout
+    chosen: Layout = draw(sampled(usable)) if layout is None else layout
     return FamilyCase(
         config,
         rate,

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to, round_to_normal
 from normspec.conformance.menu import Constraints, Menu, feature_axis_for, partner_rate
+from normspec.conformance.reuse import inline_composite, reused
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     SIGNS,
-    SPREAD_EXPONENTS,
     WELL_CONDITIONED_RATIOS,
     Case,
     Conditioning,
@@ -45,6 +45,7 @@ from normspec.conformance.strategies import (
     listed,
     require_argument,
     shapes,
+    spread_exponents,
     values_of,
 )
 from normspec.reference import batch_statistics
@@ -246,6 +247,7 @@ def schedules(
     )
 
 
+@reused
 @st.composite
 def _schedules(
     draw: st.DrawFn,
@@ -362,7 +364,7 @@ def _one_bound(draw: st.DrawFn, regime: Regime, bounds: RenormBounds) -> tuple[f
     return log_r, d_u
 
 
-@st.composite
+@inline_composite
 def moving_set(
     draw: st.DrawFn,
     batch_mean: Array,
@@ -429,6 +431,7 @@ _SPATIAL = st.integers(1, MAX_SPATIAL)
 _SEED = st.integers(0, 2**32 - 1)
 
 
+@reused
 @st.composite
 def batches(
     draw: st.DrawFn,
@@ -448,8 +451,7 @@ def batches(
         shape.insert(feature_axis, num_features)
     else:
         shape = list(draw(_cached(("shapes", *shapes), list(shapes))))
-    low, high = SPREAD_EXPONENTS[dtype]
-    exponents = _cached(("spread", low, high), st.integers(low, high))
+    exponents = spread_exponents(dtype)
     spread = np.array([10.0 ** draw(exponents) for _ in range(num_features)])
     centre = values_of(draw, WELL_CONDITIONED_RATIOS, num_features) * spread
     z = np.random.default_rng(draw(_SEED)).uniform(-1.0, 1.0, size=shape)
@@ -632,7 +634,7 @@ def _renorm_cases(
                 max_spatial=wanted.max_spatial,
             )
         )
-        x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
+        x = feature_values.inline(draw, shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT)
         is_affine = draw(_BOOLEANS) if wanted.affine is None else wanted.affine
         eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
     else:
@@ -647,7 +649,7 @@ def _renorm_cases(
         if rates is None:  # the correction set's rate the entry's own (one program each)
             offered = sorted({s.rate for s in menu.choices(wanted) if s.rate is not None})
             rate_strategy = st.just(partner_rate(setting.rate, offered))
-        x = draw(feature_values(shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT))
+        x = feature_values.inline(draw, shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT)
         is_affine, eps = setting.affine, setting.eps
     assert rate is not None  # a renorm layer always keeps moving statistics
     params = None
@@ -655,7 +657,7 @@ def _renorm_cases(
         gamma = values_of(draw, PARAMETER_VALUES, features)
         beta = values_of(draw, PARAMETER_VALUES, features)
         params = (round_to_normal(gamma, dtype), round_to_normal(beta, dtype))
-    dy = round_to(draw(cotangents(shape)), dtype)
+    dy = round_to(cotangents.inline(draw, shape), dtype)
     chosen: Layout = layout or "contiguous"
     x = arrange(x, chosen, feature_axis)
     drawn_schedule, step = draw(schedule)
@@ -668,17 +670,16 @@ def _renorm_cases(
     batch_mean, batch_std = batch_moments(x, feature_axis, eps)
 
     def one_set() -> tuple[Array, Array]:
-        return draw(
-            moving_set(
-                batch_mean,
-                batch_std,
-                dtype,
-                eps,
-                average=renorm.average,
-                sigma_floor=renorm.sigma_floor,
-                regime=moving.regime,
-                bounds=drawn_schedule.bounds(step),
-            )
+        return moving_set.inline(
+            draw,
+            batch_mean,
+            batch_std,
+            dtype,
+            eps,
+            average=renorm.average,
+            sigma_floor=renorm.sigma_floor,
+            regime=moving.regime,
+            bounds=drawn_schedule.bounds(step),
         )
 
     mean, spread = one_set()

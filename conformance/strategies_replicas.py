@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from normspec.adapters.protocol import Array, Capabilities, DTypeName
 from normspec.conformance.dtypes import round_to
 from normspec.conformance.menu import Menu
+from normspec.conformance.reuse import inline_composite, sampled
 from normspec.conformance.strategies import (
     BatchNormCase,
     Case,
@@ -99,7 +100,7 @@ def replica_counts(
     return st.integers(min_replicas, max_replicas)
 
 
-@st.composite
+@inline_composite
 def replica_sizes(
     draw: st.DrawFn,
     replicas: int,
@@ -167,7 +168,7 @@ def replica_cases(
         # the replicated entries whose replica count is enough (else the largest count)
         offered = menu.replica_settings(wanted)
         enough = [o for o in offered if o[1] >= smallest] or [max(offered, key=lambda o: o[1])]
-        setting, k, most = draw(st.sampled_from(enough))
+        setting, k, most = draw(sampled(enough))
         k = max(k, smallest)
     # the single-device case's setting and parameters; its input, cotangent and state are
     # drawn below, for the concatenated batch
@@ -181,14 +182,13 @@ def replica_cases(
     else:
         # without uneven batches, only masked cases (padded by the adapter) differ in size
         uneven = capabilities.replica_uneven_batches or masked
-        sizes = draw(
-            replica_sizes(
-                k,
-                empty=empty,
-                min_total=need + (1 if masked else 0),
-                uneven=uneven,
-                max_batch=most,
-            )
+        sizes = replica_sizes.inline(
+            draw,
+            k,
+            empty=empty,
+            min_total=need + (1 if masked else 0),
+            uneven=uneven,
+            max_batch=most,
         )
     total = sum(sizes)
     shape = (total, *setting.shape[1:])
@@ -205,11 +205,11 @@ def replica_cases(
         masked_out = draw(st.integers(1, min(len(candidates), total - need)))
         included = np.ones(total, bool)
         included[list(order[:masked_out])] = False
-    x = draw(feature_values(shape, axis, dtype, conditioning))
+    x = feature_values.inline(draw, shape, axis, dtype, conditioning)
     if included is not None and (~included).any():
         # masked-out samples far from the counted ones: including them moves the statistics
         x[~included] = round_to(x[~included] * 4.0 + 8.0 * (1.0 + np.abs(x).max()), dtype)
-    dy = round_to(draw(cotangents(shape)), dtype)
+    dy = round_to(cotangents.inline(draw, shape), dtype)
     if included is not None:
         dy[~included] = 0.0
     state = None

@@ -11,7 +11,14 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from normspec.conformance.checks import check
 from normspec.conformance.checks.batchnorm import expect_running_update
 from normspec.conformance.context import CheckContext
+from normspec.conformance.reuse import reused, sampled
 from normspec.conformance.strategies import BatchNormCase, Wanted, feature_values, shapes
+
+
+@reused
+def _this_or(shape: tuple[int, ...], other: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``shape``, or one of ``other``'s (one object per pair: the first shape recurs)."""
+    return st.one_of(st.just(shape), other)
 
 
 def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]:
@@ -45,9 +52,9 @@ def running_statistics_machine(ctx: CheckContext) -> type[RuleBasedStateMachine]
             other = (
                 shapes(rank=cfg.rank, feature_axis=cfg.feature_axis, num_features=cfg.num_features)
                 if menu is None
-                else st.sampled_from(menu.shapes(self.case.x.shape, cfg.feature_axis))
+                else sampled(menu.shapes(self.case.x.shape, cfg.feature_axis))
             )
-            shape = data.draw(st.one_of(st.just(self.case.x.shape), other), label="batch shape")
+            shape = data.draw(_this_or(self.case.x.shape, other), label="batch shape")
             x = data.draw(feature_values(shape, cfg.feature_axis, cfg.dtype), label="batch")
             state = ctx.state_of(self.layer)
             ctx.require(state is not None, "the layer lost its running statistics")
