@@ -30,6 +30,13 @@ class FloatFormat:
         return 2.0**-self.mantissa_bits
 
     @property
+    def overflow_threshold(self) -> float:
+        """The least magnitude that rounds to infinity: ``max`` plus half its ulp
+        (``inf`` for float64, whose exact values a float64 cannot exceed)."""
+        half_ulp = math.ldexp(1.0, math.frexp(self.max)[1] - self.mantissa_bits - 1)
+        return self.max + half_ulp if self.name != "float64" else math.inf
+
+    @property
     def working_unit_roundoff(self) -> float:
         """``u_w``: accumulation in float32 at least (conventions: accuracy model)."""
         return min(self.unit_roundoff, FORMATS["float32"].unit_roundoff)

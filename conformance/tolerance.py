@@ -492,7 +492,9 @@ def compare(
     dtype: str,
     mask: Array | None = None,
 ) -> Comparison:
-    """Compare elementwise; NaN or infinity where the expected value is finite always fails.
+    """Compare elementwise; NaN or infinity where the expected value is finite fails, but
+    for an infinity of the sign of an exact value that lies beyond the range of ``dtype``
+    (conv.io.finite: a value within the bound would round to it; it counts as no error).
 
     The error in ulps is the worst element's, against the spacing of ``dtype`` at its
     expected value.
@@ -519,11 +521,13 @@ def compare(
         np.ones(expected.shape, bool) if mask is None else np.broadcast_to(mask, expected.shape)
     )
     finite = np.isfinite(expected)
+    overflowed = finite & rounds_to_infinity(actual, expected, bound, dtype)
     with np.errstate(invalid="ignore", over="ignore"):
         error = np.abs(actual - expected)
         error = np.where(finite, error, np.where(actual == expected, 0.0, np.inf))
         error = np.where(np.isnan(error), np.inf, error)
-    error = np.where(selected, error, 0.0)
+    error = np.where(selected & ~overflowed, error, 0.0)
+    selected = selected & ~overflowed
     excess = np.where(selected, error - bound, -np.inf)
     if excess.size == 0:
         return Comparison(
@@ -541,7 +545,7 @@ def compare(
             "non-finite where the reference is finite" if nonfinite else "error exceeds the bound"
         )
     )
-    figure = significant_ulps(actual, expected, bound, dtype, mask)
+    figure = significant_ulps(actual, expected, bound, dtype, selected)
     return Comparison(
         quantity=quantity,
         ok=ok,
@@ -555,6 +559,17 @@ def compare(
         bound_at_worst=float(bound[worst]),
         significant=None if figure is None else Ulps(figure, dtype),
     )
+
+
+def rounds_to_infinity(actual: Array, expected: Array, bound: Array, dtype: str) -> Array:
+    """Where ``actual`` is the infinity that a value within ``bound`` of ``expected`` rounds
+    to in ``dtype``: one of its sign, at least :attr:`~normspec.conformance.dtypes.
+    FloatFormat.overflow_threshold` in magnitude (conv.io.finite)."""
+    threshold = float_format(dtype).overflow_threshold
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(
+            actual > 0, expected + bound >= threshold, expected - bound <= -threshold
+        ) & np.isinf(actual)
 
 
 #: Elements whose bound allows more ulps of their value than this are left out of the figure.

@@ -43,3 +43,35 @@ def test_ulps_of_an_expected_zero_or_non_finite_value() -> None:
     assert Ulps.of(2.0**-24, 0.0, "float16").value == 1.0  # the subnormal spacing
     assert Ulps.of(0.0, math.inf, "float32").value == 0.0
     assert Ulps.of(1.0, math.nan, "float32").value == math.inf
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_an_infinity_is_the_rounded_result_only_beyond_the_range(dtype: str) -> None:
+    """conv.io.finite: an exact value beyond the dtype's range rounds to an infinity of its
+    sign, so that infinity passes; below the overflow threshold, or of the other sign, or a
+    NaN, it fails."""
+    from normspec.conformance.dtypes import float_format
+
+    fmt = float_format(dtype)
+    beyond = fmt.overflow_threshold * 1.01
+    within = fmt.max  # representable: an infinity is no rounding of it
+    expected = np.array([beyond, -beyond, beyond, within, -within])
+    bound = np.full(5, fmt.max * fmt.unit_roundoff / 8)  # max + bound rounds to max
+    for i, wrong in [(2, -np.inf), (2, np.nan), (3, np.inf), (4, -np.inf)]:
+        actual = expected.copy()
+        actual[:2] = [np.inf, -np.inf]
+        actual[i] = wrong
+        failed = compare("y", actual, expected, bound, dtype)
+        assert not failed.ok and failed.worst_index == (i,), (i, wrong)
+    actual = np.array([np.inf, -np.inf, np.inf, within, -within])
+    passed = compare("y", actual, expected, bound, dtype)
+    assert passed.ok and passed.max_abs_error == 0.0
+    assert passed.significant is None or math.isfinite(passed.significant.value)
+
+
+def test_an_infinity_within_the_bound_of_the_threshold_passes() -> None:
+    """A value just below the float16 overflow threshold whose bound reaches past it may
+    round to infinity; one whose bound does not may not."""
+    below = 65519.0
+    assert compare("y", np.array([np.inf]), np.array([below]), np.array([2.0]), "float16").ok
+    assert not compare("y", np.array([np.inf]), np.array([below]), np.array([0.5]), "float16").ok
