@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -165,9 +166,16 @@ class _Process:
         finally:
             theirs.close()
         self.connection = Connection(ours.detach())
+        # one poll object for every wait (Connection.poll builds a selector each time)
+        self._poller = select.poll()
+        self._poller.register(self.connection.fileno(), select.POLLIN)
         self.connection.send((list(sys.path), NORMSPEC_HOME))
         messages.send(self.connection, setup)
         self.ready = False
+
+    def answered(self, timeout: float) -> bool:
+        """Whether an answer (or the end of the connection) arrives within ``timeout`` s."""
+        return bool(self._poller.poll(timeout * 1000.0))
 
     def tail(self) -> str:
         """The end of the process's output (read once it has ended)."""
@@ -306,7 +314,7 @@ class Worker:
             if remaining <= 0:
                 return WorkerHung, "hung"
             step = remaining if limit is None else min(remaining, MEMORY_WATCH_SECONDS)
-            if process.connection.poll(step):
+            if process.answered(step):
                 return None
             used = resident_bytes(process.popen.pid) if limit is not None else None
             if limit is not None and used is not None and used > limit:
