@@ -517,17 +517,16 @@ def compare(
             None,
         )
     bound = np.broadcast_to(bound, expected.shape)
-    selected = (
-        np.ones(expected.shape, bool) if mask is None else np.broadcast_to(mask, expected.shape)
-    )
     finite = np.isfinite(expected)
-    overflowed = finite & rounds_to_infinity(actual, expected, bound, dtype)
+    # an infinity that is the rounded result (conv.io.finite) is left out, as no error
+    selected = ~(finite & rounds_to_infinity(actual, expected, bound, dtype))
+    if mask is not None:
+        selected &= np.broadcast_to(np.asarray(mask, dtype=bool), expected.shape)
     with np.errstate(invalid="ignore", over="ignore"):
         error = np.abs(actual - expected)
         error = np.where(finite, error, np.where(actual == expected, 0.0, np.inf))
         error = np.where(np.isnan(error), np.inf, error)
-    error = np.where(selected & ~overflowed, error, 0.0)
-    selected = selected & ~overflowed
+    error = np.where(selected, error, 0.0)
     excess = np.where(selected, error - bound, -np.inf)
     if excess.size == 0:
         return Comparison(
@@ -561,7 +560,9 @@ def compare(
     )
 
 
-def rounds_to_infinity(actual: Array, expected: Array, bound: Array, dtype: str) -> Array:
+def rounds_to_infinity(
+    actual: Array, expected: Array, bound: Array, dtype: str
+) -> NDArray[np.bool_]:
     """Where ``actual`` is the infinity that a value within ``bound`` of ``expected`` rounds
     to in ``dtype``: one of its sign, at least :attr:`~normspec.conformance.dtypes.
     FloatFormat.overflow_threshold` in magnitude (conv.io.finite)."""
@@ -577,7 +578,11 @@ SIGNIFICANT_BOUND_ULPS = 2.0**20
 
 
 def significant_ulps(
-    actual: Array, expected: Array, bound: Array, dtype: str, mask: Array | None = None
+    actual: Array,
+    expected: Array,
+    bound: Array,
+    dtype: str,
+    mask: NDArray[np.bool_] | None = None,
 ) -> float | None:
     """The worst elementwise error in ulps of the dtype at each expected value (as a failure's
     comparison counts them, :class:`~normspec.conformance.dtypes.Ulps`), over the values that
