@@ -516,27 +516,27 @@ def compare(
             None,
             None,
         )
-    bound = np.broadcast_to(bound, expected.shape)
+    bound = _shaped(bound, expected.shape)
     finite = np.isfinite(expected)
-    # an infinity that is the rounded result (conv.io.finite) is left out, as no error
-    selected = ~(finite & rounds_to_infinity(actual, expected, bound, dtype))
-    if mask is not None:
-        selected &= np.broadcast_to(np.asarray(mask, dtype=bool), expected.shape)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # an infinity that is the rounded result (conv.io.finite) is left out, as no error
+        selected = ~(finite & rounds_to_infinity(actual, expected, bound, dtype))
+        if mask is not None:
+            selected &= _shaped(np.asarray(mask, dtype=bool), expected.shape)
         error = np.abs(actual - expected)
-        error = np.where(finite, error, np.where(actual == expected, 0.0, np.inf))
-        error = np.where(np.isnan(error), np.inf, error)
-    error = np.where(selected, error, 0.0)
-    excess = np.where(selected, error - bound, -np.inf)
-    if excess.size == 0:
-        return Comparison(
-            quantity, True, "empty", 0.0, 0.0, Ulps(0.0, dtype), None, None, None, None
-        )
-    worst = np.unravel_index(int(np.argmax(excess)), expected.shape)
-    with np.errstate(divide="ignore", invalid="ignore"):
+        if not (finite.all() and np.isfinite(actual).all()):
+            error = np.where(finite, error, np.where(actual == expected, 0.0, np.inf))
+            error = np.where(np.isnan(error), np.inf, error)
+        error = np.where(selected, error, 0.0)
+        excess = np.where(selected, error - bound, -np.inf)
+        if excess.size == 0:
+            return Comparison(
+                quantity, True, "empty", 0.0, 0.0, Ulps(0.0, dtype), None, None, None, None
+            )
+        worst = np.unravel_index(int(np.argmax(excess)), expected.shape)
         relative = np.where(selected & finite, error / np.abs(expected), 0.0)
     ok = bool(np.all(excess <= 0))
-    nonfinite = bool(np.any(selected & finite & ~np.isfinite(actual)))
+    nonfinite = not ok and bool(np.any(selected & finite & ~np.isfinite(actual)))
     reason = (
         "within bound"
         if ok
@@ -566,11 +566,18 @@ def rounds_to_infinity(
     """Where ``actual`` is the infinity that a value within ``bound`` of ``expected`` rounds
     to in ``dtype``: one of its sign, at least :attr:`~normspec.conformance.dtypes.
     FloatFormat.overflow_threshold` in magnitude (conv.io.finite)."""
+    infinite = np.isinf(actual)
+    if not infinite.any():
+        return infinite
     threshold = float_format(dtype).overflow_threshold
     with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(
-            actual > 0, expected + bound >= threshold, expected - bound <= -threshold
-        ) & np.isinf(actual)
+        beyond = np.where(actual > 0, expected + bound >= threshold, expected - bound <= -threshold)
+    return beyond & infinite
+
+
+def _shaped(values: Any, shape: tuple[int, ...]) -> Any:
+    """``values`` broadcast to ``shape`` (as they are where they have it)."""
+    return values if np.shape(values) == shape else np.broadcast_to(values, shape)
 
 
 #: Elements whose bound allows more ulps of their value than this are left out of the figure.
@@ -597,12 +604,11 @@ def significant_ulps(
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
-    b = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
-    selected = (
-        np.ones(expected.shape, bool) if mask is None else np.broadcast_to(mask, expected.shape)
-    )
+    b = _shaped(np.asarray(bound, dtype=np.float64), expected.shape)
     with np.errstate(invalid="ignore", over="ignore"):
-        finite = selected & np.isfinite(expected)
+        finite = np.isfinite(expected)
+        if mask is not None:
+            finite &= _shaped(mask, expected.shape)
         units = ulp(np.where(finite, expected, 0.0), dtype)
         counted = finite & (b <= SIGNIFICANT_BOUND_ULPS * units)
     if not np.any(counted):
