@@ -534,7 +534,8 @@ def compare(
                 quantity, True, "empty", 0.0, 0.0, Ulps(0.0, dtype), None, None, None, None
             )
         worst = np.unravel_index(int(np.argmax(excess)), expected.shape)
-        relative = np.where(selected & finite, error / np.abs(expected), 0.0)
+        # an exact value is no relative error, also at zero (where 0 / 0 would be NaN)
+        relative = np.where(selected & finite & (error > 0), error / np.abs(expected), 0.0)
     ok = bool(np.all(excess <= 0))
     nonfinite = not ok and bool(np.any(selected & finite & ~np.isfinite(actual)))
     reason = (
@@ -550,7 +551,7 @@ def compare(
         ok=ok,
         reason=reason,
         max_abs_error=float(np.max(error)),
-        max_rel_error=float(np.nanmax(relative)),
+        max_rel_error=float(np.max(relative)),
         ulps=Ulps.of(float(error[worst]), float(expected[worst]), dtype),
         worst_index=tuple(int(i) for i in worst),
         expected_at_worst=float(expected[worst]),

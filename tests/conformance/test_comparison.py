@@ -75,3 +75,15 @@ def test_an_infinity_within_the_bound_of_the_threshold_passes() -> None:
     below = 65519.0
     assert compare("y", np.array([np.inf]), np.array([below]), np.array([2.0]), "float16").ok
     assert not compare("y", np.array([np.inf]), np.array([below]), np.array([0.5]), "float16").ok
+
+
+def test_exact_zeros_are_no_relative_error() -> None:
+    """0 where 0 is right is a relative error of 0 (not 0 / 0), an error at 0 an infinite one."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact = compare("dx", np.zeros(3), np.zeros(3), np.zeros(3), "float32")
+        off = compare("dx", np.array([0.0, 1e-9]), np.zeros(2), np.full(2, 1e-8), "float32")
+    assert exact.ok and exact.max_rel_error == 0.0
+    assert off.ok and off.max_rel_error == math.inf
