@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from normspec.adapters.protocol import Array, Capabilities, DTypeName, LayerConfig
 from normspec.conformance.dtypes import float_format, round_to, round_to_normal
 from normspec.conformance.menu import Constraints, Menu, feature_axis_for, partner_rate
-from normspec.conformance.reuse import inline_composite, reused
+from normspec.conformance.reuse import inline_composite, reused, sampled
 from normspec.conformance.strategies import (
     PARAMETER_VALUES,
     SIGNS,
@@ -87,14 +87,6 @@ MAX_SPATIAL = 3
 ELEMENTWISE_LIMIT = 12
 
 _BOOLEANS = st.booleans()
-_CACHE: dict[tuple[Any, ...], st.SearchStrategy[Any]] = {}
-
-
-def _cached(key: tuple[Any, ...], values: Any) -> st.SearchStrategy[Any]:
-    """A strategy made once per key (a new strategy object costs a validation per draw)."""
-    if key not in _CACHE:
-        _CACHE[key] = values if isinstance(values, st.SearchStrategy) else st.sampled_from(values)
-    return _CACHE[key]
 
 
 #: Where a case's step counter lies against the points where its schedule's bounds change
@@ -175,22 +167,18 @@ def menu_bounds(dialect: Dialect, menu: Menu) -> st.SearchStrategy[RenormBounds]
     against it.
     """
     independent = renorm_dialect(dialect).clipping != "symmetric"
-    key = ("menu bounds", independent, menu.renorm_bounds)
-    if key not in _CACHE:
-        pairs = menu.renorm_bounds
-        chosen = [RenormBounds.symmetric(r, d) for r, d in pairs]
-        if independent:
-            forms: list[Callable[[float, float], RenormBounds]] = [
-                RenormBounds.symmetric,
-                lambda r, d: _keras(None, r, d),
-                lambda r, _: _keras(1 / r, None, None),
-            ]
-            chosen = [form(*pairs[k % len(pairs)]) for k, form in enumerate(forms)]
-        _CACHE[key] = st.sampled_from(chosen)
-    return _CACHE[key]
+    pairs = menu.renorm_bounds
+    chosen = [RenormBounds.symmetric(r, d) for r, d in pairs]
+    if independent:
+        forms: list[Callable[[float, float], RenormBounds]] = [
+            RenormBounds.symmetric,
+            lambda r, d: _keras(None, r, d),
+            lambda r, _: _keras(1 / r, None, None),
+        ]
+        chosen = [form(*pairs[k % len(pairs)]) for k, form in enumerate(forms)]
+    return sampled(chosen)
 
 
-_KINDS: dict[tuple[ScheduleKind, ...], st.SearchStrategy[ScheduleKind]] = {}
 _NEAR_A_POINT = st.booleans()
 _OFFSET = st.integers(-2, 2)
 _PAPER_POINT = st.sampled_from(PAPER_POINTS)
@@ -207,13 +195,6 @@ _BEFORE_SWITCH = st.integers(2, 3)
 #: 40,000 (r); between, they change at every step.
 _PAPER_CHANGE = st.sampled_from([5_001, 22_500, 25_000, 40_000])
 _BEFORE_CHANGE = st.integers(0, 3)
-
-
-def _kinds(kinds: Sequence[ScheduleKind]) -> st.SearchStrategy[ScheduleKind]:
-    key = tuple(kinds)
-    if key not in _KINDS:
-        _KINDS[key] = st.sampled_from(list(key))
-    return _KINDS[key]
 
 
 def schedules(
@@ -260,10 +241,8 @@ def _schedules(
     menu: Menu | None,
 ) -> tuple[Schedule, int]:
     drawn_bounds = clipping_bounds(dialect) if menu is None else menu_bounds(dialect, menu)
-    switch_at = (
-        _SWITCH_AT if menu is None else _cached(("switch", *menu.switch_steps), menu.switch_steps)
-    )
-    kind = draw(_kinds(kinds or offered_schedules(dialect))) if bounds is None else "constant"
+    switch_at = _SWITCH_AT if menu is None else sampled(menu.switch_steps)
+    kind = draw(sampled(kinds or offered_schedules(dialect))) if bounds is None else "constant"
 
     def near(point: int) -> int:
         return max(point + draw(_OFFSET), 0)
@@ -292,6 +271,11 @@ def _schedules(
     if counter == "steady" and steps == at - 1:
         steps = at
     return SwitchSchedule(at, after), steps
+
+
+@reused
+def _just(regime: Regime) -> st.SearchStrategy[Regime]:
+    return st.just(regime)
 
 
 def _regimes(sigma_floor: str, average: str) -> st.SearchStrategy[Regime]:
@@ -393,9 +377,9 @@ def moving_set(
     if regime is None:
         regimes = _regimes(sigma_floor, average)
     elif isinstance(regime, str):
-        regimes = _cached(("regime", regime), st.just(regime))
+        regimes = _just(regime)
     else:
-        regimes = _cached(("regimes", *regime), list(regime))
+        regimes = sampled(regime)
     for c in range(features):
         chosen = draw(regimes)
         placed = _one_bound(draw, chosen, bounds) if chosen in ONE_BOUND else None
@@ -450,7 +434,7 @@ def batches(
         shape = [draw(_BATCH), *(draw(_SPATIAL) for _ in range(rank - 2))]
         shape.insert(feature_axis, num_features)
     else:
-        shape = list(draw(_cached(("shapes", *shapes), list(shapes))))
+        shape = list(draw(sampled(shapes)))
     exponents = spread_exponents(dtype)
     spread = np.array([10.0 ** draw(exponents) for _ in range(num_features)])
     centre = values_of(draw, WELL_CONDITIONED_RATIOS, num_features) * spread
@@ -611,19 +595,17 @@ def _renorm_cases(
     rates = moving.rates
     rate_strategy = rates if rates is not None else canonical_rates(dialect)
     rate = wanted.rate
-    dtypes = _cached(("dtype", *allowed_dtypes), list(allowed_dtypes))
+    dtypes = sampled(allowed_dtypes)
     if menu is None:
         if rate is None:
             rate = draw(rate_strategy, label="rate")
         dtype = draw(dtypes)
         ranks = sorted(capabilities.ranks)
-        rank = draw(_cached(("rank", *ranks), ranks))
+        rank = draw(sampled(ranks))
         positions = list(wanted.positions)
-        feature_axis = feature_axis_for(rank, draw(_cached(("position", *positions), positions)))
+        feature_axis = feature_axis_for(rank, draw(sampled(positions)))
         low, high = wanted.min_features, wanted.max_features
-        features = (
-            low if low == high else draw(_cached(("features", low, high), st.integers(low, high)))
-        )
+        features = low if low == high else draw(st.integers(low, high))
         shape = draw(
             shapes(
                 rank=rank,
@@ -636,7 +618,7 @@ def _renorm_cases(
         )
         x = feature_values.inline(draw, shape, feature_axis, dtype, conditioning, ELEMENTWISE_LIMIT)
         is_affine = draw(_BOOLEANS) if wanted.affine is None else wanted.affine
-        eps = draw(_cached(("eps", dialect.default_eps), eps_values(dialect)))
+        eps = draw(eps_values(dialect))
     else:
         dtype = draw(dtypes)
         setting = draw(menu.settings(wanted))
