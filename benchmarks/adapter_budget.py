@@ -250,6 +250,15 @@ def profile_argument(profile: str) -> str:
     return str(path.resolve()) if path.suffix in (".toml", ".json") and path.exists() else profile
 
 
+def chosen_targets(arguments: list[str]) -> list[tuple[str, str]]:
+    """``reference`` under ``paper``, then each ``TARGET[@PROFILE]`` of ``arguments`` (default
+    profile ``paper``), or every installed built-in target under its own profile."""
+    chosen = [tuple(t.partition("@")[::2]) for t in arguments] or installed_targets()
+    return [("reference", "paper")] + [
+        (t, profile_argument(p or "paper")) for t, p in chosen if t != "reference"
+    ]
+
+
 def median_run(runs: list[Run]) -> Run:
     """The median wall and CPU seconds of ``runs`` (the first run's verdict)."""
     return Run(
@@ -271,10 +280,7 @@ def main() -> None:
     parser.add_argument("--jobs", help="this checkout's --jobs (default: its default)")
     parser.add_argument("--baseline-jobs", help="the baseline's --jobs (default: its default)")
     args = parser.parse_args()
-    chosen = [tuple(t.partition("@")[::2]) for t in args.targets] or installed_targets()
-    targets = [("reference", "paper")] + [
-        (t, profile_argument(p or "paper")) for t, p in chosen if t != "reference"
-    ]
+    targets = chosen_targets(args.targets)
     if args.baseline:
         jobs = (args.baseline_jobs, args.jobs)
         compare(targets, args.baseline, args.seed, args.repeat, args.budget, jobs)

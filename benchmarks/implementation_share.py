@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from adapter_budget import installed_targets, profile_argument
+from adapter_budget import chosen_targets
 
 #: The JAX events counted as compiling: tracing to a jaxpr, lowering, XLA's compile.
 COMPILE_EVENTS = frozenset(
@@ -52,15 +52,17 @@ def timed_check(target: str, profile: str, seed: int, options: list[str]) -> dic
 
     inside: Counter[str] = Counter()
     plain_run = guard._Call.run
+    listening = False
 
     def on_event(event: str, seconds: float, **_: Any) -> None:
         if event in COMPILE_EVENTS:
             inside["compile"] += seconds
 
     def timed_run(call: guard._Call) -> None:
-        if "jax" in sys.modules and not inside["listening"]:  # imported by loading the target
+        nonlocal listening
+        if not listening and "jax" in sys.modules:  # imported by loading the target
             sys.modules["jax"].monitoring.register_event_duration_secs_listener(on_event)
-            inside["listening"] = 1
+            listening = True
         started = time.process_time()
         try:
             plain_run(call)
@@ -111,10 +113,7 @@ def main() -> None:
         figures = timed_check(target, profile, int(seed), options)
         print(json.dumps(figures))  # the last line of stdout, after the check's report
         return
-    chosen = [tuple(t.partition("@")[::2]) for t in args.targets] or installed_targets()
-    targets = [("reference", "paper")] + [
-        (t, profile_argument(p or "paper")) for t, p in chosen if t != "reference"
-    ]
+    targets = chosen_targets(args.targets)
     columns = ("wall s", "CPU s", "impl CPU s", "share", "compiling s", "normspec CPU s")
     floor = f"floor on {args.cores} cores s"
     width = max(len(f"{t}@{p}") for t, p in targets) + 2
