@@ -79,6 +79,14 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cold_environment(cache: str) -> dict[str, str]:
+    """This process's environment with JAX's compilation cache in the empty folder ``cache``
+    (a JAX check starts cold), a ``JAX_COMPILATION_CACHE_DIR`` of the caller's left out."""
+    environment = {**os.environ, "NORMSPEC_COMPILATION_CACHE": cache}
+    environment.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return environment
+
+
 def check(
     target: str,
     profile: str,
@@ -94,8 +102,7 @@ def check(
     command = [sys.executable, "-m", "normspec", "check", target]
     command += ["--profile", profile, "--seed", str(seed), "--json", str(report)]
     command += ["--jobs", jobs] if jobs is not None else []
-    environment = {**os.environ, "NORMSPEC_COMPILATION_CACHE": cache}
-    environment.pop("JAX_COMPILATION_CACHE_DIR", None)
+    environment = cold_environment(cache)
     if tree is not None:  # the project's own targets (tests.fixtures) from this checkout
         environment["PYTHONPATH"] = os.pathsep.join((tree, str(ROOT)))
     cpu, started = children_cpu(), time.perf_counter()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from adapter_budget import chosen_targets
+from adapter_budget import chosen_targets, cold_environment
 
 #: The JAX events counted as compiling: tracing to a jaxpr, lowering, XLA's compile.
 COMPILE_EVENTS = frozenset(
@@ -85,10 +84,8 @@ def timed_check(target: str, profile: str, seed: int, options: list[str]) -> dic
 def measured(target: str, profile: str, seed: int, options: list[str]) -> dict[str, Any]:
     """:func:`timed_check` in a fresh process with an empty compilation cache."""
     with tempfile.TemporaryDirectory(prefix="normspec-cache-") as cache:
-        environment = {**os.environ, "NORMSPEC_COMPILATION_CACHE": cache}
-        environment.pop("JAX_COMPILATION_CACHE_DIR", None)
         command = [sys.executable, __file__, "--inner", target, profile, str(seed), "--", *options]
-        done = subprocess.run(command, capture_output=True, text=True, env=environment)
+        done = subprocess.run(command, capture_output=True, text=True, env=cold_environment(cache))
     if done.returncode != 0:
         sys.exit(f"checking {target} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     figures: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
