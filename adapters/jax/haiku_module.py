@@ -33,6 +33,7 @@ the ``flax`` profile, whose plain averages it differs from (README).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ from normspec.adapters.jax._jax import (
     jax_dtype,
     probe_input,
     vector_to_jax,
+    with_hyper,
 )
 from normspec.adapters.jax._module import ModuleImplementation, share_compilation, takes_keywords
 from normspec.adapters.protocol import Array, Capabilities, LayerConfig, WrongOutput
@@ -136,6 +138,14 @@ def debiased(hidden: Array, decay: float, steps: int) -> Array:
     return result
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _initial(template: HaikuProgram, hyper: Mapping[str, Any]) -> tuple[Tree, Tree]:
+    """:meth:`HaikuProgram.make_initial` of a program sharing ``template``'s compilations."""
+    program = with_hyper(template, hyper)
+    probe = probe_input(template.config)
+    return program._init(jax.numpy.zeros(probe.shape, probe.dtype))
+
+
 class HaikuProgram(JaxProgram):
     """One configured haiku module, transformed with state, as pure functions.
 
@@ -195,9 +205,10 @@ class HaikuProgram(JaxProgram):
         return jax.tree_util.tree_unflatten(self._params_def, leaves)
 
     def make_initial(self) -> tuple[Tree, Tree]:
-        """``init`` on a batch of zeros, jitted (one small compilation)."""
-        probe = probe_input(self.config)
-        return jax.jit(lambda: self._init(jax.numpy.zeros(probe.shape, probe.dtype)))()
+        """``init`` on a batch of zeros, jitted: one small compilation per template, eps
+        and the decay rate of haiku's own class jit arguments as in its steps (its initial
+        state depends on the decay rate: the average of a decay of 1 is 0 / 0)."""
+        return _initial(self.template, self.hyper)
 
     def abstract_initial(self) -> tuple[Tree, Tree]:
         return jax.eval_shape(self._init, probe_input(self.config))

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 
 pytest.importorskip("haiku")
 import haiku as hk
+import jax
 from adapter_cases import (
     Case,
     agree,
@@ -28,6 +29,7 @@ from adapter_cases import (
 )
 
 from normspec.adapters import Implementation, LayerConfig
+from normspec.adapters.jax import haiku_module
 from normspec.adapters.jax.haiku_module import HaikuImplementation
 from normspec.adapters.reference import ReferenceImplementation
 from normspec.adapters.registry import TargetError, _recognise, load_target
@@ -218,6 +220,27 @@ def test_a_step_and_an_inference_compute_bitwise_what_forward_programs_do(dtype:
         want = layer_results(floats, config, seed, (6, 3, 2))
         for g, w in zip(got, want, strict=True):
             assert g.dtype == w.dtype and g.tobytes() == w.tobytes(), (eps, momentum, g, w)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_a_new_layers_trees_are_bitwise_those_of_its_own_init(dtype: str) -> None:
+    """haiku.BatchNorm's initial trees come from one init compilation per template, eps and
+    the decay rate jit arguments: bitwise those of a user's class, which compiles its own
+    init with them as constants (the average of a decay of 1 is 0 / 0 included); settings
+    that differ only in them compile no other init."""
+    own, floats = HaikuImplementation(), HaikuImplementation(_Floats)
+    growth = []
+    for eps, momentum in [(1e-5, 0.9), (0.1, 0.0), (0.3, 1.0)]:
+        config = replace(_config(dtype), eps=eps, momentum=momentum)
+        before = haiku_module._initial._cache_size()
+        got = jax.tree_util.tree_leaves(own.program(config).initial())
+        growth.append(haiku_module._initial._cache_size() - before)
+        want = jax.tree_util.tree_leaves(floats.program(config).initial())
+        assert len(got) == len(want) == 8
+        for g, w in zip(map(np.asarray, got), map(np.asarray, want), strict=True):
+            assert g.dtype == w.dtype and g.tobytes() == w.tobytes(), (eps, momentum, g, w)
+    # the first setting may compile the template's init (or find it compiled), no other does
+    assert growth[0] in (0, 1) and growth[1:] == [0, 0], growth
 
 
 def _config(dtype: str) -> LayerConfig:
