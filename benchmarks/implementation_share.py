@@ -13,10 +13,14 @@ is the implementation's, its thread pools included), and for JAX its tracing, lo
 XLA compiling (``jax.monitoring``).
 
 Printed side by side: the check's wall and CPU seconds; the implementation's CPU seconds,
-their share and how many of them were compiling; normspec's own CPU seconds (drawing cases
-with Hypothesis, computing expectations, comparing); and the implementation's CPU seconds
-divided by ``--cores`` (default 2): however fast normspec becomes, the default check
-(its clauses spread over the cores) cannot end sooner at the default number of examples.
+their share, how many of them were compiling and how many were the layer's own steps
+(training steps, inferences, vjps: :data:`LAYER_STEPS`; the rest built layers and set or
+read their parameters and statistics); normspec's own CPU seconds (drawing cases with
+Hypothesis, computing expectations, comparing); and the implementation's CPU seconds
+divided by ``--cores`` (default 2): however fast normspec becomes, the default check (its
+clauses spread over the cores) cannot end sooner at the default number of examples. The
+steps' CPU seconds divided by the cores are a floor even for an adapter whose layers cost
+nothing to build and set.
 Options after ``--`` are passed to ``normspec check`` (``-- --shrink-seconds 0.01``: the
 examples without shrinking their failures).
 """
@@ -43,6 +47,9 @@ COMPILE_EVENTS = frozenset(
     }
 )
 
+#: The layer's own calls: what an example asks of a layer once it is built and set.
+LAYER_STEPS = frozenset({"train_step", "infer", "vjp", "second_order_vjp"})
+
 
 def timed_check(target: str, profile: str, seed: int, options: list[str]) -> dict[str, Any]:
     """``normspec check`` of ``target`` in this process, every call into it timed."""
@@ -66,7 +73,10 @@ def timed_check(target: str, profile: str, seed: int, options: list[str]) -> dic
         try:
             plain_run(call)
         finally:
-            inside["implementation"] += time.process_time() - started
+            spent = time.process_time() - started
+            inside["implementation"] += spent
+            if getattr(call.function, "__name__", None) in LAYER_STEPS:
+                inside["steps"] += spent
 
     guard._Call.run = timed_run  # type: ignore[method-assign]
     arguments = ["check", target, "--profile", profile, "--seed", str(seed)]
@@ -77,6 +87,7 @@ def timed_check(target: str, profile: str, seed: int, options: list[str]) -> dic
         "cpu": time.process_time() - started_cpu,
         "implementation": inside["implementation"],
         "compile": inside["compile"],
+        "steps": inside["steps"],
         "exit_code": exit_code,
     }
 
@@ -111,10 +122,10 @@ def main() -> None:
         print(json.dumps(figures))  # the last line of stdout, after the check's report
         return
     targets = chosen_targets(args.targets)
-    columns = ("wall s", "CPU s", "impl CPU s", "share", "compiling s", "normspec CPU s")
-    floor = f"floor on {args.cores} cores s"
+    columns = ("wall s", "CPU s", "impl CPU s", "share", "compiling s", "steps CPU s")
+    columns += ("normspec CPU s", f"floor on {args.cores} cores s", "steps floor s")
     width = max(len(f"{t}@{p}") for t, p in targets) + 2
-    print(f"{'':<{width}}" + "".join(f"{c:>{len(c) + 2}}" for c in (*columns, floor)))
+    print(f"{'':<{width}}" + "".join(f"{c:>{len(c) + 2}}" for c in columns))
     for target, profile in targets:
         f = measured(target, profile, args.seed, options)
         values = (
@@ -123,12 +134,12 @@ def main() -> None:
             f"{f['implementation']:.1f}",
             f"{100 * f['implementation'] / f['cpu']:.0f}%",
             f"{f['compile']:.1f}",
+            f"{f['steps']:.1f}",
             f"{f['cpu'] - f['implementation']:.1f}",
             f"{f['implementation'] / args.cores:.1f}",
+            f"{f['steps'] / args.cores:.1f}",
         )
-        cells = "".join(
-            f"{v:>{len(c) + 2}}" for c, v in zip((*columns, floor), values, strict=True)
-        )
+        cells = "".join(f"{v:>{len(c) + 2}}" for c, v in zip(columns, values, strict=True))
         print(f"{target + '@' + profile:<{width}}{cells}", flush=True)
 
 
